@@ -1,0 +1,1 @@
+"""qamoe_cli: the Typer command-line shell over qamoe_core."""

@@ -1,0 +1,108 @@
+"""Shared pieces of every command: option aliases, JSON output, progress, consoles."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+# Progress, logs and errors go to stderr; stdout carries only results (tables or JSON).
+err_console = Console(stderr=True)
+out_console = Console()
+
+Force = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
+JsonOut = Annotated[
+    bool, typer.Option("--json", help="Print the result as JSON on stdout (no table, no bar).")
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed (same seed, same result).")]
+OutFile = Annotated[Path, typer.Option("--out", "-o", help="Output file.", dir_okay=False)]
+
+
+def _jsonable(value: Any) -> Any:
+    """Make numpy scalars, paths and non-finite floats printable as strict JSON."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):
+        try:
+            value = value.item()
+        except (ValueError, TypeError):
+            return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def emit(result: dict[str, Any], *, json_mode: bool, render: Callable[[], None]) -> None:
+    """Print ``result`` as JSON on stdout, or call ``render`` for the human view."""
+    if json_mode:
+        sys.stdout.write(json.dumps(_jsonable(result), indent=2) + "\n")
+    else:
+        render()
+
+
+@contextlib.contextmanager
+def progress(
+    total: int | None, description: str, *, enabled: bool = True
+) -> Iterator[Callable[..., None]]:
+    """A Rich progress bar on stderr; yields ``advance(n=1, **fields)``.
+
+    Off when stderr is not a terminal, or when ``enabled`` is False (--quiet, --json).
+    ``fields`` are shown after the bar (e.g. ``loss=0.41``).
+    """
+    if not enabled or not err_console.is_terminal:
+
+        def _noop(n: int = 1, **fields: Any) -> None:
+            return None
+
+        yield _noop
+        return
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=err_console,
+        transient=False,
+    )
+    with bar:
+        task = bar.add_task(description, total=total, info="")
+
+        def _advance(n: int = 1, **fields: Any) -> None:
+            info = "  ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items()
+            )
+            bar.update(task, advance=n, info=info)
+
+        yield _advance
+
+
+def parse_list(value: str | None, name: str) -> list[str] | None:
+    """Split a comma-separated option value ("audio,vision"); None stays None."""
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise typer.BadParameter(f"'{name}' needs at least one comma-separated value.")
+    return items

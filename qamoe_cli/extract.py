@@ -1,0 +1,74 @@
+"""`qamoe extract …`: bring features into qamoe's HDF5 format."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from qamoe_cli.common import Force, JsonOut, OutFile, Quiet, Seed, emit, out_console, progress
+from qamoe_core.synthetic import PRESETS, write_synthetic
+
+app = typer.Typer(
+    help=(
+        "Import features into qamoe's HDF5 format: the built-in synthetic dataset, MMSA "
+        "feature pickles (MOSI, MOSEI, SIMS), MOSI-lite CSVs, or raw media."
+    ),
+    no_args_is_help=True,
+)
+
+
+def synthetic(
+    out: OutFile = Path("synthetic.h5"),
+    preset: Annotated[
+        str,
+        typer.Option(
+            help="Sizes: tiny (tests), small (demo), mosi, mosei (several GB), sims "
+            "(shapes of the MMSA releases)."
+        ),
+    ] = "small",
+    seed: Seed = 0,
+    force: Force = False,
+    quiet: Quiet = False,
+    json_out: JsonOut = False,
+) -> None:
+    """Write the built-in synthetic dataset (known structure, no download)."""
+    if preset not in PRESETS:
+        raise typer.BadParameter(
+            f"must be one of {', '.join(PRESETS)}; got {preset!r}", param_hint="--preset"
+        )
+    total = sum(PRESETS[preset].sizes)
+    with progress(total, f"synthetic/{preset}", enabled=not (quiet or json_out)) as advance:
+        summary = write_synthetic(out, preset=preset, seed=seed, force=force, progress=advance)
+
+    def render() -> None:
+        table = Table(title=f"{summary['dataset']} → {summary['path']}")
+        table.add_column("split")
+        table.add_column("samples", justify="right")
+        for split, n in summary["splits"].items():
+            table.add_row(split, str(n))
+        out_console.print(table)
+        shapes = ", ".join(f"{m} {t}x{d}" for m, (t, d) in summary["shapes"].items())
+        out_console.print(f"shapes (T x D): {shapes}; {summary['bytes'] / 2**20:.1f} MiB")
+
+    emit(summary, json_mode=json_out, render=render)
+
+
+app.command("synthetic")(synthetic)
+
+# Importers live in their own modules; each defines `command`.
+for _name, _module in [
+    ("mmsa", "extract_mmsa"),
+    ("mosi-lite", "extract_mosilite"),
+    ("media", "extract_media"),
+]:
+    try:
+        _mod = importlib.import_module(f"qamoe_cli.{_module}")
+    except ModuleNotFoundError as _exc:
+        if _exc.name != f"qamoe_cli.{_module}":
+            raise
+        continue
+    app.command(_name, help=_mod.command.__doc__)(_mod.command)

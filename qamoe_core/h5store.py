@@ -1,0 +1,614 @@
+"""The HDF5 feature store: one schema for every dataset qamoe reads or writes.
+
+Layout (format "qamoe-features", version 1; docs/architecture.md has the full table)::
+
+    /                      attrs: format, format_version, dataset, task, scheme, label_min,
+                           label_max, created_by, extractor (JSON), modalities (JSON),
+                           train_mean_<m>, train_std_<m> (D_m,), optional corruption (JSON)
+    /<split>/ids           (N,)        UTF-8
+    /<split>/label         (N,)        float32
+    /<split>/<m>           (N, T, D)   float32, chunked along N, compressed
+    /<split>/<m>_len       (N,)        int32
+    /<split>/<m>_keep      (N, T)      bool, only in corrupted files
+    /<split>/raw_text      (N,)        UTF-8, optional
+    /<split>/text_ids      (N, T)      int32, optional
+
+Reading is lazy: :class:`FeatureFile` touches only the rows asked for, so a MOSEI-sized file
+never has to fit in memory. Writing goes through a temporary file renamed at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from qamoe_core import MODALITIES, SPLITS, __version__
+from qamoe_core.atomic import atomic_path
+from qamoe_core.errors import DataFormatError, InputError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "qamoe-features"
+FORMAT_VERSION = 1
+TASKS = ("regression", "binary")
+SCHEMES = ("mosi", "sims", "binary")
+# lzf is h5py's built-in fast codec: ~3x faster than gzip to write for a modest size cost, which
+# keeps `corrupt` streaming at disk speed. Files stay readable by any h5py.
+COMPRESSION = "lzf"
+CHUNK_BYTES = 1 << 20  # ~1 MiB chunks: h5py's recommended range is 10 KiB to 1 MiB
+_STR = h5py.string_dtype("utf-8")
+
+
+@dataclass
+class SplitArrays:
+    """One split held in memory, ready to be written.
+
+    ``features[m]`` is (N, T, D) float32 zero-padded after ``lengths[m]`` (N,) valid steps.
+    """
+
+    ids: Sequence[str]
+    label: np.ndarray
+    features: dict[str, np.ndarray]
+    lengths: dict[str, np.ndarray]
+    raw_text: Sequence[str] | None = None
+    text_ids: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+
+def _chunk_rows(row_bytes: int, n: int) -> int:
+    return int(max(1, min(n, CHUNK_BYTES // max(row_bytes, 1))))
+
+
+def _json_attr(value: Any) -> Any:
+    """HDF5 attrs hold scalars, strings and arrays; dicts and lists go in as JSON strings."""
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(value)
+    return value
+
+
+def check_finite(name: str, array: np.ndarray, where: str) -> None:
+    """Raise a DataFormatError if ``array`` holds NaN or inf, naming where and how many."""
+    bad = ~np.isfinite(array)
+    if bad.any():
+        raise DataFormatError(
+            f"{where}: '{name}' holds {int(bad.sum())} non-finite values (NaN or inf).",
+            hint="Clean the source features, or let the importer replace them (MMSA audio -inf).",
+        )
+
+
+def validate_split_arrays(split: str, arrays: SplitArrays, where: str = "input") -> None:
+    """Check one in-memory split against the schema; every message names split and key."""
+    n = len(arrays.label)
+    if n == 0:
+        raise DataFormatError(f"{where}: split '{split}' is empty.")
+    if len(arrays.ids) != n:
+        raise DataFormatError(
+            f"{where}: split '{split}' has {len(arrays.ids)} ids but {n} labels.",
+            hint="ids, label and every modality must have the same first dimension.",
+        )
+    check_finite("label", np.asarray(arrays.label, dtype=np.float64), f"{where} [{split}]")
+    if not arrays.features:
+        raise DataFormatError(f"{where}: split '{split}' has no modality.")
+    for m, feats in arrays.features.items():
+        if m not in MODALITIES:
+            raise DataFormatError(
+                f"{where}: split '{split}' has an unknown modality '{m}'.",
+                hint=f"Modalities are named {', '.join(MODALITIES)}.",
+            )
+        if feats.ndim != 3:
+            raise DataFormatError(
+                f"{where}: '{split}/{m}' must be 3-D (N, T, D); got shape {feats.shape}."
+            )
+        if feats.shape[0] != n:
+            raise DataFormatError(
+                f"{where}: '{split}/{m}' has {feats.shape[0]} samples but '{split}/label' has {n}.",
+                hint="Every modality must have one row per label.",
+            )
+        if m not in arrays.lengths:
+            raise DataFormatError(f"{where}: '{split}/{m}_len' (valid lengths) is missing.")
+        lens = np.asarray(arrays.lengths[m])
+        if lens.shape != (n,):
+            raise DataFormatError(
+                f"{where}: '{split}/{m}_len' must have shape ({n},); got {lens.shape}."
+            )
+        if (lens < 0).any() or (lens > feats.shape[1]).any():
+            raise DataFormatError(
+                f"{where}: '{split}/{m}_len' holds lengths outside [0, {feats.shape[1]}] "
+                f"(max {int(lens.max())}), longer than the padded axis.",
+                hint="Lengths count valid time steps and cannot exceed T.",
+            )
+        check_finite(m, feats, f"{where} [{split}]")
+
+
+class FeatureWriter:
+    """Streaming writer: create splits, write row blocks, then commit by renaming.
+
+    Use as a context manager; leaving it with an exception deletes the temporary file.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, force: bool = False, attrs: Mapping[str, Any]
+    ) -> None:
+        self.path = Path(path)
+        self._ctx = atomic_path(self.path, force=force)
+        self._attrs = dict(attrs)
+        self.h5: h5py.File
+
+    def __enter__(self) -> FeatureWriter:
+        tmp = self._ctx.__enter__()
+        self.h5 = h5py.File(tmp, "w")
+        root = {"format": FORMAT, "format_version": FORMAT_VERSION}
+        root["created_by"] = f"qamoe {__version__}"
+        root.update(self._attrs)
+        self.set_attrs(**root)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool | None:
+        try:
+            self.h5.close()
+        finally:
+            return self._ctx.__exit__(exc_type, exc, tb)  # noqa: B012
+
+    def set_attrs(self, **attrs: Any) -> None:
+        for key, value in attrs.items():
+            self.h5.attrs[key] = _json_attr(value)
+
+    def create_split(
+        self,
+        split: str,
+        n: int,
+        shapes: Mapping[str, tuple[int, int]],
+        *,
+        text_ids_len: int | None = None,
+        raw_text: bool = False,
+        keep_masks: bool = False,
+    ) -> None:
+        """Declare a split of ``n`` rows with ``shapes[m] = (T, D)`` per modality."""
+        if split not in SPLITS:
+            raise InputError(f"Unknown split '{split}'.", hint=f"Splits are {', '.join(SPLITS)}.")
+        g = self.h5.create_group(split)
+        g.create_dataset("ids", shape=(n,), dtype=_STR)
+        g.create_dataset("label", shape=(n,), dtype=np.float32)
+        for m, (t, d) in shapes.items():
+            rows = _chunk_rows(t * d * 4, n)
+            g.create_dataset(
+                m,
+                shape=(n, t, d),
+                dtype=np.float32,
+                chunks=(rows, t, d),
+                compression=COMPRESSION,
+                shuffle=True,
+            )
+            g.create_dataset(f"{m}_len", shape=(n,), dtype=np.int32)
+            if keep_masks:
+                g.create_dataset(
+                    f"{m}_keep",
+                    shape=(n, t),
+                    dtype=bool,
+                    chunks=(rows, t),
+                    compression=COMPRESSION,
+                )
+        if raw_text:
+            g.create_dataset("raw_text", shape=(n,), dtype=_STR)
+        if text_ids_len is not None:
+            rows = _chunk_rows(text_ids_len * 4, n)
+            g.create_dataset(
+                "text_ids",
+                shape=(n, text_ids_len),
+                dtype=np.int32,
+                chunks=(rows, text_ids_len),
+                compression=COMPRESSION,
+            )
+        g.attrs["n"] = n
+
+    def write(
+        self,
+        split: str,
+        start: int,
+        batch: Mapping[str, np.ndarray],
+        *,
+        ids: Sequence[str] | None = None,
+        raw_text: Sequence[str] | None = None,
+    ) -> None:
+        """Write rows ``start:start+B`` of ``split`` from a batch dict (see the batch contract)."""
+        g = self.h5[split]
+        stop = start + len(batch["label"])
+        for key, value in batch.items():
+            if key == "index" or key not in g:
+                continue
+            g[key][start:stop] = value
+        if ids is not None:
+            g["ids"][start:stop] = list(ids)
+        if raw_text is not None:
+            g["raw_text"][start:stop] = list(raw_text)
+
+    def compute_train_stats(self, block_rows: int = 512) -> None:
+        """Store per-dimension mean/std over VALID steps of the train split (float64 sums)."""
+        if "train" not in self.h5:
+            log.warning("no train split: train_mean/train_std not stored")
+            return
+        g = self.h5["train"]
+        for m in MODALITIES:
+            if m not in g:
+                continue
+            ds = g[m]
+            n, _, d = ds.shape
+            total = np.zeros(d)
+            total_sq = np.zeros(d)
+            count = 0
+            for start in range(0, n, block_rows):
+                x = ds[start : start + block_rows].astype(np.float64)
+                lens = g[f"{m}_len"][start : start + block_rows]
+                valid = np.arange(x.shape[1])[None, :] < lens[:, None]  # (B, T)
+                sel = x[valid]  # (valid steps, D)
+                total += sel.sum(0)
+                total_sq += (sel**2).sum(0)
+                count += sel.shape[0]
+            mean = total / max(count, 1)
+            var = np.maximum(total_sq / max(count, 1) - mean**2, 0.0)
+            self.h5.attrs[f"train_mean_{m}"] = mean.astype(np.float32)
+            self.h5.attrs[f"train_std_{m}"] = np.sqrt(var).astype(np.float32)
+
+
+def write_features(
+    path: str | os.PathLike[str],
+    splits: Mapping[str, SplitArrays],
+    *,
+    dataset: str,
+    task: str,
+    scheme: str,
+    label_range: tuple[float, float],
+    extractor: Mapping[str, Any],
+    force: bool = False,
+    attrs: Mapping[str, Any] | None = None,
+) -> Path:
+    """Validate in-memory splits and write them as one atomic HDF5 file; returns the path."""
+    if task not in TASKS:
+        raise InputError(f"The 'task' parameter must be one of {TASKS}. Got {task!r} instead.")
+    if scheme not in SCHEMES:
+        raise InputError(f"The 'scheme' parameter must be one of {SCHEMES}. Got {scheme!r}.")
+    if "train" not in splits:
+        raise DataFormatError(
+            "The dataset has no 'train' split.",
+            hint="The train split is needed for the per-dimension std that scales noise.",
+        )
+    modalities: tuple[str, ...] | None = None
+    dims: dict[str, int] = {}
+    for name, arrays in splits.items():
+        validate_split_arrays(name, arrays)
+        mods = tuple(m for m in MODALITIES if m in arrays.features)
+        if modalities is None:
+            modalities = mods
+            dims = {m: arrays.features[m].shape[2] for m in mods}
+        elif mods != modalities:
+            raise DataFormatError(
+                f"Split '{name}' has modalities {mods} but the first split has {modalities}."
+            )
+        for m in mods:
+            if arrays.features[m].shape[2] != dims[m]:
+                raise DataFormatError(
+                    f"'{name}/{m}' has feature dim {arrays.features[m].shape[2]}, "
+                    f"other splits have {dims[m]}."
+                )
+        if task == "binary" and not np.isin(arrays.label, (0.0, 1.0)).all():
+            raise DataFormatError(f"'{name}/label' must be 0 or 1 for a binary task.")
+    assert modalities is not None
+    root = {
+        "dataset": dataset,
+        "task": task,
+        "scheme": scheme,
+        "label_min": float(label_range[0]),
+        "label_max": float(label_range[1]),
+        "extractor": dict(extractor),
+        "modalities": list(modalities),
+    }
+    root.update(attrs or {})
+    with FeatureWriter(path, force=force, attrs=root) as w:
+        for name in SPLITS:
+            if name not in splits:
+                continue
+            a = splits[name]
+            shapes = {m: (a.features[m].shape[1], a.features[m].shape[2]) for m in modalities}
+            tid = a.text_ids
+            w.create_split(
+                name,
+                len(a),
+                shapes,
+                text_ids_len=None if tid is None else tid.shape[1],
+                raw_text=a.raw_text is not None,
+            )
+            batch: dict[str, np.ndarray] = {"label": np.asarray(a.label, np.float32)}
+            for m in modalities:
+                batch[m] = np.asarray(a.features[m], np.float32)
+                batch[f"{m}_len"] = np.asarray(a.lengths[m], np.int32)
+            if tid is not None:
+                batch["text_ids"] = np.asarray(tid, np.int32)
+            w.write(name, 0, batch, ids=list(a.ids), raw_text=a.raw_text)
+        w.compute_train_stats()
+    log.info("wrote %s", path)
+    return Path(path)
+
+
+def _decode(values: np.ndarray) -> list[str]:
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+class FeatureFile:
+    """Lazy, read-only access to a qamoe HDF5 file. Validates its structure on open."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise InputError(
+                f"The file '{self.path}' does not exist.",
+                hint="Create one with `qamoe extract synthetic --out data.h5`.",
+            )
+        if self.path.is_dir():
+            raise InputError(f"'{self.path}' is a directory, not an HDF5 file.")
+        try:
+            self.h5 = h5py.File(self.path, "r")
+        except OSError:
+            raise DataFormatError(
+                f"'{self.path}' is not an HDF5 file (or it is damaged).",
+                hint="qamoe reads files written by `qamoe extract`.",
+            ) from None
+        try:
+            self._check()
+        except BaseException:
+            self.h5.close()
+            raise
+        self._sha: str | None = None
+
+    # -- structure -----------------------------------------------------------------------
+    def _check(self) -> None:
+        a = self.h5.attrs
+        where = f"'{self.path}'"
+        if a.get("format") != FORMAT:
+            raise DataFormatError(
+                f"{where} is not a qamoe feature file (root attr 'format' is "
+                f"{a.get('format')!r}, expected {FORMAT!r}).",
+                hint="Import your data with `qamoe extract` first.",
+            )
+        version = int(a.get("format_version", -1))
+        if version != FORMAT_VERSION:
+            raise DataFormatError(
+                f"{where} has format_version {version}; this qamoe reads {FORMAT_VERSION}.",
+                hint="Re-import the data with this version of qamoe.",
+            )
+        for key in ("dataset", "task", "scheme", "modalities"):
+            if key not in a:
+                raise DataFormatError(f"{where} lacks the root attr '{key}'.")
+        self.attrs: dict[str, Any] = {k: a[k] for k in a}
+        self.dataset = str(a["dataset"])
+        self.task = str(a["task"])
+        self.scheme = str(a["scheme"])
+        self.modalities = tuple(json.loads(a["modalities"]))
+        self.splits = tuple(s for s in SPLITS if s in self.h5)
+        if not self.splits:
+            raise DataFormatError(f"{where} has no split (expected groups train, valid, test).")
+        self.dims: dict[str, int] = {}
+        self.seq_lens: dict[str, int] = {}
+        for s in self.splits:
+            g = self.h5[s]
+            for key in ("ids", "label"):
+                if key not in g:
+                    raise DataFormatError(f"{where}: '{s}/{key}' is missing.")
+            n = g["label"].shape[0]
+            if g["ids"].shape[0] != n:
+                raise DataFormatError(f"{where}: '{s}/ids' has {g['ids'].shape[0]} rows, not {n}.")
+            for m in self.modalities:
+                if m not in g or f"{m}_len" not in g:
+                    raise DataFormatError(
+                        f"{where}: modality '{m}' is missing from split '{s}' "
+                        f"(expected '{s}/{m}' and '{s}/{m}_len').",
+                        hint="The file is incomplete; re-import it.",
+                    )
+                shape = g[m].shape
+                if len(shape) != 3 or shape[0] != n:
+                    raise DataFormatError(
+                        f"{where}: '{s}/{m}' has shape {shape}, expected ({n}, T, D)."
+                    )
+                if g[f"{m}_len"].shape != (n,):
+                    raise DataFormatError(f"{where}: '{s}/{m}_len' must have shape ({n},).")
+                if self.dims.setdefault(m, shape[2]) != shape[2]:
+                    raise DataFormatError(
+                        f"{where}: '{s}/{m}' has dim {shape[2]}, other splits {self.dims[m]}."
+                    )
+                self.seq_lens[m] = max(self.seq_lens.get(m, 0), shape[1])
+
+    def validate_data(self, block_rows: int = 1024) -> None:
+        """Scan every row (in blocks) for NaN/inf and lengths beyond the padded axis."""
+        for s in self.splits:
+            g = self.h5[s]
+            n = self.n(s)
+            check_finite("label", g["label"][:], f"'{self.path}' [{s}]")
+            for m in self.modalities:
+                lens = g[f"{m}_len"][:]
+                t = g[m].shape[1]
+                if (lens < 0).any() or (lens > t).any():
+                    raise DataFormatError(
+                        f"'{self.path}': '{s}/{m}_len' holds lengths outside [0, {t}] "
+                        f"(max {int(lens.max())}).",
+                        hint="Lengths count valid steps and cannot exceed the padded axis.",
+                    )
+                for start in range(0, n, block_rows):
+                    check_finite(m, g[m][start : start + block_rows], f"'{self.path}' [{s}]")
+
+    # -- accessors -----------------------------------------------------------------------
+    def __enter__(self) -> FeatureFile:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.h5.close()
+
+    def _split(self, split: str) -> h5py.Group:
+        if split not in self.splits:
+            raise InputError(
+                f"'{self.path}' has no split '{split}'.",
+                hint=f"It has: {', '.join(self.splits)}.",
+            )
+        return self.h5[split]
+
+    def n(self, split: str) -> int:
+        return int(self._split(split)["label"].shape[0])
+
+    @property
+    def corruption(self) -> list[dict[str, Any]]:
+        raw = self.attrs.get("corruption")
+        return list(json.loads(raw)) if raw is not None else []
+
+    @property
+    def label_range(self) -> tuple[float, float]:
+        return float(self.attrs.get("label_min", -3.0)), float(self.attrs.get("label_max", 3.0))
+
+    def _stat(self, kind: str, modality: str) -> np.ndarray:
+        key = f"train_{kind}_{modality}"
+        if key not in self.attrs:
+            raise DataFormatError(
+                f"'{self.path}' has no {key} (per-dimension train statistics).",
+                hint="Re-import the data with `qamoe extract`, which stores them.",
+            )
+        return np.asarray(self.attrs[key], dtype=np.float32)
+
+    def train_std(self, modality: str) -> np.ndarray:
+        """Per-dimension std (D,) over valid steps of the TRAIN split."""
+        return self._stat("std", modality)
+
+    def train_mean(self, modality: str) -> np.ndarray:
+        return self._stat("mean", modality)
+
+    def ids(self, split: str) -> list[str]:
+        return _decode(self._split(split)["ids"][:])
+
+    def raw_text(self, split: str) -> list[str] | None:
+        g = self._split(split)
+        return _decode(g["raw_text"][:]) if "raw_text" in g else None
+
+    def read(self, split: str, rows: slice | np.ndarray | Sequence[int]) -> dict[str, np.ndarray]:
+        """Read some rows of a split as a batch dict (see docs/architecture.md)."""
+        g = self._split(split)
+        n = self.n(split)
+        order: np.ndarray | None = None
+        if isinstance(rows, slice):
+            idx = np.arange(n)[rows]
+            sel: slice | np.ndarray = rows if (rows.step in (None, 1)) else idx
+        else:
+            idx = np.asarray(rows, dtype=np.int64)
+            if idx.size and (idx.min() < 0 or idx.max() >= n):
+                raise InputError(f"Row index out of range for split '{split}' ({n} rows).")
+            # h5py wants increasing, unique indices: read sorted, then restore the order asked.
+            uniq, order = np.unique(idx, return_inverse=True)
+            sel = uniq
+        batch: dict[str, np.ndarray] = {}
+        keys = ["label", "text_ids"]
+        for m in self.modalities:
+            keys += [m, f"{m}_len", f"{m}_keep"]
+        for key in keys:
+            if key not in g:
+                continue
+            value = g[key][sel]
+            if order is not None:
+                value = value[order]
+            if key.endswith("_len") or key == "text_ids":
+                value = value.astype(np.int64)
+            batch[key] = value
+        batch["index"] = idx
+        return batch
+
+    def iter_batches(self, split: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        """Contiguous row blocks of a split, in order."""
+        n = self.n(split)
+        for start in range(0, n, batch_size):
+            yield self.read(split, slice(start, min(n, start + batch_size)))
+
+    def sha256(self) -> str:
+        """SHA-256 of the file's bytes (read in 4 MiB blocks; cached)."""
+        if self._sha is None:
+            self._sha = file_sha256(self.path)
+        return self._sha
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_split(path: str | os.PathLike[str], split: str) -> dict[str, np.ndarray]:
+    """A whole split in memory as one batch dict (for datasets that fit)."""
+    with FeatureFile(path) as f:
+        return f.read(split, slice(None))
+
+
+def validate(path: str | os.PathLike[str], deep: bool = True) -> None:
+    """Check a file against the schema; with ``deep`` also scan values (NaN/inf, lengths)."""
+    with FeatureFile(path) as f:
+        if deep:
+            f.validate_data()
+
+
+class H5Dataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
+    """One split as a torch Dataset that reads rows lazily (the file opens per worker).
+
+    ``__getitems__`` reads a whole batch of indices in one HDF5 call, which DataLoader uses
+    automatically (torch's default collate then stacks the per-sample dicts).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], split: str) -> None:
+        self.path = Path(path)
+        self.split = split
+        with FeatureFile(self.path) as f:
+            self._n = f.n(split)
+        self._file: FeatureFile | None = None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _f(self) -> FeatureFile:
+        if self._file is None:  # opened lazily so each DataLoader worker has its own handle
+            self._file = FeatureFile(self.path)
+        return self._file
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        batch = self._f().read(self.split, np.array([i]))
+        return {k: torch.from_numpy(np.asarray(v[0])) for k, v in batch.items()}
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+        batch = self._f().read(self.split, np.asarray(indices))
+        return [
+            {k: torch.from_numpy(np.asarray(v[j])) for k, v in batch.items()}
+            for j in range(len(indices))
+        ]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_file"] = None
+        return state
+
+
+def to_torch(
+    batch: Mapping[str, np.ndarray], device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
+    """Numpy batch dict -> torch tensors on ``device`` (string ids are dropped)."""
+    out: dict[str, torch.Tensor] = {}
+    for k, v in batch.items():
+        if isinstance(v, np.ndarray) and v.dtype.kind in "biuf":
+            out[k] = torch.from_numpy(np.ascontiguousarray(v)).to(device)
+    return out

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Set up qamoe in ./.venv, idempotently: safe to run again on a machine that has it.
+#   bash scripts/setup.sh          runtime only (enough for `qamoe demo`)
+#   bash scripts/setup.sh --dev    plus pytest, ruff and mypy
+#   bash scripts/setup.sh --media  plus the raw-media extractors (qamoe[media])
+# torch: installed first, pinned to QAMOE_TORCH (default 2.13.0, a CPU build on the team's
+# machines). Set QAMOE_TORCH_INDEX to a wheel index (e.g. https://download.pytorch.org/whl/cpu)
+# to choose a build elsewhere; a torch that is already installed is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras=()
+for arg in "$@"; do
+  case "$arg" in
+    --dev) extras+=(dev) ;;
+    --media) extras+=(media) ;;
+    *) echo "setup.sh: unknown option $arg (use --dev, --media)" >&2; exit 2 ;;
+  esac
+done
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
+
+if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+  index=()
+  if [ -n "${QAMOE_TORCH_INDEX:-}" ]; then index=(--index-url "$QAMOE_TORCH_INDEX"); fi
+  "${pip[@]}" install "torch==${QAMOE_TORCH:-2.13.0}" "${index[@]}"
+fi
+
+spec="."
+if [ ${#extras[@]} -gt 0 ]; then spec=".[$(IFS=,; echo "${extras[*]}")]"; fi
+if ! log=$("${pip[@]}" install -e "$spec" 2>&1); then
+  echo "$log" >&2
+  echo "setup.sh: pip could not install qamoe (see above)" >&2
+  exit 1
+fi
+# This machine's pip config lists some missing local indexes; their warnings are noise.
+echo "$log" | grep -v "^WARNING: Location" >&2 || true
+.venv/bin/python -c "import qamoe_core, qamoe_cli.main" # fails loudly if the install did not take
+echo "qamoe is set up in .venv ($(.venv/bin/qamoe --version))" >&2

@@ -1,0 +1,82 @@
+"""The CLI shell: version, help, the error funnel, and core's independence from the UI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qamoe_cli.main import main
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("qamoe ")
+
+
+def test_core_never_imports_typer_or_rich() -> None:
+    code = (
+        "import sys, pkgutil, importlib, qamoe_core\n"
+        "for m in pkgutil.walk_packages(qamoe_core.__path__, 'qamoe_core.'):\n"
+        "    try:\n"
+        "        importlib.import_module(m.name)\n"
+        "    except ModuleNotFoundError as e:\n"  # optional extras (media) may be absent
+        "        if e.name.split('.')[0] in ('typer', 'rich'): raise\n"
+        "bad = [n for n in sys.modules if n.split('.')[0] in ('typer', 'rich')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_error_funnel_prints_error_and_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "d.h5"
+    args = ["extract", "synthetic", "--preset", "tiny", "--out", str(out), "-q"]
+    assert main(args) == 0
+    assert main(args) == 1  # exists, no --force
+    err = capsys.readouterr().err
+    assert "error: The output" in err and "hint:" in err and "--force" in err
+    assert "Traceback" not in err
+
+
+def test_usage_errors_are_one_line_with_hint(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["extract", "synthetic", "--preset", "huge"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "--preset" in err and "hint: See" in err
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    out = tmp_path / "d.h5"
+    out.write_text("x")
+    cmd = [
+        sys.executable,
+        "-m",
+        "qamoe_cli.main",
+        "--debug",
+        "extract",
+        "synthetic",
+        "--preset",
+        "tiny",
+        "--out",
+        str(out),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode != 0 and "Traceback" in res.stderr and "OutputExistsError" in res.stderr
+    res = subprocess.run(cmd[:3] + cmd[4:], capture_output=True, text=True)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+
+
+def test_json_output_is_parseable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert (
+        main(
+            ["extract", "synthetic", "--preset", "tiny", "--out", str(tmp_path / "d.h5"), "--json"]
+        )
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["splits"] == {"train": 64, "valid": 24, "test": 32}

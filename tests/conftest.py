@@ -1,0 +1,38 @@
+"""Shared fixtures: small datasets written once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from qamoe_core.synthetic import write_synthetic
+
+# Two cores on the team's machines: keep torch from oversubscribing them.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def mosi_lite_dir() -> Path | None:
+    """The real MOSI-lite CSVs beside the repository (or $QAMOE_MOSI_LITE), if present."""
+    path = Path(os.environ.get("QAMOE_MOSI_LITE", REPO.parent / "shared" / "data" / "mosi-lite"))
+    return path if (path / "transcripts.csv").exists() else None
+
+
+@pytest.fixture(scope="session")
+def tiny_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic 'tiny' preset (64/24/32 samples), read-only for tests."""
+    path = tmp_path_factory.mktemp("data") / "tiny.h5"
+    write_synthetic(path, preset="tiny", seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic 'small' preset (800/200/300 samples), read-only for tests."""
+    path = tmp_path_factory.mktemp("data") / "small.h5"
+    write_synthetic(path, preset="small", seed=0)
+    return path
