@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, cx.ClickException):
             _print_error(exc.format_message(), None)
             return exc.exit_code
-        if isinstance(exc, cx.Abort | typer.Abort):
+        if isinstance(exc, typer.Abort):
             _print_error("aborted.", None)
             return 1
         if _STATE["debug"]:

@@ -1,0 +1,57 @@
+"""`qamoe extract mosi-lite DIR --out FILE.h5`: import the MOSI-lite CSVs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from qamoe_cli.common import Force, JsonOut, OutFile, Quiet, Seed, emit, out_console, progress
+from qamoe_core.importers.mosilite import DEFAULT_VALID_FRACTION, PROGRESS_STEPS, import_mosilite
+
+
+def render_summary(summary: dict[str, Any]) -> None:
+    table = Table(title=f"{summary['dataset']} (binary) → {summary['out']}")
+    table.add_column("split")
+    table.add_column("utterances", justify="right")
+    table.add_column("videos", justify="right")
+    table.add_column("positive", justify="right")
+    for s, n in summary["splits"].items():
+        table.add_row(s, str(n), str(summary["videos"][s]), f"{summary['positive_rate'][s]:.1%}")
+    out_console.print(table)
+    dims = ", ".join(f"{m} {d}" for m, d in summary["dims"].items())
+    out_console.print(
+        f"dims (1 step each): {dims}; valid = whole train videos "
+        f"(fraction {summary['valid_fraction']:g}, seed {summary['seed']})"
+    )
+
+
+def command(
+    directory: Annotated[
+        Path, typer.Argument(help="The MOSI-lite folder (transcripts.csv, *_train0.csv, ...).")
+    ],
+    out: OutFile,
+    valid_fraction: Annotated[
+        float,
+        typer.Option(
+            "--valid-fraction",
+            help="Share of train utterances moved to valid, as whole videos. The default "
+            "matches the standard MOSI train/valid ratio (1284/229).",
+        ),
+    ] = DEFAULT_VALID_FRACTION,
+    seed: Seed = 0,
+    force: Force = False,
+    quiet: Quiet = False,
+    json_out: JsonOut = False,
+) -> None:
+    """Import the MOSI-lite CSVs (real CMU-MOSI utterance features, binary labels).
+
+    A validation split is carved out of train by video, deterministically for a seed.
+    """
+    with progress(PROGRESS_STEPS, "mosi-lite", enabled=not (quiet or json_out)) as tick:
+        summary = import_mosilite(
+            directory, out, valid_fraction=valid_fraction, seed=seed, force=force, progress=tick
+        )
+    emit(summary, json_mode=json_out, render=lambda: render_summary(summary))

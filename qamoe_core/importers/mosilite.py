@@ -1,0 +1,298 @@
+"""MOSI-lite CSVs (real CMU-MOSI utterance features, binary labels) -> the qamoe HDF5 store.
+
+The source (see its README): 2199 CMU-MOSI utterances with the utterance-level features of
+bc-LSTM (Poria et al., ACL 2017) as published in declare-lab/multimodal-deep-learning:
+text-CNN (100-d), openSMILE (73-d) and 3D-CNN video (100-d), one time step per modality,
+labels 1 = positive, 0 = negative, a speaker-independent train/test split (62/31 videos).
+
+The import adds a validation split carved out of train BY VIDEO (a video's utterances share a
+speaker, so splitting by utterance would leak the speaker into validation), checks that every
+file agrees on the labels, and keeps clip ids and transcripts.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qamoe_core.atomic import check_output
+from qamoe_core.errors import DataFormatError, InputError
+from qamoe_core.h5store import SplitArrays, file_sha256, write_features
+
+log = logging.getLogger(__name__)
+
+# 229 / (1284 + 229) = 0.151: the train/valid ratio of the standard MOSI split (MMSA's
+# 1284/229/686), so MOSI-lite's validation set is about as large relative to train.
+DEFAULT_VALID_FRACTION = 0.15
+
+SOURCE_SPLITS = ("train", "test")
+# modality -> (file stem, feature dims excluding the trailing label column)
+FILES: dict[str, tuple[str, int]] = {
+    "text": ("text", 100),
+    "audio": ("audio", 73),
+    "vision": ("video", 100),
+}
+REQUIRED = (
+    ["transcripts.csv"]
+    + [f"{stem}_{s}0.csv" for s in SOURCE_SPLITS for stem, _ in FILES.values()]
+    + [f"text_{s}.csv" for s in SOURCE_SPLITS]
+)
+PROGRESS_STEPS = 3  # read, split, write
+
+EXTRACTOR = {
+    "name": "mosi-lite",
+    "text": "text-CNN utterance features, 100-d (bc-LSTM, Poria et al. 2017)",
+    "audio": "openSMILE utterance features, 73-d (bc-LSTM)",
+    "vision": "3D-CNN utterance features, 100-d (bc-LSTM)",
+    "source": "declare-lab/multimodal-deep-learning (MIT), CMU-MOSI (Zadeh et al. 2016)",
+}
+
+
+@dataclass(frozen=True)
+class _Source:
+    """One source split as read: clip ids, video ids, transcripts, labels, features."""
+
+    ids: list[str]
+    videos: list[str]
+    raw_text: list[str]
+    label: np.ndarray  # (N,) float32 in {0, 1}
+    features: dict[str, np.ndarray]  # modality -> (N, D) float32
+
+
+def _read_rows(path: Path) -> list[list[str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [row for row in csv.reader(fh) if row]
+
+
+def _read_matrix(path: Path) -> np.ndarray:
+    rows = _read_rows(path)
+    widths = {len(r) for r in rows}
+    if len(widths) != 1:
+        raise DataFormatError(
+            f"'{path}' has rows of different widths ({sorted(widths)} columns).",
+            hint="Each MOSI-lite CSV has the same number of columns on every row.",
+        )
+    try:
+        return np.array(rows, dtype=np.float64)
+    except ValueError:
+        for i, row in enumerate(rows, 1):
+            try:
+                np.array(row, dtype=np.float64)
+            except ValueError:
+                raise DataFormatError(
+                    f"'{path}', line {i}: a value is not a number.",
+                    hint="MOSI-lite feature files hold numbers only, no header.",
+                ) from None
+        raise
+
+
+def _check_label(path: Path, labels: np.ndarray, expected: np.ndarray) -> None:
+    bad = np.flatnonzero(labels != expected)
+    if bad.size:
+        i = int(bad[0])
+        raise DataFormatError(
+            f"'{path}' disagrees with transcripts.csv on {bad.size} labels (first at line {i + 1}:"
+            f" {labels[i]:g} vs {expected[i]:g}).",
+            hint="The MOSI-lite files must be aligned row by row; re-copy them from the source.",
+        )
+
+
+def _read_source(root: Path, split: str, transcripts: list[list[str]]) -> _Source:
+    index_file = root / f"text_{split}.csv"
+    text_idx = _read_matrix(index_file)
+    rows = text_idx[:, 0]
+    if (rows != np.round(rows)).any() or rows.min() < 0 or rows.max() >= len(transcripts):
+        raise DataFormatError(
+            f"'{index_file}': column 0 must be row numbers into transcripts.csv "
+            f"(0..{len(transcripts) - 1}).",
+        )
+    idx = rows.astype(np.int64)
+    ids = [transcripts[i][0] for i in idx]
+    raw_text = [transcripts[i][1] for i in idx]
+    label = np.array([float(transcripts[i][3]) for i in idx])
+    if not np.isin(label, (0.0, 1.0)).all():
+        raise DataFormatError("'transcripts.csv': column 3 (label) must be 0 or 1.")
+    # clip ids are "<video>_<n>" and YouTube ids may contain "_": split at the LAST one
+    videos = [clip.rsplit("_", 1)[0] for clip in ids]
+
+    features: dict[str, np.ndarray] = {}
+    for m, (stem, dim) in FILES.items():
+        path = root / f"{stem}_{split}0.csv"
+        x = _read_matrix(path)
+        if x.shape != (len(idx), dim + 1):
+            raise DataFormatError(
+                f"'{path}' has shape {x.shape}; expected ({len(idx)}, {dim + 1}) "
+                f"({dim} features and the label, one row per line of '{index_file.name}').",
+            )
+        _check_label(path, x[:, -1], label)
+        if not np.isfinite(x).all():
+            raise DataFormatError(f"'{path}' holds NaN or inf.")
+        features[m] = x[:, :-1].astype(np.float32)
+    # text_X.csv repeats text_X0.csv's features after the row index: a cheap alignment check
+    if not np.allclose(text_idx[:, 1:], features["text"], atol=1e-5):
+        raise DataFormatError(
+            f"'{index_file}' and 'text_{split}0.csv' hold different text features.",
+            hint="Their rows must be aligned; re-copy the files from the source.",
+        )
+    return _Source(ids, videos, raw_text, label.astype(np.float32), features)
+
+
+def _split_by_video(videos: list[str], fraction: float, seed: int) -> np.ndarray:
+    """Boolean (N,) mask of rows moved to valid: whole videos, in an order fixed by ``seed``,
+    until the utterance count is nearest ``fraction`` of N (at least one video moves, at least
+    one stays)."""
+    unique = sorted(set(videos))
+    order = np.random.default_rng(seed).permutation(len(unique))
+    counts: dict[str, int] = {}
+    for v in videos:
+        counts[v] = counts.get(v, 0) + 1
+    target = fraction * len(videos)
+    chosen: set[str] = set()
+    taken = 0
+    for j in order[: len(unique) - 1]:
+        c = counts[unique[j]]
+        # stop at the video boundary nearest the target (but keep at least one video)
+        if chosen and abs(taken + c - target) >= abs(taken - target):
+            break
+        chosen.add(unique[j])
+        taken += c
+    return np.array([v in chosen for v in videos])
+
+
+def _subset(src: _Source, rows: np.ndarray) -> SplitArrays:
+    n = len(rows)
+    return SplitArrays(
+        ids=[src.ids[i] for i in rows],
+        label=src.label[rows],
+        features={m: x[rows][:, None, :] for m, x in src.features.items()},  # (N, 1, D)
+        lengths={m: np.ones(n, dtype=np.int64) for m in src.features},
+        raw_text=[src.raw_text[i] for i in rows],
+    )
+
+
+def _dir_sha256(root: Path) -> str:
+    """One hash for the set of source files: SHA-256 over 'name sha256' lines, sorted."""
+    lines = "".join(f"{name} {file_sha256(root / name)}\n" for name in sorted(REQUIRED))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def import_mosilite(
+    directory: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    valid_fraction: float = DEFAULT_VALID_FRACTION,
+    seed: int = 0,
+    force: bool = False,
+    progress: Callable[..., None] | None = None,
+) -> dict[str, Any]:
+    """Import the MOSI-lite CSVs in ``directory``; returns a JSON-able summary.
+
+    Splits: ``test`` as published; ``valid`` = whole train videos drawn in an order fixed by
+    ``seed`` until about ``valid_fraction`` of the train utterances; ``train`` = the rest.
+    Every modality has sequence length 1; labels are 0/1 float32 (task and scheme "binary").
+    ``progress`` is called as ``progress(1, stage=...)`` :data:`PROGRESS_STEPS` times.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise InputError(
+            f"The folder '{root}' does not exist."
+            if not root.exists()
+            else f"'{root}' is a file, not the MOSI-lite folder.",
+            hint="Give the folder that holds transcripts.csv and the *_train0.csv files.",
+        )
+    try:
+        fraction = float(valid_fraction)
+    except (TypeError, ValueError):
+        fraction = math.nan
+    if not 0.0 < fraction < 1.0:
+        raise InputError(
+            f"The 'valid_fraction' parameter must be a float in (0, 1). "
+            f"Got {valid_fraction!r} instead.",
+            hint=f"{DEFAULT_VALID_FRACTION} matches the standard MOSI train/valid ratio.",
+        )
+    missing = [name for name in REQUIRED if not (root / name).is_file()]
+    if missing:
+        raise DataFormatError(
+            f"'{root}' is not a MOSI-lite folder: missing {', '.join(missing)}.",
+            hint="See ../shared/data/mosi-lite/README.md for the expected files.",
+        )
+    check_output(out, force)
+    tick = progress or (lambda n=1, **fields: None)
+
+    transcripts = _read_rows(root / "transcripts.csv")
+    if any(len(row) != 4 for row in transcripts):
+        raise DataFormatError(
+            f"'{root / 'transcripts.csv'}' must have 4 columns: clip id, transcript, video "
+            "index, label.",
+        )
+    source = {s: _read_source(root, s, transcripts) for s in SOURCE_SPLITS}
+    tick(1, stage="read")
+
+    overlap = set(source["train"].videos) & set(source["test"].videos)
+    if overlap:  # the published split is speaker-independent; a change would leak speakers
+        raise DataFormatError(
+            f"'{root}': {len(overlap)} videos appear in both train and test "
+            f"(e.g. {sorted(overlap)[0]}).",
+            hint="MOSI-lite's split is by video; the files may have been mixed up.",
+        )
+    train = source["train"]
+    to_valid = _split_by_video(train.videos, fraction, seed)
+    splits = {
+        "train": _subset(train, np.flatnonzero(~to_valid)),
+        "valid": _subset(train, np.flatnonzero(to_valid)),
+        "test": _subset(source["test"], np.arange(len(source["test"].ids))),
+    }
+    tick(1, stage="split")
+
+    sha = _dir_sha256(root)
+    valid_videos = sorted({v for v, moved in zip(train.videos, to_valid, strict=True) if moved})
+    extractor = {
+        **EXTRACTOR,
+        "valid_fraction": fraction,
+        "seed": int(seed),
+        "valid_videos": valid_videos,
+    }
+    write_features(
+        out,
+        splits,
+        dataset="mosi-lite",
+        task="binary",
+        scheme="binary",
+        label_range=(0.0, 1.0),
+        extractor=extractor,
+        force=force,
+        attrs={"source_sha256": sha, "notes": {"valid_split": "whole train videos, seeded"}},
+    )
+    tick(1, stage="write")
+
+    def videos_of(split: str) -> int:
+        if split == "test":
+            return len(set(source["test"].videos))
+        return len(set(train.videos)) - len(valid_videos) if split == "train" else len(valid_videos)
+
+    return {
+        "source": str(root),
+        "out": str(out),
+        "dataset": "mosi-lite",
+        "task": "binary",
+        "scheme": "binary",
+        "label_range": [0.0, 1.0],
+        "splits": {s: len(a.label) for s, a in splits.items()},
+        "videos": {s: videos_of(s) for s in splits},
+        "positive_rate": {s: round(float(a.label.mean()), 4) for s, a in splits.items()},
+        "dims": {m: int(x.shape[2]) for m, x in splits["train"].features.items()},
+        "seq_lens": {m: 1 for m in FILES},
+        "valid_fraction": fraction,
+        "seed": int(seed),
+        "valid_videos": valid_videos,
+        "source_sha256": sha,
+    }
