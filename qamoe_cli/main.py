@@ -13,6 +13,7 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from qamoe_cli import extract
 from qamoe_cli.common import err_console
@@ -86,9 +87,10 @@ _register_available()
 
 
 def _print_error(message: str, hint: str | None) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escape: messages may hold brackets (e.g. "qamoe[media]") that Rich would read as markup
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     if hint:
-        err_console.print(f"[yellow]hint:[/] {hint}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 # Set up qamoe in ./.venv, idempotently: safe to run again on a machine that has it.
 #   bash scripts/setup.sh          runtime only (enough for `qamoe demo`)
 #   bash scripts/setup.sh --dev    plus pytest, ruff and mypy
-#   bash scripts/setup.sh --media  plus the raw-media extractors (qamoe[media])
+#   bash scripts/setup.sh --media  plus the raw-media extractors (qamoe[media], openSMILE)
 # torch: installed first, pinned to QAMOE_TORCH (default 2.13.0, a CPU build on the team's
 # machines). Set QAMOE_TORCH_INDEX to a wheel index (e.g. https://download.pytorch.org/whl/cpu)
 # to choose a build elsewhere; a torch that is already installed is kept.
@@ -13,7 +13,7 @@ extras=()
 for arg in "$@"; do
   case "$arg" in
     --dev) extras+=(dev) ;;
-    --media) extras+=(media) ;;
+    --media) extras+=(media media-opensmile) ;;
     *) echo "setup.sh: unknown option $arg (use --dev, --media)" >&2; exit 2 ;;
   esac
 done
