@@ -1,0 +1,498 @@
+"""The Continuous Reliability Spectrum (DESIGN §2): one corruption engine for batches and files.
+
+A spectrum point is a ``level`` ℓ in [0, 1] applied to chosen modalities (0 = clean, 1 = gone):
+
+- ``missing``: each VALID step is dropped independently with probability ``missing_rate`` = ℓ.
+  A dropped step is zeroed; for ``text_ids`` it becomes ``[UNK]`` (100) unless it holds
+  ``[CLS]`` (101) or ``[SEP]`` (102), so a re-encoder still sees a well-formed sentence.
+  The FEATURES at [CLS]/[SEP] are dropped like any step: a precomputed BERT [CLS] vector
+  summarises the whole sentence, and sparing it would leak the modality at level 1.
+  Lengths stay; a keep mask ``<m>_keep`` (B, T) bool records what survived.
+- ``noise``: kept valid steps get N(0, (λ·s_d)²), λ = ℓ·noise_scale, s_d the per-dimension
+  std of the TRAIN split, so ℓ means the same for every modality and dataset.
+- ``mixed`` (default): both at once with the same ℓ.
+- ``drop``: whole modalities zeroed (keep mask all False, lengths kept), the fixed-missing
+  protocol. Dropping every modality is an error.
+Padding is never touched; unchosen modalities are returned unchanged; ℓ = 0 is the identity
+bit for bit (``where``, not ``x + 0·z``, which would turn -0.0 into +0.0).
+
+Randomness: draws are separate from levels. A step is dropped iff ``u < ℓ`` and its noise is
+``ℓ·noise_scale·s_d·z``, with ``u`` ~ U[0, 1) (B, T) and ``z`` ~ N(0, 1) (B, T, D). The draws
+come from one of two sources and are applied by ONE function, :func:`apply_draws` (torch; numpy
+batches pass through ``torch.from_numpy`` and come back as numpy), so files, sweeps and training
+share the same arithmetic:
+
+- :func:`draw_keyed` (numpy): a pure function of (seed, split, modality, chain, row). Each row
+  gets its own PCG64 stream keyed by ``SeedSequence(seed, spawn_key=(crc32(split),
+  crc32(modality), chain, row))``. Keying per ROW, not per caller's chunk, is what makes a file
+  corrupted in chunks of 64 or 1000 rows, a sweep over shuffled batches, and a per-sample
+  Dataset all see the same bytes. The cost is one generator per row and modality (~10-30 µs),
+  small next to drawing a MOSEI row's ~10^5 normals (~1 ms), and it needs no alignment logic.
+  Only valid steps are drawn (u first, then z), so padding costs nothing.
+- :func:`draw_torch`: ``torch.rand``/``torch.randn`` on the batch's device with an optional
+  ``torch.Generator`` (on that device). Used in training, where draws need not be reproducible
+  across batchings, only fast.
+
+Because draws do not depend on the level, one set of draws serves a whole sweep (common random
+numbers): the steps dropped at 0.3 are a subset of those dropped at 0.5 and the noise direction
+is the same, so a reliability curve reflects the level rather than the luck of each draw.
+
+Use from other modules::
+
+    # a fixed spectrum point (files, evaluation); batch has 'index' = row numbers in the split;
+    # modalities=None (default) means every modality the batch holds
+    spec = CorruptionSpec(level=0.4, axis="mixed", modalities=("audio", "vision"), seed=0)
+    out = apply_spec(batch, spec, split="test", train_std=stds)      # numpy or torch batch
+
+    # sweeps: draw once per batch (CPU), move to the batch's device once, apply at every level
+    draws = move_draws(draw_keyed(batch, ("text", "audio", "vision"), seed=0, split="test"), dev)
+    for level in grid:
+        out = apply_draws(batch, draws, dict.fromkeys(draws, level), train_std=stds)
+
+    # training: per-sample, per-modality levels re-drawn for every batch (hence every epoch)
+    levels = sample_levels(B, ("text", "audio", "vision"), clean_fraction=0.5, generator=g)
+    out = corrupt_batch(batch, levels, train_std=stds, axis="mixed", generator=g)
+
+``train_std[m]`` is the (D_m,) per-dimension std of the clean TRAIN split
+(``FeatureFile.train_std``), numpy or torch. Every function returns a NEW dict carrying
+``<m>_keep`` for every modality in the batch (valid steps, AND the incoming keep mask where the
+batch had one). Inputs are never modified; arrays that need no change are shared, not copied.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from qamoe_core import MODALITIES
+from qamoe_core.errors import ConfigError, DataFormatError, InputError, check_choice, check_level
+
+AXES: tuple[str, str, str] = ("missing", "noise", "mixed")
+UNK_ID, CLS_ID, SEP_ID = 100, 101, 102  # BERT-base (uncased/chinese) vocabulary ids
+MAX_SEED = 2**63 - 1
+# Keys of a corruption record (see corrupt.py) that are not CorruptionSpec fields.
+RECORD_KEYS = frozenset(
+    {"missing_rate", "noise_std", "splits", "source_sha256", "chain_index", "created_by"}
+)
+
+Array = Any  # np.ndarray or torch.Tensor
+
+
+def _as_names(value: Any, name: str) -> tuple[str, ...]:
+    """Accept 'audio,vision', ['audio', 'vision'] or a tuple; check against MODALITIES."""
+    if value is None:
+        return ()
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+    items = [v for v in items if v != ""]
+    for m in items:
+        if m not in MODALITIES:
+            raise InputError(
+                f"The '{name}' parameter must name modalities among {', '.join(MODALITIES)}. "
+                f"Got {m!r} instead."
+            )
+    if len(set(items)) != len(items):
+        raise InputError(f"The '{name}' parameter names a modality twice: {items}.")
+    return tuple(m for m in MODALITIES if m in items)  # canonical order
+
+
+@dataclass(frozen=True)
+class CorruptionSpec:
+    """One point of the spectrum. Validated on construction; saved as JSON in corrupted files."""
+
+    # 0 = clean, 1 = the modality is gone (DESIGN §2); checked with check_level.
+    level: float = 0.0
+    # mixed is the single-knob spectrum: slightly noisy at 0.1, half gone and very noisy at 0.5.
+    axis: str = "mixed"
+    # None = every modality the data holds: "this dataset at level 0.4" degrades all of it
+    # (and a file without vision is not an error).
+    modalities: tuple[str, ...] | None = None
+    # Whole modalities removed (fixed-missing protocol), on top of the level.
+    drop: tuple[str, ...] = ()
+    # λ = level·noise_scale in units of the train std. 1.0 makes level 1 a per-dimension
+    # signal-to-noise ratio of 1 (noise as large as the feature's own spread across the train
+    # split): clearly unreliable yet not astronomically off-scale, and the mixed axis already
+    # removes everything at level 1, so a larger scale would add nothing there.
+    noise_scale: float = 1.0
+    # Corruption seed, independent of any model seed (same seed, same bytes).
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise fields in place once
+        set_(self, "level", check_level(self.level, "level"))
+        set_(self, "axis", check_choice(self.axis, AXES, "axis"))
+        if self.modalities is not None:
+            mods = _as_names(self.modalities, "modalities")
+            if not mods:
+                raise InputError(
+                    "The 'modalities' parameter must name at least one modality. Got none.",
+                    hint=f"Use e.g. --modalities {','.join(MODALITIES)}, or leave it out for all.",
+                )
+            set_(self, "modalities", mods)
+        drop = _as_names(self.drop, "drop")
+        set_(self, "drop", drop)
+        if set(drop) >= set(MODALITIES):
+            raise InputError(
+                f"The 'drop' parameter cannot remove every modality. Got {','.join(drop)}.",
+                hint="Keep at least one modality; --level 1 on the others if that is the intent.",
+            )
+        try:
+            scale = float(self.noise_scale)
+        except (TypeError, ValueError):
+            scale = math.nan
+        if not math.isfinite(scale) or scale <= 0:
+            raise InputError(
+                "The 'noise_scale' parameter must be a finite float > 0. "
+                f"Got {self.noise_scale!r} instead.",
+                hint="1.0 means level 1 adds noise as large as the train std of each dimension.",
+            )
+        set_(self, "noise_scale", scale)
+        seed = self.seed
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+            raise InputError(f"The 'seed' parameter must be an integer. Got {seed!r} instead.")
+        if not 0 <= int(seed) <= MAX_SEED:
+            raise InputError(
+                f"The 'seed' parameter must be an integer in [0, 2**63 - 1]. Got {seed} instead."
+            )
+        set_(self, "seed", int(seed))
+
+    @property
+    def missing_rate(self) -> float:
+        """Nominal probability that a valid step of a chosen modality is dropped."""
+        return self.level if self.axis in ("missing", "mixed") else 0.0
+
+    @property
+    def noise_std(self) -> float:
+        """Nominal noise std in units of the per-dimension train std (λ)."""
+        return self.level * self.noise_scale if self.axis in ("noise", "mixed") else 0.0
+
+    def resolve(self, available: Sequence[str]) -> tuple[str, ...]:
+        """Modalities that receive the level, given those the data holds (canonical order).
+
+        Raises InputError if the spec names a modality the data lacks, or drops all it has.
+        """
+        for name, names in (("modalities", self.modalities or ()), ("drop", self.drop)):
+            for m in names:
+                if m not in available:
+                    raise InputError(
+                        f"The '{name}' parameter names '{m}', which the data does not hold "
+                        f"(it has {', '.join(available)}).",
+                        hint=f"Choose among {', '.join(available)}.",
+                    )
+        if set(available) <= set(self.drop):
+            raise InputError(
+                f"The 'drop' parameter cannot remove every modality of the data "
+                f"({', '.join(available)}).",
+                hint="Keep at least one modality.",
+            )
+        chosen = self.modalities if self.modalities is not None else tuple(available)
+        return tuple(m for m in MODALITIES if m in chosen and m not in self.drop)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["modalities"] = None if self.modalities is None else list(self.modalities)
+        d["drop"] = list(self.drop)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CorruptionSpec:
+        """Build from ``to_dict`` output or a corruption record; unknown keys are an error."""
+        names = {"level", "axis", "modalities", "drop", "noise_scale", "seed"}
+        unknown = set(data) - names - RECORD_KEYS
+        if unknown:
+            raise ConfigError(
+                f"Unknown corruption field(s): {', '.join(sorted(unknown))}.",
+                hint=f"Fields are {', '.join(sorted(names))}.",
+            )
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class ModalityDraws(NamedTuple):
+    """Random draws for one modality: ``u`` (B, T) U[0, 1) for dropping, ``z`` (B, T, D) N(0, 1)
+    for noise; either is None when the axis does not need it. numpy or torch."""
+
+    u: Array | None
+    z: Array | None
+
+
+def _needs(axis: str) -> tuple[bool, bool]:
+    """(drops steps, adds noise) for an axis."""
+    return axis in ("missing", "mixed"), axis in ("noise", "mixed")
+
+
+def _code(name: str) -> int:
+    return zlib.crc32(name.encode("utf-8"))  # stable across runs and platforms (unlike hash())
+
+
+def _to_numpy(value: Array) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def row_generator(
+    seed: int, split: str, modality: str, row: int, chain: int = 0
+) -> np.random.Generator:
+    """The generator that owns the draws of one (split, modality, row) for ``seed``.
+
+    ``spawn_key`` entries are each < 2**32 (one word), so distinct tuples never collide;
+    ``chain`` is the position in a corruption chain, so corrupting a corrupted file with the
+    same seed draws fresh randomness instead of repeating the first corruption.
+    """
+    ss = np.random.SeedSequence(seed, spawn_key=(_code(split), _code(modality), chain, row))
+    return np.random.Generator(np.random.PCG64(ss))
+
+
+def draw_keyed(
+    batch: Mapping[str, Array],
+    modalities: Iterable[str],
+    *,
+    seed: int,
+    split: str,
+    axis: str = "mixed",
+    chain: int = 0,
+) -> dict[str, ModalityDraws]:
+    """Reproducible draws for the rows ``batch['index']`` of ``split`` (numpy arrays on CPU).
+
+    Depends only on (seed, split, modality, chain, row) and the row's valid length: the same
+    row gets the same draws whatever batch it sits in. Padding gets u = 1 (never dropped)
+    and z = 0.
+    """
+    if "index" not in batch:
+        raise InputError(
+            "Keyed corruption needs the batch's 'index' (row numbers within the split).",
+            hint="Read batches with FeatureFile.read or H5Dataset, which add it.",
+        )
+    index = _to_numpy(batch["index"]).astype(np.int64)
+    drops, noise = _needs(check_choice(axis, AXES, "axis"))
+    out: dict[str, ModalityDraws] = {}
+    for m in modalities:
+        b, t, d = batch[m].shape
+        lens = _to_numpy(batch[f"{m}_len"]).astype(np.int64)
+        u = np.ones((b, t), dtype=np.float32)
+        z = np.zeros((b, t, d), dtype=np.float32) if noise else None
+        for i in range(b):
+            n_valid = int(lens[i])
+            if n_valid == 0:
+                continue
+            g = row_generator(seed, split, m, int(index[i]), chain)
+            # Always draw u then z in this order so the noise of a row is the same on every axis.
+            g.random(out=u[i, :n_valid], dtype=np.float32)
+            if z is not None:
+                g.standard_normal(out=z[i, :n_valid], dtype=np.float32)
+        out[m] = ModalityDraws(u if drops else None, z)
+    return out
+
+
+def draw_torch(
+    batch: Mapping[str, torch.Tensor],
+    modalities: Iterable[str],
+    *,
+    axis: str = "mixed",
+    generator: torch.Generator | None = None,
+) -> dict[str, ModalityDraws]:
+    """Fresh draws on the batch's device (training). ``generator`` must live on that device."""
+    drops, noise = _needs(check_choice(axis, AXES, "axis"))
+    out: dict[str, ModalityDraws] = {}
+    for m in modalities:
+        x = batch[m]
+        u = torch.rand(x.shape[:2], generator=generator, device=x.device) if drops else None
+        z = torch.randn(x.shape, generator=generator, device=x.device) if noise else None
+        out[m] = ModalityDraws(u, z)
+    return out
+
+
+def move_draws(
+    draws: Mapping[str, ModalityDraws], device: str | torch.device
+) -> dict[str, ModalityDraws]:
+    """Draws as torch tensors on ``device`` (do it once per batch when sweeping levels)."""
+    dev = torch.device(device)
+    return {
+        m: ModalityDraws(*(None if a is None else _tensor(a, dev) for a in d))
+        for m, d in draws.items()
+    }
+
+
+def _tensor(value: Array, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    t = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
+    return t.to(device=device, dtype=dtype) if dtype is not None else t.to(device)
+
+
+def _levels_tensor(level: Any, b: int, device: torch.device) -> torch.Tensor:
+    """A level given as a float, (B,) array or (B,) tensor -> (B,) float32 tensor."""
+    if isinstance(level, torch.Tensor | np.ndarray):
+        lv = _tensor(level, device, torch.float32).reshape(-1)
+        if lv.numel() == 1:
+            lv = lv.expand(b)
+    else:
+        lv = torch.full((b,), check_level(level), dtype=torch.float32, device=device)
+    if lv.shape != (b,):
+        raise InputError(f"Per-sample levels must have shape ({b},); got {tuple(lv.shape)}.")
+    if bool(((lv < 0) | (lv > 1) | torch.isnan(lv)).any()):
+        raise InputError("Per-sample levels must lie in [0, 1].")
+    return lv
+
+
+def apply_draws(
+    batch: Mapping[str, Array],
+    draws: Mapping[str, ModalityDraws],
+    levels: Mapping[str, Any],
+    *,
+    axis: str = "mixed",
+    noise_scale: float = 1.0,
+    train_std: Mapping[str, Array] | None = None,
+    drop: Sequence[str] = (),
+) -> dict[str, Array]:
+    """Corrupt ``batch`` with given draws: the one place where levels become corruption.
+
+    ``levels[m]``: a float or a (B,) per-sample level for each modality to corrupt (those
+    absent are untouched unless in ``drop``). ``draws[m]`` from draw_keyed / draw_torch.
+    ``train_std[m]``: (D,) per-dimension train std, needed when the axis adds noise.
+    numpy in -> numpy out (computed with torch on CPU, no copies in); torch in -> torch out
+    on the batch's device. Returns a new dict with ``<m>_keep`` (B, T) bool for every modality.
+    """
+    drops, noise = _needs(check_choice(axis, AXES, "axis"))
+    mods = [m for m in MODALITIES if m in batch and f"{m}_len" in batch]
+    for m in list(levels) + list(drop):
+        if m not in mods:
+            raise InputError(
+                f"Cannot corrupt modality '{m}': the batch has {', '.join(mods) or 'none'}."
+            )
+    as_numpy = not isinstance(batch[mods[0]], torch.Tensor) if mods else False
+    device = torch.device("cpu") if as_numpy else batch[mods[0]].device
+    out: dict[str, Array] = dict(batch)
+    for m in mods:
+        x = _tensor(batch[m], device)  # (B, T, D)
+        b, t, d = x.shape
+        lens = _tensor(batch[f"{m}_len"], device)
+        valid = torch.arange(t, device=device)[None, :] < lens[:, None]  # (B, T)
+        keep_in = valid if f"{m}_keep" not in batch else valid & _tensor(batch[f"{m}_keep"], device)
+        keep = keep_in
+        x_new = x
+        if m in drop:
+            keep = torch.zeros_like(keep_in)
+            x_new = torch.where(valid[:, :, None], x.new_zeros(()), x)
+        elif m in levels:
+            lv = _levels_tensor(levels[m], b, device)  # (B,)
+            if bool((lv > 0).any()):
+                if m not in draws:
+                    raise InputError(f"No draws for modality '{m}' (draws hold {list(draws)}).")
+                dr = draws[m]
+                if drops:
+                    u = _tensor(dr.u, device)  # (B, T)
+                    keep = keep_in & ~(u < lv[:, None])
+                    # where() with a broadcast mask is ~3x faster than masked_fill on CPU
+                    x_new = torch.where((keep_in & ~keep)[:, :, None], x.new_zeros(()), x)
+                if noise:
+                    if train_std is None or m not in train_std:
+                        raise InputError(f"The noise axis needs the train std of '{m}'.")
+                    std = _tensor(train_std[m], device, torch.float32).reshape(-1)  # (D,)
+                    if std.shape != (d,):
+                        raise DataFormatError(
+                            f"train_std of '{m}' has {std.numel()} dims but the features have {d}."
+                        )
+                    # Float32 throughout, one rounding per op (no fused multiply-add), so CPU and
+                    # CUDA and numpy-fed batches give the same bits.
+                    sigma = lv * torch.tensor(noise_scale, dtype=torch.float32, device=device)
+                    scale = sigma[:, None] * std[None, :]  # (B, D)
+                    noisy = _tensor(dr.z, device) * scale[:, None, :]  # (B, T, D), fresh
+                    noisy += x_new  # in place on the fresh tensor; a + b == b + a bit for bit
+                    hit = keep & (lv > 0)[:, None]  # (B, T)
+                    x_new = torch.where(hit[:, :, None], noisy, x_new)
+        steps_dropped = m in drop or (m in levels and drops)
+        if m == "text" and "text_ids" in batch and steps_dropped:
+            ids = _tensor(batch["text_ids"], device)  # (B, T)
+            if ids.shape != (b, t):
+                raise DataFormatError(
+                    f"text_ids has shape {tuple(ids.shape)} but text features have ({b}, {t}).",
+                    hint="Token ids must align with text steps to be dropped with them.",
+                )
+            special = (ids == CLS_ID) | (ids == SEP_ID)
+            gone = keep_in & ~keep & ~special
+            ids_new = ids.masked_fill(gone, UNK_ID)
+            out["text_ids"] = ids_new.cpu().numpy() if as_numpy else ids_new
+        out[m] = x_new.cpu().numpy() if as_numpy else x_new
+        out[f"{m}_keep"] = keep.cpu().numpy() if as_numpy else keep
+    return out
+
+
+def apply_spec(
+    batch: Mapping[str, Array],
+    spec: CorruptionSpec,
+    *,
+    split: str,
+    train_std: Mapping[str, Array] | None = None,
+    chain: int = 0,
+) -> dict[str, Array]:
+    """Corrupt a batch at the fixed spectrum point ``spec`` with keyed draws.
+
+    The result depends only on the rows' data, ``spec``, ``split`` and ``batch['index']``:
+    identical for numpy and torch batches, on CPU or CUDA, in any batching.
+    """
+    available = [m for m in MODALITIES if m in batch and f"{m}_len" in batch]
+    targets = [m for m in spec.resolve(available) if spec.level > 0]
+    draws = draw_keyed(batch, targets, seed=spec.seed, split=split, axis=spec.axis, chain=chain)
+    return apply_draws(
+        batch,
+        draws,
+        {m: spec.level for m in targets},
+        axis=spec.axis,
+        noise_scale=spec.noise_scale,
+        train_std=train_std,
+        drop=spec.drop,
+    )
+
+
+def sample_levels(
+    batch_size: int,
+    modalities: Sequence[str] = MODALITIES,
+    *,
+    clean_fraction: float = 0.5,
+    generator: torch.Generator | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, torch.Tensor]:
+    """Training-time levels: ``{m: (B,) float32}``, ℓ ~ U(0, 1) per sample and modality.
+
+    A fraction ``clean_fraction`` of SAMPLES (all their modalities) is left clean (ℓ = 0), as
+    LNLN keeps half of each batch clean; call it for every batch so levels are re-drawn every
+    epoch. ``device`` defaults to the generator's device (CPU without one).
+    """
+    clean_fraction = check_level(clean_fraction, "clean_fraction")
+    if batch_size < 1:
+        raise InputError(f"The 'batch_size' parameter must be >= 1. Got {batch_size}.")
+    dev = (
+        torch.device(device)
+        if device is not None
+        else (generator.device if generator is not None else torch.device("cpu"))
+    )
+    clean = torch.rand(batch_size, generator=generator, device=dev) < clean_fraction  # (B,)
+    out: dict[str, torch.Tensor] = {}
+    for m in _as_names(modalities, "modalities"):
+        lv = torch.rand(batch_size, generator=generator, device=dev)
+        out[m] = lv.masked_fill(clean, 0.0)
+    return out
+
+
+def corrupt_batch(
+    batch: Mapping[str, torch.Tensor],
+    levels: Mapping[str, Any],
+    *,
+    train_std: Mapping[str, Array] | None = None,
+    axis: str = "mixed",
+    noise_scale: float = 1.0,
+    drop: Sequence[str] = (),
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """On-the-fly corruption for training: per-sample levels, fresh torch draws.
+
+    ``levels`` as from :func:`sample_levels` (or floats); ``train_std[m]`` (D,) tensors/arrays.
+    """
+    draws = draw_torch(batch, list(levels), axis=axis, generator=generator)
+    return apply_draws(
+        batch, draws, levels, axis=axis, noise_scale=noise_scale, train_std=train_std, drop=drop
+    )
