@@ -1,0 +1,332 @@
+"""The tidy results table that ``qamoe eval`` writes and ``qamoe report`` reads.
+
+One row per measured number (a "long" table, so several runs, axes and metrics stack by
+concatenation and any tool can pivot it):
+
+=============  ==========================================================================
+column         meaning
+=============  ==========================================================================
+schema         ``qamoe-results/1`` on every row; another value means another version
+run            the run's label (checkpoint folder name unless given)
+model          the model kind: qamoe, late-fusion, early-fusion, dense-moe, ...
+dataset        the dataset name stored in the HDF5 file
+split          the split evaluated (test unless asked otherwise)
+axis           clean | mixed | missing | noise | drop
+level          the spectrum level in [0, 1]; 0 for clean, 1 for drop (the dropped
+               modalities are entirely gone)
+modalities     "+"-joined, canonical order: for clean and the three spectrum axes the
+               modalities that received the level; for drop the modalities KEPT
+seed           the corruption seed (0 where nothing random happened: clean, drop)
+variant        normal | quality_shuffle (QA-MoE's quality scores permuted within the batch)
+metric         an MMSA metric name (Has0_acc_2, MAE, ...) or a diagnostic:
+               ``quality_<modality>`` (mean r_m) or ``expert_usage_<e>`` (routing share)
+value          the number (NaN where undefined, e.g. Corr of a constant prediction)
+=============  ==========================================================================
+
+Summaries (:func:`summarize`) are per run, axis, modalities and variant: the clean score,
+the mean over the grid (LNLN style), the trapezoid area under the reliability curve divided
+by the level span (TFR-Net style, so it lives on the metric's own scale and is comparable to
+the clean score), and area ÷ clean (relative robustness, MultiBench). Seeds are averaged
+per level before either summary. For MAE (lower is better) a ratio above 1 means worse.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from qamoe_core import MODALITIES
+from qamoe_core.atomic import atomic_path
+from qamoe_core.errors import DataFormatError, InputError
+from qamoe_core.metrics import METRIC_NAMES, PRIMARY
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "qamoe-results/1"
+COLUMNS: tuple[str, ...] = (
+    "schema",
+    "run",
+    "model",
+    "dataset",
+    "split",
+    "axis",
+    "level",
+    "modalities",
+    "seed",
+    "variant",
+    "metric",
+    "value",
+)
+AXES: tuple[str, ...] = ("clean", "mixed", "missing", "noise", "drop")
+SPECTRUM_AXES: tuple[str, ...] = ("mixed", "missing", "noise")
+VARIANTS: tuple[str, ...] = ("normal", "quality_shuffle")
+QUALITY_PREFIX = "quality_"
+USAGE_PREFIX = "expert_usage_"
+# The columns that identify a number; two rows with the same key are the same measurement.
+KEY: tuple[str, ...] = tuple(c for c in COLUMNS if c not in ("schema", "value"))
+_STR_COLUMNS = ("schema", "run", "model", "dataset", "split", "axis", "modalities", "variant")
+
+
+def join_modalities(modalities: Iterable[str]) -> str:
+    """('vision', 'text') -> 'text+vision' (canonical order)."""
+    names = set(modalities)
+    return "+".join(m for m in MODALITIES if m in names)
+
+
+def is_diagnostic(metric: str) -> bool:
+    return metric.startswith((QUALITY_PREFIX, USAGE_PREFIX))
+
+
+def _fail(source: str, message: str, hint: str | None = None) -> DataFormatError:
+    return DataFormatError(
+        f"{source}: {message}",
+        hint=hint or "Results files are written by `qamoe eval --out results.csv`.",
+    )
+
+
+def validate(df: pd.DataFrame, source: str = "results") -> pd.DataFrame:
+    """Check a results table against the schema and return it with normalised dtypes.
+
+    Raises :class:`DataFormatError` naming ``source`` for missing columns, another schema
+    version, unknown axes or variants, levels outside [0, 1], non-numeric values, or
+    duplicated measurements. Extra columns are kept.
+    """
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise _fail(
+            source,
+            f"missing column(s) {', '.join(missing)} (expected {', '.join(COLUMNS)}).",
+            "It was not written by this version of `qamoe eval`; re-run the evaluation.",
+        )
+    if df.empty:
+        raise _fail(source, "the table has no rows.")
+    versions = sorted(set(df["schema"].astype(str)) - {SCHEMA})
+    if versions:
+        raise _fail(
+            source,
+            f"written with results schema {', '.join(versions)}; this qamoe reads {SCHEMA}.",
+            "Re-run `qamoe eval` with this version of qamoe.",
+        )
+    out = df.copy()
+    for col in _STR_COLUMNS:
+        out[col] = out[col].astype(str)
+    for col, allowed in (("axis", AXES), ("variant", VARIANTS)):
+        bad = sorted(set(out[col]) - set(allowed))
+        if bad:
+            raise _fail(source, f"unknown {col} value(s) {bad}; allowed: {', '.join(allowed)}.")
+    for col in ("level", "value", "seed"):
+        numeric = pd.to_numeric(out[col], errors="coerce")
+        bad_rows = numeric.isna()
+        if col == "value":  # NaN is a legal value (an undefined metric), text is not
+            nan_like = out[col].map(lambda v: str(v).strip().lower() in ("nan", "", "none"))
+            bad_rows &= ~nan_like
+        if bad_rows.any():
+            raise _fail(
+                source,
+                f"column '{col}' holds non-numeric values, e.g. {out[col][bad_rows].iloc[0]!r}.",
+            )
+        out[col] = numeric
+    if not out["level"].between(0.0, 1.0).all():
+        bad_level = out["level"][~out["level"].between(0.0, 1.0)].iloc[0]
+        raise _fail(source, f"column 'level' must lie in [0, 1]; found {bad_level}.")
+    out["seed"] = out["seed"].astype(np.int64)
+    out["level"] = out["level"].astype(np.float64).round(10)  # 0.30000000000000004 -> 0.3
+    out["value"] = out["value"].astype(np.float64)
+    dup = out.duplicated(list(KEY), keep=False)
+    if dup.any():
+        row = out[dup].iloc[0]
+        raise _fail(
+            source,
+            f"{int(dup.sum())} rows repeat a measurement, e.g. "
+            f"({', '.join(f'{k}={row[k]}' for k in KEY)}).",
+            "Give each evaluated run its own name (qamoe eval --name) before combining files.",
+        )
+    return out
+
+
+def make_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Build a validated table from row dicts holding every column but ``schema``."""
+    df = pd.DataFrame(list(rows))
+    if df.empty:
+        raise InputError("No result to write: the evaluation produced no rows.")
+    df.insert(0, "schema", SCHEMA)
+    return validate(df[list(COLUMNS)], "results")
+
+
+def save(df: pd.DataFrame, path: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """Write ``df`` as CSV atomically (temporary sibling, then rename); refuse to overwrite."""
+    df = validate(df, "results")
+    with atomic_path(path, force=force) as tmp:
+        df.to_csv(tmp, index=False, na_rep="nan", float_format="%.10g")
+    log.info("wrote %d result rows to %s", len(df), path)
+    return Path(path)
+
+
+def load(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
+    """Read one or several results CSVs into one validated table (rows concatenated)."""
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    if not paths:
+        raise InputError("No results file given.", hint="Pass one or more results.csv files.")
+    frames = []
+    for p in map(Path, paths):
+        if not p.is_file():
+            raise InputError(
+                f"The results file '{p}' does not exist.",
+                hint="Write one with `qamoe eval RUN --data DATA.h5 --sweep --out results.csv`.",
+            )
+        try:
+            # Only 'value' may be NaN; a run called "NA" must stay a string.
+            df = pd.read_csv(
+                p, dtype=str, keep_default_na=False, na_values={"value": ["nan", "NaN", ""]}
+            )
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise _fail(f"'{p}'", f"not a readable CSV ({type(exc).__name__}).") from None
+        frames.append(validate(df, f"'{p}'"))
+    combined = pd.concat(frames, ignore_index=True)
+    if len(frames) > 1:
+        combined = validate(combined, " + ".join(f"'{p}'" for p in paths))
+    return combined
+
+
+def infer_scheme(df: pd.DataFrame) -> str | None:
+    """The metric scheme whose names all appear in ``df`` (None if none does)."""
+    present = set(df["metric"])
+    for scheme, names in METRIC_NAMES.items():
+        if set(names) <= present:
+            return scheme
+    return None
+
+
+def default_metric(df: pd.DataFrame) -> str:
+    """The scheme's primary metric, else the first non-diagnostic metric in the table."""
+    scheme = infer_scheme(df)
+    if scheme is not None:
+        return PRIMARY[scheme]
+    names = [m for m in dict.fromkeys(df["metric"]) if not is_diagnostic(m)]
+    if not names:
+        raise InputError("The results hold diagnostics only, no metric to summarise.")
+    return names[0]
+
+
+def check_metric(df: pd.DataFrame, metric: str) -> str:
+    if metric not in set(df["metric"]):
+        names = [m for m in dict.fromkeys(df["metric"]) if not is_diagnostic(m)]
+        raise InputError(
+            f"The 'metric' parameter must be one of {', '.join(names)}. Got {metric!r} instead."
+        )
+    return metric
+
+
+SERIES: tuple[str, ...] = ("run", "model", "dataset", "split", "axis", "modalities", "variant")
+
+
+def curves(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Seed statistics per level: one row per series and level with mean, std and n.
+
+    ``std`` is the sample std over corruption seeds (0 with one seed).
+    """
+    sub = df[df["metric"] == metric]
+    g = sub.groupby([*SERIES, "level"], sort=True, dropna=False)["value"]
+    out = g.agg(["mean", "std", "count"]).reset_index()
+    out = out.rename(columns={"count": "n"})
+    out["std"] = out["std"].fillna(0.0)
+    return out
+
+
+def trapezoid_area(levels: Sequence[float], values: Sequence[float]) -> float:
+    """Area under the curve divided by the level span; the single value if one level.
+
+    NaN anywhere gives NaN: an undefined point makes the area undefined, not smaller.
+    """
+    x = np.asarray(levels, dtype=np.float64)
+    y = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        return math.nan
+    order = np.argsort(x)
+    x, y = x[order], y[order]
+    if x.size == 1 or x[-1] == x[0]:
+        return float(y.mean())
+    area = float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
+    return area / float(x[-1] - x[0])
+
+
+def summarize(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per run, spectrum axis, modalities and variant: clean, mean, area, area_over_clean.
+
+    ``clean`` is the run's clean-axis score for the same split and variant (falling back to
+    the curve's value at level 0 when no clean row exists). Columns: the series columns,
+    metric, clean, mean, area, area_over_clean, n_levels, level_min, level_max, n_seeds.
+    """
+    names = (
+        list(metrics)
+        if metrics is not None
+        else [m for m in dict.fromkeys(df["metric"]) if not is_diagnostic(m)]
+    )
+    rows: list[dict[str, Any]] = []
+    for metric in names:
+        check_metric(df, metric)
+        c = curves(df, metric)
+        clean = c[c["axis"] == "clean"].groupby(["run", "split", "variant"])["mean"].mean()
+        for key, grp in c[c["axis"].isin(SPECTRUM_AXES)].groupby(list(SERIES), sort=False):
+            row = dict(zip(SERIES, key, strict=True))
+            grp = grp.sort_values("level")
+            ck = (row["run"], row["split"], row["variant"])
+            if ck in clean.index:
+                clean_value = float(clean[ck])
+            elif (grp["level"] == 0).any():
+                clean_value = float(grp.loc[grp["level"] == 0, "mean"].iloc[0])
+            else:
+                clean_value = math.nan
+            area = trapezoid_area(grp["level"], grp["mean"])
+            row.update(
+                metric=metric,
+                clean=clean_value,
+                mean=float(grp["mean"].mean(skipna=False)),
+                area=area,
+                area_over_clean=area / clean_value if clean_value else math.nan,
+                n_levels=len(grp),
+                level_min=float(grp["level"].min()),
+                level_max=float(grp["level"].max()),
+                n_seeds=int(grp["n"].max()),
+            )
+            rows.append(row)
+    columns = [
+        *SERIES,
+        "metric",
+        "clean",
+        "mean",
+        "area",
+        "area_over_clean",
+        "n_levels",
+        "level_min",
+        "level_max",
+        "n_seeds",
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def fixed_missing(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The fixed-missing protocol as a table: one row per run (and variant), one column per
+    KEPT subset (all modalities = the clean score), values averaged over seeds."""
+    sub = df[(df["metric"] == metric) & (df["axis"].isin(["drop", "clean"]))]
+    if not (sub["axis"] == "drop").any():
+        return pd.DataFrame()
+    table = sub.pivot_table(
+        index=["run", "variant"], columns="modalities", values="value", aggfunc="mean"
+    )
+
+    def order(name: str) -> tuple[int, list[int]]:
+        parts = name.split("+")
+        return (len(parts), [MODALITIES.index(p) if p in MODALITIES else 9 for p in parts])
+
+    table = table[sorted(table.columns, key=order)]
+    table.columns.name = None
+    return table.reset_index()

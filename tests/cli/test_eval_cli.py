@@ -1,0 +1,116 @@
+"""`qamoe eval`: a run directory and a data file in, a table / JSON / results CSV out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qamoe_cli.main import main
+from qamoe_core.config import ModelConfig, TrainConfig
+from qamoe_core.h5store import SplitArrays, write_features
+from qamoe_core.results import load
+from qamoe_core.train import train
+
+SMALL = ModelConfig(d_model=32, n_heads=2, segments=4, num_experts=4, top_k=2)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_h5: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "qa-tiny"
+    train(tiny_h5, out, "qamoe", SMALL, TrainConfig(epochs=1, batch_size=32), device="cpu")
+    return out
+
+
+def test_clean_eval_json(run_dir: Path, tiny_h5: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", str(run_dir), "--data", str(tiny_h5), "--json", "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["run"] == "qa-tiny" and result["model"] == "qamoe"
+    assert result["points"] == 1 and result["first_axis"] == "clean"
+    assert 0.0 <= result["metrics"]["Has0_acc_2"] <= 1.0
+    assert result["summary"] == [] and result["out"] is None
+
+
+def test_sweep_writes_results(
+    run_dir: Path, tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "r.csv"
+    args = ["eval", str(run_dir), "--data", str(tiny_h5), "--sweep", "--levels", "0,0.5"]
+    args += ["--axis", "mixed,noise", "--corruption-seeds", "2", "--drop-sets", "--name", "qa"]
+    args += ["--out", str(out), "--device", "cpu"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "Reliability summary" in printed and f"results: {out}" in printed
+    table = load(out)
+    assert set(table["run"]) == {"qa"}
+    assert set(table["axis"]) == {"clean", "mixed", "noise", "drop"}
+    assert set(table["seed"]) == {0, 1} and set(table["variant"]) == {"normal", "quality_shuffle"}
+    assert (table["metric"] == "quality_text").any()
+    # The results feed straight into a report.
+    assert main(["report", str(out), "--out", str(tmp_path / "rep"), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert "reliability_Has0_acc_2" in rep["images"]
+    # An existing output is refused before any work, and --force replaces it.
+    assert main(args) == 1
+    assert "--force" in capsys.readouterr().err
+    assert main([*args, "--force", "--quiet"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--sweep", "--levels", "0:1.5:0.5"], "must be a float in [0, 1]"),
+        (["--sweep", "--levels", "0.9:0.1:0.1"], "empty grid"),
+        (["--sweep", "--axis", "sideways"], "'axis' parameter"),
+        (["--split", "nope"], "has no split 'nope'"),
+    ],
+)
+def test_bad_options(
+    run_dir: Path,
+    tiny_h5: Path,
+    extra: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["eval", str(run_dir), "--data", str(tiny_h5), *extra]) == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and message in err
+
+
+def test_run_without_checkpoint(
+    tmp_path: Path, tiny_h5: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "run"
+    empty.mkdir()
+    assert main(["eval", str(empty), "--data", str(tiny_h5)]) == 1
+    err = capsys.readouterr().err
+    assert "config.json" in err and "model.pt" in err
+
+
+def test_dims_mismatch(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    other = _small_other(tmp_path)
+    assert main(["eval", str(run_dir), "--data", str(other)]) == 1
+    assert "feature dims but the checkpoint expects" in capsys.readouterr().err
+
+
+def _small_other(tmp_path: Path) -> Path:
+    """A tiny file whose text features have another width than the run's."""
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split, n in (("train", 8), ("valid", 4), ("test", 4)):
+        splits[split] = SplitArrays(
+            ids=[f"{split}{i}" for i in range(n)],
+            label=rng.uniform(-3, 3, n).astype(np.float32),
+            features={
+                "text": rng.standard_normal((n, 4, 7)).astype(np.float32),
+                "audio": rng.standard_normal((n, 4, 5)).astype(np.float32),
+                "vision": rng.standard_normal((n, 4, 8)).astype(np.float32),
+            },
+            lengths={m: np.full(n, 4) for m in ("text", "audio", "vision")},
+        )
+    path = tmp_path / "other.h5"
+    write_features(path, splits, dataset="other", task="regression", scheme="mosi",
+                   label_range=(-3.0, 3.0), extractor={"name": "test"})  # fmt: skip
+    return path

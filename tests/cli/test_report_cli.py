@@ -1,0 +1,52 @@
+"""`qamoe report`: files in, report folder out, JSON on request, errors through the funnel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from qamoe_cli.main import main
+from qamoe_core.results import make_table, save
+from tests.core.test_report import sweep_rows
+
+
+@pytest.fixture(scope="module")
+def csvs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    d = tmp_path_factory.mktemp("results")
+    qa = save(make_table(sweep_rows("qamoe", "qamoe", -0.1, diagnostics=True)), d / "qa.csv")
+    late = make_table(sweep_rows("late", "late-fusion", -0.4, diagnostics=False, seed=1))
+    return [qa, save(late, d / "late.csv")]
+
+
+def test_report_json(tmp_path: Path, csvs: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "rep"
+    assert main(["report", *map(str, csvs), "--out", str(out), "--metric", "MAE", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["runs"] == ["qamoe", "late"] and result["metrics"] == ["MAE"]
+    assert Path(result["html"]).is_file() and Path(result["images"]["reliability_MAE"]).is_file()
+    summary = pd.read_csv(result["tables"]["summary"])
+    assert set(summary["run"]) == {"qamoe", "late"}
+
+
+def test_report_table_and_force(
+    tmp_path: Path, csvs: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "rep"
+    assert main(["report", str(csvs[1]), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "reliability_Has0_acc_2.png" in printed and f"open {out / 'report.html'}" in printed
+    assert main(["report", str(csvs[1]), "--out", str(out)]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert main(["report", str(csvs[1]), "--out", str(out), "--force"]) == 0
+
+
+def test_report_refuses_a_foreign_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "other.csv"
+    bad.write_text("run,score\nx,1\n")
+    assert main(["report", str(bad), "--out", str(tmp_path / "rep")]) == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and "missing column(s) schema" in err and "hint:" in err
+    assert not (tmp_path / "rep").exists()

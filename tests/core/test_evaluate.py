@@ -1,0 +1,228 @@
+"""Evaluation and sweeps with small untrained models (the numbers' meaning is not tested here,
+only that the sweep computes them faithfully)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from qamoe_core.config import ModelConfig
+from qamoe_core.corrupt import corrupt_file
+from qamoe_core.errors import DataFormatError, InputError
+from qamoe_core.evaluate import (
+    DEFAULT_LEVELS,
+    EvalConfig,
+    _reuse_encodings,
+    evaluate_model,
+    parse_levels,
+    plan,
+)
+from qamoe_core.h5store import FeatureFile, load_split, to_torch
+from qamoe_core.model import build_model
+from qamoe_core.results import SCHEMA
+from qamoe_core.spectrum import CorruptionSpec
+
+SMALL = ModelConfig(d_model=32, n_heads=2, segments=4, num_experts=4, top_k=2, dropout=0.0)
+MODS = ("text", "audio", "vision")
+
+
+def make_model(path: Path, name: str = "qamoe", seed: int = 0) -> torch.nn.Module:
+    with FeatureFile(path) as f:
+        dims = dict(f.dims)
+    torch.manual_seed(seed)
+    model = build_model(name, SMALL, dims, "regression")
+    if name == "qamoe":
+        # Untrained quality heads start at σ² = 1 for every sample (r = 0.5); spread them so
+        # that quality varies across samples and the shuffle control has something to permute.
+        for layer in model.quality.modules():
+            if isinstance(layer, torch.nn.Linear):
+                torch.nn.init.normal_(layer.weight, std=0.5)
+    return model.eval()
+
+
+def test_parse_levels() -> None:
+    assert parse_levels("0:0.9:0.1") == DEFAULT_LEVELS
+    assert parse_levels("0:1:0.25") == (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert parse_levels("0.5, 0.1,0.5") == (0.1, 0.5)
+    for bad, match in [
+        ("0:1.5:0.1", r"\[0, 1\]"),
+        ("0,1.2", r"\[0, 1\]"),
+        ("0.5:0.1:0.1", "empty grid"),
+        ("0:1:0", "must be > 0"),
+        ("a,b", "non-number"),
+        ("0:1", "start:stop:step"),
+    ]:
+        with pytest.raises(InputError, match=match):
+            parse_levels(bad)
+
+
+def test_plan_counts() -> None:
+    full = plan(EvalConfig(sweep=True, drop_sets=True), MODS)
+    assert len(full) == 1 + 10 * 3 * 3 + 6
+    assert full[0].axis == "clean" and full[0].given
+    kept = {p.modalities for p in full if p.axis == "drop"}
+    assert ("text",) in kept and ("audio", "vision") in kept and MODS not in kept
+    only = plan(EvalConfig(sweep=True, axes=("noise",), modalities=("audio",), seeds=(4,)), MODS)
+    assert {(p.axis, p.modalities, p.seed) for p in only[1:]} == {("noise", ("audio",), 4)}
+    assert len(plan(EvalConfig(), MODS)) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"axes": ("sideways",)}, "axis"),
+        ({"axes": ()}, "at least one axis"),
+        ({"levels": ()}, "empty grid"),
+        ({"levels": (0.2, 1.3)}, r"\[0, 1\]"),
+        ({"seeds": ()}, "seeds"),
+        ({"modalities": ("smell",)}, "modalities"),
+    ],
+)
+def test_bad_config(kwargs: dict, match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        EvalConfig(**kwargs)
+
+
+def test_reusing_encodings_changes_nothing(tiny_h5: Path) -> None:
+    model = make_model(tiny_h5)
+    batch = to_torch(load_split(tiny_h5, "test"))
+    with torch.inference_mode():
+        plain = model(batch)
+        with _reuse_encodings(model, model.encode(batch)):
+            reused = model(batch)
+    torch.testing.assert_close(plain.prediction, reused.prediction, rtol=0, atol=0)
+    assert "encode" not in vars(model)  # the shadowing attribute is gone again
+
+
+@pytest.fixture(scope="module")
+def sweep(tiny_h5: Path) -> pd.DataFrame:
+    cfg = EvalConfig(sweep=True, levels=(0.0, 0.4, 0.9), seeds=(0, 1), drop_sets=True)
+    return evaluate_model(make_model(tiny_h5), tiny_h5, cfg, run="qa").table
+
+
+def test_sweep_table_shape(sweep: pd.DataFrame) -> None:
+    assert (sweep["schema"] == SCHEMA).all()
+    points = sweep[["axis", "level", "modalities", "seed"]].drop_duplicates()
+    assert len(points) == 1 + 3 * 3 * 2 + 6
+    assert set(sweep["variant"]) == {"normal", "quality_shuffle"}
+    one = sweep[(sweep["axis"] == "mixed") & (sweep["level"] == 0.4) & (sweep["seed"] == 1)]
+    one = one[one["variant"] == "normal"].set_index("metric")["value"]
+    usage = one[[f"expert_usage_{e}" for e in range(4)]]
+    assert usage.sum() == pytest.approx(1.0, abs=1e-5)
+    assert (
+        (one[[f"quality_{m}" for m in MODS]] > 0) & (one[[f"quality_{m}" for m in MODS]] <= 1)
+    ).all()
+
+
+def value(
+    table: pd.DataFrame, metric: str = "MAE", variant: str = "normal", **where: object
+) -> float:
+    sub = table[(table["metric"] == metric) & (table["variant"] == variant)]
+    for k, v in where.items():
+        sub = sub[sub[k] == v]
+    assert len(sub) == 1, where
+    return float(sub["value"].iloc[0])
+
+
+def test_level_zero_is_clean_and_levels_matter(sweep: pd.DataFrame) -> None:
+    # Level-0 rows exist on every axis and seed (shared with the clean pass: level 0 is the
+    # identity, which tests/core/test_spectrum.py checks bit for bit).
+    clean = value(sweep, axis="clean")
+    for axis in ("mixed", "missing", "noise"):
+        assert value(sweep, axis=axis, level=0.0, seed=1) == clean
+        assert value(sweep, axis=axis, level=0.9, seed=1) != clean
+    # Different corruption seeds give different draws.
+    assert value(sweep, axis="mixed", level=0.9, seed=0) != value(
+        sweep, axis="mixed", level=0.9, seed=1
+    )
+
+
+def test_shuffle_control_moves_predictions(sweep: pd.DataFrame) -> None:
+    normal = value(sweep, axis="mixed", level=0.4, seed=0)
+    shuffled = value(sweep, variant="quality_shuffle", axis="mixed", level=0.4, seed=0)
+    assert normal != shuffled
+    # Permuting r within the batch leaves its mean unchanged.
+    q = dict(axis="mixed", level=0.4, seed=0)
+    assert value(sweep, "quality_audio", **q) == pytest.approx(
+        value(sweep, "quality_audio", "quality_shuffle", **q), rel=1e-5
+    )
+
+
+def test_sweep_point_equals_corrupted_file(
+    tiny_h5: Path, tmp_path: Path, sweep: pd.DataFrame
+) -> None:
+    spec = CorruptionSpec(level=0.4, axis="mixed", seed=1)
+    corrupted = tmp_path / "c.h5"
+    corrupt_file(tiny_h5, corrupted, spec, splits="test")
+    res = evaluate_model(make_model(tiny_h5), corrupted, EvalConfig(), run="qa")
+    assert res.info["first_axis"] == "mixed"
+    got = res.table[res.table["variant"] == "normal"]
+    assert set(got["axis"]) == {"mixed"} and set(got["seed"]) == {1}
+    for metric in ("MAE", "Corr", "Has0_acc_2", "quality_text"):
+        assert value(got, metric) == pytest.approx(
+            value(sweep, metric, axis="mixed", level=0.4, seed=1), abs=1e-6
+        )
+    with pytest.raises(InputError, match="already corrupted"):
+        evaluate_model(make_model(tiny_h5), corrupted, EvalConfig(sweep=True))
+
+
+def test_blocks_do_not_change_results(tiny_h5: Path) -> None:
+    cfg = EvalConfig(sweep=True, levels=(0.5,), seeds=(3,), axes=("mixed",), batch_size=8)
+    one = evaluate_model(make_model(tiny_h5), tiny_h5, cfg).table
+    # ~1 KiB blocks: one row per block at most, so the rows are read and drawn in many pieces.
+    many = evaluate_model(
+        make_model(tiny_h5), tiny_h5, EvalConfig(**{**cfg.__dict__, "block_mib": 0.001})
+    ).table
+    pd.testing.assert_frame_equal(
+        one[one["variant"] == "normal"].reset_index(drop=True),
+        many[many["variant"] == "normal"].reset_index(drop=True),
+        atol=1e-6,
+    )
+
+
+def test_baseline_has_no_shuffle_or_quality(tiny_h5: Path) -> None:
+    res = evaluate_model(make_model(tiny_h5, "late-fusion"), tiny_h5, EvalConfig(), run="late")
+    assert set(res.table["variant"]) == {"normal"}
+    assert not res.table["metric"].str.startswith(("quality_", "expert_usage_")).any()
+    assert res.info["model"] == "late-fusion" and res.info["quality_shuffle"] is False
+    assert set(res.clean) == {"Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score",
+                              "Mult_acc_5", "Mult_acc_7", "MAE", "Corr"}  # fmt: skip
+
+
+def test_progress_is_called_per_point(tiny_h5: Path) -> None:
+    calls: list[dict] = []
+    cfg = EvalConfig(sweep=True, levels=(0.2, 0.6), seeds=(0,), axes=("noise",))
+    evaluate_model(make_model(tiny_h5, "early-fusion"), tiny_h5, cfg,
+                   progress=lambda n=1, **kw: calls.append(kw))  # fmt: skip
+    assert len(calls) == 1 + 2
+
+
+def test_dims_and_task_mismatch(tiny_h5: Path, tmp_path: Path) -> None:
+    with FeatureFile(tiny_h5) as f:
+        dims = dict(f.dims)
+    wrong = build_model("late-fusion", SMALL, {**dims, "audio": dims["audio"] + 1}, "regression")
+    with pytest.raises(DataFormatError, match="'audio' has 5 feature dims but the checkpoint"):
+        evaluate_model(wrong, tiny_h5)
+    binary = build_model("late-fusion", SMALL, dims, "binary")
+    with pytest.raises(DataFormatError, match="trained for binary"):
+        evaluate_model(binary, tiny_h5)
+    text_only = build_model("late-fusion", SMALL, {"text": dims["text"]}, "regression")
+    res = evaluate_model(text_only, tiny_h5, EvalConfig(sweep=True, levels=(0.5,), seeds=(0,)))
+    assert set(res.table["modalities"]) == {"text"}
+    with pytest.raises(InputError, match="does not use"):
+        evaluate_model(text_only, tiny_h5, EvalConfig(sweep=True, modalities=("audio",)))
+    assert np.isfinite(res.table["value"]).any()
+
+
+def test_chunked_corruption_equals_whole(tiny_h5: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import qamoe_core.evaluate as evaluate
+
+    cfg = EvalConfig(sweep=True, levels=(0.7,), seeds=(2,), drop_sets=True, batch_size=32)
+    whole = evaluate_model(make_model(tiny_h5), tiny_h5, cfg).table
+    monkeypatch.setattr(evaluate, "CORRUPT_ROWS", 5)  # 32-row batches in 7 pieces
+    pieces = evaluate_model(make_model(tiny_h5), tiny_h5, cfg).table
+    pd.testing.assert_frame_equal(whole, pieces, check_exact=True)

@@ -1,0 +1,179 @@
+"""The results table: schema checks, round trip, and the sweep summaries."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from qamoe_core.errors import DataFormatError, InputError, OutputExistsError
+from qamoe_core.results import (
+    COLUMNS,
+    SCHEMA,
+    curves,
+    default_metric,
+    fixed_missing,
+    join_modalities,
+    load,
+    make_table,
+    save,
+    summarize,
+    trapezoid_area,
+)
+
+
+def row(**kw: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "run": "qa",
+        "model": "qamoe",
+        "dataset": "synthetic",
+        "split": "test",
+        "axis": "mixed",
+        "level": 0.0,
+        "modalities": "text+audio+vision",
+        "seed": 0,
+        "variant": "normal",
+        "metric": "Has0_acc_2",
+        "value": 0.8,
+    }
+    base.update(kw)
+    return base
+
+
+def linear_sweep(run: str = "qa", slope: float = -0.3, clean: float = 0.8) -> list[dict]:
+    """A curve value = clean + slope·level on 0, 0.5, 1 with seeds ±0.01 around it."""
+    rows = [row(run=run, axis="clean", value=clean)]
+    for level in (0.0, 0.5, 1.0):
+        for seed, delta in ((0, -0.01), (1, 0.01)):
+            rows.append(row(run=run, level=level, seed=seed, value=clean + slope * level + delta))
+    return rows
+
+
+def test_round_trip_and_dtypes(tmp_path: Path) -> None:
+    df = make_table([*linear_sweep(), row(axis="clean", metric="Corr", value=math.nan)])
+    assert list(df.columns) == list(COLUMNS) and (df["schema"] == SCHEMA).all()
+    path = save(df, tmp_path / "r.csv")
+    back = load(path)
+    pd.testing.assert_frame_equal(back, df)
+    assert math.isnan(back.loc[back["metric"] == "Corr", "value"].iloc[0])
+    with pytest.raises(OutputExistsError):
+        save(df, path)
+    save(df, path, force=True)
+
+
+def test_string_columns_stay_strings(tmp_path: Path) -> None:
+    df = make_table([row(run="NA", axis="clean"), row(run="1", axis="clean")])
+    back = load(save(df, tmp_path / "r.csv"))
+    assert sorted(back["run"]) == ["1", "NA"]
+
+
+def test_summary_numbers() -> None:
+    df = make_table(linear_sweep(slope=-0.3, clean=0.8))
+    s = summarize(df).iloc[0]
+    assert s["clean"] == pytest.approx(0.8)
+    # seeds cancel; curve 0.8, 0.65, 0.5: mean 0.65; normalised trapezoid area 0.65 too.
+    assert s["mean"] == pytest.approx(0.65)
+    assert s["area"] == pytest.approx(0.65)
+    assert s["area_over_clean"] == pytest.approx(0.65 / 0.8)
+    assert (s["n_levels"], s["n_seeds"]) == (3, 2)
+
+
+def test_area_differs_from_mean_on_uneven_grid() -> None:
+    # Levels 0, 0.1, 1: the mean weights each point equally, the area weights by spacing.
+    assert trapezoid_area([0, 0.1, 1.0], [1.0, 1.0, 0.0]) == pytest.approx(0.1 + 0.45)
+    assert trapezoid_area([0.4], [0.7]) == 0.7
+    assert math.isnan(trapezoid_area([0, 1], [1.0, math.nan]))
+
+
+def test_curves_seed_std() -> None:
+    c = curves(make_table(linear_sweep()), "Has0_acc_2")
+    mid = c[(c["axis"] == "mixed") & (c["level"] == 0.5)].iloc[0]
+    assert mid["mean"] == pytest.approx(0.65)
+    assert mid["std"] == pytest.approx(np.std([0.64, 0.66], ddof=1))
+    assert mid["n"] == 2
+
+
+def test_two_runs_and_fixed_missing() -> None:
+    rows = linear_sweep("qa", -0.1) + linear_sweep("late", -0.4)
+    rows += [row(run="qa", axis="drop", level=1.0, modalities="text", value=0.7)]
+    rows += [row(run="qa", axis="drop", level=1.0, modalities="audio+vision", value=0.55)]
+    df = make_table(rows)
+    s = summarize(df).set_index("run")
+    assert s.loc["qa", "area"] > s.loc["late", "area"]
+    fm = fixed_missing(df, "Has0_acc_2")
+    assert list(fm.columns) == ["run", "variant", "text", "audio+vision", "text+audio+vision"]
+    assert fm.set_index("run").loc["qa", "text"] == pytest.approx(0.7)
+
+
+def test_default_metric() -> None:
+    names = ["Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score"]
+    names += ["Mult_acc_5", "Mult_acc_7", "MAE", "Corr"]
+    df = make_table([row(axis="clean", metric=m) for m in [*names, "quality_text"]])
+    assert default_metric(df) == "Has0_acc_2"
+    assert default_metric(make_table([row(metric="MAE")])) == "MAE"
+
+
+def test_join_modalities_is_canonical() -> None:
+    assert join_modalities(["vision", "text"]) == "text+vision"
+
+
+# -- bad files ------------------------------------------------------------------------------
+
+
+def write(tmp_path: Path, df: pd.DataFrame) -> Path:
+    path = tmp_path / "bad.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+def good() -> pd.DataFrame:
+    return make_table(linear_sweep())
+
+
+def test_missing_columns_are_named(tmp_path: Path) -> None:
+    with pytest.raises(DataFormatError, match=r"missing column\(s\) variant, metric"):
+        load(write(tmp_path, good().drop(columns=["variant", "metric"])))
+
+
+def test_other_version_refused(tmp_path: Path) -> None:
+    df = good()
+    df["schema"] = "qamoe-results/0"
+    with pytest.raises(DataFormatError, match="qamoe-results/0; this qamoe reads"):
+        load(write(tmp_path, df))
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "match"),
+    [
+        ("axis", "sideways", "unknown axis"),
+        ("variant", "weird", "unknown variant"),
+        ("level", 1.5, r"\[0, 1\]"),
+        ("level", "high", "non-numeric"),
+        ("value", "abc", "non-numeric"),
+    ],
+)
+def test_bad_values(tmp_path: Path, column: str, value: object, match: str) -> None:
+    df = good().astype({column: object})
+    df.loc[1, column] = value
+    with pytest.raises(DataFormatError, match=match):
+        load(write(tmp_path, df))
+
+
+def test_duplicates_across_files_refused(tmp_path: Path) -> None:
+    a = save(good(), tmp_path / "a.csv")
+    b = save(good(), tmp_path / "b.csv")
+    with pytest.raises(DataFormatError, match="rows repeat a measurement") as info:
+        load([a, b])
+    assert "--name" in (info.value.hint or "")
+
+
+def test_not_a_csv_and_absent(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        load(tmp_path / "none.csv")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(DataFormatError, match="not a readable CSV"):
+        load(empty)
