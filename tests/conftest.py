@@ -10,8 +10,9 @@ import torch
 
 from qamoe_core.synthetic import write_synthetic
 
-# Two cores on the team's machines: keep torch from oversubscribing them.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One intra-op thread: the models under test are tiny, and on a shared 2-core machine two
+# threads fighting other processes made steps ~50x slower (measured while developing).
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -276,13 +276,13 @@ def _resolve_aligned_lengths(splits: dict[str, _Split]) -> dict[str, str]:
             )
         if have:
             continue
-        fits = all(s.mask_fits[m] for s in splits.values())
+        fits = all(sp.mask_fits[m] for sp in splits.values())
         sources[m] = "text_attention_mask" if fits else "full"
-        for s in splits.values():
+        for sp in splits.values():
             if not fits:
-                t = s.arrays.features[m].shape[1]
-                s.arrays.lengths[m] = np.full(len(s.arrays.label), t, dtype=np.int64)
-            s.length_source[m] = sources[m]
+                t = sp.arrays.features[m].shape[1]
+                sp.arrays.lengths[m] = np.full(len(sp.arrays.label), t, dtype=np.int64)
+            sp.length_source[m] = sources[m]
     return sources
 
 

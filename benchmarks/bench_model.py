@@ -1,0 +1,234 @@
+"""Speed of QA-MoE (or a baseline) on the mosi synthetic preset at full unaligned lengths.
+
+Prints one JSON object: inference samples/s at batch 256, a training epoch through the real
+trainer (corruption + clean pass + backward + validation), peak memory, FLOPs per sample
+(torch.utils.flop_counter), the achieved GFLOP/s, a large float32 matmul's GFLOP/s measured
+in the same run (this CPU's practical limit) and their ratio, plus the top ops of a profile.
+
+    python benchmarks/bench_model.py                      # defaults, 2 threads
+    python benchmarks/bench_model.py --data mosi.h5 --config cfg.json --model late-fusion
+    python benchmarks/bench_model.py --accuracy --epochs 15   # accuracy cost of compression
+
+Timing: every measurement repeats for a few seconds and reports the median batch time (and
+the best): on a shared machine the median is what a user sees, the best what the code can do.
+The matmul limit is measured just before and after the model, so both see the same load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from qamoe_core.config import ModelConfig, TrainConfig, from_json  # noqa: E402
+from qamoe_core.h5store import FeatureFile, to_torch  # noqa: E402
+from qamoe_core.model import build_model  # noqa: E402
+
+
+def timed(fn: Callable[[], Any], seconds: float, min_reps: int = 5) -> dict[str, float]:
+    """Median and best wall time of fn() over ~seconds (after one warm-up call)."""
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_reps or time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"median": statistics.median(times), "best": min(times), "reps": len(times)}
+
+
+def matmul_gflops(n: int, seconds: float) -> dict[str, float]:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    t = timed(lambda: a @ b, seconds)
+    flops = 2 * n**3
+    return {"median": flops / t["median"] / 1e9, "best": flops / t["best"] / 1e9}
+
+
+def model_flops(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(batch)
+    return int(counter.get_total_flops())
+
+
+def profile_top(model: torch.nn.Module, batch: dict[str, torch.Tensor], k: int = 10) -> list:
+    from torch.profiler import ProfilerActivity, profile
+
+    reps = 3
+    with torch.inference_mode():
+        model(batch)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(reps):
+                model(batch)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    return [
+        {
+            "op": e.key,
+            "ms_per_batch": round(e.self_cpu_time_total / 1e3 / reps, 2),
+            "share": round(e.self_cpu_time_total / total, 3),
+            "calls_per_batch": e.count // reps,
+        }
+        for e in events[:k]
+    ]
+
+
+def ensure_data(path: Path | None, preset: str) -> Path:
+    if path is not None:
+        return path
+    from qamoe_core.synthetic import write_synthetic
+
+    cache = Path(tempfile.gettempdir()) / f"qamoe-bench-{preset}.h5"
+    if not cache.exists():
+        print(f"writing the synthetic '{preset}' preset to {cache} ...", file=sys.stderr)
+        write_synthetic(cache, preset=preset, seed=0)
+    return cache
+
+
+def bench_speed(args: argparse.Namespace, mcfg: ModelConfig, data: Path) -> dict[str, Any]:
+    from qamoe_core.train import train
+
+    with FeatureFile(data) as f:
+        dims = {m: int(f.dims[m]) for m in f.modalities}
+        n_test = f.n("test")
+        batch = to_torch(f.read("test", slice(0, min(args.batch, n_test))))
+        batch.pop("label")
+        means = {m: torch.from_numpy(f.train_mean(m)) for m in f.modalities}
+        stds = {m: torch.from_numpy(f.train_std(m)) for m in f.modalities}
+        shapes = {m: list(f.h5["test"][m].shape[1:]) for m in f.modalities}
+        n_train = f.n("train")
+    b = batch["text_len"].shape[0] if "text_len" in batch else next(iter(batch.values())).shape[0]
+    torch.manual_seed(0)
+    model = build_model(args.model, mcfg, dims, "regression")
+    model.set_feature_stats(means, stds)
+    model.eval()
+
+    def infer() -> None:
+        with torch.inference_mode():
+            model(batch)
+
+    mm_before = matmul_gflops(args.matmul_n, args.seconds / 2)
+    t_inf = timed(infer, args.seconds)
+    mm_after = matmul_gflops(args.matmul_n, args.seconds / 2)
+    flops = model_flops(model, batch) / b
+    mm = statistics.mean([mm_before["median"], mm_after["median"]])
+    achieved = flops * b / t_inf["median"] / 1e9
+    result: dict[str, Any] = {
+        "model": args.model,
+        "threads": torch.get_num_threads(),
+        "data": {"file": str(data), "shapes": shapes, "batch": b},
+        "config": mcfg.to_dict(),
+        "inference_samples_per_s": round(b / t_inf["median"], 1),
+        "inference_samples_per_s_best": round(b / t_inf["best"], 1),
+        "flops_per_sample_M": round(flops / 1e6, 2),
+        "achieved_gflops": round(achieved, 1),
+        "matmul_gflops": round(mm, 1),
+        "matmul_gflops_best": round(max(mm_before["best"], mm_after["best"]), 1),
+        "ratio_to_matmul": round(achieved / mm, 3),
+        "profile_top_ops": profile_top(model, batch) if args.profile else None,
+    }
+    if args.train_epoch:
+        with tempfile.TemporaryDirectory() as tmp:
+            tcfg = TrainConfig(epochs=1, patience=1)
+            t0 = time.perf_counter()
+            train(data, Path(tmp) / "run", args.model, mcfg, tcfg, device="cpu")
+            total = time.perf_counter() - t0
+            history = json.loads((Path(tmp) / "run" / "history.jsonl").read_text().splitlines()[0])
+        result["train_epoch_s"] = round(history["seconds"], 2)
+        result["train_samples_per_s"] = round(n_train / history["seconds"], 1)
+        result["train_call_s"] = round(total, 2)  # includes loading, validation copies, test eval
+    result["peak_rss_MiB"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    return result
+
+
+def quality_by_level(run: Path, data: Path, levels: tuple[float, ...]) -> dict[str, Any]:
+    """Mean r_m on the validation split at each mixed level (None for models without r)."""
+    from qamoe_core.checkpoint import load_run
+    from qamoe_core.spectrum import CorruptionSpec, apply_spec
+
+    model, _, _ = load_run(run)
+    with FeatureFile(data) as f:
+        batch = f.read("valid", slice(None))
+        std = {m: f.train_std(m) for m in f.modalities}
+    out: dict[str, Any] = {}
+    for level in levels:
+        spec = CorruptionSpec(level=level, seed=123)
+        corrupted = apply_spec(batch, spec, split="valid", train_std=std) if level > 0 else batch
+        with torch.inference_mode():
+            q = model(to_torch(corrupted)).quality
+        out[f"{level:g}"] = (
+            None if q is None else {m: round(float(v.mean()), 3) for m, v in q.items()}
+        )
+    return out
+
+
+def bench_accuracy(args: argparse.Namespace, mcfg: ModelConfig, data: Path) -> dict[str, Any]:
+    """Train the same model with several temporal compressions; validation and test scores,
+    and (QA-MoE) the mean quality score at a few corruption levels."""
+    from qamoe_core.train import train
+
+    rows = []
+    for segments in args.segments:
+        cfg = mcfg.override(segments=segments)
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            tcfg = TrainConfig(epochs=args.epochs, seed=args.seed)
+            res = train(data, Path(tmp) / "run", args.model, cfg, tcfg, device="cpu")
+            seconds = time.perf_counter() - t0
+            quality = quality_by_level(Path(tmp) / "run", data, (0.0, 0.25, 0.5, 0.75, 1.0))
+        rows.append({
+            "segments": segments,
+            "val_score": res["val_score"],
+            "select_metric": res["select_metric"],
+            "val_clean": res["val_clean"],
+            "test_clean": res.get("test_clean"),
+            "best_epoch": res["best_epoch"],
+            "quality_by_level": quality,
+            "seconds": round(seconds, 1),
+        })  # fmt: skip
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return {"model": args.model, "data": str(data), "epochs": args.epochs, "runs": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--data", type=Path, default=None, help="feature file (default: synthetic)")
+    ap.add_argument("--preset", default="mosi", help="synthetic preset when --data is not given")
+    ap.add_argument("--model", default="qamoe")
+    ap.add_argument("--config", type=Path, default=None, help="JSON with a 'model' section")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--seconds", type=float, default=4.0, help="time per measurement")
+    ap.add_argument("--matmul-n", type=int, default=2048)
+    ap.add_argument("--no-train-epoch", dest="train_epoch", action="store_false")
+    ap.add_argument("--no-profile", dest="profile", action="store_false")
+    ap.add_argument("--accuracy", action="store_true", help="accuracy cost of compression")
+    ap.add_argument("--segments", type=int, nargs="+", default=[8, 16, 32, 64])
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    mcfg = from_json(args.config)[0] if args.config else ModelConfig()
+    data = ensure_data(args.data, args.preset)
+    out = bench_accuracy(args, mcfg, data) if args.accuracy else bench_speed(args, mcfg, data)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

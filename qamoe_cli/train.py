@@ -1,0 +1,131 @@
+"""Train QA-MoE or a baseline: one checkpoint for every level of the reliability spectrum."""
+
+# Each batch is corrupted at per-sample levels drawn from U(0, 1) (half the samples kept clean);
+# the epoch with the best VALIDATION score at train.val_levels is kept. The run directory gets
+# config.json, model.pt, metrics.json, history.jsonl and train_state.pt. Under torchrun the
+# same command trains with DistributedDataParallel.
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from qamoe_cli.common import Force, JsonOut, Quiet, emit, out_console, progress
+from qamoe_core import checkpoint as ckpt
+from qamoe_core.config import MODEL_NAMES, ModelConfig, TrainConfig, read_sections, resolve
+from qamoe_core.errors import InputError
+from qamoe_core.h5store import FeatureFile
+from qamoe_core.train import TrainEvent, train
+
+
+def _configs(
+    config: Path | None, resume: bool, out: Path, train_flags: dict[str, Any]
+) -> tuple[ModelConfig | None, TrainConfig | None]:
+    """defaults (or the run's saved config with --resume) < --config < flags."""
+    given = {k: v for k, v in train_flags.items() if v is not None}
+    if resume and config is None and not given:
+        return None, None  # continue exactly as saved
+    if resume:
+        saved = ckpt.read_config(out)
+        model_d, train_d = saved["model_config"].to_dict(), saved["train_config"].to_dict()
+        if config is not None:  # saved < file < flags
+            file_model, file_train = read_sections(config)
+            model_d.update(file_model)
+            train_d.update(file_train)
+        train_d.update(given)
+        return ModelConfig.from_dict(model_d, "model"), TrainConfig.from_dict(train_d, "train")
+    return resolve(config, None, given)
+
+
+def _total_steps(data: Path, batch_size: int, epochs: int) -> int | None:
+    try:
+        with FeatureFile(data) as f:
+            n = f.n("train") if "train" in f.splits else 0
+    except Exception:  # train() reports file problems properly
+        return None
+    return math.ceil(n / batch_size) * epochs if n else None
+
+
+def _render(result: dict[str, Any]) -> None:
+    table = Table(title=f"run {result['run_dir']}", show_header=True)
+    table.add_column("split")
+    metric = result["select_metric"]
+    keys = [metric] + [k for k in ("Has0_acc_2", "Acc_2", "MAE", "Corr") if k != metric]
+    rows: list[tuple[str, dict[str, float]]] = [
+        (f"valid @ level {lv}", m) for lv, m in result["val"].items()
+    ]
+    rows.append(("valid clean", result["val_clean"]))
+    if "test_clean" in result:
+        rows.append(("test clean (not used to select)", result["test_clean"]))
+    keys = [k for k in keys if k in result["val_clean"]]
+    for k in keys:
+        table.add_column(k, justify="right")
+    for name, mets in rows:
+        table.add_row(name, *(f"{mets[k]:.4f}" for k in keys))
+    out_console.print(table)
+    out_console.print(
+        f"best epoch {result['best_epoch']} of {result['epochs_run']}"
+        f"{' (stopped early)' if result['stopped_early'] else ''}; "
+        f"{result['train_seconds']:.1f} s on {result['device']}"
+    )
+
+
+def command(
+    data: Annotated[Path, typer.Argument(help="Feature file (HDF5) with train and valid splits.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create.")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help=f"One of {', '.join(MODEL_NAMES)}.")
+    ] = "qamoe",
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help='JSON with "model" and/or "train" sections.'),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum epochs.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Model seed (init, order).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Per process.")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
+    device: Annotated[
+        str, typer.Option("--device", help="auto (cuda when available), cpu or cuda.")
+    ] = "auto",
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run in --out.")
+    ] = False,
+    force: Force = False,
+    json_out: JsonOut = False,
+    quiet: Quiet = False,
+) -> None:
+    if model not in MODEL_NAMES:
+        raise InputError(
+            f"The '--model' parameter must be one of {', '.join(MODEL_NAMES)}. "
+            f"Got {model!r} instead."
+        )
+    if resume and force:
+        raise InputError("--resume and --force contradict each other.", hint="Pick one.")
+    flags = {"epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr}
+    model_cfg, train_cfg = _configs(config, resume, out, flags)
+    main_rank = os.environ.get("RANK", "0") == "0"
+    shown = train_cfg or TrainConfig()
+    total = _total_steps(data, shown.batch_size, shown.epochs)
+    with progress(total, f"train {model}", enabled=main_rank and not (quiet or json_out)) as tick:
+        state: dict[str, float | None] = {"val": None}
+
+        def on_event(event: TrainEvent) -> None:
+            if event.kind == "start" and event.epoch > 0:
+                tick(event.epoch * event.batches, epoch=event.epoch)
+            elif event.kind == "batch":
+                fields: dict[str, Any] = {"epoch": event.epoch, "loss": event.loss}
+                if state["val"] is not None:
+                    fields[f"val_{event.metric}"] = state["val"]
+                tick(1, **fields)
+            elif event.kind == "epoch":
+                state["val"] = event.val_score
+
+        result = train(data, out, model, model_cfg, train_cfg, resume=resume, force=force,
+                       device=device, progress=on_event)  # fmt: skip
+    if main_rank:
+        emit(result, json_mode=json_out, render=lambda: _render(result))

@@ -1,0 +1,370 @@
+"""Configuration of models and training: two frozen dataclasses, validated on construction.
+
+Precedence (HOUSE_STYLE): defaults < ``--config file.json`` < command-line flags, resolved by
+:func:`resolve`. A config file is JSON with up to two sections::
+
+    {"format_version": 1,
+     "model": {"d_model": 128, "top_k": 3},
+     "train": {"epochs": 30, "lr": 0.001}}
+
+A run's own ``config.json`` (see checkpoint.py) is accepted as a config file too, so
+``--config runs/a/config.json`` repeats run ``a``'s settings. An unknown key anywhere is a
+:class:`ConfigError` naming it; a value out of range is an sklearn-style ConfigError naming the
+field, the allowed range and the value got.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from qamoe_core import MODALITIES
+from qamoe_core.errors import ConfigError
+from qamoe_core.metrics import METRIC_NAMES
+
+CONFIG_VERSION = 1
+MODEL_NAMES: tuple[str, ...] = ("qamoe", "late-fusion", "early-fusion", "dense-moe")
+UNCERTAINTY_TARGETS: tuple[str, ...] = ("clean_encoding", "clean_input")
+# "auto" = MAE for regression, Acc_2 for binary; "loss" = the task loss; or any metric name.
+SELECT_METRICS: tuple[str, ...] = (
+    "auto",
+    "loss",
+    *tuple(sorted({name for names in METRIC_NAMES.values() for name in names})),
+)
+AXES: tuple[str, ...] = ("missing", "noise", "mixed")
+# Keys of a run's config.json that are not configuration (checkpoint.py writes them).
+RUN_META_KEYS = frozenset(
+    {"format", "format_version", "model_name", "dims", "task", "scheme", "dataset", "created_by"}
+)
+
+INF = math.inf
+
+
+def _spec(default: Any, lo: float = -INF, hi: float = INF, choices: tuple[Any, ...] = ()) -> Any:
+    """A dataclass field with a valid range (inclusive) or a set of choices."""
+    return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices})
+
+
+def _range_text(lo: float, hi: float, kind: str) -> str:
+    if lo > -INF and hi < INF:
+        return f"{kind} in [{lo:g}, {hi:g}]"
+    if lo > -INF:
+        return f"{kind} >= {lo:g}"
+    if hi < INF:
+        return f"{kind} <= {hi:g}"
+    return kind
+
+
+def _check_field(owner: str, name: str, value: Any, default: Any, meta: Mapping[str, Any]) -> Any:
+    """Validate and normalise one field value against the type of its default and its spec."""
+    lo, hi, choices = meta.get("lo", -INF), meta.get("hi", INF), meta.get("choices", ())
+
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(
+            f"The '{name}' parameter must be {expected}. Got {value!r} instead.",
+            hint=f"See the field '{name}' of {owner} in qamoe_core/config.py.",
+        )
+
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise fail("a boolean (true or false)")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail(_range_text(lo, hi, "an integer"))
+        if not lo <= value <= hi:
+            raise fail(_range_text(lo, hi, "an integer"))
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise fail(_range_text(lo, hi, "a float"))
+        if not math.isfinite(float(value)) or not lo <= float(value) <= hi:
+            raise fail(_range_text(lo, hi, "a float"))
+        return float(value)
+    if isinstance(default, str):
+        if value not in choices:
+            raise fail(f"one of {', '.join(map(str, choices))}")
+        return value
+    if isinstance(default, tuple):  # tuples of floats (levels) or of modality names
+        if not isinstance(value, list | tuple) or (not value and not meta.get("empty_ok")):
+            raise fail("a non-empty list")
+        items = tuple(value)
+        for item in items:
+            if choices and item not in choices:
+                raise fail(f"a list of values among {', '.join(map(str, choices))}")
+            if not choices and (
+                isinstance(item, bool)
+                or not isinstance(item, int | float)
+                or not lo <= float(item) <= hi
+            ):
+                raise fail(f"a list of numbers in [{lo:g}, {hi:g}]")
+        return tuple(float(i) for i in items) if not choices else items
+    raise TypeError(f"unsupported config field type for {name}")  # programming error
+
+
+C = TypeVar("C", bound="_Config")
+
+
+class _Config:
+    """Validation, JSON and override helpers shared by both configs."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            value = _check_field(
+                type(self).__name__, f.name, getattr(self, f.name), f.default, f.metadata
+            )
+            object.__setattr__(self, f.name, value)
+        self._check_relations()
+
+    def _check_relations(self) -> None:
+        """Cross-field checks (overridden)."""
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls: type[C], data: Mapping[str, Any], section: str = "") -> C:
+        """Build from a mapping of field values; an unknown key is a ConfigError naming it."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"The '{section or cls.__name__}' section must be a JSON object.")
+        unknown = sorted(set(data) - set(cls.field_names()))
+        if unknown:
+            where = f" in section '{section}'" if section else ""
+            raise ConfigError(
+                f"Unknown config key(s){where}: {', '.join(unknown)}.",
+                hint=f"Valid keys: {', '.join(cls.field_names())}.",
+            )
+        return cls(**dict(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)  # type: ignore[call-overload]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    def override(self: C, **changes: Any) -> C:
+        """A copy with ``changes`` applied (None values are ignored: flags not given)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        unknown = sorted(set(changes) - set(self.field_names()))
+        if unknown:
+            raise ConfigError(f"Unknown config key(s): {', '.join(unknown)}.")
+        return replace(self, **changes)  # type: ignore[type-var]
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Config):
+    """QA-MoE and baselines (DESIGN §3). [paper] = from the paper, [ours] = our reconstruction."""
+
+    # Width of every modality encoding and of the experts: DESIGN §3's d = 128, which also keeps
+    # the mosi preset above 1,500 samples/s on 2 cores (benchmarks/bench_model.py).
+    d_model: int = _spec(128, 8, 4096)
+    # Transformer layers per modality encoder. DESIGN allows 1-2; one keeps the speed target
+    # (a second layer roughly doubles the encoder cost; its accuracy effect was not measured).
+    n_layers: int = _spec(1, 0, 12)
+    # Attention heads (d_model must divide by it): 4 heads of 32 dims.
+    n_heads: int = _spec(4, 1, 64)
+    # Hidden width of the encoder FFN as a multiple of d_model. 2, not the Transformer's 4:
+    # ~20 % less CPU time per batch of 256 on the mosi preset (benchmarks/bench_model.py).
+    ffn_mult: int = _spec(2, 1, 16)
+    # Dropout in the fusion, experts and head. 0.3 rather than the usual 0.1: on MOSI-lite
+    # (1.2k training utterances) it raised clean test accuracy by ~1 point over 3 seeds, and
+    # it made no difference on the synthetic sets.
+    dropout: float = _spec(0.3, 0.0, 0.9)
+    # Dropout inside the encoders. 0 because the uncertainty loss compares the encoding of the
+    # corrupted input with that of the clean one: dropout noise there makes even clean inputs
+    # look unreliable, and training-time corruption already regularises the encoders (0.1
+    # also cost ~3 points of MOSI-lite test accuracy in our runs).
+    encoder_dropout: float = _spec(0.0, 0.0, 0.9)
+    # [ours] Temporal compression: a sequence longer than this is mean-pooled, over its VALID
+    # steps, into this many equal segments before the encoder (0 = off). MOSI's unaligned audio
+    # and vision have 375-500 frames, too many to attend over on a CPU. 16 keeps inference
+    # above 1,500 samples/s on 2 cores (1,760 measured on the mosi preset); it is not free:
+    # on the synthetic mosi preset 64 segments gave a ~0.04 lower validation MAE at level 0.5
+    # (3 runs) at half the speed. Set 32 or 64 when accuracy matters more than throughput.
+    segments: int = _spec(16, 0, 100_000)
+    # [ours] The same for text. Words carry sentiment individually, so text keeps its 50 tokens
+    # by default (0 = off).
+    text_segments: int = _spec(0, 0, 100_000)
+    # [paper] 8 GLU experts with top-3 routing.
+    num_experts: int = _spec(8, 1, 256)
+    top_k: int = _spec(3, 1, 256)
+    # SwiGLU expert hidden width as a multiple of d_model (2x keeps the MoE cheap next to the
+    # encoders; it sees one vector per sample, not a sequence).
+    expert_mult: int = _spec(2, 1, 16)
+    # --- ablation switches (DESIGN §3.7); defaults are the full method -----------------------
+    # Scale each modality by its quality r_m. Off: r ≡ 1 (the paper's "w/o quality gate").
+    quality_gate: bool = True
+    # Fill the missing share (1 - r_m) from a learnable prior vector. Off: from zeros.
+    prior_fallback: bool = True
+    # Give the router the quality scores as well as the content. Off: content only.
+    router_uses_quality: bool = True
+    # [ours] What the self-supervised uncertainty regresses: the stop-gradient encoding of the
+    # clean input (DESIGN §3.3), or the pooled clean input features through a small decoder
+    # (cannot collapse). clean_encoding worked better: after 5 epochs on the synthetic 'small'
+    # preset its r fell from ~0.95 (clean) to ~0.5-0.7 (level 1) for every modality, while
+    # with clean_input r barely moved for text and vision (no collapse was seen either way).
+    uncertainty_target: str = _spec("clean_encoding", choices=UNCERTAINTY_TARGETS)
+    # λ_unc: weight of the uncertainty loss next to the task loss (L1 of ~1 at the start).
+    unc_weight: float = _spec(0.1, 0.0, 1e6)
+    # λ_bal: Switch Transformer's load-balancing weight, 0.01 as in Fedus et al. (2022).
+    balance_weight: float = _spec(0.01, 0.0, 1e6)
+    # α: weight of the head's heteroscedastic term next to L1 (or BCE) in the task loss.
+    nll_weight: float = _spec(0.1, 0.0, 1e6)
+    # Clamp of every log-variance (softly, with tanh). Encodings are LayerNorm-ed (unit scale),
+    # so σ² in [e^-8, e^4] spans "exact" to "far worse than guessing".
+    min_log_var: float = _spec(-8.0, -30.0, 30.0)
+    max_log_var: float = _spec(4.0, -30.0, 30.0)
+
+    def _check_relations(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"The 'd_model' parameter must be divisible by 'n_heads' ({self.n_heads}). "
+                f"Got {self.d_model} instead."
+            )
+        if self.top_k > self.num_experts:
+            raise ConfigError(
+                f"The 'top_k' parameter must be an integer in [1, num_experts={self.num_experts}]."
+                f" Got {self.top_k} instead.",
+                hint="top_k = num_experts is the dense MoE.",
+            )
+        if self.min_log_var >= self.max_log_var:
+            raise ConfigError(
+                f"The 'min_log_var' parameter must be below max_log_var ({self.max_log_var:g}). "
+                f"Got {self.min_log_var:g} instead."
+            )
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Config):
+    """The trainer (DESIGN §4)."""
+
+    # Upper bound on epochs; early stopping usually ends sooner.
+    epochs: int = _spec(40, 1, 100_000)
+    # Stop after this many epochs without a better validation score.
+    patience: int = _spec(8, 1, 100_000)
+    # 32 is MMSA's MOSI batch size; 64 halves the number of steps (and their fixed overhead)
+    # per epoch; on MOSI-lite 32 and 64 gave the same test accuracy within seed noise.
+    batch_size: int = _spec(64, 1, 65_536)
+    # AdamW peak learning rate. DESIGN quotes LNLN's 1e-4 (for BERT fine-tuning); our encoders
+    # train from scratch with warm-up, and 1e-3 gets the quality head's σ² to separate clean
+    # from corrupted inputs within a few epochs (3e-3 did no better on MOSI-lite).
+    lr: float = _spec(1e-3, 1e-8, 10.0)
+    # AdamW decoupled weight decay, torch's default.
+    weight_decay: float = _spec(0.01, 0.0, 10.0)
+    # Linear warm-up length in epochs, then cosine decay to 0 at `epochs`.
+    warmup_epochs: float = _spec(1.0, 0.0, 1e6)
+    # Exponential moving average of the weights (0 = off); the average is what is validated,
+    # selected and saved. Off by default: 0.99 made no difference beyond seed noise on
+    # MOSI-lite (3 seeds, two dropout settings).
+    ema_decay: float = _spec(0.0, 0.0, 0.9999)
+    # Gradient-norm clip: the heteroscedastic terms can spike early (0 = off).
+    grad_clip: float = _spec(1.0, 0.0, 1e6)
+    # --- spectrum-sampled corruption (DESIGN §2) ------------------------------------------
+    # Fraction of training samples left clean each batch; 0.5 as LNLN does.
+    clean_fraction: float = _spec(0.5, 0.0, 1.0)
+    axis: str = _spec("mixed", choices=AXES)
+    # Noise std at level 1 in units of the train std; the spectrum's default.
+    noise_scale: float = _spec(1.0, 1e-6, 1e6)
+    # Modalities that training corrupts (all: one checkpoint for every degradation).
+    corrupt_modalities: tuple[str, ...] = _spec(MODALITIES, choices=MODALITIES)
+    # --- selection ------------------------------------------------------------------------
+    # Validation levels (mixed axis, every modality); the score is the mean over them. 0.5 is
+    # the middle of the spectrum, so selection favours neither clean nor absent inputs.
+    val_levels: tuple[float, ...] = _spec((0.5,), 0.0, 1.0)
+    # Corruption seed of the validation copies: fixed, so selection is deterministic.
+    val_seed: int = _spec(0, 0, 2**63 - 1)
+    # Validation metric: auto = MAE (regression: the training objective's own scale) or Acc_2
+    # (binary); "loss" = the task loss; or any metric of the file's scheme.
+    select_metric: str = _spec("auto", choices=SELECT_METRICS)
+    # Model seed (init, shuffling, dropout, training corruption).
+    seed: int = _spec(0, 0, 2**63 - 1)
+    # Load a split into memory when its features take at most this many GiB; larger
+    # (MOSEI-sized) splits are read lazily from the HDF5 file.
+    in_memory_gib: float = _spec(4.0, 0.0, 1e6)
+
+    def _check_relations(self) -> None:
+        if len(set(self.corrupt_modalities)) != len(self.corrupt_modalities):
+            raise ConfigError("The 'corrupt_modalities' parameter names a modality twice.")
+
+
+def _read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"The config file '{p}' does not exist.")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"The config file '{p}' is not valid JSON ({exc}).",
+            hint='Expected {"model": {...}, "train": {...}}.',
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"The config file '{p}' must hold a JSON object.")
+    return data
+
+
+def split_sections(data: Mapping[str, Any], source: str = "config") -> tuple[dict, dict]:
+    """Split a config mapping into (model, train) sections, rejecting unknown keys."""
+    allowed = {"model", "train"} | RUN_META_KEYS
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"Unknown config key(s) in {source}: {', '.join(unknown)}.",
+            hint='A config file has the sections "model" and "train" (and "format_version").',
+        )
+    version = data.get("format_version", CONFIG_VERSION)
+    if "format" in data and version != CONFIG_VERSION:
+        raise ConfigError(f"{source} has format_version {version}; this qamoe reads 1.")
+    model, train = data.get("model", {}), data.get("train", {})
+    for name, section in (("model", model), ("train", train)):
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"The '{name}' section of {source} must be a JSON object.")
+    return dict(model), dict(train)
+
+
+def read_sections(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The raw (model, train) sections of a config file: only the keys it sets."""
+    return split_sections(_read_json(path), f"'{path}'")
+
+
+def from_json(path: str | os.PathLike[str]) -> tuple[ModelConfig, TrainConfig]:
+    """Load both configs from a JSON file (missing keys keep their defaults)."""
+    model, train = split_sections(_read_json(path), f"'{path}'")
+    return ModelConfig.from_dict(model, "model"), TrainConfig.from_dict(train, "train")
+
+
+def to_json(
+    path: str | os.PathLike[str], model: ModelConfig, train: TrainConfig, **meta: Any
+) -> None:
+    """Write both configs (and optional run metadata) as one JSON file."""
+    data = {"format_version": CONFIG_VERSION, **meta}
+    data["model"] = model.to_dict()
+    data["train"] = train.to_dict()
+    Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def resolve(
+    config_file: str | os.PathLike[str] | None = None,
+    model_overrides: Mapping[str, Any] | None = None,
+    train_overrides: Mapping[str, Any] | None = None,
+) -> tuple[ModelConfig, TrainConfig]:
+    """defaults < config file < overrides (flags; None means 'flag not given')."""
+    model_d: dict[str, Any] = {}
+    train_d: dict[str, Any] = {}
+    if config_file is not None:
+        model_d, train_d = split_sections(_read_json(config_file), f"'{config_file}'")
+    model_d.update({k: v for k, v in (model_overrides or {}).items() if v is not None})
+    train_d.update({k: v for k, v in (train_overrides or {}).items() if v is not None})
+    return ModelConfig.from_dict(model_d, "model"), TrainConfig.from_dict(train_d, "train")
+
+
+def default_of(cls: type[_Config], name: str) -> Any:
+    """The default value of a field (for help texts)."""
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name == name:
+            return None if f.default is MISSING else f.default
+    raise KeyError(name)

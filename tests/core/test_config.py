@@ -1,0 +1,97 @@
+"""ModelConfig / TrainConfig: validation, JSON round trip, precedence, error messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qamoe_core.config import ModelConfig, TrainConfig, from_json, resolve, to_json
+from qamoe_core.errors import ConfigError
+
+
+def test_defaults_follow_design() -> None:
+    m = ModelConfig()
+    assert (m.d_model, m.num_experts, m.top_k) == (128, 8, 3)
+    assert m.quality_gate and m.prior_fallback and m.router_uses_quality
+    assert m.uncertainty_target == "clean_encoding"
+    assert m.balance_weight == 0.01
+    t = TrainConfig()
+    assert t.clean_fraction == 0.5 and t.val_levels == (0.5,) and t.axis == "mixed"
+
+
+def test_json_round_trip(tmp_path: Path) -> None:
+    m = ModelConfig(d_model=64, top_k=2, quality_gate=False, uncertainty_target="clean_input")
+    t = TrainConfig(epochs=3, val_levels=(0.25, 0.75), corrupt_modalities=("audio",))
+    path = tmp_path / "cfg.json"
+    to_json(path, m, t)
+    m2, t2 = from_json(path)
+    assert (m2, t2) == (m, t)
+    assert json.loads(path.read_text())["format_version"] == 1
+
+
+def test_precedence_defaults_file_flags(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"model": {"d_model": 64}, "train": {"epochs": 7, "lr": 0.01}}))
+    m, t = resolve(path, {"top_k": 2}, {"epochs": 3, "seed": None})
+    assert m.d_model == 64 and m.top_k == 2  # file, flag
+    assert t.epochs == 3 and t.lr == 0.01  # flag beats file; file beats default
+    assert t.seed == TrainConfig().seed  # None = flag not given
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"model": {"d_modle": 64}}))
+    with pytest.raises(ConfigError, match="d_modle") as exc:
+        from_json(path)
+    assert exc.value.hint is not None and "d_model" in exc.value.hint
+    path.write_text(json.dumps({"optimizer": {}}))
+    with pytest.raises(ConfigError, match="optimizer"):
+        from_json(path)
+
+
+@pytest.mark.parametrize(
+    ("cls", "field", "value", "expected"),
+    [
+        (ModelConfig, "dropout", 1.5, r"The 'dropout' parameter must be a float in \[0, 0.9\]"),
+        (ModelConfig, "d_model", 64.5, r"'d_model' parameter must be an integer"),
+        (ModelConfig, "quality_gate", "yes", r"'quality_gate' parameter must be a boolean"),
+        (ModelConfig, "uncertainty_target", "labels", r"one of clean_encoding, clean_input"),
+        (TrainConfig, "clean_fraction", -0.1, r"'clean_fraction' parameter must be a float"),
+        (TrainConfig, "val_levels", [0.5, 2.0], r"'val_levels' parameter must be a list"),
+        (TrainConfig, "epochs", 0, r"'epochs' parameter must be an integer in \[1, 100000\]"),
+        (TrainConfig, "corrupt_modalities", ["smell"], r"among text, audio, vision"),
+    ],
+)
+def test_out_of_range_is_sklearn_style(cls: type, field: str, value: object, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected) as exc:
+        cls(**{field: value})
+    assert f"Got {value!r} instead." in exc.value.message
+
+
+def test_cross_field_checks() -> None:
+    with pytest.raises(ConfigError, match=r"top_k.*num_experts=4"):
+        ModelConfig(num_experts=4, top_k=5)
+    with pytest.raises(ConfigError, match="divisible by 'n_heads'"):
+        ModelConfig(d_model=30, n_heads=4)
+    ModelConfig(num_experts=4, top_k=4)  # dense is allowed
+
+
+def test_bad_json_and_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.json"
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        from_json(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        from_json(tmp_path / "nope.json")
+    path.write_text(json.dumps({"model": [1, 2]}))
+    with pytest.raises(ConfigError, match="must be a JSON object"):
+        from_json(path)
+
+
+def test_override_ignores_none_and_rejects_unknown() -> None:
+    t = TrainConfig().override(epochs=5, lr=None)
+    assert t.epochs == 5 and t.lr == TrainConfig().lr
+    with pytest.raises(ConfigError, match="epoch"):
+        TrainConfig().override(epoch=5)

@@ -1,0 +1,54 @@
+"""The demo chain, shrunk to the tiny preset: every step runs and the report is complete."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from qamoe_core.demo import DemoConfig, run_demo
+from qamoe_core.errors import InputError, OutputExistsError
+
+
+def _tiny() -> DemoConfig:
+    return DemoConfig(
+        preset="tiny", epochs=1, levels=(0.0, 0.5, 0.9), corruption_seeds=(0,), axes=("mixed",)
+    )
+
+
+def test_demo_chain_writes_every_artifact(tmp_path: Path) -> None:
+    stages: list[str] = []
+    out = tmp_path / "demo"
+    result = run_demo(out, _tiny(), device="cpu", stage=stages.append)
+    assert [s.split(":")[0] for s in stages] == [
+        "extract", "train", "train", "corrupt", "eval", "eval --sweep", "eval",
+        "eval --sweep", "report",
+    ]  # fmt: skip
+    for name in ("synthetic.h5", "synthetic-0.4.h5", "results-qamoe.csv",
+                 "results-early-fusion.csv", "demo.json"):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert result.report_html.is_file() and result.report_md.is_file()
+    assert (out / "runs" / "qamoe" / "model.pt").is_file()
+    html = result.report_html.read_text()
+    assert "qamoe" in html and "early-fusion" in html and "data:image/png;base64" in html
+    summary = pd.DataFrame(result.summary)
+    assert set(summary["run"]) == {"qamoe", "early-fusion"}
+    assert summary["clean"].between(0, 1).all()
+    saved = json.loads((out / "demo.json").read_text())
+    assert saved["report_html"] == str(result.report_html)
+    assert set(result.corrupted_eval) == {"qamoe", "early-fusion"}
+
+
+def test_demo_refuses_to_clobber(tmp_path: Path) -> None:
+    other = tmp_path / "mine"
+    other.mkdir()
+    with pytest.raises(OutputExistsError):
+        run_demo(other, _tiny())
+    with pytest.raises(InputError, match="not made by `qamoe demo`"):
+        run_demo(other, _tiny(), force=True)
+    with pytest.raises(InputError, match="'baseline' parameter"):
+        DemoConfig(baseline="svm")
+    with pytest.raises(InputError, match="'level' parameter"):
+        DemoConfig(level=1.5)

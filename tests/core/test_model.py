@@ -1,0 +1,284 @@
+"""QA-MoE and baselines: the forward contract, masking, compression, ablations, learning."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qamoe_core.config import ModelConfig, TrainConfig
+from qamoe_core.errors import InputError
+from qamoe_core.model import ModelOutput, build_model, segment_pool
+
+DIMS = {"text": 12, "audio": 5, "vision": 7}
+SHAPES = {"text": 9, "audio": 30, "vision": 20}
+TINY = ModelConfig(d_model=16, n_heads=2, segments=8, num_experts=4, top_k=2)
+NAMES = ("qamoe", "late-fusion", "early-fusion", "dense-moe")
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """These models are tiny: a second thread only adds synchronisation, and on a shared
+    2-core machine an OpenMP barrier waiting for a descheduled thread made steps ~50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_batch(b: int = 6, seed: int = 0, t: dict[str, int] | None = None) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    batch: dict[str, torch.Tensor] = {}
+    for m, d in DIMS.items():
+        steps = (t or SHAPES)[m]
+        lens = torch.randint(1, steps + 1, (b,), generator=g)
+        lens[0] = steps  # one full-length sample
+        x = torch.randn(b, steps, d, generator=g)
+        x = x * (torch.arange(steps)[None, :, None] < lens[:, None, None])  # zero padding
+        batch[m], batch[f"{m}_len"] = x, lens
+    batch["label"] = torch.randn(b, generator=g).clamp(-3, 3)
+    return batch
+
+
+def model_of(name: str, cfg: ModelConfig = TINY, task: str = "regression") -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(name, cfg, DIMS, task).eval()
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("task", ["regression", "binary"])
+def test_shapes_and_named_outputs(name: str, task: str) -> None:
+    batch = make_batch()
+    if task == "binary":
+        batch["label"] = (batch["label"] > 0).float()
+    model = model_of(name, task=task).train()
+    out = model(batch, batch)
+    assert isinstance(out, ModelOutput)
+    assert out.prediction.shape == (6,) and out.log_var.shape == (6,)
+    assert out.loss is not None and out.loss.ndim == 0 and torch.isfinite(out.loss)
+    assert out.loss_task is not None
+    out.loss.backward()
+    if name == "qamoe":
+        assert out.quality is not None and set(out.quality) == set(DIMS)
+        assert all(
+            v.shape == (6,) and bool(((v > 0) & (v <= 1)).all()) for v in out.quality.values()
+        )
+        assert out.modality_log_var is not None and set(out.modality_log_var) == set(DIMS)
+        assert out.loss_unc is not None and out.loss_balance is not None
+    else:
+        assert out.quality is None and out.loss_unc is None
+    if name in ("qamoe", "dense-moe"):
+        assert out.routing is not None and out.routing.shape == (6, TINY.num_experts)
+        assert torch.allclose(out.routing.sum(-1), torch.ones(6))
+        active = (out.routing > 0).sum(-1)
+        k = TINY.top_k if name == "qamoe" else TINY.num_experts
+        assert bool((active == k).all())
+    else:
+        assert out.routing is None and out.loss_balance is None
+
+
+def test_no_label_no_loss_and_no_clean_no_unc() -> None:
+    batch = make_batch()
+    del batch["label"]
+    out = model_of("qamoe")(batch)
+    assert out.loss is None and out.loss_task is None and out.loss_unc is None
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sequence_length_one_and_absent_modality(name: str) -> None:
+    batch = make_batch(t={"text": 1, "audio": 1, "vision": 1})
+    out = model_of(name)(batch)
+    assert torch.isfinite(out.prediction).all()
+    batch = make_batch()
+    batch["audio"] = torch.zeros_like(batch["audio"])
+    batch["audio_len"] = torch.zeros_like(batch["audio_len"])  # audio absent everywhere
+    out = model_of(name)(batch)
+    assert torch.isfinite(out.prediction).all()
+
+
+def test_padding_and_keep_masks_do_not_change_the_output() -> None:
+    model = model_of("qamoe")
+    batch = make_batch()
+    ref = model(batch).prediction
+    noisy = dict(batch)
+    for m in DIMS:  # garbage after each valid length must be ignored
+        t = batch[m].shape[1]
+        pad = torch.arange(t)[None, :, None] >= batch[f"{m}_len"][:, None, None]
+        noisy[m] = torch.where(pad, torch.full_like(batch[m], 1e3), batch[m])
+        noisy[f"{m}_keep"] = torch.zeros(batch[m].shape[:2], dtype=torch.bool)  # not read
+    torch.testing.assert_close(model(noisy).prediction, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_segment_pool_matches_a_loop() -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 23, 3, generator=g)
+    lens = torch.tensor([23, 10, 3, 1])
+    pooled, valid = segment_pool(x, lens, 5)
+    assert pooled.shape == (4, 5, 3)
+    for i, n in enumerate(lens.tolist()):
+        seg = [t * 5 // n for t in range(n)]
+        for j in range(5):
+            steps = [t for t in range(n) if seg[t] == j]
+            assert bool(valid[i, j]) == bool(steps)
+            if steps:
+                torch.testing.assert_close(pooled[i, j], x[i, steps].mean(0))
+    same, mask = segment_pool(x, lens, 0)  # 0 = off
+    assert same is x and mask.sum().item() == lens.sum().item()
+
+
+def test_compression_can_be_switched_off() -> None:
+    batch = make_batch()
+    on = model_of("qamoe", TINY)(batch).prediction
+    off = model_of("qamoe", TINY.override(segments=0))(batch).prediction
+    assert not torch.allclose(on, off)  # audio (30) and vision (20) are longer than 8
+
+
+# --- ablation switches ----------------------------------------------------------------------
+
+
+def test_quality_gate_off_uses_r_equal_one() -> None:
+    out = model_of("qamoe", TINY.override(quality_gate=False))(make_batch())
+    assert out.quality is not None
+    assert all(bool((v == 1).all()) for v in out.quality.values())
+
+
+def test_prior_fallback_off_has_no_prior_and_changes_the_output() -> None:
+    with_prior = model_of("qamoe")
+    without = model_of("qamoe", TINY.override(prior_fallback=False))
+    assert without.prior is None and with_prior.prior is not None
+    with torch.no_grad():
+        for p in with_prior.prior.values():
+            p.fill_(3.0)  # a non-zero prior must show up wherever r < 1
+    batch = make_batch()
+    assert not torch.allclose(with_prior(batch).prediction, without(batch).prediction)
+
+
+def test_router_without_quality_reads_content_only() -> None:
+    blind = model_of("qamoe", TINY.override(router_uses_quality=False)).moe.router
+    aware = model_of("qamoe").moe.router
+    assert blind.quality is None and aware.quality is not None
+    with torch.no_grad():
+        aware.quality.weight.normal_(0, 5.0)
+    g = torch.Generator().manual_seed(0)
+    content = torch.randn(16, 3 * TINY.d_model, generator=g)
+    r1, r2 = torch.rand(16, 3, generator=g), torch.rand(16, 3, generator=g)
+    torch.testing.assert_close(blind(content, r1)[0], blind(content, r2)[0])
+    assert not torch.allclose(aware(content, r1)[0], aware(content, r2)[0])
+
+
+def test_quality_shuffle_changes_routing_and_prediction() -> None:
+    model = model_of("qamoe")
+    with torch.no_grad():  # make the (at initialisation equal) quality scores differ per sample
+        for m in DIMS:
+            model.quality[m].log_var[-1].weight.normal_(0, 1.0)
+        model.moe.router.quality.weight.normal_(0, 5.0)
+    batch = make_batch(b=16)
+    ref = model(batch)
+    out = model(batch, shuffle_quality=True, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(ref.routing, out.routing)
+    assert not torch.allclose(ref.prediction, out.prediction)
+
+
+def test_quality_shuffle_permutes_scores() -> None:
+    model = model_of("qamoe")
+    with torch.no_grad():
+        for m in DIMS:
+            model.quality[m].log_var[-1].weight.normal_(0, 1.0)
+    batch = make_batch(b=12)
+    ref = model(batch).quality
+    out = model(batch, shuffle_quality=True, generator=torch.Generator().manual_seed(3)).quality
+    for m in DIMS:
+        assert not torch.equal(ref[m], out[m])
+        torch.testing.assert_close(torch.sort(ref[m]).values, torch.sort(out[m]).values)
+
+
+def test_dense_and_number_of_experts() -> None:
+    out = model_of("qamoe", TINY.override(num_experts=6, top_k=6))(make_batch())
+    assert out.routing.shape == (6, 6) and bool((out.routing > 0).all())
+    out = model_of("qamoe", TINY.override(num_experts=5, top_k=1))(make_batch())
+    assert out.routing.shape == (6, 5) and bool(((out.routing > 0).sum(-1) == 1).all())
+
+
+def test_uncertainty_targets_differ() -> None:
+    batch = make_batch()
+    enc = model_of("qamoe").train()
+    inp = model_of("qamoe", TINY.override(uncertainty_target="clean_input")).train()
+    assert enc.quality["audio"].decoder is None
+    assert inp.quality["audio"].decoder is not None
+    assert inp.quality["audio"].t_mean.shape == (DIMS["audio"],)  # σ² lives in input space
+    a, b = enc(batch, batch).loss_unc, inp(batch, batch).loss_unc
+    assert a is not None and b is not None and not torch.isclose(a, b)
+    # clean_encoding: at initialisation a clean input reproduces its own target exactly.
+    enc.eval()
+    h = enc.encode(batch)
+    mu, _, _ = enc.quality["text"](h["text"])
+    torch.testing.assert_close(mu, enc.quality["text"].standardise(h["text"]))
+
+
+def test_loss_weights_enter_the_total() -> None:
+    batch = make_batch()
+    base = model_of("qamoe").train()
+    out = base(batch, batch)
+    cfg = TINY
+    expected = out.loss_task + cfg.unc_weight * out.loss_unc + cfg.balance_weight * out.loss_balance
+    torch.testing.assert_close(out.loss, expected)
+    heavy = model_of("qamoe", TINY.override(unc_weight=5.0)).train()
+    assert not torch.isclose(heavy(batch, batch).loss, out.loss)
+
+
+def test_unknown_model_name() -> None:
+    with pytest.raises(InputError, match="late-fusion"):
+        build_model("transformer", TINY, DIMS, "regression")
+
+
+# --- learning ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["qamoe", "early-fusion"])
+def test_overfits_a_tiny_set(name: str) -> None:
+    batch = make_batch(b=16, seed=4)
+    cfg = TINY.override(dropout=0.0)
+    model = model_of(name, cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(150):
+        out = model(batch, batch)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        first = first if first is not None else float(out.loss_task.detach())
+    model.eval()
+    with torch.no_grad():
+        mae = float((model(batch).prediction - batch["label"]).abs().mean())
+    assert mae < 0.15, (first, mae)
+
+
+def test_quality_falls_as_corruption_rises(small_h5: Path, tmp_path: Path) -> None:
+    """After a short training on the synthetic set, r_m decreases with the level, for every
+    modality: the uncertainty is learned from the content alone (no labels, no keep masks)."""
+    from qamoe_core.checkpoint import load_run
+    from qamoe_core.h5store import FeatureFile, to_torch
+    from qamoe_core.spectrum import CorruptionSpec, apply_spec
+    from qamoe_core.train import train
+
+    cfg = ModelConfig(d_model=32, n_heads=2)
+    train(small_h5, tmp_path / "run", "qamoe", cfg,
+          TrainConfig(epochs=5, batch_size=32, lr=3e-3), device="cpu")  # fmt: skip
+    model, _, _ = load_run(tmp_path / "run")
+    with FeatureFile(small_h5) as f:
+        batch = f.read("valid", slice(None))
+        std = {m: f.train_std(m) for m in f.modalities}
+    means = []
+    for level in (0.0, 0.5, 1.0):
+        spec = CorruptionSpec(level=level, seed=7)
+        corrupted = apply_spec(batch, spec, split="valid", train_std=std)
+        with torch.no_grad():
+            out = model(to_torch(corrupted))
+        means.append({m: float(v.mean()) for m, v in out.quality.items()})
+    for m in ("text", "audio", "vision"):
+        r = [x[m] for x in means]
+        assert r[0] > r[1] + 0.02 > r[2] + 0.04, (m, r)
+    assert np.mean([means[0][m] for m in means[0]]) > 0.8  # clean inputs are trusted
