@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from qamoe_cli import extract_media, extract_mmsa, extract_mosilite
 from qamoe_cli.common import Force, JsonOut, OutFile, Quiet, Seed, emit, out_console, progress
 from qamoe_core.synthetic import PRESETS, write_synthetic
 
@@ -60,15 +60,6 @@ def synthetic(
 app.command("synthetic")(synthetic)
 
 # Importers live in their own modules; each defines `command`.
-for _name, _module in [
-    ("mmsa", "extract_mmsa"),
-    ("mosi-lite", "extract_mosilite"),
-    ("media", "extract_media"),
-]:
-    try:
-        _mod = importlib.import_module(f"qamoe_cli.{_module}")
-    except ModuleNotFoundError as _exc:
-        if _exc.name != f"qamoe_cli.{_module}":
-            raise
-        continue
-    app.command(_name, help=_mod.command.__doc__)(_mod.command)
+app.command("mmsa", help=extract_mmsa.command.__doc__)(extract_mmsa.command)
+app.command("mosi-lite", help=extract_mosilite.command.__doc__)(extract_mosilite.command)
+app.command("media", help=extract_media.command.__doc__)(extract_media.command)

@@ -15,7 +15,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from qamoe_cli import extract
+from qamoe_cli import corrupt, demo, extract, report, train
+from qamoe_cli import eval as eval_cmd
 from qamoe_cli.common import err_console
 from qamoe_core import __version__
 from qamoe_core.errors import QamoeError
@@ -63,27 +64,12 @@ def _root(
     )
 
 
-def _register_available() -> None:
-    # While commands are being built, register only those whose module exists.
-    import importlib
-
-    for name, module in [
-        ("train", "train"),
-        ("corrupt", "corrupt"),
-        ("eval", "eval"),
-        ("report", "report"),
-        ("demo", "demo"),
-    ]:
-        try:
-            mod = importlib.import_module(f"qamoe_cli.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"qamoe_cli.{module}":
-                raise
-            continue
-        app.command(name, help=mod.__doc__)(mod.command)
-
-
-_register_available()
+# One line per command; each module's docstring is its help text.
+app.command("train", help=train.__doc__)(train.command)
+app.command("corrupt", help=corrupt.__doc__)(corrupt.command)
+app.command("eval", help=eval_cmd.__doc__)(eval_cmd.command)
+app.command("report", help=report.__doc__)(report.command)
+app.command("demo", help=demo.__doc__)(demo.command)
 
 
 def _print_error(message: str, hint: str | None) -> None:

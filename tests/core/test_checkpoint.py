@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,6 @@ from qamoe_core.model import build_model
 
 DIMS = {"text": 12, "audio": 5, "vision": 7}
 CFG = ModelConfig(d_model=16, n_heads=2, segments=4, num_experts=4, top_k=2)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def write_run(run: Path, name: str = "qamoe", task: str = "regression") -> torch.nn.Module:

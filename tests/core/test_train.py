@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,14 +24,6 @@ from qamoe_core.train import TrainEvent, _Trainer, lr_at, train
 
 MODEL = ModelConfig(d_model=16, n_heads=2, segments=4, num_experts=4, top_k=2)
 FAST = TrainConfig(epochs=3, batch_size=16, patience=10)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def write_variant(path: Path, *, drop_valid: bool = False, audio_dims: int | None = None,
