@@ -24,20 +24,26 @@ if [ ! -x .venv/bin/python ]; then
 fi
 pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 
+# pip, with its output shown only on failure (this machine's pip config names some missing
+# local indexes, and their warnings are noise).
+quiet_pip() {
+  local log
+  if ! log=$("${pip[@]}" "$@" 2>&1); then
+    echo "$log" >&2
+    echo "setup.sh: 'pip $*' failed (see above)" >&2
+    exit 1
+  fi
+  echo "$log" | grep -v "^WARNING: Location" >&2 || true
+}
+
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   index=()
   if [ -n "${QAMOE_TORCH_INDEX:-}" ]; then index=(--index-url "$QAMOE_TORCH_INDEX"); fi
-  "${pip[@]}" install "torch==${QAMOE_TORCH:-2.13.0}" "${index[@]}"
+  quiet_pip install "torch==${QAMOE_TORCH:-2.13.0}" "${index[@]}"
 fi
 
 spec="."
 if [ ${#extras[@]} -gt 0 ]; then spec=".[$(IFS=,; echo "${extras[*]}")]"; fi
-if ! log=$("${pip[@]}" install -e "$spec" 2>&1); then
-  echo "$log" >&2
-  echo "setup.sh: pip could not install qamoe (see above)" >&2
-  exit 1
-fi
-# This machine's pip config lists some missing local indexes; their warnings are noise.
-echo "$log" | grep -v "^WARNING: Location" >&2 || true
+quiet_pip install -e "$spec"
 .venv/bin/python -c "import qamoe_core, qamoe_cli.main" # fails loudly if the install did not take
 echo "qamoe is set up in .venv ($(.venv/bin/qamoe --version))" >&2
