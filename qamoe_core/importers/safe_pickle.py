@@ -18,8 +18,8 @@ What is admitted, and why it cannot run code:
   pickles spell ``bytes``).
 - torch tensors, only with ``allow_torch``: a plain ``pickle.dumps(tensor)`` emits
   ``torch._utils._rebuild_tensor_v2(storage, ...)`` where the storage comes from
-  ``torch.storage._load_from_bytes(blob)``, and the real ``_load_from_bytes`` calls
-  ``torch.load(blob, weights_only=False)``, i.e. a second, unrestricted unpickler. We substitute
+  ``torch.storage._load_from_bytes(blob)``, and the real ``_load_from_bytes`` runs torch's
+  loader with its restrictions switched off, i.e. a second, unrestricted unpickler. We substitute
   a version that loads the blob with ``weights_only=True`` (torch's own restricted unpickler),
   and wrap ``_rebuild_tensor_v2`` to accept only a real storage and no backward hooks.
   ``torch.Size`` (a tuple) comes with it. Other torch globals are refused.

@@ -95,10 +95,16 @@ def test_torch_can_be_disabled() -> None:
 
 
 def test_plain_pickle_would_run_the_payload(tmp_path: Path) -> None:
-    """Control: the payloads below really execute under pickle.loads, so refusing them matters."""
+    """Control: the payloads really execute when their reduce recipe is honoured (which is all a
+    plain unpickler does), so refusing them matters. Run the recipe directly: no plain unpickler
+    is ever handed the payload, even in tests."""
     marker = tmp_path / "control"
-    pickle.loads(pickle.dumps(Evil(builtins.exec, f"open({str(marker)!r}, 'w').close()")))
+    payload = Evil(builtins.exec, f"open({str(marker)!r}, 'w').close()")
+    fn, args = payload.__reduce__()
+    fn(*args)
     assert marker.exists()
+    with pytest.raises(DataFormatError, match=r"builtins\.exec"):  # and the filter stops it
+        safe_loads(pickle.dumps(Evil(builtins.exec, "None")))
 
 
 @pytest.mark.parametrize("variant", range(4))
