@@ -5,14 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 from rich.table import Table
 
 from qamoe_cli.common import Force, JsonOut, OutFile, Quiet, Seed, emit, out_console, progress
-from qamoe_core.corrupt import corrupt_file
-from qamoe_core.h5store import FeatureFile
-from qamoe_core.spectrum import CorruptionSpec
 
 Level = Annotated[
     str,  # parsed by CorruptionSpec so 'abc' or 1.4 get the same one-line error as in the library
@@ -55,6 +51,13 @@ def command(
     json_out: JsonOut = False,
 ) -> None:
     """Corrupt DATA at --level along --axis and write it to --out (atomic, recorded in the file)."""
+    # heavy imports (torch) here, not at the top, so `qamoe --help` and `--version` start fast
+    import torch
+
+    from qamoe_core.corrupt import corrupt_file
+    from qamoe_core.h5store import FeatureFile
+    from qamoe_core.spectrum import CorruptionSpec
+
     spec = CorruptionSpec(
         level=level,  # type: ignore[arg-type]  # validated (and converted) by the spec
         axis=axis,

@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from qamoe_cli.common import Force, JsonOut, Quiet, Seed, emit, err_console, out_console
-from qamoe_core.demo import BASELINES, DemoConfig, run_demo
+from qamoe_core.config import BASELINES
 
 
 def command(
@@ -33,6 +33,8 @@ def command(
     quiet: Quiet = False,
     json_out: JsonOut = False,
 ) -> None:
+    from qamoe_core.demo import DemoConfig, run_demo
+
     cfg = DemoConfig(seed=seed, epochs=epochs, baseline=baseline, level=level)
     steps = iter(range(1, 100))
 

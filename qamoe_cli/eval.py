@@ -9,10 +9,6 @@ import typer
 from rich.table import Table
 
 from qamoe_cli.common import Force, JsonOut, Quiet, emit, out_console, parse_list, progress
-from qamoe_core.atomic import check_output
-from qamoe_core.evaluate import EvalConfig, Evaluation, parse_levels
-from qamoe_core.metrics import PRIMARY, higher_is_better
-from qamoe_core.results import QUALITY_PREFIX, SPECTRUM_AXES, USAGE_PREFIX, is_diagnostic, save
 
 _LEVELS_HELP = "Grid: start:stop:step (stop included) or a comma list, each in [0, 1]."
 
@@ -70,6 +66,18 @@ def command(
     json_out: JsonOut = False,
 ) -> None:
     """Evaluate one checkpoint: the clean split, a corrupted file, or a sweep of the spectrum."""
+    # heavy imports (torch, pandas) here, not at the top, so the CLI starts fast
+    from qamoe_core.atomic import check_output
+    from qamoe_core.evaluate import EvalConfig, Evaluation, parse_levels
+    from qamoe_core.metrics import PRIMARY, higher_is_better
+    from qamoe_core.results import (
+        QUALITY_PREFIX,
+        SPECTRUM_AXES,
+        USAGE_PREFIX,
+        is_diagnostic,
+        save,
+    )
+
     grid = parse_levels(levels)  # validated even without --sweep: a bad list is a mistake
     cfg = EvalConfig(
         split=split,

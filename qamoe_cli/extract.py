@@ -10,7 +10,6 @@ from rich.table import Table
 
 from qamoe_cli import extract_media, extract_mmsa, extract_mosilite
 from qamoe_cli.common import Force, JsonOut, OutFile, Quiet, Seed, emit, out_console, progress
-from qamoe_core.synthetic import PRESETS, write_synthetic
 
 app = typer.Typer(
     help=(
@@ -36,6 +35,8 @@ def synthetic(
     json_out: JsonOut = False,
 ) -> None:
     """Write the built-in synthetic dataset (known structure, no download)."""
+    from qamoe_core.synthetic import PRESETS, write_synthetic  # h5py and numpy: not at start-up
+
     if preset not in PRESETS:
         raise typer.BadParameter(
             f"must be one of {', '.join(PRESETS)}; got {preset!r}", param_hint="--preset"

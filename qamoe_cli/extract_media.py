@@ -19,8 +19,6 @@ from qamoe_cli.common import (
     parse_list,
     progress,
 )
-from qamoe_core.media import MediaConfig, extract_media, parse_shard, read_manifest
-from qamoe_core.media.config import shard_of
 
 
 def render_summary(summary: dict[str, Any]) -> None:
@@ -141,6 +139,10 @@ def command(
     A clip that fails (unreadable file, no audio track) is listed with its reason in
     OUT-stem.failures.csv and the run goes on. Frames without a face are kept as zeros.
     """
+    # imported here: the media pipeline pulls h5py and numpy, which start-up should not wait for
+    from qamoe_core.media import MediaConfig, extract_media, parse_shard, read_manifest
+    from qamoe_core.media.config import shard_of
+
     mods = parse_list(modalities, "--modalities")
     config = MediaConfig(
         modalities=tuple(mods) if mods else None,

@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from qamoe_cli.common import Force, JsonOut, OutFile, Quiet, emit, out_console, progress
-from qamoe_core.importers.mmsa import PROGRESS_STEPS, import_mmsa
 
 
 def render_summary(summary: dict[str, Any]) -> None:
@@ -60,6 +59,8 @@ def command(
 
     The pickle is read by a restricted loader that admits only arrays and plain containers.
     """
+    from qamoe_core.importers.mmsa import PROGRESS_STEPS, import_mmsa  # h5py: not at start-up
+
     with progress(PROGRESS_STEPS, f"mmsa/{file.name}", enabled=not (quiet or json_out)) as tick:
         summary = import_mmsa(file, out, dataset=dataset, force=force, progress=tick)
     emit(summary, json_mode=json_out, render=lambda: render_summary(summary))

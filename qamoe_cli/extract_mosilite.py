@@ -9,7 +9,11 @@ import typer
 from rich.table import Table
 
 from qamoe_cli.common import Force, JsonOut, OutFile, Quiet, Seed, emit, out_console, progress
-from qamoe_core.importers.mosilite import DEFAULT_VALID_FRACTION, PROGRESS_STEPS, import_mosilite
+
+# A copy of qamoe_core.importers.mosilite.DEFAULT_VALID_FRACTION for the option's default:
+# that module pulls h5py and numpy, which start-up should not wait for.
+# tests/cli/test_startup.py keeps the two equal.
+DEFAULT_VALID_FRACTION = 0.15
 
 
 def render_summary(summary: dict[str, Any]) -> None:
@@ -50,6 +54,8 @@ def command(
 
     A validation split is carved out of train by video, deterministically for a seed.
     """
+    from qamoe_core.importers.mosilite import PROGRESS_STEPS, import_mosilite
+
     with progress(PROGRESS_STEPS, "mosi-lite", enabled=not (quiet or json_out)) as tick:
         summary = import_mosilite(
             directory, out, valid_fraction=valid_fraction, seed=seed, force=force, progress=tick

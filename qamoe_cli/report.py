@@ -9,8 +9,6 @@ import typer
 from rich.table import Table
 
 from qamoe_cli.common import Force, JsonOut, emit, out_console, parse_list
-from qamoe_core.report import build_report
-from qamoe_core.results import load
 
 
 def command(
@@ -37,6 +35,10 @@ def command(
     json_out: JsonOut = False,
 ) -> None:
     """Draw reliability curves, quality scores, expert usage and summary tables from results."""
+    # heavy imports (matplotlib, pandas) here, not at the top, so the CLI starts fast
+    from qamoe_core.report import build_report
+    from qamoe_core.results import load
+
     table = load(results)
     rep = build_report(
         table,

@@ -16,11 +16,11 @@ import typer
 from rich.table import Table
 
 from qamoe_cli.common import Force, JsonOut, Quiet, emit, out_console, progress
-from qamoe_core import checkpoint as ckpt
 from qamoe_core.config import MODEL_NAMES, ModelConfig, TrainConfig, read_sections, resolve
 from qamoe_core.errors import InputError
-from qamoe_core.h5store import FeatureFile
-from qamoe_core.train import TrainEvent, train
+
+# checkpoint, h5store and train are imported inside the functions that use them: they pull
+# torch (~1.5 s), which `qamoe --help` and `qamoe train --help` should not wait for.
 
 
 def _configs(
@@ -31,6 +31,8 @@ def _configs(
     if resume and config is None and not given:
         return None, None  # continue exactly as saved
     if resume:
+        from qamoe_core import checkpoint as ckpt
+
         saved = ckpt.read_config(out)
         model_d, train_d = saved["model_config"].to_dict(), saved["train_config"].to_dict()
         if config is not None:  # saved < file < flags
@@ -43,6 +45,8 @@ def _configs(
 
 
 def _total_steps(data: Path, batch_size: int, epochs: int) -> int | None:
+    from qamoe_core.h5store import FeatureFile
+
     try:
         with FeatureFile(data) as f:
             n = f.n("train") if "train" in f.splits else 0
@@ -108,6 +112,8 @@ def command(
         raise InputError("--resume and --force contradict each other.", hint="Pick one.")
     flags = {"epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr}
     model_cfg, train_cfg = _configs(config, resume, out, flags)
+    from qamoe_core.train import TrainEvent, train  # torch: only once the flags are valid
+
     main_rank = os.environ.get("RANK", "0") == "0"
     shown = train_cfg or TrainConfig()
     total = _total_steps(data, shown.batch_size, shown.epochs)

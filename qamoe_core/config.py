@@ -29,6 +29,8 @@ from qamoe_core.metrics import METRIC_NAMES
 
 CONFIG_VERSION = 1
 MODEL_NAMES: tuple[str, ...] = ("qamoe", "late-fusion", "early-fusion", "dense-moe")
+# The baselines in the order the demo and the docs list them (early fusion is the demo's).
+BASELINES: tuple[str, ...] = ("early-fusion", "late-fusion", "dense-moe")
 UNCERTAINTY_TARGETS: tuple[str, ...] = ("clean_encoding", "clean_input")
 # "auto" = MAE for regression, Acc_2 for binary; "loss" = the task loss; or any metric name.
 SELECT_METRICS: tuple[str, ...] = (
@@ -266,6 +268,10 @@ class TrainConfig(_Config):
     # --- spectrum-sampled corruption (DESIGN §2) ------------------------------------------
     # Fraction of training samples left clean each batch; 0.5 as LNLN does.
     clean_fraction: float = _spec(0.5, 0.0, 1.0)
+    # [ours] The range [low, high] the other samples' levels are drawn from, uniformly. The
+    # spectrum is (0, 1); a single value, e.g. [0.6, 0.6] with clean_fraction 0, trains a
+    # SPECIALIST at one fixed level (the comparison behind One-Checkpoint-for-All).
+    train_levels: tuple[float, ...] = _spec((0.0, 1.0), 0.0, 1.0)
     axis: str = _spec("mixed", choices=AXES)
     # Noise std at level 1 in units of the train std; the spectrum's default.
     noise_scale: float = _spec(1.0, 1e-6, 1e6)
@@ -289,6 +295,13 @@ class TrainConfig(_Config):
     def _check_relations(self) -> None:
         if len(set(self.corrupt_modalities)) != len(self.corrupt_modalities):
             raise ConfigError("The 'corrupt_modalities' parameter names a modality twice.")
+        lv = self.train_levels
+        if len(lv) != 2 or lv[0] > lv[1]:
+            raise ConfigError(
+                f"The 'train_levels' parameter must be [low, high] with 0 <= low <= high <= 1."
+                f" Got {list(lv)} instead.",
+                hint="[0.3, 0.3] with clean_fraction 0 trains a specialist at level 0.3.",
+            )
 
 
 def _read_json(path: str | os.PathLike[str]) -> dict[str, Any]:

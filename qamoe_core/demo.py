@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from qamoe_core import __version__
-from qamoe_core.config import ModelConfig, TrainConfig
+from qamoe_core.config import BASELINES, ModelConfig, TrainConfig
 from qamoe_core.corrupt import corrupt_file
 from qamoe_core.errors import InputError, OutputExistsError, check_level
 from qamoe_core.evaluate import EvalConfig, EvalResult, Evaluation
@@ -34,7 +34,6 @@ from qamoe_core.train import train
 log = logging.getLogger(__name__)
 
 MARKER = ".qamoe-demo"
-BASELINES = ("early-fusion", "late-fusion", "dense-moe")
 
 
 @dataclass(frozen=True)

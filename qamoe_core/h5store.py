@@ -15,6 +15,8 @@ Layout (format "qamoe-features", version 1; docs/architecture.md has the full ta
 
 Reading is lazy: :class:`FeatureFile` touches only the rows asked for, so a MOSEI-sized file
 never has to fit in memory. Writing goes through a temporary file renamed at the end.
+Nothing here imports torch: the torch side (``H5Dataset``, ``to_torch``) is in
+:mod:`qamoe_core.torchdata`, and both names are still importable from this module.
 """
 
 from __future__ import annotations
@@ -26,15 +28,18 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
-import torch
 
 from qamoe_core import MODALITIES, SPLITS, __version__
 from qamoe_core.atomic import atomic_path
 from qamoe_core.errors import DataFormatError, InputError
+
+if TYPE_CHECKING:  # for type checkers; at run time __getattr__ below imports them on demand
+    from qamoe_core.torchdata import H5Dataset as H5Dataset
+    from qamoe_core.torchdata import to_torch as to_torch
 
 log = logging.getLogger(__name__)
 
@@ -564,51 +569,14 @@ def validate(path: str | os.PathLike[str], deep: bool = True) -> None:
             f.validate_data()
 
 
-class H5Dataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
-    """One split as a torch Dataset that reads rows lazily (the file opens per worker).
-
-    ``__getitems__`` reads a whole batch of indices in one HDF5 call, which DataLoader uses
-    automatically (torch's default collate then stacks the per-sample dicts).
-    """
-
-    def __init__(self, path: str | os.PathLike[str], split: str) -> None:
-        self.path = Path(path)
-        self.split = split
-        with FeatureFile(self.path) as f:
-            self._n = f.n(split)
-        self._file: FeatureFile | None = None
-
-    def __len__(self) -> int:
-        return self._n
-
-    def _f(self) -> FeatureFile:
-        if self._file is None:  # opened lazily so each DataLoader worker has its own handle
-            self._file = FeatureFile(self.path)
-        return self._file
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        batch = self._f().read(self.split, np.array([i]))
-        return {k: torch.from_numpy(np.asarray(v[0])) for k, v in batch.items()}
-
-    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
-        batch = self._f().read(self.split, np.asarray(indices))
-        return [
-            {k: torch.from_numpy(np.asarray(v[j])) for k, v in batch.items()}
-            for j in range(len(indices))
-        ]
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_file"] = None
-        return state
+# H5Dataset and to_torch live in qamoe_core.torchdata (torch is imported only there); these
+# names stay importable from here, resolved on first use.
+_TORCH_NAMES = ("H5Dataset", "to_torch")
 
 
-def to_torch(
-    batch: Mapping[str, np.ndarray], device: str | torch.device = "cpu"
-) -> dict[str, torch.Tensor]:
-    """Numpy batch dict -> torch tensors on ``device`` (string ids are dropped)."""
-    out: dict[str, torch.Tensor] = {}
-    for k, v in batch.items():
-        if isinstance(v, np.ndarray) and v.dtype.kind in "biuf":
-            out[k] = torch.from_numpy(np.ascontiguousarray(v)).to(device)
-    return out
+def __getattr__(name: str) -> Any:
+    if name in _TORCH_NAMES:
+        from qamoe_core import torchdata
+
+        return getattr(torchdata, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

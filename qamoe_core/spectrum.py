@@ -453,16 +453,22 @@ def sample_levels(
     modalities: Sequence[str] = MODALITIES,
     *,
     clean_fraction: float = 0.5,
+    low: float = 0.0,
+    high: float = 1.0,
     generator: torch.Generator | None = None,
     device: str | torch.device | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Training-time levels: ``{m: (B,) float32}``, ℓ ~ U(0, 1) per sample and modality.
+    """Training-time levels: ``{m: (B,) float32}``, ℓ ~ U(low, high) per sample and modality.
 
     A fraction ``clean_fraction`` of SAMPLES (all their modalities) is left clean (ℓ = 0), as
     LNLN keeps half of each batch clean; call it for every batch so levels are re-drawn every
-    epoch. ``device`` defaults to the generator's device (CPU without one).
+    epoch. ``low == high`` gives every other sample that one level (a specialist's training).
+    ``device`` defaults to the generator's device (CPU without one).
     """
     clean_fraction = check_level(clean_fraction, "clean_fraction")
+    low, high = check_level(low, "low"), check_level(high, "high")
+    if low > high:
+        raise InputError(f"The 'low' level ({low:g}) must not exceed 'high' ({high:g}).")
     if batch_size < 1:
         raise InputError(f"The 'batch_size' parameter must be >= 1. Got {batch_size}.")
     dev = (
@@ -474,6 +480,8 @@ def sample_levels(
     out: dict[str, torch.Tensor] = {}
     for m in _as_names(modalities, "modalities"):
         lv = torch.rand(batch_size, generator=generator, device=dev)
+        if (low, high) != (0.0, 1.0):  # the default draws stay bit-identical to U(0, 1)
+            lv = low + (high - low) * lv
         out[m] = lv.masked_fill(clean, 0.0)
     return out
 

@@ -384,9 +384,11 @@ class _Trainer:
         if not self.corrupt_mods:
             return clean
         b = clean["label"].shape[0]
+        low, high = self.cfg.train_levels
         levels = sample_levels(
-            b, self.corrupt_mods, clean_fraction=self.cfg.clean_fraction, generator=gen
-        )
+            b, self.corrupt_mods, clean_fraction=self.cfg.clean_fraction, low=low, high=high,
+            generator=gen,
+        )  # fmt: skip
         return corrupt_batch(
             clean,
             levels,

@@ -76,6 +76,13 @@ def test_cross_field_checks() -> None:
     with pytest.raises(ConfigError, match="divisible by 'n_heads'"):
         ModelConfig(d_model=30, n_heads=4)
     ModelConfig(num_experts=4, top_k=4)  # dense is allowed
+    with pytest.raises(ConfigError, match=r"'train_levels'.*\[0.6, 0.3\]"):
+        TrainConfig(train_levels=(0.6, 0.3))
+    with pytest.raises(ConfigError, match=r"'train_levels'.*\[0.5\]"):
+        TrainConfig(train_levels=(0.5,))
+    with pytest.raises(ConfigError, match=r"'train_levels' parameter must be a list"):
+        TrainConfig(train_levels=(0.2, 1.5))
+    assert TrainConfig(train_levels=[0.3, 0.3]).train_levels == (0.3, 0.3)
 
 
 def test_bad_json_and_missing_file(tmp_path: Path) -> None:

@@ -361,6 +361,22 @@ def test_sample_levels_edges() -> None:
     assert all((v > 0).all() for v in sample_levels(16, clean_fraction=0.0).values())
     with pytest.raises(InputError, match="clean_fraction"):
         sample_levels(4, clean_fraction=1.5)
+    with pytest.raises(InputError, match="'low'"):
+        sample_levels(4, low=0.7, high=0.2)
+
+
+def test_sample_levels_range_and_specialist() -> None:
+    g = torch.Generator().manual_seed(5)
+    ranged = sample_levels(5000, ("audio",), clean_fraction=0.0, low=0.2, high=0.4, generator=g)
+    a = ranged["audio"]
+    assert float(a.min()) >= 0.2 and float(a.max()) <= 0.4
+    assert abs(float(a.mean()) - 0.3) < 0.01
+    fixed = sample_levels(64, clean_fraction=0.0, low=0.6, high=0.6)
+    assert all(torch.allclose(v, torch.full((64,), 0.6)) for v in fixed.values())
+    # The default range keeps the historical U(0, 1) draws bit for bit.
+    g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    assert torch.equal(sample_levels(32, generator=g1)["text"],
+                       sample_levels(32, low=0.0, high=1.0, generator=g2)["text"])  # fmt: skip
 
 
 def test_corrupt_batch_with_per_sample_levels() -> None:
