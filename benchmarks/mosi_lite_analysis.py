@@ -1,0 +1,382 @@
+"""Tables and checks for the MOSI-lite experiment (run by mosi_lite_experiment.py).
+
+    .venv/bin/python benchmarks/mosi_lite_analysis.py --work runs/mosi-lite-exp
+        --out docs/results/mosi-lite [--seeds 3]
+
+Reads the tidy results files that ``qamoe eval`` wrote under ``WORK/results`` (one per run
+and evaluation), and writes under ``--out``:
+
+- ``summary.json``: every number below, per model seed and as mean/std over seeds;
+- ``tables.md``: the same as Markdown tables;
+- ``pooled/<config>.csv``: the model seeds of one configuration stacked into one results
+  table for ``qamoe report`` (run = the configuration; seed = 100 x model seed + corruption
+  seed, so the report's bands span both kinds of seed).
+
+Spreads: "±" is the sample standard deviation over MODEL seeds of a number that is first
+averaged over the 3 corruption seeds. Accuracy is MOSI-lite's binary Acc_2 in percent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from qamoe_core import results as R  # noqa: E402
+
+METRIC = "Acc_2"
+MODALITIES = ("text", "audio", "vision")
+ALL = "text+audio+vision"
+BASELINES = ("early-fusion", "late-fusion", "dense-moe")
+ABLATIONS = (
+    "qamoe-no-gate",
+    "qamoe-no-prior",
+    "qamoe-router-no-quality",
+    "qamoe-dense-routing",
+)
+SPECIALIST = re.compile(r"^specialist-(\d\.\d)$")
+
+
+def stats(values: Iterable[float]) -> dict[str, Any]:
+    v = [float(x) for x in values]
+    arr = np.asarray(v, dtype=np.float64)
+    return {
+        "mean": float(arr.mean()) if v else math.nan,
+        "std": float(arr.std(ddof=1)) if len(v) > 1 else 0.0,
+        "per_seed": v,
+    }
+
+
+def pct(s: dict[str, Any]) -> str:
+    return f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}"
+
+
+def load_runs(results: Path) -> dict[str, pd.DataFrame]:
+    return {p.stem: R.load(p) for p in sorted(results.glob("*.csv"))}
+
+
+def curve(
+    df: pd.DataFrame,
+    axis: str,
+    metric: str = METRIC,
+    variant: str = "normal",
+    modalities: str = ALL,
+) -> pd.Series:
+    """Level -> value averaged over corruption seeds."""
+    sub = df[
+        (df["axis"] == axis)
+        & (df["metric"] == metric)
+        & (df["variant"] == variant)
+        & (df["modalities"] == modalities)
+    ]
+    return sub.groupby("level")["value"].mean().sort_index()
+
+
+def clean_score(df: pd.DataFrame, metric: str = METRIC) -> float:
+    sub = df[(df["axis"] == "clean") & (df["metric"] == metric) & (df["variant"] == "normal")]
+    return float(sub["value"].mean())
+
+
+def general_table(runs: dict[str, pd.DataFrame], names: list[str], seeds: int) -> dict:
+    """Per configuration: clean, grid mean per axis, area/clean (mixed), fixed-missing."""
+    out: dict[str, Any] = {}
+    for name in names:
+        tags = [f"{name}-s{s}" for s in range(seeds) if f"{name}-s{s}" in runs]
+        if not tags:
+            continue
+        row: dict[str, Any] = {"seeds": len(tags)}
+        row["clean"] = stats(clean_score(runs[t]) for t in tags)
+        row["clean_f1"] = stats(clean_score(runs[t], "F1_score") for t in tags)
+        for axis in R.SPECTRUM_AXES:
+            row[f"{axis}_mean"] = stats(curve(runs[t], axis).mean() for t in tags)
+        # Weighted F1 punishes a model that answers one class when the inputs are gone; the
+        # low half of the grid leaves out the levels where that default answer dominates.
+        row["mixed_mean_f1"] = stats(curve(runs[t], "mixed", "F1_score").mean() for t in tags)
+        row["mixed_mean_upto_0.5"] = stats(curve(runs[t], "mixed").loc[:0.5].mean() for t in tags)
+        row["mixed_area_over_clean"] = stats(
+            R.trapezoid_area(c.index, c.values) / clean_score(runs[t])
+            for t in tags
+            for c in [curve(runs[t], "mixed")]
+        )
+        row["mixed_curve"] = {
+            f"{lv:.1f}": stats(curve(runs[t], "mixed")[lv] for t in tags)
+            for lv in curve(runs[tags[0]], "mixed").index
+        }
+        shuffled = [curve(runs[t], "mixed", variant="quality_shuffle") for t in tags]
+        if all(len(c) for c in shuffled):
+            row["mixed_mean_quality_shuffle"] = stats(c.mean() for c in shuffled)
+            row["shuffle_effect_mixed"] = stats(
+                c.mean() - curve(runs[t], "mixed").mean()
+                for c, t in zip(shuffled, tags, strict=True)
+            )
+        drops: dict[str, Any] = {}
+        for t in tags:
+            sub = runs[t]
+            sub = sub[
+                (sub["axis"] == "drop") & (sub["metric"] == METRIC) & (sub["variant"] == "normal")
+            ]
+            for kept, v in sub.groupby("modalities")["value"].mean().items():
+                drops.setdefault(str(kept), []).append(float(v))
+        row["fixed_missing"] = {k: stats(v) for k, v in drops.items()}
+        out[name] = row
+    return out
+
+
+def specialists(runs: dict[str, pd.DataFrame], seeds: int) -> dict[str, Any]:
+    """Each specialist at its own level against the QA-MoE checkpoint at that level."""
+    out: dict[str, Any] = {}
+    levels = sorted(
+        {m.group(1) for t in runs for m in [SPECIALIST.match(t.rsplit("-s", 1)[0])] if m}
+    )
+    for lv in levels:
+        level = float(lv)
+        spec = [
+            curve(runs[f"specialist-{lv}-s{s}"], "mixed")[level]
+            for s in range(seeds)
+            if f"specialist-{lv}-s{s}" in runs
+        ]
+        one = [
+            curve(runs[f"qamoe-s{s}"], "mixed")[level]
+            for s in range(seeds)
+            if f"qamoe-s{s}" in runs
+        ]
+        s_spec, s_one = stats(spec), stats(one)
+        gap = s_one["mean"] - s_spec["mean"]
+        out[lv] = {"specialist": s_spec, "qamoe": s_one, "gap": gap, "within_1pt": gap >= -0.01}
+    return out
+
+
+def quality_tracking(runs: dict[str, pd.DataFrame], seeds: int) -> dict[str, Any]:
+    """r_m under corruption of ONE modality: Spearman(level, r_m) for the corrupted one, and
+    how far the others move (max |r(ℓ) − r(0)| over the grid); plus r_m per axis when every
+    modality is corrupted."""
+    out: dict[str, Any] = {"only_one_corrupted": {}, "all_corrupted": {}}
+    for m in MODALITIES:
+        own, other_shift = [], []
+        for s in range(seeds):
+            tag = f"qamoe-s{s}-only-{m}"
+            if tag not in runs:
+                continue
+            c = curve(runs[tag], "mixed", f"quality_{m}", modalities=m)
+            own.append(float(spearmanr(c.index, c.values).statistic))
+            shifts = []
+            for o in MODALITIES:
+                if o != m:
+                    co = curve(runs[tag], "mixed", f"quality_{o}", modalities=m)
+                    shifts.append(float((co - co.iloc[0]).abs().max()))
+            other_shift.append(max(shifts))
+        if own:
+            c0 = curve(runs[f"qamoe-s0-only-{m}"], "mixed", f"quality_{m}", modalities=m)
+            out["only_one_corrupted"][m] = {
+                "spearman_own": stats(own),
+                "max_shift_others": stats(other_shift),
+                "r_own_seed0": {f"{k:.1f}": round(float(v), 4) for k, v in c0.items()},
+            }
+    for axis in R.SPECTRUM_AXES:
+        per_mod: dict[str, Any] = {}
+        for m in MODALITIES:
+            rhos, drops = [], []
+            for s in range(seeds):
+                tag = f"qamoe-s{s}"
+                if tag not in runs:
+                    continue
+                c = curve(runs[tag], axis, f"quality_{m}")
+                rhos.append(float(spearmanr(c.index, c.values).statistic))
+                drops.append(float(c.iloc[-1] - c.iloc[0]))
+            if rhos:
+                per_mod[m] = {"spearman": stats(rhos), "r_change_0_to_0.9": stats(drops)}
+        out["all_corrupted"][axis] = per_mod
+    return out
+
+
+def pool(runs: dict[str, pd.DataFrame], name: str, seeds: int) -> pd.DataFrame | None:
+    parts = []
+    for s in range(seeds):
+        tag = f"{name}-s{s}"
+        if tag in runs:
+            df = runs[tag].copy()
+            df["run"] = name
+            df["seed"] = 100 * s + df["seed"]
+            parts.append(df)
+    return pd.concat(parts, ignore_index=True) if parts else None
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    g = summary["general"]
+    lines = [
+        "## Clean and spectrum accuracy (Acc_2 %, mean ± std over model seeds)",
+        "",
+        "| model | clean | mixed mean | missing mean | noise mean | mixed area/clean |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in g.items():
+        lines.append(
+            f"| {name} | {pct(row['clean'])} | {pct(row['mixed_mean'])} | "
+            f"{pct(row['missing_mean'])} | {pct(row['noise_mean'])} | "
+            f"{row['mixed_area_over_clean']['mean']:.3f} |"
+        )
+    lines += [
+        "",
+        "## Mixed axis per model seed, and two views less swayed by the default class",
+        "",
+        "| model | mixed mean per seed | mixed mean, levels 0-0.5 | mixed mean F1 |",
+        "|---|---|---|---|",
+    ]
+    for name, row in g.items():
+        per = " / ".join(f"{100 * v:.1f}" for v in row["mixed_mean"]["per_seed"])
+        lines.append(
+            f"| {name} | {per} | {pct(row['mixed_mean_upto_0.5'])} | {pct(row['mixed_mean_f1'])} |"
+        )
+    levels = list(next(iter(g.values()))["mixed_curve"])
+    lines += [
+        "",
+        "## Mixed axis, every modality corrupted (Acc_2 %)",
+        "",
+        "| model | " + " | ".join(levels) + " |",
+        "|---" * (len(levels) + 1) + "|",
+    ]
+    for name, row in g.items():
+        cells = [f"{100 * row['mixed_curve'][lv]['mean']:.1f}" for lv in levels]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    sets = list(next(iter(g.values()))["fixed_missing"])
+    if sets:
+        lines += [
+            "",
+            "## Fixed missing: modalities KEPT (Acc_2 %)",
+            "",
+            "| model | " + " | ".join(sets) + " |",
+            "|---" * (len(sets) + 1) + "|",
+        ]
+        for name, row in g.items():
+            cells = [
+                pct(row["fixed_missing"][k]) if k in row["fixed_missing"] else "" for k in sets
+            ]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    shuf = {n: r for n, r in g.items() if "shuffle_effect_mixed" in r}
+    if shuf:
+        lines += [
+            "",
+            "## Quality-shuffle control (mixed grid mean, points)",
+            "",
+            "| model | normal | quality shuffled | shuffled − normal |",
+            "|---|---|---|---|",
+        ]
+        for name, row in shuf.items():
+            eff = row["shuffle_effect_mixed"]
+            lines.append(
+                f"| {name} | {pct(row['mixed_mean'])} | "
+                f"{pct(row['mixed_mean_quality_shuffle'])} | {pct(eff)} |"
+            )
+    if summary["specialists"]:
+        lines += [
+            "",
+            "## One checkpoint vs specialists (mixed axis, Acc_2 %)",
+            "",
+            "| level | specialist | QA-MoE (one checkpoint) | gap | within 1 point |",
+            "|---|---|---|---|---|",
+        ]
+        for lv, row in summary["specialists"].items():
+            lines.append(
+                f"| {lv} | {pct(row['specialist'])} | {pct(row['qamoe'])} | "
+                f"{100 * row['gap']:+.1f} | {'yes' if row['within_1pt'] else 'no'} |"
+            )
+    q = summary["quality"]
+    if q["only_one_corrupted"]:
+        lines += [
+            "",
+            "## Does r_m track its own modality? (QA-MoE, mixed axis)",
+            "",
+            "| corrupted | Spearman(level, r_own) | max shift of the other r |",
+            "|---|---|---|",
+        ]
+        for m, row in q["only_one_corrupted"].items():
+            lines.append(
+                f"| {m} | {row['spearman_own']['mean']:+.2f} ± "
+                f"{row['spearman_own']['std']:.2f} | "
+                f"{row['max_shift_others']['mean']:.3f} ± "
+                f"{row['max_shift_others']['std']:.3f} |"
+            )
+    lines += [
+        "",
+        "## r_m when every modality is corrupted (change from level 0 to 0.9)",
+        "",
+        "| axis | " + " | ".join(MODALITIES) + " |",
+        "|---" * 4 + "|",
+    ]
+    for axis, per_mod in q["all_corrupted"].items():
+        cells = [
+            f"{per_mod[m]['r_change_0_to_0.9']['mean']:+.3f} "
+            f"(ρ {per_mod[m]['spearman']['mean']:+.2f})"
+            for m in MODALITIES
+            if m in per_mod
+        ]
+        lines.append(f"| {axis} | " + " | ".join(cells) + " |")
+    t = summary["targets"]
+    lines += ["", "## Targets of issue #7", ""]
+    for key, val in t.items():
+        lines.append(f"- {key}: {val}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seeds", type=int, default=3)
+    args = ap.parse_args()
+    runs = load_runs(args.work / "results")
+    names = ["qamoe", *BASELINES, *ABLATIONS]
+    general = general_table(runs, names, args.seeds)
+    summary: dict[str, Any] = {
+        "dataset": "MOSI-lite (seed-0 split: train 1231 / valid 216 / test 752)",
+        "metric": METRIC,
+        "general": general,
+        "specialists": specialists(runs, args.seeds),
+        "quality": quality_tracking(runs, args.seeds),
+    }
+    q = general["qamoe"]
+    base = {n: general[n]["mixed_mean"]["mean"] for n in BASELINES if n in general}
+    best = max(base, key=lambda n: base[n]) if base else None
+    targets: dict[str, Any] = {
+        "clean accuracy >= 77 %": f"{pct(q['clean'])} -> "
+        f"{'met' if q['clean']['mean'] >= 0.77 else 'missed'}",
+    }
+    if best is not None:
+        margin = q["mixed_mean"]["mean"] - base[best]
+        targets["mixed-grid mean >= best baseline + 1 point"] = (
+            f"QA-MoE {pct(q['mixed_mean'])} vs {best} {pct(general[best]['mixed_mean'])}: "
+            f"{100 * margin:+.1f} points -> {'met' if margin >= 0.01 else 'missed'}"
+        )
+    if summary["specialists"]:
+        ok = all(r["within_1pt"] for r in summary["specialists"].values())
+        gaps = ", ".join(f"{lv}: {100 * r['gap']:+.1f}" for lv, r in summary["specialists"].items())
+        targets["one checkpoint within 1 point of every specialist"] = (
+            f"gaps {gaps} -> {'met' if ok else 'missed'}"
+        )
+    summary["targets"] = targets
+    args.out.mkdir(parents=True, exist_ok=True)
+    pooled = args.out / "pooled"
+    pooled.mkdir(exist_ok=True)
+    for name in names:
+        df = pool(runs, name, args.seeds)
+        if df is not None:
+            R.save(df, pooled / f"{name}.csv", force=True)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (args.out / "tables.md").write_text(markdown(summary))
+    print(json.dumps(targets, indent=2))
+
+
+if __name__ == "__main__":
+    main()
