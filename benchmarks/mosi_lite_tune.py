@@ -33,6 +33,8 @@ CANDIDATES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "d_model64": ({"d_model": 64}, {}),
     "n_layers0": ({"n_layers": 0}, {}),
     "weight_decay0.1": ({}, {"weight_decay": 0.1}),
+    "clean_input_target": ({"uncertainty_target": "clean_input"}, {}),
+    "no_unc_encoder_grad": ({"unc_encoder_grad": False}, {}),
 }
 
 

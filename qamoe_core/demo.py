@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from qamoe_core import __version__
+from qamoe_core.checkpoint import load_run, resolve_device
 from qamoe_core.config import BASELINES, ModelConfig, TrainConfig
 from qamoe_core.corrupt import corrupt_file
 from qamoe_core.errors import InputError, OutputExistsError, check_level
@@ -101,8 +102,10 @@ def _prepare(out: Path, force: bool) -> None:
     (out / MARKER).write_text(f"qamoe {__version__}\n")
 
 
-def _evaluate(run_dir: Path, data: Path, cfg: EvalConfig, name: str, device: str) -> EvalResult:
-    return Evaluation.from_run(run_dir, data, cfg, name=name, device=device).run()
+def _evaluate(
+    model: Any, data: Path, cfg: EvalConfig, name: str, kind: str, device: str
+) -> EvalResult:
+    return Evaluation(model, data, cfg, run=name, model_name=kind, device=device).run()
 
 
 def run_demo(
@@ -159,17 +162,19 @@ def run_demo(
     tables: list[pd.DataFrame] = []
     corrupted_eval: dict[str, dict[str, float]] = {}
     for name, run_dir in runs.items():
+        model, _, meta = load_run(run_dir, device=resolve_device(device))  # once for both evals
+        kind = str(meta["model_name"])
         given = timed(
             f"eval_corrupted_{name}",
             f"eval: {name} on {corrupted.name}",
-            partial(_evaluate, run_dir, corrupted, EvalConfig(), name, device),
+            partial(_evaluate, model, corrupted, EvalConfig(), name, kind, device),
         )
         corrupted_eval[name] = given.clean
         result = timed(
             f"sweep_{name}",
             f"eval --sweep: {name} over {len(cfg.levels)} levels x {len(cfg.axes)} axes x "
             f"{len(cfg.corruption_seeds)} seeds",
-            partial(_evaluate, run_dir, data, sweep_cfg, name, device),
+            partial(_evaluate, model, data, sweep_cfg, name, kind, device),
         )
         save(result.table, out / f"results-{name}.csv")
         tables.append(result.table)

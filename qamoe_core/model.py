@@ -271,10 +271,11 @@ class QualityHead(nn.Module):
     def standardise(self, target: Tensor) -> Tensor:
         return (target - self.t_mean) / torch.sqrt(self.t_var + 1e-5)
 
-    def forward(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """h (B, d) -> μ (B, d), log σ² (B, out_dim), r (B,)."""
+    def forward(self, h: Tensor, update: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """h (B, d) -> μ (B, d), log σ² (B, out_dim), r (B,). update=False leaves the running
+        mean of encodings alone (a second pass over the same batch)."""
         mu = self.mu(h) if self.decoder is not None else self.standardise(h) + self.mu(h)
-        if self.training and h.shape[0] > 1:
+        if update and self.training and h.shape[0] > 1:
             with torch.no_grad():
                 self.h_mean.lerp_(h.mean(0), self.momentum)
         feats = torch.cat([h, (h - self.h_mean).square()], dim=-1)  # (B, 2d)
@@ -508,9 +509,18 @@ class QAMoE(MultimodalModel):
         # Clean targets first, so the running stats that standardise them (and μ) include
         # this batch before either is used.
         target = None if clean is None else self.clean_targets(clean)
-        mu, log_var, r = {}, {}, {}
+        mu: dict[str, Tensor] = {}
+        log_var: dict[str, Tensor] = {}
+        r: dict[str, Tensor] = {}
+        mu_loss = mu  # the μ the uncertainty loss regresses (the fused μ unless detached)
         for m in self.modalities:
             mu[m], log_var[m], r[m] = self.head_of(m)(h[m])
+        if not self.cfg.unc_encoder_grad and target is not None:
+            # Same head on a detached encoding: its loss trains the head, never the encoder.
+            # (log σ² only reaches the model through the detached r, so it is taken from here.)
+            mu_loss = {}
+            for m in self.modalities:
+                mu_loss[m], log_var[m], _ = self.head_of(m)(h[m].detach(), update=False)
         if not self.cfg.quality_gate:
             r = {m: torch.ones_like(v) for m, v in r.items()}
         if shuffle_quality:
@@ -531,7 +541,7 @@ class QAMoE(MultimodalModel):
         loss_unc = None
         if target is not None:  # L_unc = Σ_m mean[(μ_m − sg(t_m))² / (2σ²_m) + ½ log σ²_m]
             loss_unc = sum(
-                (self.head_of(m).loss(mu[m], log_var[m], target[m]) for m in self.modalities),
+                (self.head_of(m).loss(mu_loss[m], log_var[m], target[m]) for m in self.modalities),
                 start=torch.zeros((), device=pred.device),
             )
         out = ModelOutput(

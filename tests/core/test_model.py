@@ -218,6 +218,39 @@ def test_uncertainty_targets_differ() -> None:
     torch.testing.assert_close(mu, enc.quality["text"].standardise(h["text"]))
 
 
+def _encoder_grad_norm(model: torch.nn.Module, loss: torch.Tensor) -> float:
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return sum(
+        float(p.grad.abs().sum()) for p in model.encoders.parameters() if p.grad is not None
+    )
+
+
+def test_unc_encoder_grad_switch_keeps_the_encoders_out_of_the_uncertainty_loss() -> None:
+    batch = make_batch()
+    noisy = {k: (v + 0.5 * torch.randn_like(v) if v.is_floating_point() and k in DIMS else v)
+             for k, v in batch.items()}  # fmt: skip
+    on = model_of("qamoe").train()
+    off = model_of("qamoe", TINY.override(unc_encoder_grad=False)).train()
+    off.load_state_dict(on.state_dict())
+    torch.manual_seed(1)  # the same dropout masks in both passes
+    out_on = on(noisy, batch)
+    torch.manual_seed(1)
+    out_off = off(noisy, batch)
+    assert out_on.loss_unc is not None and out_off.loss_unc is not None
+    # Same weights, same batch: the same loss value and the same predictions ...
+    torch.testing.assert_close(out_on.loss_unc, out_off.loss_unc)
+    torch.testing.assert_close(out_on.prediction, out_off.prediction)
+    # ... but only the default lets that loss reach the encoders; the quality head learns
+    # from it either way.
+    assert _encoder_grad_norm(on, out_on.loss_unc) > 0
+    assert _encoder_grad_norm(off, out_off.loss_unc) == 0
+    off.zero_grad(set_to_none=True)
+    off(noisy, batch).loss_unc.backward()
+    head = off.quality["audio"].log_var[-1]
+    assert head.weight.grad is not None and float(head.weight.grad.abs().sum()) > 0
+
+
 def test_loss_weights_enter_the_total() -> None:
     batch = make_batch()
     base = model_of("qamoe").train()
