@@ -221,9 +221,7 @@ def test_uncertainty_targets_differ() -> None:
 def _encoder_grad_norm(model: torch.nn.Module, loss: torch.Tensor) -> float:
     model.zero_grad(set_to_none=True)
     loss.backward()
-    return sum(
-        float(p.grad.abs().sum()) for p in model.encoders.parameters() if p.grad is not None
-    )
+    return sum(float(p.grad.abs().sum()) for p in model.encoders.parameters() if p.grad is not None)
 
 
 def test_unc_encoder_grad_switch_keeps_the_encoders_out_of_the_uncertainty_loss() -> None:
