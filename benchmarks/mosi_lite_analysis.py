@@ -45,6 +45,8 @@ ABLATIONS = (
     "qamoe-no-prior",
     "qamoe-router-no-quality",
     "qamoe-dense-routing",
+    "qamoe-clean-input-target",
+    "qamoe-unc-detached",
 )
 SPECIALIST = re.compile(r"^specialist-(\d\.\d)$")
 
