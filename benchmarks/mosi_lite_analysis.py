@@ -9,8 +9,8 @@ and evaluation), and writes under ``--out``:
 - ``summary.json``: every number below, per model seed and as mean/std over seeds;
 - ``tables.md``: the same as Markdown tables;
 - ``pooled/<config>.csv``: the model seeds of one configuration stacked into one results
-  table for ``qamoe report`` (run = the configuration; seed = 100 x model seed + corruption
-  seed, so the report's bands span both kinds of seed).
+  table (run = the configuration; seed = 1000 x model seed + corruption seed), what
+  ``qamoe report --pool-seeds`` does to the per-seed files.
 
 Spreads: "±" is the sample standard deviation over MODEL seeds of a number that is first
 averaged over the 3 corruption seeds. Accuracy is MOSI-lite's binary Acc_2 in percent.
@@ -204,15 +204,9 @@ def quality_tracking(runs: dict[str, pd.DataFrame], seeds: int) -> dict[str, Any
 
 
 def pool(runs: dict[str, pd.DataFrame], name: str, seeds: int) -> pd.DataFrame | None:
-    parts = []
-    for s in range(seeds):
-        tag = f"{name}-s{s}"
-        if tag in runs:
-            df = runs[tag].copy()
-            df["run"] = name
-            df["seed"] = 100 * s + df["seed"]
-            parts.append(df)
-    return pd.concat(parts, ignore_index=True) if parts else None
+    """The model seeds of one configuration as one run (qamoe_core.results.pool_model_seeds)."""
+    parts = [runs[f"{name}-s{s}"] for s in range(seeds) if f"{name}-s{s}" in runs]
+    return R.pool_model_seeds(pd.concat(parts, ignore_index=True)) if parts else None
 
 
 def markdown(summary: dict[str, Any]) -> str:

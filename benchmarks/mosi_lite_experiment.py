@@ -268,17 +268,10 @@ def main() -> None:
         sys.exit(f"error: analysis failed:\n{proc.stderr[-2000:]}")
     # The report overlays the main models and the key ablation (the tables hold the rest).
     shown = [*MODELS, "qamoe-no-gate"]
-    pooled = [p for n in shown if (p := args.out / "pooled" / f"{n}.csv").exists()]
-    report = [
-        q,
-        "report",
-        *map(str, pooled),
-        "--out",
-        str(args.out / "report"),
-        "--force",
-        "--title",
-        "QA-MoE on MOSI-lite (3 model seeds x 3 corruption seeds)",
-    ]
+    files = [results / f"{n}-s{s}.csv" for n in shown for s in seeds]
+    report = [q, "report", *[str(f) for f in files if f.exists()], "--pool-seeds"]
+    report += ["--out", str(args.out / "report"), "--force", "--title",
+               f"QA-MoE on MOSI-lite ({len(seeds)} model seeds x 3 corruption seeds)"]  # fmt: skip
     run_all([Job("report", report, args.out / "never", work / "logs/report.log")], 1, "report")
     timings["analysis_report_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start

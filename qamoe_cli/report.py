@@ -31,15 +31,25 @@ def command(
         ),
     ] = None,
     title: Annotated[str | None, typer.Option(help="Page title.")] = None,
+    pool_seeds: Annotated[
+        bool,
+        typer.Option(
+            "--pool-seeds",
+            help="Pool runs labelled NAME-s0, NAME-s1, ... into one run NAME: bands and "
+            "tables then span model seeds as well as corruption seeds.",
+        ),
+    ] = False,
     force: Force = False,
     json_out: JsonOut = False,
 ) -> None:
     """Draw reliability curves, quality scores, expert usage and summary tables from results."""
     # heavy imports (matplotlib, pandas) here, not at the top, so the CLI starts fast
     from qamoe_core.report import build_report
-    from qamoe_core.results import load
+    from qamoe_core.results import load, pool_model_seeds
 
     table = load(results)
+    if pool_seeds:
+        table = pool_model_seeds(table)
     rep = build_report(
         table,
         out,

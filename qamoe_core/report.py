@@ -5,7 +5,8 @@ A report folder holds::
     report.html            one self-contained page (images embedded as base64, inline CSS)
     report.md              the same content in Markdown, linking the PNGs beside it
     reliability_<metric>.png   metric vs level, one panel per spectrum axis, one line per run,
-                               a band of ±1 std over corruption seeds, dashed = quality shuffled
+                               a band of ±1 std over seeds (corruption seeds; model seeds
+                               too when pooled), dashed = quality shuffled
     quality.png            mean quality score r_m vs level, one panel per modality
     expert_usage_<run>.png heatmap of the routing share per expert vs level, per axis
     fixed_missing.png      the metric for every kept subset of modalities, per run
@@ -178,7 +179,7 @@ def plot_reliability(df: pd.DataFrame, metric: str, palette: _Palette) -> Figure
         ax.grid(alpha=0.3)
     direction = "higher is better" if higher_is_better(metric) else "lower is better"
     axs[0].set_ylabel(f"{metric} ({direction})")
-    fig.suptitle(f"Reliability curves: {metric} (band: ±1 std over corruption seeds)")
+    fig.suptitle(f"Reliability curves: {metric} (band: ±1 std over seeds)")
     _legend(fig, axs)
     return fig
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,45 @@ def load(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> pd
     if len(frames) > 1:
         combined = validate(combined, " + ".join(f"'{p}'" for p in paths))
     return combined
+
+
+# A run label that names a model seed: "qamoe-s2", "early_s0", "qamoe-seed10", "qamoe_seed3".
+MODEL_SEED_RUN = re.compile(r"^(?P<stem>.+?)[-_](?:s|seed)(?P<seed>\d+)$")
+SEED_STRIDE = 1000  # pooled seed = SEED_STRIDE x model seed + corruption seed
+
+
+def pool_model_seeds(df: pd.DataFrame) -> pd.DataFrame:
+    """Stack the model seeds of one configuration into one run, for seed-aware reports.
+
+    Runs labelled ``<stem>-s<N>`` (also ``_s<N>``, ``-seed<N>``) become run ``<stem>``, and
+    the seed column becomes ``1000 x N + corruption seed``, so every later statistic (curve
+    bands, n_seeds, the summaries) runs over model AND corruption seeds. Runs without such a
+    suffix are kept as they are. Raises InputError when no run has a seed suffix, when a
+    corruption seed is 1000 or more, or when a pooled label collides with an existing run.
+    """
+    out = df.copy()
+    parsed = out["run"].astype(str).str.extract(MODEL_SEED_RUN)
+    seeded = parsed["stem"].notna()
+    if not seeded.any():
+        raise InputError(
+            "No run label names a model seed, so there is nothing to pool.",
+            hint="Label runs NAME-s0, NAME-s1, ... (qamoe eval --name) or drop --pool-seeds.",
+        )
+    if (out.loc[seeded, "seed"] >= SEED_STRIDE).any():
+        raise InputError(
+            f"Corruption seeds must be below {SEED_STRIDE} to pool model seeds.",
+            hint="Evaluate with fewer corruption seeds (qamoe eval --corruption-seeds).",
+        )
+    clash = sorted(set(parsed.loc[seeded, "stem"]) & set(out.loc[~seeded, "run"]))
+    if clash:
+        raise InputError(
+            f"Pooled run name(s) {', '.join(clash)} already exist as runs without a seed.",
+            hint="Rename one of them with qamoe eval --name.",
+        )
+    model_seed = parsed.loc[seeded, "seed"].astype(np.int64)
+    out.loc[seeded, "seed"] = SEED_STRIDE * model_seed + out.loc[seeded, "seed"]
+    out.loc[seeded, "run"] = parsed.loc[seeded, "stem"]
+    return validate(out, "pooled results")
 
 
 def infer_scheme(df: pd.DataFrame) -> str | None:

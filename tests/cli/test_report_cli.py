@@ -50,3 +50,24 @@ def test_report_refuses_a_foreign_file(tmp_path: Path, capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert "error:" in err and "missing column(s) schema" in err and "hint:" in err
     assert not (tmp_path / "rep").exists()
+
+
+def test_report_pools_model_seeds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "res"
+    d.mkdir()
+    files = [
+        save(make_table(sweep_rows(f"qa-s{s}", "qamoe", -0.1 - 0.05 * s, diagnostics=False)),
+             d / f"qa-s{s}.csv")
+        for s in (0, 1)
+    ]  # fmt: skip
+    out = tmp_path / "rep"
+    assert main(["report", *map(str, files), "--pool-seeds", "--out", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["runs"] == ["qa"]
+    summary = pd.read_csv(result["tables"]["summary"])
+    assert set(summary["run"]) == {"qa"} and (summary["n_seeds"] > 1).all()
+    # without a seed suffix there is nothing to pool: one clear line, exit 1
+    plain = save(make_table(sweep_rows("plain", "qamoe", -0.1, diagnostics=False)), d / "p.csv")
+    assert main(["report", str(plain), "--pool-seeds", "--out", str(tmp_path / "r2")]) == 1
+    err = capsys.readouterr().err
+    assert "nothing to pool" in err and "Traceback" not in err

@@ -19,6 +19,7 @@ from qamoe_core.results import (
     join_modalities,
     load,
     make_table,
+    pool_model_seeds,
     save,
     summarize,
     trapezoid_area,
@@ -177,3 +178,32 @@ def test_not_a_csv_and_absent(tmp_path: Path) -> None:
     empty.write_text("")
     with pytest.raises(DataFormatError, match="not a readable CSV"):
         load(empty)
+
+
+def test_pool_model_seeds_stacks_runs_and_widens_the_spread() -> None:
+    rows = linear_sweep("qa-s0", clean=0.80) + linear_sweep("qa-s1", clean=0.70)
+    rows += linear_sweep("late", clean=0.75)  # no seed suffix: kept as it is
+    pooled = pool_model_seeds(make_table(rows))
+    assert sorted(set(pooled["run"])) == ["late", "qa"]
+    qa = pooled[pooled["run"] == "qa"]
+    assert sorted(set(qa["seed"])) == [0, 1, 1000, 1001]  # 1000 x model seed + corruption seed
+    c = curves(pooled, "Has0_acc_2")
+    at0 = c[(c["run"] == "qa") & (c["axis"] == "mixed") & (c["level"] == 0.0)].iloc[0]
+    assert at0["n"] == 4 and math.isclose(at0["mean"], 0.75)
+    # the band now spans both model seeds (0.79, 0.81, 0.69, 0.71), not just ±0.01
+    assert math.isclose(at0["std"], float(np.std([0.79, 0.81, 0.69, 0.71], ddof=1)))
+    summary = summarize(pooled)
+    assert math.isclose(summary.set_index("run").loc["qa", "clean"], 0.75)
+    # other spellings of the suffix
+    other = make_table(linear_sweep("m_seed3") + linear_sweep("m-seed10"))
+    assert set(pool_model_seeds(other)["run"]) == {"m"}
+
+
+def test_pool_model_seeds_refuses_what_it_cannot_pool() -> None:
+    with pytest.raises(InputError, match="nothing to pool"):
+        pool_model_seeds(make_table(linear_sweep("plain")))
+    with pytest.raises(InputError, match="already exist"):
+        pool_model_seeds(make_table(linear_sweep("qa") + linear_sweep("qa-s1")))
+    big = make_table([row(run="qa-s0", seed=1000)])
+    with pytest.raises(InputError, match="below 1000"):
+        pool_model_seeds(big)
