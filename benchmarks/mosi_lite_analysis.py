@@ -160,9 +160,37 @@ def specialists(runs: dict[str, pd.DataFrame], seeds: int) -> dict[str, Any]:
     return out
 
 
-def quality_tracking(runs: dict[str, pd.DataFrame], seeds: int) -> dict[str, Any]:
+def per_sample_tracking(samples: Path, m: str, seeds: int) -> dict[str, Any] | None:
+    """The same check per SAMPLE (``qamoe eval --per-sample``): Spearman between the level and
+    r_m over every (sample, level, corruption seed) of the mixed sweep, the share of samples
+    whose r_m at 0.9 is below their r_m at 0 (same corruption seed), and the largest change
+    of any other modality's r for any sample."""
+    rho, lower, other = [], [], []
+    for s in range(seeds):
+        path = samples / f"qamoe-s{s}-only-{m}.csv.gz"
+        if not path.exists():
+            return None
+        df = pd.read_csv(path)
+        df = df[(df["axis"] == "mixed") & (df["variant"] == "normal")]
+        rho.append(float(spearmanr(df["level"], df[f"quality_{m}"]).statistic))
+        wide = df.pivot_table(index=["id", "seed"], columns="level", values=f"quality_{m}")
+        lower.append(float((wide[0.9] < wide[0.0]).mean()))
+        spans = []
+        for o in MODALITIES:
+            if o != m:
+                w = df.pivot_table(index=["id", "seed"], columns="level", values=f"quality_{o}")
+                spans.append(float((w.max(axis=1) - w.min(axis=1)).max()))
+        other.append(max(spans))
+    return {"spearman_own": stats(rho), "share_lower_at_0.9": stats(lower),
+            "max_shift_others": stats(other)}  # fmt: skip
+
+
+def quality_tracking(
+    runs: dict[str, pd.DataFrame], seeds: int, samples: Path | None = None
+) -> dict[str, Any]:
     """r_m under corruption of ONE modality: Spearman(level, r_m) for the corrupted one, and
-    how far the others move (max |r(ℓ) − r(0)| over the grid); plus r_m per axis when every
+    how far the others move (max |r(ℓ) − r(0)| over the grid); per level means, and per
+    sample when ``samples`` holds the per-sample files; plus r_m per axis when every
     modality is corrupted."""
     out: dict[str, Any] = {"only_one_corrupted": {}, "all_corrupted": {}}
     for m in MODALITIES:
@@ -186,6 +214,8 @@ def quality_tracking(runs: dict[str, pd.DataFrame], seeds: int) -> dict[str, Any
                 "max_shift_others": stats(other_shift),
                 "r_own_seed0": {f"{k:.1f}": round(float(v), 4) for k, v in c0.items()},
             }
+            if samples is not None and (per := per_sample_tracking(samples, m, seeds)):
+                out["only_one_corrupted"][m]["per_sample"] = per
     for axis in R.SPECTRUM_AXES:
         per_mod: dict[str, Any] = {}
         for m in MODALITIES:
@@ -292,17 +322,29 @@ def markdown(summary: dict[str, Any]) -> str:
     if q["only_one_corrupted"]:
         lines += [
             "",
-            "## Does r_m track its own modality? (QA-MoE, mixed axis)",
+            "## Does r_m track its own modality? (QA-MoE, mixed axis, one modality corrupted)",
             "",
-            "| corrupted | Spearman(level, r_own) | max shift of the other r |",
-            "|---|---|---|",
+            "Level means: Spearman over the 10 level means, and the largest move of another"
+            " modality's mean r. Per sample: Spearman over every (sample, level, corruption"
+            " seed), the share of samples whose r is lower at 0.9 than at 0, and the largest"
+            " move of another modality's r for any sample.",
+            "",
+            "| corrupted | ρ (level means) | other mean r moves | ρ (per sample) |"
+            " lower at 0.9 | other r moves (any sample) |",
+            "|---|---|---|---|---|---|",
         ]
         for m, row in q["only_one_corrupted"].items():
+            ps = row.get("per_sample")
+            tail = (
+                f" {ps['spearman_own']['mean']:+.2f} ± {ps['spearman_own']['std']:.2f} |"
+                f" {100 * ps['share_lower_at_0.9']['mean']:.1f} % |"
+                f" {ps['max_shift_others']['mean']:.3f} |"
+                if ps
+                else " | | |"
+            )
             lines.append(
-                f"| {m} | {row['spearman_own']['mean']:+.2f} ± "
-                f"{row['spearman_own']['std']:.2f} | "
-                f"{row['max_shift_others']['mean']:.3f} ± "
-                f"{row['max_shift_others']['std']:.3f} |"
+                f"| {m} | {row['spearman_own']['mean']:+.2f} ± {row['spearman_own']['std']:.2f} |"
+                f" {row['max_shift_others']['mean']:.3f} |" + tail
             )
     lines += [
         "",
@@ -340,7 +382,7 @@ def main() -> None:
         "metric": METRIC,
         "general": general,
         "specialists": specialists(runs, args.seeds),
-        "quality": quality_tracking(runs, args.seeds),
+        "quality": quality_tracking(runs, args.seeds, args.work / "samples"),
     }
     q = general["qamoe"]
     base = {n: general[n]["mixed_mean"]["mean"] for n in BASELINES if n in general}

@@ -203,38 +203,24 @@ def main() -> None:
     results.mkdir(exist_ok=True)
     eval_jobs = []
 
-    def eval_job(tag: str, run: Path, *extra: str) -> None:
+    def eval_job(tag: str, run: Path, *extra: str, samples: Path | None = None) -> None:
         out = results / f"{tag}.csv"
-        argv = [
-            q,
-            "eval",
-            str(run),
-            "--data",
-            str(data),
-            "--sweep",
-            "--quiet",
-            "--out",
-            str(out),
-            "--name",
-            run.name,
-            *extra,
-        ]
-        eval_jobs.append(Job(f"eval {tag}", argv, out, work / "logs" / f"eval-{tag}.log"))
+        argv = [q, "eval", str(run), "--data", str(data), "--sweep", "--quiet", "--force",
+                "--out", str(out), "--name", run.name, *extra]  # fmt: skip
+        if samples is not None:
+            argv += ["--per-sample", str(samples)]
+        done = samples if samples is not None else out
+        eval_jobs.append(Job(f"eval {tag}", argv, done, work / "logs" / f"eval-{tag}.log"))
 
     for name, _, _ in general:
         for s in seeds:
             eval_job(f"{name}-s{s}", work / "runs" / f"{name}-s{s}", "--drop-sets")
-    for s in seeds:  # r_m of each modality while only one modality is corrupted
+    (work / "samples").mkdir(exist_ok=True)
+    for s in seeds:  # r_m of each modality while only one modality is corrupted, per sample
         for m in ("text", "audio", "vision"):
-            eval_job(
-                f"qamoe-s{s}-only-{m}",
-                work / "runs" / f"qamoe-s{s}",
-                "--axis",
-                "mixed",
-                "--modalities",
-                m,
-                "--no-shuffle",
-            )
+            tag = f"qamoe-s{s}-only-{m}"
+            eval_job(tag, work / "runs" / f"qamoe-s{s}", "--axis", "mixed", "--modalities", m,
+                     "--no-shuffle", samples=work / "samples" / f"{tag}.csv.gz")  # fmt: skip
     for name, lv, _ in specialists:
         for s in seeds:
             eval_job(

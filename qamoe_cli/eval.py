@@ -59,6 +59,15 @@ def command(
             dir_okay=False,
         ),
     ] = None,
+    per_sample: Annotated[
+        Path | None,
+        typer.Option(
+            "--per-sample",
+            help="Also write every sample's prediction and quality scores at every point "
+            "(CSV; .csv.gz compresses).",
+            dir_okay=False,
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Rows per forward pass.")] = 256,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     force: Force = False,
@@ -68,7 +77,7 @@ def command(
     """Evaluate one checkpoint: the clean split, a corrupted file, or a sweep of the spectrum."""
     # heavy imports (torch, pandas) here, not at the top, so the CLI starts fast
     from qamoe_core.atomic import check_output
-    from qamoe_core.evaluate import EvalConfig, Evaluation, parse_levels
+    from qamoe_core.evaluate import EvalConfig, Evaluation, parse_levels, save_samples
     from qamoe_core.metrics import PRIMARY, higher_is_better
     from qamoe_core.results import (
         QUALITY_PREFIX,
@@ -89,15 +98,20 @@ def command(
         drop_sets=drop_sets,
         quality_shuffle=not no_shuffle,
         batch_size=batch_size,
+        per_sample=per_sample is not None,
     )
-    if out is not None:  # fail on an existing output before minutes of work
-        check_output(out, force)
+    for target in (out, per_sample):  # fail on an existing output before minutes of work
+        if target is not None:
+            check_output(target, force)
     ev = Evaluation.from_run(run, data, cfg, name=name, device=device)
     with progress(ev.steps, f"eval {ev.run_name}", enabled=not (quiet or json_out)) as advance:
         result = ev.run(progress=advance)
     if out is not None:
         save(result.table, out, force=force)
+    if per_sample is not None and result.samples is not None:
+        save_samples(result.samples, per_sample, force=force)
     summary = {**result.to_dict(), "out": str(out) if out is not None else None}
+    summary["per_sample"] = str(per_sample) if per_sample is not None else None
 
     def render() -> None:
         info = result.info
@@ -142,6 +156,8 @@ def command(
             out_console.print(table)
         if out is not None:
             out_console.print(f"results: {out}", soft_wrap=True, highlight=False)
+        if per_sample is not None:
+            out_console.print(f"per-sample: {per_sample}", soft_wrap=True, highlight=False)
         elif sweep:
             out_console.print("Pass --out results.csv to keep the table for `qamoe report`.")
 

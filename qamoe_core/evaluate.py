@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from qamoe_core import MODALITIES
+from qamoe_core.atomic import atomic_path
 from qamoe_core.checkpoint import load_run, resolve_device
 from qamoe_core.errors import DataFormatError, InputError, check_level
 from qamoe_core.h5store import FeatureFile
@@ -131,6 +132,9 @@ class EvalConfig:
     block_mib: float = 512.0
     # Seed of the quality permutations (independent of corruption and model seeds).
     shuffle_seed: int = 0
+    # Keep every sample's prediction and quality scores at every point (EvalResult.samples):
+    # for error analysis and per-sample checks of r_m. Costs a row per sample and point.
+    per_sample: bool = False
 
     def __post_init__(self) -> None:
         if not self.axes:
@@ -197,6 +201,8 @@ class EvalResult:
     table: pd.DataFrame
     summary: pd.DataFrame
     info: dict[str, Any] = field(default_factory=dict)
+    # With EvalConfig.per_sample: one row per (point, variant, sample), see SAMPLE_COLUMNS.
+    samples: pd.DataFrame | None = None
 
     @property
     def clean(self) -> dict[str, float]:
@@ -232,10 +238,12 @@ def _reuse_encodings(model: nn.Module, h: Mapping[str, Tensor]) -> Iterator[None
 class _Accumulator:
     """Predictions and diagnostic sums for every (point, variant)."""
 
-    def __init__(self, n: int) -> None:
-        self.n = n
+    def __init__(self, n: int, per_sample: bool = False) -> None:
+        self.n, self.per_sample = n, per_sample
         self.pred: dict[tuple[int, str], np.ndarray] = {}
         self.sums: dict[tuple[int, str], dict[str, float]] = {}
+        # per-sample r_m, kept only when asked for: {(point, variant): {modality: (N,)}}
+        self.quality: dict[tuple[int, str], dict[str, np.ndarray]] = {}
         self.alias: dict[int, int] = {}  # point -> the point whose outputs it shares
 
     def resolve_aliases(self) -> None:
@@ -244,6 +252,8 @@ class _Accumulator:
                 if (j, variant) in self.pred:
                     self.pred[(i, variant)] = self.pred[(j, variant)]
                     self.sums[(i, variant)] = self.sums[(j, variant)]
+                    if (j, variant) in self.quality:
+                        self.quality[(i, variant)] = self.quality[(j, variant)]
 
     def add(self, key: tuple[int, str], rows: slice, out: Any) -> None:
         if key not in self.pred:
@@ -255,6 +265,10 @@ class _Accumulator:
             for m, r in out.quality.items():
                 name = f"{QUALITY_PREFIX}{m}"
                 sums[name] = sums.get(name, 0.0) + float(r.float().sum())
+                if self.per_sample:
+                    q = self.quality.setdefault(key, {})
+                    q.setdefault(m, np.full(self.n, np.nan, dtype=np.float32))
+                    q[m][rows] = r.float().cpu().numpy()
         if out.routing is not None:
             for e, share in enumerate(out.routing.float().sum(0).tolist()):
                 name = f"{USAGE_PREFIX}{e}"
@@ -360,10 +374,11 @@ class Evaluation:
         cfg, dev, points = self.cfg, self.device, self.points
         targets = sorted({m for p in points if p.axis in SPECTRUM_AXES for m in p.modalities})
         noisy = any(p.axis in ("noise", "mixed") and not p.given for p in points)
-        acc = _Accumulator(self.n)
+        acc = _Accumulator(self.n, cfg.per_sample)
         shuffle = cfg.quality_shuffle
         with FeatureFile(self.data) as f, torch.inference_mode():
             labels = np.asarray(f.h5[cfg.split]["label"][:], dtype=np.float32)
+            ids = f.h5[cfg.split]["ids"].asstr()[:] if cfg.per_sample else None
             train_std = {m: torch.from_numpy(f.train_std(m)).to(dev) for m in targets}
             train_std = train_std if noisy else {}
             for start in range(0, self.n, self.block):
@@ -397,7 +412,10 @@ class Evaluation:
             "device": str(dev),
         }
         log.info("evaluated %d points on %d samples in %.1f s", len(points), self.n, seconds)
-        return EvalResult(table, summarize(table, names), info)
+        samples = None
+        if ids is not None:
+            samples = _samples(points, acc, ids, labels, self.run_name, cfg.split)
+        return EvalResult(table, summarize(table, names), info, samples)
 
     @classmethod
     def from_run(
@@ -596,6 +614,45 @@ def _forward(
             g = torch.Generator().manual_seed(int(seq.generate_state(1, np.uint64)[0] >> 1))
             acc.add((point, "quality_shuffle"), rows, model(mb, shuffle_quality=True, generator=g))
     return shuffle
+
+
+SAMPLE_COLUMNS: tuple[str, ...] = (
+    "run", "split", "axis", "level", "modalities", "seed", "variant", "id", "label",
+    "prediction",
+)  # fmt: skip
+"""Columns of EvalResult.samples, followed by ``quality_<modality>`` for models with r."""
+
+
+def _samples(
+    points: list[Point],
+    acc: _Accumulator,
+    ids: np.ndarray,
+    labels: np.ndarray,
+    run: str,
+    split: str,
+) -> pd.DataFrame:
+    """One row per (point, variant, sample): what the model said about each sample."""
+    frames = []
+    for (i, variant), pred in sorted(acc.pred.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        p = points[i]
+        cols: dict[str, Any] = {
+            "run": run, "split": split, "axis": p.axis, "level": p.level,
+            "modalities": join_modalities(p.modalities), "seed": p.seed, "variant": variant,
+            "id": ids, "label": labels, "prediction": pred,
+        }  # fmt: skip
+        for m, r in acc.quality.get((i, variant), {}).items():
+            cols[f"{QUALITY_PREFIX}{m}"] = r
+        frames.append(pd.DataFrame(cols))
+    return pd.concat(frames, ignore_index=True)
+
+
+def save_samples(df: pd.DataFrame, path: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """Write EvalResult.samples as CSV, atomically (gzip-compressed when the name ends .gz)."""
+    target = Path(path)
+    compression = "gzip" if target.name.endswith(".gz") else None
+    with atomic_path(target, force=force) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g", compression=compression)
+    return target
 
 
 def _table(

@@ -58,6 +58,42 @@ def test_sweep_writes_results(
     assert main([*args, "--force", "--quiet"]) == 0
 
 
+def test_per_sample_output_agrees_with_the_table(
+    run_dir: Path, tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pandas as pd
+
+    from qamoe_core.metrics import compute
+
+    out, per = tmp_path / "r.csv", tmp_path / "s.csv.gz"
+    args = ["eval", str(run_dir), "--data", str(tiny_h5), "--sweep", "--levels", "0,0.5,1",
+            "--axis", "missing", "--modalities", "audio", "--corruption-seeds", "1",
+            "--out", str(out), "--per-sample", str(per), "--json", "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["per_sample"] == str(per)
+    samples = pd.read_csv(per)  # gzip, inferred from the name
+    table = load(out)
+    n = 32  # the tiny preset's test split
+    # clean + 3 levels, each with the normal and the quality-shuffled variant
+    assert len(samples) == n * 4 * 2 and samples["id"].nunique() == n
+    for (axis, level, variant), grp in samples.groupby(["axis", "level", "variant"]):
+        want = table[(table["axis"] == axis) & (table["level"] == level)
+                     & (table["variant"] == variant)].set_index("metric")["value"]  # fmt: skip
+        got = compute(grp["prediction"].to_numpy(), grp["label"].to_numpy(), "mosi")
+        assert got["MAE"] == pytest.approx(want["MAE"], abs=1e-5)
+        assert grp["quality_audio"].mean() == pytest.approx(want["quality_audio"], abs=1e-5)
+    normal = samples[(samples["variant"] == "normal") & (samples["axis"] == "missing")]
+    # only audio was corrupted: text and vision keep each sample's r exactly, audio's moves
+    for m in ("text", "vision"):
+        per_id = normal.pivot_table(index="id", columns="level", values=f"quality_{m}")
+        assert (per_id.max(axis=1) - per_id.min(axis=1)).max() == 0.0
+    audio = normal.pivot_table(index="id", columns="level", values="quality_audio")
+    assert (audio[0.0] - audio[1.0]).abs().max() > 0
+    assert normal.loc[normal["level"] == 1.0, "quality_audio"].std() < 1e-6  # all gone alike
+    assert main(args) == 1  # outputs exist: refused without --force
+    assert "--force" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
