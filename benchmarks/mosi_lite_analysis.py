@@ -47,6 +47,7 @@ ABLATIONS = (
     "qamoe-dense-routing",
     "qamoe-clean-input-target",
     "qamoe-unc-detached",
+    "qamoe-no-fuse-quality",
 )
 SPECIALIST = re.compile(r"^specialist-(\d\.\d)$")
 

@@ -9,6 +9,7 @@ level 0.5) and by the validation loss there. The test split is never read by thi
 ``qamoe train`` writes a test score to metrics.json for reference, and it is ignored here.
 The feature file comes from ``benchmarks/mosi_lite_experiment.py`` (or ``qamoe extract
 mosi-lite``). Prints one JSON object: per candidate, the per-seed and mean validation numbers.
+Finished runs under ``--work`` are reused: after changing the defaults, use a new folder.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ CANDIDATES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "weight_decay0.1": ({}, {"weight_decay": 0.1}),
     "clean_input_target": ({"uncertainty_target": "clean_input"}, {}),
     "no_unc_encoder_grad": ({"unc_encoder_grad": False}, {}),
+    "no_fuse_quality": ({"fuse_uses_quality": False}, {}),
 }
 
 

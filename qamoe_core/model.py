@@ -1,8 +1,9 @@
 """QA-MoE (DESIGN §3): quality-aware mixture of experts over per-modality encoders.
 
 Bottom-up: :func:`segment_pool` (temporal compression) -> :class:`Encoder` (one per modality)
--> :class:`QualityHead` (μ_m, σ²_m, r_m) -> prior fallback -> :class:`Router` +
-:class:`SwiGLUExperts` (the MoE, with a residual) -> :class:`TwoBranchHead` (ŷ, log s²).
+-> :class:`QualityHead` (μ_m, σ²_m, r_m) -> prior fallback z_m = r_m·μ_m + (1 − r_m)·p_m
+-> fusion W_f·[z_T; z_A; z_V] (+ W_r·[r_T, r_A, r_V], ``fuse_uses_quality``) -> :class:`Router`
++ :class:`SwiGLUExperts` (the MoE, with a residual) -> :class:`TwoBranchHead` (ŷ, log s²).
 Every model (QA-MoE and the baselines in baselines.py) returns a :class:`ModelOutput`.
 
 Legend of tensor dimensions: B batch, T time steps, S steps after compression, D input
@@ -493,6 +494,8 @@ class QAMoE(MultimodalModel):
         n_quality = n if cfg.router_uses_quality else 0
         self.moe = MoE(cfg, n * d, n_quality, cfg.top_k)
         self.head = TwoBranchHead(cfg)
+        # Created last so that the other modules' initial weights do not depend on the switch.
+        self.fuse_quality = nn.Linear(n, d, bias=False) if cfg.fuse_uses_quality else None
 
     def forward(
         self,
@@ -536,7 +539,10 @@ class QAMoE(MultimodalModel):
             z.append(rm * mu[m] + (1.0 - rm) * prior)  # (B, d)
         zc = torch.cat(z, dim=-1)  # (B, M·d)
         rq = torch.stack([r[m] for m in self.modalities], dim=-1)  # (B, M)
-        y, gates, balance = self.moe(self.fuse(zc), zc, rq)
+        x = self.fuse(zc)  # (B, d)
+        if self.fuse_quality is not None:  # the fused vector also says how reliable each part is
+            x = x + self.fuse_quality(rq)
+        y, gates, balance = self.moe(x, zc, rq)
         pred, lv = self.head(y)
         loss_unc = None
         if target is not None:  # L_unc = Σ_m mean[(μ_m − sg(t_m))² / (2σ²_m) + ½ log σ²_m]

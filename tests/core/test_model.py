@@ -169,6 +169,23 @@ def test_router_without_quality_reads_content_only() -> None:
     assert not torch.allclose(aware(content, r1)[0], aware(content, r2)[0])
 
 
+def test_fuse_quality_switch_adds_r_to_the_fused_vector_only() -> None:
+    aware = model_of("qamoe", TINY.override(router_uses_quality=False))
+    blind = model_of("qamoe", TINY.override(router_uses_quality=False, fuse_uses_quality=False))
+    assert aware.fuse_quality is not None and blind.fuse_quality is None
+    # created last: every other weight is initialised the same with or without the switch
+    shared = {k: v for k, v in aware.state_dict().items() if not k.startswith("fuse_quality")}
+    assert shared.keys() == blind.state_dict().keys()
+    assert all(torch.equal(v, blind.state_dict()[k]) for k, v in shared.items())
+    batch = make_batch()
+    with torch.no_grad():
+        aware.fuse_quality.weight.fill_(0.0)  # a zero map: exactly the model without it
+    torch.testing.assert_close(aware(batch).prediction, blind(batch).prediction)
+    with torch.no_grad():
+        aware.fuse_quality.weight.normal_(0, 5.0)
+    assert not torch.allclose(aware(batch).prediction, blind(batch).prediction)
+
+
 def test_quality_shuffle_changes_routing_and_prediction() -> None:
     model = model_of("qamoe")
     with torch.no_grad():  # make the (at initialisation equal) quality scores differ per sample
