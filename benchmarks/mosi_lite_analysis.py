@@ -240,6 +240,14 @@ def pool(runs: dict[str, pd.DataFrame], name: str, seeds: int) -> pd.DataFrame |
     return R.pool_model_seeds(pd.concat(parts, ignore_index=True)) if parts else None
 
 
+def md_table(title: str, columns: list[str], rows: dict[str, list[str]]) -> list[str]:
+    """A Markdown section: a heading, then one row per model with the given cells."""
+    out = ["", f"## {title}", "", "| model | " + " | ".join(columns) + " |"]
+    out.append("|---" * (len(columns) + 1) + "|")
+    out += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows.items()]
+    return out
+
+
 def markdown(summary: dict[str, Any]) -> str:
     g = summary["general"]
     lines = [
@@ -267,30 +275,16 @@ def markdown(summary: dict[str, Any]) -> str:
             f"| {name} | {per} | {pct(row['mixed_mean_upto_0.5'])} | {pct(row['mixed_mean_f1'])} |"
         )
     levels = list(next(iter(g.values()))["mixed_curve"])
-    lines += [
-        "",
-        "## Mixed axis, every modality corrupted (Acc_2 %)",
-        "",
-        "| model | " + " | ".join(levels) + " |",
-        "|---" * (len(levels) + 1) + "|",
-    ]
-    for name, row in g.items():
-        cells = [f"{100 * row['mixed_curve'][lv]['mean']:.1f}" for lv in levels]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += md_table(
+        "Mixed axis, every modality corrupted (Acc_2 %)",
+        levels,
+        {n: [f"{100 * r['mixed_curve'][lv]['mean']:.1f}" for lv in levels] for n, r in g.items()},
+    )
     sets = list(next(iter(g.values()))["fixed_missing"])
     if sets:
-        lines += [
-            "",
-            "## Fixed missing: modalities KEPT (Acc_2 %)",
-            "",
-            "| model | " + " | ".join(sets) + " |",
-            "|---" * (len(sets) + 1) + "|",
-        ]
-        for name, row in g.items():
-            cells = [
-                pct(row["fixed_missing"][k]) if k in row["fixed_missing"] else "" for k in sets
-            ]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        fm = {n: [pct(r["fixed_missing"][k]) if k in r["fixed_missing"] else "" for k in sets]
+              for n, r in g.items()}  # fmt: skip
+        lines += md_table("Fixed missing: modalities KEPT (Acc_2 %)", sets, fm)
     shuf = {n: r for n, r in g.items() if "shuffle_effect_mixed" in r}
     if shuf:
         lines += [
