@@ -77,14 +77,10 @@ def curve(
     variant: str = "normal",
     modalities: str = ALL,
 ) -> pd.Series:
-    """Level -> value averaged over corruption seeds."""
-    sub = df[
-        (df["axis"] == axis)
-        & (df["metric"] == metric)
-        & (df["variant"] == variant)
-        & (df["modalities"] == modalities)
-    ]
-    return sub.groupby("level")["value"].mean().sort_index()
+    """Level -> value averaged over corruption seeds (qamoe_core.results.curves)."""
+    c = R.curves(df, metric)
+    c = c[(c["axis"] == axis) & (c["variant"] == variant) & (c["modalities"] == modalities)]
+    return c.set_index("level")["mean"].sort_index()
 
 
 def clean_score(df: pd.DataFrame, metric: str = METRIC) -> float:

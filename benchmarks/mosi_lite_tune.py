@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The experiment's job runner: one torch thread per command, finished runs skipped, logs kept.
+from mosi_lite_experiment import REPO, Job, qamoe_exe, run_all, write_config
+
 # name -> (model overrides, train overrides)
 CANDIDATES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "default": ({}, {}),
@@ -40,18 +40,17 @@ CANDIDATES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 }
 
 
-def train_one(qamoe: str, data: Path, work: Path, name: str, seed: int) -> dict[str, Any]:
+def train_job(qamoe: str, data: Path, work: Path, name: str, seed: int) -> Job:
+    """The `qamoe train` of one candidate and seed (skipped when its run is finished)."""
     run = work / f"{name}-s{seed}"
-    if not (run / "metrics.json").exists():
-        model, train = CANDIDATES[name]
-        cfg = work / f"{name}.json"
-        cfg.write_text(json.dumps({"format_version": 1, "model": model, "train": train}))
-        argv = [qamoe, "train", str(data), "--out", str(run), "--seed", str(seed),
-                "--config", str(cfg), "--device", "cpu", "--quiet", "--force"]  # fmt: skip
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{run.name}: {proc.stderr.strip()[-300:]}")
+    model, train = CANDIDATES[name]
+    cfg = write_config(work / f"{name}.json", model, train)
+    argv = [qamoe, "train", str(data), "--out", str(run), "--seed", str(seed),
+            "--config", str(cfg), "--device", "cpu", "--quiet", "--force"]  # fmt: skip
+    return Job(f"train {run.name}", argv, run / "metrics.json", work / "logs" / f"{run.name}.log")
+
+
+def validation_of(run: Path) -> dict[str, Any]:
     m = json.loads((run / "metrics.json").read_text())
     (level,) = m["val"]  # one validation level by default
     return {"val_score": m["val_score"], "val_loss": m["val"][level]["loss"],
@@ -73,10 +72,10 @@ def main() -> None:
     if not args.data.exists():
         sys.exit(f"error: {args.data} not found; run benchmarks/mosi_lite_experiment.py first")
     args.work.mkdir(parents=True, exist_ok=True)
-    qamoe = str(Path(sys.executable).with_name("qamoe"))
+    qamoe = qamoe_exe()
     jobs = [(n, s) for n in names for s in range(args.seeds)]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        done = list(pool.map(lambda a: train_one(qamoe, args.data, args.work, *a), jobs))
+    run_all([train_job(qamoe, args.data, args.work, n, s) for n, s in jobs], args.jobs, "tune")
+    done = [validation_of(args.work / f"{n}-s{s}") for n, s in jobs]
     out: dict[str, Any] = {"selection": "Acc_2 on valid at mixed level 0.5", "candidates": {}}
     for name in names:
         rows = [r for (n, _), r in zip(jobs, done, strict=True) if n == name]
@@ -89,4 +88,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RuntimeError as exc:  # a qamoe command failed: its log holds the details
+        sys.exit(f"error: {exc}")

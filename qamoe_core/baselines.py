@@ -63,8 +63,7 @@ class EarlyFusion(MultimodalModel):
     def forward(
         self, batch: Mapping[str, Tensor], clean: Mapping[str, Tensor] | None = None, **_: object
     ) -> ModelOutput:
-        h = self.encode(batch)
-        x = torch.cat([h[m] for m in self.modalities], dim=-1)  # (B, M·d)
+        x = self.concat(self.encode(batch))  # (B, M·d)
         pred, lv = self.head(self.mlp(x))
         return self.finish(ModelOutput(pred, lv), batch)
 
@@ -85,8 +84,7 @@ class DenseMoE(MultimodalModel):
     def forward(
         self, batch: Mapping[str, Tensor], clean: Mapping[str, Tensor] | None = None, **_: object
     ) -> ModelOutput:
-        h = self.encode(batch)
-        x = torch.cat([h[m] for m in self.modalities], dim=-1)  # (B, M·d)
+        x = self.concat(self.encode(batch))  # (B, M·d)
         y, gates, balance = self.moe(self.fuse(x), x, None)
         pred, lv = self.head(y)
         out = ModelOutput(pred, lv, routing=gates, loss_balance=balance)

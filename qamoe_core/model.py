@@ -457,6 +457,10 @@ class MultimodalModel(nn.Module):
         """{m: (B, d)} pooled encodings."""
         return {m: enc(batch[m], batch[f"{m}_len"]) for m, enc in self.encoders.items()}
 
+    def concat(self, parts: Mapping[str, Tensor]) -> Tensor:
+        """{m: (B, d)} -> (B, M·d), modalities in the model's canonical order."""
+        return torch.cat([parts[m] for m in self.modalities], dim=-1)
+
     def finish(self, out: ModelOutput, batch: Mapping[str, Tensor]) -> ModelOutput:
         """Add the task loss and the total (with the configured weights) when labelled."""
         if "label" not in batch:
