@@ -501,9 +501,10 @@ def _run_block(
             if p.axis in SPECTRUM_AXES and not p.given and drawn_seed != p.seed:
                 draws = _draws(raw, targets, p.seed, cfg, batch)  # once per seed and block
                 drawn_seed = p.seed
+            corrupter = _PointCorrupter(p, draws, cfg.noise_scale, train_std)
             for s in range(0, n, cfg.batch_size):
                 e = min(n, s + cfg.batch_size)
-                mb = _corrupt_rows(batch, p, draws, s, e, cfg, train_std)
+                mb = corrupter.rows(batch, s, e)
                 sub = slice(rows.start + s, rows.start + e)
                 shuffle = _forward(model, mb, i, cfg, sub, acc, shuffle)
         if progress is not None:
@@ -516,56 +517,49 @@ def _run_block(
 CORRUPT_ROWS = 64
 
 
-def _corrupt_rows(
-    batch: Mapping[str, Tensor],
-    p: Point,
-    draws: Mapping[str, ModalityDraws],
-    s: int,
-    e: int,
-    cfg: EvalConfig,
-    train_std: Mapping[str, Tensor],
-) -> Mapping[str, Tensor]:
-    """Rows s:e of the block at point ``p``, corrupted CORRUPT_ROWS rows at a time."""
-    mb = {k: v[s:e] for k, v in batch.items()}
-    if p.given or e - s <= CORRUPT_ROWS:
-        return _corrupt(mb, p, draws, s, e, cfg, train_std)
-    parts, inputs = [], []
-    for a in range(s, e, CORRUPT_ROWS):
-        b = min(e, a + CORRUPT_ROWS)
-        inputs.append({k: v[a:b] for k, v in batch.items()})
-        parts.append(_corrupt(inputs[-1], p, draws, a, b, cfg, train_std))
-    out: dict[str, Tensor] = {}
-    for k in parts[0]:
-        if k in mb and all(part[k] is inp[k] for part, inp in zip(parts, inputs, strict=True)):
-            out[k] = mb[k]  # untouched by the corruption: no copy
-        else:
-            out[k] = torch.cat([part[k] for part in parts])
-    return out
+@dataclass(frozen=True)
+class _PointCorrupter:
+    """Corrupts rows of one block at one point ``p`` (``draws`` are the whole block's)."""
 
+    p: Point
+    draws: Mapping[str, ModalityDraws]
+    noise_scale: float
+    train_std: Mapping[str, Tensor]
 
-def _corrupt(
-    mb: dict[str, Tensor],
-    p: Point,
-    draws: Mapping[str, ModalityDraws],
-    s: int,
-    e: int,
-    cfg: EvalConfig,
-    train_std: Mapping[str, Tensor],
-) -> Mapping[str, Tensor]:
-    """Rows s:e of the block at point ``p`` (draws are the block's, sliced to the rows)."""
-    if p.given:
-        return mb
-    if p.axis == "drop":
-        return apply_draws(
-            mb, {}, {}, drop=[m for m in batch_modalities(mb) if m not in p.modalities]
-        )
-    part = {
-        m: ModalityDraws(None if d.u is None else d.u[s:e], None if d.z is None else d.z[s:e])
-        for m, d in draws.items()
-    }
-    levels = {m: p.level for m in p.modalities}
-    return apply_draws(mb, part, levels, axis=p.axis, noise_scale=cfg.noise_scale,
-                       train_std=train_std)  # fmt: skip
+    def rows(self, batch: Mapping[str, Tensor], s: int, e: int) -> Mapping[str, Tensor]:
+        """Rows s:e of the block, corrupted CORRUPT_ROWS rows at a time."""
+        mb = {k: v[s:e] for k, v in batch.items()}
+        if self.p.given or e - s <= CORRUPT_ROWS:
+            return self._apply(mb, s, e)
+        parts, inputs = [], []
+        for a in range(s, e, CORRUPT_ROWS):
+            b = min(e, a + CORRUPT_ROWS)
+            inputs.append({k: v[a:b] for k, v in batch.items()})
+            parts.append(self._apply(inputs[-1], a, b))
+        out: dict[str, Tensor] = {}
+        for k in parts[0]:
+            if k in mb and all(part[k] is inp[k] for part, inp in zip(parts, inputs, strict=True)):
+                out[k] = mb[k]  # untouched by the corruption: no copy
+            else:
+                out[k] = torch.cat([part[k] for part in parts])
+        return out
+
+    def _apply(self, mb: dict[str, Tensor], s: int, e: int) -> Mapping[str, Tensor]:
+        """The rows ``mb`` (= rows s:e of the block) at the point; draws sliced to them."""
+        p = self.p
+        if p.given:
+            return mb
+        if p.axis == "drop":
+            return apply_draws(
+                mb, {}, {}, drop=[m for m in batch_modalities(mb) if m not in p.modalities]
+            )
+        part = {
+            m: ModalityDraws(None if d.u is None else d.u[s:e], None if d.z is None else d.z[s:e])
+            for m, d in self.draws.items()
+        }
+        levels = {m: p.level for m in p.modalities}
+        return apply_draws(mb, part, levels, axis=p.axis, noise_scale=self.noise_scale,
+                           train_std=self.train_std)  # fmt: skip
 
 
 def batch_modalities(batch: Mapping[str, Any]) -> list[str]:

@@ -115,12 +115,17 @@ def _vector(value: Any, key: str, n: int, where: str) -> np.ndarray:
             f"{where}: '{key}' must be 1-D (N,); got shape {arr.shape}.",
             hint="Per-sample keys (labels, lengths) hold one value per sample.",
         )
+    _check_rows(arr, key, n, where)
+    return arr
+
+
+def _check_rows(arr: np.ndarray, key: str, n: int, where: str) -> None:
+    """Every key of a split must hold one row per sample (``n`` = the labels' count)."""
     if arr.shape[0] != n:
         raise DataFormatError(
             f"{where}: '{key}' has {arr.shape[0]} samples but 'regression_labels' has {n}.",
             hint="Every key of a split must have one row per sample.",
         )
-    return arr
 
 
 def _lengths(value: Any, key: str, n: int, t: int, where: str) -> np.ndarray:
@@ -194,11 +199,7 @@ def _convert_split(raw: Mapping[str, Any], split: str, where: str) -> _Split:
                 f"{where}: '{m}' must be 3-D (N, T, D); got shape {src.shape}.",
                 hint="MMSA stores frame features as (samples, steps, dims).",
             )
-        if src.shape[0] != n:
-            raise DataFormatError(
-                f"{where}: '{m}' has {src.shape[0]} samples but 'regression_labels' has {n}.",
-                hint="Every key of a split must have one row per sample.",
-            )
+        _check_rows(src, m, n, where)
         x = np.array(src, dtype=np.float32)  # a copy we may edit; float64 -> float32 here
         bad = ~np.isfinite(x)  # also catches float64 values beyond float32's range
         out.nonfinite[m] = int(bad.sum())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from qamoe_core import SPLITS
+from qamoe_core.atomic import atomic_path
 from qamoe_core.errors import DataFormatError, InputError
 from qamoe_core.h5store import FeatureWriter, file_sha256, validate
 from qamoe_core.media.clip import load_meta
@@ -28,12 +28,10 @@ WRITE_BLOCK = 64  # rows buffered per HDF5 write: whole chunks, not a read-modif
 
 
 def write_failures_csv(path: Path, rows: Sequence[Sequence[str]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(path, force=True) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(FAILURE_COLUMNS)
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def read_failures_csv(path: Path) -> list[list[str]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from qamoe_core import __version__
+from qamoe_core.atomic import atomic_path
 from qamoe_core.media.audio import AUDIO_BACKENDS, SAMPLE_RATE, load_audio
 from qamoe_core.media.config import MediaConfig, clip_key
 from qamoe_core.media.failures import ClipFailure
@@ -95,11 +95,10 @@ class Extractors:
 
 
 def save_clip(path: Path, feats: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
     # meta as a 0-d unicode array: readable again with allow_pickle=False.
     arrays: dict[str, Any] = {"meta": np.array(json.dumps(meta)), **feats}
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path, force=True) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)  # a file object: np.savez would add ".npz" to a name
 
 
 def load_meta(path: Path) -> dict[str, Any]:
