@@ -30,6 +30,14 @@ def synthetic(
         ),
     ] = "small",
     seed: Seed = 0,
+    offset: Annotated[
+        str,
+        typer.Option(
+            help="Per-dimension feature offsets, as ‖mean‖/‖std‖: one number for every "
+            "modality, three for text,audio,vision, or 'mosi-lite' (0.26,3.73,0.61, as "
+            "measured on MOSI-lite). 0 = centred features."
+        ),
+    ] = "0",
     force: Force = False,
     quiet: Quiet = False,
     json_out: JsonOut = False,
@@ -41,9 +49,12 @@ def synthetic(
         raise typer.BadParameter(
             f"must be one of {', '.join(PRESETS)}; got {preset!r}", param_hint="--preset"
         )
+    offsets = _parse_offset(offset)
     total = sum(PRESETS[preset].sizes)
     with progress(total, f"synthetic/{preset}", enabled=not (quiet or json_out)) as advance:
-        summary = write_synthetic(out, preset=preset, seed=seed, force=force, progress=advance)
+        summary = write_synthetic(
+            out, preset=preset, seed=seed, force=force, progress=advance, offset=offsets
+        )
 
     def render() -> None:
         table = Table(title=f"{summary['dataset']} → {summary['path']}")
@@ -56,6 +67,27 @@ def synthetic(
         out_console.print(f"shapes (T x D): {shapes}; {summary['bytes'] / 2**20:.1f} MiB")
 
     emit(summary, json_mode=json_out, render=render)
+
+
+def _parse_offset(text: str) -> dict[str, float]:
+    from qamoe_core import MODALITIES
+    from qamoe_core.synthetic import MOSI_LITE_OFFSET
+
+    if text.strip().lower() == "mosi-lite":
+        return dict(MOSI_LITE_OFFSET)
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, len(MODALITIES)) or not all(0 <= v < float("inf") for v in values):
+        raise typer.BadParameter(
+            f"must be one number >= 0, three (text,audio,vision) or 'mosi-lite'; got {text!r}",
+            param_hint="--offset",
+        )
+    return dict(
+        zip(MODALITIES, values * len(MODALITIES) if len(values) == 1 else values, strict=True)
+    )
 
 
 app.command("synthetic")(synthetic)

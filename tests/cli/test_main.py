@@ -80,3 +80,29 @@ def test_json_output_is_parseable(tmp_path: Path, capsys: pytest.CaptureFixture[
     )
     result = json.loads(capsys.readouterr().out)
     assert result["splits"] == {"train": 64, "valid": 24, "test": 32}
+
+
+def test_extract_synthetic_offset_is_recorded_and_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import h5py
+
+    out = tmp_path / "d.h5"
+    base = ["extract", "synthetic", "--preset", "tiny", "--out", str(out), "-q"]
+    assert main([*base, "--offset", "mosi-lite"]) == 0
+    with h5py.File(out) as f:
+        assert json.loads(f.attrs["extractor"])["offset"] == {
+            "text": 0.26,
+            "audio": 3.73,
+            "vision": 0.61,
+        }
+    assert main([*base, "--force", "--offset", "1.5"]) == 0
+    with h5py.File(out) as f:
+        assert set(json.loads(f.attrs["extractor"])["offset"].values()) == {1.5}
+    capsys.readouterr()
+    for bad in ("1,2", "-1", "lots", "nan"):
+        assert main([*base, "--force", "--offset", bad]) == 2
+        err = capsys.readouterr().err
+        assert "error:" in err and "--offset" in err and "Traceback" not in err

@@ -13,7 +13,14 @@ from sklearn.preprocessing import StandardScaler
 from qamoe_core import MODALITIES
 from qamoe_core.errors import InputError
 from qamoe_core.h5store import FeatureFile, SplitArrays, validate
-from qamoe_core.synthetic import PRESETS, generate, iter_split, write_synthetic
+from qamoe_core.synthetic import (
+    MOSI_LITE_OFFSET,
+    PRESETS,
+    generate,
+    iter_split,
+    step_std,
+    write_synthetic,
+)
 
 
 def _pooled(split: SplitArrays) -> dict[str, np.ndarray]:
@@ -90,3 +97,41 @@ def test_fusion_beats_each_modality_and_every_modality_matters() -> None:
         assert fused > single[m] + 0.05, (m, fused, single)
         without = acc(tuple(o for o in MODALITIES if o != m))
         assert fused > without + 0.03, (m, fused, without)  # ignoring m loses accuracy
+
+
+def test_offset_adds_one_fixed_vector_per_modality_to_valid_steps_only() -> None:
+    base = generate("tiny", seed=4)
+    assert all(
+        np.array_equal(base[s].features[m], generate("tiny", 4, 0.0)[s].features[m])
+        for s in ("train", "test")
+        for m in MODALITIES
+    )  # 0 (the default) is the centred dataset, bit for bit
+    shifted = generate("tiny", seed=4, offset={"audio": 3.0, "text": 0.5})
+    for s in ("train", "valid", "test"):
+        np.testing.assert_array_equal(shifted[s].label, base[s].label)
+        np.testing.assert_array_equal(shifted[s].features["vision"], base[s].features["vision"])
+        for m, size in (("audio", 3.0), ("text", 0.5)):
+            diff = shifted[s].features[m] - base[s].features[m]  # (N, T, D)
+            valid = np.arange(diff.shape[1])[None, :] < shifted[s].lengths[m][:, None]
+            assert np.all(diff[~valid] == 0)  # padding stays exactly zero
+            steps = diff[valid]  # (steps, D): the same vector on every valid step
+            np.testing.assert_allclose(steps, np.broadcast_to(steps[0], steps.shape), atol=1e-5)
+            # its size relative to the per-step std is about the offset asked for
+            ratio = np.sqrt(np.mean(steps[0] ** 2)) / step_std(m)
+            assert 0.4 * size < ratio < 1.8 * size
+
+
+def test_mosi_lite_offset_gives_the_measured_mean_to_std_ratios() -> None:
+    data = generate("small", seed=0, offset=MOSI_LITE_OFFSET)["train"]
+    for m in ("text", "vision"):  # 64 and 20 dims; audio's 5 dims make a noisy ratio
+        x = data.features[m][np.arange(data.features[m].shape[1]) < data.lengths[m][:, None]]
+        ratio = np.linalg.norm(x.mean(0)) / np.linalg.norm(x.std(0))
+        assert abs(ratio - MOSI_LITE_OFFSET[m]) < 0.25 * MOSI_LITE_OFFSET[m]
+
+
+@pytest.mark.parametrize(
+    "bad", [-0.1, float("nan"), float("inf"), {"smell": 1.0}, {"text": "high"}, True]
+)
+def test_bad_offsets_are_input_errors(bad: object) -> None:
+    with pytest.raises(InputError, match="offset"):
+        generate("tiny", offset=bad)  # type: ignore[arg-type]
