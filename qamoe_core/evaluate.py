@@ -221,18 +221,21 @@ class EvalResult:
 
 
 @contextlib.contextmanager
-def _reuse_encodings(model: nn.Module, h: Mapping[str, Tensor]) -> Iterator[None]:
-    """Make ``model.encode`` return ``h`` for a second forward pass of the same batch.
+def _reuse_encodings(model: nn.Module, encoded: tuple[Any, Any]) -> Iterator[None]:
+    """Make ``model.encode`` / ``model.encode_with_coverage`` return ``encoded`` (their
+    result on this batch) for further forward passes of the same batch.
 
-    The models call ``self.encode(batch)`` first; an instance attribute shadows the method,
-    so the quality-shuffle pass skips the encoders (nearly all the cost) and still runs the
-    model's own fusion, routing and head code.
+    The models call one of them first; instance attributes shadow the methods, so the
+    quality-shuffle pass skips the encoders (nearly all the cost) and still runs the model's
+    own fusion, routing and head code.
     """
-    setattr(model, "encode", lambda batch: h)  # noqa: B010
+    setattr(model, "encode", lambda batch: encoded[0])  # noqa: B010
+    setattr(model, "encode_with_coverage", lambda batch: encoded)  # noqa: B010
     try:
         yield
     finally:
         delattr(model, "encode")
+        delattr(model, "encode_with_coverage")
 
 
 class _Accumulator:
@@ -597,8 +600,8 @@ def _forward(
 ) -> bool:
     """Predict one mini-batch: normal, then quality-shuffled reusing the encodings."""
     mb = {k: v for k, v in mb.items() if k != "label"}  # no label: no loss to compute
-    h = model.encode(mb)  # type: ignore[operator]
-    with _reuse_encodings(model, h):
+    encoded = model.encode_with_coverage(mb)  # type: ignore[operator]
+    with _reuse_encodings(model, encoded):
         out = model(mb)
         acc.add((point, "normal"), rows, out)
         if shuffle and out.quality is None:

@@ -88,23 +88,33 @@ def segment_bounds(lengths: Tensor, segments: int) -> Tensor:
     return (j[None, :] * lengths[:, None] + segments - 1) // segments
 
 
-def segment_pool(x: Tensor, lengths: Tensor, segments: int) -> tuple[Tensor, Tensor]:
+def segment_pool(
+    x: Tensor, lengths: Tensor, segments: int, present: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Mean-pool each sample's VALID steps into ``segments`` equal segments.
 
     x (B, T, D), lengths (B,) -> (B, S, D) and a (B, S) bool mask of non-empty segments (a
-    sample with L < S leaves some segments empty). With segments = 0 or T <= segments it is
+    sample with L < S leaves some segments empty). ``present`` (B, T) bool, optional: only
+    these steps count in a segment's mean (the others are zero and are left out of the
+    count too), and a segment with none is empty. With segments = 0 or T <= segments it is
     the identity (sequence length 1 stays 1). Computed from a running sum along time, so it
     is one pass over x (a (B, S, T) averaging matmul would cost S times more memory traffic).
     """
     b, t, d = x.shape
     if segments <= 0 or t <= segments:
-        return x, valid_mask(lengths, t)
+        valid = valid_mask(lengths, t)
+        return x, valid if present is None else valid & present
     # Running sums in float64 would be exact but 2x the traffic; float32 over <= 10^4 steps of
     # standardisable features loses < 1e-5 relative, far below the corruption noise.
     csum = torch.cat([x.new_zeros(b, 1, d), x.cumsum(1)], dim=1)  # (B, T + 1, D)
     bounds = segment_bounds(lengths.clamp(max=t), segments)  # (B, S + 1)
     ends = csum.gather(1, bounds[:, :, None].expand(b, segments + 1, d))  # (B, S + 1, D)
-    counts = (bounds[:, 1:] - bounds[:, :-1]).to(x.dtype)  # (B, S)
+    if present is None:
+        counts = (bounds[:, 1:] - bounds[:, :-1]).to(x.dtype)  # (B, S)
+    else:
+        seen = torch.cat([present.new_zeros(b, 1, dtype=x.dtype), present.to(x.dtype).cumsum(1)], 1)
+        at = seen.gather(1, bounds)  # (B, S + 1): present steps before each boundary
+        counts = at[:, 1:] - at[:, :-1]
     pooled = (ends[:, 1:] - ends[:, :-1]) / counts.clamp(min=1.0)[:, :, None]
     return pooled, counts > 0
 
@@ -182,6 +192,7 @@ class Encoder(nn.Module):
     def __init__(self, dim: int, cfg: ModelConfig, segments: int) -> None:
         super().__init__()
         self.segments = segments
+        self.mask_zero_steps = cfg.mask_zero_steps
         self.register_buffer("in_mean", torch.zeros(dim))
         self.register_buffer("in_std", torch.ones(dim))
         self.proj = nn.Linear(dim, cfg.d_model)
@@ -199,9 +210,22 @@ class Encoder(nn.Module):
         return self.standardise(mean)
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
-        x, valid = segment_pool(x, lengths, self.segments)  # (B, S, D), (B, S)
-        # A sample whose modality is absent (length 0) keeps one zero step, so attention over an
-        # all-masked row cannot produce NaN.
+        return self.encode(x, lengths)[0]
+
+    def encode(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor | None]:
+        """h (B, d), and with mask_zero_steps the coverage (B,): the share of the valid steps
+        that are present (not all zero), the amount of evidence the mask hides from h."""
+        # An all-zero step carries nothing (the spectrum's dropped steps, a frame with no face):
+        # with mask_zero_steps it is left out like padding, instead of entering as a real input
+        # (-mean/std after standardisation: an outlier wherever features have an offset).
+        present = x.ne(0).any(-1) if self.mask_zero_steps else None  # (B, T)
+        coverage = None
+        if present is not None:
+            n_present = (present & valid_mask(lengths, x.shape[1])).sum(1).to(x.dtype)
+            coverage = n_present / lengths.clamp(min=1).to(x.dtype)
+        x, valid = segment_pool(x, lengths, self.segments, present)  # (B, S, D), (B, S)
+        # A sample with no valid step (length 0, or every step zero) keeps one zero step, so
+        # attention over an all-masked row cannot produce NaN.
         valid = valid.clone()
         valid[:, 0] |= ~valid.any(1)
         # W·((x - m)/s) + b == (W/s)·x + (b - W·(m/s)): standardise inside the matmul.
@@ -217,7 +241,7 @@ class Encoder(nn.Module):
             h = block(h, attn_mask)
         h = self.ln_f(h)
         v = valid.to(h.dtype)
-        return torch.einsum("bs,bsd->bd", v, h) / v.sum(1, keepdim=True)  # (B, d)
+        return torch.einsum("bs,bsd->bd", v, h) / v.sum(1, keepdim=True), coverage  # (B, d)
 
 
 class QualityHead(nn.Module):
@@ -253,7 +277,11 @@ class QualityHead(nn.Module):
         # looks "average"), which no linear function of h can single out; the squared
         # deviations make "how atypical is this encoding" a linear feature. Measured: W_σ·h
         # alone learned the inverse trend (r rising with the level), this learns the right one.
-        self.log_var = nn.Sequential(nn.LayerNorm(2 * d), nn.Linear(2 * d, 2 * d), nn.GELU(),
+        # With mask_zero_steps, the coverage (share of present steps) joins them: the mask keeps
+        # zeroed steps out of h, so h alone no longer shows how much of the input was there.
+        self.uses_coverage = cfg.mask_zero_steps
+        n_in = 2 * d + (1 if self.uses_coverage else 0)
+        self.log_var = nn.Sequential(nn.LayerNorm(n_in), nn.Linear(n_in, 2 * d), nn.GELU(),
                                      nn.Linear(2 * d, out_dim))  # fmt: skip
         self.decoder = nn.Linear(d, out_dim) if decode else None
         self.lo, self.hi = cfg.min_log_var, cfg.max_log_var
@@ -272,14 +300,21 @@ class QualityHead(nn.Module):
     def standardise(self, target: Tensor) -> Tensor:
         return (target - self.t_mean) / torch.sqrt(self.t_var + 1e-5)
 
-    def forward(self, h: Tensor, update: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-        """h (B, d) -> μ (B, d), log σ² (B, out_dim), r (B,). update=False leaves the running
-        mean of encodings alone (a second pass over the same batch)."""
+    def forward(
+        self, h: Tensor, coverage: Tensor | None = None, update: bool = True
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """h (B, d), coverage (B,) (with mask_zero_steps) -> μ (B, d), log σ² (B, out_dim),
+        r (B,). update=False leaves the running mean of encodings alone (a second pass over
+        the same batch)."""
         mu = self.mu(h) if self.decoder is not None else self.standardise(h) + self.mu(h)
         if update and self.training and h.shape[0] > 1:
             with torch.no_grad():
                 self.h_mean.lerp_(h.mean(0), self.momentum)
-        feats = torch.cat([h, (h - self.h_mean).square()], dim=-1)  # (B, 2d)
+        parts = [h, (h - self.h_mean).square()]
+        if self.uses_coverage:  # not given: every step present
+            c = h.new_ones(h.shape[0]) if coverage is None else coverage.to(h.dtype)
+            parts.append(c[:, None])
+        feats = torch.cat(parts, dim=-1)  # (B, 2d [+ 1])
         log_var = soft_clamp(self.log_var(feats), self.lo, self.hi)
         # r carries no gradient: σ² is trained by the uncertainty loss alone, as the paper's
         # self-supervised aleatoric estimate. Letting the task loss bend it would make r
@@ -457,6 +492,16 @@ class MultimodalModel(nn.Module):
         """{m: (B, d)} pooled encodings."""
         return {m: enc(batch[m], batch[f"{m}_len"]) for m, enc in self.encoders.items()}
 
+    def encode_with_coverage(
+        self, batch: Mapping[str, Tensor]
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor | None]]:
+        """Pooled encodings {m: (B, d)} and coverages {m: (B,) or None} (Encoder.encode)."""
+        h: dict[str, Tensor] = {}
+        coverage: dict[str, Tensor | None] = {}
+        for m in self.modalities:
+            h[m], coverage[m] = self.encoder(m).encode(batch[m], batch[f"{m}_len"])
+        return h, coverage
+
     def concat(self, parts: Mapping[str, Tensor]) -> Tensor:
         """{m: (B, d)} -> (B, M·d), modalities in the model's canonical order."""
         return torch.cat([parts[m] for m in self.modalities], dim=-1)
@@ -512,7 +557,7 @@ class QAMoE(MultimodalModel):
         """batch: the batch contract (keep masks ignored). clean: the same samples uncorrupted,
         for the uncertainty loss (training). shuffle_quality: permute r across the batch (the
         control of DESIGN §3.7; ``generator`` makes the permutation reproducible)."""
-        h = self.encode(batch)  # {m: (B, d)}
+        h, coverage = self.encode_with_coverage(batch)  # {m: (B, d)}, {m: (B,) or None}
         # Clean targets first, so the running stats that standardise them (and μ) include
         # this batch before either is used.
         target = None if clean is None else self.clean_targets(clean)
@@ -521,13 +566,15 @@ class QAMoE(MultimodalModel):
         r: dict[str, Tensor] = {}
         mu_loss = mu  # the μ the uncertainty loss regresses (the fused μ unless detached)
         for m in self.modalities:
-            mu[m], log_var[m], r[m] = self.head_of(m)(h[m])
+            mu[m], log_var[m], r[m] = self.head_of(m)(h[m], coverage[m])
         if not self.cfg.unc_encoder_grad and target is not None:
             # Same head on a detached encoding: its loss trains the head, never the encoder.
             # (log σ² only reaches the model through the detached r, so it is taken from here.)
             mu_loss = {}
             for m in self.modalities:
-                mu_loss[m], log_var[m], _ = self.head_of(m)(h[m].detach(), update=False)
+                mu_loss[m], log_var[m], _ = self.head_of(m)(
+                    h[m].detach(), coverage[m], update=False
+                )
         if not self.cfg.quality_gate:
             r = {m: torch.ones_like(v) for m, v in r.items()}
         if shuffle_quality:

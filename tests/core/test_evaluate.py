@@ -92,10 +92,11 @@ def test_reusing_encodings_changes_nothing(tiny_h5: Path) -> None:
     batch = to_torch(load_split(tiny_h5, "test"))
     with torch.inference_mode():
         plain = model(batch)
-        with _reuse_encodings(model, model.encode(batch)):
+        with _reuse_encodings(model, model.encode_with_coverage(batch)):
             reused = model(batch)
     torch.testing.assert_close(plain.prediction, reused.prediction, rtol=0, atol=0)
-    assert "encode" not in vars(model)  # the shadowing attribute is gone again
+    assert "encode" not in vars(model)  # the shadowing attributes are gone again
+    assert "encode_with_coverage" not in vars(model)
 
 
 @pytest.fixture(scope="module")

@@ -129,6 +129,86 @@ def test_segment_pool_matches_a_loop() -> None:
     assert same is x and mask.sum().item() == lens.sum().item()
 
 
+def test_segment_pool_leaves_absent_steps_out_of_the_means() -> None:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 20, 4, generator=g)
+    lens = torch.tensor([20, 12, 5])
+    present = torch.rand(3, 20, generator=g) > 0.4
+    present[2, :5] = False  # sample 2: nothing present
+    x = x * present[:, :, None]
+    pooled, valid = segment_pool(x, lens, 4, present)
+    for i, n in enumerate(lens.tolist()):
+        seg = [t * 4 // n for t in range(n)]
+        for j in range(4):
+            steps = [t for t in range(n) if seg[t] == j and present[i, t]]
+            assert bool(valid[i, j]) == bool(steps)
+            if steps:  # the mean of the present steps, not of every step of the segment
+                torch.testing.assert_close(pooled[i, j], x[i, steps].mean(0))
+    assert not valid[2].any()
+    _, mask = segment_pool(x, lens, 0, present)  # no compression: the mask alone changes
+    assert torch.equal(mask, present & (torch.arange(20)[None, :] < lens[:, None]))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_mask_zero_steps_treats_zeroed_steps_as_padding(name: str) -> None:
+    cfg = TINY.override(segments=0, mask_zero_steps=True)
+    batch = make_batch()
+    for m in DIMS:
+        batch[f"{m}_len"] = batch[f"{m}_len"].clamp(min=3)
+    zeroed, shorter = dict(batch), dict(batch)
+    for m in DIMS:  # zero the last two valid steps = the same sample two steps shorter
+        lens = batch[f"{m}_len"]
+        t = torch.arange(batch[m].shape[1])[None, :, None]
+        last_two = (t >= lens[:, None, None] - 2) & (t < lens[:, None, None])
+        zeroed[m] = batch[m].masked_fill(last_two, 0.0)
+        shorter[f"{m}_len"] = lens - 2
+    model = model_of(name, cfg)
+    h_zeroed, coverage = model.encode_with_coverage(zeroed)
+    h_shorter, full = model.encode_with_coverage(shorter)
+    for m in DIMS:  # the same encoding; only the coverage tells them apart
+        torch.testing.assert_close(h_zeroed[m], h_shorter[m])
+        lens = batch[f"{m}_len"].float()
+        torch.testing.assert_close(coverage[m], (lens - 2) / lens)
+        torch.testing.assert_close(full[m], torch.ones_like(lens))
+    plain = model_of(name, TINY.override(segments=0, mask_zero_steps=False))  # zero = input
+    h_plain, no_coverage = plain.encode_with_coverage(zeroed)
+    assert not torch.allclose(h_plain["text"], plain.encode(shorter)["text"])
+    assert all(c is None for c in no_coverage.values())
+    # every step zero: the modality is absent (coverage 0), and the output stays finite
+    zeroed["audio"] = torch.zeros_like(batch["audio"])
+    assert torch.isfinite(model(zeroed).prediction).all()
+    assert torch.equal(model.encode_with_coverage(zeroed)[1]["audio"], torch.zeros(6))
+
+
+def test_coverage_reaches_the_quality_head_only_with_the_mask() -> None:
+    on = model_of("qamoe", TINY.override(mask_zero_steps=True))
+    off = model_of("qamoe", TINY.override(mask_zero_steps=False))
+    width = 2 * TINY.d_model
+    assert on.head_of("text").log_var[0].normalized_shape == (width + 1,)
+    assert off.head_of("text").log_var[0].normalized_shape == (width,)
+    head = on.head_of("audio").train()
+    with torch.no_grad():  # make log σ² depend on its inputs (the last layer starts at zero)
+        torch.nn.init.normal_(head.log_var[-1].weight)
+    h = torch.randn(4, TINY.d_model)
+    *_, r_full = head(h, torch.ones(4), update=False)
+    *_, r_half = head(h, torch.full((4,), 0.5), update=False)
+    assert not torch.allclose(r_full, r_half)
+
+
+@pytest.mark.parametrize("name", ["late-fusion", "early-fusion", "dense-moe"])
+def test_mask_zero_steps_changes_no_baseline_at_sequence_length_one(name: str) -> None:
+    """One step per modality (MOSI-lite): an all-zero modality stays its one zero step, so the
+    baselines (no quality head, no coverage) compute exactly what they did without the mask."""
+    batch = make_batch(t={"text": 1, "audio": 1, "vision": 1})
+    batch["vision"][:3] = 0.0  # a missing modality on half the samples
+    on = model_of(name, TINY.override(mask_zero_steps=True))(batch)
+    off = model_of(name, TINY.override(mask_zero_steps=False))(batch)
+    torch.testing.assert_close(on.prediction, off.prediction, rtol=0, atol=0)
+    qamoe = model_of("qamoe", TINY.override(mask_zero_steps=True))
+    coverage = qamoe.encode_with_coverage(batch)[1]["vision"]
+    assert coverage is not None and coverage.tolist() == [0.0] * 3 + [1.0] * 3
+
+
 def test_compression_can_be_switched_off() -> None:
     batch = make_batch()
     on = model_of("qamoe", TINY)(batch).prediction
