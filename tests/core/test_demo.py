@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import h5py
 import pandas as pd
 import pytest
 
 from qamoe_core.demo import DemoConfig, run_demo
 from qamoe_core.errors import InputError, OutputExistsError
+from qamoe_core.synthetic import MOSI_LITE_OFFSET
 
 
 def _tiny() -> DemoConfig:
@@ -36,6 +38,8 @@ def test_demo_chain_writes_every_artifact(tmp_path: Path) -> None:
     summary = pd.DataFrame(result.summary)
     assert set(summary["run"]) == {"qamoe", "early-fusion"}
     assert summary["clean"].between(0, 1).all()
+    with h5py.File(out / "synthetic.h5") as f:  # the demo's data has MOSI-lite's offsets
+        assert json.loads(f.attrs["extractor"])["offset"] == MOSI_LITE_OFFSET
     saved = json.loads((out / "demo.json").read_text())
     assert saved["report_html"] == str(result.report_html)
     assert set(result.corrupted_eval) == {"qamoe", "early-fusion"}
@@ -52,3 +56,5 @@ def test_demo_refuses_to_clobber(tmp_path: Path) -> None:
         DemoConfig(baseline="svm")
     with pytest.raises(InputError, match="'level' parameter"):
         DemoConfig(level=1.5)
+    with pytest.raises(InputError, match="'offset' parameter"):
+        DemoConfig(offset=(("audio", -1.0),))
