@@ -48,6 +48,7 @@ ABLATIONS = (
     "qamoe-clean-input-target",
     "qamoe-unc-detached",
     "qamoe-no-fuse-quality",
+    "qamoe-no-mask",
 )
 SPECIALIST = re.compile(r"^specialist-(\d\.\d)$")
 

@@ -12,7 +12,8 @@ hands the tidy results to ``benchmarks/mosi_lite_analysis.py`` for the tables. S
 2. ``qamoe train`` for QA-MoE, the three baselines and four ablations (quality gate off,
    prior fallback off, router without quality, dense routing = top-8 of 8) and two choices
    of our reconstruction (clean-input uncertainty target; uncertainty loss kept out of the
-   encoders; r not added to the fused vector), each with model seeds 0..N-1;
+   encoders; r not added to the fused vector; zero steps fed in, without coverage), each
+   with model seeds 0..N-1;
 3. ``qamoe train`` of specialists, each at ONE fixed mixed level (0.0, 0.3, 0.6, 0.9: every
    corrupted sample gets that level, validation at that level too);
 4. ``qamoe eval --sweep --drop-sets`` of every general model on the mixed, missing and noise
@@ -54,6 +55,9 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "qamoe-clean-input-target": {"uncertainty_target": "clean_input"},
     "qamoe-unc-detached": {"unc_encoder_grad": False},
     "qamoe-no-fuse-quality": {"fuse_uses_quality": False},
+    # All-zero steps as inputs, and no coverage for the quality head: the defaults before
+    # mask_zero_steps (at sequence length 1 the only difference is the coverage input).
+    "qamoe-no-mask": {"mask_zero_steps": False},
 }
 SPECIALIST_LEVELS = (0.0, 0.3, 0.6, 0.9)
 
