@@ -222,7 +222,8 @@ class ModelConfig(_Config):
     # synthetic 'small' preset, 12 epochs, 3 seeds: 0.502 with it vs 0.523 without (better
     # for every seed; early fusion 0.499); MOSI-lite validation accuracy: a tie (84.6 vs 85.0 %,
     # one utterance of 216). Adopted on that evidence; MOSI-lite's TEST split, read only
-    # afterwards, prefers False (76.7 vs 76.2 % clean; docs/results/mosi-lite/README.md).
+    # afterwards, prefers False (76.7 vs 76.2 % clean, before mask_zero_steps existed;
+    # docs/results/mosi-lite/README.md).
     fuse_uses_quality: bool = True
     # [ours] What the self-supervised uncertainty regresses: the stop-gradient encoding of the
     # clean input (DESIGN §3.3), or the pooled clean input features through a small decoder
