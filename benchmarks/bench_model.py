@@ -142,6 +142,8 @@ def bench_speed(args: argparse.Namespace, mcfg: ModelConfig, data: Path) -> dict
         "ratio_to_matmul": round(achieved / mm, 3),
         "profile_top_ops": profile_top(model, batch) if args.profile else None,
     }
+    if args.mask_cost:
+        result["mask_zero_steps_cost"] = mask_cost(args, mcfg, dims, means, stds, batch)
     if args.train_epoch:
         with tempfile.TemporaryDirectory() as tmp:
             tcfg = TrainConfig(epochs=1, patience=1)
@@ -155,6 +157,42 @@ def bench_speed(args: argparse.Namespace, mcfg: ModelConfig, data: Path) -> dict
     result["peak_rss_MiB"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     result["load_average"] = [round(x, 2) for x in os.getloadavg()]
     return result
+
+
+def mask_cost(
+    args: argparse.Namespace,
+    mcfg: ModelConfig,
+    dims: dict[str, int],
+    means: dict[str, torch.Tensor],
+    stds: dict[str, torch.Tensor],
+    batch: dict[str, torch.Tensor],
+) -> dict[str, Any]:
+    """Inference with mask_zero_steps on and off, timed batch by batch in alternation, so
+    that both see the same machine load; the ratio is the median of the per-pair ratios."""
+    models = {}
+    for flag in (True, False):
+        torch.manual_seed(0)
+        m = build_model(args.model, mcfg.override(mask_zero_steps=flag), dims, "regression")
+        m.set_feature_stats(means, stds)
+        models[flag] = m.eval()
+    b = next(iter(batch.values())).shape[0]
+    times: dict[bool, list[float]] = {True: [], False: []}
+    with torch.inference_mode():
+        for m in models.values():
+            m(batch)  # warm-up
+        start = time.perf_counter()
+        while len(times[True]) < 10 or time.perf_counter() - start < args.seconds * 2:
+            for flag, m in models.items():
+                t0 = time.perf_counter()
+                m(batch)
+                times[flag].append(time.perf_counter() - t0)
+    ratios = [on / off for on, off in zip(times[True], times[False], strict=True)]
+    return {
+        "with_mask_samples_per_s": round(b / statistics.median(times[True]), 1),
+        "without_mask_samples_per_s": round(b / statistics.median(times[False]), 1),
+        "time_ratio_with_over_without": round(statistics.median(ratios), 3),
+        "pairs": len(ratios),
+    }
 
 
 def quality_by_level(run: Path, data: Path, levels: tuple[float, ...]) -> dict[str, Any]:
@@ -218,6 +256,10 @@ def main() -> None:
     ap.add_argument("--matmul-n", type=int, default=2048)
     ap.add_argument("--no-train-epoch", dest="train_epoch", action="store_false")
     ap.add_argument("--no-profile", dest="profile", action="store_false")
+    ap.add_argument(
+        "--no-mask-cost", dest="mask_cost", action="store_false",
+        help="skip timing mask_zero_steps on against off",
+    )  # fmt: skip
     ap.add_argument("--accuracy", action="store_true", help="accuracy cost of compression")
     ap.add_argument("--segments", type=int, nargs="+", default=[8, 16, 32, 64])
     ap.add_argument("--epochs", type=int, default=15)

@@ -199,6 +199,8 @@ class ModelConfig(_Config):
     # 0.541 -> 0.522; centred, QA-MoE 0.502 -> 0.503, early fusion 0.499 -> 0.521. On by
     # default, since real features have offsets. Without the coverage input the mask made r
     # nearly blind to missing steps (text r 0.87 clean vs 0.86 at level 0.5 after 5 epochs).
+    # Cost: ~7 % of inference time on the mosi preset (1,742 vs 1,940 samples/s, timed in
+    # alternation by benchmarks/bench_model.py).
     mask_zero_steps: bool = True
     # [ours] The same for text. Words carry sentiment individually, so text keeps its 50 tokens
     # by default (0 = off).

@@ -78,6 +78,28 @@ def valid_mask(lengths: Tensor, t: int) -> Tensor:
     return torch.arange(t, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def present_steps(x: Tensor) -> Tensor:
+    """(B, T, D) -> (B, T) bool, True where a step has any non-zero value.
+
+    Wide features (text: 768 dims) are first tested on their first 8 dims only: a step with a
+    non-zero value there is present, and only the others are read in full (when few are, as
+    in clean data: on 2 cores 0.7 ms instead of 18 ms for 256 x 50 x 768). With many
+    candidates (heavily corrupted batches) one full pass is cheaper than gathering them.
+    """
+    if x.shape[-1] < 64:
+        return x.any(-1)
+    head = x[..., :8].any(-1)
+    unsure = ~head
+    n_unsure = int(unsure.sum())
+    if n_unsure == 0:
+        return head
+    if 4 * n_unsure > unsure.numel():
+        return x.any(-1)
+    present = head.clone()
+    present[unsure] = x[unsure][:, 8:].any(-1)
+    return present
+
+
 def segment_bounds(lengths: Tensor, segments: int) -> Tensor:
     """(B,) lengths -> (B, S + 1) step boundaries: segment j covers steps [b_j, b_{j+1}).
 
@@ -218,7 +240,7 @@ class Encoder(nn.Module):
         # An all-zero step carries nothing (the spectrum's dropped steps, a frame with no face):
         # with mask_zero_steps it is left out like padding, instead of entering as a real input
         # (-mean/std after standardisation: an outlier wherever features have an offset).
-        present = x.ne(0).any(-1) if self.mask_zero_steps else None  # (B, T)
+        present = present_steps(x) if self.mask_zero_steps else None  # (B, T)
         coverage = None
         if present is not None:
             n_present = (present & valid_mask(lengths, x.shape[1])).sum(1).to(x.dtype)

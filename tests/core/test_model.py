@@ -11,7 +11,7 @@ import torch
 
 from qamoe_core.config import ModelConfig, TrainConfig
 from qamoe_core.errors import InputError
-from qamoe_core.model import ModelOutput, build_model, segment_pool
+from qamoe_core.model import ModelOutput, build_model, present_steps, segment_pool
 
 DIMS = {"text": 12, "audio": 5, "vision": 7}
 SHAPES = {"text": 9, "audio": 30, "vision": 20}
@@ -410,3 +410,28 @@ def test_quality_falls_as_corruption_rises(small_h5: Path, tmp_path: Path) -> No
         r = [x[m] for x in means]
         assert r[0] > r[1] + 0.02 > r[2] + 0.04, (m, r)
     assert np.mean([means[0][m] for m in means[0]]) > 0.8  # clean inputs are trusted
+
+
+@pytest.mark.parametrize("width", [5, 64, 768])
+def test_present_steps_is_any_non_zero_value(width: int) -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 9, width, generator=g)
+    x[:, 2] = 0.0
+    x[1, 5] = -0.0  # a negative zero is zero
+    x[2, 7] = 0.0
+    x[2, 7, width - 1] = -1e-30  # one tiny value is enough to be present
+    x[3, 4] = 0.0
+    x[3, 4, 0] = 5.0
+    expected = x.ne(0).any(-1)
+    assert torch.equal(present_steps(x), expected)
+    assert expected[:, 2].sum() == 0 and not expected[1, 5] and expected[2, 7] and expected[3, 4]
+
+
+@pytest.mark.parametrize("dropped", [0.0, 0.2, 0.9])
+def test_present_steps_is_exact_whichever_path_it_takes(dropped: float) -> None:
+    g = torch.Generator().manual_seed(5)
+    x = torch.relu(torch.randn(8, 40, 768, generator=g))  # ReLU-like: many exact zeros
+    x[torch.rand(8, 40, generator=g) < dropped] = 0.0
+    x[0, 1] = 0.0
+    x[0, 1, 500] = 2.0  # present, but zero in the first dims
+    assert torch.equal(present_steps(x), x.ne(0).any(-1))
