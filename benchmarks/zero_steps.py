@@ -1,6 +1,7 @@
 """Does leaving zeroed steps out of the encoders (``mask_zero_steps``) help, and when?
 
     .venv/bin/python benchmarks/zero_steps.py [--seeds 3] [--epochs 12] [--work DIR]
+        [--preset small]
 
 The spectrum drops a time step by zeroing it. For centred features (the built-in synthetic
 dataset's default) a zero step sits at the feature mean, so dropping steps shrinks the pooled
@@ -75,6 +76,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--preset", default="small", help="synthetic preset (tiny: a smoke test)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=None, help="keep data and runs here")
     args = ap.parse_args()
@@ -82,11 +84,11 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="qamoe-zero-steps-"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    out: dict[str, Any] = {"preset": "small", "epochs": args.epochs, "seeds": args.seeds}
+    out: dict[str, Any] = {"preset": args.preset, "epochs": args.epochs, "seeds": args.seeds}
     for ds, offset in DATASETS.items():
         data = work / f"{ds}.h5"
         if not data.exists():
-            write_synthetic(data, preset="small", seed=0, offset=offset)
+            write_synthetic(data, preset=args.preset, seed=0, offset=offset)
         results: dict[str, Any] = {}
         for name, (model, mask) in CONFIGS.items():
             val, test = [], []
