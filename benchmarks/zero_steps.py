@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from qamoe_core.config import ModelConfig, TrainConfig  # noqa: E402
 from qamoe_core.evaluate import EvalConfig, Evaluation  # noqa: E402
+from qamoe_core.results import curves  # noqa: E402
 from qamoe_core.synthetic import MOSI_LITE_OFFSET, write_synthetic  # noqa: E402
 from qamoe_core.train import train  # noqa: E402
 
@@ -61,9 +62,8 @@ def _stats(values: list[float]) -> dict[str, Any]:
 
 def _test_mae(run_dir: Path, data: Path) -> dict[str, float]:
     cfg = EvalConfig(sweep=True, levels=LEVELS, seeds=(0,), axes=("mixed",), quality_shuffle=False)
-    table = Evaluation.from_run(run_dir, data, cfg).run().table
-    mae = table[(table.metric == "MAE") & (table.axis == "mixed") & (table.variant == "normal")]
-    by_level = mae.groupby("level")["value"].mean()
+    c = curves(Evaluation.from_run(run_dir, data, cfg).run().table, "MAE")
+    by_level = c[(c["axis"] == "mixed") & (c["variant"] == "normal")].set_index("level")["mean"]
     return {
         "clean": float(by_level.loc[0.0]),
         "at_0.5": float(by_level.loc[0.5]),

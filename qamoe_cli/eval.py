@@ -156,9 +156,9 @@ def command(
             out_console.print(table)
         if out is not None:
             out_console.print(f"results: {out}", soft_wrap=True, highlight=False)
-        if per_sample is not None:
-            out_console.print(f"per-sample: {per_sample}", soft_wrap=True, highlight=False)
         elif sweep:
             out_console.print("Pass --out results.csv to keep the table for `qamoe report`.")
+        if per_sample is not None:
+            out_console.print(f"per-sample: {per_sample}", soft_wrap=True, highlight=False)
 
     emit(summary, json_mode=json_out, render=render)

@@ -222,19 +222,17 @@ class EvalResult:
 
 @contextlib.contextmanager
 def _reuse_encodings(model: nn.Module, encoded: tuple[Any, Any]) -> Iterator[None]:
-    """Make ``model.encode`` / ``model.encode_with_coverage`` return ``encoded`` (their
-    result on this batch) for further forward passes of the same batch.
+    """Make ``model.encode_with_coverage`` return ``encoded`` (its result on this batch) for
+    further forward passes of the same batch.
 
-    The models call one of them first; instance attributes shadow the methods, so the
-    quality-shuffle pass skips the encoders (nearly all the cost) and still runs the model's
-    own fusion, routing and head code.
+    Every model encodes through that method (``encode`` calls it); an instance attribute
+    shadows it, so the quality-shuffle pass skips the encoders (nearly all the cost) and still
+    runs the model's own fusion, routing and head code.
     """
-    setattr(model, "encode", lambda batch: encoded[0])  # noqa: B010
     setattr(model, "encode_with_coverage", lambda batch: encoded)  # noqa: B010
     try:
         yield
     finally:
-        delattr(model, "encode")
         delattr(model, "encode_with_coverage")
 
 

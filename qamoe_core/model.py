@@ -512,7 +512,7 @@ class MultimodalModel(nn.Module):
 
     def encode(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """{m: (B, d)} pooled encodings."""
-        return {m: enc(batch[m], batch[f"{m}_len"]) for m, enc in self.encoders.items()}
+        return self.encode_with_coverage(batch)[0]
 
     def encode_with_coverage(
         self, batch: Mapping[str, Tensor]

@@ -43,6 +43,7 @@ def test_sweep_writes_results(
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "Reliability summary" in printed and f"results: {out}" in printed
+    assert "Pass --out" not in printed  # the hint is for sweeps that keep no table
     table = load(out)
     assert set(table["run"]) == {"qa"}
     assert set(table["axis"]) == {"clean", "mixed", "noise", "drop"}
