@@ -30,7 +30,9 @@ JsonOut = Annotated[
     bool, typer.Option("--json", help="Print the result as JSON on stdout (no table, no bar).")
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed (same seed, same result).")]
+Seed = Annotated[
+    int, typer.Option("--seed", min=0, help="Random seed >= 0 (same seed, same result).")
+]
 OutFile = Annotated[Path, typer.Option("--out", "-o", help="Output file.", dir_okay=False)]
 
 

@@ -71,7 +71,8 @@ def synthetic(
 
 def _parse_offset(text: str) -> dict[str, float]:
     from qamoe_core import MODALITIES
-    from qamoe_core.synthetic import MOSI_LITE_OFFSET
+    from qamoe_core.errors import InputError
+    from qamoe_core.synthetic import MOSI_LITE_OFFSET, check_offset
 
     if text.strip().lower() == "mosi-lite":
         return dict(MOSI_LITE_OFFSET)
@@ -80,14 +81,18 @@ def _parse_offset(text: str) -> dict[str, float]:
         values = [float(p) for p in parts]
     except ValueError:
         values = []
-    if len(values) not in (1, len(MODALITIES)) or not all(0 <= v < float("inf") for v in values):
+    if len(values) not in (1, len(MODALITIES)):
         raise typer.BadParameter(
             f"must be one number >= 0, three (text,audio,vision) or 'mosi-lite'; got {text!r}",
             param_hint="--offset",
         )
-    return dict(
+    per = dict(
         zip(MODALITIES, values * len(MODALITIES) if len(values) == 1 else values, strict=True)
     )
+    try:
+        return check_offset(per)  # the range lives in the core
+    except InputError as exc:
+        raise typer.BadParameter(exc.message, param_hint="--offset") from None
 
 
 app.command("synthetic")(synthetic)

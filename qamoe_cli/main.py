@@ -2,15 +2,17 @@
 
 One error funnel: a ``QamoeError`` becomes ``error: …`` and ``hint: …`` on stderr with exit
 status 1; anything unexpected is reported the same way. A traceback is shown only with
-``--debug`` or ``QAMOE_DEBUG=1``.
+``--debug`` (anywhere on the command line) or ``QAMOE_DEBUG=1``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
-from typing import Annotated
+import threading
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -19,7 +21,7 @@ from qamoe_cli import corrupt, demo, extract, report, train
 from qamoe_cli import eval as eval_cmd
 from qamoe_cli.common import err_console
 from qamoe_core import __version__
-from qamoe_core.errors import QamoeError
+from qamoe_core.errors import NoSpaceError, QamoeError
 
 app = typer.Typer(
     name="qamoe",
@@ -35,7 +37,7 @@ app = typer.Typer(
 )
 app.add_typer(extract.app, name="extract")
 
-_STATE = {"debug": False}
+_STATE = {"debug": False, "terminated": False, "hard_exit": False}
 
 
 def _version(value: bool) -> None:
@@ -57,6 +59,7 @@ def _root(
     ] = False,
 ) -> None:
     _STATE["debug"] = debug or os.environ.get("QAMOE_DEBUG", "") not in ("", "0")
+    sys.excepthook = _quiet_excepthook  # here: typer installs its own hook when the app starts
     logging.basicConfig(
         level=logging.DEBUG if _STATE["debug"] else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -79,18 +82,80 @@ def _print_error(message: str, hint: str | None) -> None:
         err_console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every atomic output removes its temporary."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    _STATE["terminated"] = True  # typer turns every KeyboardInterrupt into Exit(130)
+    raise Terminated
+
+
+def _from_h5py_teardown(tb: Any) -> bool:
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith("h5py/_objects.pyx"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _quiet_unraisable(unraisable: Any) -> None:
+    """After a failed write (a full disk), h5py's object destructors each report an error
+    that cannot be raised; the error itself reaches the funnel. Shown only with --debug."""
+    if _STATE["debug"] or "h5py" not in repr(unraisable.object):
+        sys.__unraisablehook__(unraisable)
+
+
+def _quiet_excepthook(kind: Any, value: Any, tb: Any) -> None:
+    # Cython prints a destructor's traceback through sys.excepthook before the unraisable hook.
+    if _STATE["debug"] or not _from_h5py_teardown(tb):
+        sys.__excepthook__(kind, value, tb)
+
+
+def _debug_first(argv: list[str]) -> list[str]:
+    """Move ``--debug`` to the front, so that it works after the command name too (where one
+    adds it when a command has just failed: ``qamoe corrupt … --debug``)."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    if "--debug" not in argv[:end]:
+        return list(argv)
+    return ["--debug", *(a for a in argv[:end] if a != "--debug"), *argv[end:]]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: run the app and turn exceptions into one-line errors."""
+    # SIGTERM (a job scheduler, `timeout`, `kill`) unwinds like Ctrl-C, so that atomic outputs
+    # remove their temporaries; both hooks are restored for callers that embed main().
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    old_hooks = sys.unraisablehook, sys.excepthook
+    sys.unraisablehook = _quiet_unraisable
+    _STATE["terminated"] = _STATE["hard_exit"] = False
     try:
-        app(args=argv, standalone_mode=False)
+        return _main(argv)
+    finally:
+        sys.unraisablehook, sys.excepthook = old_hooks
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _main(argv: list[str] | None) -> int:
+    try:
+        # Non-standalone typer returns the code of an Exit, and turns Ctrl-C into Exit(130).
+        code = app(args=_debug_first(sys.argv[1:] if argv is None else argv), standalone_mode=False)
+        if code == 130:
+            raise Terminated if _STATE["terminated"] else KeyboardInterrupt
+        if isinstance(code, int) and code:
+            return code
     except QamoeError as exc:
         if _STATE["debug"]:
             raise
         _print_error(exc.message, exc.hint)
+        _STATE["hard_exit"] = isinstance(exc, NoSpaceError)
         return 1
-    except KeyboardInterrupt:
-        _print_error("interrupted.", "Outputs are written atomically: nothing half-written.")
-        return 130
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        _print_error(f"{what}.", "Outputs are written atomically: nothing half-written.")
+        return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:  # the funnel: unexpected errors still get one line
         from typer._click import exceptions as cx  # typer vendors click
 
@@ -108,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if _STATE["debug"]:
             raise
+        text = " ".join(str(exc).split())  # one line, whatever the library's message
         _print_error(
-            f"unexpected {type(exc).__name__}: {exc}",
+            f"unexpected {type(exc).__name__}: {text[:300]}",
             "Rerun with --debug for the traceback, and report it if it persists.",
         )
         return 1
@@ -117,7 +183,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    sys.exit(main())
+    """The console script: :func:`main`, then exit with its status."""
+    code = main()
+    if _STATE["hard_exit"]:
+        # After a failed HDF5 write the library's own teardown at interpreter exit can crash
+        # (SIGSEGV) on the dead file handle; the error is reported and the temporary is gone,
+        # so skip that teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

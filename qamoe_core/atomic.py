@@ -7,23 +7,56 @@ final name, and an existing output is only replaced when the caller says so.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import shutil
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from qamoe_core.errors import InputError, OutputExistsError
+from qamoe_core.errors import InputError, NoSpaceError, OutputExistsError
 
 
-def check_output(path: str | os.PathLike[str], force: bool) -> Path:
-    """Validate an output path: its folder must exist and it must not exist unless ``force``."""
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name one file (through links too), existing or not."""
+    a, b = Path(a), Path(b)
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def check_output(
+    path: str | os.PathLike[str], force: bool, inputs: Iterable[str | os.PathLike[str]] = ()
+) -> Path:
+    """Validate an output path before any work: its folder must exist, it must not exist
+    unless ``force``, and even with ``force`` it may not be one of the ``inputs`` files nor
+    anything but a regular file (a device, a pipe)."""
     out = Path(path)
+    if len(os.fsencode(out.name)) > 255:  # NAME_MAX of every common file system
+        raise InputError(
+            f"The output's file name is too long ({len(os.fsencode(out.name))} bytes; the "
+            "limit is 255).",
+            hint="Choose a shorter file name.",
+        )
+    for src in inputs:
+        if same_file(src, out):
+            raise InputError(
+                f"The output '{out}' is an input of this command; writing it would destroy it.",
+                hint="Write the result to another path, e.g. --out data.h5.",
+            )
     if out.exists() and not force:
         raise OutputExistsError(out)
     if out.is_dir():
         raise InputError(
             f"The output '{out}' is a directory.", hint="Give a file path, e.g. data.h5."
+        )
+    if out.exists() and not stat.S_ISREG(out.stat().st_mode):
+        raise InputError(
+            f"The output '{out}' is not a regular file (a device, pipe or socket); qamoe "
+            "replaces outputs by renaming, which would remove it.",
+            hint="Give a path for a new file.",
         )
     if not out.parent.exists():
         raise InputError(
@@ -31,6 +64,26 @@ def check_output(path: str | os.PathLike[str], force: bool) -> Path:
             hint=f"Create it first: mkdir -p {out.parent}",
         )
     return out
+
+
+_NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def write_failure(exc: BaseException, out: Path) -> NoSpaceError | None:
+    """An InputError for a write that failed for lack of room (disk full, quota, file-size
+    limit), or None for any other failure. h5py reports these as OSError or RuntimeError
+    with the C library's ``errno = N`` in the message, so the message is read too."""
+    if not isinstance(exc, OSError | RuntimeError):
+        return None
+    codes = [exc.errno] if isinstance(exc, OSError) and exc.errno else []
+    codes += [int(c) for c in re.findall(r"errno = (\d+)", str(exc))]
+    code = next((c for c in codes if c in _NO_ROOM), None)
+    if code is None:
+        return None
+    return NoSpaceError(
+        f"Could not write '{out}': {os.strerror(code).lower()}; nothing was written.",
+        hint="Free some space (or raise the limit), or write to another disk with --out.",
+    )
 
 
 def _umask() -> int:
@@ -47,7 +100,14 @@ def atomic_path(path: str | os.PathLike[str], force: bool = False) -> Iterator[P
     one file system. On any exception (including KeyboardInterrupt) it is removed.
     """
     out = check_output(path, force)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        # The temporary's name is kept short: a long output name must not overflow NAME_MAX.
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name[:200]}.", suffix=".tmp", dir=out.parent)
+    except OSError as exc:
+        raise write_failure(exc, out) or InputError(
+            f"Cannot create a file in '{out.parent}': {exc.strerror or exc}.",
+            hint="Check the folder's permissions, or write somewhere else with --out.",
+        ) from None
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
@@ -56,9 +116,12 @@ def atomic_path(path: str | os.PathLike[str], force: bool = False) -> Iterator[P
         if out.exists() and not force:  # created by someone else meanwhile
             raise OutputExistsError(out)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        failure = write_failure(exc, out)
+        if failure is not None:
+            raise failure from None
         raise
 
 

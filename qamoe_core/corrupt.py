@@ -29,8 +29,8 @@ import numpy as np
 
 from qamoe_core import __version__
 from qamoe_core.atomic import check_output
-from qamoe_core.errors import InputError
-from qamoe_core.h5store import FeatureFile, FeatureWriter
+from qamoe_core.errors import DataFormatError, InputError
+from qamoe_core.h5store import FeatureFile, FeatureWriter, check_block
 from qamoe_core.spectrum import CorruptionSpec, apply_spec
 
 log = logging.getLogger(__name__)
@@ -75,12 +75,6 @@ def _rss_bytes() -> int:
 def _release_free_memory() -> None:
     if _MALLOC_TRIM is not None and _rss_bytes() > TRIM_ABOVE:
         _MALLOC_TRIM(0)
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    if a.exists() and b.exists():
-        return os.path.samefile(a, b)
-    return a.resolve() == b.resolve()
 
 
 def _sha256(path: Path, stop: threading.Event) -> str:
@@ -237,12 +231,7 @@ def corrupt_file(
     noise_scale), plus the record appended to the file's corruption chain.
     """
     src, out = Path(src), Path(out)
-    if _same_file(src, out):
-        raise InputError(
-            f"The output '{out}' is the input file.",
-            hint="Write the corrupted copy to another path, e.g. --out data-l0.4.h5.",
-        )
-    check_output(out, force)  # fail before reading anything
+    check_output(out, force, inputs=[src])  # fail before reading anything
     t0 = time.perf_counter()
     with FeatureFile(src) as f:
         try:
@@ -252,6 +241,12 @@ def corrupt_file(
         chosen = _parse_splits(splits, f.splits)
         targets = [m for m in resolved if spec.level > 0]
         train_std = {m: f.train_std(m) for m in targets} if spec.noise_std > 0 else {}
+        for m, std in train_std.items():
+            if not (np.isfinite(std).all() and (std >= 0).all()):
+                raise DataFormatError(
+                    f"'{src}': the stored train std of '{m}' holds NaN, inf or negative values.",
+                    hint="Re-extract the file: qamoe extract computes it from the train split.",
+                )
         inv_std = {
             m: np.divide(1.0, s, out=np.zeros_like(s), where=s > 0) for m, s in train_std.items()
         }
@@ -260,6 +255,9 @@ def corrupt_file(
 
         def process(split: str, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             """Corrupt (or pass through) one block; runs in the worker thread."""
+            # The source may come from anywhere: never carry NaN/inf or impossible lengths
+            # into a corrupted copy (which would then look like the corruption's doing).
+            check_block(batch, f.modalities, f"'{src}' [{split}]")
             valid = {
                 m: np.arange(batch[m].shape[1])[None, :] < batch[f"{m}_len"][:, None]
                 for m in f.modalities

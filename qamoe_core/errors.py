@@ -42,6 +42,10 @@ class TrainingError(QamoeError):
     """Training cannot go on (e.g. a non-finite loss)."""
 
 
+class NoSpaceError(InputError):
+    """An output could not be written for lack of room (disk full, quota, file-size limit)."""
+
+
 class OutputExistsError(InputError):
     """An output exists and ``force`` was not given."""
 

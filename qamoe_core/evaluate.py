@@ -276,9 +276,17 @@ class _Accumulator:
                 sums[name] = sums.get(name, 0.0) + share
 
 
-def _given_point(f: FeatureFile, modalities: tuple[str, ...]) -> Point:
-    """The point a (possibly corrupted) file stands for; the last record of a chain."""
-    chain = f.corruption
+def _given_point(
+    f: FeatureFile, modalities: tuple[str, ...], split: str, noise_scale: float
+) -> Point:
+    """The point ``split`` of a (possibly corrupted) file stands for, as one results row key.
+
+    Only the corruption records that covered ``split`` count (`qamoe corrupt --splits` copies
+    the others unchanged). A file the row key cannot describe exactly is refused rather than
+    mislabelled: a level and whole-modality drops in one record, or noise at a noise_scale
+    other than this evaluation's (its level means another amount of noise).
+    """
+    chain = [rec for rec in f.corruption if split in rec.get("splits", [split])]
     if not chain:
         return Point("clean", 0.0, modalities, given=True)
     if len(chain) > 1:
@@ -286,10 +294,24 @@ def _given_point(f: FeatureFile, modalities: tuple[str, ...]) -> Point:
     rec = chain[-1]
     drop = tuple(rec.get("drop", ()))
     level = float(rec.get("level", 0.0))
+    axis = str(rec.get("axis", "mixed"))
     if drop and level == 0.0:
         return Point("drop", 1.0, tuple(m for m in modalities if m not in drop), given=True)
-    corrupted = tuple(m for m in rec.get("modalities", modalities) if m not in drop)
-    axis = str(rec.get("axis", "mixed"))
+    if drop:
+        raise InputError(
+            f"'{f.path}' was corrupted at level {level:g} AND had {'+'.join(drop)} dropped; "
+            "a results row can record one or the other, not both.",
+            hint="Corrupt with --level or with --drop (or sweep the clean file with --drop-sets).",
+        )
+    scale = float(rec.get("noise_scale", 1.0))
+    if axis != "missing" and level > 0 and not math.isclose(scale, noise_scale):
+        raise InputError(
+            f"'{f.path}' was corrupted with noise_scale {scale:g}; its level {level:g} would be "
+            f"recorded as if the noise scale were {noise_scale:g}.",
+            hint="Corrupt with the default noise scale, or evaluate with the same noise_scale "
+            "(EvalConfig.noise_scale in the Python API).",
+        )
+    corrupted = tuple(m for m in rec.get("modalities", modalities) if m in modalities)
     return Point(axis, level, corrupted, int(rec.get("seed", 0)), given=True)
 
 
@@ -357,7 +379,7 @@ class Evaluation:
                         f"The 'modalities' parameter names {', '.join(extra)}, which the model "
                         f"does not use (it has {', '.join(mods)})."
                     )
-            self.points = plan(cfg, mods, _given_point(f, mods))
+            self.points = plan(cfg, mods, _given_point(f, mods, cfg.split, cfg.noise_scale))
             self.n = f.n(cfg.split)  # InputError naming the splits if absent
             self.scheme, self.dataset = f.scheme, f.dataset
             row_bytes = sum(4 * f.seq_lens[m] * f.dims[m] for m in f.modalities)

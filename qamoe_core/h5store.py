@@ -25,7 +25,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,6 +91,25 @@ def check_finite(name: str, array: np.ndarray, where: str) -> None:
             f"{where}: '{name}' holds {int(bad.sum())} non-finite values (NaN or inf).",
             hint="Clean the source features, or let the importer replace them (MMSA audio -inf).",
         )
+
+
+def check_lengths(name: str, lengths: np.ndarray, t: int, where: str) -> None:
+    """Raise a DataFormatError if a length lies outside [0, t] (the padded axis)."""
+    if (lengths < 0).any() or (lengths > t).any():
+        raise DataFormatError(
+            f"{where}: '{name}' holds lengths outside [0, {t}] "
+            f"(min {int(lengths.min())}, max {int(lengths.max())}).",
+            hint="Lengths count valid steps and cannot exceed the padded axis.",
+        )
+
+
+def check_block(batch: Mapping[str, np.ndarray], modalities: Iterable[str], where: str) -> None:
+    """NaN/inf labels or features and impossible lengths in one block of rows (as
+    :meth:`FeatureFile.read` returns it): for code that streams a file it did not write."""
+    check_finite("label", batch["label"], where)
+    for m in modalities:
+        check_lengths(f"{m}_len", batch[f"{m}_len"], batch[m].shape[1], where)
+        check_finite(m, batch[m], where)
 
 
 def validate_split_arrays(split: str, arrays: SplitArrays, where: str = "input") -> None:
@@ -161,10 +180,22 @@ class FeatureWriter:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool | None:
+        failed: Exception | None = None
+        if exc_type is None:
+            # h5py's close() swallows write errors (a full disk, a file-size limit): flush
+            # first, which raises them, so a damaged file is never renamed into place.
+            try:
+                self.h5.flush()
+            except Exception as error:
+                failed = error
         try:
             self.h5.close()
         finally:
-            return self._ctx.__exit__(exc_type, exc, tb)  # noqa: B012
+            if failed is None:
+                return self._ctx.__exit__(exc_type, exc, tb)  # noqa: B012
+            # Removes the temporary; raises a clearer error for a full disk, else returns.
+            self._ctx.__exit__(type(failed), failed, failed.__traceback__)
+            raise failed
 
     def set_attrs(self, **attrs: Any) -> None:
         for key, value in attrs.items():
@@ -440,14 +471,7 @@ class FeatureFile:
             n = self.n(s)
             check_finite("label", g["label"][:], f"'{self.path}' [{s}]")
             for m in self.modalities:
-                lens = g[f"{m}_len"][:]
-                t = g[m].shape[1]
-                if (lens < 0).any() or (lens > t).any():
-                    raise DataFormatError(
-                        f"'{self.path}': '{s}/{m}_len' holds lengths outside [0, {t}] "
-                        f"(max {int(lens.max())}).",
-                        hint="Lengths count valid steps and cannot exceed the padded axis.",
-                    )
+                check_lengths(f"{m}_len", g[f"{m}_len"][:], g[m].shape[1], f"'{self.path}' [{s}]")
                 for start in range(0, n, block_rows):
                     check_finite(m, g[m][start : start + block_rows], f"'{self.path}' [{s}]")
 
@@ -475,7 +499,18 @@ class FeatureFile:
     @property
     def corruption(self) -> list[dict[str, Any]]:
         raw = self.attrs.get("corruption")
-        return list(json.loads(raw)) if raw is not None else []
+        if raw is None:
+            return []
+        try:
+            chain = json.loads(raw)
+        except (TypeError, ValueError):
+            chain = None
+        if not isinstance(chain, list) or not all(isinstance(r, dict) for r in chain):
+            raise DataFormatError(
+                f"'{self.path}': the 'corruption' attribute is not a JSON list of records.",
+                hint="It is written by `qamoe corrupt`; re-create the corrupted copy.",
+            )
+        return chain
 
     @property
     def label_range(self) -> tuple[float, float]:

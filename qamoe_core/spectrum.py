@@ -101,6 +101,10 @@ def _as_names(value: Any, name: str) -> tuple[str, ...]:
     return tuple(m for m in MODALITIES if m in items)  # canonical order
 
 
+# Noise beyond a million train stds is no spectrum point, and it overflows float32 features.
+MAX_NOISE_SCALE = 1e6
+
+
 @dataclass(frozen=True)
 class CorruptionSpec:
     """One point of the spectrum. Validated on construction; saved as JSON in corrupted files."""
@@ -145,9 +149,9 @@ class CorruptionSpec:
             scale = float(self.noise_scale)
         except (TypeError, ValueError):
             scale = math.nan
-        if not math.isfinite(scale) or scale <= 0:
+        if not 0 < scale <= MAX_NOISE_SCALE:
             raise InputError(
-                "The 'noise_scale' parameter must be a finite float > 0. "
+                f"The 'noise_scale' parameter must be a float in (0, {MAX_NOISE_SCALE:g}]. "
                 f"Got {self.noise_scale!r} instead.",
                 hint="1.0 means level 1 adds noise as large as the train std of each dimension.",
             )

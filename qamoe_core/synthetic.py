@@ -53,6 +53,11 @@ def step_std(m: str) -> float:
     return float(np.sqrt(1.0 + 1.0 + SPEAKER_STD**2 + SALIENT[m] * GAIN[m] ** 2))
 
 
+# ‖mean‖/‖std‖ far beyond any real extractor's (MOSI-lite's largest is 3.7) only loses
+# float32 precision, and around 1e38 the features overflow.
+MAX_OFFSET = 1000.0
+
+
 def check_offset(offset: float | Mapping[str, float]) -> dict[str, float]:
     """``offset`` as {modality: value >= 0}; one number means the same for every modality."""
     values = offset if isinstance(offset, Mapping) else dict.fromkeys(MODALITIES, offset)
@@ -64,9 +69,9 @@ def check_offset(offset: float | Mapping[str, float]) -> dict[str, float]:
         )
     out = {m: values.get(m, 0.0) for m in MODALITIES}
     for m, v in out.items():
-        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < float("inf"):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= MAX_OFFSET:
             raise InputError(
-                f"The 'offset' parameter must be a finite number >= 0 per modality. "
+                f"The 'offset' parameter must be a number in [0, {MAX_OFFSET:g}] per modality. "
                 f"Got {v!r} for {m} instead.",
                 hint="0 = centred features (the default); MOSI-lite's are 0.26, 3.73, 0.61.",
             )

@@ -5,10 +5,13 @@ The layout is documented in ``MMSA_FORMAT.md`` (shared) and data/README.md: a di
 (N, Lt, 768), ``text_bert`` (N, 3, Lt), ``audio`` (N, La, Da), ``vision`` (N, Lv, Dv),
 ``audio_lengths``/``vision_lengths`` (unaligned files only) and ``regression_labels``.
 
-What the import fixes on the way: ``-inf``/NaN in the features become 0 (counted), float64 and
-torch tensors become float32, padding after the valid length becomes exactly 0 (counted: BERT
-states at [PAD] positions are not zero), lengths of aligned files are derived (and recorded),
-and every shape problem is reported with the split and key it was found in.
+What the import fixes on the way: ``-inf``/NaN in the features become 0 (counted), float64,
+float16 and torch tensors (bfloat16 included) become float32, padding after the valid length
+becomes exactly 0 (counted: BERT states at [PAD] positions are not zero), lengths of aligned
+files are derived (and recorded), and every shape problem is reported with the split and key
+it was found in. What it refuses rather than guesses: empty splits or axes, non-finite or
+out-of-range labels (unimodal ones too), an attention mask other than 0/1, non-UTF-8 ids and an
+id used twice anywhere in the file.
 """
 
 from __future__ import annotations
@@ -72,16 +75,32 @@ _LABEL_TOL = 1e-4  # labels are stored as float32 in some files: 0.2 is 0.200000
 
 
 def _as_array(value: Any, key: str, where: str) -> np.ndarray:
-    """numpy array from a numpy array, list or torch tensor (torch stays a lazy import)."""
+    """numpy array from a numpy array, list or torch tensor (torch stays a lazy import).
+
+    Half-precision tensors become float32 (numpy has no bfloat16; every loader casts anyway)."""
     if type(value).__module__.split(".")[0] == "torch":
         import torch
 
         if isinstance(value, torch.Tensor):
-            return value.detach().cpu().numpy()
+            value = value.detach().cpu()
+            if value.dtype in (torch.bfloat16, torch.float16):
+                value = value.float()
+            try:
+                return value.numpy()
+            except TypeError as exc:  # a dtype numpy lacks (float8, ...)
+                raise DataFormatError(
+                    f"{where}: '{key}' is a torch tensor of dtype {value.dtype}, which numpy "
+                    f"cannot hold ({exc}).",
+                    hint="Store features, lengths and labels as float32/float64 or integers.",
+                ) from None
     try:
         return np.asarray(value)
     except Exception as exc:  # ragged lists and the like
-        raise DataFormatError(f"{where}: '{key}' is not an array ({exc}).") from None
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataFormatError(
+            f"{where}: '{key}' is not an array ({detail}).",
+            hint="Rows of different lengths cannot form an array; pad every sample to one shape.",
+        ) from None
 
 
 def _numeric(value: Any, key: str, where: str) -> np.ndarray:
@@ -96,7 +115,19 @@ def _numeric(value: Any, key: str, where: str) -> np.ndarray:
 
 def _strings(value: Any, key: str, n: int, where: str) -> list[str]:
     items = value if isinstance(value, list) else _as_array(value, key, where).reshape(-1)
-    out = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in items]
+    out = []
+    for i, v in enumerate(items):
+        if not isinstance(v, bytes):
+            out.append(str(v))
+            continue
+        try:
+            out.append(v.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise DataFormatError(
+                f"{where}: '{key}' entry {i} is not valid UTF-8 bytes ({exc.reason} at byte "
+                f"{exc.start}: {v[:40]!r}).",
+                hint=f"Store '{key}' as str, or as bytes encoded in UTF-8.",
+            ) from None
     if len(out) != n:
         raise DataFormatError(
             f"{where}: '{key}' has {len(out)} entries but 'regression_labels' has {n}.",
@@ -131,7 +162,11 @@ def _check_rows(arr: np.ndarray, key: str, n: int, where: str) -> None:
 def _lengths(value: Any, key: str, n: int, t: int, where: str) -> np.ndarray:
     arr = _vector(value, key, n, where).astype(np.float64)
     if not np.isfinite(arr).all() or (arr != np.round(arr)).any():
-        raise DataFormatError(f"{where}: '{key}' must hold whole numbers of steps.")
+        bad = int(np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))[0])
+        raise DataFormatError(
+            f"{where}: '{key}' must hold whole numbers of steps; sample {bad} has {arr[bad]:g}.",
+            hint="Lengths count valid steps and must lie in [0, T] of the matching features.",
+        )
     if (arr < 0).any() or (arr > t).any():
         raise DataFormatError(
             f"{where}: '{key}' holds lengths up to {int(arr.max())} (min {int(arr.min())}) but "
@@ -139,6 +174,15 @@ def _lengths(value: Any, key: str, n: int, t: int, where: str) -> np.ndarray:
             hint="Lengths count valid steps and must lie in [0, T] of the matching features.",
         )
     return arr.astype(np.int64)
+
+
+def _check_finite(arr: np.ndarray, key: str, where: str) -> None:
+    if not np.isfinite(arr).all():
+        i = int(np.flatnonzero(~np.isfinite(arr))[0])
+        raise DataFormatError(
+            f"{where}: '{key}' holds NaN or inf (first at sample {i}: {arr[i]}).",
+            hint="Labels must be finite scores; drop or fix the unlabeled samples.",
+        )
 
 
 def _zero_padding(x: np.ndarray, lengths: np.ndarray) -> int:
@@ -177,29 +221,49 @@ def _convert_split(raw: Mapping[str, Any], split: str, where: str) -> _Split:
         labels = labels[:, 0]
     if labels.ndim != 1:
         raise DataFormatError(
-            f"{where}: 'regression_labels' must be 1-D (N,); got shape {labels.shape}."
+            f"{where}: 'regression_labels' must be 1-D (N,); got shape {labels.shape}.",
+            hint="regression_labels holds one sentiment score per sample.",
         )
     n = labels.shape[0]
+    if n == 0:
+        raise DataFormatError(
+            f"{where}: the split has no samples ('regression_labels' has 0 rows).",
+            hint="Every split (train, valid, test) needs at least one sample.",
+        )
     labels = labels.astype(np.float32)
-    if not np.isfinite(labels).all():
-        raise DataFormatError(f"{where}: 'regression_labels' holds NaN or inf.")
+    _check_finite(labels, "regression_labels", where)
     ids = _strings(raw["id"], "id", n, where)
+    seen: dict[str, int] = {}
+    for i, clip in enumerate(ids):
+        if clip in seen:
+            raise DataFormatError(
+                f"{where}: 'id' {clip!r} repeats (rows {seen[clip]} and {i}).",
+                hint="Every sample needs its own id ('<video_id>$_$<clip_id>').",
+            )
+        seen[clip] = i
     raw_text = _strings(raw["raw_text"], "raw_text", n, where) if "raw_text" in raw else None
     for key, name in UNIMODAL_KEYS.items():
         if key in raw:
             out.unimodal[name] = _vector(raw[key], key, n, where).astype(np.float32)
+            _check_finite(out.unimodal[name], key, where)
 
     feats: dict[str, np.ndarray] = {}
     for m in MODALITIES:
         src = _numeric(raw[m], m, where)
         is_torch = type(raw[m]).__module__.split(".")[0] == "torch"
-        out.dtypes[m] = f"torch {src.dtype}" if is_torch else str(src.dtype)
+        torch_dtype = str(getattr(raw[m], "dtype", src.dtype)).removeprefix("torch.")
+        out.dtypes[m] = f"torch {torch_dtype}" if is_torch else str(src.dtype)
         if src.ndim != 3:
             raise DataFormatError(
                 f"{where}: '{m}' must be 3-D (N, T, D); got shape {src.shape}.",
                 hint="MMSA stores frame features as (samples, steps, dims).",
             )
         _check_rows(src, m, n, where)
+        if src.shape[1] == 0 or src.shape[2] == 0:
+            raise DataFormatError(
+                f"{where}: '{m}' has shape {src.shape}: no time steps or no feature dims.",
+                hint="MMSA stores frame features as (samples, steps, dims), each at least 1.",
+            )
         x = np.array(src, dtype=np.float32)  # a copy we may edit; float64 -> float32 here
         bad = ~np.isfinite(x)  # also catches float64 values beyond float32's range
         out.nonfinite[m] = int(bad.sum())
@@ -219,9 +283,21 @@ def _convert_split(raw: Mapping[str, Any], split: str, where: str) -> _Split:
             )
         token_ids = bert[:, 0, :]  # (N, Lt), stored as floats in MMSA files
         if not np.isfinite(token_ids).all() or (token_ids != np.round(token_ids)).any():
-            raise DataFormatError(f"{where}: 'text_bert'[:, 0] (input ids) must be integers.")
+            raise DataFormatError(
+                f"{where}: 'text_bert'[:, 0] (input ids) must be integers.",
+                hint="text_bert stacks BERT input ids, attention mask and token types.",
+            )
         text_ids = token_ids.astype(np.int64)
-        lengths["text"] = (bert[:, 1, :] > 0.5).sum(axis=1).astype(np.int64)
+        mask = bert[:, 1, :]
+        bad = ~np.isin(mask, (0, 1))  # NaN is in neither
+        if bad.any():
+            i, j = (int(k[0]) for k in np.nonzero(bad))
+            raise DataFormatError(
+                f"{where}: 'text_bert'[:, 1] (attention mask) must hold only 0 and 1; sample {i} "
+                f"has {mask[i, j]:g} at step {j} ({int(bad.sum())} such values).",
+                hint="The text lengths come from this mask: 1 for each token, 0 for padding.",
+            )
+        lengths["text"] = (mask > 0.5).sum(axis=1).astype(np.int64)
         out.length_source["text"] = "text_attention_mask"
     else:
         # no mask: the last step with any nonzero feature ends the sentence
@@ -333,8 +409,11 @@ def import_mmsa(
             hint="Give the path of an MMSA feature file, e.g. MOSI/Processed/unaligned_50.pkl.",
         )
     if src.is_dir():
-        raise InputError(f"'{src}' is a directory, not an MMSA .pkl file.")
-    check_output(out, force)  # fail before the slow load, not after
+        raise InputError(
+            f"'{src}' is a directory, not an MMSA .pkl file.",
+            hint="Give the .pkl file itself, e.g. MOSI/Processed/unaligned_50.pkl.",
+        )
+    check_output(out, force, inputs=[src])  # fail before the slow load, not after
     tick = progress or (lambda n=1, **fields: None)
 
     sha = file_sha256(src)
@@ -355,7 +434,8 @@ def import_mmsa(
     for split in SPLITS:
         if not isinstance(data[split], dict):
             raise DataFormatError(
-                f"{where}: the split '{split}' is a {type(data[split]).__name__}, not a dict."
+                f"{where}: the split '{split}' is a {type(data[split]).__name__}, not a dict.",
+                hint="Each split is a dict of parallel arrays (id, text, audio, vision, labels).",
             )
 
     converted: dict[str, _Split] = {}
@@ -363,6 +443,19 @@ def import_mmsa(
         converted[split] = _convert_split(data[split], split, where)
         data[split] = None  # drop the source arrays now: MOSEI is several GB
         tick(1, stage=split)
+    # An id in two splits is a leak between them (or a clash of names) worth telling; it is
+    # not refused, since a user cannot mend a published release and would be locked out.
+    first_split: dict[str, str] = {}
+    shared = []
+    for split, conv in converted.items():
+        shared += [(c, first_split[c], split) for c in conv.arrays.ids
+                   if first_split.setdefault(c, split) != split]  # fmt: skip
+    if shared:
+        clip, a, b = shared[0]
+        log.warning(
+            "%s: %d id(s) appear in two splits, e.g. %r in [%s] and [%s]: check that the "
+            "splits do not leak", where, len(shared), clip, a, b,
+        )  # fmt: skip
     for split, conv in converted.items():
         for m in MODALITIES:
             d, d0 = conv.arrays.features[m].shape[2], converted["train"].arrays.features[m].shape[2]
@@ -398,6 +491,14 @@ def import_mmsa(
                 f"but dataset {name!r} ({scheme} scheme) has labels in [{lo:g}, {hi:g}].",
                 hint="Pass --dataset with the right name (mosi, mosei or sims).",
             )
+        for name_out, values in conv.unimodal.items():
+            key = next(k for k, v in UNIMODAL_KEYS.items() if v == name_out)
+            if values.min() < lo - _LABEL_TOL or values.max() > hi + _LABEL_TOL:
+                raise DataFormatError(
+                    f"{where} [{split}]: '{key}' spans [{values.min():.3g}, {values.max():.3g}] "
+                    f"but dataset {name!r} ({scheme} scheme) has labels in [{lo:g}, {hi:g}].",
+                    hint="Unimodal labels share the range of regression_labels.",
+                )
 
     def total(field: str) -> dict[str, int]:
         return {m: sum(getattr(c, field)[m] for c in converted.values()) for m in MODALITIES}
@@ -460,6 +561,7 @@ def import_mmsa(
                 for split, conv in converted.items():
                     for key, values in conv.unimodal.items():
                         h5[split].create_dataset(key, data=values)
+                h5.flush()  # raises a write failure that close() would swallow
     tick(1, stage="write")
     for m, count in summary["nonfinite_replaced"].items():
         if count:

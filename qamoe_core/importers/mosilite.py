@@ -12,8 +12,10 @@ file agrees on the labels, and keeps clip ids and transcripts.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import io
 import logging
 import math
 import os
@@ -69,11 +71,34 @@ class _Source:
 
 
 def _read_rows(path: Path) -> list[list[str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return [row for row in csv.reader(fh) if row]
+    """The non-blank rows of a UTF-8 CSV (a leading BOM, as Excel writes, is skipped)."""
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataFormatError(
+            f"'{path}', line {line}: not UTF-8 text ({exc.reason} at byte {exc.start}).",
+            hint="Save the file as UTF-8 (Excel: 'CSV UTF-8'), or re-copy it from the source.",
+        ) from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        rows = [row for row in reader if row]
+    except csv.Error as exc:
+        raise DataFormatError(
+            f"'{path}', line {reader.line_num}: not a readable CSV ({exc}).",
+            hint="Re-copy the file from the source.",
+        ) from None
+    if not rows:
+        raise DataFormatError(
+            f"'{path}' is empty.",
+            hint="Re-copy the file from the source (see ../shared/data/mosi-lite/README.md).",
+        )
+    return rows
 
 
 def _read_matrix(path: Path) -> np.ndarray:
+    """An all-number CSV as float64, every value finite and within float32's range."""
     rows = _read_rows(path)
     widths = {len(r) for r in rows}
     if len(widths) != 1:
@@ -82,7 +107,7 @@ def _read_matrix(path: Path) -> np.ndarray:
             hint="Each MOSI-lite CSV has the same number of columns on every row.",
         )
     try:
-        return np.array(rows, dtype=np.float64)
+        x = np.array(rows, dtype=np.float64)
     except ValueError:
         for i, row in enumerate(rows, 1):
             try:
@@ -93,6 +118,16 @@ def _read_matrix(path: Path) -> np.ndarray:
                     hint="MOSI-lite feature files hold numbers only, no header.",
                 ) from None
         raise
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(x) | (np.abs(x) > np.finfo(np.float32).max)
+    if bad.any():
+        i, j = (int(k[0]) for k in np.nonzero(bad))
+        what = "NaN or inf" if not np.isfinite(x[i, j]) else "beyond float32's range (3.4e38)"
+        raise DataFormatError(
+            f"'{path}', line {i + 1}: the value {rows[i][j]!r} is {what}.",
+            hint="MOSI-lite features and labels are finite float32 numbers; re-copy the file.",
+        )
+    return x
 
 
 def _check_label(path: Path, labels: np.ndarray, expected: np.ndarray) -> None:
@@ -109,18 +144,40 @@ def _check_label(path: Path, labels: np.ndarray, expected: np.ndarray) -> None:
 def _read_source(root: Path, split: str, transcripts: list[list[str]]) -> _Source:
     index_file = root / f"text_{split}.csv"
     text_idx = _read_matrix(index_file)
-    rows = text_idx[:, 0]
-    if (rows != np.round(rows)).any() or rows.min() < 0 or rows.max() >= len(transcripts):
+    if text_idx.shape[1] != FILES["text"][1] + 1:
         raise DataFormatError(
-            f"'{index_file}': column 0 must be row numbers into transcripts.csv "
-            f"(0..{len(transcripts) - 1}).",
+            f"'{index_file}' has {text_idx.shape[1]} columns; expected {FILES['text'][1] + 1} "
+            f"(a row number into transcripts.csv, then {FILES['text'][1]} text features).",
+            hint="A column was added or lost; re-copy the file from the source.",
+        )
+    rows = text_idx[:, 0]
+    bad = np.flatnonzero((rows != np.round(rows)) | (rows < 0) | (rows >= len(transcripts)))
+    if bad.size:
+        raise DataFormatError(
+            f"'{index_file}', line {bad[0] + 1}: column 0 must be row numbers into "
+            f"transcripts.csv (0..{len(transcripts) - 1}); got {rows[bad[0]]:g}.",
+            hint="Column 0 counts the rows of transcripts.csv from 0; re-copy the files.",
         )
     idx = rows.astype(np.int64)
     ids = [transcripts[i][0] for i in idx]
     raw_text = [transcripts[i][1] for i in idx]
-    label = np.array([float(transcripts[i][3]) for i in idx])
-    if not np.isin(label, (0.0, 1.0)).all():
-        raise DataFormatError("'transcripts.csv': column 3 (label) must be 0 or 1.")
+    transcripts_file = root / "transcripts.csv"
+    label_hint = "transcripts.csv rows are: clip id, transcript, video index, label (0 or 1)."
+    values: list[float] = []
+    for i in idx:
+        cell = transcripts[i][3]
+        try:
+            value = float(cell)
+        except ValueError:
+            value = math.nan
+        if value not in (0.0, 1.0):  # NaN too
+            raise DataFormatError(
+                f"'{transcripts_file}', line {i + 1}: column 3 (label) must be 0 or 1; "
+                f"got {cell!r}.",
+                hint=label_hint,
+            )
+        values.append(value)
+    label = np.array(values)
     # clip ids are "<video>_<n>" and YouTube ids may contain "_": split at the LAST one
     videos = [clip.rsplit("_", 1)[0] for clip in ids]
 
@@ -132,10 +189,9 @@ def _read_source(root: Path, split: str, transcripts: list[list[str]]) -> _Sourc
             raise DataFormatError(
                 f"'{path}' has shape {x.shape}; expected ({len(idx)}, {dim + 1}) "
                 f"({dim} features and the label, one row per line of '{index_file.name}').",
+                hint="A row or column was added or lost; re-copy the file from the source.",
             )
         _check_label(path, x[:, -1], label)
-        if not np.isfinite(x).all():
-            raise DataFormatError(f"'{path}' holds NaN or inf.")
         features[m] = x[:, :-1].astype(np.float32)
     # text_X.csv repeats text_X0.csv's features after the row index: a cheap alignment check
     if not np.allclose(text_idx[:, 1:], features["text"], atol=1e-5):
@@ -225,14 +281,16 @@ def import_mosilite(
             f"'{root}' is not a MOSI-lite folder: missing {', '.join(missing)}.",
             hint="See ../shared/data/mosi-lite/README.md for the expected files.",
         )
-    check_output(out, force)
+    check_output(out, force, inputs=[root / name for name in REQUIRED])
     tick = progress or (lambda n=1, **fields: None)
 
     transcripts = _read_rows(root / "transcripts.csv")
-    if any(len(row) != 4 for row in transcripts):
+    wrong = [i for i, row in enumerate(transcripts) if len(row) != 4]
+    if wrong:
         raise DataFormatError(
-            f"'{root / 'transcripts.csv'}' must have 4 columns: clip id, transcript, video "
-            "index, label.",
+            f"'{root / 'transcripts.csv'}', line {wrong[0] + 1}: {len(transcripts[wrong[0]])} "
+            "columns, but the file must have 4 columns: clip id, transcript, video index, label.",
+            hint="Transcripts that contain commas must be quoted; re-copy the file.",
         )
     source = {s: _read_source(root, s, transcripts) for s in SOURCE_SPLITS}
     tick(1, stage="read")

@@ -24,7 +24,9 @@ What is admitted, and why it cannot run code:
   and wrap ``_rebuild_tensor_v2`` to accept only a real storage and no backward hooks.
   ``torch.Size`` (a tuple) comes with it. Other torch globals are refused.
 
-Everything else raises :class:`~qamoe_core.errors.DataFormatError` naming the global.
+Everything else raises :class:`~qamoe_core.errors.DataFormatError` naming the global (also when
+torch's unpickler refuses one inside a storage blob); any other failure becomes one line, "not a
+readable pickle", with only the first line of the underlying message.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import collections
 import io
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import IO, Any
 
@@ -90,13 +93,30 @@ _BASE_GLOBALS: dict[str, Any] = {
 }
 
 
+def _first_line(message: str) -> str:
+    """The first non-blank line of a foreign exception's message (some run to paragraphs)."""
+    return next((line.strip() for line in message.splitlines() if line.strip()), "")
+
+
 def _torch_globals() -> dict[str, Any]:
     import torch  # imported only when a pickle actually holds tensors
+
+    inside = "a torch storage blob"
 
     def load_storage_from_bytes(blob: bytes) -> Any:
         if not isinstance(blob, bytes | bytearray):
             raise pickle.UnpicklingError("a torch storage must be stored as bytes")
-        storage = torch.load(io.BytesIO(blob), weights_only=True)
+        try:
+            storage = torch.load(io.BytesIO(blob), weights_only=True)
+        except pickle.UnpicklingError as exc:
+            # torch explains its refusal in a paragraph; keep the global it names, or one line
+            message = str(exc)
+            refused = re.search(r"GLOBAL (\S+) (?:was not an allowed global|whose module)", message)
+            if refused:  # torch drops the "builtins." prefix; put it back
+                name = refused.group(1)
+                raise RefusedGlobal(name if "." in name else f"builtins.{name}", inside) from None
+            detail = message.rpartition("WeightsUnpickler error:")[2]
+            raise pickle.UnpicklingError(f"{inside}: {_first_line(detail)}") from None
         if not isinstance(storage, torch.storage.TypedStorage | torch.storage.UntypedStorage):
             raise pickle.UnpicklingError(f"expected a torch storage, got {type(storage).__name__}")
         return storage
@@ -126,9 +146,10 @@ def _torch_globals() -> dict[str, Any]:
 class RefusedGlobal(pickle.UnpicklingError):
     """Raised inside the unpickler; :func:`safe_load` turns it into a DataFormatError."""
 
-    def __init__(self, name: str, torch_disabled: bool = False) -> None:
+    def __init__(self, name: str, inside: str = "", *, torch_disabled: bool = False) -> None:
         super().__init__(name)
         self.name = name
+        self.inside = inside  # e.g. "a torch storage blob": refused by torch's own unpickler
         self.torch_disabled = torch_disabled
 
 
@@ -190,8 +211,9 @@ def _load(fh: IO[bytes], *, allow_torch: bool, source: str) -> Any:
                 "disabled here).",
                 hint="Load it with allow_torch=True, or re-save the arrays as numpy.",
             ) from None
+        inside = f" (inside {exc.inside})" if exc.inside else ""
         raise DataFormatError(
-            f"'{source}' refused to load: it references {exc.name}, which could run code.",
+            f"'{source}' refused to load: it references {exc.name}{inside}, which could run code.",
             hint=_REFUSED_HINT,
         ) from None
     except DataFormatError:
@@ -203,6 +225,6 @@ def _load(fh: IO[bytes], *, allow_torch: bool, source: str) -> Any:
         ) from None
     except Exception as exc:  # a damaged pickle can fail in many ways; all mean "not readable"
         raise DataFormatError(
-            f"'{source}' is not a readable pickle ({type(exc).__name__}: {exc}).",
+            f"'{source}' is not a readable pickle ({type(exc).__name__}: {_first_line(str(exc))}).",
             hint="Expected an MMSA feature file (.pkl); it may be truncated or another format.",
         ) from None

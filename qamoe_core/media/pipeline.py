@@ -248,7 +248,8 @@ def extract_media(
         raise InputError(f"The 'shard' parameter must satisfy 0 <= i < n. Got {index}/{n_shards}.")
     manifest = read_manifest(manifest_path, config.scheme)
     modalities = resolve_modalities(config, manifest)
-    check_output(out, force)  # before hours of work, not after
+    media = [p for c in manifest.clips for p in (c.audio, c.video) if p is not None]
+    check_output(out, force, inputs=[manifest_path, *media])  # before hours of work
     started = time.perf_counter()
     summary: dict[str, Any] = {
         "manifest": str(manifest.path),

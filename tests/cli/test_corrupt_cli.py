@@ -85,6 +85,6 @@ def test_output_rules(tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "already exists" in err and "--force" in err
     assert main([*base, "--out", str(out), "--force"]) == 0
     assert main(["corrupt", str(out), "--level", "0.1", "--out", str(out), "--force"]) == 1
-    assert "is the input file" in capsys.readouterr().err
+    assert "is an input of this command" in capsys.readouterr().err
     assert main(["corrupt", str(tmp_path / "nope.h5"), "--level", "0.1", "-o", str(out)]) == 1
     assert "does not exist" in capsys.readouterr().err

@@ -67,6 +67,23 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     assert res.returncode != 0 and "Traceback" in res.stderr and "OutputExistsError" in res.stderr
     res = subprocess.run(cmd[:3] + cmd[4:], capture_output=True, text=True)
     assert res.returncode == 1 and "Traceback" not in res.stderr
+    # --debug after the command name (where one adds it after a failure) works too.
+    res = subprocess.run([*cmd[:3], *cmd[4:], "--debug"], capture_output=True, text=True)
+    assert res.returncode != 0 and "Traceback" in res.stderr and "OutputExistsError" in res.stderr
+
+
+def test_debug_first_moves_only_the_flag() -> None:
+    from qamoe_cli.main import _debug_first
+
+    assert _debug_first(["eval", "run", "--debug", "-d", "x"]) == [
+        "--debug",
+        "eval",
+        "run",
+        "-d",
+        "x",
+    ]
+    assert _debug_first(["eval", "run"]) == ["eval", "run"]
+    assert _debug_first(["x", "--", "--debug"]) == ["x", "--", "--debug"]  # after --: an argument
 
 
 def test_json_output_is_parseable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -102,7 +119,41 @@ def test_extract_synthetic_offset_is_recorded_and_checked(
     with h5py.File(out) as f:
         assert set(json.loads(f.attrs["extractor"])["offset"].values()) == {1.5}
     capsys.readouterr()
-    for bad in ("1,2", "-1", "lots", "nan"):
+    for bad in ("1,2", "-1", "lots", "nan", "1e300"):
         assert main([*base, "--force", "--offset", bad]) == 2
         err = capsys.readouterr().err
         assert "error:" in err and "--offset" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("how", "code", "word"), [("ctrl-c", 130, "interrupted"),
+                                                    ("sigterm", 143, "terminated")])  # fmt: skip
+def test_interruptions_exit_nonzero_and_leave_nothing(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    how: str,
+    code: int,
+    word: str,
+) -> None:
+    import os
+    import signal
+
+    import qamoe_core.synthetic as synthetic
+    from qamoe_core.atomic import atomic_path
+
+    def stopped_midway(path: Path, **kwargs: object) -> None:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"half")
+            if how == "ctrl-c":
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler main() installs raises here
+            raise AssertionError("SIGTERM did not stop the command")
+
+    monkeypatch.setattr(synthetic, "write_synthetic", stopped_midway)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "d.h5"
+    assert main(["extract", "synthetic", "--preset", "tiny", "--out", str(out), "-q"]) == code
+    err = capsys.readouterr().err
+    assert f"error: {word}." in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # no output and no temporary
+    assert signal.getsignal(signal.SIGTERM) is before  # main() restores the handler

@@ -46,6 +46,7 @@ def test_table_output_and_model_choice(
     assert main([*args, "--model", "late-fusion", "-q"]) == 0
     shown = capsys.readouterr().out
     assert "valid @ level 0.5" in shown and "test clean (not used to select)" in shown
+    assert json.loads((out / "config.json").read_text())["model_name"] == "late-fusion"
     assert main([*args, "--model", "lstm"]) == 1
     assert "'--model' parameter must be one of qamoe, late-fusion" in capsys.readouterr().err
 

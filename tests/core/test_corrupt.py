@@ -63,6 +63,7 @@ def test_corrupt_file_summary_record_and_statistics(tiny_h5: Path, tmp_path: Pat
             assert np.array_equal(f.train_std(m), src.train_std(m))
             assert np.array_equal(f.train_mean(m), src.train_mean(m))
         assert f.ids("test") == src.ids("test")
+        counted = {m: [0, 0] for m in MODALITIES}  # valid steps, dropped steps, from the file
         for split in f.splits:
             a, b = src.read(split, slice(None)), f.read(split, slice(None))
             assert np.array_equal(a["label"], b["label"])
@@ -72,11 +73,14 @@ def test_corrupt_file_summary_record_and_statistics(tiny_h5: Path, tmp_path: Pat
                 assert not (keep & ~valid).any()
                 assert (b[m][valid & ~keep] == 0).all()
                 assert np.array_equal(a[f"{m}_len"], b[f"{m}_len"])
+                counted[m][0] += int(valid.sum())
+                counted[m][1] += int((valid & ~keep).sum())
     for m in MODALITIES:
         s = summary["modalities"][m]
         n = s["steps"]
         assert abs(s["missing_rate"] - 0.4) <= 4.5 * np.sqrt(0.24 / n)
-        assert s["dropped"] == round(s["missing_rate"] * n)
+        # The summary's counts are the keep masks' (every split was corrupted here).
+        assert [s["steps"], s["dropped"]] == counted[m]
         assert abs(s["noise_std"] - 0.4) < 0.03  # realised RMS in train-std units ≈ level
         assert s["missing_rate_nominal"] == 0.4 and s["noise_std_nominal"] == 0.4
     assert summary["chain_length"] == 1 and summary["bytes"] == out.stat().st_size
@@ -210,7 +214,7 @@ def test_output_equal_to_input_is_refused(tiny_h5: Path, tmp_path: Path) -> None
     copy = tmp_path / "d.h5"
     shutil.copy(tiny_h5, copy)
     for out in (copy, tmp_path / "." / "d.h5"):
-        with pytest.raises(InputError, match="is the input file"):
+        with pytest.raises(InputError, match="is an input of this command"):
             corrupt_file(copy, out, CorruptionSpec(level=0.1), force=True)
 
 
@@ -283,3 +287,36 @@ def test_a_failure_midway_leaves_no_output(
     with pytest.raises(KeyboardInterrupt):
         corrupt_file(tiny_h5, tmp_path / "c.h5", CorruptionSpec(level=0.5), chunk_rows=8)
     assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (lambda h5: h5["test/audio"].__setitem__((2, 0, 1), np.nan), r"\[test\]: 'audio' holds 1"),
+        (lambda h5: h5["valid/label"].__setitem__(0, np.inf), r"\[valid\]: 'label' holds 1"),
+        (lambda h5: h5["train/text_len"].__setitem__(0, 999), "'text_len' holds lengths outside"),
+        (lambda h5: h5.attrs.__setitem__("train_std_vision", np.full(8, np.nan, np.float32)),
+         "train std of 'vision'"),
+    ],
+)  # fmt: skip
+def test_damaged_source_is_refused_and_nothing_written(
+    tiny_h5: Path, tmp_path: Path, damage: object, match: str
+) -> None:
+    src = tmp_path / "src.h5"
+    shutil.copy(tiny_h5, src)
+    with h5py.File(src, "a") as h5:
+        damage(h5)  # type: ignore[operator]
+    out = tmp_path / "out.h5"
+    with pytest.raises(DataFormatError, match=match):
+        corrupt_file(src, out, CorruptionSpec(level=0.3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src.h5"]
+
+
+@pytest.mark.parametrize("raw", ['{"level": 0.3}', "not json", "[1, 2]"])
+def test_damaged_corruption_record_is_refused(tiny_h5: Path, tmp_path: Path, raw: str) -> None:
+    src = tmp_path / "src.h5"
+    shutil.copy(tiny_h5, src)
+    with h5py.File(src, "a") as h5:
+        h5.attrs["corruption"] = raw
+    with pytest.raises(DataFormatError, match="'corruption' attribute is not a JSON list"):
+        corrupt_file(src, tmp_path / "out.h5", CorruptionSpec(level=0.3))

@@ -22,6 +22,7 @@ from qamoe_core.evaluate import (
     plan,
 )
 from qamoe_core.h5store import FeatureFile, load_split, to_torch
+from qamoe_core.metrics import compute
 from qamoe_core.model import build_model
 from qamoe_core.results import SCHEMA
 from qamoe_core.spectrum import CorruptionSpec
@@ -92,9 +93,15 @@ def test_reusing_encodings_changes_nothing(tiny_h5: Path) -> None:
     batch = to_torch(load_split(tiny_h5, "test"))
     with torch.inference_mode():
         plain = model(batch)
-        with _reuse_encodings(model, model.encode_with_coverage(batch)):
+        h, coverage = model.encode_with_coverage(batch)
+        with _reuse_encodings(model, (h, coverage)):
             reused = model(batch)
+        # The model really reads the encodings it is handed (and not the batch's): scaled
+        # text encodings move the prediction.
+        with _reuse_encodings(model, ({**h, "text": 3 * h["text"]}, coverage)):
+            moved = model(batch)
     torch.testing.assert_close(plain.prediction, reused.prediction, rtol=0, atol=0)
+    assert not torch.allclose(plain.prediction, moved.prediction)
     assert "encode" not in vars(model)  # the shadowing attributes are gone again
     assert "encode_with_coverage" not in vars(model)
 
@@ -153,13 +160,31 @@ def test_shuffle_control_moves_predictions(sweep: pd.DataFrame) -> None:
     )
 
 
+def reference(model: torch.nn.Module, path: Path) -> dict[str, float]:
+    """Metrics of ``path``'s test split computed directly: whole split, one forward pass."""
+    data = load_split(path, "test")
+    with torch.inference_mode():
+        pred = model(to_torch(data)).prediction.numpy()
+    return compute(pred, data["label"], "mosi")
+
+
 def test_sweep_point_equals_corrupted_file(
     tiny_h5: Path, tmp_path: Path, sweep: pd.DataFrame
 ) -> None:
     spec = CorruptionSpec(level=0.4, axis="mixed", seed=1)
     corrupted = tmp_path / "c.h5"
     corrupt_file(tiny_h5, corrupted, spec, splits="test")
-    res = evaluate_model(make_model(tiny_h5), corrupted, EvalConfig(), run="qa")
+    model = make_model(tiny_h5)
+    # Independently of the evaluator: the corrupted file's metrics, computed directly, equal
+    # the sweep's row for the same point; the clean row equals the clean file's.
+    direct, clean = reference(model, corrupted), reference(model, tiny_h5)
+    for metric in ("MAE", "Corr", "Has0_acc_2", "Mult_acc_7"):
+        assert value(sweep, metric, axis="mixed", level=0.4, seed=1) == pytest.approx(
+            direct[metric], abs=1e-5
+        )
+        assert value(sweep, metric, axis="clean") == pytest.approx(clean[metric], abs=1e-5)
+    assert direct["MAE"] != pytest.approx(clean["MAE"], abs=1e-4)
+    res = evaluate_model(model, corrupted, EvalConfig(), run="qa")
     assert res.info["first_axis"] == "mixed"
     got = res.table[res.table["variant"] == "normal"]
     assert set(got["axis"]) == {"mixed"} and set(got["seed"]) == {1}
@@ -169,6 +194,31 @@ def test_sweep_point_equals_corrupted_file(
         )
     with pytest.raises(InputError, match="already corrupted"):
         evaluate_model(make_model(tiny_h5), corrupted, EvalConfig(sweep=True))
+
+
+def test_corrupted_file_is_labelled_as_what_it_is(tiny_h5: Path, tmp_path: Path) -> None:
+    model = make_model(tiny_h5)
+    # Only train corrupted: the test split was copied unchanged, so it is the clean point.
+    train_only = tmp_path / "train-only.h5"
+    corrupt_file(tiny_h5, train_only, CorruptionSpec(level=0.9, seed=2), splits="train")
+    res = evaluate_model(model, train_only, EvalConfig(), run="qa")
+    assert set(res.table["axis"]) == {"clean"} and res.info["first_axis"] == "clean"
+    assert res.clean["MAE"] == pytest.approx(reference(model, tiny_h5)["MAE"], abs=1e-5)
+    # A row key cannot hold a level and whole-modality drops at once: refused, not mislabelled.
+    both = tmp_path / "both.h5"
+    corrupt_file(tiny_h5, both, CorruptionSpec(level=0.2, modalities=("audio",), drop=("text",)))
+    with pytest.raises(InputError, match="AND had text dropped"):
+        evaluate_model(model, both, EvalConfig())
+    # Noise at another noise_scale: its level would mean another amount of noise.
+    loud = tmp_path / "loud.h5"
+    corrupt_file(tiny_h5, loud, CorruptionSpec(level=0.5, axis="noise", noise_scale=3.0))
+    with pytest.raises(InputError, match="noise_scale 3"):
+        evaluate_model(model, loud, EvalConfig())
+    assert evaluate_model(model, loud, EvalConfig(noise_scale=3.0)).info["first_axis"] == "noise"
+    # The missing axis adds no noise, so its noise_scale does not matter.
+    gaps = tmp_path / "gaps.h5"
+    corrupt_file(tiny_h5, gaps, CorruptionSpec(level=0.5, axis="missing", noise_scale=3.0))
+    assert evaluate_model(model, gaps, EvalConfig()).info["first_axis"] == "missing"
 
 
 def test_blocks_do_not_change_results(tiny_h5: Path) -> None:

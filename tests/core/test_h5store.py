@@ -204,3 +204,78 @@ def test_attrs_are_json_where_structured(tmp_path: Path, splits: dict[str, Split
     with FeatureFile(path) as f:
         assert json.loads(f.attrs["extractor"]) == {"name": "unit"}
         assert json.loads(f.attrs["notes"]) == {"k": [1, 2]}
+
+
+def test_a_write_that_runs_out_of_room_leaves_nothing(
+    tmp_path: Path, splits: dict[str, SplitArrays]
+) -> None:
+    """A full disk (here a file-size limit in a child process) is one clear error, and no
+    file appears under the output's name: h5py's close() would swallow the write failure."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "big.h5"
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))\n"
+        "from qamoe_core.errors import NoSpaceError\n"
+        "from qamoe_core.synthetic import write_synthetic\n"
+        "try:\n"
+        f"    write_synthetic({str(out)!r}, preset='small', seed=0)\n"
+        "except NoSpaceError as exc:\n"
+        "    print('NOSPACE', exc.message)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "NOSPACE Could not write" in res.stdout and "file too large" in res.stdout, res.stderr
+    assert list(tmp_path.iterdir()) == []  # no output, no temporary
+
+
+def test_write_failure_reads_errno_from_h5py_messages(tmp_path: Path) -> None:
+    from qamoe_core.atomic import write_failure
+    from qamoe_core.errors import NoSpaceError
+
+    h5py_style = RuntimeError("Can't close dataset (file write failed: ..., errno = 28, ...)")
+    err = write_failure(h5py_style, tmp_path / "x.h5")
+    assert isinstance(err, NoSpaceError) and "no space left on device" in err.message
+    assert isinstance(write_failure(OSError(28, "No space left"), tmp_path / "x.h5"), NoSpaceError)
+    assert write_failure(OSError(13, "Permission denied"), tmp_path / "x.h5") is None
+    assert write_failure(ValueError("errno = 28"), tmp_path / "x.h5") is None
+
+
+def test_output_may_not_be_an_input_or_a_special_file(tmp_path: Path) -> None:
+    import os
+
+    from qamoe_core.atomic import check_output
+
+    src = tmp_path / "in.pkl"
+    src.write_bytes(b"precious")
+    link = tmp_path / "link.pkl"
+    link.symlink_to(src)
+    for out in (src, link, tmp_path / "." / "in.pkl"):
+        with pytest.raises(InputError, match="is an input of this command"):
+            check_output(out, force=True, inputs=[src])
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="not a regular file"):
+        check_output(fifo, force=True)
+    assert src.read_bytes() == b"precious" and fifo.exists()
+    with pytest.raises(InputError, match="file name is too long"):
+        check_output(tmp_path / ("n" * 300 + ".h5"), force=False)
+
+
+def test_an_unwritable_folder_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    from qamoe_core.atomic import atomic_path
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)  # as root, chmod cannot stop a write
+    with (
+        pytest.raises(InputError, match=r"Cannot create a file in .*Permission denied"),
+        atomic_path(tmp_path / "x.h5"),
+    ):
+        pass

@@ -31,6 +31,7 @@ def make_split(
     sims: bool = False,
     neg_inf: int = 0,
     dtype: Any = np.float64,
+    prefix: str = "",
 ) -> dict[str, Any]:
     """One split laid out like MMSA's feature files (see MMSA_FORMAT.md)."""
     text_len = rng.integers(3, T_TEXT + 1, size=n)  # [CLS] w1 .. wk [SEP]
@@ -57,7 +58,7 @@ def make_split(
         "raw_text": np.array([f"sentence {i} with words" for i in range(n)]),
         "audio": audio.astype(dtype),
         "vision": vision.astype(dtype),
-        "id": np.array([f"vid{i // 3}$_${i % 3 + 1}" for i in range(n)]),
+        "id": np.array([f"{prefix}vid{i // 3}$_${i % 3 + 1}" for i in range(n)]),
         "text": text.astype(dtype),
         "text_bert": bert.astype(dtype),
         "annotations": np.array(["Positive" if y > 0 else "Negative" for y in labels]),
@@ -75,7 +76,8 @@ def make_split(
 
 def make_mmsa(seed: int = 0, **kw: Any) -> dict[str, dict[str, Any]]:
     rng = np.random.default_rng(seed)
-    return {s: make_split(n, rng, **kw) for s, n in SIZES.items()}
+    # ids are unique across the file: a video's clips stay in one split
+    return {s: make_split(n, rng, prefix=f"{s}_", **kw) for s, n in SIZES.items()}
 
 
 def dump(tmp_path: Path, data: Any, name: str = "unaligned_50.pkl") -> Path:
@@ -356,3 +358,174 @@ def test_paths_and_force(tmp_path: Path) -> None:
     import_mmsa(src, out, force=True)
     validate(out)
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def _raises(tmp_path: Path, data: Any, expected: str, **kw: Any) -> DataFormatError:
+    """Import ``data``; expect a one-line DataFormatError with a hint, matching ``expected``."""
+    out = tmp_path / "x.h5"
+    with pytest.raises(DataFormatError, match=expected) as info:
+        import_mmsa(dump(tmp_path, data), out, **kw)
+    assert "\n" not in info.value.message and info.value.hint
+    assert not out.exists()
+    return info.value
+
+
+def _empty(split: dict[str, Any]) -> None:
+    for key, value in split.items():
+        split[key] = value[:0]
+
+
+@pytest.mark.parametrize("which", [["valid"], list(SIZES)], ids=["one", "all"])
+def test_empty_splits(tmp_path: Path, which: list[str]) -> None:
+    data = make_mmsa()
+    for split in which:
+        _empty(data[split])
+    first = next(s for s in SIZES if s in which)
+    _raises(tmp_path, data, rf"\[{first}\]: the split has no samples")
+
+
+@pytest.mark.parametrize(
+    "how, expected",
+    [
+        ("text_t0", r"\[test\]: 'text' has shape \(6, 0, 16\): no time steps"),
+        ("audio_t0", r"\[test\]: 'audio' has shape \(6, 0, 5\): no time steps"),
+        ("audio_d0", r"\[test\]: 'audio' has shape \(6, 11, 0\): no time steps or no feature"),
+    ],
+)
+def test_empty_time_or_feature_axis(tmp_path: Path, how: str, expected: str) -> None:
+    data = make_mmsa()
+    test = data["test"]
+    if how == "text_t0":
+        test["text"], test["text_bert"] = test["text"][:, :0], test["text_bert"][:, :, :0]
+    elif how == "audio_t0":
+        test["audio"], test["audio_lengths"] = test["audio"][:, :0], [0] * SIZES["test"]
+    else:
+        test["audio"] = test["audio"][:, :, :0]
+    _raises(tmp_path, data, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_torch_tensors(tmp_path: Path, dtype: torch.dtype) -> None:
+    data = make_mmsa(dtype=np.float32)
+    ref = {s: split["vision"].copy() for s, split in data.items()}
+    for split in data.values():
+        for key in ("text", "audio", "vision", "regression_labels"):
+            split[key] = torch.from_numpy(split[key]).to(dtype)
+    summary = import_mmsa(dump(tmp_path, data), tmp_path / "h.h5")
+    name = str(dtype).removeprefix("torch.")
+    assert summary["source_dtypes"] == {m: f"torch {name}" for m in ("text", "audio", "vision")}
+    train = load_split(tmp_path / "h.h5", "train")
+    assert train["vision"].dtype == np.float32
+    np.testing.assert_allclose(train["vision"], ref["train"], rtol=1e-2, atol=1e-2)
+
+
+def test_non_utf8_id(tmp_path: Path) -> None:
+    data = make_mmsa()
+    ids = [clip.encode() for clip in data["train"]["id"]]
+    ids[3] = b"vid1$_$\xff\xfe"
+    data["train"]["id"] = ids
+    error = _raises(tmp_path, data, r"\[train\]: 'id' entry 3 is not valid UTF-8 bytes")
+    assert "invalid start byte" in error.message
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(np.nan, "has nan at step"), (2.0, "has 2 at step"), (0.5, "has 0.5 at step")],
+)
+def test_attention_mask_must_be_0_or_1(tmp_path: Path, value: float, expected: str) -> None:
+    data = make_mmsa()
+    mask = data["valid"]["text_bert"][:, 1]
+    if np.isnan(value):
+        mask[:] = np.nan  # every length would silently become 0
+    else:
+        mask[2, 1] = value
+    _raises(
+        tmp_path,
+        data,
+        rf"\[valid\]: 'text_bert'\[:, 1\] \(attention mask\) must hold only 0 and 1; .*{expected}",
+    )
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (np.nan, r"\[test\]: 'regression_labels_A' holds NaN or inf \(first at sample 1: nan\)"),
+        (np.inf, r"\[test\]: 'regression_labels_A' holds NaN or inf \(first at sample 1: inf\)"),
+        (1.4, r"\[test\]: 'regression_labels_A' spans \[.*, 1\.4\] .* labels in \[-1, 1\]"),
+    ],
+)
+def test_bad_sims_unimodal_labels(tmp_path: Path, value: float, expected: str) -> None:
+    data = make_mmsa(sims=True)
+    data["test"]["regression_labels_A"][1] = value
+    _raises(tmp_path, data, expected)
+
+
+def test_duplicate_ids(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data = make_mmsa()
+    data["valid"]["id"][3] = data["valid"]["id"][1]
+    _raises(tmp_path, data, r"\[valid\]: 'id' 'valid_vid0\$_\$2' repeats \(rows 1 and 3\)")
+    # The same id in two splits: a possible leak, told but not refused (a published release
+    # cannot be mended by its users).
+    data = make_mmsa()
+    ids = list(data["test"]["id"])
+    ids[4] = data["train"]["id"][0]
+    data["test"]["id"] = np.array(ids)
+    with caplog.at_level("WARNING"):
+        import_mmsa(dump(tmp_path, data), tmp_path / "shared.h5")
+    assert "1 id(s) appear in two splits, e.g. 'train_vid0$_$1' in [train] and [test]" in (
+        caplog.text
+    )
+
+
+def _break_more(data: dict[str, Any], how: str) -> None:
+    train = data["train"]
+    n = SIZES["train"]
+    if how == "labels_2col":
+        train["regression_labels"] = np.zeros((n, 2))
+    elif how == "labels_scalar":
+        train["regression_labels"] = np.float64(0.5)
+    elif how == "labels_inf":
+        train["regression_labels"][2] = np.inf
+    elif how == "lengths_float":
+        train["audio_lengths"][5] = 2.5
+    elif how == "lengths_nan":
+        train["vision_lengths"][0] = float("nan")
+    elif how == "ragged":
+        train["vision"] = [np.zeros((T_VISION, DIMS["vision"]))] * (n - 1) + [np.zeros((2, 3))]
+    elif how == "split_list":
+        data["valid"] = [1, 2]
+    elif how == "split_none":
+        data["test"] = None
+
+
+@pytest.mark.parametrize(
+    "how, expected",
+    [
+        ("labels_2col", r"\[train\]: 'regression_labels' must be 1-D \(N,\); got shape \(12, 2\)"),
+        ("labels_scalar", r"\[train\]: 'regression_labels' must be 1-D \(N,\); got shape \(\)"),
+        ("labels_inf", r"\[train\]: 'regression_labels' holds NaN or inf \(first at sample 2"),
+        ("lengths_float", r"\[train\]: 'audio_lengths' must hold whole .* sample 5 has 2\.5"),
+        ("lengths_nan", r"\[train\]: 'vision_lengths' must hold whole .* sample 0 has nan"),
+        ("ragged", r"\[train\]: 'vision' is not an array \(.*inhomogeneous"),
+        ("split_list", r"the split 'valid' is a list, not a dict"),
+        ("split_none", r"the split 'test' is a NoneType, not a dict"),
+    ],
+)
+def test_bad_files_have_a_hint(tmp_path: Path, how: str, expected: str) -> None:
+    data = make_mmsa()
+    _break_more(data, how)
+    _raises(tmp_path, data, expected)
+
+
+def test_directory_input_has_a_hint(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"is a directory, not an MMSA \.pkl file") as info:
+        import_mmsa(tmp_path, tmp_path / "x.h5")
+    assert info.value.hint and "unaligned_50.pkl" in info.value.hint
+
+
+def test_force_never_writes_over_the_pickle(tmp_path: Path) -> None:
+    src = dump(tmp_path, make_mmsa())
+    before = src.read_bytes()
+    with pytest.raises(InputError, match="is an input of this command"):
+        import_mmsa(src, src, force=True)
+    assert src.read_bytes() == before

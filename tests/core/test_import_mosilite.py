@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +176,130 @@ def test_paths_and_force(tmp_path: Path) -> None:
     with pytest.raises(OutputExistsError):
         import_mosilite(tmp_path / "ml", tmp_path / "x.h5")
     import_mosilite(tmp_path / "ml", tmp_path / "x.h5", force=True, seed=3)
+    # --force never writes over one of the CSVs being read
+    before = (tmp_path / "ml" / "transcripts.csv").read_bytes()
+    with pytest.raises(InputError, match="is an input of this command"):
+        import_mosilite(tmp_path / "ml", tmp_path / "ml" / "transcripts.csv", force=True)
+    assert (tmp_path / "ml" / "transcripts.csv").read_bytes() == before
+
+
+def _raises(root: Path, expected: str) -> DataFormatError:
+    """Import ``root``: a one-line DataFormatError with a hint, no output, no warnings."""
+    out = root.parent / "x.h5"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. numpy's "overflow encountered in cast"
+        with pytest.raises(DataFormatError, match=expected) as info:
+            import_mosilite(root, out)
+    assert "\n" not in info.value.message and info.value.hint
+    assert not out.exists()
+    return info.value
+
+
+def _edit_bytes(path: Path, edit: Callable[[bytes], bytes]) -> None:
+    path.write_bytes(edit(path.read_bytes()))
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (
+            lambda r: (r / "audio_train0.csv").write_bytes(bytes(range(256)) * 4),
+            r"audio_train0.csv', line 2: not UTF-8 text \(invalid start byte at byte 128\)",
+        ),
+        (
+            lambda r: _edit_bytes(
+                r / "transcripts.csv", lambda b: b.replace(b"CLIP dd NUMBER 2", b"caf\xe9 dd 2")
+            ),
+            r"transcripts.csv', line 7: not UTF-8 text",
+        ),
+    ],
+    ids=["random-bytes", "latin-1"],
+)
+def test_non_utf8_csv(tmp_path: Path, damage: Any, expected: str) -> None:
+    make_mosilite(tmp_path / "ml")
+    damage(tmp_path / "ml")
+    _raises(tmp_path / "ml", expected)
+
+
+def test_utf8_bom_is_skipped(tmp_path: Path) -> None:
+    """Excel's 'CSV UTF-8' export starts with a BOM: read as utf-8-sig, not as a bad number."""
+    truth = make_mosilite(tmp_path / "ml")
+    for name in ("transcripts.csv", "video_train0.csv", "text_test.csv"):
+        _edit_bytes(tmp_path / "ml" / name, lambda b: b"\xef\xbb\xbf" + b)
+    import_mosilite(tmp_path / "ml", tmp_path / "x.h5")
+    with FeatureFile(tmp_path / "x.h5") as f:
+        t = truth["transcripts"]
+        assert f.ids("test") == [t[i][0] for i in truth["test"]["idx"]]
+        assert "\ufeff" not in "".join(f.ids("train") + f.ids("valid"))
+
+
+@pytest.mark.parametrize("label", ["abc", "2", "nan", ""])
+def test_transcript_label_must_be_0_or_1(tmp_path: Path, label: str) -> None:
+    make_mosilite(tmp_path / "ml")
+    _rewrite_cell(tmp_path / "ml" / "transcripts.csv", 4, 3, label)
+    _raises(
+        tmp_path / "ml",
+        rf"transcripts.csv', line 5: column 3 \(label\) must be 0 or 1; got '{label}'",
+    )
+
+
+@pytest.mark.parametrize("name", ["audio_test0.csv", "transcripts.csv", "text_train.csv"])
+def test_empty_csv(tmp_path: Path, name: str) -> None:
+    make_mosilite(tmp_path / "ml")
+    (tmp_path / "ml" / name).write_bytes(b"")
+    _raises(tmp_path / "ml", rf"{name}' is empty\.")
+
+
+@pytest.mark.parametrize("value", ["1e39", "-3.5e38"])
+def test_values_beyond_float32(tmp_path: Path, value: str) -> None:
+    make_mosilite(tmp_path / "ml")
+    _rewrite_cell(tmp_path / "ml" / "video_train0.csv", 4, 2, value)
+    _raises(
+        tmp_path / "ml",
+        rf"video_train0.csv', line 5: the value '{value}' is beyond float32's range",
+    )
+
+
+def _drop_last_column(path: Path) -> None:
+    with open(path, newline="") as fh:
+        _write(path, [row[:-1] for row in csv.reader(fh)])
+
+
+def _add_column(path: Path) -> None:
+    with open(path, newline="") as fh:
+        _write(path, [[*row, "0"] for row in csv.reader(fh)])
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (
+            lambda r: (r / "audio_test0.csv").write_text(
+                "".join((r / "audio_test0.csv").read_text().splitlines(keepends=True)[:-2])
+            ),
+            r"audio_test0.csv' has shape \(10, 74\); expected \(12, 74\)",
+        ),
+        (lambda r: _add_column(r / "video_test0.csv"), r"video_test0.csv' has shape \(12, 102\)"),
+        (lambda r: _drop_last_column(r / "text_train.csv"), r"text_train.csv' has 100 columns"),
+        (
+            lambda r: _rewrite_cell(r / "text_test.csv", 3, 0, "-1"),
+            r"text_test.csv', line 4: column 0 must be row numbers .* got -1",
+        ),
+        (
+            lambda r: _rewrite_cell(r / "audio_train0.csv", 6, 7, "-inf"),
+            r"audio_train0.csv', line 7: the value '-inf' is NaN or inf",
+        ),
+        (
+            lambda r: _drop_last_column(r / "transcripts.csv"),
+            r"transcripts.csv', line 1: 3 columns, but the file must have 4 columns",
+        ),
+    ],
+    ids=["shape", "extra-column", "missing-column", "bad-index", "inf-cell", "transcripts-3"],
+)
+def test_errors_have_a_hint(tmp_path: Path, damage: Any, expected: str) -> None:
+    make_mosilite(tmp_path / "ml")
+    damage(tmp_path / "ml")
+    _raises(tmp_path / "ml", expected)
 
 
 # -- the real MOSI-lite files (../shared/data/mosi-lite, or $QAMOE_MOSI_LITE) ------------------

@@ -7,7 +7,9 @@ import collections
 import io
 import os
 import pickle
+import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -94,17 +96,20 @@ def test_torch_can_be_disabled() -> None:
         safe_loads(pickle.dumps({"x": torch.zeros(2)}), allow_torch=False)
 
 
-def test_plain_pickle_would_run_the_payload(tmp_path: Path) -> None:
-    """Control: the payloads really execute when their reduce recipe is honoured (which is all a
-    plain unpickler does), so refusing them matters. Run the recipe directly: no plain unpickler
-    is ever handed the payload, even in tests."""
+@pytest.mark.parametrize("variant", range(4))
+def test_plain_pickle_would_run_the_payload(tmp_path: Path, variant: int) -> None:
+    """Control: a plain ``pickle.loads`` of each payload really runs it (in a child process, so
+    nothing runs inside the test process), so refusing them matters; safe_loads refuses it."""
     marker = tmp_path / "control"
-    payload = Evil(builtins.exec, f"open({str(marker)!r}, 'w').close()")
-    fn, args = payload.__reduce__()
-    fn(*args)
+    name, payload = _writes_marker(marker)[variant]
+    data = pickle.dumps(payload, protocol=4)
+    loader = "import pickle, sys; pickle.loads(sys.stdin.buffer.read())"
+    subprocess.run([sys.executable, "-c", loader], input=data, check=True, timeout=60)
     assert marker.exists()
-    with pytest.raises(DataFormatError, match=r"builtins\.exec"):  # and the filter stops it
-        safe_loads(pickle.dumps(Evil(builtins.exec, "None")))
+    marker.unlink()
+    with pytest.raises(DataFormatError, match=re.escape(f"references {name}, which could")):
+        safe_loads(data)
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("variant", range(4))
@@ -155,9 +160,24 @@ def test_malicious_tensor_storage_is_refused(tmp_path: Path) -> None:
     buf = io.BytesIO()
     torch.save(Evil(builtins.exec, f"open({str(marker)!r}, 'w').close()"), buf)
     data = pickle.dumps(Evil(torch.storage._load_from_bytes, buf.getvalue()))
-    with pytest.raises(DataFormatError, match="not a readable pickle"):
+    with pytest.raises(DataFormatError) as info:
         safe_loads(data)
     assert not marker.exists()
+    # one line naming the global (torch's own message is a paragraph), refused as code
+    message = info.value.message
+    assert "references builtins.exec (inside a torch storage blob), which could run code" in message
+    assert "\n" not in message and "weights_only" not in message
+    assert info.value.hint
+
+
+def test_foreign_errors_keep_their_first_line_only() -> None:
+    """A storage blob torch cannot read for another reason: one line, no PyTorch paragraph."""
+    data = pickle.dumps(Evil(torch.storage._load_from_bytes, b"g\n"))  # GET opcode: 'unsupported'
+    with pytest.raises(DataFormatError, match="not a readable pickle") as info:
+        safe_loads(data)
+    assert "\n" not in info.value.message and "Check the documentation" not in info.value.message
+    assert "torch storage blob" in info.value.message
+    assert info.value.hint
 
 
 @pytest.mark.parametrize(
