@@ -42,7 +42,7 @@ def command(
         typer.Option(
             "--valid-fraction",
             help="Share of train utterances moved to valid, as whole videos. The default "
-            "matches the standard MOSI train/valid ratio (1284/229).",
+            "matches the standard MOSI split: 229 of 1284 + 229 utterances are valid.",
         ),
     ] = DEFAULT_VALID_FRACTION,
     seed: Seed = 0,

@@ -333,6 +333,9 @@ def test_real_counts_balance_and_videos(real_h5: tuple[Path, dict[str, Any]]) ->
     assert (len(train | valid), len(test)) == (62, 31)
     assert not train & valid and not train & test and not valid & test
     assert abs(s["valid"] / 1447 - 0.15) < 0.03  # whole videos: near, not exactly, 15 %
+    # data/README.md: seed 0 gives train 1231 (53 videos) and valid 216 (9 videos)
+    assert (s["train"], s["valid"]) == (1231, 216)
+    assert (summary["videos"]["train"], summary["videos"]["valid"]) == (53, 9)
     labels = {x: load_split(out, x)["label"] for x in ("train", "valid", "test")}
     # README: the majority class is 62.1 % of test; measured: 467 of 752 test and
     # 709 of 1447 train utterances are positive

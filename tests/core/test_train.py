@@ -253,3 +253,41 @@ def test_distributed_two_cpu_processes(tiny_h5: Path, tmp_path: Path) -> None:
     assert len(ckpt.read_history(tmp_path / "run")) == 2
     model, _, _ = ckpt.load_run(tmp_path / "run")
     assert not any(k.startswith("module.") for k in model.state_dict())
+
+
+def test_early_stopping_stops_after_patience_epochs_without_improvement(
+    tiny_h5: Path, tmp_path: Path
+) -> None:
+    cfg = replace(FAST, epochs=40, patience=2)
+    result = train(tiny_h5, tmp_path / "run", "early-fusion", MODEL, cfg, device="cpu")
+    history = ckpt.read_history(tmp_path / "run")
+    scores = [h["val_score"] for h in history]
+    best = int(np.argmin(scores)) + 1  # MAE: lower is better; the first best wins ties
+    assert result["stopped_early"] and len(history) == result["epochs_run"] < 40
+    assert result["best_epoch"] == best and result["val_score"] == min(scores)
+    assert result["epochs_run"] == best + 2  # exactly `patience` epochs after the best
+
+
+def test_training_corruption_follows_levels_axis_and_modalities(tiny_h5: Path) -> None:
+    """A specialist's batches are corrupted at its one level, on its axis and modalities only."""
+    from qamoe_core.h5store import FeatureFile, load_split, to_torch
+    from qamoe_core.model import build_model
+    from qamoe_core.train import DistInfo
+
+    with FeatureFile(tiny_h5) as f:
+        dims = dict(f.dims)
+        std = {m: torch.as_tensor(f.train_std(m)) for m in f.modalities}
+    clean = to_torch(load_split(tiny_h5, "train"))
+    cfg = replace(FAST, train_levels=(0.6, 0.6), clean_fraction=0.0, axis="missing",
+                  corrupt_modalities=("text", "audio"))  # fmt: skip
+    model = build_model("early-fusion", MODEL, dims, "regression")
+    trainer = _Trainer(model, cfg, torch.device("cpu"), DistInfo(), std, tuple(dims))
+    batch = trainer.corrupt(clean, torch.Generator().manual_seed(0))
+    for m in ("text", "audio"):
+        t = clean[m].shape[1]
+        valid = torch.arange(t)[None, :] < clean[f"{m}_len"][:, None]
+        dropped = (batch[m].abs().sum(-1) == 0) & valid
+        assert float(dropped.sum() / valid.sum()) == pytest.approx(0.6, abs=0.08), m
+        kept = valid & ~dropped
+        assert torch.equal(batch[m][kept], clean[m][kept])  # the missing axis adds no noise
+    assert torch.equal(batch["vision"], clean["vision"])  # not among corrupt_modalities
