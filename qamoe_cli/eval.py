@@ -100,6 +100,11 @@ def command(
         batch_size=batch_size,
         per_sample=per_sample is not None,
     )
+    if out is not None and per_sample is not None and out.resolve() == per_sample.resolve():
+        raise typer.BadParameter(
+            "--out and --per-sample name the same file; each needs its own.",
+            param_hint="--per-sample",
+        )
     for target in (out, per_sample):  # fail on an existing output before minutes of work
         if target is not None:
             check_output(target, force)

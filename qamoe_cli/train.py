@@ -64,7 +64,7 @@ def _render(result: dict[str, Any]) -> None:
         (f"valid @ level {lv}", m) for lv, m in result["val"].items()
     ]
     rows.append(("valid clean", result["val_clean"]))
-    if "test_clean" in result:
+    if result.get("test_clean") is not None:
         rows.append(("test clean (not used to select)", result["test_clean"]))
     keys = [k for k in keys if k in result["val_clean"]]
     for k in keys:
@@ -72,6 +72,8 @@ def _render(result: dict[str, Any]) -> None:
     for name, mets in rows:
         table.add_row(name, *(f"{mets[k]:.4f}" for k in keys))
     out_console.print(table)
+    if "test_clean" in result and result["test_clean"] is None:
+        out_console.print(f"test: {result.get('test_note')}", highlight=False, soft_wrap=True)
     out_console.print(
         f"best epoch {result['best_epoch']} of {result['epochs_run']}"
         f"{' (stopped early)' if result['stopped_early'] else ''}; "

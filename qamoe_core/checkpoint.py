@@ -23,19 +23,21 @@ import json
 import logging
 import os
 import pickle
+import warnings
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from qamoe_core import __version__
+from qamoe_core import MODALITIES, __version__
 from qamoe_core.atomic import atomic_path
-from qamoe_core.config import ModelConfig, TrainConfig, split_sections
+from qamoe_core.config import MODEL_NAMES, ModelConfig, TrainConfig, split_sections
 from qamoe_core.errors import CheckpointError, ConfigError, InputError
-from qamoe_core.model import MultimodalModel, build_model
+from qamoe_core.metrics import SCHEMES
+from qamoe_core.model import TASKS, MultimodalModel, build_model
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ CONFIG, WEIGHTS, METRICS, HISTORY, STATE = (
 # A finished run; train_state.pt is optional (only --resume needs it).
 RUN_FILES: tuple[str, ...] = (CONFIG, WEIGHTS, METRICS, HISTORY)
 ALL_FILES: tuple[str, ...] = (*RUN_FILES, STATE)
+# How many keys of each kind a weights mismatch names (the count says how many there are).
+SHOW_KEYS = 3
 
 
 def is_run_dir(path: str | os.PathLike[str]) -> bool:
@@ -82,15 +86,21 @@ def check_run(path: str | os.PathLike[str], require: Sequence[str] = RUN_FILES) 
     return run
 
 
+def _redo_hint(name: str) -> str:
+    if name in (STATE, CONFIG):  # --resume needs both
+        return "Copy the run folder again from its source, or train again with --force."
+    return (
+        "Copy the run folder again from its source, resume from train_state.pt with --resume, "
+        "or train again with --force."
+    )
+
+
 def _damaged(run: Path, name: str, exc: BaseException) -> CheckpointError:
-    detail = (str(exc).strip().splitlines() or [""])[0][:200]
+    """A damaged JSON file (config.json, metrics.json, history.jsonl): the parser's one line."""
+    detail = " ".join((str(exc).strip().splitlines() or [""])[0].split())[:200]
     return CheckpointError(
         f"'{name}' in run '{run}' is damaged or not a qamoe file ({type(exc).__name__}: {detail}).",
-        hint=(
-            "Resume from train_state.pt with --resume, or train again with --force."
-            if name != STATE
-            else "Train again with --force."
-        ),
+        hint=_redo_hint(name),
     )
 
 
@@ -167,29 +177,74 @@ def write_metrics(run: Path, metrics: Mapping[str, Any]) -> None:
 # --- reading -------------------------------------------------------------------------------
 
 
+def _bad_config(run: Path, what: str) -> CheckpointError:
+    return CheckpointError(
+        f"'{CONFIG}' in '{run}': {what}",
+        hint="It was edited or damaged: copy the run folder again, or train again with --force.",
+    )
+
+
+def _check_meta(run: Path, data: Mapping[str, Any]) -> None:
+    """The run-specific keys of config.json: model_name, dims, task, scheme, dataset."""
+    name = data["model_name"]
+    if name not in MODEL_NAMES:
+        raise _bad_config(
+            run, f"'model_name' must be one of {', '.join(MODEL_NAMES)}. Got {name!r:.80} instead."
+        )
+    dims = data["dims"]
+    expected = f"an object of modality ({', '.join(MODALITIES)}) -> positive integer"
+    if not isinstance(dims, dict) or not dims:
+        raise _bad_config(run, f"'dims' must be {expected}. Got {dims!r:.80} instead.")
+    for modality, dim in dims.items():
+        if modality not in MODALITIES:
+            raise _bad_config(
+                run, f"'dims' names the unknown modality {modality!r:.40}; expected {expected}."
+            )
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise _bad_config(
+                run, f"'dims' gives {modality!r} the size {dim!r:.40}; expected {expected}."
+            )
+    for key, choices in (("task", TASKS), ("scheme", SCHEMES)):
+        if data[key] not in choices:
+            raise _bad_config(
+                run, f"'{key}' must be one of {', '.join(choices)}. Got {data[key]!r:.80} instead."
+            )
+    if not isinstance(data.get("dataset", {}), dict):
+        raise _bad_config(run, f"'dataset' must be an object. Got {data['dataset']!r:.80} instead.")
+
+
 def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """config.json, checked: format, version, required keys, valid model/train sections."""
+    """config.json, checked: format, version, required keys, meta values, model/train sections."""
     run = Path(path)
     check_run(run, require=(CONFIG,))
     try:
         data = json.loads((run / CONFIG).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _damaged(run, CONFIG, exc) from None
+    except OSError as exc:
+        raise _unreadable(run / CONFIG, exc) from None
     if not isinstance(data, dict) or data.get("format") != RUN_FORMAT:
         raise CheckpointError(
             f"'{CONFIG}' in '{run}' is not a qamoe run config (format "
-            f"{data.get('format') if isinstance(data, dict) else None!r}).",
+            f"{data.get('format') if isinstance(data, dict) else None!r:.80}).",
             hint="Give the folder written by `qamoe train --out`.",
         )
-    if data.get("format_version") != RUN_FORMAT_VERSION:
+    version = data.get("format_version")
+    if not _whole(version) or version != RUN_FORMAT_VERSION:
+        newer = isinstance(version, int) and _whole(version) and version > RUN_FORMAT_VERSION
         raise CheckpointError(
-            f"The run '{run}' has format_version {data.get('format_version')}; "
+            f"The run '{run}' has format_version {version!r:.40}; "
             f"this qamoe reads {RUN_FORMAT_VERSION}.",
-            hint="Train it again with this version of qamoe.",
+            hint=(
+                "Upgrade qamoe (pip install -U qamoe) to read it."
+                if newer
+                else "Train it again with this version of qamoe."
+            ),
         )
     for key in ("model_name", "dims", "task", "scheme", "model", "train"):
         if key not in data:
-            raise CheckpointError(f"'{CONFIG}' in '{run}' lacks the key '{key}'.")
+            raise _bad_config(run, f"the key '{key}' is missing.")
+    _check_meta(run, data)
     try:
         model_d, train_d = split_sections(data, f"'{run / CONFIG}'")
         data["model_config"] = ModelConfig.from_dict(model_d, "model")
@@ -199,25 +254,93 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
+def _unreadable(path: Path, exc: OSError) -> CheckpointError:
+    return CheckpointError(
+        f"'{path}' could not be read ({exc.strerror or type(exc).__name__}).",
+        hint="Check that the file is readable (permissions, a mounted disk).",
+    )
+
+
 def _load_torch(run: Path, name: str, device: str | torch.device = "cpu") -> Any:
+    """torch.load with weights_only=True; any failure is a fixed one-line CheckpointError.
+
+    torch's own message is not shown: it is several lines long and suggests loading the file
+    with weights_only=False, which would run whatever code a malicious pickle holds.
+    """
+    path = run / name
     try:
-        return torch.load(run / name, map_location=device, weights_only=True)
-    except (
-        RuntimeError,
-        EOFError,
-        OSError,
-        ValueError,
-        pickle.UnpicklingError,
-        zipfile.BadZipFile,
-    ) as exc:
-        raise _damaged(run, name, exc) from None
+        with warnings.catch_warnings():  # e.g. an old (non-zip) pickle: a two-line UserWarning
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"'{path}' is not a weights-only tensor file (damaged, or a pickle that could run "
+            "code): refused.",
+            hint=_redo_hint(name),
+        ) from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile):
+        raise CheckpointError(
+            f"'{path}' is damaged (empty, truncated or not a torch file).",
+            hint=_redo_hint(name),
+        ) from None
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else f"a {type(value).__name__}"
+
+
+def _is_state_dict(value: Any) -> bool:
+    return isinstance(value, Mapping) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()
+    )
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# What --resume reads from train_state.pt (train.py), and the kind of each value.
+# "world_size" and "rng" are optional.
+_STATE_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "epoch": _whole,
+    "step": _whole,
+    "model": _is_state_dict,
+    "ema_model": lambda v: v is None or _is_state_dict(v),
+    "best_model": _is_state_dict,
+    "optimizer": lambda v: isinstance(v, dict) and {"state", "param_groups"} <= set(v),
+    "best_score": lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool)),
+    "best_epoch": _whole,
+    "bad_epochs": _whole,
+    "stopped_early": lambda v: isinstance(v, bool),
+    "history": lambda v: isinstance(v, list),
+}
 
 
 def load_state(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> dict[str, Any]:
+    """train_state.pt, checked: a dict with every key --resume reads, of the right kinds."""
     run = check_run(path, require=(CONFIG, STATE))
     state = _load_torch(run, STATE, device)
-    if not isinstance(state, dict) or "epoch" not in state or "model" not in state:
-        raise _damaged(run, STATE, ValueError("unexpected content"))
+    where = f"'{run / STATE}'"
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{where} holds {_kind(state)}, not the dict of a training state.",
+            hint=_redo_hint(STATE),
+        )
+    missing = [key for key in _STATE_CHECKS if key not in state]
+    if missing:
+        raise CheckpointError(
+            f"{where} lacks the key(s) {', '.join(repr(k) for k in missing)}.",
+            hint=_redo_hint(STATE),
+        )
+    problems = [key for key, ok in _STATE_CHECKS.items() if not ok(state[key])]
+    if problems:
+        raise CheckpointError(
+            f"{where} holds a value of the wrong kind under the key(s) "
+            f"{', '.join(repr(k) for k in problems)}.",
+            hint=_redo_hint(STATE),
+        )
     return state
 
 
@@ -231,6 +354,8 @@ def read_history(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         raise
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _damaged(run, HISTORY, exc) from None
+    except OSError as exc:
+        raise _unreadable(run / HISTORY, exc) from None
 
 
 def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -239,20 +364,69 @@ def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
         data = json.loads((run / METRICS).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _damaged(run, METRICS, exc) from None
+    except OSError as exc:
+        raise _unreadable(run / METRICS, exc) from None
     if not isinstance(data, dict):
         raise _damaged(run, METRICS, ValueError("not a JSON object"))
     return data
 
 
-def load_weights(model: torch.nn.Module, run: Path, state_dict: Mapping[str, Any]) -> None:
-    """Load a state dict strictly; a mismatch is a CheckpointError naming the keys."""
+def _first(keys: Sequence[str]) -> str:
+    shown = ", ".join(keys[:SHOW_KEYS])
+    return f"{shown}, ..." if len(keys) > SHOW_KEYS else shown
+
+
+def _key(name: str) -> str:
+    """A state-dict key for a message: quoted, escaped (one line), at most ~80 characters."""
+    text = repr(name)
+    return text if len(text) <= 80 else f"{text[:76]}...'"
+
+
+def load_weights(
+    model: torch.nn.Module, run: Path, state_dict: Any, source: str | None = None
+) -> None:
+    """Load a state dict strictly; a mismatch is a one-line CheckpointError.
+
+    ``source`` names where the weights come from (e.g. "model.pt"); the message gives the
+    number of missing, unexpected and mis-shaped keys and the first few of each.
+    """
+    where = f"'{run / source}'" if source else f"run '{run}'"
+    hint = "The run folder may mix files from different runs; train again with --force."
+    if not _is_state_dict(state_dict):
+        raise CheckpointError(
+            f"The weights in {where} are {_kind(state_dict)}, not a state dict "
+            "(parameter names -> tensors).",
+            hint=_redo_hint(source or WEIGHTS),
+        )
+    expected = model.state_dict()
+    missing = [_key(k) for k in expected if k not in state_dict]
+    unexpected = [_key(k) for k in state_dict if k not in expected]
+    shaped = [
+        f"{_key(k)} {list(v.shape)} (model {list(expected[k].shape)})"
+        for k, v in state_dict.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    parts = [
+        f"{len(keys)} {'key' if len(keys) == 1 else 'keys'} {label} ({_first(keys)})"
+        for keys, label in (
+            (missing, "missing"),
+            (unexpected, "unexpected"),
+            (shaped, "of another shape"),
+        )
+        if keys
+    ]
+    if parts:
+        raise CheckpointError(
+            f"The weights in {where} do not fit the model in its config.json: {'; '.join(parts)}.",
+            hint=hint,
+        )
     try:
         model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0:3]
+    except RuntimeError as exc:  # e.g. a dtype that cannot be copied
+        detail = " ".join(str(exc).split())[:200]
         raise CheckpointError(
-            f"The weights in '{run}' do not fit the model in its config.json ({' '.join(first)}).",
-            hint="The run folder may mix files from different runs; train again with --force.",
+            f"The weights in {where} do not fit the model in its config.json ({detail}).",
+            hint=hint,
         ) from None
 
 
@@ -291,7 +465,7 @@ def load_run(
     model = build_model(
         config["model_name"], config["model_config"], config["dims"], config["task"]
     )
-    load_weights(model, run, _load_torch(run, WEIGHTS, "cpu"))
+    load_weights(model, run, _load_torch(run, WEIGHTS, "cpu"), source=WEIGHTS)
     model.to(dev).eval()
     metrics = read_metrics(run) if (run / METRICS).is_file() else None
     raw = {k: v for k, v in config.items() if k not in ("model_config", "train_config")}

@@ -47,9 +47,15 @@ RUN_META_KEYS = frozenset(
 INF = math.inf
 
 
-def _spec(default: Any, lo: float = -INF, hi: float = INF, choices: tuple[Any, ...] = ()) -> Any:
-    """A dataclass field with a valid range (inclusive) or a set of choices."""
-    return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices})
+def _spec(
+    default: Any,
+    lo: float = -INF,
+    hi: float = INF,
+    choices: tuple[Any, ...] = (),
+    hint: str | None = None,
+) -> Any:
+    """A dataclass field with a valid range (inclusive) or a set of choices (and an error hint)."""
+    return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices, "hint": hint})
 
 
 def _range_text(lo: float, hi: float, kind: str) -> str:
@@ -69,7 +75,7 @@ def _check_field(owner: str, name: str, value: Any, default: Any, meta: Mapping[
     def fail(expected: str) -> ConfigError:
         return ConfigError(
             f"The '{name}' parameter must be {expected}. Got {value!r} instead.",
-            hint=f"See the field '{name}' of {owner} in qamoe_core/config.py.",
+            hint=meta.get("hint") or f"See the field '{name}' of {owner} in qamoe_core/config.py.",
         )
 
     if isinstance(default, bool):
@@ -134,7 +140,10 @@ class _Config:
     def from_dict(cls: type[C], data: Mapping[str, Any], section: str = "") -> C:
         """Build from a mapping of field values; an unknown key is a ConfigError naming it."""
         if not isinstance(data, Mapping):
-            raise ConfigError(f"The '{section or cls.__name__}' section must be a JSON object.")
+            raise ConfigError(
+                f"The '{section or cls.__name__}' section must be a JSON object.",
+                hint=_section_hint(section or cls.__name__),
+            )
         unknown = sorted(set(data) - set(cls.field_names()))
         if unknown:
             where = f" in section '{section}'" if section else ""
@@ -258,9 +267,12 @@ class ModelConfig(_Config):
 
     def _check_relations(self) -> None:
         if self.d_model % self.n_heads:
+            up = -(-self.d_model // self.n_heads) * self.n_heads
             raise ConfigError(
                 f"The 'd_model' parameter must be divisible by 'n_heads' ({self.n_heads}). "
-                f"Got {self.d_model} instead."
+                f"Got {self.d_model} instead.",
+                hint=f"Each head gets d_model / n_heads dims: use d_model {up}, or an n_heads "
+                f"that divides {self.d_model}.",
             )
         if self.top_k > self.num_experts:
             raise ConfigError(
@@ -320,7 +332,12 @@ class TrainConfig(_Config):
     val_seed: int = _spec(0, 0, 2**63 - 1)
     # Validation metric: auto = MAE (regression: the training objective's own scale) or Acc_2
     # (binary); "loss" = the task loss; or any metric of the file's scheme.
-    select_metric: str = _spec("auto", choices=SELECT_METRICS)
+    select_metric: str = _spec(
+        "auto",
+        choices=SELECT_METRICS,
+        hint="auto = MAE (regression) or Acc_2 (binary), loss = the task loss; a metric must "
+        "belong to the data's scheme (mosi, sims or binary).",
+    )
     # Model seed (init, shuffling, dropout, training corruption).
     seed: int = _spec(0, 0, 2**63 - 1)
     # Load a split into memory when its features take at most this many GiB; larger
@@ -329,7 +346,11 @@ class TrainConfig(_Config):
 
     def _check_relations(self) -> None:
         if len(set(self.corrupt_modalities)) != len(self.corrupt_modalities):
-            raise ConfigError("The 'corrupt_modalities' parameter names a modality twice.")
+            raise ConfigError(
+                "The 'corrupt_modalities' parameter names a modality twice. "
+                f"Got {list(self.corrupt_modalities)} instead.",
+                hint=f"List each modality once: {list(dict.fromkeys(self.corrupt_modalities))}.",
+            )
         lv = self.train_levels
         if len(lv) != 2 or lv[0] > lv[1]:
             raise ConfigError(
@@ -339,20 +360,79 @@ class TrainConfig(_Config):
             )
 
 
+_EXAMPLE = '{"format_version": 1, "model": {...}, "train": {...}}'
+
+
+def _section_hint(name: str) -> str:
+    example = '{"epochs": 30}' if name == "train" else '{"d_model": 128}'
+    return f'Write the section as an object of fields, e.g. "{name}": {example}.'
+
+
 def _read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(
+            f"The config file '{p}' is a directory, not a JSON file.",
+            hint="Give the path of a JSON file, e.g. runs/NAME/config.json.",
+        )
     if not p.is_file():
-        raise ConfigError(f"The config file '{p}' does not exist.")
+        raise ConfigError(
+            f"The config file '{p}' does not exist.",
+            hint=f"Check the path given to --config; a config file holds {_EXAMPLE}.",
+        )
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(
-            f"The config file '{p}' is not valid JSON ({exc}).",
-            hint='Expected {"model": {...}, "train": {...}}.',
+            f"The config file '{p}' is not valid JSON ({' '.join(str(exc).split())[:200]}).",
+            hint=f"Expected {_EXAMPLE}.",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"The config file '{p}' could not be read ({exc.strerror or type(exc).__name__}).",
+            hint="Check that the file is readable.",
         ) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"The config file '{p}' must hold a JSON object.")
+        raise ConfigError(
+            f"The config file '{p}' must hold a JSON object. "
+            f"Got a JSON {_json_kind(data)} instead.",
+            hint=f"Expected {_EXAMPLE}.",
+        )
     return data
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, str):
+        return "string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    return "number"
+
+
+def _check_version(data: Mapping[str, Any], source: str) -> None:
+    """format_version, when present: an integer this code can read (1)."""
+    if "format_version" not in data:
+        return
+    version = data["format_version"]
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ConfigError(
+            f"The 'format_version' of {source} must be an integer. Got {version!r:.80} instead.",
+            hint=f'This qamoe writes and reads "format_version": {CONFIG_VERSION}.',
+        )
+    if version > CONFIG_VERSION:
+        raise ConfigError(
+            f"{source} has format_version {version}; this qamoe reads {CONFIG_VERSION}.",
+            hint="It was written by a newer qamoe: upgrade qamoe (pip install -U qamoe).",
+        )
+    if version != CONFIG_VERSION:
+        raise ConfigError(
+            f"{source} has format_version {version}; this qamoe reads {CONFIG_VERSION}.",
+            hint=f'Set "format_version": {CONFIG_VERSION}.',
+        )
 
 
 def split_sections(data: Mapping[str, Any], source: str = "config") -> tuple[dict, dict]:
@@ -364,13 +444,14 @@ def split_sections(data: Mapping[str, Any], source: str = "config") -> tuple[dic
             f"Unknown config key(s) in {source}: {', '.join(unknown)}.",
             hint='A config file has the sections "model" and "train" (and "format_version").',
         )
-    version = data.get("format_version", CONFIG_VERSION)
-    if "format" in data and version != CONFIG_VERSION:
-        raise ConfigError(f"{source} has format_version {version}; this qamoe reads 1.")
+    _check_version(data, source)
     model, train = data.get("model", {}), data.get("train", {})
     for name, section in (("model", model), ("train", train)):
         if not isinstance(section, Mapping):
-            raise ConfigError(f"The '{name}' section of {source} must be a JSON object.")
+            raise ConfigError(
+                f"The '{name}' section of {source} must be a JSON object.",
+                hint=_section_hint(name),
+            )
     return dict(model), dict(train)
 
 

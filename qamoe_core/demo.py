@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -93,7 +94,10 @@ class DemoResult:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
 
-def _prepare(out: Path, force: bool) -> None:
+def _prepare(out: Path, force: bool) -> Path | None:
+    """Create ``out``; an earlier demo there (with --force) is renamed aside, not deleted, until
+    the new one has finished: returns where it went."""
+    old = None
     if out.exists():
         if not force:
             raise OutputExistsError(out)
@@ -103,9 +107,19 @@ def _prepare(out: Path, force: bool) -> None:
                 "replace it.",
                 hint="Choose a new folder with --out.",
             )
-        shutil.rmtree(out)
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.replace(out, old / out.name)
     out.mkdir(parents=True)
     (out / MARKER).write_text(f"qamoe {__version__}\n")
+    return old
+
+
+def _undo(out: Path, old: Path | None) -> None:
+    """A demo that did not finish: remove its folder and put the earlier one back."""
+    shutil.rmtree(out, ignore_errors=True)
+    if old is not None:
+        os.replace(old / out.name, out)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _evaluate(
@@ -124,7 +138,21 @@ def run_demo(
 ) -> DemoResult:
     """Run the chain into ``out_dir``; ``stage(text)`` is called as each step starts."""
     out = Path(out_dir)
-    _prepare(out, force)
+    resolve_device(device)  # a bad --device fails before any folder is touched
+    old = _prepare(out, force)
+    try:
+        result = _run(out, cfg, device, stage)
+    except BaseException:
+        _undo(out, old)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return result
+
+
+def _run(
+    out: Path, cfg: DemoConfig, device: str, stage: Callable[[str], None] | None
+) -> DemoResult:
     say = stage or (lambda text: log.info(text))
     seconds: dict[str, float] = {}
 

@@ -78,6 +78,7 @@ def check_choice(value: Any, choices: tuple[str, ...] | list[str], name: str) ->
     if value not in choices:
         raise InputError(
             f"The '{name}' parameter must be one of {', '.join(map(str, choices))}. "
-            f"Got {value!r} instead."
+            f"Got {value!r} instead.",
+            hint="Names are case-sensitive; the command's --help lists them.",
         )
     return str(value)

@@ -49,7 +49,7 @@ from qamoe_core import MODALITIES
 from qamoe_core.atomic import atomic_path
 from qamoe_core.checkpoint import load_run, resolve_device
 from qamoe_core.errors import DataFormatError, InputError, check_level
-from qamoe_core.h5store import FeatureFile
+from qamoe_core.h5store import FeatureFile, check_block
 from qamoe_core.metrics import METRIC_NAMES, compute
 from qamoe_core.results import (
     QUALITY_PREFIX,
@@ -68,6 +68,11 @@ DEFAULT_LEVELS: tuple[float, ...] = tuple(round(0.1 * i, 10) for i in range(10))
 Progress = Callable[..., None]
 
 
+# A step of 0.001 over [0, 1]; finer grids only cost time (each point is a pass over the split).
+MAX_LEVELS = 1001
+_LEVELS_HINT = "e.g. --levels 0:0.9:0.1 or --levels 0,0.3,0.6"
+
+
 def parse_levels(text: str) -> tuple[float, ...]:
     """'0:0.9:0.1' (start:stop:step, stop included) or '0,0.25,0.5' -> sorted unique levels.
 
@@ -79,22 +84,34 @@ def parse_levels(text: str) -> tuple[float, ...]:
         if len(parts) != 3:
             raise InputError(
                 f"The 'levels' parameter must be start:stop:step or a comma list. Got {text!r}.",
-                hint="e.g. --levels 0:0.9:0.1 or --levels 0,0.3,0.6",
+                hint=_LEVELS_HINT,
             )
         try:
             start, stop, step = (float(p) for p in parts)
         except ValueError:
-            raise InputError(f"The 'levels' parameter holds a non-number: {text!r}.") from None
+            raise InputError(
+                f"The 'levels' parameter holds a non-number: {text!r}.", hint=_LEVELS_HINT
+            ) from None
         if not step > 0:
-            raise InputError(f"The step of 'levels' must be > 0. Got {step:g} instead.")
+            raise InputError(
+                f"The step of 'levels' must be > 0. Got {step:g} instead.", hint=_LEVELS_HINT
+            )
         check_level(start, "levels"), check_level(stop, "levels")
         count = math.floor((stop - start) / step + 1e-9) + 1
+        if count > MAX_LEVELS:
+            raise InputError(
+                f"The 'levels' grid {text!r} has {count:,} points; at most {MAX_LEVELS} are "
+                "allowed (each is a pass over the split per axis and seed).",
+                hint="Use a coarser step, e.g. --levels 0:1:0.05",
+            )
         values = [start + i * step for i in range(max(count, 0))]
     else:
         try:
             values = [float(p) for p in text.split(",") if p.strip()]
         except ValueError:
-            raise InputError(f"The 'levels' parameter holds a non-number: {text!r}.") from None
+            raise InputError(
+                f"The 'levels' parameter holds a non-number: {text!r}.", hint=_LEVELS_HINT
+            ) from None
     levels = tuple(sorted({round(check_level(v, "levels"), 10) for v in values}))
     if not levels:
         raise InputError(
@@ -365,6 +382,7 @@ class Evaluation:
         self.task = str(getattr(model, "task", "regression"))
         self.model_name = model_name or str(getattr(model, "name", type(model).__name__))
         mods = tuple(getattr(model, "modalities", MODALITIES))
+        self.model_modalities = mods
         with FeatureFile(self.data) as f:
             check_compatible(model, f, self.task)
             if (cfg.sweep or cfg.drop_sets) and f.corruption:
@@ -407,6 +425,7 @@ class Evaluation:
             for start in range(0, self.n, self.block):
                 rows = slice(start, min(self.n, start + self.block))
                 raw = f.read(cfg.split, rows)
+                check_block(raw, self.model_modalities, f"'{f.path}' [{cfg.split}]")
                 batch = {
                     k: torch.from_numpy(np.ascontiguousarray(v)).to(dev)
                     for k, v in raw.items()

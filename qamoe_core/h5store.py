@@ -417,20 +417,34 @@ class FeatureFile:
                 f"{a.get('format')!r}, expected {FORMAT!r}).",
                 hint="Import your data with `qamoe extract` first.",
             )
-        version = int(a.get("format_version", -1))
+        try:
+            version = int(a.get("format_version", -1))
+        except (TypeError, ValueError):
+            version = -1
         if version != FORMAT_VERSION:
             raise DataFormatError(
                 f"{where} has format_version {version}; this qamoe reads {FORMAT_VERSION}.",
                 hint="Re-import the data with this version of qamoe.",
             )
+        damaged = "The file is damaged or was not written by qamoe; re-import it."
         for key in ("dataset", "task", "scheme", "modalities"):
             if key not in a:
-                raise DataFormatError(f"{where} lacks the root attr '{key}'.")
+                raise DataFormatError(f"{where} lacks the root attr '{key}'.", hint=damaged)
         self.attrs: dict[str, Any] = {k: a[k] for k in a}
         self.dataset = str(a["dataset"])
         self.task = str(a["task"])
         self.scheme = str(a["scheme"])
-        self.modalities = tuple(json.loads(a["modalities"]))
+        try:
+            mods = json.loads(a["modalities"])
+        except (TypeError, ValueError):
+            mods = None
+        if not isinstance(mods, list) or not mods or not all(isinstance(m, str) for m in mods):
+            raise DataFormatError(
+                f"{where}: the root attr 'modalities' is not a JSON list of names "
+                f"(got {a['modalities']!r}).",
+                hint=damaged,
+            )
+        self.modalities = tuple(mods)
         self.splits = tuple(s for s in SPLITS if s in self.h5)
         if not self.splits:
             raise DataFormatError(f"{where} has no split (expected groups train, valid, test).")

@@ -93,7 +93,11 @@ def _as_1d(values: Any, name: str) -> np.ndarray:
     if bad.any():
         raise InputError(
             f"The '{name}' values hold {int(bad.sum())} non-finite numbers (NaN or inf).",
-            hint="A model that outputs NaN has diverged; check its training history.",
+            hint=(
+                "A model that outputs NaN has diverged; check its training history."
+                if name == "pred"
+                else "Labels must be finite numbers; check the data file."
+            ),
         )
     return arr
 

@@ -334,7 +334,15 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 
 
 def _check_out(out_dir: Path, force: bool) -> None:
+    """Refuse an output that cannot be made a report folder, before any work."""
     if not out_dir.exists():
+        # The missing folders are created on the way; a file among them would stop that.
+        parent = next((p for p in out_dir.parents if os.path.lexists(p)), None)
+        if parent is not None and not parent.is_dir():  # a file, or a dangling link
+            raise InputError(
+                f"The output '{out_dir}' cannot be created: '{parent}' is not a folder.",
+                hint="Choose an --out folder whose parents are folders (or do not exist yet).",
+            )
         return
     if not force:
         raise OutputExistsError(out_dir)

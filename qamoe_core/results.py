@@ -92,12 +92,22 @@ def _fail(source: str, message: str, hint: str | None = None) -> DataFormatError
     )
 
 
+def _first(column: pd.Series, bad: pd.Series) -> str:
+    """The first flagged value and where it is: "'x' in data row 3" (1-based, header not
+    counted, so a CSV's line 4)."""
+    pos = int(np.flatnonzero(bad.to_numpy())[0])
+    value = column.iloc[pos]
+    shown = repr(value) if isinstance(value, str) else str(value)
+    return f"{shown} in data row {pos + 1}"
+
+
 def validate(df: pd.DataFrame, source: str = "results") -> pd.DataFrame:
     """Check a results table against the schema and return it with normalised dtypes.
 
     Raises :class:`DataFormatError` naming ``source`` for missing columns, another schema
-    version, unknown axes or variants, levels outside [0, 1], non-numeric values, or
-    duplicated measurements. Extra columns are kept.
+    version, unknown axes or variants, levels outside [0, 1], seeds that are not whole
+    numbers >= 0, non-numeric values, or duplicated measurements (naming the first bad
+    value and its data row). Extra columns are kept.
     """
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
@@ -131,12 +141,23 @@ def validate(df: pd.DataFrame, source: str = "results") -> pd.DataFrame:
         if bad_rows.any():
             raise _fail(
                 source,
-                f"column '{col}' holds non-numeric values, e.g. {out[col][bad_rows].iloc[0]!r}.",
+                f"column '{col}' holds non-numeric values, e.g. {_first(out[col], bad_rows)}.",
             )
         out[col] = numeric
-    if not out["level"].between(0.0, 1.0).all():
-        bad_level = out["level"][~out["level"].between(0.0, 1.0)].iloc[0]
-        raise _fail(source, f"column 'level' must lie in [0, 1]; found {bad_level}.")
+    bad_level = ~out["level"].between(0.0, 1.0)  # also catches inf
+    if bad_level.any():
+        raise _fail(
+            source, f"column 'level' must lie in [0, 1]; found {_first(df['level'], bad_level)}."
+        )
+    seed = out["seed"].astype(np.float64)  # whole, finite and within int64, or refused
+    bad_seed = ~(np.isfinite(seed) & (seed >= 0) & (seed < 2.0**63) & (seed == np.floor(seed)))
+    if bad_seed.any():
+        raise _fail(
+            source,
+            f"column 'seed' must hold whole numbers >= 0; found {_first(df['seed'], bad_seed)}.",
+            "The seed is the corruption seed (0, 1, 2, ...; 0 where nothing random happened); "
+            "fix that row or re-run `qamoe eval`.",
+        )
     out["seed"] = out["seed"].astype(np.int64)
     out["level"] = out["level"].astype(np.float64).round(10)  # 0.30000000000000004 -> 0.3
     out["value"] = out["value"].astype(np.float64)
@@ -178,9 +199,15 @@ def load(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> pd
         raise InputError("No results file given.", hint="Pass one or more results.csv files.")
     frames = []
     for p in map(Path, paths):
+        if p.is_dir():
+            raise InputError(
+                f"The results file '{p}' is a directory.",
+                hint=f"Pass the results CSV files inside it instead, e.g. {p / '*.csv'}",
+            )
         if not p.is_file():
             raise InputError(
-                f"The results file '{p}' does not exist.",
+                f"The results file '{p}' "
+                + ("is not a regular file." if p.exists() else "does not exist."),
                 hint="Write one with `qamoe eval RUN --data DATA.h5 --sweep --out results.csv`.",
             )
         try:
@@ -190,6 +217,11 @@ def load(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> pd
             )
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             raise _fail(f"'{p}'", f"not a readable CSV ({type(exc).__name__}).") from None
+        except OSError as exc:  # permission denied, I/O error
+            raise InputError(
+                f"Cannot read the results file '{p}': {exc.strerror or exc}.",
+                hint="Check the file's permissions.",
+            ) from None
         frames.append(validate(df, f"'{p}'"))
     combined = pd.concat(frames, ignore_index=True)
     if len(frames) > 1:
@@ -200,6 +232,7 @@ def load(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> pd
 # A run label that names a model seed: "qamoe-s2", "early_s0", "qamoe-seed10", "qamoe_seed3".
 MODEL_SEED_RUN = re.compile(r"^(?P<stem>.+?)[-_](?:s|seed)(?P<seed>\d+)$")
 SEED_STRIDE = 1000  # pooled seed = SEED_STRIDE x model seed + corruption seed
+MAX_MODEL_SEED = 10**15  # keeps the pooled seed inside int64
 
 
 def pool_model_seeds(df: pd.DataFrame) -> pd.DataFrame:
@@ -209,7 +242,8 @@ def pool_model_seeds(df: pd.DataFrame) -> pd.DataFrame:
     the seed column becomes ``1000 x N + corruption seed``, so every later statistic (curve
     bands, n_seeds, the summaries) runs over model AND corruption seeds. Runs without such a
     suffix are kept as they are. Raises InputError when no run has a seed suffix, when a
-    corruption seed is 1000 or more, or when a pooled label collides with an existing run.
+    corruption seed is 1000 or more, when a model seed is 10**15 or more, or when a pooled
+    label collides with an existing run.
     """
     out = df.copy()
     parsed = out["run"].astype(str).str.extract(MODEL_SEED_RUN)
@@ -230,7 +264,15 @@ def pool_model_seeds(df: pd.DataFrame) -> pd.DataFrame:
             f"Pooled run name(s) {', '.join(clash)} already exist as runs without a seed.",
             hint="Rename one of them with qamoe eval --name.",
         )
-    model_seed = parsed.loc[seeded, "seed"].astype(np.int64)
+    model_seed = parsed.loc[seeded, "seed"].map(int)  # Python ints: no overflow yet
+    if (model_seed >= MAX_MODEL_SEED).any():
+        big = model_seed[model_seed >= MAX_MODEL_SEED].index[0]
+        raise InputError(
+            f"The model seed in run '{out.loc[big, 'run']}' is too large to pool "
+            f"(the limit is {MAX_MODEL_SEED - 1}).",
+            hint="Relabel the run with a smaller seed (qamoe eval --name NAME-s0).",
+        )
+    model_seed = model_seed.astype(np.int64)
     out.loc[seeded, "seed"] = SEED_STRIDE * model_seed + out.loc[seeded, "seed"]
     out.loc[seeded, "run"] = parsed.loc[seeded, "stem"]
     return validate(out, "pooled results")
@@ -252,15 +294,30 @@ def default_metric(df: pd.DataFrame) -> str:
         return PRIMARY[scheme]
     names = [m for m in dict.fromkeys(df["metric"]) if not is_diagnostic(m)]
     if not names:
-        raise InputError("The results hold diagnostics only, no metric to summarise.")
+        raise InputError(
+            "The results hold diagnostics only, no metric to summarise.",
+            hint="Add the results file that holds the metrics, or name a diagnostic, e.g. "
+            f"--metric {df['metric'].iloc[0]}.",
+        )
     return names[0]
 
 
 def check_metric(df: pd.DataFrame, metric: str) -> str:
     if metric not in set(df["metric"]):
         names = [m for m in dict.fromkeys(df["metric"]) if not is_diagnostic(m)]
+        diagnostics = [m for m in dict.fromkeys(df["metric"]) if is_diagnostic(m)]
+        if names:
+            also = f"; diagnostics such as {diagnostics[0]} work too" if diagnostics else ""
+            hint = (
+                f"The metrics in these results are {', '.join(names)}: pass one or more, "
+                f"comma-separated, with --metric{also}."
+            )
+        else:
+            hint = f"These results hold diagnostics only; pick one, e.g. --metric {diagnostics[0]}."
         raise InputError(
-            f"The 'metric' parameter must be one of {', '.join(names)}. Got {metric!r} instead."
+            f"The 'metric' parameter must be one of {', '.join(names or diagnostics)}. "
+            f"Got {metric!r} instead.",
+            hint=hint,
         )
     return metric
 

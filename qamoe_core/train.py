@@ -23,6 +23,7 @@ import copy
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ from qamoe_core.errors import (
     TrainingError,
     check_choice,
 )
-from qamoe_core.h5store import FeatureFile, H5Dataset, to_torch
+from qamoe_core.h5store import FeatureFile, H5Dataset, check_block, to_torch
 from qamoe_core.metrics import compute, higher_is_better
 from qamoe_core.model import MultimodalModel, build_model
 from qamoe_core.spectrum import CorruptionSpec, apply_spec, corrupt_batch, sample_levels
@@ -145,8 +146,12 @@ class SplitData:
         self.split, self.device, self.n = split, device, f.n(split)
         self.memory: Batch | None = None
         self.dataset: H5Dataset | None = None
+        # NaN/inf or impossible lengths are named here, not found later as a "diverged" loss.
+        self.where, self.modalities = f"'{f.path}' [{split}]", f.modalities
         if _split_gib(f, split) <= max_gib:
-            self.memory = to_torch(f.read(split, slice(None)), device)
+            rows = f.read(split, slice(None))
+            check_block(rows, f.modalities, self.where)
+            self.memory = to_torch(rows, device)
         else:
             log.info("reading split '%s' lazily (%.1f GiB)", split, _split_gib(f, split))
             self.dataset = H5Dataset(f.path, split)
@@ -165,6 +170,8 @@ class SplitData:
         loader = DataLoader(self.dataset, batch_sampler=chunks, num_workers=0,
                             generator=torch.Generator())  # fmt: skip
         for batch in loader:  # H5Dataset.__getitems__ reads each chunk in one HDF5 call
+            keys = ["label", *self.modalities, *(f"{m}_len" for m in self.modalities)]
+            check_block({k: batch[k].numpy() for k in keys}, self.modalities, self.where)
             yield {k: v.to(self.device) for k, v in batch.items()}
 
 
@@ -263,18 +270,30 @@ def _select_metric(cfg: TrainConfig, scheme: str, task: str) -> str:
         raise InputError(
             f"The 'select_metric' parameter must be auto, loss or one of "
             f"{', '.join(METRIC_NAMES[scheme])} for scheme '{scheme}'. "
-            f"Got {cfg.select_metric!r} instead."
+            f"Got {cfg.select_metric!r} instead.",
+            hint="'auto' picks MAE for regression and Acc_2 for binary labels.",
         )
     return cfg.select_metric
 
 
-def _prepare_out_dir(out: Path, resume: bool, force: bool) -> None:
+# --force sets the run it replaces aside here (inside the run folder) until the new run has
+# written its first checkpoint, so a run that fails at once does not cost the old one.
+ASIDE = ".qamoe-replaced"
+
+
+def _prepare_out_dir(out: Path, resume: bool, force: bool) -> tuple[Path | None, bool]:
+    """Make ``out`` ready for a run; return the folder holding a replaced run (if any) and
+    whether ``out`` was created here."""
     if resume:
         ckpt.check_run(out, require=(ckpt.CONFIG, ckpt.STATE))
-        return
+        return None, False
     if out.exists() and not out.is_dir():
-        raise InputError(f"The output '{out}' is a file; --out takes a run directory.")
-    if out.is_dir() and any(out.iterdir()):
+        raise InputError(
+            f"The output '{out}' is a file; --out takes a run directory.",
+            hint="Choose a folder path, e.g. --out runs/NAME.",
+        )
+    aside = None
+    if out.is_dir() and any(p.name != ASIDE for p in out.iterdir()):
         if not ckpt.is_run_dir(out):
             raise InputError(
                 f"The output folder '{out}' is not empty and holds no qamoe run.",
@@ -285,8 +304,35 @@ def _prepare_out_dir(out: Path, resume: bool, force: bool) -> None:
                 f"The output folder '{out}' already holds a run.",
                 hint="Choose another --out, continue it with --resume, or replace it with --force.",
             )
-        ckpt.clear_run(out)
+        aside = out / ASIDE
+        if aside.exists():  # an earlier replacement never committed: it holds the old run
+            ckpt.clear_run(out)
+        else:
+            aside.mkdir()
+            for name in ckpt.ALL_FILES:
+                if (out / name).exists():
+                    os.replace(out / name, aside / name)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    return aside, created
+
+
+def _settle(out: Path, aside: Path | None, fresh: bool, created: bool) -> None:
+    """After training ends (or fails): a run that wrote a checkpoint stays and the replaced
+    one goes; one that did not is undone, and the replaced run (if any) comes back."""
+    if not fresh:
+        return
+    if (out / ckpt.STATE).exists():
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+        return
+    ckpt.clear_run(out)
+    if aside is not None:
+        for p in aside.iterdir():
+            os.replace(p, out / p.name)
+        aside.rmdir()
+    if created and not any(out.iterdir()):
+        out.rmdir()
 
 
 def _dataset_info(f: FeatureFile) -> dict[str, Any]:
@@ -529,9 +575,33 @@ def _train(
         check_choice(model_name, MODEL_NAMES, "model")
         mcfg, tcfg = model_cfg or ModelConfig(), train_cfg or TrainConfig()
     metric = _select_metric(tcfg, f.scheme, f.task)
-    if info.main:
-        _prepare_out_dir(out, resume, force)
+    aside, created = _prepare_out_dir(out, resume, force) if info.main else (None, False)
     _barrier(info)
+    try:
+        result = _fit(f, out, model_name, mcfg, tcfg, metric, resume, dev, info, notify, t0)
+    except BaseException:
+        if info.main:
+            _settle(out, aside, fresh=not resume, created=created)
+        raise
+    if info.main:
+        _settle(out, aside, fresh=not resume, created=created)
+    return result
+
+
+def _fit(
+    f: FeatureFile,
+    out: Path,
+    model_name: str,
+    mcfg: ModelConfig,
+    tcfg: TrainConfig,
+    metric: str,
+    resume: bool,
+    dev: torch.device,
+    info: DistInfo,
+    notify: ProgressFn,
+    t0: float,
+) -> dict[str, Any]:
+    """The training proper, once the output folder is ready (see :func:`_train`)."""
     dims = {m: int(f.dims[m]) for m in f.modalities}
     if not resume and info.main:
         config = ckpt.run_config(model_name, mcfg, tcfg, dims=dims, task=f.task,
@@ -548,6 +618,8 @@ def _train(
     train_std = {m: torch.from_numpy(f.train_std(m)).to(dev) for m in f.modalities}
     train_data = SplitData(f, "train", dev, tcfg.in_memory_gib)
     valid_data = SplitData(f, "valid", dev, tcfg.in_memory_gib)
+    # read (and checked) now, so that bad test data stops the run before training, not after
+    test = SplitData(f, "test", dev, tcfg.in_memory_gib) if "test" in f.splits else None
     val_sets = _validation_sets(valid_data, f, tcfg, train_std, max(tcfg.batch_size, 256))
     trainer = _Trainer(model, tcfg, dev, info, train_std, f.modalities)
 
@@ -567,9 +639,9 @@ def _train(
     stopped_early = False
     if resume:
         state = ckpt.load_state(out, dev)
-        ckpt.load_weights(model, out, state["model"])
+        ckpt.load_weights(model, out, state["model"], source=ckpt.STATE)
         if trainer.ema is not None:
-            ckpt.load_weights(trainer.ema, out, state["ema_model"])
+            ckpt.load_weights(trainer.ema, out, state["ema_model"], source=ckpt.STATE)
         best_weights = state["best_model"]
         trainer.opt.load_state_dict(state["optimizer"])
         trainer.step = int(state["step"])
@@ -602,12 +674,14 @@ def _train(
         for b, clean in enumerate(train_data.batches(list(sampler), tcfg.batch_size), start=1):
             res = trainer.train_step(clean, gen, total_steps, warmup)
             if not res["finite"]:
+                kept = (
+                    f"The last good checkpoint (epoch {epoch}) is kept in '{out}'."
+                    if epoch > 0
+                    else f"Nothing was kept: '{out}' is as it was before this run."
+                )
                 raise TrainingError(
                     f"The training loss became {res['loss']} at epoch {epoch + 1}, batch {b}.",
-                    hint=(
-                        f"The last good checkpoint (epoch {epoch}) is kept in '{out}'. "
-                        "Lower the learning rate (train.lr) or keep train.grad_clip > 0."
-                    ),
+                    hint=f"{kept} Lower the learning rate (train.lr) or keep train.grad_clip > 0.",
                 )
             sums += [res["loss"], res["loss_task"], res["loss_unc"]]
             n_batches += 1
@@ -679,12 +753,16 @@ def _train(
     final["val_clean"] = score(
         predict(model, list(valid_data.batches(np.arange(valid_data.n), 256))), f.scheme, metric
     )[1]
-    if "test" in f.splits:
-        test = SplitData(f, "test", dev, tcfg.in_memory_gib)
-        final["test_clean"] = score(
-            predict(model, test.batches(np.arange(test.n), 256)), f.scheme, metric
-        )[1]
-        final["test_note"] = "reported for reference; never used for selection"
+    if test is not None:
+        try:
+            final["test_clean"] = score(
+                predict(model, test.batches(np.arange(test.n), 256)), f.scheme, metric
+            )[1]
+            final["test_note"] = "reported for reference; never used for selection"
+        except DataFormatError as exc:  # a lazily read test split is only checked here
+            log.warning("test split not scored: %s", exc.message)
+            final["test_clean"] = None
+            final["test_note"] = f"not scored: {exc.message}"
     final["device"] = str(dev)
     final["world_size"] = info.world_size
     final["train_seconds"] = time.perf_counter() - t0

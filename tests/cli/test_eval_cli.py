@@ -151,3 +151,12 @@ def _small_other(tmp_path: Path) -> Path:
     write_features(path, splits, dataset="other", task="regression", scheme="mosi",
                    label_range=(-3.0, 3.0), extractor={"name": "test"})  # fmt: skip
     return path
+
+
+def test_out_and_per_sample_must_differ(
+    run_dir: Path, tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    same = tmp_path / "same.csv"
+    args = ["eval", str(run_dir), "--data", str(tiny_h5), "-o", str(same), "--per-sample"]
+    assert main([*args, str(tmp_path / "." / "same.csv"), "--force"]) == 2
+    assert "name the same file" in capsys.readouterr().err and not same.exists()

@@ -102,3 +102,75 @@ def test_override_ignores_none_and_rejects_unknown() -> None:
     assert t.epochs == 5 and t.lr == TrainConfig().lr
     with pytest.raises(ConfigError, match="epoch"):
         TrainConfig().override(epoch=5)
+
+
+def one_line(exc: pytest.ExceptionInfo[ConfigError]) -> str:
+    """The error's message, checked to be one line with a one-line hint (the CLI's contract)."""
+    message, hint = exc.value.message, exc.value.hint
+    assert "\n" not in message and hint and "\n" not in hint
+    return message
+
+
+@pytest.mark.parametrize(
+    ("version", "expected", "hint"),
+    [
+        (99, r"has format_version 99; this qamoe reads 1\.", "upgrade qamoe"),
+        (0, r"has format_version 0; this qamoe reads 1\.", '"format_version": 1'),
+        ("1", r"'format_version' of .* must be an integer\. Got '1' instead\.", "reads"),
+        (True, r"'format_version' of .* must be an integer\. Got True instead\.", "reads"),
+    ],
+)
+def test_format_version_is_checked_without_format_key(
+    tmp_path: Path, version: object, expected: str, hint: str
+) -> None:
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"format_version": version, "train": {"epochs": 3}}))
+    for load in (from_json, resolve):
+        with pytest.raises(ConfigError, match=expected) as exc:
+            load(path)
+        assert f"'{path}'" in one_line(exc) and hint in (exc.value.hint or "")
+    path.write_text(json.dumps({"format_version": 1, "train": {"epochs": 3}}))
+    assert resolve(path)[1].epochs == 3
+
+
+def test_config_path_that_is_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"The config file '.*' is a directory, not a JSON"
+    ) as exc:
+        resolve(tmp_path)
+    assert "does not exist" not in one_line(exc) and "config.json" in (exc.value.hint or "")
+
+
+@pytest.mark.parametrize(
+    ("content", "expected", "hint"),
+    [
+        (None, r"The config file '.*' does not exist\.", "--config"),
+        ([1, 2], r"must hold a JSON object\. Got a JSON list instead\.", '"model": {...}'),
+        ({"model": [1, 2]}, r"The 'model' section of .* must be a JSON object\.", '"d_model"'),
+        ({"train": 3}, r"The 'train' section of .* must be a JSON object\.", '"epochs"'),
+        ({"model": {"d_model": 30, "n_heads": 4}}, r"divisible by 'n_heads' \(4\)", "d_model 32"),
+        (
+            {"train": {"corrupt_modalities": ["text", "text"]}},
+            r"'corrupt_modalities' parameter names a modality twice\. Got \['text', 'text'\]",
+            "each modality once",
+        ),
+        ({"train": {"select_metric": "R2"}}, r"'select_metric' parameter must be one of", "scheme"),
+    ],
+)
+def test_config_errors_have_hints(
+    tmp_path: Path, content: object, expected: str, hint: str
+) -> None:
+    path = tmp_path / "cfg.json"
+    if content is not None:
+        path.write_text(json.dumps(content))
+    with pytest.raises(ConfigError, match=expected) as exc:
+        resolve(path)
+    one_line(exc)
+    assert hint in (exc.value.hint or "")
+
+
+def test_section_that_is_not_an_object_has_a_hint() -> None:
+    with pytest.raises(ConfigError, match=r"The 'train' section must be a JSON object") as exc:
+        TrainConfig.from_dict([1], "train")  # type: ignore[arg-type]
+    one_line(exc)
+    assert '"train": {"epochs": 30}' in (exc.value.hint or "")

@@ -58,3 +58,28 @@ def test_demo_refuses_to_clobber(tmp_path: Path) -> None:
         DemoConfig(level=1.5)
     with pytest.raises(InputError, match="'offset' parameter"):
         DemoConfig(offset=(("audio", -1.0),))
+
+
+def test_a_demo_that_does_not_finish_leaves_the_earlier_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import qamoe_core.demo as demo
+
+    out = tmp_path / "demo"
+    (out / "runs").mkdir(parents=True)
+    (out / ".qamoe-demo").write_text("an earlier demo\n")
+    (out / "runs" / "kept.txt").write_text("earlier result")
+    with pytest.raises(InputError, match="cuda"):  # checked before the folder is touched
+        run_demo(out, _tiny(), device="cuda:99", force=True)
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(out, _tiny(), device="cpu", force=True)
+    assert (out / "runs" / "kept.txt").read_text() == "earlier result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]  # nothing set aside is left
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(tmp_path / "fresh", _tiny(), device="cpu")
+    assert not (tmp_path / "fresh").exists()

@@ -56,6 +56,7 @@ def test_parse_levels() -> None:
         ("0:1:0", "must be > 0"),
         ("a,b", "non-number"),
         ("0:1", "start:stop:step"),
+        ("0:1:1e-9", "has 1,000,000,00[01] points; at most 1001"),
     ]:
         with pytest.raises(InputError, match=match):
             parse_levels(bad)
@@ -277,3 +278,16 @@ def test_chunked_corruption_equals_whole(tiny_h5: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(evaluate, "CORRUPT_ROWS", 5)  # 32-row batches in 7 pieces
     pieces = evaluate_model(make_model(tiny_h5), tiny_h5, cfg).table
     pd.testing.assert_frame_equal(whole, pieces, check_exact=True)
+
+
+def test_non_finite_data_is_named_not_blamed_on_the_model(tiny_h5: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import h5py
+
+    bad = tmp_path / "bad.h5"
+    shutil.copy(tiny_h5, bad)
+    with h5py.File(bad, "a") as h5:
+        h5["test/text"][3, 0, 0] = np.inf
+    with pytest.raises(DataFormatError, match=r"\[test\]: 'text' holds 1 non-finite"):
+        evaluate_model(make_model(tiny_h5), bad, EvalConfig())

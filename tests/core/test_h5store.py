@@ -159,6 +159,15 @@ def test_reader_names_the_problem(tmp_path: Path, splits: dict[str, SplitArrays]
         h5.attrs["format_version"] = 99
     with pytest.raises(DataFormatError, match="format_version 99"):
         FeatureFile(path)
+    for key, value, match in [("format_version", "abc", "format_version -1"),
+                              ("modalities", "text,audio", "'modalities' is not a JSON list"),
+                              ("modalities", "5", "'modalities' is not a JSON list")]:  # fmt: skip
+        path = _write(tmp_path / "v.h5", splits, force=True)
+        with h5py.File(path, "a") as h5:
+            h5.attrs[key] = value
+        with pytest.raises(DataFormatError, match=match) as info:
+            FeatureFile(path)
+        assert info.value.hint
     path = _write(tmp_path / "b.h5", splits)
     with h5py.File(path, "a") as h5:
         del h5["valid/audio"]

@@ -140,6 +140,13 @@ def test_report_several_metrics_and_files(tmp_path: Path, results: pd.DataFrame)
     ]
 
 
+def row_clean(**kw: object) -> dict[str, object]:
+    """One clean-axis row; keyword arguments replace its fields."""
+    base = {"run": "r", "model": "qamoe", "dataset": "d", "split": "test", "axis": "clean"}
+    base |= {"level": 0.0, "modalities": "text", "seed": 0, "variant": "normal"}
+    return base | {"metric": "Acc_2", "value": 0.7} | kw
+
+
 def test_report_clean_only(tmp_path: Path) -> None:
     df = make_table(
         [
@@ -172,8 +179,28 @@ def test_overwrite_rules(tmp_path: Path, results: pd.DataFrame) -> None:
 
 
 def test_unknown_metric(tmp_path: Path, results: pd.DataFrame) -> None:
-    with pytest.raises(InputError, match="'metric' parameter must be one of Has0_acc_2"):
+    with pytest.raises(InputError, match="'metric' parameter must be one of Has0_acc_2") as info:
         build_report(results, tmp_path / "rep", metrics=["Acc_9"])
+    assert "Has0_acc_2" in (info.value.hint or "") and "--metric" in (info.value.hint or "")
+    assert not (tmp_path / "rep").exists()
+
+
+def test_output_below_a_file_refused(tmp_path: Path) -> None:
+    df = make_table([row_clean()])
+    blocker = tmp_path / "rfile.txt"
+    blocker.write_text("keep")
+    for out in (blocker / "sub", blocker / "sub" / "deeper"):
+        with pytest.raises(InputError, match=r"rfile\.txt' is not a folder") as info:
+            build_report(df, out, force=True)
+        assert info.value.hint
+    assert blocker.read_text() == "keep"
+
+
+def test_diagnostics_only_has_a_hint(tmp_path: Path) -> None:
+    df = make_table([row_clean(metric="quality_text")])
+    with pytest.raises(InputError, match="diagnostics only") as info:
+        build_report(df, tmp_path / "rep")
+    assert "--metric quality_text" in (info.value.hint or "")
     assert not (tmp_path / "rep").exists()
 
 

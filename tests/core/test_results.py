@@ -13,6 +13,7 @@ from qamoe_core.errors import DataFormatError, InputError, OutputExistsError
 from qamoe_core.results import (
     COLUMNS,
     SCHEMA,
+    check_metric,
     curves,
     default_metric,
     fixed_missing,
@@ -117,6 +118,20 @@ def test_default_metric() -> None:
     assert default_metric(make_table([row(metric="MAE")])) == "MAE"
 
 
+def test_metric_errors_have_hints() -> None:
+    diag = make_table([row(metric="quality_text"), row(metric="expert_usage_0")])
+    with pytest.raises(InputError, match="diagnostics only") as info:
+        default_metric(diag)
+    assert "--metric quality_text" in (info.value.hint or "")
+    with pytest.raises(InputError, match="must be one of quality_text") as info:
+        check_metric(diag, "MAE")
+    assert "diagnostics only" in (info.value.hint or "")
+    df = make_table([row(metric="MAE"), row(metric="Corr"), row(metric="quality_text")])
+    with pytest.raises(InputError, match=r"must be one of MAE, Corr\. Got 'Acc_9'") as info:
+        check_metric(df, "Acc_9")
+    assert "are MAE, Corr" in (info.value.hint or "") and "quality_text" in (info.value.hint or "")
+
+
 def test_join_modalities_is_canonical() -> None:
     assert join_modalities(["vision", "text"]) == "text+vision"
 
@@ -152,6 +167,9 @@ def test_other_version_refused(tmp_path: Path) -> None:
         ("axis", "sideways", "unknown axis"),
         ("variant", "weird", "unknown variant"),
         ("level", 1.5, r"\[0, 1\]"),
+        ("level", "inf", r"\[0, 1\]; found 'inf' in data row 2"),
+        ("level", -0.1, r"\[0, 1\]"),
+        ("level", "nan", "non-numeric"),
         ("level", "high", "non-numeric"),
         ("value", "abc", "non-numeric"),
     ],
@@ -161,6 +179,25 @@ def test_bad_values(tmp_path: Path, column: str, value: object, match: str) -> N
     df.loc[1, column] = value
     with pytest.raises(DataFormatError, match=match):
         load(write(tmp_path, df))
+
+
+@pytest.mark.parametrize("seed", [1.5, "inf", -1, "-inf", 1e30, "nan", "two"])
+def test_bad_seeds_refused(tmp_path: Path, seed: object) -> None:
+    df = good().astype({"seed": object})
+    df.loc[2, "seed"] = seed
+    with pytest.raises(DataFormatError, match=r"bad\.csv'.*column 'seed'") as info:
+        load(write(tmp_path, df))
+    assert "data row 3" in info.value.message and info.value.hint
+
+
+def test_fractional_seed_is_not_a_false_duplicate(tmp_path: Path) -> None:
+    # 0.4 next to a seed-0 row of the same measurement used to be truncated to 0.
+    df = make_table([row(seed=0)]).astype({"seed": object})
+    df = pd.concat([df, df.assign(seed=0.4)], ignore_index=True)
+    with pytest.raises(DataFormatError, match=r"whole numbers >= 0; found '0\.4' in data row 2"):
+        load(write(tmp_path, df))
+    with pytest.raises(DataFormatError, match=r"found 0\.4 in data row 2"):  # in memory too
+        make_table([row(seed=0), row(seed=0.4)])
 
 
 def test_duplicates_across_files_refused(tmp_path: Path) -> None:
@@ -174,6 +211,12 @@ def test_duplicates_across_files_refused(tmp_path: Path) -> None:
 def test_not_a_csv_and_absent(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="does not exist"):
         load(tmp_path / "none.csv")
+    with pytest.raises(InputError, match="is a directory") as info:
+        load(tmp_path)
+    assert f"{tmp_path}/*.csv" in (info.value.hint or "")
+    if Path("/dev/null").exists():
+        with pytest.raises(InputError, match="is not a regular file"):
+            load("/dev/null")
     empty = tmp_path / "empty.csv"
     empty.write_text("")
     with pytest.raises(DataFormatError, match="not a readable CSV"):
@@ -207,3 +250,6 @@ def test_pool_model_seeds_refuses_what_it_cannot_pool() -> None:
     big = make_table([row(run="qa-s0", seed=1000)])
     with pytest.raises(InputError, match="below 1000"):
         pool_model_seeds(big)
+    for label in ("qa-s1000000000000000", "qa-s99999999999999999999"):  # would overflow int64
+        with pytest.raises(InputError, match="too large to pool"):
+            pool_model_seeds(make_table([row(run=label)]))

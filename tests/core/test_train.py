@@ -219,6 +219,56 @@ def test_nan_loss_names_epoch_and_batch_and_keeps_last_checkpoint(
     assert state["epoch"] == 1 and (tmp_path / "run" / "model.pt").exists()
 
 
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_things_as_they_were(
+    tiny_h5: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = replace(FAST, epochs=1)
+    run = tmp_path / "run"
+    train(tiny_h5, run, "late-fusion", MODEL, cfg, device="cpu")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    original = _Trainer.corrupt
+
+    def poisoned(self: _Trainer, clean: dict, gen: torch.Generator) -> dict:
+        batch = original(self, clean, gen)
+        return {**batch, "audio": batch["audio"] * float("nan")}
+
+    monkeypatch.setattr(_Trainer, "corrupt", poisoned)
+    # --force over a finished run: the failed replacement gives the old run back, intact
+    with pytest.raises(TrainingError, match="epoch 1, batch 1") as exc:
+        train(tiny_h5, run, "qamoe", MODEL, cfg, device="cpu", force=True)
+    assert "Nothing was kept" in (exc.value.hint or "")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    # a new folder: removed again, so the same command can simply be rerun
+    with pytest.raises(TrainingError):
+        train(tiny_h5, tmp_path / "new", "qamoe", MODEL, cfg, device="cpu")
+    assert not (tmp_path / "new").exists()
+    monkeypatch.setattr(_Trainer, "corrupt", original)
+    train(tiny_h5, run, "qamoe", MODEL, cfg, device="cpu", force=True)  # now it replaces it
+    assert ckpt.read_config(run)["model_name"] == "qamoe" and not (run / ".qamoe-replaced").exists()
+
+
+@pytest.mark.parametrize("split", ["train", "valid", "test"])
+def test_non_finite_data_is_named_before_training(
+    tiny_h5: Path, tmp_path: Path, split: str
+) -> None:
+    import h5py
+
+    bad = tmp_path / "bad.h5"
+    shutil.copy(tiny_h5, bad)
+    with h5py.File(bad, "a") as h5:
+        h5[f"{split}/vision"][1, 0, 0] = np.nan
+    with pytest.raises(DataFormatError, match=rf"\[{split}\]: 'vision' holds 1 non-finite"):
+        train(bad, tmp_path / "run", "qamoe", MODEL, FAST, device="cpu")
+    assert not (tmp_path / "run").exists()
+    lazy = replace(FAST, in_memory_gib=0.0)  # read in batches: checked batch by batch
+    if split == "test":  # read lazily, test is only scored (for reference) at the end
+        result = train(bad, tmp_path / "run", "qamoe", MODEL, lazy, device="cpu")
+        assert result["test_clean"] is None and "non-finite" in result["test_note"]
+        return
+    with pytest.raises(DataFormatError, match="non-finite"):
+        train(bad, tmp_path / "run", "qamoe", MODEL, lazy, device="cpu")
+
+
 def test_select_metric_must_exist_for_the_scheme(tiny_h5: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"scheme 'mosi'. Got 'Acc_2'"):
         train(tiny_h5, tmp_path / "run", "qamoe", MODEL, replace(FAST, select_metric="Acc_2"),
