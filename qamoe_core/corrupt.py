@@ -111,12 +111,16 @@ def _parse_splits(splits: str | Sequence[str] | None, available: tuple[str, ...]
     items = [s.strip() for s in splits.split(",")] if isinstance(splits, str) else list(splits)
     items = [s for s in items if s]
     if not items:
-        raise InputError("The 'splits' parameter must name at least one split. Got none.")
+        raise InputError(
+            "The 'splits' parameter must name at least one split. Got none.",
+            hint=f"e.g. --splits test (the file has {', '.join(available)}).",
+        )
     for s in items:
         if s not in available:
             raise InputError(
                 f"The 'splits' parameter must name splits of the file "
-                f"({', '.join(available)}). Got {s!r} instead."
+                f"({', '.join(available)}). Got {s!r} instead.",
+                hint="Split names are train, valid and test; comma-separate several.",
             )
     return [s for s in available if s in items]
 

@@ -447,17 +447,21 @@ class FeatureFile:
         self.modalities = tuple(mods)
         self.splits = tuple(s for s in SPLITS if s in self.h5)
         if not self.splits:
-            raise DataFormatError(f"{where} has no split (expected groups train, valid, test).")
+            raise DataFormatError(
+                f"{where} has no split (expected groups train, valid, test).", hint=damaged
+            )
         self.dims: dict[str, int] = {}
         self.seq_lens: dict[str, int] = {}
         for s in self.splits:
             g = self.h5[s]
             for key in ("ids", "label"):
                 if key not in g:
-                    raise DataFormatError(f"{where}: '{s}/{key}' is missing.")
+                    raise DataFormatError(f"{where}: '{s}/{key}' is missing.", hint=damaged)
             n = g["label"].shape[0]
             if g["ids"].shape[0] != n:
-                raise DataFormatError(f"{where}: '{s}/ids' has {g['ids'].shape[0]} rows, not {n}.")
+                raise DataFormatError(
+                    f"{where}: '{s}/ids' has {g['ids'].shape[0]} rows, not {n}.", hint=damaged
+                )
             for m in self.modalities:
                 if m not in g or f"{m}_len" not in g:
                     raise DataFormatError(
@@ -468,13 +472,17 @@ class FeatureFile:
                 shape = g[m].shape
                 if len(shape) != 3 or shape[0] != n:
                     raise DataFormatError(
-                        f"{where}: '{s}/{m}' has shape {shape}, expected ({n}, T, D)."
+                        f"{where}: '{s}/{m}' has shape {shape}, expected ({n}, T, D).",
+                        hint=damaged,
                     )
                 if g[f"{m}_len"].shape != (n,):
-                    raise DataFormatError(f"{where}: '{s}/{m}_len' must have shape ({n},).")
+                    raise DataFormatError(
+                        f"{where}: '{s}/{m}_len' must have shape ({n},).", hint=damaged
+                    )
                 if self.dims.setdefault(m, shape[2]) != shape[2]:
                     raise DataFormatError(
-                        f"{where}: '{s}/{m}' has dim {shape[2]}, other splits {self.dims[m]}."
+                        f"{where}: '{s}/{m}' has dim {shape[2]}, other splits {self.dims[m]}.",
+                        hint="All splits must come from one feature extractor; re-import.",
                     )
                 self.seq_lens[m] = max(self.seq_lens.get(m, 0), shape[1])
 

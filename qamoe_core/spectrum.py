@@ -94,10 +94,14 @@ def _as_names(value: Any, name: str) -> tuple[str, ...]:
         if m not in MODALITIES:
             raise InputError(
                 f"The '{name}' parameter must name modalities among {', '.join(MODALITIES)}. "
-                f"Got {m!r} instead."
+                f"Got {m!r} instead.",
+                hint="Names are lower-case and comma-separated, e.g. audio,vision.",
             )
     if len(set(items)) != len(items):
-        raise InputError(f"The '{name}' parameter names a modality twice: {items}.")
+        raise InputError(
+            f"The '{name}' parameter names a modality twice: {items}.",
+            hint="Name each modality once, e.g. audio,vision.",
+        )
     return tuple(m for m in MODALITIES if m in items)  # canonical order
 
 
@@ -158,10 +162,14 @@ class CorruptionSpec:
         set_(self, "noise_scale", scale)
         seed = self.seed
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-            raise InputError(f"The 'seed' parameter must be an integer. Got {seed!r} instead.")
+            raise InputError(
+                f"The 'seed' parameter must be an integer. Got {seed!r} instead.",
+                hint="Corruption seeds are whole numbers >= 0, e.g. --seed 0.",
+            )
         if not 0 <= int(seed) <= MAX_SEED:
             raise InputError(
-                f"The 'seed' parameter must be an integer in [0, 2**63 - 1]. Got {seed} instead."
+                f"The 'seed' parameter must be an integer in [0, 2**63 - 1]. Got {seed} instead.",
+                hint="Corruption seeds are whole numbers >= 0, e.g. --seed 0.",
             )
         set_(self, "seed", int(seed))
 
