@@ -457,7 +457,14 @@ class FeatureFile:
             for key in ("ids", "label"):
                 if key not in g:
                     raise DataFormatError(f"{where}: '{s}/{key}' is missing.", hint=damaged)
-            n = g["label"].shape[0]
+            label = g["label"]
+            n = label.shape[0] if label.ndim >= 1 else 0
+            if label.ndim != 1 or label.dtype.kind not in "fiu" or n == 0:
+                raise DataFormatError(
+                    f"{where}: '{s}/label' must be a non-empty 1-D array of numbers; it has "
+                    f"shape {label.shape} and dtype {label.dtype}.",
+                    hint=damaged,
+                )
             if g["ids"].shape[0] != n:
                 raise DataFormatError(
                     f"{where}: '{s}/ids' has {g['ids'].shape[0]} rows, not {n}.", hint=damaged
@@ -470,9 +477,16 @@ class FeatureFile:
                         hint="The file is incomplete; re-import it.",
                     )
                 shape = g[m].shape
-                if len(shape) != 3 or shape[0] != n:
+                if len(shape) != 3 or shape[0] != n or g[m].dtype.kind != "f":
                     raise DataFormatError(
-                        f"{where}: '{s}/{m}' has shape {shape}, expected ({n}, T, D).",
+                        f"{where}: '{s}/{m}' has shape {shape} and dtype {g[m].dtype}; "
+                        f"expected floats of shape ({n}, T, D).",
+                        hint=damaged,
+                    )
+                keep = g.get(f"{m}_keep")
+                if keep is not None and keep.shape != shape[:2]:
+                    raise DataFormatError(
+                        f"{where}: '{s}/{m}_keep' has shape {keep.shape}, expected {shape[:2]}.",
                         hint=damaged,
                     )
                 if g[f"{m}_len"].shape != (n,):
@@ -583,7 +597,14 @@ class FeatureFile:
         for key in keys:
             if key not in g:
                 continue
-            value = g[key][sel]
+            try:
+                value = g[key][sel]
+            except (KeyError, OSError, RuntimeError) as exc:  # h5py's word for damaged bytes
+                raise DataFormatError(
+                    f"'{self.path}': reading '{split}/{key}' failed "
+                    f"({' '.join(str(exc).split())[:160]}).",
+                    hint="The file is damaged (truncated or overwritten); re-create it.",
+                ) from None
             if order is not None:
                 value = value[order]
             if key.endswith("_len") or key == "text_ids":

@@ -288,3 +288,30 @@ def test_an_unwritable_folder_is_one_clear_error(
         atomic_path(tmp_path / "x.h5"),
     ):
         pass
+
+
+def test_damaged_bytes_and_wrong_kinds_are_named(
+    tmp_path: Path, splits: dict[str, SplitArrays]
+) -> None:
+    path = _write(tmp_path / "a.h5", splits)
+    with h5py.File(path, "a") as h5:
+        del h5["test/label"]
+        h5["test/label"] = np.zeros((len(splits["test"].label), 2), np.float32)
+    with pytest.raises(DataFormatError, match="'test/label' must be a non-empty 1-D array"):
+        FeatureFile(path)
+    path = _write(tmp_path / "b.h5", splits)
+    with h5py.File(path, "a") as h5:
+        n, t, d = h5["valid/text"].shape
+        del h5["valid/text"]
+        h5["valid/text"] = np.full((n, t, d), b"x")
+    with pytest.raises(DataFormatError, match=r"'valid/text' has shape .* dtype \|S1"):
+        FeatureFile(path)
+    # Overwrite the bytes of one compressed chunk: opening works, reading it cannot.
+    path = _write(tmp_path / "c.h5", splits)
+    with h5py.File(path) as h5:
+        offset = h5["train/audio"].id.get_chunk_info(0).byte_offset
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\xff" * 64)
+    with FeatureFile(path) as f, pytest.raises(DataFormatError, match="reading 'train/audio'"):
+        f.read("train", slice(None))
