@@ -435,3 +435,9 @@ def test_present_steps_is_exact_whichever_path_it_takes(dropped: float) -> None:
     x[0, 1] = 0.0
     x[0, 1, 500] = 2.0  # present, but zero in the first dims
     assert torch.equal(present_steps(x), x.ne(0).any(-1))
+    # Given the valid steps, it is exact on them whatever the padding (here: half of the
+    # steps, which would otherwise push it onto the full pass).
+    valid = torch.arange(40)[None, :] < torch.tensor([40, 30, 20, 20, 10, 5, 1, 0])[:, None]
+    x[~valid] = 0.0
+    got = present_steps(x, valid)
+    assert torch.equal(got[valid], x.ne(0).any(-1)[valid])
