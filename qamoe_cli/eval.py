@@ -76,7 +76,8 @@ def command(
 ) -> None:
     """Evaluate one checkpoint: the clean split, a corrupted file, or a sweep of the spectrum."""
     # heavy imports (torch, pandas) here, not at the top, so the CLI starts fast
-    from qamoe_core.atomic import check_output
+    from qamoe_core.atomic import check_output, same_file
+    from qamoe_core.checkpoint import ALL_FILES
     from qamoe_core.evaluate import EvalConfig, Evaluation, parse_levels, save_samples
     from qamoe_core.metrics import PRIMARY, higher_is_better
     from qamoe_core.results import (
@@ -100,14 +101,14 @@ def command(
         batch_size=batch_size,
         per_sample=per_sample is not None,
     )
-    if out is not None and per_sample is not None and out.resolve() == per_sample.resolve():
+    if out is not None and per_sample is not None and same_file(out, per_sample):
         raise typer.BadParameter(
             "--out and --per-sample name the same file; each needs its own.",
             param_hint="--per-sample",
         )
     for target in (out, per_sample):  # fail on an existing output before minutes of work
         if target is not None:
-            check_output(target, force)
+            check_output(target, force, inputs=[data, *(run / name for name in ALL_FILES)])
     ev = Evaluation.from_run(run, data, cfg, name=name, device=device)
     with progress(ev.steps, f"eval {ev.run_name}", enabled=not (quiet or json_out)) as advance:
         result = ev.run(progress=advance)

@@ -37,7 +37,14 @@ app = typer.Typer(
 )
 app.add_typer(extract.app, name="extract")
 
-_STATE = {"debug": False, "terminated": False, "hard_exit": False}
+_STATE: dict[str, Any] = {
+    "debug": False,
+    "terminated": False,
+    "hard_exit": False,
+    "in_main": False,
+    "next_excepthook": None,
+    "next_unraisable": None,
+}
 
 
 def _version(value: bool) -> None:
@@ -59,7 +66,9 @@ def _root(
     ] = False,
 ) -> None:
     _STATE["debug"] = debug or os.environ.get("QAMOE_DEBUG", "") not in ("", "0")
-    sys.excepthook = _quiet_excepthook  # here: typer installs its own hook when the app starts
+    if _STATE["in_main"]:  # here, not in main(): typer installs its own hook as the app starts
+        _STATE["next_excepthook"] = sys.excepthook
+        sys.excepthook = _quiet_excepthook
     logging.basicConfig(
         level=logging.DEBUG if _STATE["debug"] else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -103,13 +112,13 @@ def _quiet_unraisable(unraisable: Any) -> None:
     """After a failed write (a full disk), h5py's object destructors each report an error
     that cannot be raised; the error itself reaches the funnel. Shown only with --debug."""
     if _STATE["debug"] or "h5py" not in repr(unraisable.object):
-        sys.__unraisablehook__(unraisable)
+        (_STATE["next_unraisable"] or sys.__unraisablehook__)(unraisable)
 
 
 def _quiet_excepthook(kind: Any, value: Any, tb: Any) -> None:
     # Cython prints a destructor's traceback through sys.excepthook before the unraisable hook.
     if _STATE["debug"] or not _from_h5py_teardown(tb):
-        sys.__excepthook__(kind, value, tb)
+        (_STATE["next_excepthook"] or sys.__excepthook__)(kind, value, tb)
 
 
 def _debug_first(argv: list[str]) -> list[str]:
@@ -128,13 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     old_hooks = sys.unraisablehook, sys.excepthook
-    sys.unraisablehook = _quiet_unraisable
+    _STATE["next_unraisable"], sys.unraisablehook = sys.unraisablehook, _quiet_unraisable
     _STATE["terminated"] = _STATE["hard_exit"] = False
+    _STATE["in_main"] = True
     try:
         return _main(argv)
     finally:
+        _STATE["in_main"] = False
         sys.unraisablehook, sys.excepthook = old_hooks
-        if in_main_thread:
+        if in_main_thread and old_term is not None:  # None: a handler not set from Python
             signal.signal(signal.SIGTERM, old_term)
 
 

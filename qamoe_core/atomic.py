@@ -86,6 +86,12 @@ def write_failure(exc: BaseException, out: Path) -> NoSpaceError | None:
     )
 
 
+def short_name(name: str, limit: int = 200) -> str:
+    """``name`` cut to at most ``limit`` bytes of UTF-8 (whole characters), for temporaries
+    named after an output: the suffixes they add must still fit in NAME_MAX (255 bytes)."""
+    return name.encode("utf-8", "surrogateescape")[:limit].decode("utf-8", "ignore")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -102,7 +108,8 @@ def atomic_path(path: str | os.PathLike[str], force: bool = False) -> Iterator[P
     out = check_output(path, force)
     try:
         # The temporary's name is kept short: a long output name must not overflow NAME_MAX.
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name[:200]}.", suffix=".tmp", dir=out.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{short_name(out.name)}.", suffix=".tmp",
+                                        dir=out.parent)  # fmt: skip
     except OSError as exc:
         raise write_failure(exc, out) or InputError(
             f"Cannot create a file in '{out.parent}': {exc.strerror or exc}.",

@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from qamoe_core import __version__
+from qamoe_core.atomic import short_name
 from qamoe_core.checkpoint import load_run, resolve_device
 from qamoe_core.config import BASELINES, ModelConfig, TrainConfig
 from qamoe_core.corrupt import corrupt_file
@@ -107,7 +108,9 @@ def _prepare(out: Path, force: bool) -> Path | None:
                 "replace it.",
                 hint="Choose a new folder with --out.",
             )
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        old = Path(
+            tempfile.mkdtemp(prefix=f".{short_name(out.name)}.", suffix=".old", dir=out.parent)
+        )
         os.replace(out, old / out.name)
     out.mkdir(parents=True)
     (out / MARKER).write_text(f"qamoe {__version__}\n")

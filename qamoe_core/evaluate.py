@@ -307,8 +307,12 @@ def _given_point(
     if not chain:
         return Point("clean", 0.0, modalities, given=True)
     if len(chain) > 1:
-        log.warning("%s was corrupted %d times; reporting the last record", f.path, len(chain))
-    rec = chain[-1]
+        raise InputError(
+            f"'{f.path}' was corrupted {len(chain)} times on the '{split}' split; a results "
+            "row describes one corruption, so it cannot be labelled.",
+            hint="Corrupt the clean file once at the point you want to evaluate.",
+        )
+    rec = chain[0]
     drop = tuple(rec.get("drop", ()))
     level = float(rec.get("level", 0.0))
     axis = str(rec.get("axis", "mixed"))
@@ -322,12 +326,17 @@ def _given_point(
         )
     scale = float(rec.get("noise_scale", 1.0))
     if axis != "missing" and level > 0 and not math.isclose(scale, noise_scale):
-        raise InputError(
-            f"'{f.path}' was corrupted with noise_scale {scale:g}; its level {level:g} would be "
-            f"recorded as if the noise scale were {noise_scale:g}.",
-            hint="Corrupt with the default noise scale, or evaluate with the same noise_scale "
-            "(EvalConfig.noise_scale in the Python API).",
-        )
+        # Pure noise of level·scale train stds IS the point level·scale/noise_scale of this
+        # spectrum; mixed couples the drop rate to the level, so it has no equivalent.
+        equivalent = level * scale / noise_scale
+        if axis != "noise" or equivalent > 1:
+            raise InputError(
+                f"'{f.path}' was corrupted on the {axis} axis with noise_scale {scale:g}; that "
+                f"point lies off the spectrum's scale ({noise_scale:g}), so no level names it.",
+                hint="Corrupt with the default --noise-scale (on the noise axis, any scale with "
+                "level x scale <= 1 is fine).",
+            )
+        level = equivalent
     corrupted = tuple(m for m in rec.get("modalities", modalities) if m in modalities)
     return Point(axis, level, corrupted, int(rec.get("seed", 0)), given=True)
 

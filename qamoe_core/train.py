@@ -281,9 +281,27 @@ def _select_metric(cfg: TrainConfig, scheme: str, task: str) -> str:
 ASIDE = ".qamoe-replaced"
 
 
+def _recover(out: Path) -> None:
+    """Settle a replacement that a hard kill (SIGKILL, power loss) interrupted: once the new
+    run had a checkpoint the set-aside run is stale; before that, it is the run to keep."""
+    aside = out / ASIDE
+    if not aside.is_dir():
+        return
+    if (out / ckpt.STATE).exists():
+        shutil.rmtree(aside)
+        return
+    ckpt.clear_run(out)
+    for p in aside.iterdir():
+        os.replace(p, out / p.name)
+    aside.rmdir()
+    log.warning("'%s': restored the run an interrupted --force replacement had set aside", out)
+
+
 def _prepare_out_dir(out: Path, resume: bool, force: bool) -> tuple[Path | None, bool]:
     """Make ``out`` ready for a run; return the folder holding a replaced run (if any) and
     whether ``out`` was created here."""
+    if out.is_dir():
+        _recover(out)
     if resume:
         ckpt.check_run(out, require=(ckpt.CONFIG, ckpt.STATE))
         return None, False
@@ -293,7 +311,7 @@ def _prepare_out_dir(out: Path, resume: bool, force: bool) -> tuple[Path | None,
             hint="Choose a folder path, e.g. --out runs/NAME.",
         )
     aside = None
-    if out.is_dir() and any(p.name != ASIDE for p in out.iterdir()):
+    if out.is_dir() and any(out.iterdir()):
         if not ckpt.is_run_dir(out):
             raise InputError(
                 f"The output folder '{out}' is not empty and holds no qamoe run.",
@@ -305,13 +323,10 @@ def _prepare_out_dir(out: Path, resume: bool, force: bool) -> tuple[Path | None,
                 hint="Choose another --out, continue it with --resume, or replace it with --force.",
             )
         aside = out / ASIDE
-        if aside.exists():  # an earlier replacement never committed: it holds the old run
-            ckpt.clear_run(out)
-        else:
-            aside.mkdir()
-            for name in ckpt.ALL_FILES:
-                if (out / name).exists():
-                    os.replace(out / name, aside / name)
+        aside.mkdir()
+        for name in ckpt.ALL_FILES:
+            if (out / name).exists():
+                os.replace(out / name, aside / name)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     return aside, created
@@ -320,11 +335,11 @@ def _prepare_out_dir(out: Path, resume: bool, force: bool) -> tuple[Path | None,
 def _settle(out: Path, aside: Path | None, fresh: bool, created: bool) -> None:
     """After training ends (or fails): a run that wrote a checkpoint stays and the replaced
     one goes; one that did not is undone, and the replaced run (if any) comes back."""
-    if not fresh:
-        return
     if (out / ckpt.STATE).exists():
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
+        return
+    if not fresh:
         return
     ckpt.clear_run(out)
     if aside is not None:
@@ -576,8 +591,8 @@ def _train(
         mcfg, tcfg = model_cfg or ModelConfig(), train_cfg or TrainConfig()
     metric = _select_metric(tcfg, f.scheme, f.task)
     aside, created = _prepare_out_dir(out, resume, force) if info.main else (None, False)
-    _barrier(info)
     try:
+        _barrier(info)
         result = _fit(f, out, model_name, mcfg, tcfg, metric, resume, dev, info, notify, t0)
     except BaseException:
         if info.main:

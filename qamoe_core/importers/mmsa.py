@@ -10,8 +10,8 @@ float16 and torch tensors (bfloat16 included) become float32, padding after the 
 becomes exactly 0 (counted: BERT states at [PAD] positions are not zero), lengths of aligned
 files are derived (and recorded), and every shape problem is reported with the split and key
 it was found in. What it refuses rather than guesses: empty splits or axes, non-finite or
-out-of-range labels (unimodal ones too), an attention mask other than 0/1, non-UTF-8 ids and an
-id used twice anywhere in the file.
+out-of-range labels (unimodal ones too), an attention mask other than 0/1 and non-UTF-8 ids.
+An id used twice (in one split or across splits) is warned about, not refused.
 """
 
 from __future__ import annotations
@@ -233,14 +233,18 @@ def _convert_split(raw: Mapping[str, Any], split: str, where: str) -> _Split:
     labels = labels.astype(np.float32)
     _check_finite(labels, "regression_labels", where)
     ids = _strings(raw["id"], "id", n, where)
+    # A repeated id is told, not refused: nothing downstream keys on ids, and a published
+    # release cannot be mended by its users.
     seen: dict[str, int] = {}
+    repeats = []
     for i, clip in enumerate(ids):
         if clip in seen:
-            raise DataFormatError(
-                f"{where}: 'id' {clip!r} repeats (rows {seen[clip]} and {i}).",
-                hint="Every sample needs its own id ('<video_id>$_$<clip_id>').",
-            )
-        seen[clip] = i
+            repeats.append((clip, seen[clip], i))
+        seen.setdefault(clip, i)
+    if repeats:
+        clip, first, again = repeats[0]
+        log.warning("%s: %d id(s) repeat, e.g. %r (rows %d and %d)", where, len(repeats), clip,
+                    first, again)  # fmt: skip
     raw_text = _strings(raw["raw_text"], "raw_text", n, where) if "raw_text" in raw else None
     for key, name in UNIMODAL_KEYS.items():
         if key in raw:

@@ -160,3 +160,18 @@ def test_out_and_per_sample_must_differ(
     args = ["eval", str(run_dir), "--data", str(tiny_h5), "-o", str(same), "--per-sample"]
     assert main([*args, str(tmp_path / "." / "same.csv"), "--force"]) == 2
     assert "name the same file" in capsys.readouterr().err and not same.exists()
+
+
+def test_force_never_writes_over_the_data_or_the_checkpoint(
+    run_dir: Path, tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    data = tmp_path / "data.h5"
+    shutil.copy(tiny_h5, data)
+    before = data.read_bytes(), (run_dir / "model.pt").read_bytes()
+    for target in (data, run_dir / "model.pt"):
+        args = ["eval", str(run_dir), "--data", str(data), "--out", str(target), "--force"]
+        assert main(args) == 1
+        assert "is an input of this command" in capsys.readouterr().err
+    assert (data.read_bytes(), (run_dir / "model.pt").read_bytes()) == before

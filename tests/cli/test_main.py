@@ -157,3 +157,21 @@ def test_interruptions_exit_nonzero_and_leave_nothing(
     assert f"error: {word}." in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # no output and no temporary
     assert signal.getsignal(signal.SIGTERM) is before  # main() restores the handler
+
+
+def test_quiet_hooks_stay_inside_main(tmp_path: Path) -> None:
+    import sys
+
+    from typer.testing import CliRunner
+
+    from qamoe_cli.main import _quiet_excepthook, _quiet_unraisable, app
+
+    before = sys.excepthook, sys.unraisablehook
+    CliRunner().invoke(app, ["extract", "synthetic", "--preset", "tiny", "-o",
+                             str(tmp_path / "a.h5"), "-q"])  # fmt: skip
+    assert sys.excepthook is not _quiet_excepthook  # an embedding of the app keeps its hooks
+    assert (
+        main(["extract", "synthetic", "--preset", "tiny", "-o", str(tmp_path / "b.h5"), "-q"]) == 0
+    )
+    assert (sys.excepthook, sys.unraisablehook) == before
+    assert sys.unraisablehook is not _quiet_unraisable

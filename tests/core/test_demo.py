@@ -83,3 +83,21 @@ def test_a_demo_that_does_not_finish_leaves_the_earlier_one(
     with pytest.raises(KeyboardInterrupt):
         run_demo(tmp_path / "fresh", _tiny(), device="cpu")
     assert not (tmp_path / "fresh").exists()
+
+
+def test_force_over_a_demo_with_a_long_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import qamoe_core.demo as demo
+
+    out = tmp_path / ("x" * 250)
+    out.mkdir()
+    (out / ".qamoe-demo").write_text("an earlier demo\n")
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):  # set aside and restored despite the long name
+        run_demo(out, _tiny(), device="cpu", force=True)
+    assert (out / ".qamoe-demo").read_text() == "an earlier demo\n"

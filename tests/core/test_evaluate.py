@@ -210,12 +210,24 @@ def test_corrupted_file_is_labelled_as_what_it_is(tiny_h5: Path, tmp_path: Path)
     corrupt_file(tiny_h5, both, CorruptionSpec(level=0.2, modalities=("audio",), drop=("text",)))
     with pytest.raises(InputError, match="AND had text dropped"):
         evaluate_model(model, both, EvalConfig())
-    # Noise at another noise_scale: its level would mean another amount of noise.
+    # Noise at another noise_scale: pure noise maps onto the spectrum's own scale (0.25 x 3 =
+    # 0.75), and equals the sweep's point there; mixed, or beyond level 1, has no level.
     loud = tmp_path / "loud.h5"
-    corrupt_file(tiny_h5, loud, CorruptionSpec(level=0.5, axis="noise", noise_scale=3.0))
-    with pytest.raises(InputError, match="noise_scale 3"):
-        evaluate_model(model, loud, EvalConfig())
-    assert evaluate_model(model, loud, EvalConfig(noise_scale=3.0)).info["first_axis"] == "noise"
+    corrupt_file(tiny_h5, loud, CorruptionSpec(level=0.25, axis="noise", noise_scale=3.0, seed=4))
+    given = evaluate_model(model, loud, EvalConfig())
+    assert (given.info["first_axis"], given.info["first_level"]) == ("noise", 0.75)
+    for spec in (CorruptionSpec(level=0.5, axis="noise", noise_scale=3.0),
+                 CorruptionSpec(level=0.2, axis="mixed", noise_scale=2.0)):  # fmt: skip
+        off = tmp_path / f"off-{spec.axis}.h5"
+        corrupt_file(tiny_h5, off, spec)
+        with pytest.raises(InputError, match="off the spectrum's scale"):
+            evaluate_model(model, off, EvalConfig())
+    # Corrupted twice: no single row describes it.
+    once, twice = tmp_path / "once.h5", tmp_path / "twice.h5"
+    corrupt_file(tiny_h5, once, CorruptionSpec(level=0.2))
+    corrupt_file(once, twice, CorruptionSpec(level=0.2, seed=1))
+    with pytest.raises(InputError, match="corrupted 2 times on the 'test' split"):
+        evaluate_model(model, twice, EvalConfig())
     # The missing axis adds no noise, so its noise_scale does not matter.
     gaps = tmp_path / "gaps.h5"
     corrupt_file(tiny_h5, gaps, CorruptionSpec(level=0.5, axis="missing", noise_scale=3.0))

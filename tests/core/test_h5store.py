@@ -315,3 +315,12 @@ def test_damaged_bytes_and_wrong_kinds_are_named(
         fh.write(b"\xff" * 64)
     with FeatureFile(path) as f, pytest.raises(DataFormatError, match="reading 'train/audio'"):
         f.read("train", slice(None))
+
+
+def test_long_multibyte_output_names_still_get_a_temporary(tmp_path: Path) -> None:
+    from qamoe_core.atomic import atomic_path
+
+    out = tmp_path / ("情" * 82 + ".h5")  # 249 bytes: a legal name, too long to extend
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(b"done")
+    assert out.read_bytes() == b"done" and sorted(tmp_path.iterdir()) == [out]

@@ -341,3 +341,28 @@ def test_training_corruption_follows_levels_axis_and_modalities(tiny_h5: Path) -
         kept = valid & ~dropped
         assert torch.equal(batch[m][kept], clean[m][kept])  # the missing axis adds no noise
     assert torch.equal(batch["vision"], clean["vision"])  # not among corrupt_modalities
+
+
+def test_a_replacement_cut_short_by_a_hard_kill_is_settled_next_time(
+    tiny_h5: Path, tmp_path: Path
+) -> None:
+    """A SIGKILL skips every cleanup: the next command finds the set-aside folder and keeps
+    the newest run that had a checkpoint."""
+    cfg = replace(FAST, epochs=1)
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(tiny_h5, a, "late-fusion", MODEL, cfg, device="cpu")
+    train(tiny_h5, b, "early-fusion", MODEL, cfg, device="cpu")
+    # 1) Killed after its first checkpoint: B is the run, A's set-aside copy is stale.
+    shutil.copytree(a, b / ".qamoe-replaced")
+    with pytest.raises(InputError, match="already holds a run"):
+        train(tiny_h5, b, "qamoe", MODEL, cfg, device="cpu")
+    assert not (b / ".qamoe-replaced").exists()
+    assert ckpt.read_config(b)["model_name"] == "early-fusion"
+    # 2) Killed before it wrote anything: the set-aside run is the one to keep.
+    c = tmp_path / "c"
+    c.mkdir()
+    shutil.copytree(a, c / ".qamoe-replaced")
+    with pytest.raises(InputError, match="already holds a run"):
+        train(tiny_h5, c, "qamoe", MODEL, cfg, device="cpu")
+    assert ckpt.read_config(c)["model_name"] == "late-fusion"
+    assert not (c / ".qamoe-replaced").exists()
