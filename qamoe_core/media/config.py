@@ -44,20 +44,26 @@ class MediaConfig:
         check_choice(self.scheme, tuple(SCHEMES), "scheme")
         if self.modalities is not None:
             if not self.modalities:
-                raise InputError("The 'modalities' parameter must name at least one modality.")
+                raise InputError(
+                    "The 'modalities' parameter must name at least one modality.",
+                    hint="e.g. --modalities text,audio (default: all the manifest provides).",
+                )
             for m in self.modalities:
                 check_choice(m, MODALITIES, "modalities")
         if not 0.5 <= self.vision_fps <= 60.0:
             raise InputError(
-                f"The 'vision_fps' parameter must be in [0.5, 60]. Got {self.vision_fps} instead."
+                f"The 'vision_fps' parameter must be in [0.5, 60]. Got {self.vision_fps} instead.",
+                hint="Video frames sampled per second (--fps of `qamoe extract media`).",
             )
         if not 0.5 <= self.max_seconds <= 3600.0:
             raise InputError(
-                f"The 'max_seconds' parameter must be in [0.5, 3600]. Got {self.max_seconds}."
+                f"The 'max_seconds' parameter must be in [0.5, 3600]. Got {self.max_seconds}.",
+                hint="Longer clips are cut to this many seconds.",
             )
         if not 3 <= self.max_tokens <= 512:
             raise InputError(
-                f"The 'max_tokens' parameter must be an int in [3, 512]. Got {self.max_tokens}."
+                f"The 'max_tokens' parameter must be an int in [3, 512]. Got {self.max_tokens}.",
+                hint="512 is the text encoder's limit; [CLS] and [SEP] take two of them.",
             )
 
 

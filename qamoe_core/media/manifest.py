@@ -100,7 +100,8 @@ def read_manifest(path: str | os.PathLike[str], scheme: str = "mosi") -> Manifes
     path = Path(path)
     if scheme not in SCHEMES:
         raise InputError(
-            f"The 'scheme' parameter must be one of {', '.join(SCHEMES)}. Got {scheme!r} instead."
+            f"The 'scheme' parameter must be one of {', '.join(SCHEMES)}. Got {scheme!r} instead.",
+            hint="The scheme fixes the label range and the metrics (mosi: [-3, 3]).",
         )
     if not path.is_file():
         raise InputError(
@@ -117,7 +118,10 @@ def read_manifest(path: str | os.PathLike[str], scheme: str = "mosi") -> Manifes
             hint="Save the manifest as CSV (UTF-8), one row per clip.",
         ) from None
     if not rows:
-        raise DataFormatError(f"The manifest '{path}' is empty (no header row).")
+        raise DataFormatError(
+            f"The manifest '{path}' is empty (no header row).",
+            hint="Give a CSV with columns id, split, label, text and audio and/or video.",
+        )
     header = [h.strip().lower() for h in rows[0]]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
@@ -183,5 +187,8 @@ def read_manifest(path: str | os.PathLike[str], scheme: str = "mosi") -> Manifes
             hint=f"Splits are {', '.join(SPLITS)}; labels follow the scheme ({scheme}).",
         )
     if not clips:
-        raise DataFormatError(f"The manifest '{path}' has a header but no clip rows.")
+        raise DataFormatError(
+            f"The manifest '{path}' has a header but no clip rows.",
+            hint="Add one row per clip below the header.",
+        )
     return Manifest(path=path, clips=tuple(clips), columns=tuple(header))
