@@ -49,7 +49,7 @@ from qamoe_core import MODALITIES
 from qamoe_core.atomic import atomic_path
 from qamoe_core.checkpoint import load_run, resolve_device
 from qamoe_core.errors import DataFormatError, InputError, check_level
-from qamoe_core.h5store import FeatureFile, check_block
+from qamoe_core.h5store import FeatureFile
 from qamoe_core.metrics import METRIC_NAMES, compute
 from qamoe_core.results import (
     QUALITY_PREFIX,
@@ -391,7 +391,6 @@ class Evaluation:
         self.task = str(getattr(model, "task", "regression"))
         self.model_name = model_name or str(getattr(model, "name", type(model).__name__))
         mods = tuple(getattr(model, "modalities", MODALITIES))
-        self.model_modalities = mods
         with FeatureFile(self.data) as f:
             check_compatible(model, f, self.task)
             if (cfg.sweep or cfg.drop_sets) and f.corruption:
@@ -434,7 +433,6 @@ class Evaluation:
             for start in range(0, self.n, self.block):
                 rows = slice(start, min(self.n, start + self.block))
                 raw = f.read(cfg.split, rows)
-                check_block(raw, self.model_modalities, f"'{f.path}' [{cfg.split}]")
                 batch = {
                     k: torch.from_numpy(np.ascontiguousarray(v)).to(dev)
                     for k, v in raw.items()

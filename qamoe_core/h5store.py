@@ -105,7 +105,7 @@ def check_lengths(name: str, lengths: np.ndarray, t: int, where: str) -> None:
 
 def check_block(batch: Mapping[str, np.ndarray], modalities: Iterable[str], where: str) -> None:
     """NaN/inf labels or features and impossible lengths in one block of rows (as
-    :meth:`FeatureFile.read` returns it): for code that streams a file it did not write."""
+    :meth:`FeatureFile.read` returns it, which checks every block it reads)."""
     check_finite("label", batch["label"], where)
     for m in modalities:
         check_lengths(f"{m}_len", batch[f"{m}_len"], batch[m].shape[1], where)
@@ -503,13 +503,8 @@ class FeatureFile:
     def validate_data(self, block_rows: int = 1024) -> None:
         """Scan every row (in blocks) for NaN/inf and lengths beyond the padded axis."""
         for s in self.splits:
-            g = self.h5[s]
-            n = self.n(s)
-            check_finite("label", g["label"][:], f"'{self.path}' [{s}]")
-            for m in self.modalities:
-                check_lengths(f"{m}_len", g[f"{m}_len"][:], g[m].shape[1], f"'{self.path}' [{s}]")
-                for start in range(0, n, block_rows):
-                    check_finite(m, g[m][start : start + block_rows], f"'{self.path}' [{s}]")
+            for start in range(0, self.n(s), block_rows):
+                self.read(s, slice(start, start + block_rows))  # read() checks each block
 
     # -- accessors -----------------------------------------------------------------------
     def __enter__(self) -> FeatureFile:
@@ -559,7 +554,18 @@ class FeatureFile:
                 f"'{self.path}' has no {key} (per-dimension train statistics).",
                 hint="Re-import the data with `qamoe extract`, which stores them.",
             )
-        return np.asarray(self.attrs[key], dtype=np.float32)
+        value = np.asarray(self.attrs[key], dtype=np.float32)
+        if (
+            value.shape != (self.dims[modality],)
+            or not np.isfinite(value).all()
+            or (kind == "std" and (value < 0).any())
+        ):
+            raise DataFormatError(
+                f"'{self.path}': the stored train {kind} of '{modality}' is not "
+                f"{self.dims[modality]} finite{' non-negative' if kind == 'std' else ''} values.",
+                hint="Re-extract the file: qamoe extract computes it from the train split.",
+            )
+        return value
 
     def train_std(self, modality: str) -> np.ndarray:
         """Per-dimension std (D,) over valid steps of the TRAIN split."""
@@ -576,7 +582,11 @@ class FeatureFile:
         return _decode(g["raw_text"][:]) if "raw_text" in g else None
 
     def read(self, split: str, rows: slice | np.ndarray | Sequence[int]) -> dict[str, np.ndarray]:
-        """Read some rows of a split as a batch dict (see docs/architecture.md)."""
+        """Read some rows of a split as a batch dict (see docs/architecture.md).
+
+        Every block is checked on the way (:func:`check_block`): NaN/inf or impossible lengths
+        in a file from anywhere are named here, not met later as a "diverged" loss.
+        """
         g = self._split(split)
         n = self.n(split)
         order: np.ndarray | None = None
@@ -611,6 +621,7 @@ class FeatureFile:
                 value = value.astype(np.int64)
             batch[key] = value
         batch["index"] = idx
+        check_block(batch, self.modalities, f"'{self.path}' [{split}]")
         return batch
 
     def iter_batches(self, split: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:

@@ -46,7 +46,7 @@ from qamoe_core.errors import (
     TrainingError,
     check_choice,
 )
-from qamoe_core.h5store import FeatureFile, H5Dataset, check_block, to_torch
+from qamoe_core.h5store import FeatureFile, H5Dataset, to_torch
 from qamoe_core.metrics import compute, higher_is_better
 from qamoe_core.model import MultimodalModel, build_model
 from qamoe_core.spectrum import CorruptionSpec, apply_spec, corrupt_batch, sample_levels
@@ -146,12 +146,8 @@ class SplitData:
         self.split, self.device, self.n = split, device, f.n(split)
         self.memory: Batch | None = None
         self.dataset: H5Dataset | None = None
-        # NaN/inf or impossible lengths are named here, not found later as a "diverged" loss.
-        self.where, self.modalities = f"'{f.path}' [{split}]", f.modalities
-        if _split_gib(f, split) <= max_gib:
-            rows = f.read(split, slice(None))
-            check_block(rows, f.modalities, self.where)
-            self.memory = to_torch(rows, device)
+        if _split_gib(f, split) <= max_gib:  # FeatureFile.read checks what it reads
+            self.memory = to_torch(f.read(split, slice(None)), device)
         else:
             log.info("reading split '%s' lazily (%.1f GiB)", split, _split_gib(f, split))
             self.dataset = H5Dataset(f.path, split)
@@ -170,8 +166,6 @@ class SplitData:
         loader = DataLoader(self.dataset, batch_sampler=chunks, num_workers=0,
                             generator=torch.Generator())  # fmt: skip
         for batch in loader:  # H5Dataset.__getitems__ reads each chunk in one HDF5 call
-            keys = ["label", *self.modalities, *(f"{m}_len" for m in self.modalities)]
-            check_block({k: batch[k].numpy() for k in keys}, self.modalities, self.where)
             yield {k: v.to(self.device) for k, v in batch.items()}
 
 
