@@ -34,7 +34,13 @@ import torch
 
 from qamoe_core import MODALITIES, __version__
 from qamoe_core.atomic import atomic_path
-from qamoe_core.config import MODEL_NAMES, ModelConfig, TrainConfig, split_sections
+from qamoe_core.config import (
+    MODEL_NAMES,
+    ModelConfig,
+    TrainConfig,
+    check_version,
+    split_sections,
+)
 from qamoe_core.errors import CheckpointError, ConfigError, InputError
 from qamoe_core.metrics import SCHEMES
 from qamoe_core.model import TASKS, MultimodalModel, build_model
@@ -229,18 +235,14 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{data.get('format') if isinstance(data, dict) else None!r:.80}).",
             hint="Give the folder written by `qamoe train --out`.",
         )
-    version = data.get("format_version")
-    if not _whole(version) or version != RUN_FORMAT_VERSION:
-        newer = isinstance(version, int) and _whole(version) and version > RUN_FORMAT_VERSION
-        raise CheckpointError(
-            f"The run '{run}' has format_version {version!r:.40}; "
-            f"this qamoe reads {RUN_FORMAT_VERSION}.",
-            hint=(
-                "Upgrade qamoe (pip install -U qamoe) to read it."
-                if newer
-                else "Train it again with this version of qamoe."
-            ),
-        )
+    check_version(
+        data.get("format_version"),
+        RUN_FORMAT_VERSION,
+        f"The run '{run}'",
+        error=CheckpointError,
+        newer_hint="Upgrade qamoe (pip install -U qamoe) to read it.",
+        older_hint="Train it again with this version of qamoe.",
+    )
     for key in ("model_name", "dims", "task", "scheme", "model", "train"):
         if key not in data:
             raise _bad_config(run, f"the key '{key}' is missing.")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from qamoe_core import MODALITIES
-from qamoe_core.errors import ConfigError
+from qamoe_core.errors import ConfigError, QamoeError
 from qamoe_core.metrics import METRIC_NAMES
 
 CONFIG_VERSION = 1
@@ -413,25 +413,26 @@ def _json_kind(value: Any) -> str:
     return "number"
 
 
-def _check_version(data: Mapping[str, Any], source: str) -> None:
-    """format_version, when present: an integer this code can read (1)."""
-    if "format_version" not in data:
-        return
-    version = data["format_version"]
+def check_version(
+    version: Any,
+    supported: int,
+    source: str,
+    *,
+    error: type[QamoeError] = ConfigError,
+    newer_hint: str = "It was written by a newer qamoe: upgrade qamoe (pip install -U qamoe).",
+    older_hint: str = f'Set "format_version": {CONFIG_VERSION}.',
+) -> None:
+    """A file's format_version: an integer equal to ``supported``, else ``error`` (a newer
+    version and an older one get their own hints)."""
     if isinstance(version, bool) or not isinstance(version, int):
-        raise ConfigError(
+        raise error(
             f"The 'format_version' of {source} must be an integer. Got {version!r:.80} instead.",
-            hint=f'This qamoe writes and reads "format_version": {CONFIG_VERSION}.',
+            hint=f'This qamoe writes and reads "format_version": {supported}.',
         )
-    if version > CONFIG_VERSION:
-        raise ConfigError(
-            f"{source} has format_version {version}; this qamoe reads {CONFIG_VERSION}.",
-            hint="It was written by a newer qamoe: upgrade qamoe (pip install -U qamoe).",
-        )
-    if version != CONFIG_VERSION:
-        raise ConfigError(
-            f"{source} has format_version {version}; this qamoe reads {CONFIG_VERSION}.",
-            hint=f'Set "format_version": {CONFIG_VERSION}.',
+    if version != supported:
+        raise error(
+            f"{source} has format_version {version}; this qamoe reads {supported}.",
+            hint=newer_hint if version > supported else older_hint,
         )
 
 
@@ -444,7 +445,8 @@ def split_sections(data: Mapping[str, Any], source: str = "config") -> tuple[dic
             f"Unknown config key(s) in {source}: {', '.join(unknown)}.",
             hint='A config file has the sections "model" and "train" (and "format_version").',
         )
-    _check_version(data, source)
+    if "format_version" in data:
+        check_version(data["format_version"], CONFIG_VERSION, source)
     model, train = data.get("model", {}), data.get("train", {})
     for name, section in (("model", model), ("train", train)):
         if not isinstance(section, Mapping):
