@@ -275,9 +275,10 @@ def _select_metric(cfg: TrainConfig, scheme: str, task: str) -> str:
 ASIDE = ".qamoe-replaced"
 
 
-def _recover(out: Path) -> None:
-    """Settle a replacement that a hard kill (SIGKILL, power loss) interrupted: once the new
-    run had a checkpoint the set-aside run is stale; before that, it is the run to keep."""
+def _recover(out: Path, announce: bool = True) -> None:
+    """Settle a --force replacement that ended, or that a hard kill (SIGKILL, power loss)
+    cut short: once the new run has a checkpoint the set-aside run is stale; before that, it
+    is the run to keep, and comes back."""
     aside = out / ASIDE
     if not aside.is_dir():
         return
@@ -288,7 +289,8 @@ def _recover(out: Path) -> None:
     for p in aside.iterdir():
         os.replace(p, out / p.name)
     aside.rmdir()
-    log.warning("'%s': restored the run an interrupted --force replacement had set aside", out)
+    if announce:  # a kill found later; a failure says so in its own error
+        log.warning("'%s': restored the run an unfinished --force replacement had set aside", out)
 
 
 def _prepare_out_dir(out: Path, resume: bool, force: bool) -> tuple[Path | None, bool]:
@@ -329,19 +331,12 @@ def _prepare_out_dir(out: Path, resume: bool, force: bool) -> tuple[Path | None,
 def _settle(out: Path, aside: Path | None, fresh: bool, created: bool) -> None:
     """After training ends (or fails): a run that wrote a checkpoint stays and the replaced
     one goes; one that did not is undone, and the replaced run (if any) comes back."""
-    if (out / ckpt.STATE).exists():
-        if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
-        return
-    if not fresh:
-        return
-    ckpt.clear_run(out)
     if aside is not None:
-        for p in aside.iterdir():
-            os.replace(p, out / p.name)
-        aside.rmdir()
-    if created and not any(out.iterdir()):
-        out.rmdir()
+        _recover(out, announce=False)
+    elif fresh and not (out / ckpt.STATE).exists():
+        ckpt.clear_run(out)
+        if created and not any(out.iterdir()):
+            out.rmdir()
 
 
 def _dataset_info(f: FeatureFile) -> dict[str, Any]:
