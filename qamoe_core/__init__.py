@@ -7,5 +7,6 @@ a corruption engine, training, evaluation sweeps and reports.
 
 __version__ = "0.1.0"
 
-MODALITIES: tuple[str, str, str] = ("text", "audio", "vision")
-SPLITS: tuple[str, str, str] = ("train", "valid", "test")
+from qamoe_core.names import MODALITIES, SPLITS
+
+__all__ = ["MODALITIES", "SPLITS", "__version__"]

@@ -42,8 +42,8 @@ from qamoe_core.config import (
     split_sections,
 )
 from qamoe_core.errors import CheckpointError, ConfigError, InputError
-from qamoe_core.metrics import SCHEMES
-from qamoe_core.model import TASKS, MultimodalModel, build_model
+from qamoe_core.model import MultimodalModel, build_model
+from qamoe_core.names import SCHEMES, TASKS
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from qamoe_core import MODALITIES
 from qamoe_core.errors import ConfigError, QamoeError
 from qamoe_core.metrics import METRIC_NAMES
+from qamoe_core.names import AXES, MODALITIES
 
 CONFIG_VERSION = 1
 MODEL_NAMES: tuple[str, ...] = ("qamoe", "late-fusion", "early-fusion", "dense-moe")
@@ -38,7 +38,6 @@ SELECT_METRICS: tuple[str, ...] = (
     "loss",
     *tuple(sorted({name for names in METRIC_NAMES.values() for name in names})),
 )
-AXES: tuple[str, ...] = ("missing", "noise", "mixed")
 # Keys of a run's config.json that are not configuration (checkpoint.py writes them).
 RUN_META_KEYS = frozenset(
     {"format", "format_version", "model_name", "dims", "task", "scheme", "dataset", "created_by"}

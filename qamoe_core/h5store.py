@@ -33,9 +33,10 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
-from qamoe_core import MODALITIES, SPLITS, __version__
+from qamoe_core import __version__
 from qamoe_core.atomic import atomic_path
 from qamoe_core.errors import DataFormatError, InputError
+from qamoe_core.names import MODALITIES, SCHEMES, SPLITS, TASKS
 
 if TYPE_CHECKING:  # for type checkers; at run time __getattr__ below imports them on demand
     from qamoe_core.torchdata import H5Dataset as H5Dataset
@@ -45,8 +46,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = "qamoe-features"
 FORMAT_VERSION = 1
-TASKS = ("regression", "binary")
-SCHEMES = ("mosi", "sims", "binary")
 # lzf is h5py's built-in fast codec: ~3x faster than gzip to write for a modest size cost, which
 # keeps `corrupt` streaming at disk speed. Files stay readable by any h5py.
 COMPRESSION = "lzf"

@@ -41,8 +41,7 @@ from typing import Any
 import numpy as np
 
 from qamoe_core.errors import InputError, check_choice
-
-SCHEMES: tuple[str, ...] = ("mosi", "sims", "binary")
+from qamoe_core.names import SCHEMES
 
 # The keys of compute()'s result, in MMSA's order.
 METRIC_NAMES: dict[str, tuple[str, ...]] = {

@@ -30,8 +30,7 @@ from torch import Tensor, nn
 
 from qamoe_core import MODALITIES
 from qamoe_core.config import ModelConfig
-
-TASKS = ("regression", "binary")
+from qamoe_core.names import TASKS
 
 
 class ModelOutput(NamedTuple):

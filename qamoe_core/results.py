@@ -43,10 +43,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from qamoe_core import MODALITIES
 from qamoe_core.atomic import atomic_path
 from qamoe_core.errors import DataFormatError, InputError
 from qamoe_core.metrics import METRIC_NAMES, PRIMARY
+from qamoe_core.names import MODALITIES, RESULT_AXES
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ COLUMNS: tuple[str, ...] = (
     "metric",
     "value",
 )
-AXES: tuple[str, ...] = ("clean", "mixed", "missing", "noise", "drop")
+AXES = RESULT_AXES
 SPECTRUM_AXES: tuple[str, ...] = ("mixed", "missing", "noise")
 VARIANTS: tuple[str, ...] = ("normal", "quality_shuffle")
 QUALITY_PREFIX = "quality_"

@@ -70,10 +70,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from qamoe_core import MODALITIES
 from qamoe_core.errors import ConfigError, DataFormatError, InputError, check_choice, check_level
+from qamoe_core.names import AXES, MODALITIES
 
-AXES: tuple[str, str, str] = ("missing", "noise", "mixed")
 UNK_ID, CLS_ID, SEP_ID = 100, 101, 102  # BERT-base (uncased/chinese) vocabulary ids
 MAX_SEED = 2**63 - 1
 # Keys of a corruption record (see corrupt.py) that are not CorruptionSpec fields.

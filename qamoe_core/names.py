@@ -1,0 +1,15 @@
+"""The names every layer shares, defined once: modalities, splits, axes, tasks, metric schemes.
+
+This module imports nothing, so any module may import it without creating a cycle.
+"""
+
+MODALITIES: tuple[str, str, str] = ("text", "audio", "vision")
+SPLITS: tuple[str, str, str] = ("train", "valid", "test")
+# The corruption axes of the spectrum (DESIGN §2), in the order flags and errors list them.
+AXES: tuple[str, str, str] = ("missing", "noise", "mixed")
+# What a results row's `axis` column may hold: the clean point, the spectrum axes and the
+# fixed whole-modality drop protocol.
+RESULT_AXES: tuple[str, ...] = ("clean", "mixed", "missing", "noise", "drop")
+TASKS: tuple[str, str] = ("regression", "binary")
+# Metric schemes (metrics.compute): MMSA's MOSI/MOSEI and SIMS rules, and class decisions.
+SCHEMES: tuple[str, str, str] = ("mosi", "sims", "binary")
