@@ -41,8 +41,9 @@ def command(
         float,
         typer.Option(
             "--valid-fraction",
-            help="Share of train utterances moved to valid, as whole videos. The default "
-            "matches the standard MOSI split: 229 of 1284 + 229 utterances are valid.",
+            help="Share of train utterances moved to valid, as whole videos (so the share "
+            "is near, not exact). The default is the standard MOSI ratio, 229 / (1284 + 229); "
+            "with seed 0 it moves 216 of the 1447 train utterances (9 of 62 videos).",
         ),
     ] = DEFAULT_VALID_FRACTION,
     seed: Seed = 0,
