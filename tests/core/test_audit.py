@@ -19,6 +19,7 @@ from qamoe_core.audit import (
 )
 from qamoe_core.errors import DataFormatError, InputError
 from qamoe_core.h5store import SplitArrays, write_features
+from tests.conftest import mosi_lite_dir
 
 # videos per split and clips per video: 40 train videos, as a small MOSI
 VIDEOS = {"train": 40, "valid": 8, "test": 16}
@@ -241,3 +242,47 @@ def test_honest_synthetic_tiny_is_not_flagged(tiny_h5: Path) -> None:
     report = audit(tiny_h5)
     assert report["flagged"] is False, report["findings"]
     assert report["grouping"]["grouped"]  # MMSA-style ids "<video>$_$<clip>" are grouped
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(mosi_lite_dir() is None, reason="needs ../shared/data/mosi-lite")
+def test_honest_real_data_is_not_flagged(tmp_path: Path) -> None:
+    """MOSI-lite's 31 bc-LSTM test videos are honest for all three feature sets (the networks
+    never saw them): re-split by video into train/valid/test, nothing may be flagged."""
+    from qamoe_core.h5store import FeatureFile
+    from qamoe_core.importers.mosilite import import_mosilite
+
+    root = mosi_lite_dir()
+    assert root is not None  # the skipif above
+    src = tmp_path / "ml.h5"
+    import_mosilite(root, src)
+    with FeatureFile(src) as f:
+        block, ids, mods = f.read("test", slice(None)), f.ids("test"), f.modalities
+    groups, _ = group_of(ids, compile_group_regex(DEFAULT_GROUP_REGEX))
+    videos = sorted(set(groups))
+    np.random.default_rng(0).shuffle(videos)
+    split_of = {
+        v: "test" if i < 8 else "valid" if i < 12 else "train" for i, v in enumerate(videos)
+    }
+    splits = {}
+    for s in ("train", "valid", "test"):
+        r = np.array([i for i, g in enumerate(groups) if split_of[g] == s])
+        splits[s] = SplitArrays(
+            [ids[i] for i in r],
+            block["label"][r],
+            {m: block[m][r] for m in mods},
+            {m: block[f"{m}_len"][r] for m in mods},
+        )
+    path = tmp_path / "honest.h5"
+    write_features(
+        path,
+        splits,
+        dataset="t",
+        task="binary",
+        scheme="binary",
+        label_range=(0, 1),
+        extractor={"name": "test"},
+    )
+    report = audit(path)
+    assert report["flagged"] is False, [f["message"] for f in report["findings"]]
+    assert report["modalities"]["text"]["verdict"] == "ok"  # text-CNN: real signal here
