@@ -292,14 +292,19 @@ def pattern_label(axis: str, patterns: Patterns = Patterns()) -> str:
     return "+".join(parts or [])
 
 
-def parse_pattern(value: str | Sequence[str] | None) -> dict[str, str]:
-    """``--pattern burst``, ``correlated`` or ``burst,correlated`` -> CorruptionSpec fields.
+def parse_pattern(
+    value: str | Sequence[str] | None,
+    burst_mean: float | None = None,
+    noise_rho: float | None = None,
+) -> dict[str, Any]:
+    """``--pattern burst``, ``correlated`` or ``burst,correlated`` (+ their parameters) ->
+    CorruptionSpec fields, for flags of `corrupt` and `eval --sweep`.
 
-    Each name goes to the axis that has it (MISSING_PATTERNS or NOISE_PATTERNS); naming two
-    patterns of one axis, or an unknown one, is an InputError.
+    Each name goes to the axis that has it (MISSING_PATTERNS or NOISE_PATTERNS); an unknown
+    name, two patterns of one axis, or a parameter without its pattern is an InputError.
     """
     items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value or ())
-    out: dict[str, str] = {}
+    out: dict[str, Any] = {}
     for item in (i for i in items if i):
         key = "missing_pattern" if item in MISSING_PATTERNS else "noise_pattern"
         if item not in MISSING_PATTERNS + NOISE_PATTERNS or key in out:
@@ -309,6 +314,21 @@ def parse_pattern(value: str | Sequence[str] | None) -> dict[str, str]:
                 hint="e.g. --pattern burst, --pattern correlated or --pattern burst,correlated.",
             )
         out[key] = item
+    needs_of = {
+        "burst_mean": ("missing_pattern", "burst"),
+        "noise_rho": ("noise_pattern", "correlated"),
+    }
+    for name, given in (("burst_mean", burst_mean), ("noise_rho", noise_rho)):
+        needs = needs_of[name]
+        if given is None:
+            continue
+        if out.get(needs[0]) != needs[1]:
+            raise InputError(
+                f"The '{name}' parameter applies to the {needs[1]} pattern only. "
+                f"Got {name} = {given!r} with pattern {value!r}.",
+                hint=f"Add --pattern {needs[1]}, or leave {name} out.",
+            )
+        out[name] = given
     return out
 
 

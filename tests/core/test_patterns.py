@@ -294,3 +294,11 @@ def test_training_mix_bursts_and_colours() -> None:
     assert abs(r - 0.8) <= Z * math.sqrt((1 - 0.64) / pairs)
     with pytest.raises(ConfigError, match="'noise_rho' parameter must be a float in"):
         TrainConfig(noise_rho=1.0)
+
+
+def test_pattern_parameters_need_their_pattern() -> None:
+    assert parse_pattern("burst", burst_mean=3.0) == {"missing_pattern": "burst", "burst_mean": 3.0}
+    with pytest.raises(InputError, match="'burst_mean' parameter applies to the burst pattern"):
+        parse_pattern("correlated", burst_mean=3.0)
+    with pytest.raises(InputError, match="'noise_rho' parameter applies to the correlated"):
+        parse_pattern(None, noise_rho=0.5)
