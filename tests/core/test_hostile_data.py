@@ -83,8 +83,16 @@ def test_a_fifo_is_refused_before_opening(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     # In child processes with a timeout: before the fix both blocked forever on open().
     lib = f"from qamoe_core.h5store import FeatureFile; FeatureFile({str(fifo)!r})"
-    cli = ["-m", "qamoe_cli.main", "corrupt", str(fifo), "--level", "0.1", "--out",
-           str(tmp_path / "o.h5")]  # fmt: skip
+    cli = [
+        "-m",
+        "qamoe_cli.main",
+        "corrupt",
+        str(fifo),
+        "--level",
+        "0.1",
+        "--out",
+        str(tmp_path / "o.h5"),
+    ]
     for args in (["-c", lib], cli):
         done = subprocess.run(
             [sys.executable, *args], capture_output=True, text=True, timeout=60, check=False
