@@ -154,3 +154,22 @@ def test_corrupting_what_is_already_gone_is_refused(tiny_h5: Path, tmp_path: Pat
     assert "'audio' has no kept step left" in one_line(err)
     assert not (tmp_path / "again.h5").exists()
     corrupt_file(gone, tmp_path / "vision.h5", CorruptionSpec(level=0.5, modalities=("vision",)))
+
+
+def test_writing_labels_outside_the_range_is_refused(tmp_path: Path) -> None:
+    from qamoe_core.h5store import write_features
+    from qamoe_core.synthetic import generate
+
+    splits = generate("tiny", seed=0)
+    splits["train"].label[0] = 7.0
+    with pytest.raises(DataFormatError, match=r"input \[train\]: labels lie in .* \[-3, 3\]"):
+        write_features(
+            tmp_path / "x.h5",
+            splits,
+            dataset="x",
+            task="regression",
+            scheme="mosi",
+            label_range=(-3.0, 3.0),
+            extractor={},
+        )
+    assert not (tmp_path / "x.h5").exists()
