@@ -429,10 +429,10 @@ def _ar1_numpy(z: np.ndarray, lens: np.ndarray, rho: float) -> None:
     result does not depend on the rows beside it; padding is zeroed again afterwards."""
     r = np.float32(rho)
     c = np.float32(math.sqrt(1.0 - rho * rho))
+    z[:, 1:] *= c  # the innovations, scaled in one pass
     carry = np.empty_like(z[:, 0])
     for step in range(1, z.shape[1]):
         np.multiply(z[:, step - 1], r, out=carry)
-        z[:, step] *= c
         z[:, step] += carry
     z[np.arange(z.shape[1])[None, :] >= lens[:, None]] = 0.0
 
