@@ -55,11 +55,13 @@ def command(
     ] = None,
     burst_mean: Annotated[
         float | None,
-        typer.Option(help="Mean burst length in steps (>= 1) for --pattern burst [default: 5]."),
+        typer.Option(help="Mean burst length in steps (>= 1) for --pattern burst (default 5)."),
     ] = None,
     noise_rho: Annotated[
         float | None,
-        typer.Option(help="Lag-1 noise correlation in [0, 1) for --pattern correlated [0.9]."),
+        typer.Option(
+            help="Lag-1 noise correlation in [0, 1) for --pattern correlated (default 0.9)."
+        ),
     ] = None,
     force: Force = False,
     quiet: Quiet = False,
