@@ -34,8 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from qamoe_core.config import ModelConfig, TrainConfig, from_json  # noqa: E402
-from qamoe_core.h5store import FeatureFile, to_torch  # noqa: E402
+from qamoe_core.h5store import FeatureFile  # noqa: E402
 from qamoe_core.model import build_model  # noqa: E402
+from qamoe_core.torchdata import to_torch  # noqa: E402
 
 
 def timed(fn: Callable[[], Any], seconds: float, min_reps: int = 5) -> dict[str, float]:

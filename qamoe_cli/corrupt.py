@@ -46,17 +46,33 @@ def command(
     noise_scale: Annotated[
         float, typer.Option(help="Noise std at level 1, in units of each dimension's train std.")
     ] = 1.0,
+    pattern: Annotated[
+        str | None,
+        typer.Option(
+            help="Temporal pattern(s): burst (drop steps in runs) and/or correlated (AR(1) "
+            "noise), comma-separated; default random drops and white noise.",
+        ),
+    ] = None,
+    burst_mean: Annotated[
+        float | None,
+        typer.Option(help="Mean burst length in steps (>= 1) for --pattern burst (default 5)."),
+    ] = None,
+    noise_rho: Annotated[
+        float | None,
+        typer.Option(
+            help="Lag-1 noise correlation in [0, 1) for --pattern correlated (default 0.9)."
+        ),
+    ] = None,
     force: Force = False,
     quiet: Quiet = False,
     json_out: JsonOut = False,
 ) -> None:
     """Corrupt DATA at --level along --axis and write it to --out (atomic, recorded in the file)."""
     # heavy imports (torch) here, not at the top, so `qamoe --help` and `--version` start fast
-    import torch
-
+    from qamoe_core import runtime
     from qamoe_core.corrupt import corrupt_file
     from qamoe_core.h5store import FeatureFile
-    from qamoe_core.spectrum import CorruptionSpec
+    from qamoe_core.spectrum import CorruptionSpec, parse_pattern
 
     spec = CorruptionSpec(
         level=level,  # type: ignore[arg-type]  # validated (and converted) by the spec
@@ -65,25 +81,28 @@ def command(
         drop=drop or (),  # type: ignore[arg-type]
         noise_scale=noise_scale,
         seed=seed,
+        **parse_pattern(pattern, burst_mean, noise_rho),
     )
     with FeatureFile(data) as f:
         total = sum(f.n(s) for s in f.splits)
-    # corrupt_file already overlaps compute with HDF5 I/O in two threads; torch's intra-op threads
-    # on top oversubscribe small machines (on our busy 2-core box, elementwise ops on a 5 MB
-    # tensor took ~10 ms with 2 threads against ~1 ms with 1).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with progress(total, "corrupt", enabled=not (quiet or json_out)) as advance:
-            summary = corrupt_file(data, out, spec, splits=splits, force=force, progress=advance)
-    finally:
-        torch.set_num_threads(threads)
+    with (
+        runtime.torch_threads(1),
+        progress(total, "corrupt", enabled=not (quiet or json_out)) as advance,
+    ):
+
+        def advance_and_trim(n: int) -> None:
+            advance(n)
+            runtime.trim_memory()
+
+        summary = corrupt_file(
+            data, out, spec, splits=splits, force=force, progress=advance_and_trim
+        )
 
     def render() -> None:
         rec = summary["record"]
         title = (
             f"{summary['out']}: level {rec['level']:g}, axis {rec['axis']}, seed {rec['seed']}, "
-            f"splits {','.join(summary['splits'])}"
+            f"pattern {summary['pattern'] or '-'}, splits {','.join(summary['splits'])}"
         )
         table = Table(title=title)
         for col in ("modality", "valid steps", "missing_rate", "noise_std"):

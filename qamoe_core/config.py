@@ -21,9 +21,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from qamoe_core.errors import ConfigError, ConfigUsageError, QamoeError
+from qamoe_core.errors import ConfigError, ConfigUsageError, QamoeError, nearest_choice
 from qamoe_core.metrics import METRIC_NAMES
 from qamoe_core.names import AXES, MODALITIES
 
@@ -44,6 +44,8 @@ RUN_META_KEYS = frozenset(
 )
 
 INF = math.inf
+# Field metadata for values a config's _check_relations validates itself (see _Config).
+IN_RELATIONS = {"in_relations": True}
 
 
 def _spec(
@@ -52,14 +54,19 @@ def _spec(
     hi: float = INF,
     choices: tuple[Any, ...] = (),
     hint: str | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
 ) -> Any:
-    """A dataclass field with a valid range (inclusive) or a set of choices (and an error hint)."""
-    return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices, "hint": hint})
+    """A dataclass field with a valid range (inclusive unless ``lo_open``/``hi_open``) or a set
+    of choices (and an error hint)."""
+    meta = {"lo": lo, "hi": hi, "choices": choices, "hint": hint, "open": (lo_open, hi_open)}
+    return field(default=default, metadata=meta)
 
 
-def _range_text(lo: float, hi: float, kind: str) -> str:
+def _range_text(lo: float, hi: float, kind: str, open_: tuple[bool, bool] = (False, False)) -> str:
     if lo > -INF and hi < INF:
-        return f"{kind} in [{lo:g}, {hi:g}]"
+        return f"{kind} in {'(' if open_[0] else '['}{lo:g}, {hi:g}{')' if open_[1] else ']'}"
     if lo > -INF:
         return f"{kind} >= {lo:g}"
     if hi < INF:
@@ -67,12 +74,23 @@ def _range_text(lo: float, hi: float, kind: str) -> str:
     return kind
 
 
-def _check_field(owner: str, name: str, value: Any, default: Any, meta: Mapping[str, Any]) -> Any:
+def _check_field(
+    owner: str,
+    name: str,
+    value: Any,
+    default: Any,
+    meta: Mapping[str, Any],
+    error: type[QamoeError] = ConfigUsageError,
+) -> Any:
     """Validate and normalise one field value against the type of its default and its spec."""
     lo, hi, choices = meta.get("lo", -INF), meta.get("hi", INF), meta.get("choices", ())
+    lo_open, hi_open = meta.get("open", (False, False))
 
-    def fail(expected: str) -> ConfigError:
-        return ConfigUsageError(  # a usage error (exit 2), from a flag or a --config field
+    def in_range(v: float) -> bool:
+        return (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+
+    def fail(expected: str) -> QamoeError:
+        return error(  # a usage error (exit 2): the value came from a flag or a --config field
             f"The '{name}' parameter must be {expected}. Got {value!r} instead.",
             hint=meta.get("hint") or f"Its default is {default!r}; see 'qamoe train --help'.",
         )
@@ -84,18 +102,22 @@ def _check_field(owner: str, name: str, value: Any, default: Any, meta: Mapping[
     if isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
             raise fail(_range_text(lo, hi, "an integer"))
-        if not lo <= value <= hi:
-            raise fail(_range_text(lo, hi, "an integer"))
+        if not in_range(value):
+            raise fail(_range_text(lo, hi, "an integer", (lo_open, hi_open)))
         return value
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise fail(_range_text(lo, hi, "a float"))
-        if not math.isfinite(float(value)) or not lo <= float(value) <= hi:
-            raise fail(_range_text(lo, hi, "a float"))
+            raise fail(_range_text(lo, hi, "a float", (lo_open, hi_open)))
+        if not math.isfinite(float(value)) or not in_range(float(value)):
+            raise fail(_range_text(lo, hi, "a float", (lo_open, hi_open)))
         return float(value)
     if isinstance(default, str):
         if value not in choices:
-            raise fail(f"one of {', '.join(map(str, choices))}")
+            err = fail(f"one of {', '.join(map(str, choices))}")
+            near = nearest_choice(value, [str(c) for c in choices])
+            if near is not None:  # the same suggestion errors.check_choice gives
+                err.hint = f"Did you mean '{near}'?"
+            raise err
         return value
     if isinstance(default, tuple):  # tuples of floats (levels) or of modality names
         if not isinstance(value, list | tuple) or (not value and not meta.get("empty_ok")):
@@ -118,12 +140,27 @@ C = TypeVar("C", bound="_Config")
 
 
 class _Config:
-    """Validation, JSON and override helpers shared by both configs."""
+    """Validation, JSON and override helpers shared by every config object.
+
+    Every field is checked here against its default's type and its :func:`_spec`, except those
+    declared with :data:`IN_RELATIONS` metadata, which the subclass's ``_check_relations``
+    normalises (e.g. modality lists that accept 'audio,vision'). ``error`` is the error
+    class a bad value raises.
+    """
+
+    error: ClassVar[type[QamoeError]] = ConfigUsageError
 
     def __post_init__(self) -> None:
         for f in fields(self):  # type: ignore[arg-type]
+            if f.metadata.get("in_relations"):
+                continue
             value = _check_field(
-                type(self).__name__, f.name, getattr(self, f.name), f.default, f.metadata
+                type(self).__name__,
+                f.name,
+                getattr(self, f.name),
+                f.default,
+                f.metadata,
+                self.error,
             )
             object.__setattr__(self, f.name, value)
         self._check_relations()
@@ -323,6 +360,16 @@ class TrainConfig(_Config):
     noise_scale: float = _spec(1.0, 1e-6, 1e6)
     # Modalities that training corrupts (all: one checkpoint for every degradation).
     corrupt_modalities: tuple[str, ...] = _spec(MODALITIES, choices=MODALITIES)
+    # [ours] Temporal patterns of training corruption (data/README.md, "Patterns"): the share of
+    # corrupted samples whose dropped steps come in bursts of mean `burst_mean` steps, and the
+    # share whose noise is AR(1) with lag-1 correlation `noise_rho`; the rest get today's
+    # independent drops and white noise. 0 (default) draws exactly what earlier versions drew.
+    burst_fraction: float = _spec(0.0, 0.0, 1.0)
+    burst_mean: float = _spec(5.0, 1.0, 1e6, hint="The mean length of a burst, in time steps.")
+    correlated_fraction: float = _spec(0.0, 0.0, 1.0)
+    noise_rho: float = _spec(
+        0.9, 0.0, 1.0, hi_open=True, hint="The lag-1 correlation of AR(1) noise, in [0, 1)."
+    )
     # --- selection ------------------------------------------------------------------------
     # Validation levels (mixed axis, every modality); the score is the mean over them. 0.5 is
     # the middle of the spectrum, so selection favours neither clean nor absent inputs.

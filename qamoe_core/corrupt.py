@@ -11,26 +11,22 @@ source file's sha256) and stores ``<m>_keep`` masks for every split and modality
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import hashlib
 import logging
 import math
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
 from qamoe_core import __version__
 from qamoe_core.atomic import check_output
-from qamoe_core.errors import InputError
-from qamoe_core.h5store import FeatureFile, FeatureWriter
+from qamoe_core.errors import InputError, UsageError
+from qamoe_core.h5store import FeatureFile, FeatureWriter, file_sha256
 from qamoe_core.spectrum import CorruptionSpec, apply_spec
 
 log = logging.getLogger(__name__)
@@ -41,53 +37,6 @@ CHUNK_BYTES = 32 << 20
 _ROOT_OWNED = ("format", "format_version", "created_by", "corruption")  # set by the writer/us
 
 
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None elsewhere (musl, macOS, Windows)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-    trim = getattr(libc, "malloc_trim", None)
-    return cast("Callable[[int], int] | None", trim)
-
-
-# Blocks are allocated in the worker thread and freed in this one, in sizes that vary between
-# modalities and at split ends; glibc's per-thread arenas and its sliding mmap threshold then keep
-# freed pages resident, and RSS ratchets up with the file size (measured without a remedy: peak
-# 507 MiB for a 0.9 GB file, 573 MiB for 2.6 GB, 873 MiB for 5.4 GB). So when RSS passes
-# TRIM_ABOVE we hand free pages back (malloc_trim). Not after every block: freed pages that stay
-# mapped are what makes the next block's allocations cheap (no page faults).
-_MALLOC_TRIM = _load_malloc_trim()
-TRIM_ABOVE = 512 << 20
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * _PAGE
-    except OSError:
-        return 0
-
-
-def _release_free_memory() -> None:
-    if _MALLOC_TRIM is not None and _rss_bytes() > TRIM_ABOVE:
-        _MALLOC_TRIM(0)
-
-
-def _sha256(path: Path, stop: threading.Event) -> str:
-    """SHA-256 of a file's bytes in 4 MiB blocks; gives up (returns '') once ``stop`` is set."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            if stop.is_set():
-                return ""
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _chunk_rows(row_bytes: int, n: int, store_rows: Sequence[int], requested: int | None) -> int:
     """Rows per read/write block: ``requested``, or ~CHUNK_BYTES aligned to the store's chunks.
 
@@ -96,7 +45,7 @@ def _chunk_rows(row_bytes: int, n: int, store_rows: Sequence[int], requested: in
     """
     if requested is not None:
         if requested < 1:
-            raise InputError(f"The 'chunk_rows' parameter must be >= 1. Got {requested}.")
+            raise UsageError(f"The 'chunk_rows' parameter must be >= 1. Got {requested}.")
         return min(requested, n)
     rows = max(1, CHUNK_BYTES // max(row_bytes, 1))
     align = math.lcm(*store_rows) if store_rows else 1
@@ -111,13 +60,13 @@ def _parse_splits(splits: str | Sequence[str] | None, available: tuple[str, ...]
     items = [s.strip() for s in splits.split(",")] if isinstance(splits, str) else list(splits)
     items = [s for s in items if s]
     if not items:
-        raise InputError(
+        raise UsageError(
             "The 'splits' parameter must name at least one split. Got none.",
             hint=f"e.g. --splits test (the file has {', '.join(available)}).",
         )
     for s in items:
         if s not in available:
-            raise InputError(
+            raise UsageError(
                 f"The 'splits' parameter must name splits of the file "
                 f"({', '.join(available)}). Got {s!r} instead.",
                 hint="Split names are train, valid and test; comma-separate several.",
@@ -164,6 +113,20 @@ class _Stats:
         }
 
 
+def _check_not_a_no_op(
+    src: Path, stats: dict[str, _Stats], mods: list[str], splits: list[str]
+) -> None:
+    """Refuse (before the output is committed) a pass that found nothing left to corrupt."""
+    for m in mods:
+        if stats[m].steps == 0:
+            raise InputError(
+                f"'{src}': '{m}' has no kept step left in split(s) {', '.join(splits)} (an "
+                "earlier corruption removed them all), so this pass would change nothing while "
+                "its record claims the level.",
+                hint=f"Leave '{m}' out with --modalities, or corrupt the clean file instead.",
+            )
+
+
 def _stream_split(
     f: FeatureFile,
     w: FeatureWriter,
@@ -195,8 +158,7 @@ def _stream_split(
     def flush(start: int, stop: int, new: dict[str, np.ndarray]) -> None:
         raw_part = None if raw is None else raw[start:stop]
         w.write(split, start, new, ids=ids[start:stop], raw_text=raw_part)
-        del new
-        _release_free_memory()
+        del new  # before progress(), where a caller may trim memory (runtime.trim_memory)
         if progress is not None:
             progress(stop - start)
 
@@ -229,7 +191,10 @@ def corrupt_file(
 
     ``splits``: which splits to corrupt (default all); the others are copied unchanged.
     ``chunk_rows``: rows per streamed block (default ~32 MiB aligned to the HDF5 chunks); the
-    output bytes do not depend on it. ``progress(n)`` is called with rows done after each block.
+    output bytes do not depend on it. ``progress(n)`` is called with rows done after each block
+    (the CLI also hands memory back there: :func:`qamoe_core.runtime.trim_memory`).
+    Refuses a pass that could change nothing while its record claims the level: noise on a
+    modality whose train std is 0 everywhere, or a modality with no kept step left.
     Summary: per corrupted modality the realised ``missing_rate`` (dropped / valid steps) and
     ``noise_std`` (RMS of the added noise over kept steps, in train-std units; ≈ level ×
     noise_scale), plus the record appended to the file's corruption chain.
@@ -245,6 +210,14 @@ def corrupt_file(
         chosen = _parse_splits(splits, f.splits)
         targets = [m for m in resolved if spec.level > 0]
         train_std = {m: f.train_std(m) for m in targets} if spec.noise_std > 0 else {}
+        for m, std in train_std.items():
+            if not std.any():  # noise is level·scale·std: it would add nothing at all
+                raise InputError(
+                    f"'{src}': the train std of '{m}' is 0 in every dimension, so noise at "
+                    f"level {spec.level:g} would leave it unchanged while the record claims it.",
+                    hint="The train split holds one constant value; re-extract it, or leave "
+                    f"'{m}' out with --modalities.",
+                )
         inv_std = {
             m: np.divide(1.0, s, out=np.zeros_like(s), where=s > 0) for m, s in train_std.items()
         }
@@ -273,11 +246,12 @@ def corrupt_file(
         with ThreadPoolExecutor(1) as hasher, ThreadPoolExecutor(1) as worker:
             # Hashing overlaps the streaming (hashlib drops the GIL); on an error it stops early
             # so that leaving the pool does not wait for a multi-GB hash.
-            sha_future = hasher.submit(_sha256, src, stop_hash)
+            sha_future = hasher.submit(file_sha256, src, stop_hash)
             try:
                 with FeatureWriter(out, force=force, attrs=attrs) as w:
                     for split in f.splits:
                         _stream_split(f, w, split, process, worker, chunk_rows, progress)
+                    _check_not_a_no_op(src, stats, [*targets, *spec.drop], chosen)
                     record: dict[str, Any] = {
                         **spec.to_dict(),
                         "modalities": list(resolved),  # resolved against the file
@@ -309,6 +283,7 @@ def corrupt_file(
         "source": str(src),
         "out": str(out),
         "spec": {**spec.to_dict(), "modalities": list(resolved)},
+        "pattern": spec.pattern,
         "splits": chosen,
         "copied_splits": copied,
         "chain_length": len(chain) + 1,

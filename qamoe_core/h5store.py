@@ -16,7 +16,13 @@ Layout (format "qamoe-features", version 1; docs/architecture.md has the full ta
 Reading is lazy: :class:`FeatureFile` touches only the rows asked for, so a MOSEI-sized file
 never has to fit in memory. Writing goes through a temporary file renamed at the end.
 Nothing here imports torch: the torch side (``H5Dataset``, ``to_torch``) is in
-:mod:`qamoe_core.torchdata`, and both names are still importable from this module.
+:mod:`qamoe_core.torchdata`, which imports this module (never the other way round).
+
+Hostile or broken files are refused on open or read with one-line errors: anything but a
+regular file (a FIFO would block forever), links or storage outside the file (an ExternalLink,
+external raw storage or a virtual dataset would make qamoe read, and `corrupt` copy, any local
+file), labels outside the declared range, feature magnitudes beyond MAX_ABS_FEATURE, ids that
+are not UTF-8 and corruption records whose numbers are not numbers.
 """
 
 from __future__ import annotations
@@ -24,11 +30,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
+import stat
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import h5py
 import numpy as np
@@ -37,10 +46,6 @@ from qamoe_core import __version__
 from qamoe_core.atomic import atomic_path
 from qamoe_core.errors import DataFormatError, InputError
 from qamoe_core.names import MODALITIES, SCHEMES, SPLITS, TASKS
-
-if TYPE_CHECKING:  # for type checkers; at run time __getattr__ below imports them on demand
-    from qamoe_core.torchdata import H5Dataset as H5Dataset
-    from qamoe_core.torchdata import to_torch as to_torch
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,10 @@ FORMAT_VERSION = 1
 COMPRESSION = "lzf"
 CHUNK_BYTES = 1 << 20  # ~1 MiB chunks: h5py's recommended range is 10 KiB to 1 MiB
 _STR = h5py.string_dtype("utf-8")
+# No extractor we know writes features beyond ~1e4 in magnitude; past 1e10 a value is a unit or
+# encoding error (3e38 was once misread as "the model diverged"). Squares of 1e10 (1e20) and
+# their sums over any feature dim still fit float32 (max 3.4e38), so checks stay meaningful.
+MAX_ABS_FEATURE = 1e10
 
 
 @dataclass
@@ -109,6 +118,31 @@ def check_block(batch: Mapping[str, np.ndarray], modalities: Iterable[str], wher
     for m in modalities:
         check_lengths(f"{m}_len", batch[f"{m}_len"], batch[m].shape[1], where)
         check_finite(m, batch[m], where)
+        check_magnitude(m, batch[m], where)
+
+
+def check_magnitude(name: str, array: np.ndarray, where: str) -> None:
+    """Raise a DataFormatError if a finite value exceeds MAX_ABS_FEATURE in magnitude."""
+    if not array.size:
+        return
+    # max and min, not abs(): no copy of a 32 MiB block (NaN was ruled out by check_finite)
+    largest = max(float(array.max()), -float(array.min()))
+    if largest > MAX_ABS_FEATURE:
+        raise DataFormatError(
+            f"{where}: '{name}' holds values beyond ±{MAX_ABS_FEATURE:g} "
+            f"(largest magnitude {largest:.3g}).",
+            hint="Such values are an extraction or unit error; fix or rescale the source features.",
+        )
+
+
+def check_labels(label: np.ndarray, lo: float, hi: float, where: str) -> None:
+    """Raise a DataFormatError if a label lies outside the file's declared [lo, hi]."""
+    if label.size and (float(label.min()) < lo or float(label.max()) > hi):
+        raise DataFormatError(
+            f"{where}: labels lie in [{float(label.min()):g}, {float(label.max()):g}], outside "
+            f"the declared label range [{lo:g}, {hi:g}].",
+            hint="Fix the labels, or re-import with the true range (root attrs label_min/max).",
+        )
 
 
 def validate_split_arrays(split: str, arrays: SplitArrays, where: str = "input") -> None:
@@ -339,6 +373,7 @@ def write_features(
                 )
         if task == "binary" and not np.isin(arrays.label, (0.0, 1.0)).all():
             raise DataFormatError(f"'{name}/label' must be 0 or 1 for a binary task.")
+        check_labels(np.asarray(arrays.label), *label_range, f"input [{name}]")
     assert modalities is not None
     root = {
         "dataset": dataset,
@@ -376,8 +411,60 @@ def write_features(
     return Path(path)
 
 
-def _decode(values: np.ndarray) -> list[str]:
-    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+def _decode(values: np.ndarray, where: str = "input") -> list[str]:
+    try:
+        return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(
+            f"{where} holds bytes that are not UTF-8 text (at byte {exc.start} of a value).",
+            hint="Ids and texts must be UTF-8; re-import the data with `qamoe extract`.",
+        ) from None
+
+
+def _check_self_contained(h5: h5py.File, where: str) -> None:
+    """Refuse links and storage outside the file: reading them would read any local file."""
+    found: list[str] = []
+
+    def visit(name: str, link: Any) -> None:
+        if isinstance(link, h5py.ExternalLink):
+            found.append(f"'{name}' is an external link to '{link.filename}'")
+        elif isinstance(link, h5py.HardLink):
+            obj = h5.get(name)
+            if isinstance(obj, h5py.Dataset) and (obj.external or obj.is_virtual):
+                found.append(f"'{name}' stores its data outside the file")
+
+    h5.visititems_links(visit)
+    if found:
+        raise DataFormatError(
+            f"{where}: {found[0]}; qamoe reads only self-contained files"
+            f"{f' ({len(found)} such objects)' if len(found) > 1 else ''}.",
+            hint="Rebuild the file with `qamoe extract`; qamoe never writes such links.",
+        )
+
+
+# Numeric fields of a corruption record (spectrum.CorruptionSpec and corrupt.py's extras).
+_RECORD_NUMBERS = ("level", "noise_scale", "seed", "burst_mean", "noise_rho", "chain_index")
+_RECORD_NAME_LISTS = ("modalities", "drop", "splits")
+
+
+def _check_record(record: dict[str, Any], k: int, where: str) -> None:
+    """One-line errors for a corruption record whose numbers or name lists are malformed."""
+    for key in _RECORD_NUMBERS:
+        value = record.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise DataFormatError(
+                f"{where}: corruption record {k} has a non-numeric '{key}' ({value!r}).",
+                hint="It is written by `qamoe corrupt`; re-create the corrupted copy.",
+            )
+    for key in _RECORD_NAME_LISTS:
+        value = record.get(key)
+        if value is not None and (
+            not isinstance(value, list) or not all(isinstance(v, str) for v in value)
+        ):
+            raise DataFormatError(
+                f"{where}: corruption record {k} has '{key}' = {value!r}, not a list of names.",
+                hint="It is written by `qamoe corrupt`; re-create the corrupted copy.",
+            )
 
 
 class FeatureFile:
@@ -392,6 +479,11 @@ class FeatureFile:
             )
         if self.path.is_dir():
             raise InputError(f"'{self.path}' is a directory, not an HDF5 file.")
+        if not stat.S_ISREG(self.path.stat().st_mode):  # stat, not open: a FIFO would block
+            raise InputError(
+                f"'{self.path}' is not a regular file (a pipe, socket or device).",
+                hint="Give the path of an HDF5 file written by `qamoe extract`.",
+            )
         try:
             self.h5 = h5py.File(self.path, "r")
         except OSError:
@@ -426,6 +518,7 @@ class FeatureFile:
                 hint="Re-import the data with this version of qamoe.",
             )
         damaged = "The file is damaged or was not written by qamoe; re-import it."
+        _check_self_contained(self.h5, where)
         for key in ("dataset", "task", "scheme", "modalities"):
             if key not in a:
                 raise DataFormatError(f"{where} lacks the root attr '{key}'.", hint=damaged)
@@ -540,11 +633,26 @@ class FeatureFile:
                 f"'{self.path}': the 'corruption' attribute is not a JSON list of records.",
                 hint="It is written by `qamoe corrupt`; re-create the corrupted copy.",
             )
+        for k, record in enumerate(chain):
+            _check_record(record, k, f"'{self.path}'")
         return chain
 
     @property
     def label_range(self) -> tuple[float, float]:
-        return float(self.attrs.get("label_min", -3.0)), float(self.attrs.get("label_max", 3.0))
+        """The declared (label_min, label_max); (-3, 3), MOSI's scale, when not stored."""
+        try:
+            lo = float(self.attrs.get("label_min", -3.0))
+            hi = float(self.attrs.get("label_max", 3.0))
+        except (TypeError, ValueError):
+            lo = hi = math.nan
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+            raise DataFormatError(
+                f"'{self.path}': the root attrs label_min/label_max are not two numbers with "
+                f"min <= max (got {self.attrs.get('label_min')!r}, "
+                f"{self.attrs.get('label_max')!r}).",
+                hint="Re-import the data with `qamoe extract`, which stores them.",
+            )
+        return lo, hi
 
     def _stat(self, kind: str, modality: str) -> np.ndarray:
         key = f"train_{kind}_{modality}"
@@ -574,11 +682,12 @@ class FeatureFile:
         return self._stat("mean", modality)
 
     def ids(self, split: str) -> list[str]:
-        return _decode(self._split(split)["ids"][:])
+        return _decode(self._split(split)["ids"][:], f"'{self.path}': '{split}/ids'")
 
     def raw_text(self, split: str) -> list[str] | None:
         g = self._split(split)
-        return _decode(g["raw_text"][:]) if "raw_text" in g else None
+        where = f"'{self.path}': '{split}/raw_text'"
+        return _decode(g["raw_text"][:], where) if "raw_text" in g else None
 
     def read(self, split: str, rows: slice | np.ndarray | Sequence[int]) -> dict[str, np.ndarray]:
         """Read some rows of a split as a batch dict (see docs/architecture.md).
@@ -620,7 +729,9 @@ class FeatureFile:
                 value = value.astype(np.int64)
             batch[key] = value
         batch["index"] = idx
-        check_block(batch, self.modalities, f"'{self.path}' [{split}]")
+        where = f"'{self.path}' [{split}]"
+        check_block(batch, self.modalities, where)
+        check_labels(batch["label"], *self.label_range, where)
         return batch
 
     def iter_batches(self, split: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
@@ -636,10 +747,17 @@ class FeatureFile:
         return self._sha
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
+def file_sha256(path: str | os.PathLike[str], stop: threading.Event | None = None) -> str:
+    """SHA-256 of a file's bytes, read in 4 MiB blocks (the one place qamoe hashes a file).
+
+    With ``stop``, gives up and returns '' once it is set (a hash running beside a job that
+    failed need not finish reading a multi-GB file).
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 22), b""):
+            if stop is not None and stop.is_set():
+                return ""
             digest.update(block)
     return digest.hexdigest()
 
@@ -655,16 +773,3 @@ def validate(path: str | os.PathLike[str], deep: bool = True) -> None:
     with FeatureFile(path) as f:
         if deep:
             f.validate_data()
-
-
-# H5Dataset and to_torch live in qamoe_core.torchdata (torch is imported only there); these
-# names stay importable from here, resolved on first use.
-_TORCH_NAMES = ("H5Dataset", "to_torch")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _TORCH_NAMES:
-        from qamoe_core import torchdata
-
-        return getattr(torchdata, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

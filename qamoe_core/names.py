@@ -13,3 +13,7 @@ RESULT_AXES: tuple[str, ...] = ("clean", "mixed", "missing", "noise", "drop")
 TASKS: tuple[str, str] = ("regression", "binary")
 # Metric schemes (metrics.compute): MMSA's MOSI/MOSEI and SIMS rules, and class decisions.
 SCHEMES: tuple[str, str, str] = ("mosi", "sims", "binary")
+# How a spectrum point spreads its damage over time (spectrum.py): the missing axis drops steps
+# independently (random) or in runs (burst); the noise axis adds white or AR(1)-correlated noise.
+MISSING_PATTERNS: tuple[str, str] = ("random", "burst")
+NOISE_PATTERNS: tuple[str, str] = ("white", "correlated")

@@ -16,6 +16,27 @@ A spectrum point is a ``level`` ℓ in [0, 1] applied to chosen modalities (0 = 
 Padding is never touched; unchosen modalities are returned unchanged; ℓ = 0 is the identity
 bit for bit (``where``, not ``x + 0·z``, which would turn -0.0 into +0.0).
 
+Patterns (issue 18): how the damage is spread over time, a property of the draws only, so
+levels, common random numbers and :func:`apply_draws` are the same for every pattern.
+
+- missing ``random`` (default): as above, each valid step on its own.
+- missing ``burst``: the valid steps are cut into bursts whose lengths are geometric with mean
+  ``burst_mean`` = L >= 1 (P(len = k) = (1 - 1/L)^(k-1) / L; a new burst opens at each step
+  with probability 1/L; the row's end truncates the last one), and a whole burst is dropped iff
+  the ``u`` of its first step is < ℓ. Every step's ``u`` is still U[0, 1), so the expected share
+  of dropped valid steps is exactly ℓ, drops stay nested in ℓ, ℓ = 1 drops everything. Two
+  neighbouring bursts that are both dropped form one gap, so in a long row the maximal gaps
+  have mean L / (1 - ℓ). L = 1 is the random pattern bit for bit. Models a face leaving the
+  frame or a microphone cutting out (Gilbert's burst-loss channel, here in a form whose drop
+  rate is ℓ for every ℓ in [0, 1]).
+- noise ``white`` (default): ``z`` independent per step.
+- noise ``correlated``: ``z`` replaced, per row and dimension, by the AR(1) process e_0 = z_0,
+  e_t = ρ·e_(t-1) + sqrt(1 - ρ²)·z_t over the valid steps (``noise_rho`` = ρ in [0, 1)), so each
+  step's noise is still N(0, (λ·s_d)²) while neighbouring steps share it (lag-k correlation ρ^k):
+  a bad channel colouring an utterance, which pooling cannot average out. ρ = 0 is white.
+- on ``mixed`` both patterns apply together (``missing_pattern`` and ``noise_pattern``); a
+  pattern other than the default on an axis without it (burst on noise) is an error.
+
 Randomness: draws are separate from levels. A step is dropped iff ``u < ℓ`` and its noise is
 ``ℓ·noise_scale·s_d·z``, with ``u`` ~ U[0, 1) (B, T) and ``z`` ~ N(0, 1) (B, T, D). The draws
 come from one of two sources and are applied by ONE function, :func:`apply_draws` (torch; numpy
@@ -64,14 +85,22 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from qamoe_core.errors import ConfigError, DataFormatError, InputError, check_choice, check_level
-from qamoe_core.names import AXES, MODALITIES
+from qamoe_core.config import IN_RELATIONS, _Config, _spec
+from qamoe_core.errors import (
+    ConfigError,
+    DataFormatError,
+    InputError,
+    UsageError,
+    check_choice,
+    check_level,
+)
+from qamoe_core.names import AXES, MISSING_PATTERNS, MODALITIES, NOISE_PATTERNS
 
 UNK_ID, CLS_ID, SEP_ID = 100, 101, 102  # BERT-base (uncased/chinese) vocabulary ids
 MAX_SEED = 2**63 - 1
@@ -91,13 +120,13 @@ def _as_names(value: Any, name: str) -> tuple[str, ...]:
     items = [v for v in items if v != ""]
     for m in items:
         if m not in MODALITIES:
-            raise InputError(
+            raise UsageError(
                 f"The '{name}' parameter must name modalities among {', '.join(MODALITIES)}. "
                 f"Got {m!r} instead.",
                 hint="Names are lower-case and comma-separated, e.g. audio,vision.",
             )
     if len(set(items)) != len(items):
-        raise InputError(
+        raise UsageError(
             f"The '{name}' parameter names a modality twice: {items}.",
             hint="Name each modality once, e.g. audio,vision.",
         )
@@ -106,37 +135,79 @@ def _as_names(value: Any, name: str) -> tuple[str, ...]:
 
 # Noise beyond a million train stds is no spectrum point, and it overflows float32 features.
 MAX_NOISE_SCALE = 1e6
+_SEED_HINT = "Corruption seeds are whole numbers >= 0, e.g. --seed 0."
+
+
+class Patterns(NamedTuple):
+    """How a point spreads its damage over time (module docstring, "Patterns").
+
+    ``missing``: ``random`` (each step alone) or ``burst`` (runs of geometric length with mean
+    ``burst_mean`` steps); ``noise``: ``white`` or ``correlated`` (AR(1), lag-1 correlation
+    ``noise_rho``). Values are checked by CorruptionSpec / TrainConfig, not here.
+    """
+
+    missing: str = "random"
+    burst_mean: float = 5.0
+    noise: str = "white"
+    noise_rho: float = 0.9
 
 
 @dataclass(frozen=True)
-class CorruptionSpec:
-    """One point of the spectrum. Validated on construction; saved as JSON in corrupted files."""
+class CorruptionSpec(_Config):
+    """One point of the spectrum. Validated on construction (config.py's declarative ``_spec``,
+    raising InputError); saved as JSON in corrupted files (data/README.md, corruption record)."""
 
-    # 0 = clean, 1 = the modality is gone (DESIGN §2); checked with check_level.
-    level: float = 0.0
+    error = UsageError
+    # 0 = clean, 1 = the modality is gone (DESIGN §2).
+    level: float = _spec(0.0, 0.0, 1.0, hint="0 is clean, 1 removes the modality entirely.")
     # mixed is the single-knob spectrum: slightly noisy at 0.1, half gone and very noisy at 0.5.
-    axis: str = "mixed"
+    axis: str = _spec("mixed", choices=AXES, hint="Axes are missing, noise and mixed (both).")
     # None = every modality the data holds: "this dataset at level 0.4" degrades all of it
-    # (and a file without vision is not an error).
-    modalities: tuple[str, ...] | None = None
+    # (and a file without vision is not an error). Checked in _check_relations.
+    modalities: tuple[str, ...] | None = field(default=None, metadata=IN_RELATIONS)
     # Whole modalities removed (fixed-missing protocol), on top of the level.
-    drop: tuple[str, ...] = ()
+    drop: tuple[str, ...] = field(default=(), metadata=IN_RELATIONS)
     # λ = level·noise_scale in units of the train std. 1.0 makes level 1 a per-dimension
     # signal-to-noise ratio of 1 (noise as large as the feature's own spread across the train
     # split): clearly unreliable yet not astronomically off-scale, and the mixed axis already
     # removes everything at level 1, so a larger scale would add nothing there.
-    noise_scale: float = 1.0
+    noise_scale: float = _spec(
+        1.0,
+        0.0,
+        MAX_NOISE_SCALE,
+        lo_open=True,
+        hint="1.0 means level 1 adds noise as large as the train std of each dimension.",
+    )
     # Corruption seed, independent of any model seed (same seed, same bytes).
-    seed: int = 0
+    seed: int = _spec(0, 0, MAX_SEED, hint=_SEED_HINT)
+    # Temporal patterns (module docstring); the defaults are the LNLN protocol of earlier versions.
+    missing_pattern: str = _spec(
+        "random", choices=MISSING_PATTERNS, hint="random drops steps alone, burst in runs."
+    )
+    # [ours] 5 steps: a word or two of aligned MOSI, a sixth of a second of 30 fps video.
+    burst_mean: float = _spec(5.0, 1.0, 1e6, hint="The mean length of a burst, in time steps.")
+    noise_pattern: str = _spec(
+        "white", choices=NOISE_PATTERNS, hint="white is independent per step, correlated AR(1)."
+    )
+    # [ours] 0.9: noise stays correlated over ~10 steps (1 / (1 - rho)), a colouring that
+    # pooling over a sequence of 50 cannot average away.
+    noise_rho: float = _spec(
+        0.9, 0.0, 1.0, hi_open=True, hint="The lag-1 correlation of AR(1) noise, in [0, 1)."
+    )
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise fields in place once
-        set_(self, "level", check_level(self.level, "level"))
-        set_(self, "axis", check_choice(self.axis, AXES, "axis"))
+        set_(self, "level", check_level(self.level, "level"))  # accepts '0.4' from a flag
+        if isinstance(self.seed, np.integer):
+            set_(self, "seed", int(self.seed))
+        super().__post_init__()
+
+    def _check_relations(self) -> None:
+        set_ = object.__setattr__
         if self.modalities is not None:
             mods = _as_names(self.modalities, "modalities")
             if not mods:
-                raise InputError(
+                raise UsageError(
                     "The 'modalities' parameter must name at least one modality. Got none.",
                     hint=f"Use e.g. --modalities {','.join(MODALITIES)}, or leave it out for all.",
                 )
@@ -144,33 +215,21 @@ class CorruptionSpec:
         drop = _as_names(self.drop, "drop")
         set_(self, "drop", drop)
         if set(drop) >= set(MODALITIES):
-            raise InputError(
+            raise UsageError(
                 f"The 'drop' parameter cannot remove every modality. Got {','.join(drop)}.",
                 hint="Keep at least one modality; --level 1 on the others if that is the intent.",
             )
-        try:
-            scale = float(self.noise_scale)
-        except (TypeError, ValueError):
-            scale = math.nan
-        if not 0 < scale <= MAX_NOISE_SCALE:
-            raise InputError(
-                f"The 'noise_scale' parameter must be a float in (0, {MAX_NOISE_SCALE:g}]. "
-                f"Got {self.noise_scale!r} instead.",
-                hint="1.0 means level 1 adds noise as large as the train std of each dimension.",
-            )
-        set_(self, "noise_scale", scale)
-        seed = self.seed
-        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-            raise InputError(
-                f"The 'seed' parameter must be an integer. Got {seed!r} instead.",
-                hint="Corruption seeds are whole numbers >= 0, e.g. --seed 0.",
-            )
-        if not 0 <= int(seed) <= MAX_SEED:
-            raise InputError(
-                f"The 'seed' parameter must be an integer in [0, 2**63 - 1]. Got {seed} instead.",
-                hint="Corruption seeds are whole numbers >= 0, e.g. --seed 0.",
-            )
-        set_(self, "seed", int(seed))
+        drops, noise = _needs(self.axis)
+        for name, on, default, axes in (
+            ("missing_pattern", drops, "random", "missing and mixed"),
+            ("noise_pattern", noise, "white", "noise and mixed"),
+        ):
+            if not on and getattr(self, name) != default:
+                raise UsageError(
+                    f"The '{name}' parameter applies to the {axes} axes only; the axis is "
+                    f"{self.axis}. Got {getattr(self, name)!r} instead.",
+                    hint=f"Leave it at {default} on the {self.axis} axis, or choose another axis.",
+                )
 
     @property
     def missing_rate(self) -> float:
@@ -181,6 +240,16 @@ class CorruptionSpec:
     def noise_std(self) -> float:
         """Nominal noise std in units of the per-dimension train std (λ)."""
         return self.level * self.noise_scale if self.axis in ("noise", "mixed") else 0.0
+
+    @property
+    def patterns(self) -> Patterns:
+        """The temporal patterns, as draw_keyed takes them."""
+        return Patterns(self.missing_pattern, self.burst_mean, self.noise_pattern, self.noise_rho)
+
+    @property
+    def pattern(self) -> str:
+        """A results row's label: the patterns of the axis, e.g. 'burst', 'random+white'."""
+        return pattern_label(self.axis, self.patterns)
 
     def resolve(self, available: Sequence[str]) -> tuple[str, ...]:
         """Modalities that receive the level, given those the data holds (canonical order).
@@ -204,16 +273,14 @@ class CorruptionSpec:
         chosen = self.modalities if self.modalities is not None else tuple(available)
         return tuple(m for m in MODALITIES if m in chosen and m not in self.drop)
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["modalities"] = None if self.modalities is None else list(self.modalities)
-        d["drop"] = list(self.drop)
-        return d
-
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CorruptionSpec:
-        """Build from ``to_dict`` output or a corruption record; unknown keys are an error."""
-        names = {"level", "axis", "modalities", "drop", "noise_scale", "seed"}
+    def from_dict(cls, data: Mapping[str, Any], section: str = "") -> CorruptionSpec:
+        """Build from ``to_dict`` output or a corruption record; unknown keys are an error.
+
+        Records written before patterns existed lack their fields and get the defaults, which
+        are what those versions drew.
+        """
+        names = set(cls.field_names())
         unknown = set(data) - names - RECORD_KEYS
         if unknown:
             raise ConfigError(
@@ -221,6 +288,55 @@ class CorruptionSpec:
                 hint=f"Fields are {', '.join(sorted(names))}.",
             )
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def pattern_label(axis: str, patterns: Patterns = Patterns()) -> str:
+    """'random'/'burst' on missing, 'white'/'correlated' on noise, both joined by '+' on mixed;
+    '' for axes without patterns (clean, drop)."""
+    parts = {"missing": [patterns.missing], "noise": [patterns.noise]}.get(axis)
+    if axis == "mixed":
+        parts = [patterns.missing, patterns.noise]
+    return "+".join(parts or [])
+
+
+def parse_pattern(
+    value: str | Sequence[str] | None,
+    burst_mean: float | None = None,
+    noise_rho: float | None = None,
+) -> dict[str, Any]:
+    """``--pattern burst``, ``correlated`` or ``burst,correlated`` (+ their parameters) ->
+    CorruptionSpec fields, for flags of `corrupt` and `eval --sweep`.
+
+    Each name goes to the axis that has it (MISSING_PATTERNS or NOISE_PATTERNS); an unknown
+    name, two patterns of one axis, or a parameter without its pattern is a UsageError.
+    """
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value or ())
+    out: dict[str, Any] = {}
+    for item in (i for i in items if i):
+        key = "missing_pattern" if item in MISSING_PATTERNS else "noise_pattern"
+        if item not in MISSING_PATTERNS + NOISE_PATTERNS or key in out:
+            raise UsageError(
+                f"The 'pattern' parameter must be one of {', '.join(MISSING_PATTERNS)} and/or "
+                f"one of {', '.join(NOISE_PATTERNS)}. Got {value!r} instead.",
+                hint="e.g. --pattern burst, --pattern correlated or --pattern burst,correlated.",
+            )
+        out[key] = item
+    needs_of = {
+        "burst_mean": ("missing_pattern", "burst"),
+        "noise_rho": ("noise_pattern", "correlated"),
+    }
+    for name, given in (("burst_mean", burst_mean), ("noise_rho", noise_rho)):
+        needs = needs_of[name]
+        if given is None:
+            continue
+        if out.get(needs[0]) != needs[1]:
+            raise UsageError(
+                f"The '{name}' parameter applies to the {needs[1]} pattern only. "
+                f"Got {name} = {given!r} with pattern {value!r}.",
+                hint=f"Add --pattern {needs[1]}, or leave {name} out.",
+            )
+        out[name] = given
+    return out
 
 
 class ModalityDraws(NamedTuple):
@@ -267,12 +383,13 @@ def draw_keyed(
     split: str,
     axis: str = "mixed",
     chain: int = 0,
+    patterns: Patterns = Patterns(),
 ) -> dict[str, ModalityDraws]:
     """Reproducible draws for the rows ``batch['index']`` of ``split`` (numpy arrays on CPU).
 
-    Depends only on (seed, split, modality, chain, row) and the row's valid length: the same
-    row gets the same draws whatever batch it sits in. Padding gets u = 1 (never dropped)
-    and z = 0.
+    Depends only on (seed, split, modality, chain, row), the row's valid length and
+    ``patterns``: the same row gets the same draws whatever batch it sits in. Padding gets
+    u = 1 (never dropped) and z = 0.
     """
     if "index" not in batch:
         raise InputError(
@@ -281,6 +398,7 @@ def draw_keyed(
         )
     index = _to_numpy(batch["index"]).astype(np.int64)
     drops, noise = _needs(check_choice(axis, AXES, "axis"))
+    burst = drops and patterns.missing == "burst"
     out: dict[str, ModalityDraws] = {}
     for m in modalities:
         b, t, d = batch[m].shape
@@ -292,12 +410,61 @@ def draw_keyed(
             if n_valid == 0:
                 continue
             g = row_generator(seed, split, m, int(index[i]), chain)
-            # Always draw u then z in this order so the noise of a row is the same on every axis.
+            # Always draw u then z in this order so the noise of a row is the same on every axis
+            # and pattern; a burst's extra draws come last for the same reason.
             g.random(out=u[i, :n_valid], dtype=np.float32)
             if z is not None:
                 g.standard_normal(out=z[i, :n_valid], dtype=np.float32)
+            if burst:
+                starts = g.random(n_valid) < 1.0 / patterns.burst_mean
+                u[i, :n_valid] = u[i, :n_valid][_run_starts(starts)]
+        if z is not None and patterns.noise == "correlated":
+            _ar1_numpy(z, lens, patterns.noise_rho)
         out[m] = ModalityDraws(u if drops else None, z)
     return out
+
+
+def _run_starts(starts: np.ndarray) -> np.ndarray:
+    """For each step, the index of the step that opened its burst (step 0 always opens one)."""
+    pos = np.where(starts, np.arange(starts.shape[0]), 0)
+    return np.maximum.accumulate(pos)
+
+
+def _ar1_numpy(z: np.ndarray, lens: np.ndarray, rho: float) -> None:
+    """In place: e_0 = z_0, e_t = rho·e_(t-1) + sqrt(1-rho²)·z_t along T, so every e_t is
+    N(0, 1) with lag-1 correlation rho. Elementwise float32 ops, one rounding each, so a row's
+    result does not depend on the rows beside it; padding is zeroed again afterwards."""
+    r = np.float32(rho)
+    c = np.float32(math.sqrt(1.0 - rho * rho))
+    z[:, 1:] *= c  # the innovations, scaled in one pass
+    carry = np.empty_like(z[:, 0])
+    for step in range(1, z.shape[1]):
+        np.multiply(z[:, step - 1], r, out=carry)
+        z[:, step] += carry
+    z[np.arange(z.shape[1])[None, :] >= lens[:, None]] = 0.0
+
+
+def _ar1_torch(z: torch.Tensor, rho: float) -> torch.Tensor:
+    """:func:`_ar1_numpy` for a torch (B, T, D) tensor (training draws; padding is never used)."""
+    c = math.sqrt(1.0 - rho * rho)
+    steps = [z[:, 0]]
+    for step in range(1, z.shape[1]):
+        steps.append(steps[-1] * rho + z[:, step] * c)
+    return torch.stack(steps, dim=1)
+
+
+class PatternMix(NamedTuple):
+    """Training's share of corrupted samples with each non-default pattern (TrainConfig)."""
+
+    burst_fraction: float = 0.0
+    burst_mean: float = 5.0
+    correlated_fraction: float = 0.0
+    noise_rho: float = 0.9
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> PatternMix:
+        """The mix a TrainConfig asks for (its burst_* / correlated_fraction / noise_rho)."""
+        return cls(cfg.burst_fraction, cfg.burst_mean, cfg.correlated_fraction, cfg.noise_rho)
 
 
 def draw_torch(
@@ -306,14 +473,33 @@ def draw_torch(
     *,
     axis: str = "mixed",
     generator: torch.Generator | None = None,
+    patterns: PatternMix = PatternMix(),
 ) -> dict[str, ModalityDraws]:
-    """Fresh draws on the batch's device (training). ``generator`` must live on that device."""
+    """Fresh draws on the batch's device (training). ``generator`` must live on that device.
+
+    Each sample's draws follow a burst (correlated) pattern with probability
+    ``patterns.burst_fraction`` (``correlated_fraction``), per modality; with both at 0 (the
+    default) nothing extra is drawn, so the generator's stream is that of earlier versions.
+    """
     drops, noise = _needs(check_choice(axis, AXES, "axis"))
     out: dict[str, ModalityDraws] = {}
     for m in modalities:
         x = batch[m]
+        b, t = x.shape[:2]
         u = torch.rand(x.shape[:2], generator=generator, device=x.device) if drops else None
         z = torch.randn(x.shape, generator=generator, device=x.device) if noise else None
+        if u is not None and patterns.burst_fraction > 0:
+            pick = torch.rand(b, generator=generator, device=x.device) < patterns.burst_fraction
+            starts = torch.rand((b, t), generator=generator, device=x.device)
+            starts = starts < 1.0 / patterns.burst_mean
+            starts[:, 0] = True
+            steps = torch.arange(t, device=x.device).expand(b, t)
+            opener = torch.where(starts, steps, 0).cummax(dim=1).values
+            u = torch.where(pick[:, None], u.gather(1, opener), u)
+        if z is not None and patterns.correlated_fraction > 0:
+            pick = torch.rand(b, generator=generator, device=x.device)
+            pick = pick < patterns.correlated_fraction
+            z = torch.where(pick[:, None, None], _ar1_torch(z, patterns.noise_rho), z)
         out[m] = ModalityDraws(u, z)
     return out
 
@@ -447,7 +633,15 @@ def apply_spec(
     """
     available = [m for m in MODALITIES if m in batch and f"{m}_len" in batch]
     targets = [m for m in spec.resolve(available) if spec.level > 0]
-    draws = draw_keyed(batch, targets, seed=spec.seed, split=split, axis=spec.axis, chain=chain)
+    draws = draw_keyed(
+        batch,
+        targets,
+        seed=spec.seed,
+        split=split,
+        axis=spec.axis,
+        chain=chain,
+        patterns=spec.patterns,
+    )
     return apply_draws(
         batch,
         draws,
@@ -506,12 +700,15 @@ def corrupt_batch(
     noise_scale: float = 1.0,
     drop: Sequence[str] = (),
     generator: torch.Generator | None = None,
+    patterns: PatternMix = PatternMix(),
 ) -> dict[str, torch.Tensor]:
     """On-the-fly corruption for training: per-sample levels, fresh torch draws.
 
-    ``levels`` as from :func:`sample_levels` (or floats); ``train_std[m]`` (D,) tensors/arrays.
+    ``levels`` as from :func:`sample_levels` (or floats); ``train_std[m]`` (D,) tensors/arrays;
+    ``patterns`` the shares of samples drawn with burst / correlated patterns
+    (:meth:`PatternMix.from_config` reads them from a TrainConfig).
     """
-    draws = draw_torch(batch, list(levels), axis=axis, generator=generator)
+    draws = draw_torch(batch, list(levels), axis=axis, generator=generator, patterns=patterns)
     return apply_draws(
         batch, draws, levels, axis=axis, noise_scale=noise_scale, train_std=train_std, drop=drop
     )

@@ -1,8 +1,8 @@
 """The bridge from the HDF5 store to torch: a lazy Dataset over one split, and batch conversion.
 
 Kept apart from :mod:`qamoe_core.h5store` so that reading, writing and validating feature files
-(and every ``qamoe`` command's start-up) never pays torch's ~1.5 s import. The old spellings
-``from qamoe_core.h5store import H5Dataset, to_torch`` still work.
+(and every ``qamoe`` command's start-up) never pays torch's ~1.5 s import. The dependency runs
+one way, torchdata -> h5store: import these names from here.
 """
 
 from __future__ import annotations

@@ -46,10 +46,11 @@ from qamoe_core.errors import (
     TrainingError,
     check_choice,
 )
-from qamoe_core.h5store import FeatureFile, H5Dataset, to_torch
+from qamoe_core.h5store import FeatureFile
 from qamoe_core.metrics import compute, higher_is_better
 from qamoe_core.model import MultimodalModel, build_model
 from qamoe_core.spectrum import CorruptionSpec, apply_spec, corrupt_batch, sample_levels
+from qamoe_core.torchdata import H5Dataset, to_torch
 
 log = logging.getLogger(__name__)
 

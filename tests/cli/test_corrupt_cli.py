@@ -64,9 +64,26 @@ def test_table_drop_splits_and_chain(tiny_h5: Path, tmp_path: Path) -> None:
             2,
         ),
         (["--level", "0.2", "--axis", "blur"], "The 'axis' parameter must be one of", 2),
-        (["--level", "0.2", "--modalities", "smell"], "'modalities' parameter", 1),
-        (["--level", "0.2", "--drop", "text,audio,vision"], "cannot remove every modality", 1),
-        (["--level", "0.2", "--splits", "tset"], "'splits' parameter", 1),
+        (["--level", "0.2", "--modalities", "smell"], "'modalities' parameter", 2),
+        (["--level", "0.2", "--drop", "text,audio,vision"], "cannot remove every modality", 2),
+        (["--level", "0.2", "--splits", "tset"], "'splits' parameter", 2),
+        (["--level", "0.2", "--pattern", "gusty"], "The 'pattern' parameter must be one of", 2),
+        (
+            ["--level", "0.2", "--pattern", "burst", "--burst-mean", "0.5"],
+            "The 'burst_mean' parameter must be a float in [1, 1e+06]. Got 0.5",
+            2,
+        ),
+        (
+            ["--level", "0.2", "--pattern", "correlated", "--noise-rho", "1"],
+            "The 'noise_rho' parameter must be a float in [0, 1). Got 1.0",
+            2,
+        ),
+        (["--level", "0.2", "--noise-rho", "0.5"], "'noise_rho' parameter applies to the corr", 2),
+        (
+            ["--level", "0.2", "--axis", "noise", "--pattern", "burst"],
+            "'missing_pattern' parameter applies to the missing and mixed axes only",
+            2,
+        ),
     ],
 )
 def test_bad_input_is_one_line_error(
@@ -99,3 +116,15 @@ def test_output_rules(tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "is an input of this command" in capsys.readouterr().err
     assert main(["corrupt", str(tmp_path / "nope.h5"), "--level", "0.1", "-o", str(out)]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_patterns_are_recorded_and_shown(tiny_h5: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p.h5"
+    args = ["corrupt", str(tiny_h5), "-l", "0.5", "--pattern", "burst,correlated"]
+    result = runner.invoke(app, [*args, "--burst-mean", "3", "--noise-rho", "0.6", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "pattern burst+correlated" in result.stdout
+    with FeatureFile(out) as f:
+        rec = f.corruption[0]
+    assert (rec["missing_pattern"], rec["burst_mean"]) == ("burst", 3.0)
+    assert (rec["noise_pattern"], rec["noise_rho"]) == ("correlated", 0.6)

@@ -283,10 +283,6 @@ PENDING_USAGE = [
     pytest.param(
         ["eval", "{tmp}", "--data", "{data}", "--sweep", "--axis", "sideways"], id="eval-axis"
     ),
-    pytest.param(
-        ["corrupt", "{data}", "--level", "0.2", "--modalities", "smell", "--out", "{tmp}/c.h5"],
-        id="corrupt-modalities",
-    ),
 ]
 
 

@@ -17,9 +17,10 @@ from torch.utils.data import DataLoader
 from qamoe_core import MODALITIES
 from qamoe_core.corrupt import corrupt_file
 from qamoe_core.errors import DataFormatError, InputError, OutputExistsError
-from qamoe_core.h5store import FeatureFile, H5Dataset, file_sha256, to_torch, write_features
+from qamoe_core.h5store import FeatureFile, file_sha256, write_features
 from qamoe_core.spectrum import CorruptionSpec, apply_spec
 from qamoe_core.synthetic import generate
+from qamoe_core.torchdata import H5Dataset, to_torch
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -21,11 +21,12 @@ from qamoe_core.evaluate import (
     parse_levels,
     plan,
 )
-from qamoe_core.h5store import FeatureFile, load_split, to_torch
+from qamoe_core.h5store import FeatureFile, load_split
 from qamoe_core.metrics import compute
 from qamoe_core.model import build_model
 from qamoe_core.results import SCHEMA
 from qamoe_core.spectrum import CorruptionSpec
+from qamoe_core.torchdata import to_torch
 
 SMALL = ModelConfig(d_model=32, n_heads=2, segments=4, num_experts=4, top_k=2, dropout=0.0)
 MODS = ("text", "audio", "vision")

@@ -15,12 +15,12 @@ from qamoe_core.h5store import (
     FORMAT_VERSION,
     FeatureFile,
     FeatureWriter,
-    H5Dataset,
     SplitArrays,
     load_split,
     validate,
     write_features,
 )
+from qamoe_core.torchdata import H5Dataset
 
 
 def _split(n: int, rng: np.random.Generator, t: int = 6, d: int = 4) -> SplitArrays:

@@ -388,8 +388,9 @@ def test_quality_falls_as_corruption_rises(small_h5: Path, tmp_path: Path) -> No
     """After a short training on the synthetic set, r_m decreases with the level, for every
     modality: the uncertainty is learned from the content alone (no labels, no keep masks)."""
     from qamoe_core.checkpoint import load_run
-    from qamoe_core.h5store import FeatureFile, to_torch
+    from qamoe_core.h5store import FeatureFile
     from qamoe_core.spectrum import CorruptionSpec, apply_spec
+    from qamoe_core.torchdata import to_torch
     from qamoe_core.train import train
 
     cfg = ModelConfig(d_model=32, n_heads=2)

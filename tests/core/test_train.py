@@ -73,9 +73,10 @@ def test_run_directory_and_history(tiny_h5: Path, tmp_path: Path) -> None:
 
 
 def test_selected_weights_reproduce_the_validation_score(tiny_h5: Path, tmp_path: Path) -> None:
-    from qamoe_core.h5store import FeatureFile, to_torch
+    from qamoe_core.h5store import FeatureFile
     from qamoe_core.metrics import compute
     from qamoe_core.spectrum import CorruptionSpec, apply_spec
+    from qamoe_core.torchdata import to_torch
 
     result = train(tiny_h5, tmp_path / "run", "qamoe", MODEL, FAST, device="cpu")
     model, _, _ = ckpt.load_run(tmp_path / "run")
@@ -320,8 +321,9 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement(
 
 def test_training_corruption_follows_levels_axis_and_modalities(tiny_h5: Path) -> None:
     """A specialist's batches are corrupted at its one level, on its axis and modalities only."""
-    from qamoe_core.h5store import FeatureFile, load_split, to_torch
+    from qamoe_core.h5store import FeatureFile, load_split
     from qamoe_core.model import build_model
+    from qamoe_core.torchdata import to_torch
     from qamoe_core.train import DistInfo
 
     with FeatureFile(tiny_h5) as f:
