@@ -282,6 +282,11 @@ def build_report(
         )
     _check_out(out, force)
     df = validate(results, "results")
+    if measured(df).empty:
+        raise InputError(
+            "The results hold only best-constant reference rows, no model's scores.",
+            hint="Add the results files that `qamoe eval --out` wrote for the runs.",
+        )
     names = list(metrics) if metrics else default_metrics(df)
     for m in names:
         check_metric(measured(df), m)

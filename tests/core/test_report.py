@@ -290,6 +290,9 @@ def test_page_states_data_constant_and_vectors(tmp_path: Path) -> None:
     summary_line = next(line for line in md.splitlines() if line.startswith("| a | mixed"))
     assert "| 0.6200 |" in summary_line  # the constant beside the scores
     # without constant rows the page says so instead of drawing nothing silently
+    only = make_table(with_constant([], "a", LABELS))
+    with pytest.raises(InputError, match="only best-constant reference rows"):
+        build_report(only, tmp_path / "r3")
     rep = build_report(make_table(small_rows("a", 0.0)), tmp_path / "r2", formats=PNG)
     assert "No best-constant reference" in rep.markdown.read_text()
     assert "not recorded" in rep.markdown.read_text()
