@@ -386,6 +386,7 @@ def test_paired_comparison_over_seeds_and_samples(tmp_path: Path) -> None:
         compare(df, "nope", "Acc_2")
 
 
+@pytest.mark.slow  # about 5 s: 8,000 rows of a real sweep
 def test_report_of_committed_v1_results(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2] / "docs" / "results" / "mosi-lite" / "pooled"
     df = load([root / "qamoe.csv", root / "late-fusion.csv"])  # already pooled (seed 1000 s + c)
