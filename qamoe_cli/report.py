@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from qamoe_cli.common import Force, JsonOut, emit, flag, out_console, parse_list
+from qamoe_cli.common import Force, JsonOut, emit, err_console, flag, out_console, parse_list
 
 
 def command(
@@ -39,25 +39,56 @@ def command(
             "tables then span model seeds as well as corruption seeds.",
         ),
     ] = False,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            help="Compare every run with this run: the difference in the grid mean with a "
+            "95% paired bootstrap interval (over seeds; over test samples too with --samples).",
+        ),
+    ] = None,
+    samples: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--samples",
+            help="Per-sample tables (qamoe eval --per-sample FILE) of the runs compared; "
+            "repeat for several files. With them the --reference interval also spans the "
+            "test samples.",
+            show_default=False,
+        ),
+    ] = None,
+    figures: Annotated[
+        str,
+        typer.Option(help="Figure files to write, comma-separated (PNG is always written)."),
+    ] = "png,pdf,svg",
     force: Force = False,
     json_out: JsonOut = False,
 ) -> None:
     """Draw reliability curves, quality scores, expert usage and summary tables from results."""
     # heavy imports (matplotlib, pandas) here, not at the top, so the CLI starts fast
     from qamoe_core.report import build_report
-    from qamoe_core.results import load, pool_model_seeds
+    from qamoe_core.results import load, load_samples, pool_model_seeds, pool_sample_seeds
 
     table = load(results)
+    per_sample = load_samples(samples) if samples else None
     if pool_seeds:
         table = pool_model_seeds(table)
+        per_sample = pool_sample_seeds(per_sample) if per_sample is not None else None
+    if per_sample is not None and reference is None:
+        err_console.print("warning: --samples is used only with --reference.", highlight=False)
     rep = build_report(
         table,
         out,
         metrics=parse_list(metric, "--metric"),
         title=title,
-        sources=[str(p) for p in results],
+        sources=[str(p) for p in [*results, *(samples or [])]],
         force=force,
+        reference=reference,
+        samples=per_sample,
+        pooled=pool_seeds,
+        formats=parse_list(figures, "--figures") or ["png"],
     )
+    for line in rep.warnings:  # never drop a run without a word
+        err_console.print(f"warning: {line}", highlight=False, soft_wrap=True, markup=False)
     summary = rep.to_dict()
 
     def render() -> None:
@@ -67,7 +98,8 @@ def command(
         grid.add_row(rep.html.name, "self-contained HTML page")
         grid.add_row(rep.markdown.name, "Markdown page (links the PNGs)")
         for name, path in rep.images.items():
-            grid.add_row(path.name, name.replace("_", " "))
+            also = ", ".join(p.suffix[1:].upper() for p in rep.vectors.get(name, []))
+            grid.add_row(path.name, name.replace("_", " ") + (f" (also {also})" if also else ""))
         for name, path in rep.tables.items():
             grid.add_row(path.name, f"{name} table")
         out_console.print(grid)

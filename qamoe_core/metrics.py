@@ -209,3 +209,71 @@ def compute(pred: Any, truth: Any, scheme: str) -> dict[str, float]:
     if scheme == "sims":
         return _sims(p, t)
     return _binary(p, t)
+
+
+# Constant predictions worth trying per scheme: one per class of every decision rule (the
+# rounded classes for MOSI, a point inside each SIMS bin, both sides of the binary logit).
+# The label median joins them for MAE, whose best constant it is.
+_CONSTANT_CANDIDATES: dict[str, tuple[float, ...]] = {
+    "mosi": (-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0),
+    "sims": (-1.0, -0.4, 0.0, 0.4, 1.0),
+    "binary": (-1.0, 1.0),
+}
+
+
+def best_constant(truth: Any, scheme: str) -> dict[str, tuple[float, float]]:
+    """For each metric of ``scheme``: (the constant prediction that scores best, its score).
+
+    This is the majority-class / best-constant reference a report draws under its curves:
+    a model below it has learnt less than always giving the same answer. Each metric picks
+    its own constant (always "positive" for accuracy, the median for MAE). ``Corr`` of a
+    constant is undefined, so its entry is (nan, nan).
+    """
+    t = _as_1d(truth, "truth")
+    if t.size == 0:
+        raise InputError("Cannot compute metrics on zero samples.", hint="Check the split.")
+    scheme = check_choice(scheme, SCHEMES, "scheme")
+    candidates = list(_CONSTANT_CANDIDATES[scheme])
+    if scheme != "binary":
+        candidates.append(float(np.median(t)))
+    best: dict[str, tuple[float, float]] = {m: (math.nan, math.nan) for m in METRIC_NAMES[scheme]}
+    for c in candidates:
+        scores = compute(np.full(t.shape, c, dtype=t.dtype), t, scheme)
+        for metric, score in scores.items():
+            old = best[metric][1]
+            better = score > old if higher_is_better(metric) else score < old
+            if math.isfinite(score) and (math.isnan(old) or better):
+                best[metric] = (c, score)
+    return best
+
+
+def sample_terms(pred: Any, truth: Any, scheme: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample (numerator, denominator) with ``metric = sum(num) / sum(den)``.
+
+    Defined for the accuracies and MAE, whose value is a mean over (a subset of) samples;
+    a bootstrap then reweights samples without recomputing the metric. Raises InputError for
+    F1 and Corr, which do not decompose so.
+    """
+    p, t = _as_1d(pred, "pred"), _as_1d(truth, "truth")
+    one = np.ones(t.shape, dtype=np.float64)
+    if metric == "MAE":
+        if scheme == "sims":
+            p, t = np.clip(p, -1, 1), np.clip(t, -1, 1)
+        return np.abs(p.astype(np.float64) - t.astype(np.float64)), one
+    hit: np.ndarray | None = None
+    if scheme == "binary" and metric == "Acc_2":
+        hit = (p > 0) == (t > 0.5)
+    elif scheme == "mosi" and metric == "Has0_acc_2":
+        hit = (p >= 0) == (t >= 0)
+    elif scheme == "mosi" and metric == "Non0_acc_2":
+        nz = (t != 0).astype(np.float64)
+        return (((p > 0) == (t > 0)) & (t != 0)).astype(np.float64), nz
+    elif scheme == "mosi" and metric in ("Mult_acc_5", "Mult_acc_7"):
+        k = 2 if metric == "Mult_acc_5" else 3
+        hit = np.round(np.clip(p, -k, k)) == np.round(np.clip(t, -k, k))
+    elif scheme == "sims" and metric in ("Mult_acc_2", "Mult_acc_3", "Mult_acc_5"):
+        k = int(metric[-1])
+        hit = sims_bins(np.clip(p, -1, 1), k) == sims_bins(np.clip(t, -1, 1), k)
+    if hit is None:
+        raise InputError(f"The metric {metric!r} of scheme {scheme!r} is not a per-sample mean.")
+    return hit.astype(np.float64), one

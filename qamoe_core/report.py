@@ -5,23 +5,26 @@ A report folder holds::
     report.html            one self-contained page (images embedded as base64, inline CSS)
     report.md              the same content in Markdown, linking the PNGs beside it
     reliability_<metric>.png   metric vs level, one panel per spectrum axis, one line per run,
-                               a band of ±1 std over seeds (corruption seeds; model seeds
-                               too when pooled), dashed = quality shuffled
+                               a band of ±1 std over seeds (the legend says which), dashed =
+                               quality_shuffle, dotted grey = the best constant prediction
     quality.png            mean quality score r_m vs level, one panel per modality
-    expert_usage_<run>.png heatmap of the routing share per expert vs level, per axis
-    fixed_missing.png      the metric for every kept subset of modalities, per run
-    summary.csv, fixed_missing.csv, curves.csv   the numbers behind the figures
+    expert_usage_<run>.png clean routing share per expert, and differences: level − clean,
+                           quality_shuffle − normal
+    fixed_missing.png      the metric with every subset of modalities dropped, per run
+    *.pdf, *.svg           every figure again as vectors, for papers
+    summary.csv, data.csv, fixed_missing.csv, curves.csv, comparison.csv
+                           the numbers behind the page (comparison with --reference only)
     .qamoe-report          marker: only a folder holding it is replaced with ``force``
 
-Figures are drawn on ``matplotlib.figure.Figure`` objects directly (the Agg canvas, never
-pyplot), so building a report changes no global matplotlib state and needs no display.
+The figures live in ``report_plots.py``, the paired comparison in ``report_compare.py``.
+Nothing is left out silently: a run that lacks a plotted metric is named in the page's
+notes and in :attr:`Report.warnings`.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import logging
 import os
 import re
@@ -34,18 +37,33 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from qamoe_core import MODALITIES, __version__
+from qamoe_core import __version__
 from qamoe_core.atomic import atomic_dir
 from qamoe_core.errors import InputError, OutputExistsError
-from qamoe_core.metrics import higher_is_better
+from qamoe_core.metrics import PRIMARY
+from qamoe_core.report_compare import compare
+from qamoe_core.report_plots import (
+    FORMATS,
+    Palette,
+    encode,
+    plot_expert_usage,
+    plot_fixed_missing,
+    plot_quality,
+    plot_reliability,
+    seed_text,
+)
 from qamoe_core.results import (
-    QUALITY_PREFIX,
+    N_SAMPLES,
     SPECTRUM_AXES,
     USAGE_PREFIX,
     check_metric,
+    constants,
+    csv_safe,
     curves,
     default_metric,
     fixed_missing,
+    infer_scheme,
+    measured,
     summarize,
     validate,
 )
@@ -53,15 +71,6 @@ from qamoe_core.results import (
 log = logging.getLogger(__name__)
 
 MARKER = ".qamoe-report"
-AXIS_TITLES = {
-    "mixed": "mixed: steps dropped + noise",
-    "missing": "missing: steps dropped",
-    "noise": "noise: Gaussian, × train std",
-}
-AXIS_STYLES = {"mixed": "-", "missing": "--", "noise": ":"}
-# Lines that differ in these columns get their own colour; variant is shown by the dash.
-IDENTITY = ("run", "dataset", "split", "modalities")
-DPI = 110  # ~900 px wide for a 3-panel figure: sharp in a browser, small in base64
 
 
 @dataclass
@@ -72,9 +81,11 @@ class Report:
     html: Path
     markdown: Path
     images: dict[str, Path] = field(default_factory=dict)
+    vectors: dict[str, list[Path]] = field(default_factory=dict)
     tables: dict[str, Path] = field(default_factory=dict)
     metrics: list[str] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,9 +93,11 @@ class Report:
             "html": str(self.html),
             "markdown": str(self.markdown),
             "images": {k: str(v) for k, v in self.images.items()},
+            "vectors": {k: [str(p) for p in v] for k, v in self.vectors.items()},
             "tables": {k: str(v) for k, v in self.tables.items()},
             "metrics": self.metrics,
             "runs": self.runs,
+            "warnings": self.warnings,
         }
 
 
@@ -92,197 +105,57 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
 
 
-class _Palette:
-    """One colour per line identity, stable across every figure of a report."""
-
-    def __init__(self, df: pd.DataFrame) -> None:
-        # Lines are drawn for spectrum axes only; drop rows name kept subsets, not lines.
-        lines = df[df["axis"].isin(SPECTRUM_AXES)]
-        lines = lines if not lines.empty else df
-        keys = lines[list(IDENTITY)].drop_duplicates().itertuples(index=False, name=None)
-        self.keys = list(keys)
-        self.colors = {k: f"C{i % 10}" for i, k in enumerate(self.keys)}
-        # Only the columns that vary appear in labels.
-        self.varying = [c for i, c in enumerate(IDENTITY) if len({k[i] for k in self.keys}) > 1]
-        if "run" not in self.varying:
-            self.varying.insert(0, "run")
-
-    def color(self, key: tuple[str, ...]) -> str:
-        return self.colors.get(key, "k")
-
-    def label(self, key: tuple[str, ...], variant: str = "normal") -> str:
-        parts = dict(zip(IDENTITY, key, strict=True))
-        text = parts["run"]
-        extra = [parts[c] for c in self.varying if c != "run"]
-        if extra:
-            text += f" [{', '.join(extra)}]"
-        if variant == "quality_shuffle":
-            text += " (quality shuffled)"
-        return text
+def default_metrics(df: pd.DataFrame) -> list[str]:
+    """The primary metric of every dataset's scheme (Has0_acc_2 for MOSI, Acc_2 for a
+    binary file, ...), so a report over two datasets plots each one's own metric."""
+    names = []
+    for _, grp in measured(df).groupby("dataset", sort=False):
+        scheme = infer_scheme(grp)
+        names.append(PRIMARY[scheme] if scheme else default_metric(grp))
+    return list(dict.fromkeys(names)) or [default_metric(df)]
 
 
-def _png(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    # Constrained layout already fits everything; "tight" bbox would draw the figure twice.
-    fig.savefig(buf, format="png", dpi=DPI)
-    return buf.getvalue()
-
-
-def _legend(fig: Figure, axes: Sequence[Any]) -> None:
-    handles: dict[str, Any] = {}
-    for ax in axes:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            handles.setdefault(lab, h)
-    if handles:
-        fig.legend(
-            list(handles.values()),
-            list(handles),
-            loc="outside lower center",  # constrained layout makes room for it
-            ncol=min(3, len(handles)),
-            frameon=False,
-        )
-
-
-def plot_reliability(df: pd.DataFrame, metric: str, palette: _Palette) -> Figure | None:
-    """Metric vs level, one panel per spectrum axis present; None if no spectrum rows."""
-    c = curves(df, metric)
-    c = c[c["axis"].isin(SPECTRUM_AXES)]
-    axes_present = [a for a in SPECTRUM_AXES if a in set(c["axis"])]
-    if not axes_present:
-        return None
-    n = len(axes_present)
-    fig = Figure(figsize=(4.2 * n, 4.0), layout="constrained")
-    axs = fig.subplots(1, n, sharey=True, squeeze=False)[0]
-    for ax, axis in zip(axs, axes_present, strict=True):
-        sub = c[c["axis"] == axis]
-        for (*ident, variant), grp in sub.groupby([*IDENTITY, "variant"], sort=False):
-            key = tuple(ident)
-            grp = grp.sort_values("level")
-            x, y, s = grp["level"].to_numpy(), grp["mean"].to_numpy(), grp["std"].to_numpy()
-            color = palette.color(key)
-            dashed = variant == "quality_shuffle"
-            ax.plot(
-                x,
-                y,
-                color=color,
-                ls="--" if dashed else "-",
-                marker="o",
-                ms=3,
-                lw=1.6,
-                label=palette.label(key, variant),
+def coverage_warnings(df: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
+    """One line per metric that some runs lack: those runs are missing from its figures and
+    summary rows, and the page says so instead of dropping them silently."""
+    rows = measured(df)
+    out = []
+    for metric in metrics:
+        have = set(rows.loc[rows["metric"] == metric, ["run", "dataset"]].itertuples(index=False))
+        lack = [
+            f"{r} ({d})"
+            for r, d in dict.fromkeys(rows[["run", "dataset"]].itertuples(index=False))
+            if (r, d) not in have
+        ]
+        if lack:
+            out.append(
+                f"{', '.join(lack)} {'has' if len(lack) == 1 else 'have'} no {metric}: "
+                f"not in the {metric} figure and summary rows."
             )
-            if (s > 0).any():
-                ax.fill_between(x, y - s, y + s, color=color, alpha=0.10 if dashed else 0.18, lw=0)
-        ax.set_title(AXIS_TITLES[axis], fontsize=10)
-        ax.set_xlabel("level (0 = clean, 1 = gone)")
-        ax.set_xlim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-    direction = "higher is better" if higher_is_better(metric) else "lower is better"
-    axs[0].set_ylabel(f"{metric} ({direction})")
-    fig.suptitle(f"Reliability curves: {metric} (band: ±1 std over seeds)")
-    _legend(fig, axs)
-    return fig
+    return out
 
 
-def plot_quality(df: pd.DataFrame, palette: _Palette) -> Figure | None:
-    """Mean quality score r_m vs level, one panel per modality; None without quality rows."""
-    mods = [m for m in MODALITIES if f"{QUALITY_PREFIX}{m}" in set(df["metric"])]
-    if not mods:
-        return None
-    fig = Figure(figsize=(4.2 * len(mods), 3.8), layout="constrained")
-    axs = fig.subplots(1, len(mods), sharey=True, squeeze=False)[0]
-    for ax, m in zip(axs, mods, strict=True):
-        c = curves(df, f"{QUALITY_PREFIX}{m}")
-        c = c[c["axis"].isin(SPECTRUM_AXES) & (c["variant"] == "normal")]
-        c = c.assign(order=c["axis"].map(SPECTRUM_AXES.index)).sort_values("order", kind="stable")
-        for (*ident, axis), grp in c.groupby([*IDENTITY, "axis"], sort=False):
-            key = tuple(ident)
-            grp = grp.sort_values("level")
-            ax.plot(
-                grp["level"],
-                grp["mean"],
-                color=palette.color(key),
-                ls=AXIS_STYLES[axis],
-                marker="o",
-                ms=3,
-                label=f"{palette.label(key)} · {axis}",
-            )
-        ax.set_title(f"{m}", fontsize=10)
-        ax.set_xlabel("level")
-        ax.set_xlim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-    axs[0].set_ylabel("mean quality score r = 1/(1+σ²)")
-    fig.suptitle("Quality scores vs level (should fall as the level rises)")
-    _legend(fig, axs)
-    return fig
-
-
-def plot_expert_usage(df: pd.DataFrame, run: str) -> Figure | None:
-    """Routing share per expert (columns) vs level (rows), one panel per axis and variant."""
-    sub = df[(df["run"] == run) & df["metric"].str.startswith(USAGE_PREFIX)]
-    sub = sub[sub["axis"].isin(SPECTRUM_AXES)]
-    if sub.empty:
-        return None
-    sub = sub.assign(expert=sub["metric"].str.slice(len(USAGE_PREFIX)).astype(int))
-    axes_present = [a for a in SPECTRUM_AXES if a in set(sub["axis"])]
-    variants = [v for v in ("normal", "quality_shuffle") if v in set(sub["variant"])]
-    vmax = float(sub["value"].max())
-    fig = Figure(figsize=(4.0 * len(axes_present), 3.2 * len(variants) + 0.6), layout="constrained")
-    axs = fig.subplots(len(variants), len(axes_present), squeeze=False)
-    image = None
-    for i, variant in enumerate(variants):
-        for j, axis in enumerate(axes_present):
-            ax = axs[i][j]
-            cell = sub[(sub["axis"] == axis) & (sub["variant"] == variant)]
-            grid = cell.pivot_table(index="level", columns="expert", values="value", aggfunc="mean")
-            image = ax.imshow(
-                grid.to_numpy(), aspect="auto", cmap="viridis", vmin=0.0, vmax=vmax, origin="lower"
-            )
-            ax.set_xticks(range(grid.shape[1]), [str(e) for e in grid.columns])
-            step = max(1, len(grid.index) // 6)
-            ticks = list(range(0, len(grid.index), step))
-            ax.set_yticks(ticks, [f"{grid.index[t]:.2g}" for t in ticks])
-            title = axis if variant == "normal" else f"{axis}, quality shuffled"
-            ax.set_title(title, fontsize=10)
-            ax.set_xlabel("expert")
-            ax.set_ylabel("level")
-    if image is not None:
-        fig.colorbar(image, ax=axs, label="share of routing weight", shrink=0.9)
-    fig.suptitle(f"Expert usage: {run}")
-    return fig
-
-
-def plot_fixed_missing(table: pd.DataFrame, metric: str, palette: _Palette) -> Figure | None:
-    """Grouped bars: the metric per kept subset, one colour per run (normal variant)."""
-    if table.empty:
-        return None
-    rows = table[table["variant"] == "normal"]
-    subsets = [c for c in table.columns if c not in ("run", "variant")]
-    if rows.empty or not subsets:
-        return None
-    fig = Figure(figsize=(max(5.0, 1.0 * len(subsets) + 2), 3.8), layout="constrained")
-    ax = fig.subplots()
-    width = 0.8 / len(rows)
-    x = np.arange(len(subsets))
-    for i, (_, r) in enumerate(rows.iterrows()):
-        key = next((k for k in palette.keys if k[0] == r["run"]), (r["run"], "", "", ""))
-        ax.bar(
-            x + (i - (len(rows) - 1) / 2) * width,
-            [r[s] for s in subsets],
-            width,
-            color=palette.color(key),
-            label=r["run"],
-        )
-    ax.set_xticks(x, [s.replace("+", "\n+") for s in subsets], fontsize=8)
-    ax.set_ylabel(metric)
-    ax.set_xlabel("modalities kept")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_title(f"Fixed-missing protocol: {metric}")
-    return fig
-
-
-# -- tables -------------------------------------------------------------------------------
+def data_table(df: pd.DataFrame, samples: pd.DataFrame | None, pooled: bool) -> pd.DataFrame:
+    """Per run: model, dataset, split, samples scored, levels, and the seeds the bands span."""
+    rows = []
+    for (run, model, dataset, split), grp in df.groupby(
+        ["run", "model", "dataset", "split"], sort=False
+    ):
+        n = grp.loc[grp["metric"] == N_SAMPLES, "value"]
+        if n.empty and samples is not None:
+            mine = samples[(samples["run"] == run) & (samples["split"] == split)]
+            n = pd.Series([mine["id"].nunique()]) if not mine.empty else n
+        spec = grp[grp["axis"].isin(SPECTRUM_AXES)]
+        levels = sorted(spec["level"].unique())
+        rows.append(
+            {
+                "run": run, "model": model, "dataset": dataset, "split": split,
+                "samples": int(n.iloc[0]) if not n.empty else "not recorded",
+                "levels": f"{len(levels)} ({levels[0]:g}–{levels[-1]:g})" if levels else "none",
+                "seeds": seed_text(spec["seed"], pooled) if levels else "none",
+            }
+        )  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def _fmt(value: Any) -> str:
@@ -291,19 +164,38 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _display_summary(summary: pd.DataFrame) -> pd.DataFrame:
+def _display_summary(summary: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    """The summary as shown: constant columns left out, the best constant beside the scores."""
     cols = ["run", "model", "dataset", "split", "axis", "modalities", "variant", "metric"]
     cols = [c for c in cols if c in ("run", "axis", "metric") or summary[c].nunique() > 1]
-    out = summary[[*cols, "clean", "mean", "area", "area_over_clean", "n_levels", "n_seeds"]]
+    values = ["clean", "mean", "area", "area_over_clean", "n_levels", "n_seeds"]
+    ref = pd.concat(
+        [constants(df, m).assign(metric=m) for m in dict.fromkeys(summary["metric"])],
+        ignore_index=True,
+    )
+    out = summary
+    if not ref.empty:
+        ref = ref.drop_duplicates(["dataset", "split", "metric"]).rename(
+            columns={"value": "constant"}
+        )
+        out = summary.merge(ref[["dataset", "split", "metric", "constant"]], how="left")
+        values.insert(1, "constant")
+    out = out[[*cols, *values]]
     return out.rename(columns={"area_over_clean": "area/clean", "n_levels": "levels"})
+
+
+def _md(text: str) -> str:
+    """Text for Markdown: HTML-escaped (Markdown passes raw HTML through, and run or
+    dataset names come from files), and no line break that would end a table row."""
+    return html.escape(text, quote=False).replace("\n", " ").replace("\r", " ")
 
 
 def markdown_table(df: pd.DataFrame) -> str:
     """A GitHub pipe table (pandas' to_markdown needs the optional 'tabulate')."""
-    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    head = "| " + " | ".join(_md(str(c)).replace("|", "\\|") for c in df.columns) + " |"
     rule = "| " + " | ".join("---" for _ in df.columns) + " |"
     body = [
-        "| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |"
+        "| " + " | ".join(_md(_fmt(v)).replace("|", "\\|") for v in row) + " |"
         for row in df.itertuples(index=False, name=None)
     ]
     return "\n".join([head, rule, *body])
@@ -327,6 +219,7 @@ table{border-collapse:collapse;font-size:0.85rem;margin:0.5rem 0}
 th,td{border:1px solid #ccc;padding:0.25rem 0.5rem;text-align:right}
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 .note{color:#555;font-size:0.9rem}
+.warn{background:#fff4e0;border:1px solid #e0b060;padding:0.25rem 1rem;margin:1rem 0}
 """
 
 
@@ -364,165 +257,280 @@ def build_report(
     title: str | None = None,
     sources: Sequence[str] = (),
     force: bool = False,
+    reference: str | None = None,
+    samples: pd.DataFrame | None = None,
+    pooled: bool = False,
+    draws: int = 1000,
+    formats: Sequence[str] = FORMATS,
 ) -> Report:
     """Write the report for ``results`` (a table from :func:`qamoe_core.results.load`).
 
-    ``metrics``: the metrics to plot and summarise (default: the scheme's primary metric,
-    e.g. Has0_acc_2 for MOSI-like results). The folder is built under a temporary name and
-    renamed at the end; an existing report folder is replaced only with ``force``.
+    ``metrics``: the metrics to plot and summarise (default: each dataset's primary metric,
+    e.g. Has0_acc_2 for MOSI-like results). ``reference``: a run every other run is compared
+    with (paired bootstrap, ``report_compare``), over test samples and seeds when
+    ``samples`` (per-sample tables, ``results.load_samples``) are given, over seeds alone
+    otherwise. ``pooled``: the seeds are ``results.pool_model_seeds`` seeds. The folder is
+    built under a temporary name and renamed at the end; an existing report folder is
+    replaced only with ``force``. ``formats``: the figure files (PNG always, for the page).
     """
     out = Path(out_dir)
+    bad = sorted(set(formats) - set(FORMATS))
+    if bad:
+        raise InputError(
+            f"Unknown figure format(s) {', '.join(bad)}.",
+            hint=f"Choose among {', '.join(FORMATS)}.",
+        )
     _check_out(out, force)
     df = validate(results, "results")
-    names = list(metrics) if metrics else [default_metric(df)]
+    if measured(df).empty:
+        raise InputError(
+            "The results hold only best-constant reference rows, no model's scores.",
+            hint="Add the results files that `qamoe eval --out` wrote for the runs.",
+        )
+    names = list(metrics) if metrics else default_metrics(df)
     for m in names:
-        check_metric(df, m)
-    palette = _Palette(df)
+        check_metric(measured(df), m)
     runs = list(dict.fromkeys(df["run"]))
     title = title or f"qamoe report: {', '.join(runs)}"
-
-    figures: list[tuple[str, str, Figure]] = []  # (file stem, caption, figure)
-    for m in names:
-        fig = plot_reliability(df, m, palette)
-        if fig is not None:
-            figures.append((f"reliability_{_slug(m)}", f"Reliability curves ({m})", fig))
-    fig = plot_quality(df, palette)
-    if fig is not None:
-        figures.append(("quality", "Quality scores r_m vs level", fig))
-    for run in runs:
-        fig = plot_expert_usage(df, run)
-        if fig is not None:
-            stem = f"expert_usage_{_slug(run)}"
-            while any(stem == f[0] for f in figures):  # "a b" and "a-b" share a slug
-                stem += "_"
-            figures.append((stem, f"Expert usage ({run})", fig))
-    fm = fixed_missing(df, names[0])
-    fig = plot_fixed_missing(fm, names[0], palette)
-    if fig is not None:
-        figures.append(("fixed_missing", f"Fixed-missing protocol ({names[0]})", fig))
-
-    summary = summarize(df, names)
-    curve_table = pd.concat([curves(df, m).assign(metric=m) for m in names], ignore_index=True)
+    warnings = coverage_warnings(df, names)
+    for line in warnings:
+        log.warning("%s", line)
+    figures = _figures(df, names, pooled, formats)
+    tables = _tables(df, names, samples, pooled, reference, draws)
+    page = _Page(title, _sections(df, tables, names, figures), sources, warnings, formats)
+    files = {f"{stem}.{fmt}": data for stem, _, enc in figures for fmt, data in enc.items()}
+    files |= {f"{name}.csv": _csv(t) for name, (t, _) in tables.items() if not t.empty}
+    files["report.html"] = page.html(figures).encode("utf-8")
+    files["report.md"] = page.markdown(figures).encode("utf-8")
 
     with atomic_dir(out, force=force) as tmp:
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a report is an ordinary folder
         (tmp / MARKER).write_text(f"qamoe {__version__}\n")
-        report = Report(out, out / "report.html", out / "report.md", metrics=names, runs=runs)
-        pngs: dict[str, bytes] = {}
-        for stem, _, fig in figures:
-            pngs[stem] = _png(fig)
-            (tmp / f"{stem}.png").write_bytes(pngs[stem])
-            report.images[stem] = out / f"{stem}.png"
-        tables = {"summary": summary, "curves": curve_table}
-        if not fm.empty:
-            tables["fixed_missing"] = fm
-        for name, table in tables.items():
-            table.to_csv(tmp / f"{name}.csv", index=False, float_format="%.6g")
-            report.tables[name] = out / f"{name}.csv"
-        sections = _sections(summary, fm, names[0], figures)
-        captions = {stem: caption for stem, caption, _ in figures}
-        page = _html(title, sections, pngs, captions, sources)
-        (tmp / "report.html").write_text(page, encoding="utf-8")
-        (tmp / "report.md").write_text(_markdown(title, sections, captions, sources), "utf-8")
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+    report = Report(out, out / "report.html", out / "report.md", metrics=names, runs=runs)
+    report.warnings = warnings
+    for stem, _, enc in figures:
+        report.images[stem] = out / f"{stem}.png"
+        report.vectors[stem] = [out / f"{stem}.{fmt}" for fmt in enc if fmt != "png"]
+    report.tables = {n: out / f"{n}.csv" for n, (t, _) in tables.items() if not t.empty}
     log.info("wrote report to %s", out)
     return report
+
+
+def _csv(table: pd.DataFrame) -> bytes:
+    text: str = csv_safe(table).to_csv(index=False, float_format="%.6g")
+    return text.encode("utf-8")
+
+
+# (file stem, caption, {format: bytes})
+Figures = list[tuple[str, str, dict[str, bytes]]]
+
+
+def _figures(
+    df: pd.DataFrame, names: Sequence[str], pooled: bool, formats: Sequence[str]
+) -> Figures:
+    palette = Palette(measured(df))
+    drawn: list[tuple[str, str, Figure | None]] = []
+    for m in names:
+        fig = plot_reliability(df, m, palette, pooled)
+        drawn.append((f"reliability_{_slug(m)}", f"{m} vs corruption level", fig))
+    drawn.append(("quality", "Mean quality score r_m vs level", plot_quality(df, palette)))
+    usage = df[df["metric"].str.startswith(USAGE_PREFIX)]
+    keys = list(dict.fromkeys(usage[["run", "dataset"]].itertuples(index=False, name=None)))
+    many = len({d for _, d in keys}) > 1
+    for run, dataset in keys:
+        stem = f"expert_usage_{_slug(run)}" + (f"_{_slug(dataset)}" if many else "")
+        while any(stem == f[0] for f in drawn):  # "a b" and "a-b" share a slug
+            stem += "_"
+        drawn.append(
+            (stem, f"Expert usage ({run}, {dataset})", plot_expert_usage(df, run, dataset))
+        )
+    fm = fixed_missing(df, names[0])
+    fig = plot_fixed_missing(fm, df, names[0], palette)
+    drawn.append(("fixed_missing", f"Fixed-missing protocol ({names[0]})", fig))
+    return [(stem, cap, encode(fig, formats)) for stem, cap, fig in drawn if fig is not None]
+
+
+def _tables(
+    df: pd.DataFrame,
+    names: Sequence[str],
+    samples: pd.DataFrame | None,
+    pooled: bool,
+    reference: str | None,
+    draws: int,
+) -> dict[str, tuple[pd.DataFrame, str]]:
+    """name -> (table, method note); the note is only set for the comparison."""
+    rows = measured(df)
+    out: dict[str, tuple[pd.DataFrame, str]] = {
+        "data": (data_table(df, samples, pooled), ""),
+        "summary": (summarize(rows, names), ""),
+        "fixed_missing": (fixed_missing(df, names[0]), ""),
+        "curves": (
+            pd.concat([curves(rows, m).assign(metric=m) for m in names], ignore_index=True),
+            "",
+        ),
+    }
+    if reference is not None:
+        comp = compare(df, reference, names[0], samples, draws=draws)
+        out["comparison"] = (comp.table, comp.method)
+    return out
 
 
 # A section is (heading, note, [(kind, payload)]), kind "img" (file stem), "table" (DataFrame).
 Section = tuple[str, str, list[tuple[str, Any]]]
 
+NOTES = {
+    "summary": "Per run and spectrum axis: clean score, best constant (when recorded), mean "
+    "over the grid, trapezoid area under the curve divided by the level span, and area ÷ "
+    "clean (relative robustness; above 1 is worse for MAE). Seeds are averaged per level "
+    "first.",
+    "curves": "One checkpoint per run, evaluated at every level. Solid: normal; dashed: "
+    "quality_shuffle, the control with the quality scores permuted within each batch. "
+    "Bands: ±1 std over the seeds the legend names.",
+    "usage": "Left: each expert's share of the routing weight at the clean point. Then "
+    "differences in share at each level: level − clean, and quality_shuffle − normal; red "
+    "means more weight.",
+}
+
+
+def _constant_note(df: pd.DataFrame, names: Sequence[str]) -> str:
+    if all(constants(df, m).empty for m in names):
+        return (
+            " No best-constant reference: these results hold no constant rows (older "
+            "`qamoe eval` files), so no reference line is drawn."
+        )
+    return (
+        " Dotted grey: the best constant prediction on the split's labels (the majority "
+        "class for accuracies, the median for MAE), the score a model must beat."
+    )
+
+
+def _comparison_display(table: pd.DataFrame) -> pd.DataFrame:
+    if table.empty:
+        return table
+    ci = [f"[{lo:+.4f}, {hi:+.4f}]" if np.isfinite(lo) else "n/a"
+          for lo, hi in zip(table["ci_low"], table["ci_high"], strict=True)]  # fmt: skip
+    cols = ["run", "reference", "dataset", "split", "axis", "modalities", "metric"]
+    cols = [c for c in cols if c in ("run", "reference", "axis") or table[c].nunique() > 1]
+    out = table[[*cols, "mean", "reference_mean", "difference"]].copy()
+    out["95% CI"] = ci
+    out[["seeds", "samples"]] = table[["seeds", "samples"]]
+    return out.rename(columns={"reference_mean": "reference mean"})
+
 
 def _sections(
-    summary: pd.DataFrame, fm: pd.DataFrame, metric: str, figures: list[tuple[str, str, Figure]]
+    df: pd.DataFrame,
+    tables: dict[str, tuple[pd.DataFrame, str]],
+    names: Sequence[str],
+    figures: Figures,
 ) -> list[Section]:
     stems = [stem for stem, _, _ in figures]
-    out: list[Section] = []
+    summary, fm = tables["summary"][0], tables["fixed_missing"][0]
+    out: list[Section] = [("Data", "What was evaluated.", [("table", tables["data"][0])])]
     if not summary.empty:
-        out.append(
-            (
-                "Summary",
-                "Per run and spectrum axis: clean score, mean over the grid, trapezoid area "
-                "under the curve divided by the level span, and area ÷ clean (relative "
-                "robustness; above 1 is worse for MAE). Seeds are averaged per level first.",
-                [("table", _display_summary(summary))],
-            )
-        )
-    rel = [s for s in stems if s.startswith("reliability_")]
+        out.append(("Summary", NOTES["summary"], [("table", _display_summary(summary, df))]))
+    if "comparison" in tables:
+        comp, method = tables["comparison"]
+        shown = _comparison_display(comp)
+        found: list[tuple[str, Any]] = [("table", shown)] if not shown.empty else []
+        note = method if found else "No curve is shared with the reference run."
+        out.append(("Paired comparison", note, found))
+    rel = [("img", s) for s in stems if s.startswith("reliability_")]
     if rel:
-        out.append(
-            (
-                "Reliability curves",
-                "One checkpoint per run, evaluated at every level; dashed lines permute the "
-                "quality scores within each batch (if they match the solid line, the router "
-                "ignores quality).",
-                [("img", s) for s in rel],
-            )
-        )
+        out.append(("Reliability curves", NOTES["curves"] + _constant_note(df, names), rel))
     if "quality" in stems:
         out.append(("Quality scores", "Mean r_m per modality.", [("img", "quality")]))
-    usage = [s for s in stems if s.startswith("expert_usage_")]
+    usage = [("img", s) for s in stems if s.startswith("expert_usage_")]
     if usage:
-        out.append(
-            ("Expert usage", "Share of routing weight per expert.", [("img", s) for s in usage])
-        )
+        out.append(("Expert usage", NOTES["usage"], usage))
     if not fm.empty:
         items: list[tuple[str, Any]] = [("table", fm)]
         if "fixed_missing" in stems:
             items.insert(0, ("img", "fixed_missing"))
-        out.append(
-            (
-                "Fixed-missing protocol",
-                f"{metric} with only the named modalities kept (the others removed entirely).",
-                items,
-            )
-        )
+        note = f"{names[0]} with the named modalities removed entirely (none = the clean score)."
+        out.append(("Fixed-missing protocol", note + _constant_note(df, names[:1]), items))
     return out
 
 
-def _html(
-    title: str,
-    sections: list[Section],
-    pngs: dict[str, bytes],
-    captions: dict[str, str],
-    sources: Sequence[str],
-) -> str:
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        f'<p class="note">Generated by qamoe {__version__}.</p>',
-    ]
-    for heading, note, items in sections:
-        parts.append(f"<h2>{html.escape(heading)}</h2><p class='note'>{html.escape(note)}</p>")
-        for kind, payload in items:
-            if kind == "img":
-                data = base64.b64encode(pngs[payload]).decode("ascii")
-                alt = html.escape(captions.get(payload) or str(payload))
-                parts.append(f'<img alt="{alt}" src="data:image/png;base64,{data}">')
-            else:
-                parts.append(html_table(payload))
-    if sources:
-        parts.append("<h2>Sources</h2><ul>")
-        parts += [f"<li><code>{html.escape(s)}</code></li>" for s in sources]
-        parts.append("</ul>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+def _lede(data: pd.DataFrame) -> str:
+    """One sentence naming the dataset, split, sample count and seeds (when they agree)."""
+    parts = []
+    for col, word in (("dataset", "Dataset"), ("split", "split"), ("samples", "samples")):
+        values = list(dict.fromkeys(map(str, data[col])))
+        joined = ", ".join(values)
+        parts.append(f"{joined} {word}" if col == "samples" else f"{word} {joined}")
+    seeds = list(dict.fromkeys(data["seeds"]))
+    parts.append("seeds: " + (seeds[0] if len(seeds) == 1 else "see the Data table"))
+    return "; ".join(parts) + "."
 
 
-def _markdown(
-    title: str, sections: list[Section], captions: dict[str, str], sources: Sequence[str]
-) -> str:
-    lines = [f"# {title}", "", f"Generated by qamoe {__version__}.", ""]
-    for heading, note, items in sections:
-        lines += [f"## {heading}", "", note, ""]
-        for kind, payload in items:
-            if kind == "img":
-                lines += [f"![{captions.get(payload) or str(payload)}]({payload}.png)", ""]
-            else:
-                lines += [markdown_table(payload), ""]
-    if sources:
-        lines += ["## Sources", ""] + [f"- `{s}`" for s in sources] + [""]
-    return "\n".join(lines)
+@dataclass
+class _Page:
+    title: str
+    sections: list[Section]
+    sources: Sequence[str]
+    warnings: list[str]
+    formats: Sequence[str] = ()
+
+    @property
+    def vector_note(self) -> str:
+        vec = [f.upper() for f in self.formats if f != "png"]
+        return f" Every figure is also in the folder as {' and '.join(vec)}." if vec else ""
+
+    def lede(self) -> str:
+        data = next(items[0][1] for h, _, items in self.sections if h == "Data")
+        return _lede(data) if not data.empty else ""
+
+    def html(self, figures: Figures) -> str:
+        pngs = {stem: enc["png"] for stem, _, enc in figures}
+        captions = {stem: cap for stem, cap, _ in figures}
+        esc = html.escape
+        parts = [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{esc(self.title)}</title><style>{_CSS}</style></head><body>",
+            f"<h1>{esc(self.title)}</h1>",
+            f"<p>{esc(self.lede())}</p>",
+            f'<p class="note">Generated by qamoe {__version__}.{self.vector_note}</p>',
+        ]
+        if self.warnings:
+            parts.append('<div class="warn"><b>Left out:</b><ul>')
+            parts += [f"<li>{esc(w)}</li>" for w in self.warnings]
+            parts.append("</ul></div>")
+        for heading, note, items in self.sections:
+            parts.append(f"<h2>{esc(heading)}</h2><p class='note'>{esc(note)}</p>")
+            for kind, payload in items:
+                if kind == "img":
+                    data = base64.b64encode(pngs[payload]).decode("ascii")
+                    alt = esc(captions.get(payload) or str(payload))
+                    parts.append(f'<img alt="{alt}" src="data:image/png;base64,{data}">')
+                else:
+                    parts.append(html_table(payload))
+        if self.sources:
+            parts.append("<h2>Sources</h2><ul>")
+            parts += [f"<li><code>{esc(s)}</code></li>" for s in self.sources]
+            parts.append("</ul>")
+        parts.append("</body></html>")
+        return "\n".join(parts) + "\n"
+
+    def markdown(self, figures: Figures) -> str:
+        captions = {stem: cap for stem, cap, _ in figures}
+        lines = [f"# {_md(self.title)}", "", _md(self.lede()), ""]
+        lines += [f"Generated by qamoe {__version__}.{self.vector_note}", ""]
+        if self.warnings:
+            lines += ["**Left out:**", ""] + [f"- {_md(w)}" for w in self.warnings] + [""]
+        for heading, note, items in self.sections:
+            lines += [f"## {heading}", "", _md(note), ""]
+            for kind, payload in items:
+                if kind == "img":
+                    cap = _md(captions.get(payload) or str(payload)).replace("]", "\\]")
+                    lines += [f"![{cap}]({payload}.png)", ""]
+                else:
+                    lines += [markdown_table(payload), ""]
+        if self.sources:
+            lines += ["## Sources", ""] + [f"- <code>{_md(s)}</code>" for s in self.sources]
+            lines.append("")
+        return "\n".join(lines)

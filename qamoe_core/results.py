@@ -6,7 +6,7 @@ concatenation and any tool can pivot it):
 =============  ==========================================================================
 column         meaning
 =============  ==========================================================================
-schema         ``qamoe-results/1`` on every row; another value means another version
+schema         ``qamoe-results/2`` (``/1`` files are still read, see below)
 run            the run's label (checkpoint folder name unless given)
 model          the model kind: qamoe, late-fusion, early-fusion, dense-moe, ...
 dataset        the dataset name stored in the HDF5 file
@@ -14,14 +14,23 @@ split          the split evaluated (test unless asked otherwise)
 axis           clean | mixed | missing | noise | drop
 level          the spectrum level in [0, 1]; 0 for clean, 1 for drop (the dropped
                modalities are entirely gone)
-modalities     "+"-joined, canonical order: for clean and the three spectrum axes the
-               modalities that received the level; for drop the modalities KEPT
+modalities     "+"-joined, canonical order: the CORRUPTED modalities, on every axis: those
+               that received the level, for drop those DROPPED; "" for constant rows
 seed           the corruption seed (0 where nothing random happened: clean, drop)
-variant        normal | quality_shuffle (QA-MoE's quality scores permuted within the batch)
+variant        normal | quality_shuffle (QA-MoE's quality scores permuted within the
+               batch: the shuffle control) | constant (the best-constant reference)
 metric         an MMSA metric name (Has0_acc_2, MAE, ...) or a diagnostic:
-               ``quality_<modality>`` (mean r_m) or ``expert_usage_<e>`` (routing share)
+               ``quality_<modality>`` (mean r_m), ``expert_usage_<e>`` (routing share),
+               ``n_samples`` (constant rows: the number of samples scored)
 value          the number (NaN where undefined, e.g. Corr of a constant prediction)
 =============  ==========================================================================
+
+Constant rows (:func:`constant_rows`, axis clean, variant constant) hold, per metric, the
+score of the best constant prediction on the split's labels (the majority class for
+accuracies, the median for MAE): the floor a model must beat, drawn on every plot.
+
+Schema 1 differed in one point: drop rows listed the modalities KEPT. Reading a ``/1`` file
+converts them (dropped = the run's modalities, seen on its other rows, minus the kept ones).
 
 Summaries (:func:`summarize`) are per run, axis, modalities and variant: the clean score,
 the mean over the grid (LNLN style), the trapezoid area under the reliability curve divided
@@ -45,12 +54,13 @@ import pandas as pd
 
 from qamoe_core.atomic import atomic_path
 from qamoe_core.errors import DataFormatError, InputError
-from qamoe_core.metrics import METRIC_NAMES, PRIMARY
+from qamoe_core.metrics import METRIC_NAMES, PRIMARY, best_constant
 from qamoe_core.names import MODALITIES, RESULT_AXES
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "qamoe-results/1"
+SCHEMA = "qamoe-results/2"
+SCHEMA_V1 = "qamoe-results/1"  # drop rows listed the kept modalities
 COLUMNS: tuple[str, ...] = (
     "schema",
     "run",
@@ -67,9 +77,17 @@ COLUMNS: tuple[str, ...] = (
 )
 AXES = RESULT_AXES
 SPECTRUM_AXES: tuple[str, ...] = ("mixed", "missing", "noise")
-VARIANTS: tuple[str, ...] = ("normal", "quality_shuffle")
+SHUFFLED = "quality_shuffle"  # the shuffle control's one name (tables, legends, CLI)
+CONSTANT = "constant"  # the best-constant reference rows
+VARIANTS: tuple[str, ...] = ("normal", SHUFFLED, CONSTANT)
+VARIANT_ALIASES = {"shuffled": SHUFFLED}  # read, never written
 QUALITY_PREFIX = "quality_"
 USAGE_PREFIX = "expert_usage_"
+N_SAMPLES = "n_samples"
+_METRICS = frozenset(m for names in METRIC_NAMES.values() for m in names)
+_DIAGNOSTIC = re.compile(
+    rf"^(?:{QUALITY_PREFIX}(?:{'|'.join(MODALITIES)})|{USAGE_PREFIX}\d+|{N_SAMPLES})$"
+)
 # The columns that identify a number; two rows with the same key are the same measurement.
 KEY: tuple[str, ...] = tuple(c for c in COLUMNS if c not in ("schema", "value"))
 _STR_COLUMNS = ("schema", "run", "model", "dataset", "split", "axis", "modalities", "variant")
@@ -82,7 +100,7 @@ def join_modalities(modalities: Iterable[str]) -> str:
 
 
 def is_diagnostic(metric: str) -> bool:
-    return metric.startswith((QUALITY_PREFIX, USAGE_PREFIX))
+    return metric.startswith((QUALITY_PREFIX, USAGE_PREFIX)) or metric == N_SAMPLES
 
 
 def _fail(source: str, message: str, hint: str | None = None) -> DataFormatError:
@@ -105,9 +123,9 @@ def validate(df: pd.DataFrame, source: str = "results") -> pd.DataFrame:
     """Check a results table against the schema and return it with normalised dtypes.
 
     Raises :class:`DataFormatError` naming ``source`` for missing columns, another schema
-    version, unknown axes or variants, levels outside [0, 1], seeds that are not whole
-    numbers >= 0, non-numeric values, or duplicated measurements (naming the first bad
-    value and its data row). Extra columns are kept.
+    version, unknown axes, variants or metric names, levels outside [0, 1], seeds that are
+    not whole numbers >= 0, non-numeric values, or duplicated measurements (naming the first
+    bad value and its data row). Extra columns are kept. Schema-1 rows come back as schema 2.
     """
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
@@ -118,20 +136,51 @@ def validate(df: pd.DataFrame, source: str = "results") -> pd.DataFrame:
         )
     if df.empty:
         raise _fail(source, "the table has no rows.")
-    versions = sorted(set(df["schema"].astype(str)) - {SCHEMA})
+    versions = sorted(set(df["schema"].astype(str)) - {SCHEMA, SCHEMA_V1})
     if versions:
         raise _fail(
             source,
-            f"written with results schema {', '.join(versions)}; this qamoe reads {SCHEMA}.",
+            f"written with results schema {', '.join(versions)}; this qamoe reads "
+            f"{SCHEMA} and {SCHEMA_V1}.",
             "Re-run `qamoe eval` with this version of qamoe.",
         )
     out = df.copy()
     for col in _STR_COLUMNS:
         out[col] = out[col].astype(str)
+    out["variant"] = out["variant"].replace(VARIANT_ALIASES)
+    _check_names(out, df, source)
+    _check_numbers(out, df, source)
+    out = _upgrade_v1(out)
+    dup = out.duplicated(list(KEY), keep=False)
+    if dup.any():
+        row = out[dup].iloc[0]
+        raise _fail(
+            source,
+            f"{int(dup.sum())} rows repeat a measurement, e.g. "
+            f"({', '.join(f'{k}={row[k]}' for k in KEY)}).",
+            "Give each evaluated run its own name (qamoe eval --name) before combining files.",
+        )
+    return out
+
+
+def _check_names(out: pd.DataFrame, raw: pd.DataFrame, source: str) -> None:
     for col, allowed in (("axis", AXES), ("variant", VARIANTS)):
         bad = sorted(set(out[col]) - set(allowed))
         if bad:
             raise _fail(source, f"unknown {col} value(s) {bad}; allowed: {', '.join(allowed)}.")
+    names = out["metric"]
+    bad_metric = ~(names.isin(_METRICS) | names.str.fullmatch(_DIAGNOSTIC))
+    if bad_metric.any():
+        raise _fail(
+            source,
+            f"unknown metric name {_first(raw['metric'], bad_metric)}; known: the MMSA "
+            f"metrics ({', '.join(sorted(_METRICS))}), quality_<modality>, "
+            f"expert_usage_<n> and {N_SAMPLES}.",
+        )
+
+
+def _check_numbers(out: pd.DataFrame, raw: pd.DataFrame, source: str) -> None:
+    """Coerce level, value and seed in place, refusing what is not a number of their kind."""
     for col in ("level", "value", "seed"):
         numeric = pd.to_numeric(out[col], errors="coerce")
         bad_rows = numeric.isna()
@@ -147,30 +196,102 @@ def validate(df: pd.DataFrame, source: str = "results") -> pd.DataFrame:
     bad_level = ~out["level"].between(0.0, 1.0)  # also catches inf
     if bad_level.any():
         raise _fail(
-            source, f"column 'level' must lie in [0, 1]; found {_first(df['level'], bad_level)}."
+            source, f"column 'level' must lie in [0, 1]; found {_first(raw['level'], bad_level)}."
         )
     seed = out["seed"].astype(np.float64)  # whole, finite and within int64, or refused
     bad_seed = ~(np.isfinite(seed) & (seed >= 0) & (seed < 2.0**63) & (seed == np.floor(seed)))
     if bad_seed.any():
         raise _fail(
             source,
-            f"column 'seed' must hold whole numbers >= 0; found {_first(df['seed'], bad_seed)}.",
+            f"column 'seed' must hold whole numbers >= 0; found {_first(raw['seed'], bad_seed)}.",
             "The seed is the corruption seed (0, 1, 2, ...; 0 where nothing random happened); "
             "fix that row or re-run `qamoe eval`.",
         )
     out["seed"] = out["seed"].astype(np.int64)
     out["level"] = out["level"].astype(np.float64).round(10)  # 0.30000000000000004 -> 0.3
     out["value"] = out["value"].astype(np.float64)
-    dup = out.duplicated(list(KEY), keep=False)
-    if dup.any():
-        row = out[dup].iloc[0]
-        raise _fail(
-            source,
-            f"{int(dup.sum())} rows repeat a measurement, e.g. "
-            f"({', '.join(f'{k}={row[k]}' for k in KEY)}).",
-            "Give each evaluated run its own name (qamoe eval --name) before combining files.",
-        )
+
+
+RUN_COLUMNS: tuple[str, ...] = ("run", "model", "dataset", "split")
+
+
+def run_modalities(df: pd.DataFrame) -> set[str]:
+    """The modalities one run's rows show it has: on its corrupted (non-drop) rows, in its
+    quality_<m> diagnostics, and in the subsets its drop rows name."""
+    mods: set[str] = set()
+    for text in df["modalities"]:
+        mods.update(m for m in str(text).split("+") if m in MODALITIES)
+    mods.update(m[len(QUALITY_PREFIX) :] for m in df["metric"] if m.startswith(QUALITY_PREFIX))
+    return mods & set(MODALITIES)
+
+
+def _upgrade_v1(out: pd.DataFrame) -> pd.DataFrame:
+    """Schema 1 drop rows named the KEPT modalities; schema 2 names the DROPPED ones."""
+    old = out["schema"] == SCHEMA_V1
+    if not old.any():
+        return out
+    for _, grp in out[old].groupby(list(RUN_COLUMNS), sort=False):
+        drop = grp.index[grp["axis"] == "drop"]
+        if len(drop):
+            have = run_modalities(grp)
+            out.loc[drop, "modalities"] = [
+                join_modalities(have - set(kept.split("+"))) for kept in grp.loc[drop, "modalities"]
+            ]
+    out["schema"] = SCHEMA
     return out
+
+
+# Cells a spreadsheet would run as a formula (OWASP "CSV injection"): a leading = + - @,
+# tab or carriage return. A leading apostrophe makes them text in Excel and LibreOffice.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``df`` whose text cells cannot run as spreadsheet formulas once saved.
+
+    Text that starts like a formula gets a leading ``'``; numbers (also negative ones, which
+    live in numeric columns) are left alone. Used on every CSV qamoe writes from labels a
+    user or a file chose (run, dataset, ids).
+    """
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
+            out[col] = out[col].map(
+                lambda v: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v
+            )
+    return out
+
+
+def constant_rows(
+    labels: Any, scheme: str, *, run: str, model: str, dataset: str, split: str
+) -> list[dict[str, Any]]:
+    """The best-constant reference rows for a run's results table (give them to make_table).
+
+    One row per metric of ``scheme`` holding the score of the best constant prediction on
+    ``labels`` (:func:`qamoe_core.metrics.best_constant`; NaN for Corr), and one
+    ``n_samples`` row: axis clean, level 0, modalities "", seed 0, variant constant.
+    """
+    base: dict[str, Any] = {"run": run, "model": model, "dataset": dataset, "split": split}
+    base |= {"axis": "clean", "level": 0.0, "modalities": "", "seed": 0, "variant": CONSTANT}
+    best = best_constant(labels, scheme)
+    rows = [base | {"metric": m, "value": score} for m, (_, score) in best.items()]
+    return [*rows, base | {"metric": N_SAMPLES, "value": float(np.asarray(labels).size)}]
+
+
+def measured(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows a model produced (the constant reference rows left out)."""
+    return df[df["variant"] != CONSTANT]
+
+
+def constants(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The best-constant scores of ``metric``: one row per (dataset, split, value), with the
+    runs that carry it; empty when the results hold no constant rows for it."""
+    sub = df[(df["variant"] == CONSTANT) & (df["metric"] == metric)].dropna(subset=["value"])
+    cols = ["dataset", "split", "value"]
+    if sub.empty:
+        return pd.DataFrame(columns=[*cols, "runs"])
+    g = sub.groupby(cols, sort=False)["run"]
+    return g.agg(lambda r: ", ".join(dict.fromkeys(r))).reset_index(name="runs")
 
 
 def make_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -184,7 +305,7 @@ def make_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 def save(df: pd.DataFrame, path: str | os.PathLike[str], *, force: bool = False) -> Path:
     """Write ``df`` as CSV atomically (temporary sibling, then rename); refuse to overwrite."""
-    df = validate(df, "results")
+    df = csv_safe(validate(df, "results"))
     with atomic_path(path, force=force) as tmp:
         df.to_csv(tmp, index=False, na_rep="nan", float_format="%.10g")
     log.info("wrote %d result rows to %s", len(df), path)
@@ -371,11 +492,13 @@ def summarize(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.Data
     for metric in names:
         check_metric(df, metric)
         c = curves(df, metric)
-        clean = c[c["axis"] == "clean"].groupby(["run", "split", "variant"])["mean"].mean()
+        # Keyed by everything that names a run: one label may come from several datasets.
+        clean_key = [*RUN_COLUMNS, "variant"]
+        clean = c[c["axis"] == "clean"].groupby(clean_key)["mean"].mean()
         for key, grp in c[c["axis"].isin(SPECTRUM_AXES)].groupby(list(SERIES), sort=False):
             row = dict(zip(SERIES, key, strict=True))
             grp = grp.sort_values("level")
-            ck = (row["run"], row["split"], row["variant"])
+            ck = tuple(row[k] for k in clean_key)
             if ck in clean.index:
                 clean_value = float(clean[ck])
             elif (grp["level"] == 0).any():
@@ -411,19 +534,83 @@ def summarize(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.Data
 
 
 def fixed_missing(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """The fixed-missing protocol as a table: one row per run (and variant), one column per
-    KEPT subset (all modalities = the clean score), values averaged over seeds."""
-    sub = df[(df["metric"] == metric) & (df["axis"].isin(["drop", "clean"]))]
+    """The fixed-missing protocol as a table: one row per run (dataset, split, variant), one
+    column per DROPPED subset ("none" = the clean score), values averaged over seeds."""
+    sub = measured(df)
+    sub = sub[(sub["metric"] == metric) & (sub["axis"].isin(["drop", "clean"]))]
     if not (sub["axis"] == "drop").any():
         return pd.DataFrame()
-    table = sub.pivot_table(
-        index=["run", "variant"], columns="modalities", values="value", aggfunc="mean"
-    )
+    sub = sub.assign(dropped=sub["modalities"].where(sub["axis"] == "drop", "none"))
+    index = ["run", "dataset", "split", "variant"]
+    table = sub.pivot_table(index=index, columns="dropped", values="value", aggfunc="mean")
 
     def order(name: str) -> tuple[int, list[int]]:
-        parts = name.split("+")
+        parts = [] if name == "none" else name.split("+")
         return (len(parts), [MODALITIES.index(p) if p in MODALITIES else 9 for p in parts])
 
     table = table[sorted(table.columns, key=order)]
     table.columns.name = None
     return table.reset_index()
+
+
+SAMPLE_COLUMNS: tuple[str, ...] = (
+    *("run", "split", "axis", "level", "modalities", "seed", "variant"),
+    *("id", "label", "prediction"),
+)  # what `qamoe eval --per-sample` writes first (evaluate.SAMPLE_COLUMNS)
+
+
+def load_samples(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
+    """Read per-sample tables (``qamoe eval --per-sample``, .csv or .csv.gz) into one."""
+    frames = []
+    for p in map(Path, paths):
+        if not p.is_file():
+            raise InputError(
+                f"The per-sample table '{p}' does not exist or is not a file.",
+                hint="Write one with `qamoe eval RUN --data DATA.h5 --sweep --per-sample FILE`.",
+            )
+        try:
+            df = pd.read_csv(
+                p,
+                dtype={"run": str, "id": str, "modalities": str},
+                keep_default_na=False,
+                na_values={"prediction": ["nan"]},
+            )
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError,
+                OSError, EOFError) as exc:  # fmt: skip
+            raise _fail(
+                f"'{p}'", f"not a readable per-sample CSV ({type(exc).__name__})."
+            ) from None
+        missing = [c for c in SAMPLE_COLUMNS if c not in df.columns]
+        if missing:
+            raise _fail(
+                f"'{p}'",
+                f"missing column(s) {', '.join(missing)} of a per-sample table.",
+                "Per-sample tables are written by `qamoe eval --per-sample FILE`.",
+            )
+        for col in ("level", "seed", "label", "prediction"):
+            values = pd.to_numeric(df[col], errors="coerce")
+            if values.isna().any():
+                raise _fail(
+                    f"'{p}'",
+                    f"column '{col}' holds non-numeric values, e.g. "
+                    f"{_first(df[col], values.isna())}.",
+                )
+            df[col] = values
+        df["variant"] = df["variant"].astype(str).replace(VARIANT_ALIASES)
+        df["level"] = df["level"].astype(np.float64).round(10)
+        df["seed"] = df["seed"].astype(np.int64)
+        frames.append(df)
+    if not frames:
+        raise InputError("No per-sample table given.")
+    return pd.concat(frames, ignore_index=True)
+
+
+def pool_sample_seeds(samples: pd.DataFrame) -> pd.DataFrame:
+    """:func:`pool_model_seeds` for per-sample tables: run NAME-sN -> NAME, seed -> 1000 N + s."""
+    out = samples.copy()
+    parsed = out["run"].astype(str).str.extract(MODEL_SEED_RUN)
+    seeded = parsed["stem"].notna()
+    model_seed = parsed.loc[seeded, "seed"].map(int).astype(np.int64)
+    out.loc[seeded, "seed"] = SEED_STRIDE * model_seed + out.loc[seeded, "seed"]
+    out.loc[seeded, "run"] = parsed.loc[seeded, "stem"]
+    return out

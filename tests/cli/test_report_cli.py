@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from qamoe_cli.main import main
 from qamoe_core.results import make_table, save
-from tests.core.test_report import sweep_rows
+from tests.core.test_report import pred_rows, small_rows, sweep_rows, table_from_samples
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +24,13 @@ def csvs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 def test_report_json(tmp_path: Path, csvs: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "rep"
-    assert main(["report", *map(str, csvs), "--out", str(out), "--metric", "MAE", "--json"]) == 0
+    args = ["report", *map(str, csvs), "--out", str(out), "--metric", "MAE", "--json"]
+    assert main([*args, "--figures", "png,pdf"]) == 0  # SVG costs more; core tests check it
     result = json.loads(capsys.readouterr().out)
     assert result["runs"] == ["qamoe", "late"] and result["metrics"] == ["MAE"]
     assert Path(result["html"]).is_file() and Path(result["images"]["reliability_MAE"]).is_file()
+    assert [Path(p).suffix for p in result["vectors"]["reliability_MAE"]] == [".pdf"]
+    assert result["warnings"] == []
     summary = pd.read_csv(result["tables"]["summary"])
     assert set(summary["run"]) == {"qamoe", "late"}
 
@@ -35,12 +39,12 @@ def test_report_table_and_force(
     tmp_path: Path, csvs: list[Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "rep"
-    assert main(["report", str(csvs[1]), "--out", str(out)]) == 0
+    assert main(["report", str(csvs[1]), "--out", str(out), "--figures", "png"]) == 0
     printed = capsys.readouterr().out
     assert "reliability_Has0_acc_2.png" in printed and f"open {out / 'report.html'}" in printed
     assert main(["report", str(csvs[1]), "--out", str(out)]) == 1
     assert "--force" in capsys.readouterr().err
-    assert main(["report", str(csvs[1]), "--out", str(out), "--force"]) == 0
+    assert main(["report", str(csvs[1]), "--out", str(out), "--force", "--figures", "png"]) == 0
 
 
 def test_report_refuses_a_foreign_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -61,7 +65,8 @@ def test_report_pools_model_seeds(tmp_path: Path, capsys: pytest.CaptureFixture[
         for s in (0, 1)
     ]  # fmt: skip
     out = tmp_path / "rep"
-    assert main(["report", *map(str, files), "--pool-seeds", "--out", str(out), "--json"]) == 0
+    args = ["report", *map(str, files), "--pool-seeds", "--out", str(out), "--json"]
+    assert main([*args, "--figures", "png"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["runs"] == ["qa"]
     summary = pd.read_csv(result["tables"]["summary"])
@@ -96,6 +101,9 @@ def _small_csv(path: Path, *, every_row: bool = False, **overrides: object) -> P
         ("dir_arg", "is a directory", "*.csv"),
         ("bad_metric", "must be one of Acc_2. Got 'Foo'", "are Acc_2"),
         ("diagnostics_only", "diagnostics only", "--metric quality_text"),
+        ("unknown_metric_in_file", "unknown metric name 'Acc_9' in data row 2", "qamoe eval"),
+        ("unknown_reference", "reference run 'nope' is not in the results", "runs: r"),
+        ("bad_figures", "Unknown figure format(s) gif", "png, pdf, svg"),
     ],
 )
 def test_report_bad_input_is_one_clear_line(
@@ -113,6 +121,9 @@ def test_report_bad_input_is_one_clear_line(
         "dir_arg": lambda: [str(tmp_path / "res")],
         "bad_metric": lambda: [str(good), "--metric", "Foo"],
         "diagnostics_only": lambda: [str(_small_csv(bad, every_row=True, metric="quality_text"))],
+        "unknown_metric_in_file": lambda: [str(_small_csv(bad, metric="Acc_9"))],
+        "unknown_reference": lambda: [str(good), "--reference", "nope"],
+        "bad_figures": lambda: [str(good), "--figures", "png,gif"],
     }[case]()
     if "-o" not in args:
         args += ["-o", str(tmp_path / "rep")]
@@ -121,3 +132,31 @@ def test_report_bad_input_is_one_clear_line(
     assert len(lines) == 2 and lines[0].startswith("error: ") and message in lines[0]
     assert lines[1].startswith("hint: ") and hint in lines[1]
     assert not (tmp_path / "rep").exists() and (tmp_path / "rfile.txt").read_text() == "keep"
+
+
+def test_report_reference_with_samples_and_dataset_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(1)
+    labels = (rng.random(80) > 0.4).astype(float)
+    hits = {"a": rng.random(80) < 0.8, "b": rng.random(80) < 0.6}
+    samples = pd.concat([pred_rows(r, labels, h) for r, h in hits.items()])
+    sfile = tmp_path / "samples.csv.gz"
+    samples.to_csv(sfile, index=False)
+    table = table_from_samples(samples)
+    other = make_table(small_rows("c", 0.0, dataset="mosi"))
+    other = other.assign(metric="Has0_acc_2")  # another dataset, another metric
+    files = [save(table, tmp_path / "ab.csv"), save(other, tmp_path / "c.csv")]
+    out = tmp_path / "rep"
+    args = ["report", *map(str, files), "--reference", "b", "--samples", str(sfile)]
+    assert main([*args, "--out", str(out), "--figures", "png", "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert "warning: c (mosi) has no Acc_2" in captured.err
+    comp = pd.read_csv(result["tables"]["comparison"])
+    assert comp["run"].tolist() == ["a"] and comp["samples"].tolist() == [80]
+    expect = hits["a"].mean() - hits["b"].mean()
+    assert comp["difference"].iloc[0] == pytest.approx(expect)
+    assert comp["ci_low"].iloc[0] < expect < comp["ci_high"].iloc[0]
+    md = (out / "report.md").read_text()
+    assert "bootstrap interval over test samples and seeds" in md

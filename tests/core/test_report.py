@@ -15,11 +15,14 @@ import pytest
 
 from qamoe_core.errors import InputError, OutputExistsError
 from qamoe_core.report import MARKER, build_report, markdown_table
-from qamoe_core.results import load, make_table, save
+from qamoe_core.report_compare import compare
+from qamoe_core.report_plots import Palette, plot_expert_usage, plot_reliability, usage_differences
+from qamoe_core.results import constant_rows, load, make_table, measured, pool_model_seeds, save
 
 MOSI = ["Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score"]
 MOSI += ["Mult_acc_5", "Mult_acc_7", "MAE", "Corr"]
 LEVELS = [round(0.1 * i, 1) for i in range(10)]
+PNG = ("png",)  # vectors cost seconds per report; one test checks them
 
 
 def sweep_rows(run: str, model: str, slope: float, *, diagnostics: bool, seed: int = 0) -> list:
@@ -59,8 +62,8 @@ def sweep_rows(run: str, model: str, slope: float, *, diagnostics: bool, seed: i
                         usage /= usage.sum()
                         vals |= {f"expert_usage_{e}": float(u) for e, u in enumerate(usage)}
                     add(axis, level, all_mods, s, variant, vals)
-        for kept, acc in (("text", 0.78), ("audio", 0.6), ("text+vision", 0.8)):
-            add("drop", 1.0, kept, 0, variant, metrics(acc - drop))
+        for dropped, acc in (("audio+vision", 0.78), ("text+vision", 0.6), ("audio", 0.8)):
+            add("drop", 1.0, dropped, 0, variant, metrics(acc - drop))
     return rows
 
 
@@ -97,7 +100,7 @@ def results() -> pd.DataFrame:
 
 
 def test_report_files_and_content(tmp_path: Path, results: pd.DataFrame) -> None:
-    rep = build_report(results, tmp_path / "rep", sources=["a.csv"])
+    rep = build_report(results, tmp_path / "rep", sources=["a.csv"], formats=PNG)
     names = {p.name for p in (tmp_path / "rep").iterdir()}
     assert {"report.html", "report.md", "summary.csv", "curves.csv", MARKER} <= names
     expected = {"reliability_Has0_acc_2", "quality", "expert_usage_qamoe", "fixed_missing"}
@@ -125,19 +128,13 @@ def test_report_files_and_content(tmp_path: Path, results: pd.DataFrame) -> None
 def test_report_several_metrics_and_files(tmp_path: Path, results: pd.DataFrame) -> None:
     a = save(results[results["run"] == "qamoe"], tmp_path / "a.csv")
     b = save(results[results["run"] == "late"], tmp_path / "b.csv")
-    rep = build_report(load([a, b]), tmp_path / "rep", metrics=["MAE", "Non0_acc_2"])
+    rep = build_report(load([a, b]), tmp_path / "rep", metrics=["MAE", "Non0_acc_2"], formats=PNG)
     assert {"reliability_MAE", "reliability_Non0_acc_2"} <= set(rep.images)
     assert rep.runs == ["qamoe", "late"]
     assert "MAE (lower is better)" not in rep.html.read_text()  # text lives in the PNG only
     fm = pd.read_csv(rep.tables["fixed_missing"])
-    assert list(fm.columns) == [
-        "run",
-        "variant",
-        "text",
-        "audio",
-        "text+vision",
-        "text+audio+vision",
-    ]
+    head = ["run", "dataset", "split", "variant"]
+    assert list(fm.columns) == [*head, "none", "audio", "text+vision", "audio+vision"]
 
 
 def row_clean(**kw: object) -> dict[str, object]:
@@ -236,3 +233,166 @@ def test_html_renders_in_headless_chromium(tmp_path: Path, results: pd.DataFrame
     subprocess.run(cmd, check=True, timeout=120, capture_output=True)
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a page with pictures
+
+
+def small_rows(run: str, offset: float, *, dataset: str = "d", seeds: int = 3) -> list[dict]:
+    """A binary run on one axis, levels 0-0.5, value falling with the level; seed jitter is
+    the same for every run (so paired differences are exact)."""
+    base = {"run": run, "model": "qamoe", "dataset": dataset, "split": "test"}
+    clean = {"axis": "clean", "level": 0.0, "modalities": "text+audio+vision", "seed": 0}
+    rows = [base | clean | {"variant": "normal", "metric": "Acc_2", "value": 0.8 + offset}]
+    for level in (0.0, 0.25, 0.5):
+        for s in range(seeds):
+            value = 0.8 + offset - 0.4 * level + 0.01 * (s - 1)
+            rows.append(
+                base | {"axis": "mixed", "level": level, "modalities": "text+audio+vision"}
+                | {"seed": s, "variant": "normal", "metric": "Acc_2", "value": value}
+            )  # fmt: skip
+    return rows
+
+
+def with_constant(rows: list[dict], run: str, labels: np.ndarray, dataset: str = "d") -> list:
+    return rows + constant_rows(labels, "binary", run=run, model="qamoe", dataset=dataset,
+                                split="test")  # fmt: skip
+
+
+LABELS = np.array([1.0] * 62 + [0.0] * 38)  # always "positive" scores 0.62
+
+
+def test_constant_line_band_legend_and_x_axis() -> None:
+    df = make_table(with_constant(small_rows("a", 0.0), "a", LABELS))
+    fig = plot_reliability(df, "Acc_2", Palette(measured(df)))
+    assert fig is not None
+    ax = fig.axes[0]
+    flat = [ln for ln in ax.lines if len(set(ln.get_ydata())) == 1]
+    assert [ln.get_label() for ln in flat] == ["best constant: 0.620"]
+    assert flat[0].get_ydata()[0] == pytest.approx(0.62)
+    assert ax.get_xlim()[1] < 0.55  # ends at the last level evaluated (0.5), not at 1
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "band: ±1 std over 3 corruption seeds (0–2)" in texts
+    pooled = pool_model_seeds(make_table(small_rows("a-s0", 0) + small_rows("a-s1", 0.1)))
+    fig = plot_reliability(pooled, "Acc_2", Palette(pooled), pooled=True)
+    assert fig is not None
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "band: ±1 std over 2 model seeds (0, 1) × 3 corruption seeds (0–2)" in texts
+    assert "should" not in fig.get_suptitle()
+
+
+def test_page_states_data_constant_and_vectors(tmp_path: Path) -> None:
+    rows = with_constant(small_rows("a", 0.0), "a", LABELS)
+    rep = build_report(make_table(rows), tmp_path / "rep")
+    for stem, paths in rep.vectors.items():
+        assert [p.suffix for p in paths] == [".pdf", ".svg"], stem
+        assert paths[0].read_bytes()[:5] == b"%PDF-" and b"<svg" in paths[1].read_bytes()[:500]
+    md = rep.markdown.read_text()
+    assert "Dataset d; split test; 100 samples; seeds: 3 corruption seeds (0–2)." in md
+    assert "Dotted grey: the best constant prediction" in md
+    summary_line = next(line for line in md.splitlines() if line.startswith("| a | mixed"))
+    assert "| 0.6200 |" in summary_line  # the constant beside the scores
+    # without constant rows the page says so instead of drawing nothing silently
+    only = make_table(with_constant([], "a", LABELS))
+    with pytest.raises(InputError, match="only best-constant reference rows"):
+        build_report(only, tmp_path / "r3")
+    rep = build_report(make_table(small_rows("a", 0.0)), tmp_path / "r2", formats=PNG)
+    assert "No best-constant reference" in rep.markdown.read_text()
+    assert "not recorded" in rep.markdown.read_text()
+
+
+def test_expert_usage_is_shown_as_differences(results: pd.DataFrame) -> None:
+    sub = results[(results["run"] == "qamoe") & results["metric"].str.startswith("expert_usage_")]
+    sub = sub.assign(expert=sub["metric"].str.slice(len("expert_usage_")).astype(int))
+    clean, diffs = usage_differences(sub)
+    assert set(diffs) == {
+        (a, k) for a in ("mixed", "missing", "noise") for k in ("level", "shuffle")
+    }
+    normal = sub[(sub["axis"] == "noise") & (sub["variant"] == "normal") & (sub["level"] == 0.5)]
+    expect = normal[normal["expert"] == 2]["value"].mean() - clean[2]
+    assert diffs[("noise", "level")].loc[0.5, 2] == pytest.approx(expect)
+    assert np.allclose(diffs[("mixed", "shuffle")].to_numpy(), 0.0)  # same usage both ways
+    fig = plot_expert_usage(results, "qamoe", "synthetic")
+    assert fig is not None
+    titles = {ax.get_title() for ax in fig.axes}
+    assert {"clean share", "mixed: level − clean", "noise: quality_shuffle − normal"} <= titles
+
+
+def test_two_datasets_warn_and_keep_clean_scores_apart(tmp_path: Path) -> None:
+    mosi = [r | {"metric": "Has0_acc_2"} for r in small_rows("qamoe", 0.0, dataset="mosi")]
+    binary = small_rows("qamoe", 0.05, dataset="lite")  # same label, another dataset
+    rep = build_report(make_table(mosi + binary), tmp_path / "rep", formats=PNG)
+    assert rep.metrics == ["Has0_acc_2", "Acc_2"]  # each dataset's own metric
+    assert rep.warnings == [
+        "qamoe (lite) has no Has0_acc_2: not in the Has0_acc_2 figure and summary rows.",
+        "qamoe (mosi) has no Acc_2: not in the Acc_2 figure and summary rows.",
+    ]
+    assert "Left out:" in rep.html.read_text()
+    summary = pd.read_csv(rep.tables["summary"]).set_index("dataset")
+    assert summary.loc["mosi", "clean"] == pytest.approx(0.8)
+    assert summary.loc["lite", "clean"] == pytest.approx(0.85)
+
+
+def test_names_are_escaped_in_markdown_and_csv(tmp_path: Path) -> None:
+    rows = [r | {"dataset": "<img src=x onerror=alert(1)>"} for r in small_rows("=cmd|x", 0)]
+    rep = build_report(make_table(rows), tmp_path / "rep", title="<b>T</b>", formats=PNG)
+    md, page = rep.markdown.read_text(), rep.html.read_text()
+    assert "<img src=x" not in md and "<b>" not in md and "&lt;b&gt;T&lt;/b&gt;" in md
+    assert "<img src=x" not in page and "<b>T" not in page
+    assert "\n'=cmd|x," in rep.tables["summary"].read_text()
+
+
+def pred_rows(run: str, labels: np.ndarray, correct: np.ndarray, seeds: int = 2) -> pd.DataFrame:
+    """Per-sample rows: a logit of the right sign where ``correct``, else the wrong one."""
+    sign = np.where(labels > 0.5, 1.0, -1.0) * np.where(correct, 1.0, -1.0)
+    frames = []
+    for level in (0.0, 0.5):
+        for s in range(seeds):
+            frames.append(pd.DataFrame({
+                "run": run, "split": "test", "axis": "mixed", "level": level,
+                "modalities": "text+audio+vision", "seed": s, "variant": "normal",
+                "id": [f"u{i}" for i in range(labels.size)], "label": labels,
+                "prediction": sign,
+            }))  # fmt: skip
+    return pd.concat(frames, ignore_index=True)
+
+
+def table_from_samples(samples: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (run, level, seed), g in samples.groupby(["run", "level", "seed"]):
+        acc = float(((g["prediction"] > 0) == (g["label"] > 0.5)).mean())
+        rows.append({"run": run, "model": "m", "dataset": "d", "split": "test", "axis": "mixed"}
+                    | {"level": level, "modalities": "text+audio+vision", "seed": seed}
+                    | {"variant": "normal", "metric": "Acc_2", "value": acc})  # fmt: skip
+    return make_table(rows)
+
+
+def test_paired_comparison_over_seeds_and_samples(tmp_path: Path) -> None:
+    df = make_table(small_rows("base", 0.0) + small_rows("better", 0.05))
+    comp = compare(df, "base", "Acc_2")
+    row = comp.table.iloc[0]
+    assert row["difference"] == pytest.approx(0.05) and row["run"] == "better"
+    # the seed jitter is shared, so the paired interval collapses onto the difference
+    assert row["ci_low"] == pytest.approx(0.05) and row["ci_high"] == pytest.approx(0.05)
+    assert "over seeds only" in comp.method
+    rng = np.random.default_rng(0)
+    labels = (rng.random(200) > 0.4).astype(float)
+    hit_a = rng.random(200) < 0.8
+    hit_b = hit_a & (rng.random(200) < 0.9)  # b is right only where a is, and less often
+    samples = pd.concat([pred_rows("a", labels, hit_a), pred_rows("b", labels, hit_b)])
+    comp = compare(table_from_samples(samples), "b", "Acc_2", samples, draws=500)
+    row = comp.table.iloc[0]
+    assert row["difference"] == pytest.approx(hit_a.mean() - hit_b.mean())
+    assert 0 < row["ci_low"] < row["difference"] < row["ci_high"]
+    assert row["samples"] == 200 and "test samples and seeds" in comp.method
+    with pytest.raises(InputError, match="reference run 'nope'"):
+        compare(df, "nope", "Acc_2")
+
+
+@pytest.mark.slow  # about 5 s: 8,000 rows of a real sweep
+def test_report_of_committed_v1_results(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2] / "docs" / "results" / "mosi-lite" / "pooled"
+    df = load([root / "qamoe.csv", root / "late-fusion.csv"])  # already pooled (seed 1000 s + c)
+    rep = build_report(df, tmp_path / "rep", formats=PNG, reference="late-fusion", pooled=True)
+    fm = pd.read_csv(rep.tables["fixed_missing"])
+    assert {"none", "text", "audio+vision"} <= set(fm.columns)
+    md = rep.markdown.read_text()
+    assert "## Paired comparison" in md and "No best-constant reference" in md
+    assert "model seeds" in md

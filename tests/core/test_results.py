@@ -10,16 +10,21 @@ import pandas as pd
 import pytest
 
 from qamoe_core.errors import DataFormatError, InputError, OutputExistsError
+from qamoe_core.metrics import best_constant, compute, sample_terms
 from qamoe_core.results import (
     COLUMNS,
     SCHEMA,
     check_metric,
+    constant_rows,
+    constants,
+    csv_safe,
     curves,
     default_metric,
     fixed_missing,
     join_modalities,
     load,
     make_table,
+    measured,
     pool_model_seeds,
     save,
     summarize,
@@ -106,8 +111,11 @@ def test_two_runs_and_fixed_missing() -> None:
     s = summarize(df).set_index("run")
     assert s.loc["qa", "area"] > s.loc["late", "area"]
     fm = fixed_missing(df, "Has0_acc_2")
-    assert list(fm.columns) == ["run", "variant", "text", "audio+vision", "text+audio+vision"]
+    # schema 2: drop rows name the DROPPED modalities; "none" is the clean score
+    head = ["run", "dataset", "split", "variant"]
+    assert list(fm.columns) == [*head, "none", "text", "audio+vision"]
     assert fm.set_index("run").loc["qa", "text"] == pytest.approx(0.7)
+    assert fm.set_index("run").loc["qa", "none"] == pytest.approx(0.8)
 
 
 def test_default_metric() -> None:
@@ -253,3 +261,87 @@ def test_pool_model_seeds_refuses_what_it_cannot_pool() -> None:
     for label in ("qa-s1000000000000000", "qa-s99999999999999999999"):  # would overflow int64
         with pytest.raises(InputError, match="too large to pool"):
             pool_model_seeds(make_table([row(run=label)]))
+
+
+def v1_rows() -> list[dict]:
+    """A schema-1 run: drop rows name the modalities KEPT."""
+    rows = [row(axis="clean", value=0.8), row(level=0.5, value=0.7)]
+    rows += [row(axis="drop", level=1.0, modalities="text", value=0.75)]
+    rows += [row(axis="drop", level=1.0, modalities="audio+vision", value=0.55)]
+    return [{"schema": "qamoe-results/1"} | r for r in rows]
+
+
+def test_v1_files_load_with_drop_rows_converted(tmp_path: Path) -> None:
+    path = tmp_path / "old.csv"
+    pd.DataFrame(v1_rows()).to_csv(path, index=False)
+    df = load(path)
+    assert (df["schema"] == SCHEMA).all() and SCHEMA == "qamoe-results/2"
+    drop = df[df["axis"] == "drop"].set_index("modalities")["value"]
+    assert drop.to_dict() == {"audio+vision": 0.75, "text": 0.55}  # kept text = dropped a+v
+    assert set(df.loc[df["axis"] != "drop", "modalities"]) == {"text+audio+vision"}
+
+
+def test_committed_v1_results_still_load() -> None:
+    root = Path(__file__).resolve().parents[2] / "docs" / "results" / "mosi-lite" / "pooled"
+    df = load(root / "qamoe.csv")
+    fm = fixed_missing(df, "Acc_2").set_index("variant")
+    # MOSI-lite's text carries the signal: dropping audio+vision costs little, dropping
+    # text leaves about chance (checked against the v1 file's "text" kept column).
+    assert fm.loc["normal", "audio+vision"] > 0.7 > 0.55 > fm.loc["normal", "text"]
+
+
+def test_unknown_metric_and_variant_alias() -> None:
+    with pytest.raises(DataFormatError, match=r"unknown metric name 'Acc_9' in data row 1"):
+        make_table([row(metric="Acc_9")])
+    for name in ("quality_smell", "expert_usage_x"):
+        with pytest.raises(DataFormatError, match="unknown metric name"):
+            make_table([row(metric=name)])
+    df = make_table([row(variant="shuffled"), row(metric="expert_usage_3")])
+    assert set(df["variant"]) == {"normal", "quality_shuffle"}
+
+
+def test_csv_safe_and_save_defuse_formulas(tmp_path: Path) -> None:
+    df = pd.DataFrame({"run": ["=cmd|' /C calc'!A0", "+1", "ok", "-x", "@s"], "v": [-1.0] * 5})
+    safe = csv_safe(df)
+    assert safe["run"].tolist() == ["'=cmd|' /C calc'!A0", "'+1", "ok", "'-x", "'@s"]
+    assert (safe["v"] == -1.0).all() and df["run"].iloc[0].startswith("=")  # input untouched
+    path = save(make_table([row(run="=HYPERLINK(1)", dataset="@evil")]), tmp_path / "r.csv")
+    text = path.read_text()
+    assert ",'=HYPERLINK(1)," in text and ",'@evil," in text and ",=" not in text
+
+
+def test_constant_rows_are_the_best_constant() -> None:
+    labels = np.array([1.0, 1, 1, 0, 0, 1, 1, 1])  # 6 of 8 positive
+    rows = constant_rows(labels, "binary", run="r", model="m", dataset="d", split="test")
+    df = make_table(rows)
+    got = df.set_index("metric")["value"]
+    assert got["Acc_2"] == pytest.approx(0.75) and got["n_samples"] == 8
+    assert (df["variant"] == "constant").all() and (df["modalities"] == "").all()
+    # MOSI: "always positive" for Has0 (3 of 5 >= 0), the median for MAE
+    truth = np.array([-2.0, -1.0, 0.0, 0.5, 2.5])
+    best = best_constant(truth, "mosi")
+    assert best["Has0_acc_2"] == (0.0, pytest.approx(0.6))
+    assert best["MAE"][0] == 0.0 and best["MAE"][1] == pytest.approx(6.0 / 5)
+    assert math.isnan(best["Corr"][1])
+    assert constants(df, "Acc_2")["value"].tolist() == [0.75]
+    assert measured(df).empty
+
+
+def test_summary_keys_clean_by_dataset() -> None:
+    """One run label in two datasets (runs/<dataset>/qamoe): clean scores stay apart."""
+    rows = [row(dataset="a", axis="clean", value=0.875), row(dataset="a", value=0.8)]
+    rows += [row(dataset="b", axis="clean", value=0.84), row(dataset="b", value=0.6)]
+    s = summarize(make_table(rows)).set_index("dataset")
+    assert s.loc["a", "clean"] == pytest.approx(0.875) and s.loc["b", "clean"] == 0.84
+
+
+@pytest.mark.parametrize("metric", ["Acc_2", "Has0_acc_2", "Non0_acc_2", "Mult_acc_7", "MAE"])
+def test_sample_terms_match_compute(metric: str) -> None:
+    rng = np.random.default_rng(0)
+    truth = np.round(rng.normal(0, 1.5, 200) * 2) / 2
+    pred = rng.normal(0, 1.5, 200)
+    scheme = "binary" if metric == "Acc_2" else "mosi"
+    if scheme == "binary":
+        truth = (truth > 0).astype(float)
+    num, den = sample_terms(pred, truth, scheme, metric)
+    assert num.sum() / den.sum() == pytest.approx(compute(pred, truth, scheme)[metric])
