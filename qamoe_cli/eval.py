@@ -95,7 +95,7 @@ def command(
         axes=tuple(parse_list(axis, "--axis") or SPECTRUM_AXES),
         levels=grid,
         seeds=tuple(range(corruption_seeds)),
-        modalities=tuple(m) if (m := parse_list(modalities, "--modalities")) else None,
+        modalities=tuple(parse_list(modalities, "--modalities") or ()),
         drop_sets=drop_sets,
         quality_shuffle=not no_shuffle,
         batch_size=batch_size,

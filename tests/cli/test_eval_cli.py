@@ -98,10 +98,10 @@ def test_per_sample_output_agrees_with_the_table(
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--sweep", "--levels", "0:1.5:0.5"], "must be a float in [0, 1]"),
+        (["--sweep", "--levels", "0:1.5:0.5"], "a list of numbers in [0, 1]"),
         (["--sweep", "--levels", "0.9:0.1:0.1"], "empty grid"),
-        (["--sweep", "--axis", "sideways"], "'axis' parameter"),
-        (["--split", "nope"], "has no split 'nope'"),
+        (["--sweep", "--axis", "sideways"], "among mixed, missing, noise"),
+        (["--split", "nope"], "one of train, valid, test"),
     ],
 )
 def test_bad_options(

@@ -12,11 +12,10 @@ import torch
 
 from qamoe_core.config import ModelConfig
 from qamoe_core.corrupt import corrupt_file
-from qamoe_core.errors import DataFormatError, InputError
+from qamoe_core.errors import ConfigError, DataFormatError, InputError
 from qamoe_core.evaluate import (
     DEFAULT_LEVELS,
     EvalConfig,
-    _reuse_encodings,
     evaluate_model,
     parse_levels,
     plan,
@@ -49,10 +48,12 @@ def test_parse_levels() -> None:
     assert parse_levels("0:0.9:0.1") == DEFAULT_LEVELS
     assert parse_levels("0:1:0.25") == (0.0, 0.25, 0.5, 0.75, 1.0)
     assert parse_levels("0.5, 0.1,0.5") == (0.1, 0.5)
+    for bad in ("0:1.5:0.1", "0,1.2", "-0.1,0.5"):  # parsed; the range is EvalConfig's check
+        with pytest.raises(ConfigError, match=r"'levels'.*\[0, 1\]"):
+            EvalConfig(levels=parse_levels(bad))
     for bad, match in [
-        ("0:1.5:0.1", r"\[0, 1\]"),
-        ("0,1.2", r"\[0, 1\]"),
         ("0.5:0.1:0.1", "empty grid"),
+        ("0,nan", "non-number"),
         ("0:1:0", "must be > 0"),
         ("a,b", "non-number"),
         ("0:1", "start:stop:step"),
@@ -76,35 +77,53 @@ def test_plan_counts() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"axes": ("sideways",)}, "axis"),
-        ({"axes": ()}, "at least one axis"),
-        ({"levels": ()}, "empty grid"),
+        ({"axes": ("sideways",)}, "'axes'.*among mixed, missing, noise"),
+        ({"axes": ()}, "'axes'.*non-empty"),
+        ({"levels": ()}, "'levels'.*non-empty"),
         ({"levels": (0.2, 1.3)}, r"\[0, 1\]"),
+        ({"levels": ("0.2",)}, r"\[0, 1\]"),
         ({"seeds": ()}, "seeds"),
+        ({"seeds": (1.5,)}, "integers >= 0"),
+        ({"seeds": (-1,)}, "seeds"),
         ({"modalities": ("smell",)}, "modalities"),
+        ({"split": "tset"}, "'split'.*train, valid, test"),
+        ({"batch_size": 0}, "'batch_size'.*>= 1"),
+        ({"noise_scale": 0.0}, "noise_scale"),
+        ({"per_sample": "yes"}, "boolean"),
     ],
 )
 def test_bad_config(kwargs: dict, match: str) -> None:
-    with pytest.raises(InputError, match=match):
+    with pytest.raises(ConfigError, match=match):
         EvalConfig(**kwargs)
 
 
-def test_reusing_encodings_changes_nothing(tiny_h5: Path) -> None:
+def test_config_normalises_and_keeps_seeds_exact() -> None:
+    cfg = EvalConfig(levels=(0.5, 0.1, 0.5), seeds=(2**62 + 1,), modalities=None)  # type: ignore[arg-type]
+    assert cfg.levels == (0.1, 0.5) and cfg.modalities == ()
+    assert cfg.seeds == (2**62 + 1,) and isinstance(cfg.seeds[0], int)
+
+
+def test_level_cap_holds_for_comma_lists_too() -> None:
+    # Before: only start:stop:step grids were capped; a comma list (or a library caller) was not.
+    many = ",".join(f"{i / 2000:.4f}" for i in range(1500))
+    with pytest.raises(InputError, match="1,500 points; at most 1001"):
+        EvalConfig(levels=parse_levels(many))
+    assert len(EvalConfig(levels=parse_levels(many[: many.index(",0.5000")])).levels) == 1000
+
+
+def test_precomputed_encodings_are_used(tiny_h5: Path) -> None:
     model = make_model(tiny_h5)
     batch = to_torch(load_split(tiny_h5, "test"))
     with torch.inference_mode():
         plain = model(batch)
         h, coverage = model.encode_with_coverage(batch)
-        with _reuse_encodings(model, (h, coverage)):
-            reused = model(batch)
+        reused = model(batch, encodings=(h, coverage))
         # The model really reads the encodings it is handed (and not the batch's): scaled
         # text encodings move the prediction.
-        with _reuse_encodings(model, ({**h, "text": 3 * h["text"]}, coverage)):
-            moved = model(batch)
+        moved = model(batch, encodings=({**h, "text": 3 * h["text"]}, coverage))
     torch.testing.assert_close(plain.prediction, reused.prediction, rtol=0, atol=0)
     assert not torch.allclose(plain.prediction, moved.prediction)
-    assert "encode" not in vars(model)  # the shadowing attributes are gone again
-    assert "encode_with_coverage" not in vars(model)
+    assert not any(callable(v) for v in vars(model).values())  # nothing patched onto it
 
 
 @pytest.fixture(scope="module")
