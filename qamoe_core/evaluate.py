@@ -1,9 +1,10 @@
 """Evaluation of one checkpoint: the clean split, a corrupted file, or a whole spectrum sweep.
 
 A sweep walks every (axis, level, corruption seed) of :class:`EvalConfig`, plus optionally the
-fixed-missing protocol (every non-empty proper subset of modalities kept, the others removed),
+fixed-missing protocol (every non-empty proper subset of modalities kept, the others removed;
+its rows name the removed ones, like every row names the modalities it corrupted),
 from ONE checkpoint, and returns the tidy table of ``results.py``. For models with quality
-scores it also runs the quality-shuffle control (r permuted within each batch: if the numbers
+scores it also runs the quality-shuffle control (r permuted across samples: if the numbers
 do not move, the router ignores quality) and records per-point diagnostics: the mean quality
 score per modality and each expert's share of the routing weight.
 
@@ -23,8 +24,9 @@ mosi preset's 686 test samples):
 - the quality-shuffle variant reuses the encoder outputs of the normal pass (the encoders are
   ~all of the cost and do not see r), and everything runs under ``torch.inference_mode``.
 
-Quality shuffling permutes r within each mini-batch of ``batch_size`` with a generator seeded
-by (shuffle_seed, point, first row), so it is reproducible for a given batch size.
+Quality shuffling permutes r within fixed windows of ``shuffle_window`` rows of the split (not
+within mini-batches: a batch of one would permute nothing), with one permutation per window
+seeded by (shuffle_seed, window): reproducible whatever the batch size, block or grid.
 """
 
 from __future__ import annotations
@@ -167,6 +169,10 @@ class EvalConfig(_Config):
     block_mib: float = _spec(512.0, 1e-6)
     # Seed of the quality permutations (independent of corruption and model seeds).
     shuffle_seed: int = _spec(0, 0, 2**63 - 1)
+    # The shuffle control permutes r within windows of this many rows of the split, whatever
+    # the batch size (within a batch of one it would permute nothing). 256 was the default
+    # batch size, within which the control always permuted.
+    shuffle_window: int = _spec(256, 2)
     # Keep every sample's prediction and quality scores at every point (EvalResult.samples):
     # for error analysis and per-sample checks of r_m. Costs a row per sample and point.
     per_sample: bool = _spec(False)
@@ -196,7 +202,8 @@ class Point:
 
     axis: str  # clean | mixed | missing | noise | drop
     level: float
-    modalities: tuple[str, ...]  # corrupted ones; for drop the KEPT ones
+    # The corrupted ones; for drop the DROPPED (removed) ones, as in the results schema v2.
+    modalities: tuple[str, ...]
     seed: int = 0
     # The data as read from the file (clean, or corrupted by `qamoe corrupt`): not corrupted here.
     given: bool = False
@@ -213,7 +220,7 @@ def plan(cfg: EvalConfig, modalities: Sequence[str], as_given: Point | None = No
     if cfg.drop_sets:
         for k in range(1, len(mods)):
             for kept in itertools.combinations(mods, k):
-                points.append(Point("drop", 1.0, kept))
+                points.append(Point("drop", 1.0, tuple(m for m in mods if m not in kept)))
     return points
 
 
@@ -230,16 +237,23 @@ class EvalResult:
     @property
     def clean(self) -> dict[str, float]:
         """Metric -> value at the first point (clean, or the file as given), normal variant."""
+        return self.first("normal")
+
+    def first(self, variant: str) -> dict[str, float]:
+        """Metric -> value at the first point for ``variant`` (empty when it was not run)."""
         t = self.table
-        first = t[(t["axis"] == self.info["first_axis"]) & (t["variant"] == "normal")]
+        first = t[(t["axis"] == self.info["first_axis"]) & (t["variant"] == variant)]
         first = first[first["level"] == self.info["first_level"]]
         return {str(r.metric): float(r.value) for r in first.itertuples()}
 
     def to_dict(self) -> dict[str, Any]:
+        """The facts, the first point's metrics, the summary and every row of the table (the
+        per-point results that ``--out`` writes as CSV)."""
         return {
             **self.info,
             "metrics": self.clean,
             "summary": self.summary.to_dict(orient="records"),
+            "results": self.table.to_dict(orient="records"),
         }
 
 
@@ -349,7 +363,7 @@ def _given_point(
     rec = chain[0]
     drop, level, axis = rec["drop"], rec["level"], rec["axis"]
     if drop and level == 0.0:
-        return Point("drop", 1.0, tuple(m for m in modalities if m not in drop), given=True)
+        return Point("drop", 1.0, tuple(m for m in modalities if m in drop), given=True)
     if drop:
         raise InputError(
             f"'{f.path}' was corrupted at level {level:g} AND had {'+'.join(drop)} dropped; "
@@ -443,7 +457,9 @@ class Evaluation:
         self.targets = sorted(
             {m for p in self.points if p.axis in SPECTRUM_AXES for m in p.modalities}
         )
-        self.block = max(cfg.batch_size, int(cfg.block_mib * 2**20 // max(row_bytes, 1)))
+        block = max(cfg.batch_size, int(cfg.block_mib * 2**20 // max(row_bytes, 1)))
+        # Whole shuffle windows per block, so that no window is split between two blocks.
+        self.block = -(-block // cfg.shuffle_window) * cfg.shuffle_window
         self.n_blocks = -(-self.n // self.block)
         # State of one run (reset by run()).
         self._acc = _Accumulator(self.n, cfg.per_sample)
@@ -540,21 +556,49 @@ class Evaluation:
     def evaluate_point(
         self, i: int, corrupter: _PointCorrupter, batch: Mapping[str, Tensor], rows: slice
     ) -> None:
-        """Point ``i`` on one block: corrupt, encode once, predict (normal, then shuffled)."""
+        """Point ``i`` on one block: corrupt, encode once, predict; then the shuffle control."""
         n, size = batch["label"].shape[0], self.cfg.batch_size
+        kept: list[Encodings] = []
         for s in range(0, n, size):
             e = min(n, s + size)
-            # No label: no loss to compute.
-            mb = {k: v for k, v in corrupter.rows(batch, s, e).items() if k != "label"}
-            sub = slice(rows.start + s, rows.start + e)
+            mb = _unlabelled(corrupter.rows(batch, s, e))
             encodings = self.encode(mb)
             out = self.predict(mb, encodings)
-            self._acc.add((i, "normal"), sub, out)
+            self._acc.add((i, "normal"), slice(rows.start + s, rows.start + e), out)
             if self._shuffle and out.quality is None:
                 self._shuffle = False  # no quality scores: nothing to shuffle
-            if self._shuffle:
-                shuffled = self.predict(mb, encodings, shuffle=self._generator(i, sub))
-                self._acc.add((i, "quality_shuffle"), sub, shuffled)
+            if self._shuffle and encodings is not None:
+                kept.append(encodings)
+        if self._shuffle:
+            self.shuffle_point(i, corrupter, batch, rows, _cat(kept) if kept else None)
+
+    def shuffle_point(
+        self,
+        i: int,
+        corrupter: _PointCorrupter,
+        batch: Mapping[str, Tensor],
+        rows: slice,
+        encodings: Encodings | None,
+    ) -> None:
+        """The quality-shuffle control at point ``i`` on one block: r permuted within each
+        window of ``shuffle_window`` rows of the split.
+
+        Windows start at multiples of the window from the split's first row (blocks are whole
+        windows), so the permutation depends on neither the batch size nor the block, and it
+        is keyed by (shuffle_seed, window) alone: the same at every point, whatever else is in
+        the grid. The encodings of the normal pass are reused when the model takes them;
+        otherwise the window is corrupted and encoded again.
+        """
+        n, w = batch["label"].shape[0], self.cfg.shuffle_window
+        for s in range(0, n, w):
+            e = min(n, s + w)
+            sub = slice(rows.start + s, rows.start + e)
+            if encodings is None:
+                mb, enc = _unlabelled(corrupter.rows(batch, s, e)), None
+            else:  # the model reads only the encodings (and a label, which there is not)
+                mb, enc = {}, _rows_of(encodings, s, e)
+            out = self.predict(mb, enc, shuffle=self._generator(sub.start // w))
+            self._acc.add((i, "quality_shuffle"), sub, out)
 
     def encode(self, mb: Mapping[str, Tensor]) -> Encodings | None:
         """The model's encodings of ``mb`` (None when its forward cannot take them)."""
@@ -574,8 +618,8 @@ class Evaluation:
             kwargs.update(shuffle_quality=True, generator=shuffle)
         return self.model(mb, **kwargs)
 
-    def _generator(self, i: int, rows: slice) -> torch.Generator:
-        seq = np.random.SeedSequence([self.cfg.shuffle_seed, i, rows.start])
+    def _generator(self, window: int) -> torch.Generator:
+        seq = np.random.SeedSequence([self.cfg.shuffle_seed, self.cfg.shuffle_window, window])
         return torch.Generator().manual_seed(int(seq.generate_state(1, np.uint64)[0] >> 1))
 
     def result(self, labels: np.ndarray, ids: np.ndarray | None, seconds: float) -> EvalResult:
@@ -669,6 +713,28 @@ class Evaluation:
         return ev
 
 
+def _unlabelled(mb: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The batch without its label: evaluation computes no loss."""
+    return {k: v for k, v in mb.items() if k != "label"}
+
+
+def _cat(parts: Sequence[Encodings]) -> Encodings:
+    """The encodings of consecutive mini-batches as one."""
+    h = {m: torch.cat([p[0][m] for p in parts]) for m in parts[0][0]}
+    cov = {
+        m: None if parts[0][1][m] is None else torch.cat([p[1][m] for p in parts])  # type: ignore[misc]
+        for m in parts[0][1]
+    }
+    return h, cov
+
+
+def _rows_of(enc: Encodings, s: int, e: int) -> Encodings:
+    h, cov = enc
+    return {m: v[s:e] for m, v in h.items()}, {
+        m: None if v is None else v[s:e] for m, v in cov.items()
+    }
+
+
 def _point_key(p: Point) -> dict[str, Any]:
     """The columns that name a point in the results and per-sample tables."""
     return {"axis": p.axis, "level": p.level, "modalities": join_modalities(p.modalities),
@@ -745,7 +811,7 @@ class _PointCorrupter:
             return mb
         if p.axis == "drop":
             return apply_draws(
-                mb, {}, {}, drop=[m for m in batch_modalities(mb) if m not in p.modalities]
+                mb, {}, {}, drop=[m for m in batch_modalities(mb) if m in p.modalities]
             )
         part = {
             m: ModalityDraws(None if d.u is None else d.u[s:e], None if d.z is None else d.z[s:e])

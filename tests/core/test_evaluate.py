@@ -16,6 +16,7 @@ from qamoe_core.errors import ConfigError, DataFormatError, InputError
 from qamoe_core.evaluate import (
     DEFAULT_LEVELS,
     EvalConfig,
+    Evaluation,
     evaluate_model,
     parse_levels,
     plan,
@@ -67,8 +68,9 @@ def test_plan_counts() -> None:
     full = plan(EvalConfig(sweep=True, drop_sets=True), MODS)
     assert len(full) == 1 + 10 * 3 * 3 + 6
     assert full[0].axis == "clean" and full[0].given
-    kept = {p.modalities for p in full if p.axis == "drop"}
-    assert ("text",) in kept and ("audio", "vision") in kept and MODS not in kept
+    dropped = {p.modalities for p in full if p.axis == "drop"}  # rows name the REMOVED ones
+    assert ("text",) in dropped and ("audio", "vision") in dropped and MODS not in dropped
+    assert len(dropped) == 6
     only = plan(EvalConfig(sweep=True, axes=("noise",), modalities=("audio",), seeds=(4,)), MODS)
     assert {(p.axis, p.modalities, p.seed) for p in only[1:]} == {("noise", ("audio",), 4)}
     assert len(plan(EvalConfig(), MODS)) == 1
@@ -169,6 +171,19 @@ def test_level_zero_is_clean_and_levels_matter(sweep: pd.DataFrame) -> None:
     )
 
 
+def test_drop_rows_name_the_dropped_modalities(
+    sweep: pd.DataFrame, tiny_h5: Path, tmp_path: Path
+) -> None:
+    # Before: axis=drop, modalities=text meant text was KEPT (elsewhere modalities lists the
+    # corrupted ones). Now it means text was removed: the row equals the file with text dropped.
+    no_text = tmp_path / "no-text.h5"
+    corrupt_file(tiny_h5, no_text, CorruptionSpec(level=0.0, drop=("text",)))
+    given = evaluate_model(make_model(tiny_h5), no_text, EvalConfig(), run="qa").table
+    assert set(given["modalities"]) == {"text"} and set(given["axis"]) == {"drop"}
+    assert value(sweep, axis="drop", modalities="text") == value(given, axis="drop")
+    assert value(sweep, axis="drop", modalities="audio+vision") != value(given, axis="drop")
+
+
 def test_shuffle_control_moves_predictions(sweep: pd.DataFrame) -> None:
     normal = value(sweep, axis="mixed", level=0.4, seed=0)
     shuffled = value(sweep, variant="quality_shuffle", axis="mixed", level=0.4, seed=0)
@@ -257,14 +272,36 @@ def test_blocks_do_not_change_results(tiny_h5: Path) -> None:
     cfg = EvalConfig(sweep=True, levels=(0.5,), seeds=(3,), axes=("mixed",), batch_size=8)
     one = evaluate_model(make_model(tiny_h5), tiny_h5, cfg).table
     # ~1 KiB blocks: one row per block at most, so the rows are read and drawn in many pieces.
-    many = evaluate_model(
-        make_model(tiny_h5), tiny_h5, EvalConfig(**{**cfg.__dict__, "block_mib": 0.001})
-    ).table
-    pd.testing.assert_frame_equal(
-        one[one["variant"] == "normal"].reset_index(drop=True),
-        many[many["variant"] == "normal"].reset_index(drop=True),
-        atol=1e-6,
-    )
+    # (Blocks are whole shuffle windows: windows of 2 rows keep them at 8 rows.)
+    small = cfg.override(block_mib=0.001, shuffle_window=2)
+    assert Evaluation(make_model(tiny_h5), tiny_h5, small).n_blocks == 4
+    one = evaluate_model(make_model(tiny_h5), tiny_h5, cfg.override(shuffle_window=2)).table
+    many = evaluate_model(make_model(tiny_h5), tiny_h5, small).table
+    pd.testing.assert_frame_equal(one, many, atol=1e-6)
+    assert set(many["variant"]) == {"normal", "quality_shuffle"}
+
+
+def test_shuffle_control_permutes_even_with_batches_of_one(tiny_h5: Path) -> None:
+    # Before: r was permuted within each mini-batch, so --batch-size 1 permuted nothing and the
+    # control read "the router ignores quality". Windows of the split do not depend on it.
+    cfg = EvalConfig(sweep=True, levels=(0.4,), seeds=(0,), axes=("mixed",))
+    ones = evaluate_model(make_model(tiny_h5), tiny_h5, cfg.override(batch_size=1)).table
+    assert value(ones, axis="mixed") != value(ones, variant="quality_shuffle", axis="mixed")
+    whole = evaluate_model(make_model(tiny_h5), tiny_h5, cfg).table
+    for metric in ("MAE", "Corr"):
+        assert value(ones, metric, "quality_shuffle", axis="mixed") == pytest.approx(
+            value(whole, metric, "quality_shuffle", axis="mixed"), abs=1e-5
+        )
+
+
+def test_shuffle_result_of_a_point_does_not_depend_on_the_grid(tiny_h5: Path) -> None:
+    # Before: the permutation was keyed by the point's index in the grid.
+    alone = EvalConfig(sweep=True, levels=(0.4,), seeds=(1,), axes=("noise",))
+    among = EvalConfig(sweep=True, levels=(0.2, 0.4), seeds=(0, 1), drop_sets=True)
+    got = [evaluate_model(make_model(tiny_h5), tiny_h5, c).table for c in (alone, among)]
+    for metric in ("MAE", "Corr", "Has0_acc_2"):
+        a, b = (value(t, metric, "quality_shuffle", axis="noise", level=0.4, seed=1) for t in got)
+        assert a == b
 
 
 def test_baseline_has_no_shuffle_or_quality(tiny_h5: Path) -> None:
