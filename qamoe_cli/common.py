@@ -21,19 +21,50 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+# The Click exceptions that typer raises. typer < 0.2x depends on the `click` package, later
+# ones vendor a copy as the private `typer._click` (and a separately installed `click` is then
+# another package). typer.BadParameter is public in both, and its bases are those classes.
+ClickUsageError: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError"
+)
+ClickException: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
+)
+
 # Progress, logs and errors go to stderr; stdout carries only results (tables or JSON).
 err_console = Console(stderr=True)
 out_console = Console()
 
-Force = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
+
+def flag(*names: str, help: str) -> Any:
+    """An on/off option that takes no value (``--sweep``, not ``--sweep true``).
+
+    metavar="" keeps typer >= 0.2x from printing ``<bool>`` after it in --help, which read as
+    if the flag wanted a value."""
+    return typer.Option(*names, help=help, metavar="")
+
+
+Force = Annotated[bool, flag("--force", help="Replace the output if it exists.")]
 JsonOut = Annotated[
-    bool, typer.Option("--json", help="Print the result as JSON on stdout (no table, no bar).")
+    bool, flag("--json", help="Print the result as JSON on stdout (no table, no bar).")
 ]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+Quiet = Annotated[bool, flag("--quiet", "-q", help="No progress bar.")]
 Seed = Annotated[
     int, typer.Option("--seed", min=0, help="Random seed >= 0 (same seed, same result).")
 ]
 OutFile = Annotated[Path, typer.Option("--out", "-o", help="Output file.", dir_okay=False)]
+
+
+def train_default(name: str, help: str) -> str:
+    """``help`` plus the TrainConfig default of the field ``name``, for flags whose Python
+    default is None (so that a --config file can set them) and whose real default would
+    otherwise not show in --help."""
+    from qamoe_core.config import TrainConfig  # light: no torch
+
+    value = getattr(TrainConfig(), name)
+    shown = f"{value:g}" if isinstance(value, float) else str(value)
+    # not "[default: …]": Rich would read the brackets as markup and drop them
+    return f"{help} Default: {shown} (or train.{name} in --config)."
 
 
 def _jsonable(value: Any) -> Any:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from qamoe_cli.common import Force, JsonOut, Quiet, emit, out_console, parse_list, progress
+from qamoe_cli.common import Force, JsonOut, Quiet, emit, flag, out_console, parse_list, progress
 
 _LEVELS_HELP = "Grid: start:stop:step (stop included) or a comma list, each in [0, 1]."
 
@@ -26,7 +26,7 @@ def command(
     ],
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
     sweep: Annotated[
-        bool, typer.Option("--sweep", help="Walk the spectrum: every axis, level and seed.")
+        bool, flag("--sweep", help="Walk the spectrum: every axis, level and seed.")
     ] = False,
     levels: Annotated[str, typer.Option(help=_LEVELS_HELP)] = "0:0.9:0.1",
     axis: Annotated[
@@ -38,7 +38,7 @@ def command(
     ] = None,
     drop_sets: Annotated[
         bool,
-        typer.Option(
+        flag(
             "--drop-sets", help="Fixed-missing protocol: every non-empty subset of modalities kept."
         ),
     ] = False,
@@ -46,7 +46,7 @@ def command(
         int, typer.Option(min=1, help="Corruption seeds per point (0, 1, ..., N-1).")
     ] = 3,
     no_shuffle: Annotated[
-        bool, typer.Option("--no-shuffle", help="Skip the quality-shuffle control.")
+        bool, flag("--no-shuffle", help="Skip the quality-shuffle control.")
     ] = False,
     name: Annotated[
         str | None, typer.Option(help="Label of the run in the results (default: folder name).")

@@ -15,6 +15,7 @@ from qamoe_cli.common import (
     Quiet,
     emit,
     err_console,
+    flag,
     out_console,
     parse_list,
     progress,
@@ -124,11 +125,11 @@ def command(
     ] = "0/1",
     resume: Annotated[
         bool,
-        typer.Option("--resume", help="Continue an interrupted run; finished clips are kept."),
+        flag("--resume", help="Continue an interrupted run; finished clips are kept."),
     ] = False,
     merge: Annotated[
         bool,
-        typer.Option("--merge", help="Assemble the finished shards into --out (no extraction)."),
+        flag("--merge", help="Assemble the finished shards into --out (no extraction)."),
     ] = False,
     force: Force = False,
     quiet: Quiet = False,

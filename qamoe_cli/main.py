@@ -1,8 +1,10 @@
 """The ``qamoe`` entry point: registers the subcommands and funnels every error.
 
-One error funnel: a ``QamoeError`` becomes ``error: …`` and ``hint: …`` on stderr with exit
-status 1; anything unexpected is reported the same way. A traceback is shown only with
-``--debug`` (anywhere on the command line) or ``QAMOE_DEBUG=1``.
+One error funnel: a ``QamoeError`` becomes ``error: …`` and ``hint: …`` on stderr; anything
+unexpected is reported the same way. A traceback is shown only with ``--debug`` (anywhere on
+the command line) or ``QAMOE_DEBUG=1``. Exit statuses follow one rule (EXIT_RULE below):
+2 for a request that is not valid (Click's usage errors and our ``UsageError``), 1 for a valid
+request that failed, 130/143 for Ctrl-C/SIGTERM.
 """
 
 from __future__ import annotations
@@ -17,11 +19,18 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from qamoe_cli import corrupt, demo, extract, report, train
+from qamoe_cli import audit, corrupt, demo, extract, report, train
 from qamoe_cli import eval as eval_cmd
-from qamoe_cli.common import err_console
+from qamoe_cli.common import ClickException, ClickUsageError, err_console
 from qamoe_core import __version__
-from qamoe_core.errors import NoSpaceError, QamoeError
+from qamoe_core.errors import NoSpaceError, QamoeError, UsageError
+
+EXIT_RULE = (
+    "Exit status: 0 done; 2 the command line is not valid (unknown option or choice, a value "
+    "out of range, options that contradict each other); 1 a valid request failed (a missing "
+    "or damaged file, bad data, an existing output without --force, a full disk); 130 "
+    "interrupted (Ctrl-C), 143 terminated (SIGTERM)."
+)
 
 app = typer.Typer(
     name="qamoe",
@@ -30,6 +39,7 @@ app = typer.Typer(
         "extract features, train QA-MoE and baselines, corrupt data at any level, evaluate "
         "sweeps and report reliability curves."
     ),
+    epilog=EXIT_RULE,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -56,12 +66,16 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     debug: Annotated[
-        bool, typer.Option("--debug", help="Show full tracebacks and debug logs.")
+        bool, typer.Option("--debug", help="Show full tracebacks and debug logs.", metavar="")
     ] = False,
     version: Annotated[
         bool,
         typer.Option(
-            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="Print the version and exit.",
+            metavar="",
         ),
     ] = False,
 ) -> None:
@@ -82,6 +96,7 @@ app.command("corrupt", help=corrupt.__doc__)(corrupt.command)
 app.command("eval", help=eval_cmd.__doc__)(eval_cmd.command)
 app.command("report", help=report.__doc__)(report.command)
 app.command("demo", help=demo.__doc__)(demo.command)
+app.command("audit", help=audit.HELP)(audit.command)
 
 
 def _print_error(message: str, hint: str | None) -> None:
@@ -162,23 +177,19 @@ def _main(argv: list[str] | None) -> int:
             raise
         _print_error(exc.message, exc.hint)
         _STATE["hard_exit"] = isinstance(exc, NoSpaceError)
-        return 1
+        return 2 if isinstance(exc, UsageError) else 1
     except KeyboardInterrupt as exc:
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"
         _print_error(f"{what}.", "Outputs are written atomically: nothing half-written.")
         return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:  # the funnel: unexpected errors still get one line
-        from typer._click import exceptions as cx  # typer vendors click
-
         if isinstance(exc, typer.Exit):
             return int(getattr(exc, "exit_code", 0) or 0)
-        if isinstance(exc, cx.UsageError):
-            path = exc.ctx.command_path if exc.ctx is not None else "qamoe"
-            _print_error(exc.format_message(), f"See '{path} --help'.")
-            return exc.exit_code
-        if isinstance(exc, cx.ClickException):
-            _print_error(exc.format_message(), None)
-            return exc.exit_code
+        if isinstance(exc, ClickUsageError):
+            return _usage_error(exc)
+        if isinstance(exc, ClickException):
+            _print_error(exc.format_message(), None)  # type: ignore[attr-defined]
+            return int(exc.exit_code)  # type: ignore[attr-defined]
         if isinstance(exc, typer.Abort):
             _print_error("aborted.", None)
             return 1
@@ -191,6 +202,19 @@ def _main(argv: list[str] | None) -> int:
         )
         return 1
     return 0
+
+
+def _usage_error(exc: Any) -> int:
+    """Click's usage errors: the message, and where to look (exit 2)."""
+    path = exc.ctx.command_path if exc.ctx is not None else "qamoe"
+    message = exc.format_message()
+    hint = f"See '{path} --help'."
+    words = message.lower().replace("(", " ").replace(")", " ").replace("'", " ").split()
+    if "extra" in words and {"true", "false", "yes", "no", "1", "0"} & set(words):
+        # `--sweep true`: an on/off flag takes no value
+        hint = f"On/off options take no value (e.g. --sweep, not --sweep true). {hint}"
+    _print_error(message, hint)
+    return int(exc.exit_code)
 
 
 def run() -> None:

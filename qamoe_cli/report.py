@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from qamoe_cli.common import Force, JsonOut, emit, out_console, parse_list
+from qamoe_cli.common import Force, JsonOut, emit, flag, out_console, parse_list
 
 
 def command(
@@ -33,7 +33,7 @@ def command(
     title: Annotated[str | None, typer.Option(help="Page title.")] = None,
     pool_seeds: Annotated[
         bool,
-        typer.Option(
+        flag(
             "--pool-seeds",
             help="Pool runs labelled NAME-s0, NAME-s1, ... into one run NAME: bands and "
             "tables then span model seeds as well as corruption seeds.",

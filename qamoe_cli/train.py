@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from qamoe_cli.common import Force, JsonOut, Quiet, emit, out_console, progress
+from qamoe_cli.common import Force, JsonOut, Quiet, emit, flag, out_console, progress, train_default
 from qamoe_core.config import MODEL_NAMES, ModelConfig, TrainConfig, read_sections, resolve
 from qamoe_core.errors import InputError
 
@@ -91,16 +91,22 @@ def command(
         Path | None,
         typer.Option("--config", "-c", help='JSON with "model" and/or "train" sections.'),
     ] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum epochs.")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Model seed (init, order).")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Per process.")] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", help=train_default("epochs", "Maximum epochs."))
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help=train_default("seed", "Model seed (init, order)."))
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help=train_default("batch_size", "Per process."))
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help=train_default("lr", "Peak learning rate."))
+    ] = None,
     device: Annotated[
         str, typer.Option("--device", help="auto (cuda when available), cpu or cuda.")
     ] = "auto",
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue an interrupted run in --out.")
-    ] = False,
+    resume: Annotated[bool, flag("--resume", help="Continue an interrupted run in --out.")] = False,
     force: Force = False,
     json_out: JsonOut = False,
     quiet: Quiet = False,

@@ -7,6 +7,20 @@ a corruption engine, training, evaluation sweeps and reports.
 
 __version__ = "0.1.0"
 
+from typing import Any
+
 from qamoe_core.names import MODALITIES, SPLITS
 
-__all__ = ["MODALITIES", "SPLITS", "__version__"]
+# The public functions of qamoe_core/api.py, imported on first use: they need torch, and
+# `import qamoe_core` (which the command line's --help does) must stay fast without it.
+_API = ("Run", "compute_metrics", "corrupt_batch", "load_run", "predict", "read_batch")
+
+__all__ = ["MODALITIES", "SPLITS", "__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from qamoe_core import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'qamoe_core' has no attribute {name!r}")

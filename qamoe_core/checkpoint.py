@@ -77,7 +77,10 @@ def check_run(path: str | os.PathLike[str], require: Sequence[str] = RUN_FILES) 
             hint="Train one with `qamoe train DATA.h5 --out runs/NAME`.",
         )
     if not run.is_dir():
-        raise CheckpointError(f"'{run}' is a file, not a run directory.")
+        raise CheckpointError(
+            f"'{run}' is a file, not a run directory.",
+            hint=f"Pass the run folder (the --out of `qamoe train`), e.g. '{run.parent}'.",
+        )
     missing = [name for name in require if not (run / name).is_file()]
     if missing:
         unfinished = (run / CONFIG).is_file() and (run / STATE).is_file()

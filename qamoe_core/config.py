@@ -23,7 +23,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from qamoe_core.errors import ConfigError, QamoeError
+from qamoe_core.errors import ConfigError, ConfigUsageError, QamoeError
 from qamoe_core.metrics import METRIC_NAMES
 from qamoe_core.names import AXES, MODALITIES
 
@@ -72,9 +72,9 @@ def _check_field(owner: str, name: str, value: Any, default: Any, meta: Mapping[
     lo, hi, choices = meta.get("lo", -INF), meta.get("hi", INF), meta.get("choices", ())
 
     def fail(expected: str) -> ConfigError:
-        return ConfigError(
+        return ConfigUsageError(  # a usage error (exit 2), from a flag or a --config field
             f"The '{name}' parameter must be {expected}. Got {value!r} instead.",
-            hint=meta.get("hint") or f"See the field '{name}' of {owner} in qamoe_core/config.py.",
+            hint=meta.get("hint") or f"Its default is {default!r}; see 'qamoe train --help'.",
         )
 
     if isinstance(default, bool):
@@ -146,7 +146,7 @@ class _Config:
         unknown = sorted(set(data) - set(cls.field_names()))
         if unknown:
             where = f" in section '{section}'" if section else ""
-            raise ConfigError(
+            raise ConfigUsageError(
                 f"Unknown config key(s){where}: {', '.join(unknown)}.",
                 hint=f"Valid keys: {', '.join(cls.field_names())}.",
             )
@@ -161,7 +161,7 @@ class _Config:
         changes = {k: v for k, v in changes.items() if v is not None}
         unknown = sorted(set(changes) - set(self.field_names()))
         if unknown:
-            raise ConfigError(f"Unknown config key(s): {', '.join(unknown)}.")
+            raise ConfigUsageError(f"Unknown config key(s): {', '.join(unknown)}.")
         return replace(self, **changes)  # type: ignore[type-var]
 
 
@@ -440,7 +440,7 @@ def split_sections(data: Mapping[str, Any], source: str = "config") -> tuple[dic
     allowed = {"model", "train"} | RUN_META_KEYS
     unknown = sorted(set(data) - allowed)
     if unknown:
-        raise ConfigError(
+        raise ConfigUsageError(
             f"Unknown config key(s) in {source}: {', '.join(unknown)}.",
             hint='A config file has the sections "model" and "train" (and "format_version").',
         )

@@ -2,10 +2,17 @@
 
 Core code raises these for anything a user can cause (bad files, bad parameters,
 damaged checkpoints); plain exceptions are reserved for programming errors.
+
+Exit statuses (the CLI funnel, qamoe_cli/main.py): a :class:`UsageError` means the request
+itself is not valid (an unknown choice, a value out of range, options that contradict each
+other) and exits 2, as Click's own usage errors do; every other error means a valid request
+could not be carried out (a missing or damaged file, bad data, an existing output, a full
+disk, a diverged training) and exits 1.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Any
 
@@ -26,12 +33,23 @@ class InputError(QamoeError):
     """A parameter or path given by the user is not acceptable."""
 
 
+class UsageError(InputError):
+    """The request is not valid: a parameter value (from a flag, a function argument or a
+    --config field) is not allowed, or options contradict each other. The CLI exits 2."""
+
+
 class DataFormatError(QamoeError):
     """A data file does not follow the expected schema (names the file and key)."""
 
 
 class ConfigError(QamoeError):
     """A configuration file or field is unknown or out of range."""
+
+
+class ConfigUsageError(ConfigError, UsageError):
+    """A config field is unknown, or its value (from a flag or a --config file) is out of its
+    range: the request is not valid (exit 2). A config file that is missing or not JSON
+    stays a plain ConfigError (exit 1)."""
 
 
 class CheckpointError(QamoeError):
@@ -56,29 +74,49 @@ class OutputExistsError(InputError):
         )
 
 
+_LEVEL_HINT = "0 is clean, 1 removes the modality entirely."
+
+
 def check_level(value: Any, name: str = "level") -> float:
-    """Return ``value`` as a float in [0, 1] or raise an sklearn-style InputError."""
+    """Return ``value`` as a float in [0, 1] or raise an sklearn-style UsageError."""
     try:
         level = float(value)
     except (TypeError, ValueError):
-        raise InputError(
-            f"The '{name}' parameter must be a float in [0, 1]. Got {value!r} instead.",
-            hint="0 is clean, 1 removes the modality entirely.",
-        ) from None
+        level = math.nan
     if not math.isfinite(level) or not 0.0 <= level <= 1.0:
-        raise InputError(
+        raise UsageError(
             f"The '{name}' parameter must be a float in [0, 1]. Got {value!r} instead.",
-            hint="0 is clean, 1 removes the modality entirely.",
+            hint=_LEVEL_HINT,
         )
     return level
 
 
+def _normalised(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+def nearest_choice(value: Any, choices: tuple[str, ...] | list[str]) -> str | None:
+    """The allowed value closest to ``value``: the same name up to case and ``_``/``-``
+    (``late_fusion`` -> ``late-fusion``), else the nearest spelling (difflib), else None."""
+    if not isinstance(value, str) or not choices:
+        return None
+    by_norm = {_normalised(str(c)): str(c) for c in choices}
+    if _normalised(value) in by_norm:
+        return by_norm[_normalised(value)]
+    close = difflib.get_close_matches(_normalised(value), list(by_norm), n=1, cutoff=0.6)
+    return by_norm[close[0]] if close else None
+
+
 def check_choice(value: Any, choices: tuple[str, ...] | list[str], name: str) -> str:
-    """Return ``value`` if it is one of ``choices`` or raise an InputError naming them."""
-    if value not in choices:
-        raise InputError(
-            f"The '{name}' parameter must be one of {', '.join(map(str, choices))}. "
-            f"Got {value!r} instead.",
-            hint="Names are case-sensitive; the command's --help lists them.",
-        )
-    return str(value)
+    """Return ``value`` if it is one of ``choices``, else raise a UsageError naming them and,
+    where one is close, suggesting it ("did you mean 'late-fusion'?")."""
+    if value in choices:
+        return str(value)
+    guess = nearest_choice(value, choices)
+    raise UsageError(
+        f"The '{name}' parameter must be one of {', '.join(map(str, choices))}. "
+        f"Got {value!r} instead.",
+        hint=f"Did you mean '{guess}'?"
+        if guess
+        else "Names are case-sensitive; the command's --help lists them.",
+    )

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from qamoe_core.atomic import atomic_path
 from qamoe_core.checkpoint import load_run, resolve_device
 from qamoe_core.config import _Config, _spec
-from qamoe_core.errors import ConfigError, DataFormatError, InputError
+from qamoe_core.errors import ConfigUsageError, DataFormatError, InputError, UsageError
 from qamoe_core.h5store import FeatureFile
 from qamoe_core.metrics import METRIC_NAMES, compute
 from qamoe_core.names import AXES, MODALITIES, SPLITS
@@ -80,7 +80,7 @@ _LEVELS_HINT = "e.g. --levels 0:0.9:0.1 or --levels 0,0.3,0.6"
 
 def _check_grid_size(count: int, text: str) -> None:
     if count > MAX_LEVELS:
-        raise InputError(
+        raise UsageError(
             f"The 'levels' grid {text} has {count:,} points; at most {MAX_LEVELS} are "
             "allowed (each is a pass over the split per axis and seed).",
             hint="Use a coarser step, e.g. --levels 0:1:0.05",
@@ -92,19 +92,19 @@ def parse_levels(text: str) -> tuple[float, ...]:
 
     Only parses: the range [0, 1] and the size of the grid are checked by EvalConfig (the
     one boundary every caller passes). A range is sized before it is built, so a step of
-    1e-12 fails at once instead of filling memory. Raises InputError for a malformed text.
+    1e-12 fails at once instead of filling memory. Raises UsageError for a malformed text.
     """
     text = text.strip()
     if ":" in text:
         parts = text.split(":")
         if len(parts) != 3:
-            raise InputError(
+            raise UsageError(
                 f"The 'levels' parameter must be start:stop:step or a comma list. Got {text!r}.",
                 hint=_LEVELS_HINT,
             )
         start, stop, step = (_level_number(p, text) for p in parts)
         if not step > 0:
-            raise InputError(
+            raise UsageError(
                 f"The step of 'levels' must be > 0. Got {step:g} instead.", hint=_LEVELS_HINT
             )
         count = math.floor((stop - start) / step + 1e-9) + 1
@@ -114,7 +114,7 @@ def parse_levels(text: str) -> tuple[float, ...]:
         values = [_level_number(p, text) for p in text.split(",") if p.strip()]
     levels = tuple(sorted({round(v, 10) for v in values}))
     if not levels:
-        raise InputError(
+        raise UsageError(
             f"The 'levels' parameter gives an empty grid: {text!r}.",
             hint="start must not exceed stop, e.g. --levels 0:0.9:0.1",
         )
@@ -127,12 +127,15 @@ def _level_number(part: str, text: str) -> float:
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
-        raise InputError(f"The 'levels' parameter holds a non-number: {text!r}.", hint=_LEVELS_HINT)
+        raise UsageError(f"The 'levels' parameter holds a non-number: {text!r}.", hint=_LEVELS_HINT)
     return value
 
 
 def _flag(flag: str) -> str:
     return f"Set it with {flag}; see `qamoe eval --help`."
+
+
+_LIBRARY = "A library option of EvalConfig (no flag); see help(qamoe_core.evaluate.EvalConfig)."
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,7 @@ class EvalConfig(_Config):
 
     split: str = _spec("test", choices=SPLITS, hint=_flag("--split"))
     # Walk the spectrum; without it, evaluate the file as given (clean or corrupted).
-    sweep: bool = _spec(False)
+    sweep: bool = _spec(False, hint=_flag("--sweep"))
     axes: tuple[str, ...] = _spec(SPECTRUM_AXES, choices=SPECTRUM_AXES, hint=_flag("--axis"))
     # LNLN's grid. Level 1 is left out by default: with every modality at 1 nothing is left
     # and Corr of the resulting constant prediction is undefined.
@@ -157,25 +160,25 @@ class EvalConfig(_Config):
         metadata={"choices": MODALITIES, "empty_ok": True, "hint": _flag("--modalities")},
     )
     # The fixed-missing protocol: every non-empty proper subset of modalities kept.
-    drop_sets: bool = _spec(False)
+    drop_sets: bool = _spec(False, hint=_flag("--drop-sets"))
     # Run the quality-shuffle control for models with quality scores.
-    quality_shuffle: bool = _spec(True)
+    quality_shuffle: bool = _spec(True, hint=_flag("--no-shuffle"))
     # The spectrum's default: level 1 adds noise as large as the train std per dimension.
-    noise_scale: float = _spec(1.0, 1e-6, 1e6)
+    noise_scale: float = _spec(1.0, 1e-6, 1e6, hint=_LIBRARY)
     # Rows per forward pass. Single-thread throughput is flat from 32 to 686 rows on the mosi
     # preset (~1,000 samples/s); larger batches give a second thread more work per operation.
     batch_size: int = _spec(256, 1, hint=_flag("--batch-size"))
     # Bounds the features read into memory at once; 512 MiB holds MOSI's or SIMS's test split.
-    block_mib: float = _spec(512.0, 1e-6)
+    block_mib: float = _spec(512.0, 1e-6, hint=_LIBRARY)
     # Seed of the quality permutations (independent of corruption and model seeds).
-    shuffle_seed: int = _spec(0, 0, 2**63 - 1)
+    shuffle_seed: int = _spec(0, 0, 2**63 - 1, hint=_LIBRARY)
     # The shuffle control permutes r within windows of this many rows of the split, whatever
     # the batch size (within a batch of one it would permute nothing). 256 was the default
     # batch size, within which the control always permuted.
-    shuffle_window: int = _spec(256, 2)
+    shuffle_window: int = _spec(256, 2, hint=_LIBRARY)
     # Keep every sample's prediction and quality scores at every point (EvalResult.samples):
     # for error analysis and per-sample checks of r_m. Costs a row per sample and point.
-    per_sample: bool = _spec(False)
+    per_sample: bool = _spec(False, hint=_flag("--per-sample"))
 
     def __post_init__(self) -> None:
         if self.modalities is None:  # type: ignore[comparison-overlap]  # older "all"
@@ -184,7 +187,7 @@ class EvalConfig(_Config):
         super().__post_init__()
         # The field specs read number lists as floats; seeds must stay exact integers.
         if any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
-            raise ConfigError(
+            raise ConfigUsageError(
                 f"The 'seeds' parameter must be a list of integers >= 0. Got {seeds!r} instead.",
                 hint=_flag("--corruption-seeds"),
             )
@@ -475,7 +478,7 @@ class Evaluation:
             )
         extra = [m for m in self.cfg.modalities if m not in self.modalities]
         if extra:
-            raise InputError(
+            raise UsageError(
                 f"The 'modalities' parameter names {', '.join(extra)}, which the model "
                 f"does not use (it has {', '.join(self.modalities)})."
             )

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from qamoe_core import MODALITIES, SPLITS
-from qamoe_core.errors import InputError
+from qamoe_core.errors import InputError, UsageError
 from qamoe_core.h5store import FeatureWriter, SplitArrays
 
 # Weights of the hidden components in the label, and each modality's signal gain relative to
@@ -70,7 +70,7 @@ def check_offset(offset: float | Mapping[str, float]) -> dict[str, float]:
     out = {m: values.get(m, 0.0) for m in MODALITIES}
     for m, v in out.items():
         if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= MAX_OFFSET:
-            raise InputError(
+            raise UsageError(
                 f"The 'offset' parameter must be a number in [0, {MAX_OFFSET:g}] per modality. "
                 f"Got {v!r} for {m} instead.",
                 hint="0 = centred features (the default); MOSI-lite's are 0.26, 3.73, 0.61.",
@@ -125,7 +125,7 @@ BLOCK = 256  # rows generated at a time: bounds memory for MOSEI-sized files
 
 def _check_preset(preset: str) -> Preset:
     if preset not in PRESETS:
-        raise InputError(
+        raise UsageError(
             f"The 'preset' parameter must be one of {', '.join(PRESETS)}. Got {preset!r} instead."
         )
     return PRESETS[preset]

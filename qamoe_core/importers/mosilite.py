@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from qamoe_core.atomic import check_output
-from qamoe_core.errors import DataFormatError, InputError
+from qamoe_core.errors import DataFormatError, InputError, UsageError
 from qamoe_core.h5store import SplitArrays, file_sha256, write_features
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def _read_rows(path: Path) -> list[list[str]]:
     if not rows:
         raise DataFormatError(
             f"'{path}' is empty.",
-            hint="Re-copy the file from the source (see ../shared/data/mosi-lite/README.md).",
+            hint="Re-copy the file from the source (see the MOSI-lite section of data/README.md).",
         )
     return rows
 
@@ -270,7 +270,7 @@ def import_mosilite(
     except (TypeError, ValueError):
         fraction = math.nan
     if not 0.0 < fraction < 1.0:
-        raise InputError(
+        raise UsageError(
             f"The 'valid_fraction' parameter must be a float in (0, 1). "
             f"Got {valid_fraction!r} instead.",
             hint=f"{DEFAULT_VALID_FRACTION} matches the standard MOSI train/valid ratio.",
@@ -279,7 +279,7 @@ def import_mosilite(
     if missing:
         raise DataFormatError(
             f"'{root}' is not a MOSI-lite folder: missing {', '.join(missing)}.",
-            hint="See ../shared/data/mosi-lite/README.md for the expected files.",
+            hint="The MOSI-lite section of data/README.md lists the expected files.",
         )
     check_output(out, force, inputs=[root / name for name in REQUIRED])
     tick = progress or (lambda n=1, **fields: None)

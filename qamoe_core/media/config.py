@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qamoe_core import MODALITIES
-from qamoe_core.errors import InputError, check_choice
+from qamoe_core.errors import UsageError, check_choice
 from qamoe_core.media.audio import AUDIO_BACKENDS
 from qamoe_core.media.manifest import SCHEMES
 from qamoe_core.media.vision import DEFAULT_FPS, VISION_BACKENDS
@@ -44,24 +44,24 @@ class MediaConfig:
         check_choice(self.scheme, tuple(SCHEMES), "scheme")
         if self.modalities is not None:
             if not self.modalities:
-                raise InputError(
+                raise UsageError(
                     "The 'modalities' parameter must name at least one modality.",
                     hint="e.g. --modalities text,audio (default: all the manifest provides).",
                 )
             for m in self.modalities:
                 check_choice(m, MODALITIES, "modalities")
         if not 0.5 <= self.vision_fps <= 60.0:
-            raise InputError(
+            raise UsageError(
                 f"The 'vision_fps' parameter must be in [0.5, 60]. Got {self.vision_fps} instead.",
                 hint="Video frames sampled per second (--fps of `qamoe extract media`).",
             )
         if not 0.5 <= self.max_seconds <= 3600.0:
-            raise InputError(
+            raise UsageError(
                 f"The 'max_seconds' parameter must be in [0.5, 3600]. Got {self.max_seconds}.",
                 hint="Longer clips are cut to this many seconds.",
             )
         if not 3 <= self.max_tokens <= 512:
-            raise InputError(
+            raise UsageError(
                 f"The 'max_tokens' parameter must be an int in [3, 512]. Got {self.max_tokens}.",
                 hint="512 is the text encoder's limit; [CLS] and [SEP] take two of them.",
             )
@@ -71,7 +71,7 @@ def parse_shard(value: str) -> tuple[int, int]:
     """Parse "i/n" (0 <= i < n) into (i, n)."""
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
     if m is None or not 0 <= int(m.group(1)) < int(m.group(2)):
-        raise InputError(
+        raise UsageError(
             f"The 'shard' parameter must look like i/n with 0 <= i < n. Got {value!r} instead.",
             hint="E.g. --shard 0/4 ... --shard 3/4, then --merge.",
         )

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qamoe_core import SPLITS
-from qamoe_core.errors import DataFormatError, InputError
+from qamoe_core.errors import DataFormatError, InputError, UsageError
 
 REQUIRED_COLUMNS = ("id", "split", "label", "text")
 OPTIONAL_COLUMNS = ("audio", "video")
@@ -99,7 +99,7 @@ def read_manifest(path: str | os.PathLike[str], scheme: str = "mosi") -> Manifes
     """Read and check a manifest CSV; raise DataFormatError listing the first bad lines."""
     path = Path(path)
     if scheme not in SCHEMES:
-        raise InputError(
+        raise UsageError(
             f"The 'scheme' parameter must be one of {', '.join(SCHEMES)}. Got {scheme!r} instead.",
             hint="The scheme fixes the label range and the metrics (mosi: [-3, 3]).",
         )

@@ -35,7 +35,7 @@ from typing import Any
 
 from qamoe_core import MODALITIES, __version__
 from qamoe_core.atomic import check_output
-from qamoe_core.errors import ConfigError, InputError
+from qamoe_core.errors import ConfigError, InputError, UsageError
 from qamoe_core.h5store import file_sha256
 from qamoe_core.media.assemble import (
     assemble,
@@ -242,10 +242,10 @@ def extract_media(
     config.validate()
     out = Path(out)
     if workers < 1:
-        raise InputError(f"The 'workers' parameter must be an int >= 1. Got {workers} instead.")
+        raise UsageError(f"The 'workers' parameter must be an int >= 1. Got {workers} instead.")
     index, n_shards = shard
     if not 0 <= index < n_shards:
-        raise InputError(f"The 'shard' parameter must satisfy 0 <= i < n. Got {index}/{n_shards}.")
+        raise UsageError(f"The 'shard' parameter must satisfy 0 <= i < n. Got {index}/{n_shards}.")
     manifest = read_manifest(manifest_path, config.scheme)
     modalities = resolve_modalities(config, manifest)
     media = [p for c in manifest.clips for p in (c.audio, c.video) if p is not None]

@@ -96,12 +96,15 @@ def test_per_sample_output_agrees_with_the_table(
 
 
 @pytest.mark.parametrize(
-    ("extra", "message"),
+    ("extra", "message", "code"),
     [
-        (["--sweep", "--levels", "0:1.5:0.5"], "a list of numbers in [0, 1]"),
-        (["--sweep", "--levels", "0.9:0.1:0.1"], "empty grid"),
-        (["--sweep", "--axis", "sideways"], "among mixed, missing, noise"),
-        (["--split", "nope"], "one of train, valid, test"),
+        # Every value eval checks is a usage error (exit 2): EvalConfig's field specs and
+        # parse_levels raise UsageError.
+        (["--sweep", "--levels", "0:1.5:0.5"], "a list of numbers in [0, 1]", 2),
+        (["--sweep", "--levels", "0.9:0.1:0.1"], "empty grid", 2),
+        (["--sweep", "--levels", "0,x"], "non-number", 2),
+        (["--sweep", "--axis", "sideways"], "among mixed, missing, noise", 2),
+        (["--split", "nope"], "one of train, valid, test", 2),
     ],
 )
 def test_bad_options(
@@ -109,9 +112,10 @@ def test_bad_options(
     tiny_h5: Path,
     extra: list[str],
     message: str,
+    code: int,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["eval", str(run_dir), "--data", str(tiny_h5), *extra]) == 1
+    assert main(["eval", str(run_dir), "--data", str(tiny_h5), *extra]) == code
     err = capsys.readouterr().err
     assert "error:" in err and message in err
 

@@ -94,6 +94,6 @@ def test_mosilite_json_and_table(tmp_path: Path) -> None:
 def test_mosilite_bad_fraction(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_mosilite(tmp_path / "ml")
     argv = ["extract", "mosi-lite", str(tmp_path / "ml"), "--out", str(tmp_path / "x.h5")]
-    assert main([*argv, "--valid-fraction", "1.5"]) == 1
+    assert main([*argv, "--valid-fraction", "1.5"]) == 2  # out of range: a usage error
     err = capsys.readouterr().err
     assert "'valid_fraction' parameter must be a float in (0, 1). Got 1.5" in err

@@ -175,3 +175,134 @@ def test_quiet_hooks_stay_inside_main(tmp_path: Path) -> None:
     )
     assert (sys.excepthook, sys.unraisablehook) == before
     assert sys.unraisablehook is not _quiet_unraisable
+
+
+# -- help and the exit-status rule (issue 13, item 6) ----------------------------------------
+
+
+def _help(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    assert main([*args, "--help"]) == 0
+    # the help is a Rich table: drop its borders so that wrapped cells read as one text
+    return " ".join(capsys.readouterr().out.replace("│", " ").split())
+
+
+def test_flags_show_no_value_placeholder(capsys: pytest.CaptureFixture[str]) -> None:
+    text = _help(capsys, "eval")
+    for name in ("--sweep", "--drop-sets", "--no-shuffle", "--force", "--quiet", "--json"):
+        after = text.split(name, 1)[1][:12]
+        assert "<bool>" not in after and "BOOLEAN" not in after, (name, after)
+    # value options keep their type (typer >= 0.2x writes "<int range>", older "INTEGER RANGE")
+    assert "int" in text.split("--batch-size", 1)[1][:30].lower()
+
+
+def test_flag_given_a_value_gets_a_hint(tiny_h5: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["corrupt", str(tiny_h5), "--level", "0.1", "--out", "x.h5", "--force", "true"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unexpected extra argument" in err
+    assert "take no value" in err
+
+
+def test_train_help_shows_the_config_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    from qamoe_core.config import TrainConfig
+
+    text = _help(capsys, "train")
+    d = TrainConfig()
+    for name, value in (("epochs", d.epochs), ("seed", d.seed), ("batch_size", d.batch_size)):
+        assert f"Default: {value} (or train.{name} in --config)" in text
+    assert f"Default: {d.lr:g} (or train.lr in --config)" in text
+
+
+def test_root_help_states_the_exit_rule(capsys: pytest.CaptureFixture[str]) -> None:
+    text = _help(capsys)
+    assert "Exit status: 0 done; 2 the command line is not valid" in text
+    assert "1 a valid request failed" in text
+
+
+@pytest.mark.parametrize(
+    ("value", "guess"),
+    [
+        ("late_fusion", "late-fusion"),
+        ("Late-Fusion", "late-fusion"),
+        ("erly-fusion", "early-fusion"),
+    ],
+)
+def test_check_choice_suggests_the_nearest(value: str, guess: str) -> None:
+    from qamoe_core.errors import UsageError, check_choice
+
+    choices = ("qamoe", "late-fusion", "early-fusion", "dense-moe")
+    with pytest.raises(UsageError) as info:
+        check_choice(value, choices, "model")
+    assert info.value.hint == f"Did you mean '{guess}'?"
+    assert check_choice("dense-moe", choices, "model") == "dense-moe"
+
+
+def test_check_choice_without_a_near_value() -> None:
+    from qamoe_core.errors import UsageError, check_choice
+
+    with pytest.raises(UsageError) as info:
+        check_choice("zzz", ("missing", "noise", "mixed"), "axis")
+    assert "Did you mean" not in (info.value.hint or "") and "--help" in (info.value.hint or "")
+
+
+def test_exit_2_for_usage_1_for_data(
+    tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = str(tmp_path / "c.h5")
+    # usage: an unknown choice (with its suggestion), a value out of range, an unknown flag
+    assert main(["corrupt", str(tiny_h5), "--level", "0.2", "--axis", "Mixed", "--out", out]) == 2
+    assert "Did you mean 'mixed'?" in capsys.readouterr().err
+    assert main(["corrupt", str(tiny_h5), "--level", "1.5", "--out", out]) == 2
+    assert main(["corrupt", str(tiny_h5), "--levle", "0.2", "--out", out]) == 2
+    # data: a missing input file, an output that exists
+    assert main(["corrupt", str(tmp_path / "none.h5"), "--level", "0.2", "--out", out]) == 1
+    assert main(["corrupt", str(tiny_h5), "--level", "0.2", "--out", out, "-q"]) == 0
+    assert main(["corrupt", str(tiny_h5), "--level", "0.2", "--out", out, "-q"]) == 1
+    capsys.readouterr()
+
+
+def test_eval_on_the_model_file_points_to_the_folder(
+    tmp_path: Path, tiny_h5: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "runs" / "qa"
+    run.mkdir(parents=True)
+    (run / "model.pt").write_bytes(b"not read")
+    assert main(["eval", str(run / "model.pt"), "--data", str(tiny_h5)]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "is a file, not a run directory" in err and "hint: Pass the run folder" in err
+    assert f"'{run}'" in err
+
+
+# Usage errors still raised as plain InputError in files other helpers own: each should exit 2
+# once it raises qamoe_core.errors.UsageError (or goes through check_choice). strict: when one
+# is fixed, its case passes and must move out of this list.
+PENDING_USAGE = [
+    pytest.param(
+        ["train", "{data}", "--out", "{tmp}/r", "--model", "late_fusion"], id="train-model"
+    ),
+    pytest.param(["train", "{data}", "--out", "{tmp}/r", "--resume", "--force"], id="resume+force"),
+    pytest.param(
+        ["eval", "{tmp}", "--data", "{data}", "--sweep", "--axis", "sideways"], id="eval-axis"
+    ),
+    pytest.param(
+        ["corrupt", "{data}", "--level", "0.2", "--modalities", "smell", "--out", "{tmp}/c.h5"],
+        id="corrupt-modalities",
+    ),
+]
+
+
+@pytest.mark.xfail(strict=True, reason="UsageError not yet raised there (issue 13, item 6)")
+@pytest.mark.parametrize("argv", PENDING_USAGE)
+def test_pending_usage_errors_exit_2(argv: list[str], tiny_h5: Path, tmp_path: Path) -> None:
+    args = [a.format(data=tiny_h5, tmp=tmp_path) for a in argv]
+    assert main(args) == 2
+
+
+def test_click_exception_classes_are_the_ones_typer_raises() -> None:
+    # typer < 0.26 raises click's exceptions, later ones those of its vendored copy; the
+    # funnel must catch whichever it is (else a typo in a flag would be "unexpected")
+    from qamoe_cli.common import ClickException, ClickUsageError
+    from qamoe_cli.main import app
+
+    with pytest.raises(ClickUsageError) as info:
+        app(args=["corrupt", "--no-such-flag"], standalone_mode=False)
+    assert isinstance(info.value, ClickException)

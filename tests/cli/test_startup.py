@@ -84,3 +84,9 @@ def test_cli_copy_of_core_constant_matches_core() -> None:
     from qamoe_core.importers import mosilite
 
     assert extract_mosilite.DEFAULT_VALID_FRACTION == mosilite.DEFAULT_VALID_FRACTION
+
+
+def test_the_library_face_is_lazy() -> None:
+    # `import qamoe_core` stays light; its public functions pull torch only when first used
+    assert _heavy_loaded_after("import qamoe_core; qamoe_core.__version__") == []
+    assert "torch" in _heavy_loaded_after("import qamoe_core; qamoe_core.predict")

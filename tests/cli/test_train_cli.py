@@ -84,10 +84,13 @@ def test_config_errors_are_one_line(
 ) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"model": {"top_kk": 2}}))
-    assert main(["train", str(tiny_h5), "--out", str(tmp_path / "r"), "--config", str(bad)]) == 1
+    assert (
+        main(["train", str(tiny_h5), "--out", str(tmp_path / "r"), "--config", str(bad)]) == 2
+    )  # unknown field: usage
     err = capsys.readouterr().err
     assert "error: Unknown config key(s) in section 'model': top_kk." in err and "hint:" in err
-    assert main(["train", str(tiny_h5), "--out", str(tmp_path / "r"), "--epochs", "0"]) == 1
+    # a value out of range is a usage error: exit 2
+    assert main(["train", str(tiny_h5), "--out", str(tmp_path / "r"), "--epochs", "0"]) == 2
     assert "The 'epochs' parameter must be an integer in [1, 100000]. Got 0" in (
         capsys.readouterr().err
     )

@@ -85,7 +85,9 @@ def test_librosa_on_silence_and_tiny_clips(librosa_audio: LibrosaAudio) -> None:
     assert x.shape == (11, 63) and np.isfinite(x).all()
     cols = librosa_audio.columns()
     assert (x[:, cols.index("voiced")] == 0).all()  # digital silence is never voiced
-    assert (x[:, cols.index("rms_db")] == -100.0).all()
+    # The floor is 20*log10(1e-5) = -100 dBFS, computed in float32: -100.00001 with numpy 2.4,
+    # -100.0 exactly with older versions. 1e-3 dB is far below any meaningful level difference.
+    np.testing.assert_allclose(x[:, cols.index("rms_db")], -100.0, rtol=0, atol=1e-3)
 
 
 def test_speech_differs_from_tone(tmp_path: Path, librosa_audio: LibrosaAudio) -> None:

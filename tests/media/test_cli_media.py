@@ -19,9 +19,10 @@ def test_bad_shard_and_backend_are_one_line_errors(
     manifest = tmp_path / "m.csv"
     manifest.write_text("id,split,label,text,audio\na,train,1,hi,a.wav\n")
     out = str(tmp_path / "o.h5")
-    assert main(["extract", "media", str(manifest), "-o", out, "--shard", "2/2"]) == 1
+    # bad flag values are usage errors (exit 2); a bad manifest row is a data error (exit 1)
+    assert main(["extract", "media", str(manifest), "-o", out, "--shard", "2/2"]) == 2
     assert "must look like i/n" in capsys.readouterr().err
-    assert main(["extract", "media", str(manifest), "-o", out, "--vision", "openface"]) == 1
+    assert main(["extract", "media", str(manifest), "-o", out, "--vision", "openface"]) == 2
     assert "'vision' parameter must be one of landmarks, haar" in capsys.readouterr().err
     manifest.write_text("id,split,label,text,audio\na,dev,1,hi,a.wav\n")
     assert main(["extract", "media", str(manifest), "-o", out]) == 1
