@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -79,14 +80,7 @@ def command(
     from qamoe_core.atomic import check_output, same_file
     from qamoe_core.checkpoint import ALL_FILES
     from qamoe_core.evaluate import EvalConfig, Evaluation, parse_levels, save_samples
-    from qamoe_core.metrics import PRIMARY, higher_is_better
-    from qamoe_core.results import (
-        QUALITY_PREFIX,
-        SPECTRUM_AXES,
-        USAGE_PREFIX,
-        is_diagnostic,
-        save,
-    )
+    from qamoe_core.results import SPECTRUM_AXES, save
 
     grid = parse_levels(levels)  # validated even without --sweep: a bad list is a mistake
     cfg = EvalConfig(
@@ -95,7 +89,7 @@ def command(
         axes=tuple(parse_list(axis, "--axis") or SPECTRUM_AXES),
         levels=grid,
         seeds=tuple(range(corruption_seeds)),
-        modalities=tuple(m) if (m := parse_list(modalities, "--modalities")) else None,
+        modalities=tuple(parse_list(modalities, "--modalities") or ()),
         drop_sets=drop_sets,
         quality_shuffle=not no_shuffle,
         batch_size=batch_size,
@@ -106,9 +100,10 @@ def command(
             "--out and --per-sample name the same file; each needs its own.",
             param_hint="--per-sample",
         )
-    for target in (out, per_sample):  # fail on an existing output before minutes of work
+    for target in (out, per_sample):  # fail on an output it cannot write before the work
         if target is not None:
             check_output(target, force, inputs=[data, *(run / name for name in ALL_FILES)])
+            _check_writable(target)
     ev = Evaluation.from_run(run, data, cfg, name=name, device=device)
     with progress(ev.steps, f"eval {ev.run_name}", enabled=not (quiet or json_out)) as advance:
         result = ev.run(progress=advance)
@@ -120,51 +115,111 @@ def command(
     summary["per_sample"] = str(per_sample) if per_sample is not None else None
 
     def render() -> None:
-        info = result.info
-        out_console.print(
-            f"[bold]{info['run']}[/] ({info['model']}) on {info['dataset']}/{info['split']}: "
-            f"{info['n_samples']} samples, {info['points']} points, {info['seconds']:.1f} s",
-            soft_wrap=True,
-            highlight=False,
-        )
-        values = result.clean
-        first = Table(title=f"{info['first_axis']} (level {info['first_level']:g})")
-        first.add_column("metric", no_wrap=True)
-        first.add_column("value", justify="right")
-        for metric, value in values.items():
-            if not is_diagnostic(metric):
-                first.add_row(metric, f"{value:.4f}")
-        out_console.print(first)
-        for prefix, label in ((QUALITY_PREFIX, "quality r"), (USAGE_PREFIX, "expert usage #")):
-            parts = [
-                f"{k[len(prefix) :]} {v:.3f}" for k, v in values.items() if k.startswith(prefix)
-            ]
-            if parts:
-                out_console.print(f"{label}: " + "  ".join(parts), highlight=False, soft_wrap=True)
-        if not result.summary.empty:
-            primary = PRIMARY.get(info["scheme"], "")
-            s = result.summary[result.summary["metric"].isin([primary, "MAE"])]
-            table = Table(title="Reliability summary (seeds averaged per level)")
-            for col in ("axis", "variant", "metric", "clean", "mean", "area", "area/clean"):
-                right = col not in ("axis", "variant", "metric")
-                table.add_column(col, justify="right" if right else "left", no_wrap=True)
-            for r in s.itertuples():
-                arrow = "↑" if higher_is_better(str(r.metric)) else "↓"
-                table.add_row(
-                    str(r.axis),
-                    "shuffled" if r.variant == "quality_shuffle" else "normal",
-                    f"{r.metric} {arrow}",
-                    f"{r.clean:.4f}",
-                    f"{r.mean:.4f}",
-                    f"{r.area:.4f}",
-                    f"{r.area_over_clean:.3f}",
-                )
-            out_console.print(table)
-        if out is not None:
-            out_console.print(f"results: {out}", soft_wrap=True, highlight=False)
-        elif sweep:
-            out_console.print("Pass --out results.csv to keep the table for `qamoe report`.")
-        if per_sample is not None:
-            out_console.print(f"per-sample: {per_sample}", soft_wrap=True, highlight=False)
+        _render(result, out, per_sample, sweep)
 
     emit(summary, json_mode=json_out, render=render)
+
+
+# The CLI's name for the quality-shuffle control is the results' variant name (one name).
+_SHUFFLE_NOTE = (
+    "quality_shuffle: the control with each sample's quality scores r swapped with another's "
+    "(permuted across samples); close to normal means the model ignores r."
+)
+
+
+def _check_writable(target: Path) -> None:
+    """Fail now, not after the sweep, when the output's folder refuses new files."""
+    import os
+    import tempfile
+
+    from qamoe_core.errors import InputError
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".qamoe-probe.", dir=target.parent)
+    except OSError as exc:
+        raise InputError(
+            f"Cannot write into '{target.parent}': {exc.strerror or exc}.",
+            hint="Check the folder's permissions, or write somewhere else with --out.",
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _render(result: Any, out: Path | None, per_sample: Path | None, sweep: bool) -> None:
+    """The human view: the first point, its diagnostics, and the summary of a sweep."""
+    info = result.info
+    out_console.print(
+        f"[bold]{info['run']}[/] ({info['model']}) on {info['dataset']}/{info['split']}: "
+        f"{info['n_samples']} samples, {info['points']} points, {info['seconds']:.1f} s",
+        soft_wrap=True,
+        highlight=False,
+    )
+    _render_first(result)
+    if _swept(result):
+        _render_summary(result)
+    if info["quality_shuffle"]:
+        out_console.print(_SHUFFLE_NOTE, soft_wrap=True, highlight=False)
+    if out is not None:
+        out_console.print(f"results: {out}", soft_wrap=True, highlight=False)
+    elif sweep:
+        out_console.print("Pass --out results.csv to keep the table for `qamoe report`.")
+    if per_sample is not None:
+        out_console.print(f"per-sample: {per_sample}", soft_wrap=True, highlight=False)
+
+
+def _swept(result: Any) -> bool:
+    """Whether any axis was evaluated at more than one level (a summary is then defined)."""
+    from qamoe_core.results import SPECTRUM_AXES
+
+    t = result.table
+    spectrum = t[t["axis"].isin(SPECTRUM_AXES)]
+    return bool(len(spectrum) and spectrum.groupby("axis")["level"].nunique().max() > 1)
+
+
+def _render_first(result: Any) -> None:
+    from qamoe_core.results import QUALITY_PREFIX, USAGE_PREFIX, is_diagnostic
+
+    info = result.info
+    values, shuffled = result.clean, result.first("quality_shuffle")
+    first = Table(title=f"{info['first_axis']} (level {info['first_level']:g})")
+    first.add_column("metric", no_wrap=True)
+    first.add_column("normal" if shuffled else "value", justify="right")
+    if shuffled:
+        first.add_column("quality_shuffle", justify="right")
+    for metric, value in values.items():
+        if not is_diagnostic(metric):
+            extra = [_cell(shuffled.get(metric, math.nan))] if shuffled else []
+            first.add_row(metric, _cell(value), *extra)
+    out_console.print(first)
+    for prefix, label in ((QUALITY_PREFIX, "quality r"), (USAGE_PREFIX, "expert usage #")):
+        parts = [f"{k[len(prefix) :]} {v:.3f}" for k, v in values.items() if k.startswith(prefix)]
+        if parts:
+            out_console.print(f"{label}: " + "  ".join(parts), highlight=False, soft_wrap=True)
+
+
+def _render_summary(result: Any) -> None:
+    """The reliability summary, with only the columns that are defined for this evaluation
+    (no clean point, e.g. a sweep without one: no clean or area/clean column)."""
+    from qamoe_core.metrics import PRIMARY, higher_is_better
+
+    s = result.summary
+    s = s[s["metric"].isin([PRIMARY.get(result.info["scheme"], ""), "MAE"])]
+    if s.empty:
+        return
+    cols = [c for c in ("clean", "mean", "area", "area_over_clean") if s[c].notna().any()]
+    for metric, rows in s.groupby("metric", sort=False):  # one table per metric: 80 columns
+        arrow = "higher is better" if higher_is_better(str(metric)) else "lower is better"
+        table = Table(title=f"{metric} ({arrow}), seeds averaged per level")
+        for col in ("axis", "variant", *cols):
+            right = col not in ("axis", "variant")
+            head = "area/clean" if col == "area_over_clean" else col
+            table.add_column(head, justify="right" if right else "left", no_wrap=True)
+        for r in rows.itertuples():
+            values = [_cell(getattr(r, c), 3 if c == "area_over_clean" else 4) for c in cols]
+            table.add_row(str(r.axis), str(r.variant), *values)
+        out_console.print(table)
+
+
+def _cell(value: float, digits: int = 4) -> str:
+    """A number, or n/a where it is undefined (e.g. Corr of a constant prediction)."""
+    return f"{value:.{digits}f}" if math.isfinite(value) else "n/a"

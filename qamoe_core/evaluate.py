@@ -1,9 +1,10 @@
 """Evaluation of one checkpoint: the clean split, a corrupted file, or a whole spectrum sweep.
 
 A sweep walks every (axis, level, corruption seed) of :class:`EvalConfig`, plus optionally the
-fixed-missing protocol (every non-empty proper subset of modalities kept, the others removed),
+fixed-missing protocol (every non-empty proper subset of modalities kept, the others removed;
+its rows name the removed ones, like every row names the modalities it corrupted),
 from ONE checkpoint, and returns the tidy table of ``results.py``. For models with quality
-scores it also runs the quality-shuffle control (r permuted within each batch: if the numbers
+scores it also runs the quality-shuffle control (r permuted across samples: if the numbers
 do not move, the router ignores quality) and records per-point diagnostics: the mean quality
 score per modality and each expert's share of the routing weight.
 
@@ -23,19 +24,20 @@ mosi preset's 686 test samples):
 - the quality-shuffle variant reuses the encoder outputs of the normal pass (the encoders are
   ~all of the cost and do not see r), and everything runs under ``torch.inference_mode``.
 
-Quality shuffling permutes r within each mini-batch of ``batch_size`` with a generator seeded
-by (shuffle_seed, point, first row), so it is reproducible for a given batch size.
+Quality shuffling permutes r within fixed windows of ``shuffle_window`` rows of the split (not
+within mini-batches: a batch of one would permute nothing), with one permutation per window
+seeded by (shuffle_seed, window): reproducible whatever the batch size, block or grid.
 """
 
 from __future__ import annotations
 
-import contextlib
+import inspect
 import itertools
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,16 +47,19 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from qamoe_core import MODALITIES
 from qamoe_core.atomic import atomic_path
 from qamoe_core.checkpoint import load_run, resolve_device
-from qamoe_core.errors import DataFormatError, InputError, check_level
+from qamoe_core.config import _Config, _spec
+from qamoe_core.errors import ConfigUsageError, DataFormatError, InputError, UsageError
 from qamoe_core.h5store import FeatureFile
 from qamoe_core.metrics import METRIC_NAMES, compute
+from qamoe_core.names import AXES, MODALITIES, SPLITS
 from qamoe_core.results import (
     QUALITY_PREFIX,
     SPECTRUM_AXES,
     USAGE_PREFIX,
+    constant_rows,
+    csv_safe,
     join_modalities,
     make_table,
     summarize,
@@ -66,6 +71,8 @@ log = logging.getLogger(__name__)
 # LNLN's random-missing protocol: rates 0.0 ... 0.9, three seeds (DESIGN §7).
 DEFAULT_LEVELS: tuple[float, ...] = tuple(round(0.1 * i, 10) for i in range(10))
 Progress = Callable[..., None]
+# A model's encode_with_coverage(batch): pooled encodings and coverages per modality.
+Encodings = tuple[dict[str, Tensor], dict[str, Tensor | None]]
 
 
 # A step of 0.001 over [0, 1]; finer grids only cost time (each point is a pass over the split).
@@ -73,115 +80,125 @@ MAX_LEVELS = 1001
 _LEVELS_HINT = "e.g. --levels 0:0.9:0.1 or --levels 0,0.3,0.6"
 
 
+def _check_grid_size(count: int, text: str) -> None:
+    if count > MAX_LEVELS:
+        raise UsageError(
+            f"The 'levels' grid {text} has {count:,} points; at most {MAX_LEVELS} are "
+            "allowed (each is a pass over the split per axis and seed).",
+            hint="Use a coarser step, e.g. --levels 0:1:0.05",
+        )
+
+
 def parse_levels(text: str) -> tuple[float, ...]:
     """'0:0.9:0.1' (start:stop:step, stop included) or '0,0.25,0.5' -> sorted unique levels.
 
-    Raises InputError for a level outside [0, 1], a step <= 0, or an empty grid.
+    Only parses: the range [0, 1] and the size of the grid are checked by EvalConfig (the
+    one boundary every caller passes). A range is sized before it is built, so a step of
+    1e-12 fails at once instead of filling memory. Raises UsageError for a malformed text.
     """
     text = text.strip()
     if ":" in text:
         parts = text.split(":")
         if len(parts) != 3:
-            raise InputError(
+            raise UsageError(
                 f"The 'levels' parameter must be start:stop:step or a comma list. Got {text!r}.",
                 hint=_LEVELS_HINT,
             )
-        try:
-            start, stop, step = (float(p) for p in parts)
-        except ValueError:
-            raise InputError(
-                f"The 'levels' parameter holds a non-number: {text!r}.", hint=_LEVELS_HINT
-            ) from None
+        start, stop, step = (_level_number(p, text) for p in parts)
         if not step > 0:
-            raise InputError(
+            raise UsageError(
                 f"The step of 'levels' must be > 0. Got {step:g} instead.", hint=_LEVELS_HINT
             )
-        check_level(start, "levels"), check_level(stop, "levels")
         count = math.floor((stop - start) / step + 1e-9) + 1
-        if count > MAX_LEVELS:
-            raise InputError(
-                f"The 'levels' grid {text!r} has {count:,} points; at most {MAX_LEVELS} are "
-                "allowed (each is a pass over the split per axis and seed).",
-                hint="Use a coarser step, e.g. --levels 0:1:0.05",
-            )
+        _check_grid_size(count, repr(text))
         values = [start + i * step for i in range(max(count, 0))]
     else:
-        try:
-            values = [float(p) for p in text.split(",") if p.strip()]
-        except ValueError:
-            raise InputError(
-                f"The 'levels' parameter holds a non-number: {text!r}.", hint=_LEVELS_HINT
-            ) from None
-    levels = tuple(sorted({round(check_level(v, "levels"), 10) for v in values}))
+        values = [_level_number(p, text) for p in text.split(",") if p.strip()]
+    levels = tuple(sorted({round(v, 10) for v in values}))
     if not levels:
-        raise InputError(
+        raise UsageError(
             f"The 'levels' parameter gives an empty grid: {text!r}.",
             hint="start must not exceed stop, e.g. --levels 0:0.9:0.1",
         )
     return levels
 
 
-@dataclass(frozen=True)
-class EvalConfig:
-    """What to evaluate. Defaults give the clean split; ``sweep=True`` walks the spectrum."""
+def _level_number(part: str, text: str) -> float:
+    try:
+        value = float(part)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise UsageError(f"The 'levels' parameter holds a non-number: {text!r}.", hint=_LEVELS_HINT)
+    return value
 
-    split: str = "test"
+
+def _flag(flag: str) -> str:
+    return f"Set it with {flag}; see `qamoe eval --help`."
+
+
+_LIBRARY = "A library option of EvalConfig (no flag); see help(qamoe_core.evaluate.EvalConfig)."
+
+
+@dataclass(frozen=True)
+class EvalConfig(_Config):
+    """What to evaluate. Defaults give the clean split; ``sweep=True`` walks the spectrum.
+
+    Validated on construction by config.py's field specs (a ConfigError naming the field).
+    """
+
+    split: str = _spec("test", choices=SPLITS, hint=_flag("--split"))
     # Walk the spectrum; without it, evaluate the file as given (clean or corrupted).
-    sweep: bool = False
-    axes: tuple[str, ...] = SPECTRUM_AXES
+    sweep: bool = _spec(False, hint=_flag("--sweep"))
+    axes: tuple[str, ...] = _spec(SPECTRUM_AXES, choices=SPECTRUM_AXES, hint=_flag("--axis"))
     # LNLN's grid. Level 1 is left out by default: with every modality at 1 nothing is left
     # and Corr of the resulting constant prediction is undefined.
-    levels: tuple[float, ...] = DEFAULT_LEVELS
+    levels: tuple[float, ...] = _spec(DEFAULT_LEVELS, 0.0, 1.0, hint=_LEVELS_HINT)
     # Corruption seeds per point; three as LNLN reports mean and spread over three.
-    seeds: tuple[int, ...] = (0, 1, 2)
-    # Modalities that receive the level (None: all of the model's).
-    modalities: tuple[str, ...] | None = None
+    seeds: tuple[int, ...] = _spec((0, 1, 2), 0, 2**63 - 1, hint=_flag("--corruption-seeds"))
+    # Modalities that receive the level (empty: all of the model's).
+    modalities: tuple[str, ...] = field(
+        default=(),
+        metadata={"choices": MODALITIES, "empty_ok": True, "hint": _flag("--modalities")},
+    )
     # The fixed-missing protocol: every non-empty proper subset of modalities kept.
-    drop_sets: bool = False
+    drop_sets: bool = _spec(False, hint=_flag("--drop-sets"))
     # Run the quality-shuffle control for models with quality scores.
-    quality_shuffle: bool = True
+    quality_shuffle: bool = _spec(True, hint=_flag("--no-shuffle"))
     # The spectrum's default: level 1 adds noise as large as the train std per dimension.
-    noise_scale: float = 1.0
+    noise_scale: float = _spec(1.0, 1e-6, 1e6, hint=_LIBRARY)
     # Rows per forward pass. Single-thread throughput is flat from 32 to 686 rows on the mosi
     # preset (~1,000 samples/s); larger batches give a second thread more work per operation.
-    batch_size: int = 256
+    batch_size: int = _spec(256, 1, hint=_flag("--batch-size"))
     # Bounds the features read into memory at once; 512 MiB holds MOSI's or SIMS's test split.
-    block_mib: float = 512.0
+    block_mib: float = _spec(512.0, 1e-6, hint=_LIBRARY)
     # Seed of the quality permutations (independent of corruption and model seeds).
-    shuffle_seed: int = 0
+    shuffle_seed: int = _spec(0, 0, 2**63 - 1, hint=_LIBRARY)
+    # The shuffle control permutes r within windows of this many rows of the split, whatever
+    # the batch size (within a batch of one it would permute nothing). 256 was the default
+    # batch size, within which the control always permuted.
+    shuffle_window: int = _spec(256, 2, hint=_LIBRARY)
     # Keep every sample's prediction and quality scores at every point (EvalResult.samples):
     # for error analysis and per-sample checks of r_m. Costs a row per sample and point.
-    per_sample: bool = False
+    per_sample: bool = _spec(False, hint=_flag("--per-sample"))
 
     def __post_init__(self) -> None:
-        if not self.axes:
-            raise InputError("The 'axis' parameter needs at least one axis.")
-        for a in self.axes:
-            if a not in SPECTRUM_AXES:
-                raise InputError(
-                    f"The 'axis' parameter must be among {', '.join(SPECTRUM_AXES)}. "
-                    f"Got {a!r} instead."
-                )
-        if not self.levels:
-            raise InputError("The 'levels' parameter gives an empty grid.")
-        object.__setattr__(
-            self, "levels", tuple(sorted({check_level(v, "levels") for v in self.levels}))
-        )
-        if not self.seeds or any(isinstance(s, bool) or int(s) < 0 for s in self.seeds):
-            raise InputError(
-                f"The corruption seeds must be one or more integers >= 0. Got {self.seeds!r}."
+        if self.modalities is None:  # type: ignore[comparison-overlap]  # older "all"
+            object.__setattr__(self, "modalities", ())
+        seeds = self.seeds
+        super().__post_init__()
+        # The field specs read number lists as floats; seeds must stay exact integers.
+        if any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+            raise ConfigUsageError(
+                f"The 'seeds' parameter must be a list of integers >= 0. Got {seeds!r} instead.",
+                hint=_flag("--corruption-seeds"),
             )
-        if self.modalities is not None:
-            bad = [m for m in self.modalities if m not in MODALITIES]
-            if bad or not self.modalities:
-                raise InputError(
-                    f"The 'modalities' parameter must name modalities among "
-                    f"{', '.join(MODALITIES)}. Got {','.join(self.modalities) or 'none'} instead."
-                )
-        if self.batch_size < 1:
-            raise InputError(f"The 'batch_size' parameter must be >= 1. Got {self.batch_size}.")
-        if not self.noise_scale > 0:
-            raise InputError(f"The 'noise_scale' parameter must be > 0. Got {self.noise_scale}.")
+        object.__setattr__(self, "seeds", tuple(int(s) for s in seeds))
+
+    def _check_relations(self) -> None:
+        levels = tuple(sorted(set(self.levels)))
+        _check_grid_size(len(levels), "given")
+        object.__setattr__(self, "levels", levels)
 
 
 @dataclass(frozen=True)
@@ -190,7 +207,8 @@ class Point:
 
     axis: str  # clean | mixed | missing | noise | drop
     level: float
-    modalities: tuple[str, ...]  # corrupted ones; for drop the KEPT ones
+    # The corrupted ones; for drop the DROPPED (removed) ones, as in the results schema v2.
+    modalities: tuple[str, ...]
     seed: int = 0
     # The data as read from the file (clean, or corrupted by `qamoe corrupt`): not corrupted here.
     given: bool = False
@@ -201,13 +219,13 @@ def plan(cfg: EvalConfig, modalities: Sequence[str], as_given: Point | None = No
     mods = tuple(modalities)
     points = [as_given or Point("clean", 0.0, mods, given=True)]
     if cfg.sweep:
-        targets = tuple(m for m in mods if cfg.modalities is None or m in cfg.modalities)
+        targets = tuple(m for m in mods if not cfg.modalities or m in cfg.modalities)
         for seed, axis, level in itertools.product(cfg.seeds, cfg.axes, cfg.levels):
             points.append(Point(axis, level, targets, int(seed)))
     if cfg.drop_sets:
         for k in range(1, len(mods)):
             for kept in itertools.combinations(mods, k):
-                points.append(Point("drop", 1.0, kept))
+                points.append(Point("drop", 1.0, tuple(m for m in mods if m not in kept)))
     return points
 
 
@@ -224,33 +242,24 @@ class EvalResult:
     @property
     def clean(self) -> dict[str, float]:
         """Metric -> value at the first point (clean, or the file as given), normal variant."""
+        return self.first("normal")
+
+    def first(self, variant: str) -> dict[str, float]:
+        """Metric -> value at the first point for ``variant`` (empty when it was not run)."""
         t = self.table
-        first = t[(t["axis"] == self.info["first_axis"]) & (t["variant"] == "normal")]
+        first = t[(t["axis"] == self.info["first_axis"]) & (t["variant"] == variant)]
         first = first[first["level"] == self.info["first_level"]]
         return {str(r.metric): float(r.value) for r in first.itertuples()}
 
     def to_dict(self) -> dict[str, Any]:
+        """The facts, the first point's metrics, the summary and every row of the table (the
+        per-point results that ``--out`` writes as CSV)."""
         return {
             **self.info,
             "metrics": self.clean,
             "summary": self.summary.to_dict(orient="records"),
+            "results": self.table.to_dict(orient="records"),
         }
-
-
-@contextlib.contextmanager
-def _reuse_encodings(model: nn.Module, encoded: tuple[Any, Any]) -> Iterator[None]:
-    """Make ``model.encode_with_coverage`` return ``encoded`` (its result on this batch) for
-    further forward passes of the same batch.
-
-    Every model encodes through that method (``encode`` calls it); an instance attribute
-    shadows it, so the quality-shuffle pass skips the encoders (nearly all the cost) and still
-    runs the model's own fusion, routing and head code.
-    """
-    setattr(model, "encode_with_coverage", lambda batch: encoded)  # noqa: B010
-    try:
-        yield
-    finally:
-        delattr(model, "encode_with_coverage")
 
 
 class _Accumulator:
@@ -293,17 +302,61 @@ class _Accumulator:
                 sums[name] = sums.get(name, 0.0) + share
 
 
+def _bad_record(f: FeatureFile, key: str, value: Any, expected: str) -> DataFormatError:
+    return DataFormatError(
+        f"'{f.path}': the corruption record's '{key}' is {value!r}, not {expected}.",
+        hint="It is written by `qamoe corrupt`; re-create the corrupted copy from the clean file.",
+    )
+
+
+def _record(f: FeatureFile, rec: Mapping[str, Any]) -> dict[str, Any]:
+    """One corruption record with every field eval reads checked and given its default."""
+
+    def number(key: str, default: float, lo: float, hi: float) -> float:
+        v = rec.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
+            raise _bad_record(f, key, v, f"a number in [{lo:g}, {hi:g}]")
+        return float(v)
+
+    def names(key: str, allowed: Sequence[str], default: Sequence[str]) -> tuple[str, ...]:
+        v = rec.get(key, default)
+        if (
+            not isinstance(v, list | tuple)
+            or not all(isinstance(x, str) for x in v)
+            or any(x not in allowed for x in v)
+        ):
+            raise _bad_record(f, key, v, f"a list of names among {', '.join(allowed)}")
+        return tuple(v)
+
+    seed = rec.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise _bad_record(f, "seed", seed, "an integer >= 0")
+    axis = rec.get("axis", "mixed")
+    if axis not in AXES:
+        raise _bad_record(f, "axis", axis, f"one of {', '.join(AXES)}")
+    return {
+        "level": number("level", 0.0, 0.0, 1.0),
+        "noise_scale": number("noise_scale", 1.0, 0.0, math.inf),
+        "seed": seed,
+        "axis": axis,
+        "modalities": names("modalities", MODALITIES, MODALITIES),
+        "drop": names("drop", MODALITIES, ()),
+        "splits": names("splits", SPLITS, SPLITS),
+    }
+
+
 def _given_point(
     f: FeatureFile, modalities: tuple[str, ...], split: str, noise_scale: float
 ) -> Point:
     """The point ``split`` of a (possibly corrupted) file stands for, as one results row key.
 
-    Only the corruption records that covered ``split`` count (`qamoe corrupt --splits` copies
-    the others unchanged). A file the row key cannot describe exactly is refused rather than
+    Every corruption record is checked first (a DataFormatError before any work). Only the
+    records that covered ``split`` count (`qamoe corrupt --splits` copies the others
+    unchanged). A file the row key cannot describe exactly is refused rather than
     mislabelled: a level and whole-modality drops in one record, or noise at a noise_scale
     other than this evaluation's (its level means another amount of noise).
     """
-    chain = [rec for rec in f.corruption if split in rec.get("splits", [split])]
+    chain = [r for r in (_record(f, rec) for rec in f.corruption) if split in r["splits"]]
     if not chain:
         return Point("clean", 0.0, modalities, given=True)
     if len(chain) > 1:
@@ -313,32 +366,37 @@ def _given_point(
             hint="Corrupt the clean file once at the point you want to evaluate.",
         )
     rec = chain[0]
-    drop = tuple(rec.get("drop", ()))
-    level = float(rec.get("level", 0.0))
-    axis = str(rec.get("axis", "mixed"))
+    drop, level, axis = rec["drop"], rec["level"], rec["axis"]
     if drop and level == 0.0:
-        return Point("drop", 1.0, tuple(m for m in modalities if m not in drop), given=True)
+        return Point("drop", 1.0, tuple(m for m in modalities if m in drop), given=True)
     if drop:
         raise InputError(
             f"'{f.path}' was corrupted at level {level:g} AND had {'+'.join(drop)} dropped; "
             "a results row can record one or the other, not both.",
             hint="Corrupt with --level or with --drop (or sweep the clean file with --drop-sets).",
         )
-    scale = float(rec.get("noise_scale", 1.0))
+    scale = rec["noise_scale"]
     if axis != "missing" and level > 0 and not math.isclose(scale, noise_scale):
-        # Pure noise of level·scale train stds IS the point level·scale/noise_scale of this
-        # spectrum; mixed couples the drop rate to the level, so it has no equivalent.
-        equivalent = level * scale / noise_scale
-        if axis != "noise" or equivalent > 1:
-            raise InputError(
-                f"'{f.path}' was corrupted on the {axis} axis with noise_scale {scale:g}; that "
-                f"point lies off the spectrum's scale ({noise_scale:g}), so no level names it.",
-                hint="Corrupt with the default --noise-scale (on the noise axis, any scale with "
-                "level x scale <= 1 is fine).",
-            )
-        level = equivalent
-    corrupted = tuple(m for m in rec.get("modalities", modalities) if m in modalities)
-    return Point(axis, level, corrupted, int(rec.get("seed", 0)), given=True)
+        level = _on_this_scale(f, axis, level, scale, noise_scale)
+    corrupted = tuple(m for m in rec["modalities"] if m in modalities)
+    return Point(axis, level, corrupted, rec["seed"], given=True)
+
+
+def _on_this_scale(f: FeatureFile, axis: str, level: float, scale: float, ours: float) -> float:
+    """The level on this evaluation's noise scale of noise at ``level`` x ``scale``.
+
+    Pure noise of level·scale train stds IS the point level·scale/ours of this spectrum;
+    mixed couples the drop rate to the level, so it has no equivalent.
+    """
+    equivalent = level * scale / ours
+    if axis != "noise" or equivalent > 1:
+        raise InputError(
+            f"'{f.path}' was corrupted on the {axis} axis with noise_scale {scale:g}; that "
+            f"point lies off the spectrum's scale ({ours:g}), so no level names it.",
+            hint="Corrupt with the default --noise-scale (on the noise axis, any scale with "
+            "level x scale <= 1 is fine).",
+        )
+    return equivalent
 
 
 def check_compatible(model: nn.Module, f: FeatureFile, task: str) -> None:
@@ -367,11 +425,12 @@ def check_compatible(model: nn.Module, f: FeatureFile, task: str) -> None:
 
 
 class Evaluation:
-    """One planned evaluation: validated on construction, run with :meth:`run`.
+    """One planned evaluation, its steps as methods: validated and planned on construction,
+    run with :meth:`run` (read a block, corrupt a point, encode, predict, score).
 
     Construction checks the model against the data (modalities, dims, task), the split and
-    the options, and plans the points, so a CLI can size its progress bar (:attr:`steps`)
-    before any work; ``run`` reads the data and evaluates every point.
+    the corruption record, and plans the points, so a CLI can size its progress bar
+    (:attr:`steps`) and fail on bad input before any work.
     """
 
     def __init__(
@@ -390,27 +449,41 @@ class Evaluation:
         self.model = model.to(self.device).eval()
         self.task = str(getattr(model, "task", "regression"))
         self.model_name = model_name or str(getattr(model, "name", type(model).__name__))
-        mods = tuple(getattr(model, "modalities", MODALITIES))
+        self.modalities = tuple(getattr(model, "modalities", MODALITIES))
+        # Models whose forward takes ``encodings=`` let the shuffle pass skip the encoders.
+        self.takes_encodings = "encodings" in inspect.signature(model.forward).parameters
         with FeatureFile(self.data) as f:
-            check_compatible(model, f, self.task)
-            if (cfg.sweep or cfg.drop_sets) and f.corruption:
-                raise InputError(
-                    f"'{f.path}' is already corrupted; a sweep on top of it would compound levels.",
-                    hint="Sweep the clean file, or evaluate this one without --sweep/--drop-sets.",
-                )
-            if cfg.modalities is not None:
-                extra = [m for m in cfg.modalities if m not in mods]
-                if extra:
-                    raise InputError(
-                        f"The 'modalities' parameter names {', '.join(extra)}, which the model "
-                        f"does not use (it has {', '.join(mods)})."
-                    )
-            self.points = plan(cfg, mods, _given_point(f, mods, cfg.split, cfg.noise_scale))
+            self._check_data(f)
+            given = _given_point(f, self.modalities, cfg.split, cfg.noise_scale)
+            self.points = plan(cfg, self.modalities, given)
             self.n = f.n(cfg.split)  # InputError naming the splits if absent
             self.scheme, self.dataset = f.scheme, f.dataset
             row_bytes = sum(4 * f.seq_lens[m] * f.dims[m] for m in f.modalities)
-        self.block = max(cfg.batch_size, int(cfg.block_mib * 2**20 // max(row_bytes, 1)))
+        self.targets = sorted(
+            {m for p in self.points if p.axis in SPECTRUM_AXES for m in p.modalities}
+        )
+        block = max(cfg.batch_size, int(cfg.block_mib * 2**20 // max(row_bytes, 1)))
+        # Whole shuffle windows per block, so that no window is split between two blocks.
+        self.block = -(-block // cfg.shuffle_window) * cfg.shuffle_window
         self.n_blocks = -(-self.n // self.block)
+        # State of one run (reset by run()).
+        self._acc = _Accumulator(self.n, cfg.per_sample)
+        self._train_std: dict[str, Tensor] = {}
+        self._shuffle = cfg.quality_shuffle
+
+    def _check_data(self, f: FeatureFile) -> None:
+        check_compatible(self.model, f, self.task)
+        if (self.cfg.sweep or self.cfg.drop_sets) and f.corruption:
+            raise InputError(
+                f"'{f.path}' is already corrupted; a sweep on top of it would compound levels.",
+                hint="Sweep the clean file, or evaluate this one without --sweep/--drop-sets.",
+            )
+        extra = [m for m in self.cfg.modalities if m not in self.modalities]
+        if extra:
+            raise UsageError(
+                f"The 'modalities' parameter names {', '.join(extra)}, which the model "
+                f"does not use (it has {', '.join(self.modalities)})."
+            )
 
     @property
     def steps(self) -> int:
@@ -420,51 +493,205 @@ class Evaluation:
     def run(self, progress: Progress | None = None) -> EvalResult:
         """Evaluate every point; ``progress(1, point="mixed 0.3")`` after each (per block)."""
         t0 = time.perf_counter()
-        cfg, dev, points = self.cfg, self.device, self.points
-        targets = sorted({m for p in points if p.axis in SPECTRUM_AXES for m in p.modalities})
-        noisy = any(p.axis in ("noise", "mixed") and not p.given for p in points)
-        acc = _Accumulator(self.n, cfg.per_sample)
-        shuffle = cfg.quality_shuffle
+        cfg = self.cfg
+        self._acc = _Accumulator(self.n, cfg.per_sample)
+        self._shuffle = cfg.quality_shuffle
         with FeatureFile(self.data) as f, torch.inference_mode():
             labels = np.asarray(f.h5[cfg.split]["label"][:], dtype=np.float32)
             ids = f.h5[cfg.split]["ids"].asstr()[:] if cfg.per_sample else None
-            train_std = {m: torch.from_numpy(f.train_std(m)).to(dev) for m in targets}
-            train_std = train_std if noisy else {}
+            noisy = any(p.axis in ("noise", "mixed") and not p.given for p in self.points)
+            self._train_std = {
+                m: torch.from_numpy(f.train_std(m)).to(self.device) for m in self.targets
+            } if noisy else {}  # fmt: skip
             for start in range(0, self.n, self.block):
-                rows = slice(start, min(self.n, start + self.block))
-                raw = f.read(cfg.split, rows)
-                batch = {
-                    k: torch.from_numpy(np.ascontiguousarray(v)).to(dev)
-                    for k, v in raw.items()
-                    if isinstance(v, np.ndarray) and v.dtype.kind in "biuf"
-                }
-                shuffle = _run_block(self.model, batch, raw, points, cfg, rows, acc, shuffle,
-                                     train_std, targets, progress)  # fmt: skip
-        acc.resolve_aliases()
-        table = _table(points, acc, labels, self.scheme, cfg.split, self.run_name,
-                       self.model_name, self.dataset)  # fmt: skip
-        seconds = time.perf_counter() - t0
+                self.evaluate_block(f, slice(start, min(self.n, start + self.block)), progress)
+        self._acc.resolve_aliases()
+        return self.result(labels, ids, time.perf_counter() - t0)
+
+    def evaluate_block(self, f: FeatureFile, rows: slice, progress: Progress | None) -> None:
+        """Every point on one block of rows, read once.
+
+        Corruption and prediction go mini-batch by mini-batch, so corrupted copies of the whole
+        block never exist at once.
+        """
+        raw = f.read(self.cfg.split, rows)
+        batch = {
+            k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device)
+            for k, v in raw.items()
+            if isinstance(v, np.ndarray) and v.dtype.kind in "biuf"
+        }
+        draws: dict[str, ModalityDraws] = {}
+        drawn_seed: int | None = None
+        for i, p in enumerate(self.points):
+            if not p.given and p.axis in SPECTRUM_AXES and p.level == 0 and self._clean_first:
+                # Level 0 is the identity bit for bit (spectrum.py), so it IS the clean point:
+                # share its predictions instead of recomputing them (9 of a default sweep's 91).
+                self._acc.alias[i] = 0
+            else:
+                if p.axis in SPECTRUM_AXES and not p.given and drawn_seed != p.seed:
+                    draws, drawn_seed = self.draws(raw, p.seed, batch), p.seed  # once per seed
+                corrupter = _PointCorrupter(p, draws, self.cfg.noise_scale, self._train_std)
+                self.evaluate_point(i, corrupter, batch, rows)
+            if progress is not None:
+                progress(1, point=f"{p.axis} {p.level:g}")
+
+    @property
+    def _clean_first(self) -> bool:
+        return self.points[0].axis == "clean"
+
+    def draws(
+        self, raw: Mapping[str, np.ndarray], seed: int, batch: Mapping[str, Tensor]
+    ) -> dict[str, ModalityDraws]:
+        """Keyed draws (u, z) of one corruption seed for every target modality of the block,
+        as tensors on the batch's device: shared by every axis and level (common random
+        numbers, spectrum.draw_keyed)."""
+        axes = self.cfg.axes
+        need_u = any(a in ("missing", "mixed") for a in axes)
+        need_z = any(a in ("noise", "mixed") for a in axes)
+        axis = "mixed" if need_u and need_z else ("missing" if need_u else "noise")
+        dev = batch[self.targets[0]].device
+        out = {}
+        drawn = draw_keyed(raw, self.targets, seed=seed, split=self.cfg.split, axis=axis)
+        for m, d in drawn.items():
+            u = torch.from_numpy(d.u).to(dev) if d.u is not None else None
+            z = torch.from_numpy(d.z).to(dev) if d.z is not None else None
+            out[m] = ModalityDraws(u, z)
+        return out
+
+    def evaluate_point(
+        self, i: int, corrupter: _PointCorrupter, batch: Mapping[str, Tensor], rows: slice
+    ) -> None:
+        """Point ``i`` on one block: corrupt, encode once, predict; then the shuffle control."""
+        n, size = batch["label"].shape[0], self.cfg.batch_size
+        kept: list[Encodings] = []
+        for s in range(0, n, size):
+            e = min(n, s + size)
+            mb = _unlabelled(corrupter.rows(batch, s, e))
+            encodings = self.encode(mb)
+            out = self.predict(mb, encodings)
+            self._acc.add((i, "normal"), slice(rows.start + s, rows.start + e), out)
+            if self._shuffle and out.quality is None:
+                self._shuffle = False  # no quality scores: nothing to shuffle
+            if self._shuffle and encodings is not None:
+                kept.append(encodings)
+        if self._shuffle:
+            self.shuffle_point(i, corrupter, batch, rows, _cat(kept) if kept else None)
+
+    def shuffle_point(
+        self,
+        i: int,
+        corrupter: _PointCorrupter,
+        batch: Mapping[str, Tensor],
+        rows: slice,
+        encodings: Encodings | None,
+    ) -> None:
+        """The quality-shuffle control at point ``i`` on one block: r permuted within each
+        window of ``shuffle_window`` rows of the split.
+
+        Windows start at multiples of the window from the split's first row (blocks are whole
+        windows), so the permutation depends on neither the batch size nor the block, and it
+        is keyed by (shuffle_seed, window) alone: the same at every point, whatever else is in
+        the grid. The encodings of the normal pass are reused when the model takes them;
+        otherwise the window is corrupted and encoded again.
+        """
+        n, w = batch["label"].shape[0], self.cfg.shuffle_window
+        for s in range(0, n, w):
+            e = min(n, s + w)
+            sub = slice(rows.start + s, rows.start + e)
+            if encodings is None:
+                mb, enc = _unlabelled(corrupter.rows(batch, s, e)), None
+            else:  # the model reads only the encodings (and a label, which there is not)
+                mb, enc = {}, _rows_of(encodings, s, e)
+            out = self.predict(mb, enc, shuffle=self._generator(sub.start // w))
+            self._acc.add((i, "quality_shuffle"), sub, out)
+
+    def encode(self, mb: Mapping[str, Tensor]) -> Encodings | None:
+        """The model's encodings of ``mb`` (None when its forward cannot take them)."""
+        if not self.takes_encodings:
+            return None
+        return self.model.encode_with_coverage(mb)  # type: ignore[no-any-return, operator]
+
+    def predict(
+        self,
+        mb: Mapping[str, Tensor],
+        encodings: Encodings | None,
+        shuffle: torch.Generator | None = None,
+    ) -> Any:
+        """The model's output on ``mb``; with ``shuffle``, r permuted by that generator."""
+        kwargs: dict[str, Any] = {} if encodings is None else {"encodings": encodings}
+        if shuffle is not None:
+            kwargs.update(shuffle_quality=True, generator=shuffle)
+        return self.model(mb, **kwargs)
+
+    def _generator(self, window: int) -> torch.Generator:
+        seq = np.random.SeedSequence([self.cfg.shuffle_seed, self.cfg.shuffle_window, window])
+        return torch.Generator().manual_seed(int(seq.generate_state(1, np.uint64)[0] >> 1))
+
+    def result(self, labels: np.ndarray, ids: np.ndarray | None, seconds: float) -> EvalResult:
+        """The scored table, its summary, the facts of the run and the per-sample rows."""
+        table = make_table(self.score(labels) + self.reference_rows(labels))
         names = [m for m in METRIC_NAMES[self.scheme] if m in set(table["metric"])]
+        points = self.points
         info = {
             "run": self.run_name,
             "model": self.model_name,
             "dataset": self.dataset,
             "data": str(self.data),
-            "split": cfg.split,
+            "split": self.cfg.split,
             "scheme": self.scheme,
             "n_samples": self.n,
             "points": len(points),
-            "quality_shuffle": any(k[1] != "normal" for k in acc.pred),
+            "quality_shuffle": any(k[1] != "normal" for k in self._acc.pred),
             "seconds": round(seconds, 3),
             "first_axis": points[0].axis,
             "first_level": points[0].level,
-            "device": str(dev),
+            "device": str(self.device),
         }
         log.info("evaluated %d points on %d samples in %.1f s", len(points), self.n, seconds)
-        samples = None
-        if ids is not None:
-            samples = _samples(points, acc, ids, labels, self.run_name, cfg.split)
+        samples = None if ids is None else self.sample_rows(ids, labels)
         return EvalResult(table, summarize(table, names), info, samples)
+
+    def _outputs(self) -> list[tuple[Point, str, np.ndarray, tuple[int, str]]]:
+        """(point, variant, predictions, key) in table order: by point, then variant."""
+        keys = sorted(self._acc.pred)
+        return [(self.points[k[0]], k[1], self._acc.pred[k], k) for k in keys]
+
+    def score(self, labels: np.ndarray) -> list[dict[str, Any]]:
+        """Result rows: every metric and diagnostic at every (point, variant)."""
+        rows: list[dict[str, Any]] = []
+        base = self._row_base()
+        for p, variant, pred, key in self._outputs():
+            values = compute(pred, labels, self.scheme) | self.diagnostics(key)
+            for metric, value in values.items():
+                rows.append(base | _point_key(p) | {"variant": variant, "metric": metric,
+                                                    "value": value})  # fmt: skip
+        return rows
+
+    def diagnostics(self, key: tuple[int, str]) -> dict[str, float]:
+        """Mean quality score per modality and each expert's share of the routing weight."""
+        return {k: v / self._acc.n for k, v in self._acc.sums[key].items()}
+
+    def reference_rows(self, labels: np.ndarray) -> list[dict[str, Any]]:
+        """Rows of reference scores that need no model: the best constant predictor's score
+        on this split's ``labels`` (variant ``constant``), the floor every curve is read
+        against, and the sample count."""
+        return constant_rows(labels, self.scheme, **self._row_base())
+
+    def _row_base(self) -> dict[str, Any]:
+        return {"run": self.run_name, "model": self.model_name, "dataset": self.dataset,
+                "split": self.cfg.split}  # fmt: skip
+
+    def sample_rows(self, ids: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
+        """One row per (point, variant, sample): what the model said about each sample."""
+        frames = []
+        for p, variant, pred, key in self._outputs():
+            cols: dict[str, Any] = {"run": self.run_name, "split": self.cfg.split}
+            cols |= _point_key(p) | {"variant": variant, "id": ids, "label": labels,
+                                     "prediction": pred}  # fmt: skip
+            for m, r in self._acc.quality.get(key, {}).items():
+                cols[f"{QUALITY_PREFIX}{m}"] = r
+            frames.append(pd.DataFrame(cols))
+        return pd.concat(frames, ignore_index=True)
 
     @classmethod
     def from_run(
@@ -487,6 +714,34 @@ class Evaluation:
         ev = cls(model, data, cfg, run=label, model_name=str(meta["model_name"]), device=dev)
         ev.run_dir = Path(run_dir)
         return ev
+
+
+def _unlabelled(mb: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The batch without its label: evaluation computes no loss."""
+    return {k: v for k, v in mb.items() if k != "label"}
+
+
+def _cat(parts: Sequence[Encodings]) -> Encodings:
+    """The encodings of consecutive mini-batches as one."""
+    h = {m: torch.cat([p[0][m] for p in parts]) for m in parts[0][0]}
+    cov = {
+        m: None if parts[0][1][m] is None else torch.cat([p[1][m] for p in parts])  # type: ignore[misc]
+        for m in parts[0][1]
+    }
+    return h, cov
+
+
+def _rows_of(enc: Encodings, s: int, e: int) -> Encodings:
+    h, cov = enc
+    return {m: v[s:e] for m, v in h.items()}, {
+        m: None if v is None else v[s:e] for m, v in cov.items()
+    }
+
+
+def _point_key(p: Point) -> dict[str, Any]:
+    """The columns that name a point in the results and per-sample tables."""
+    return {"axis": p.axis, "level": p.level, "modalities": join_modalities(p.modalities),
+            "seed": p.seed}  # fmt: skip
 
 
 def evaluate_model(
@@ -518,47 +773,6 @@ def evaluate_run(
     result = ev.run(progress)
     result.info["run_dir"] = str(run_dir)
     return result
-
-
-def _run_block(
-    model: nn.Module,
-    batch: dict[str, Tensor],
-    raw: Mapping[str, np.ndarray],
-    points: list[Point],
-    cfg: EvalConfig,
-    rows: slice,
-    acc: _Accumulator,
-    shuffle: bool,
-    train_std: Mapping[str, Tensor],
-    targets: Sequence[str],
-    progress: Progress | None,
-) -> bool:
-    """Every point on one block of rows; returns whether the shuffle control applies.
-
-    Corruption and prediction go mini-batch by mini-batch, so corrupted copies of the whole
-    split never exist at once.
-    """
-    draws: dict[str, ModalityDraws] = {}
-    drawn_seed: int | None = None
-    n = batch["label"].shape[0]
-    for i, p in enumerate(points):
-        if not p.given and p.axis in SPECTRUM_AXES and p.level == 0 and points[0].axis == "clean":
-            # Level 0 is the identity bit for bit (spectrum.py), so it IS the clean point: share
-            # its predictions instead of recomputing them (9 of a default sweep's 91 points).
-            acc.alias[i] = 0
-        else:
-            if p.axis in SPECTRUM_AXES and not p.given and drawn_seed != p.seed:
-                draws = _draws(raw, targets, p.seed, cfg, batch)  # once per seed and block
-                drawn_seed = p.seed
-            corrupter = _PointCorrupter(p, draws, cfg.noise_scale, train_std)
-            for s in range(0, n, cfg.batch_size):
-                e = min(n, s + cfg.batch_size)
-                mb = corrupter.rows(batch, s, e)
-                sub = slice(rows.start + s, rows.start + e)
-                shuffle = _forward(model, mb, i, cfg, sub, acc, shuffle)
-        if progress is not None:
-            progress(1, point=f"{p.axis} {p.level:g}")
-    return shuffle
 
 
 # Rows per corruption call: on the mosi preset corrupting 64 rows at a time measured 3x faster
@@ -600,7 +814,7 @@ class _PointCorrupter:
             return mb
         if p.axis == "drop":
             return apply_draws(
-                mb, {}, {}, drop=[m for m in batch_modalities(mb) if m not in p.modalities]
+                mb, {}, {}, drop=[m for m in batch_modalities(mb) if m in p.modalities]
             )
         part = {
             m: ModalityDraws(None if d.u is None else d.u[s:e], None if d.z is None else d.z[s:e])
@@ -615,50 +829,6 @@ def batch_modalities(batch: Mapping[str, Any]) -> list[str]:
     return [m for m in MODALITIES if m in batch and f"{m}_len" in batch]
 
 
-def _draws(
-    raw: Mapping[str, np.ndarray],
-    targets: Sequence[str],
-    seed: int,
-    cfg: EvalConfig,
-    batch: Mapping[str, Tensor],
-) -> dict[str, ModalityDraws]:
-    """Keyed draws (u, z) for every target modality, as tensors on the batch's device."""
-    need_u = any(a in ("missing", "mixed") for a in cfg.axes)
-    need_z = any(a in ("noise", "mixed") for a in cfg.axes)
-    axis = "mixed" if need_u and need_z else ("missing" if need_u else "noise")
-    dev = batch[targets[0]].device
-    out = {}
-    for m, d in draw_keyed(raw, targets, seed=seed, split=cfg.split, axis=axis).items():
-        u = torch.from_numpy(d.u).to(dev) if d.u is not None else None
-        z = torch.from_numpy(d.z).to(dev) if d.z is not None else None
-        out[m] = ModalityDraws(u, z)
-    return out
-
-
-def _forward(
-    model: nn.Module,
-    mb: Mapping[str, Tensor],
-    point: int,
-    cfg: EvalConfig,
-    rows: slice,
-    acc: _Accumulator,
-    shuffle: bool,
-) -> bool:
-    """Predict one mini-batch: normal, then quality-shuffled reusing the encodings."""
-    mb = {k: v for k, v in mb.items() if k != "label"}  # no label: no loss to compute
-    encoded = model.encode_with_coverage(mb)  # type: ignore[operator]
-    with _reuse_encodings(model, encoded):
-        out = model(mb)
-        acc.add((point, "normal"), rows, out)
-        if shuffle and out.quality is None:
-            shuffle = False  # no quality scores: nothing to shuffle
-        if shuffle:
-            seq = np.random.SeedSequence([cfg.shuffle_seed, point, rows.start])
-            g = torch.Generator().manual_seed(int(seq.generate_state(1, np.uint64)[0] >> 1))
-            acc.add((point, "quality_shuffle"), rows, model(mb, shuffle_quality=True, generator=g))
-    return shuffle
-
-
 SAMPLE_COLUMNS: tuple[str, ...] = (
     "run", "split", "axis", "level", "modalities", "seed", "variant", "id", "label",
     "prediction",
@@ -666,58 +836,10 @@ SAMPLE_COLUMNS: tuple[str, ...] = (
 """Columns of EvalResult.samples, followed by ``quality_<modality>`` for models with r."""
 
 
-def _samples(
-    points: list[Point],
-    acc: _Accumulator,
-    ids: np.ndarray,
-    labels: np.ndarray,
-    run: str,
-    split: str,
-) -> pd.DataFrame:
-    """One row per (point, variant, sample): what the model said about each sample."""
-    frames = []
-    for (i, variant), pred in sorted(acc.pred.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        p = points[i]
-        cols: dict[str, Any] = {
-            "run": run, "split": split, "axis": p.axis, "level": p.level,
-            "modalities": join_modalities(p.modalities), "seed": p.seed, "variant": variant,
-            "id": ids, "label": labels, "prediction": pred,
-        }  # fmt: skip
-        for m, r in acc.quality.get((i, variant), {}).items():
-            cols[f"{QUALITY_PREFIX}{m}"] = r
-        frames.append(pd.DataFrame(cols))
-    return pd.concat(frames, ignore_index=True)
-
-
 def save_samples(df: pd.DataFrame, path: str | os.PathLike[str], *, force: bool = False) -> Path:
     """Write EvalResult.samples as CSV, atomically (gzip-compressed when the name ends .gz)."""
     target = Path(path)
     compression = "gzip" if target.name.endswith(".gz") else None
     with atomic_path(target, force=force) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.6g", compression=compression)
+        csv_safe(df).to_csv(tmp, index=False, float_format="%.6g", compression=compression)
     return target
-
-
-def _table(
-    points: list[Point],
-    acc: _Accumulator,
-    labels: np.ndarray,
-    scheme: str,
-    split: str,
-    run: str,
-    model_name: str,
-    dataset: str,
-) -> pd.DataFrame:
-    rows: list[dict[str, Any]] = []
-    base = {"run": run, "model": model_name, "dataset": dataset, "split": split}
-    for (i, variant), pred in sorted(acc.pred.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        p = points[i]
-        values = compute(pred, labels, scheme)
-        values.update({k: v / acc.n for k, v in acc.sums[(i, variant)].items()})
-        for metric, value in values.items():
-            rows.append(
-                base
-                | {"axis": p.axis, "level": p.level, "modalities": join_modalities(p.modalities)}
-                | {"seed": p.seed, "variant": variant, "metric": metric, "value": value}
-            )
-    return make_table(rows)

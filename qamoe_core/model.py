@@ -576,11 +576,16 @@ class QAMoE(MultimodalModel):
         *,
         shuffle_quality: bool = False,
         generator: torch.Generator | None = None,
+        encodings: tuple[dict[str, Tensor], dict[str, Tensor | None]] | None = None,
     ) -> ModelOutput:
         """batch: the batch contract (keep masks ignored). clean: the same samples uncorrupted,
         for the uncertainty loss (training). shuffle_quality: permute r across the batch (the
-        control of DESIGN §3.7; ``generator`` makes the permutation reproducible)."""
-        h, coverage = self.encode_with_coverage(batch)  # {m: (B, d)}, {m: (B,) or None}
+        control of DESIGN §3.7; ``generator`` makes the permutation reproducible).
+        encodings: ``encode_with_coverage``'s result for these samples, computed earlier; the
+        encoders are then skipped and ``batch`` is read only for its label (evaluation reuses
+        one encoding for the normal and the quality-shuffled pass)."""
+        # {m: (B, d)}, {m: (B,) or None}
+        h, coverage = encodings if encodings is not None else self.encode_with_coverage(batch)
         # Clean targets first, so the running stats that standardise them (and μ) include
         # this batch before either is used.
         target = None if clean is None else self.clean_targets(clean)

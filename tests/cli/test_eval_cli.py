@@ -42,12 +42,14 @@ def test_sweep_writes_results(
     args += ["--out", str(out), "--device", "cpu"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "Reliability summary" in printed and f"results: {out}" in printed
+    assert "seeds averaged per level" in printed and f"results: {out}" in printed
     assert "Pass --out" not in printed  # the hint is for sweeps that keep no table
     table = load(out)
     assert set(table["run"]) == {"qa"}
     assert set(table["axis"]) == {"clean", "mixed", "noise", "drop"}
-    assert set(table["seed"]) == {0, 1} and set(table["variant"]) == {"normal", "quality_shuffle"}
+    model_rows = table[table["variant"] != "constant"]  # the best-constant reference rows aside
+    assert set(model_rows["seed"]) == {0, 1}
+    assert set(table["variant"]) == {"normal", "quality_shuffle", "constant"}
     assert (table["metric"] == "quality_text").any()
     # The results feed straight into a report.
     assert main(["report", str(out), "--out", str(tmp_path / "rep"), "--json"]) == 0
@@ -98,11 +100,13 @@ def test_per_sample_output_agrees_with_the_table(
 @pytest.mark.parametrize(
     ("extra", "message", "code"),
     [
-        (["--sweep", "--levels", "0:1.5:0.5"], "must be a float in [0, 1]", 2),
-        # usage errors evaluate.py still raises as InputError (see tests/cli/test_main.py)
-        (["--sweep", "--levels", "0.9:0.1:0.1"], "empty grid", 1),
-        (["--sweep", "--axis", "sideways"], "'axis' parameter", 1),
-        (["--split", "nope"], "has no split 'nope'", 1),  # the file's splits: a data error
+        # Every value eval checks is a usage error (exit 2): EvalConfig's field specs and
+        # parse_levels raise UsageError.
+        (["--sweep", "--levels", "0:1.5:0.5"], "a list of numbers in [0, 1]", 2),
+        (["--sweep", "--levels", "0.9:0.1:0.1"], "empty grid", 2),
+        (["--sweep", "--levels", "0,x"], "non-number", 2),
+        (["--sweep", "--axis", "sideways"], "among mixed, missing, noise", 2),
+        (["--split", "nope"], "one of train, valid, test", 2),
     ],
 )
 def test_bad_options(
@@ -177,3 +181,99 @@ def test_force_never_writes_over_the_data_or_the_checkpoint(
         assert main(args) == 1
         assert "is an input of this command" in capsys.readouterr().err
     assert (data.read_bytes(), (run_dir / "model.pt").read_bytes()) == before
+
+
+def test_sweep_json_holds_every_point(
+    run_dir: Path, tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: --json gave the summary only; the per-level points were in --out's CSV alone.
+    out = tmp_path / "r.csv"
+    args = ["eval", str(run_dir), "--data", str(tiny_h5), "--sweep", "--levels", "0.2,0.6"]
+    args += ["--axis", "noise", "--corruption-seeds", "1", "--drop-sets", "--device", "cpu"]
+    assert main([*args, "--json", "--out", str(out)]) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    table = load(out)
+    assert len(rows) == len(table)
+    key = ["axis", "level", "modalities", "seed", "variant", "metric"]
+    got = {tuple(r[k] for k in key): r["value"] for r in rows}
+    for r in table.itertuples():
+        want = float(r.value)
+        value = got[tuple(getattr(r, k) for k in key)]
+        assert (value is None and np.isnan(want)) or value == pytest.approx(want, rel=1e-6)
+
+
+def test_single_point_prints_only_what_is_defined(
+    run_dir: Path, tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: a corrupted file's one point printed a summary with clean nan, area/clean nan
+    # and an unexplained "shuffled" row.
+    from qamoe_core.corrupt import corrupt_file
+    from qamoe_core.spectrum import CorruptionSpec
+
+    given = tmp_path / "c.h5"
+    corrupt_file(tiny_h5, given, CorruptionSpec(level=0.4, seed=1))
+    assert main(["eval", str(run_dir), "--data", str(given), "--device", "cpu", "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "nan" not in printed and "shuffled" not in printed
+    assert "seeds averaged" not in printed  # one point: no summary over levels
+    assert "quality_shuffle" in printed and "permuted across samples" in printed
+
+
+def test_unwritable_out_folder_fails_before_evaluating(
+    run_dir: Path,
+    tiny_h5: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Before: the folder was only tried when the results were saved, after the whole sweep.
+    # /proc refuses new files even to root (chmod would not stop root).
+    from qamoe_core.evaluate import Evaluation
+
+    if not Path("/proc/self").exists():
+        pytest.skip("needs /proc (Linux) as a folder that refuses new files")
+
+    def no_work(*_: object, **__: object) -> None:
+        raise AssertionError("evaluated before checking the output")
+
+    monkeypatch.setattr(Evaluation, "run", no_work)
+    for flag in ("--out", "--per-sample"):
+        args = ["eval", str(run_dir), "--data", str(tiny_h5), "--sweep", "--device", "cpu"]
+        assert main([*args, flag, "/proc/qamoe-results.csv"]) == 1
+        err = capsys.readouterr().err
+        assert "error: Cannot write into '/proc'" in err and "hint:" in err
+
+
+@pytest.mark.parametrize(
+    ("field", "bad"), [("level", "high"), ("seed", "x"), ("modalities", "audio"), ("axis", 3)]
+)
+def test_malformed_corruption_record_fails_before_evaluating(
+    run_dir: Path,
+    tiny_h5: Path,
+    tmp_path: Path,
+    field: str,
+    bad: object,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Before: some were an "unexpected" error, and a string of modalities was reported only
+    # when the results table was built, after the whole evaluation.
+    import shutil
+
+    import h5py
+
+    from qamoe_core.evaluate import Evaluation
+
+    tampered = tmp_path / "t.h5"
+    shutil.copy(tiny_h5, tampered)
+    record = {"level": 0.3, "axis": "mixed", "seed": 0, "modalities": ["audio"]}
+    with h5py.File(tampered, "a") as h5:
+        h5.attrs["corruption"] = json.dumps([{**record, field: bad}])
+
+    def no_work(*_: object, **__: object) -> None:
+        raise AssertionError("evaluated before checking the record")
+
+    monkeypatch.setattr(Evaluation, "run", no_work)
+    assert main(["eval", str(run_dir), "--data", str(tampered), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    # named by the record check of eval or, earlier, by the file reader (h5store)
+    assert "corruption record" in err and f"'{field}'" in err and "hint:" in err

@@ -280,9 +280,6 @@ PENDING_USAGE = [
         ["train", "{data}", "--out", "{tmp}/r", "--model", "late_fusion"], id="train-model"
     ),
     pytest.param(["train", "{data}", "--out", "{tmp}/r", "--resume", "--force"], id="resume+force"),
-    pytest.param(
-        ["eval", "{tmp}", "--data", "{data}", "--sweep", "--axis", "sideways"], id="eval-axis"
-    ),
 ]
 
 

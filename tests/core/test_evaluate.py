@@ -12,11 +12,11 @@ import torch
 
 from qamoe_core.config import ModelConfig
 from qamoe_core.corrupt import corrupt_file
-from qamoe_core.errors import DataFormatError, InputError
+from qamoe_core.errors import ConfigError, DataFormatError, InputError
 from qamoe_core.evaluate import (
     DEFAULT_LEVELS,
     EvalConfig,
-    _reuse_encodings,
+    Evaluation,
     evaluate_model,
     parse_levels,
     plan,
@@ -24,7 +24,7 @@ from qamoe_core.evaluate import (
 from qamoe_core.h5store import FeatureFile, load_split
 from qamoe_core.metrics import compute
 from qamoe_core.model import build_model
-from qamoe_core.results import SCHEMA
+from qamoe_core.results import SCHEMA, measured
 from qamoe_core.spectrum import CorruptionSpec
 from qamoe_core.torchdata import to_torch
 
@@ -50,10 +50,12 @@ def test_parse_levels() -> None:
     assert parse_levels("0:0.9:0.1") == DEFAULT_LEVELS
     assert parse_levels("0:1:0.25") == (0.0, 0.25, 0.5, 0.75, 1.0)
     assert parse_levels("0.5, 0.1,0.5") == (0.1, 0.5)
+    for bad in ("0:1.5:0.1", "0,1.2", "-0.1,0.5"):  # parsed; the range is EvalConfig's check
+        with pytest.raises(ConfigError, match=r"'levels'.*\[0, 1\]"):
+            EvalConfig(levels=parse_levels(bad))
     for bad, match in [
-        ("0:1.5:0.1", r"\[0, 1\]"),
-        ("0,1.2", r"\[0, 1\]"),
         ("0.5:0.1:0.1", "empty grid"),
+        ("0,nan", "non-number"),
         ("0:1:0", "must be > 0"),
         ("a,b", "non-number"),
         ("0:1", "start:stop:step"),
@@ -67,8 +69,9 @@ def test_plan_counts() -> None:
     full = plan(EvalConfig(sweep=True, drop_sets=True), MODS)
     assert len(full) == 1 + 10 * 3 * 3 + 6
     assert full[0].axis == "clean" and full[0].given
-    kept = {p.modalities for p in full if p.axis == "drop"}
-    assert ("text",) in kept and ("audio", "vision") in kept and MODS not in kept
+    dropped = {p.modalities for p in full if p.axis == "drop"}  # rows name the REMOVED ones
+    assert ("text",) in dropped and ("audio", "vision") in dropped and MODS not in dropped
+    assert len(dropped) == 6
     only = plan(EvalConfig(sweep=True, axes=("noise",), modalities=("audio",), seeds=(4,)), MODS)
     assert {(p.axis, p.modalities, p.seed) for p in only[1:]} == {("noise", ("audio",), 4)}
     assert len(plan(EvalConfig(), MODS)) == 1
@@ -77,35 +80,53 @@ def test_plan_counts() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"axes": ("sideways",)}, "axis"),
-        ({"axes": ()}, "at least one axis"),
-        ({"levels": ()}, "empty grid"),
+        ({"axes": ("sideways",)}, "'axes'.*among mixed, missing, noise"),
+        ({"axes": ()}, "'axes'.*non-empty"),
+        ({"levels": ()}, "'levels'.*non-empty"),
         ({"levels": (0.2, 1.3)}, r"\[0, 1\]"),
+        ({"levels": ("0.2",)}, r"\[0, 1\]"),
         ({"seeds": ()}, "seeds"),
+        ({"seeds": (1.5,)}, "integers >= 0"),
+        ({"seeds": (-1,)}, "seeds"),
         ({"modalities": ("smell",)}, "modalities"),
+        ({"split": "tset"}, "'split'.*train, valid, test"),
+        ({"batch_size": 0}, "'batch_size'.*>= 1"),
+        ({"noise_scale": 0.0}, "noise_scale"),
+        ({"per_sample": "yes"}, "boolean"),
     ],
 )
 def test_bad_config(kwargs: dict, match: str) -> None:
-    with pytest.raises(InputError, match=match):
+    with pytest.raises(ConfigError, match=match):
         EvalConfig(**kwargs)
 
 
-def test_reusing_encodings_changes_nothing(tiny_h5: Path) -> None:
+def test_config_normalises_and_keeps_seeds_exact() -> None:
+    cfg = EvalConfig(levels=(0.5, 0.1, 0.5), seeds=(2**62 + 1,), modalities=None)  # type: ignore[arg-type]
+    assert cfg.levels == (0.1, 0.5) and cfg.modalities == ()
+    assert cfg.seeds == (2**62 + 1,) and isinstance(cfg.seeds[0], int)
+
+
+def test_level_cap_holds_for_comma_lists_too() -> None:
+    # Before: only start:stop:step grids were capped; a comma list (or a library caller) was not.
+    many = ",".join(f"{i / 2000:.4f}" for i in range(1500))
+    with pytest.raises(InputError, match="1,500 points; at most 1001"):
+        EvalConfig(levels=parse_levels(many))
+    assert len(EvalConfig(levels=parse_levels(many[: many.index(",0.5000")])).levels) == 1000
+
+
+def test_precomputed_encodings_are_used(tiny_h5: Path) -> None:
     model = make_model(tiny_h5)
     batch = to_torch(load_split(tiny_h5, "test"))
     with torch.inference_mode():
         plain = model(batch)
         h, coverage = model.encode_with_coverage(batch)
-        with _reuse_encodings(model, (h, coverage)):
-            reused = model(batch)
+        reused = model(batch, encodings=(h, coverage))
         # The model really reads the encodings it is handed (and not the batch's): scaled
         # text encodings move the prediction.
-        with _reuse_encodings(model, ({**h, "text": 3 * h["text"]}, coverage)):
-            moved = model(batch)
+        moved = model(batch, encodings=({**h, "text": 3 * h["text"]}, coverage))
     torch.testing.assert_close(plain.prediction, reused.prediction, rtol=0, atol=0)
     assert not torch.allclose(plain.prediction, moved.prediction)
-    assert "encode" not in vars(model)  # the shadowing attributes are gone again
-    assert "encode_with_coverage" not in vars(model)
+    assert not any(callable(v) for v in vars(model).values())  # nothing patched onto it
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +137,9 @@ def sweep(tiny_h5: Path) -> pd.DataFrame:
 
 def test_sweep_table_shape(sweep: pd.DataFrame) -> None:
     assert (sweep["schema"] == SCHEMA).all()
-    points = sweep[["axis", "level", "modalities", "seed"]].drop_duplicates()
+    points = measured(sweep)[["axis", "level", "modalities", "seed"]].drop_duplicates()
     assert len(points) == 1 + 3 * 3 * 2 + 6
-    assert set(sweep["variant"]) == {"normal", "quality_shuffle"}
+    assert set(sweep["variant"]) == {"normal", "quality_shuffle", "constant"}
     one = sweep[(sweep["axis"] == "mixed") & (sweep["level"] == 0.4) & (sweep["seed"] == 1)]
     one = one[one["variant"] == "normal"].set_index("metric")["value"]
     usage = one[[f"expert_usage_{e}" for e in range(4)]]
@@ -149,6 +170,20 @@ def test_level_zero_is_clean_and_levels_matter(sweep: pd.DataFrame) -> None:
     assert value(sweep, axis="mixed", level=0.9, seed=0) != value(
         sweep, axis="mixed", level=0.9, seed=1
     )
+
+
+def test_drop_rows_name_the_dropped_modalities(
+    sweep: pd.DataFrame, tiny_h5: Path, tmp_path: Path
+) -> None:
+    # Before: axis=drop, modalities=text meant text was KEPT (elsewhere modalities lists the
+    # corrupted ones). Now it means text was removed: the row equals the file with text dropped.
+    no_text = tmp_path / "no-text.h5"
+    corrupt_file(tiny_h5, no_text, CorruptionSpec(level=0.0, drop=("text",)))
+    given = evaluate_model(make_model(tiny_h5), no_text, EvalConfig(), run="qa").table
+    given = measured(given)
+    assert set(given["modalities"]) == {"text"} and set(given["axis"]) == {"drop"}
+    assert value(sweep, axis="drop", modalities="text") == value(given, axis="drop")
+    assert value(sweep, axis="drop", modalities="audio+vision") != value(given, axis="drop")
 
 
 def test_shuffle_control_moves_predictions(sweep: pd.DataFrame) -> None:
@@ -239,19 +274,41 @@ def test_blocks_do_not_change_results(tiny_h5: Path) -> None:
     cfg = EvalConfig(sweep=True, levels=(0.5,), seeds=(3,), axes=("mixed",), batch_size=8)
     one = evaluate_model(make_model(tiny_h5), tiny_h5, cfg).table
     # ~1 KiB blocks: one row per block at most, so the rows are read and drawn in many pieces.
-    many = evaluate_model(
-        make_model(tiny_h5), tiny_h5, EvalConfig(**{**cfg.__dict__, "block_mib": 0.001})
-    ).table
-    pd.testing.assert_frame_equal(
-        one[one["variant"] == "normal"].reset_index(drop=True),
-        many[many["variant"] == "normal"].reset_index(drop=True),
-        atol=1e-6,
-    )
+    # (Blocks are whole shuffle windows: windows of 2 rows keep them at 8 rows.)
+    small = cfg.override(block_mib=0.001, shuffle_window=2)
+    assert Evaluation(make_model(tiny_h5), tiny_h5, small).n_blocks == 4
+    one = evaluate_model(make_model(tiny_h5), tiny_h5, cfg.override(shuffle_window=2)).table
+    many = evaluate_model(make_model(tiny_h5), tiny_h5, small).table
+    pd.testing.assert_frame_equal(one, many, atol=1e-6)
+    assert set(many["variant"]) == {"normal", "quality_shuffle", "constant"}
+
+
+def test_shuffle_control_permutes_even_with_batches_of_one(tiny_h5: Path) -> None:
+    # Before: r was permuted within each mini-batch, so --batch-size 1 permuted nothing and the
+    # control read "the router ignores quality". Windows of the split do not depend on it.
+    cfg = EvalConfig(sweep=True, levels=(0.4,), seeds=(0,), axes=("mixed",))
+    ones = evaluate_model(make_model(tiny_h5), tiny_h5, cfg.override(batch_size=1)).table
+    assert value(ones, axis="mixed") != value(ones, variant="quality_shuffle", axis="mixed")
+    whole = evaluate_model(make_model(tiny_h5), tiny_h5, cfg).table
+    for metric in ("MAE", "Corr"):
+        assert value(ones, metric, "quality_shuffle", axis="mixed") == pytest.approx(
+            value(whole, metric, "quality_shuffle", axis="mixed"), abs=1e-5
+        )
+
+
+def test_shuffle_result_of_a_point_does_not_depend_on_the_grid(tiny_h5: Path) -> None:
+    # Before: the permutation was keyed by the point's index in the grid.
+    alone = EvalConfig(sweep=True, levels=(0.4,), seeds=(1,), axes=("noise",))
+    among = EvalConfig(sweep=True, levels=(0.2, 0.4), seeds=(0, 1), drop_sets=True)
+    got = [evaluate_model(make_model(tiny_h5), tiny_h5, c).table for c in (alone, among)]
+    for metric in ("MAE", "Corr", "Has0_acc_2"):
+        a, b = (value(t, metric, "quality_shuffle", axis="noise", level=0.4, seed=1) for t in got)
+        assert a == b
 
 
 def test_baseline_has_no_shuffle_or_quality(tiny_h5: Path) -> None:
     res = evaluate_model(make_model(tiny_h5, "late-fusion"), tiny_h5, EvalConfig(), run="late")
-    assert set(res.table["variant"]) == {"normal"}
+    assert set(res.table["variant"]) == {"normal", "constant"}
     assert not res.table["metric"].str.startswith(("quality_", "expert_usage_")).any()
     assert res.info["model"] == "late-fusion" and res.info["quality_shuffle"] is False
     assert set(res.clean) == {"Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score",
@@ -277,7 +334,7 @@ def test_dims_and_task_mismatch(tiny_h5: Path, tmp_path: Path) -> None:
         evaluate_model(binary, tiny_h5)
     text_only = build_model("late-fusion", SMALL, {"text": dims["text"]}, "regression")
     res = evaluate_model(text_only, tiny_h5, EvalConfig(sweep=True, levels=(0.5,), seeds=(0,)))
-    assert set(res.table["modalities"]) == {"text"}
+    assert set(measured(res.table)["modalities"]) == {"text"}
     with pytest.raises(InputError, match="does not use"):
         evaluate_model(text_only, tiny_h5, EvalConfig(sweep=True, modalities=("audio",)))
     assert np.isfinite(res.table["value"]).any()
