@@ -181,14 +181,19 @@ def _render_first(result: Any) -> None:
 
     info = result.info
     values, shuffled = result.clean, result.first("quality_shuffle")
+    t = result.table
+    constant = {str(r.metric): float(r.value) for r in t[t["variant"] == "constant"].itertuples()}
     first = Table(title=f"{info['first_axis']} (level {info['first_level']:g})")
     first.add_column("metric", no_wrap=True)
     first.add_column("normal" if shuffled else "value", justify="right")
     if shuffled:
         first.add_column("quality_shuffle", justify="right")
+    if constant:  # the floor to read every score against
+        first.add_column("best constant", justify="right")
     for metric, value in values.items():
         if not is_diagnostic(metric):
             extra = [_cell(shuffled.get(metric, math.nan))] if shuffled else []
+            extra += [_cell(constant.get(metric, math.nan))] if constant else []
             first.add_row(metric, _cell(value), *extra)
     out_console.print(first)
     for prefix, label in ((QUALITY_PREFIX, "quality r"), (USAGE_PREFIX, "expert usage #")):

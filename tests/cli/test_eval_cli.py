@@ -217,6 +217,15 @@ def test_single_point_prints_only_what_is_defined(
     assert "nan" not in printed and "shuffled" not in printed
     assert "seeds averaged" not in printed  # one point: no summary over levels
     assert "quality_shuffle" in printed and "permuted across samples" in printed
+    # the floor the score is read against, from the split's labels (not the corrupted input)
+    from qamoe_core.h5store import FeatureFile
+    from qamoe_core.metrics import best_constant
+
+    with FeatureFile(tiny_h5) as f:
+        labels = f.read("test", slice(0, f.n("test")))["label"]
+        floor = best_constant(labels, f.scheme)["Has0_acc_2"][1]
+    row = next(line for line in printed.splitlines() if "Has0_acc_2" in line)
+    assert "best constant" in printed and f"{floor:.4f}" in row
 
 
 def test_unwritable_out_folder_fails_before_evaluating(
