@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from qamoe_cli.common import Force, JsonOut, Quiet, emit, out_console, progress
-from qamoe_core.config import MODEL_NAMES, ModelConfig, TrainConfig, read_sections, resolve
+from qamoe_core.config import ModelConfig, TrainConfig, read_sections, resolve
 from qamoe_core.errors import InputError
 
 # checkpoint, h5store and train are imported inside the functions that use them: they pull
@@ -85,7 +85,13 @@ def command(
     data: Annotated[Path, typer.Argument(help="Feature file (HDF5) with train and valid splits.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create.")],
     model: Annotated[
-        str, typer.Option("--model", "-m", help=f"One of {', '.join(MODEL_NAMES)}.")
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="qamoe, a baseline or a published model (docs/models.md), or a plug-in: "
+            "package.module:ClassName or an installed qamoe.models entry point.",
+        ),
     ] = "qamoe",
     config: Annotated[
         Path | None,
@@ -105,11 +111,6 @@ def command(
     json_out: JsonOut = False,
     quiet: Quiet = False,
 ) -> None:
-    if model not in MODEL_NAMES:
-        raise InputError(
-            f"The '--model' parameter must be one of {', '.join(MODEL_NAMES)}. "
-            f"Got {model!r} instead."
-        )
     if resume and force:
         raise InputError("--resume and --force contradict each other.", hint="Pick one.")
     flags = {"epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr}
