@@ -62,14 +62,16 @@ class ModelOptions(_Config):
     naming the source of its default. Set in a config file's ``model.options`` object."""
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], section: str = "model.options") -> Any:
+    def from_dict(cls, data: Mapping[str, Any], section: str = "model") -> Any:
+        """``section``: the model's name, for the messages."""
         if not isinstance(data, Mapping):
-            raise ConfigError(f"The '{section}' section must be a JSON object.")
+            raise ConfigError(f"The options of the model '{section}' must be a JSON object.")
         unknown = sorted(set(data) - set(cls.field_names()))
         if unknown:
             valid = ", ".join(cls.field_names()) or "none (this model has no options)"
             raise ConfigError(
-                f"Unknown key(s) in '{section}' for {cls.__qualname__}: {', '.join(unknown)}.",
+                f"Unknown key(s) in 'model.options' for the model '{section}': "
+                f"{', '.join(unknown)}.",
                 hint=f"Valid keys: {valid}.",
             )
         return cls(**dict(data))
@@ -98,7 +100,9 @@ class MultimodalModel(nn.Module):
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         self.cfg, self.task = cfg, task
-        self.options: Any = self.Options.from_dict(cfg.options) if options is None else options
+        if options is None:
+            options = self.Options.from_dict(cfg.options, self.name)
+        self.options: Any = options
         self.dims = {m: int(dims[m]) for m in MODALITIES if m in dims}
         self.modalities = tuple(self.dims)
         check_modalities(type(self), self.modalities)
@@ -178,11 +182,8 @@ def check_modalities(cls: type, modalities: tuple[str, ...]) -> None:
     if not modalities:
         raise InputError("The model needs at least one modality (dims is empty).")
     if lacking or len(modalities) < fewest:
-        need = (
-            f"the modalities {', '.join(getattr(cls, 'needs', ()))}"
-            if lacking
-            else f"{fewest} modalities"
-        )
+        needs = ", ".join(getattr(cls, "needs", ()))
+        need = f"the modalities {needs}" if lacking else f"at least {fewest} modalities"
         raise InputError(
             f"The model '{name}' needs {need}; the data has {', '.join(modalities)}.",
             hint="Use a feature file with those modalities, or another --model.",

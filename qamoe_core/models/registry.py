@@ -153,7 +153,7 @@ def get(name: str) -> type[MultimodalModel]:
 
 def options_of(name: str, cfg: ModelConfig) -> ModelOptions:
     """The model's Options from ``cfg.options`` (ConfigError naming an unknown key)."""
-    return get(name).Options.from_dict(cfg.options)
+    return get(name).Options.from_dict(cfg.options, name)
 
 
 def complete_config(name: str, cfg: ModelConfig) -> ModelConfig:
@@ -167,7 +167,7 @@ def build_model(name: str, cfg: ModelConfig, dims: Mapping[str, int], task: str)
     file; task regression | binary. Options come from ``cfg.options``."""
     cls = get(name)
     check_modalities(cls, tuple(m for m in dims))
-    return cls(cfg, dims, task, cls.Options.from_dict(cfg.options))
+    return cls(cfg, dims, task, cls.Options.from_dict(cfg.options, name))
 
 
 def could_be_loaded(name: Any, recorded: Any = None) -> bool:
@@ -200,4 +200,4 @@ def build_for_run(config: Mapping[str, Any], run: Any) -> MultimodalModel:
                 hint="Install the plug-in that provides it (or add its folder to PYTHONPATH).",
             ) from None
     mcfg = config["model_config"]
-    return cls(mcfg, config["dims"], config["task"], cls.Options.from_dict(mcfg.options))
+    return cls(mcfg, config["dims"], config["task"], cls.Options.from_dict(mcfg.options, name))
