@@ -141,6 +141,25 @@ class TwoBranchHead(nn.Module):
         return self.pred(x).squeeze(-1), soft_clamp(self.var(x).squeeze(-1), self.lo, self.hi)
 
 
+def split_output(y: Tensor, lo: float, hi: float) -> tuple[Tensor, Tensor]:
+    """(B, 2) -> prediction (B,) and log s² (B,) soft-clamped into (lo, hi): the published
+    models end in one linear output; ours has a second unit for the variance."""
+    return y[:, 0], soft_clamp(y[:, 1], lo, hi)
+
+
+class LinearHead(nn.Module):
+    """x (B, n) -> prediction (B,), log s² (B,): the single output layer of TFN, LMF and MulT,
+    with a second output for the variance every qamoe model reports."""
+
+    def __init__(self, in_dim: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.out = nn.Linear(in_dim, 2)
+        self.lo, self.hi = cfg.min_log_var, cfg.max_log_var
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return split_output(self.out(x), self.lo, self.hi)
+
+
 def task_loss(pred: Tensor, log_var: Tensor, label: Tensor, task: str, alpha: float) -> Tensor:
     """Regression: L1 + α·Gaussian NLL. Binary: BCE on the logit + α·BCE on the logit moderated
     by its variance (MacKay 1992's probit approximation, logit / sqrt(1 + π s²/8)), so the

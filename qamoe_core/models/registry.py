@@ -30,8 +30,6 @@ from qamoe_core.errors import CheckpointError, InputError, check_choice
 from qamoe_core.models.base import CONTRACT_HINT, ModelOptions, MultimodalModel, check_modalities
 
 ENTRY_POINT_GROUP = "qamoe.models"
-# Modules of this package that hold no model.
-_NOT_MODELS = frozenset({"base", "heads", "layers", "moe", "registry"})
 _REGISTRY: dict[str, type[MultimodalModel]] = {}
 _loaded = False
 M = TypeVar("M", bound=type[MultimodalModel])
@@ -55,7 +53,8 @@ def _load_builtins() -> None:
         return
     _loaded = True
     for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        if info.name not in _NOT_MODELS and not info.name.startswith("_"):
+        # Every module: only @register adds a model, so importing a helper module is harmless.
+        if not info.name.startswith("_"):
             importlib.import_module(f"{__package__}.{info.name}")
 
 
