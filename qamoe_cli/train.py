@@ -113,6 +113,9 @@ def command(
 ) -> None:
     if resume and force:
         raise InputError("--resume and --force contradict each other.", hint="Pick one.")
+    from qamoe_core.models import get as model_class  # torch, needed by train() anyway
+
+    model_class(model, param="--model")  # before anything is read, in the flag's own name
     flags = {"epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr}
     model_cfg, train_cfg = _configs(config, resume, out, flags)
     from qamoe_core.train import TrainEvent, train  # torch: only once the flags are valid

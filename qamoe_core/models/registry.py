@@ -124,11 +124,11 @@ def _from_path(spec: str) -> type[MultimodalModel]:
     return _checked(obj, spec)
 
 
-def get(name: str) -> type[MultimodalModel]:
+def get(name: str, param: str = "model") -> type[MultimodalModel]:
     """The model class for a name, ``module:Class`` or entry point; InputError otherwise
-    (naming the valid names and the nearest one)."""
+    (naming the valid names and the nearest one; ``param``: the parameter's name there)."""
     if not isinstance(name, str) or not name:
-        raise InputError(f"The 'model' parameter must be a model name. Got {name!r} instead.")
+        raise InputError(f"The '{param}' parameter must be a model name. Got {name!r} instead.")
     if ":" in name:
         return _from_path(name)
     _load_builtins()
@@ -142,7 +142,7 @@ def get(name: str) -> type[MultimodalModel]:
             raise _plugin_error(f"{name} = {ep.value}", exc) from None
         return _checked(obj, f"{name} = {ep.value}")
     try:
-        check_choice(name, names(), "model")
+        check_choice(name, names(), param)
     except InputError as exc:
         raise InputError(
             exc.message, hint=f"{exc.hint} A plug-in is given as package.module:ClassName."

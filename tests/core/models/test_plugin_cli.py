@@ -84,7 +84,7 @@ def test_unknown_and_broken_models_fail_in_one_line(
     base = ["train", str(tiny_h5), "--out", str(tmp_path / "x"), "--config", str(cfg)]
     assert main([*base, "--model", "mean-pol"]) == 1
     err = capsys.readouterr().err
-    assert "error: The 'model' parameter must be one of qamoe" in err and "Traceback" not in err
+    assert "error: The '--model' parameter must be one of qamoe" in err and "Traceback" not in err
     assert main([*base, "--model", "nosuch.module:Model"]) == 1
     err = capsys.readouterr().err
     assert "could not be imported (ModuleNotFoundError" in err and len(err.splitlines()) == 2
