@@ -37,6 +37,8 @@ def _configs(
         model_d, train_d = saved["model_config"].to_dict(), saved["train_config"].to_dict()
         if config is not None:  # saved < file < flags
             file_model, file_train = read_sections(config)
+            if isinstance(file_model.get("options"), dict):  # a model's options: key by key
+                file_model["options"] = {**model_d.get("options", {}), **file_model["options"]}
             model_d.update(file_model)
             train_d.update(file_train)
         train_d.update(given)

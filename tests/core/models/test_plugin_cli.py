@@ -44,6 +44,13 @@ def test_plugin_by_module_path(
 ) -> None:
     rows = train_and_sweep(tiny_h5, tmp_path, cfg, PLUGIN)
     assert {r["axis"] for r in rows} >= {"mixed", "missing", "noise"}
+    # --resume with the same (partial) options: they merge into the saved ones, key by key.
+    from qamoe_cli.train import _configs
+
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"model": {"options": {}}}))
+    model_cfg, _ = _configs(partial, True, tmp_path / "run", {})
+    assert model_cfg is not None and model_cfg.options == {"hidden": 8}
 
 
 def test_plugin_by_entry_point(
