@@ -8,6 +8,7 @@ in the same run (this CPU's practical limit) and their ratio, plus the top ops o
     python benchmarks/bench_model.py                      # defaults, 2 threads
     python benchmarks/bench_model.py --data mosi.h5 --config cfg.json --model late-fusion
     python benchmarks/bench_model.py --accuracy --epochs 15   # accuracy cost of compression
+    python benchmarks/bench_model.py --all --out docs/results/models-bench.json  # every model
 
 Timing: every measurement repeats for a few seconds and reports the median batch time (and
 the best): on a shared machine the median is what a user sees, the best what the code can do.
@@ -35,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from qamoe_core.config import ModelConfig, TrainConfig, from_json  # noqa: E402
 from qamoe_core.h5store import FeatureFile  # noqa: E402
-from qamoe_core.model import build_model  # noqa: E402
+from qamoe_core.models import build_model, names  # noqa: E402
 from qamoe_core.torchdata import to_torch  # noqa: E402
 
 
@@ -141,6 +142,7 @@ def bench_speed(args: argparse.Namespace, mcfg: ModelConfig, data: Path) -> dict
         "matmul_gflops": round(mm, 1),
         "matmul_gflops_best": round(max(mm_before["best"], mm_after["best"]), 1),
         "ratio_to_matmul": round(achieved / mm, 3),
+        "parameters": sum(p.numel() for p in model.parameters()),
         "profile_top_ops": profile_top(model, batch) if args.profile else None,
     }
     if args.mask_cost:
@@ -245,6 +247,35 @@ def bench_accuracy(args: argparse.Namespace, mcfg: ModelConfig, data: Path) -> d
     return {"model": args.model, "data": str(data), "epochs": args.epochs, "runs": rows}
 
 
+TABLE_KEYS = (
+    "model", "inference_samples_per_s", "inference_samples_per_s_best", "train_epoch_s",
+    "train_samples_per_s", "flops_per_sample_M", "achieved_gflops", "matmul_gflops",
+    "ratio_to_matmul", "parameters", "load_average",
+)  # fmt: skip
+
+
+def bench_all(args: argparse.Namespace, data: Path) -> dict[str, Any]:
+    """One row per registered built-in model (defaults, options included), as one table."""
+    rows = []
+    for name in names():
+        args.model = name
+        row = bench_speed(args, ModelConfig(), data)
+        rows.append({k: row.get(k) for k in TABLE_KEYS})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return {
+        "what": "Every built-in model with its defaults on the synthetic mosi preset at full "
+        "unaligned lengths (test split, batch 256): inference samples/s (median and best), one "
+        "training epoch through the real trainer, FLOPs per sample (torch flop counter) and the "
+        "achieved share of a 2048² float32 matmul's GFLOP/s measured in the same run.",
+        "command": "nice python benchmarks/bench_model.py --all --out "
+        "docs/results/models-bench.json",
+        "threads": torch.get_num_threads(),
+        "data_shapes": row["data"]["shapes"],
+        "machine_note": args.note,
+        "rows": rows,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", type=Path, default=None, help="feature file (default: synthetic)")
@@ -265,12 +296,24 @@ def main() -> None:
     ap.add_argument("--segments", type=int, nargs="+", default=[8, 16, 32, 64])
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--all", action="store_true", help="every built-in model, one table")
+    ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument("--note", default="", help="a note on the machine (e.g. its load)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     mcfg = from_json(args.config)[0] if args.config else ModelConfig()
     data = ensure_data(args.data, args.preset)
-    out = bench_accuracy(args, mcfg, data) if args.accuracy else bench_speed(args, mcfg, data)
-    print(json.dumps(out, indent=2))
+    if args.all:
+        args.profile = args.mask_cost = False
+        out = bench_all(args, data)
+    elif args.accuracy:
+        out = bench_accuracy(args, mcfg, data)
+    else:
+        out = bench_speed(args, mcfg, data)
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

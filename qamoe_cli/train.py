@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from qamoe_cli.common import Force, JsonOut, Quiet, emit, flag, out_console, progress, train_default
-from qamoe_core.config import MODEL_NAMES, ModelConfig, TrainConfig, read_sections, resolve
+from qamoe_core.config import ModelConfig, TrainConfig, read_sections, resolve
 from qamoe_core.errors import InputError
 
 # checkpoint, h5store and train are imported inside the functions that use them: they pull
@@ -37,6 +37,8 @@ def _configs(
         model_d, train_d = saved["model_config"].to_dict(), saved["train_config"].to_dict()
         if config is not None:  # saved < file < flags
             file_model, file_train = read_sections(config)
+            if isinstance(file_model.get("options"), dict):  # a model's options: key by key
+                file_model["options"] = {**model_d.get("options", {}), **file_model["options"]}
             model_d.update(file_model)
             train_d.update(file_train)
         train_d.update(given)
@@ -85,7 +87,13 @@ def command(
     data: Annotated[Path, typer.Argument(help="Feature file (HDF5) with train and valid splits.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create.")],
     model: Annotated[
-        str, typer.Option("--model", "-m", help=f"One of {', '.join(MODEL_NAMES)}.")
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="qamoe, a baseline or a published model (docs/models.md), or a plug-in: "
+            "package.module:ClassName or an installed qamoe.models entry point.",
+        ),
     ] = "qamoe",
     config: Annotated[
         Path | None,
@@ -111,13 +119,11 @@ def command(
     json_out: JsonOut = False,
     quiet: Quiet = False,
 ) -> None:
-    if model not in MODEL_NAMES:
-        raise InputError(
-            f"The '--model' parameter must be one of {', '.join(MODEL_NAMES)}. "
-            f"Got {model!r} instead."
-        )
     if resume and force:
         raise InputError("--resume and --force contradict each other.", hint="Pick one.")
+    from qamoe_core.models import get as model_class  # torch, needed by train() anyway
+
+    model_class(model, param="--model")  # before anything is read, in the flag's own name
     flags = {"epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr}
     model_cfg, train_cfg = _configs(config, resume, out, flags)
     from qamoe_core.train import TrainEvent, train  # torch: only once the flags are valid

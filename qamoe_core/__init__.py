@@ -5,11 +5,10 @@ Zhu et al., ACL 2026) and the tooling around it: an HDF5 feature store, importer
 a corruption engine, training, evaluation sweeps and reports.
 """
 
-__version__ = "0.1.0"
-
 from typing import Any
 
 from qamoe_core.names import MODALITIES, SPLITS
+from qamoe_core.version import __version__
 
 # The public functions of qamoe_core/api.py, imported on first use: they need torch, and
 # `import qamoe_core` (which the command line's --help does) must stay fast without it.

@@ -32,18 +32,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from qamoe_core import MODALITIES, __version__
 from qamoe_core.atomic import atomic_path
 from qamoe_core.config import (
-    MODEL_NAMES,
     ModelConfig,
     TrainConfig,
     check_version,
     split_sections,
 )
 from qamoe_core.errors import CheckpointError, ConfigError, InputError
-from qamoe_core.model import MultimodalModel, build_model
-from qamoe_core.names import SCHEMES, TASKS
+from qamoe_core.models import MultimodalModel, build_for_run, class_path, get, names
+from qamoe_core.models.registry import could_be_loaded
+from qamoe_core.names import MODALITIES, SCHEMES, TASKS
+from qamoe_core.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,7 @@ def run_config(
         "format_version": RUN_FORMAT_VERSION,
         "created_by": f"qamoe {__version__}",
         "model_name": model_name,
+        "model_class": class_path(get(model_name)),  # how to find a plug-in on load
         "dims": dict(dims),
         "task": task,
         "scheme": scheme,
@@ -195,10 +196,12 @@ def _bad_config(run: Path, what: str) -> CheckpointError:
 
 def _check_meta(run: Path, data: Mapping[str, Any]) -> None:
     """The run-specific keys of config.json: model_name, dims, task, scheme, dataset."""
-    name = data["model_name"]
-    if name not in MODEL_NAMES:
+    name = data["model_name"]  # a plug-in's is resolved by load_run (it may be missing here)
+    if not could_be_loaded(name, data.get("model_class")):
         raise _bad_config(
-            run, f"'model_name' must be one of {', '.join(MODEL_NAMES)}. Got {name!r:.80} instead."
+            run,
+            f"'model_name' must be one of {', '.join(names())} or a plug-in. "
+            f"Got {name!r:.80} instead.",
         )
     dims = data["dims"]
     expected = f"an object of modality ({', '.join(MODALITIES)}) -> positive integer"
@@ -467,9 +470,7 @@ def load_run(
     run = check_run(path, require=(CONFIG, WEIGHTS))
     config = read_config(run)
     dev = resolve_device(device)
-    model = build_model(
-        config["model_name"], config["model_config"], config["dims"], config["task"]
-    )
+    model = build_for_run(config, run)
     load_weights(model, run, _load_torch(run, WEIGHTS, "cpu"), source=WEIGHTS)
     model.to(dev).eval()
     metrics = read_metrics(run) if (run / METRICS).is_file() else None

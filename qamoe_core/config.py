@@ -28,7 +28,7 @@ from qamoe_core.metrics import METRIC_NAMES
 from qamoe_core.names import AXES, MODALITIES
 
 CONFIG_VERSION = 1
-MODEL_NAMES: tuple[str, ...] = ("qamoe", "late-fusion", "early-fusion", "dense-moe")
+# Model names live in one registry, qamoe_core/models/registry.py (built-ins and plug-ins).
 # The baselines in the order the demo and the docs list them (early fusion is the demo's).
 BASELINES: tuple[str, ...] = ("early-fusion", "late-fusion", "dense-moe")
 UNCERTAINTY_TARGETS: tuple[str, ...] = ("clean_encoding", "clean_input")
@@ -40,7 +40,17 @@ SELECT_METRICS: tuple[str, ...] = (
 )
 # Keys of a run's config.json that are not configuration (checkpoint.py writes them).
 RUN_META_KEYS = frozenset(
-    {"format", "format_version", "model_name", "dims", "task", "scheme", "dataset", "created_by"}
+    {
+        "format",
+        "format_version",
+        "model_name",
+        "model_class",
+        "dims",
+        "task",
+        "scheme",
+        "dataset",
+        "created_by",
+    }
 )
 
 INF = math.inf
@@ -119,6 +129,10 @@ def _check_field(
                 err.hint = f"Did you mean '{near}'?"
             raise err
         return value
+    if isinstance(default, Mapping):  # a model's own options, checked by its Options class
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise fail("a JSON object")
+        return dict(value)
     if isinstance(default, tuple):  # tuples of floats (levels) or of modality names
         if not isinstance(value, list | tuple) or (not value and not meta.get("empty_ok")):
             raise fail("a non-empty list")
@@ -154,13 +168,10 @@ class _Config:
         for f in fields(self):  # type: ignore[arg-type]
             if f.metadata.get("in_relations"):
                 continue
+            factory: Any = f.default_factory  # dict for ModelConfig.options
+            default = factory() if f.default is MISSING else f.default
             value = _check_field(
-                type(self).__name__,
-                f.name,
-                getattr(self, f.name),
-                f.default,
-                f.metadata,
-                self.error,
+                type(self).__name__, f.name, getattr(self, f.name), default, f.metadata, self.error
             )
             object.__setattr__(self, f.name, value)
         self._check_relations()
@@ -300,6 +311,10 @@ class ModelConfig(_Config):
     # so σ² in [e^-8, e^4] spans "exact" to "far worse than guessing".
     min_log_var: float = _spec(-8.0, -30.0, 30.0)
     max_log_var: float = _spec(4.0, -30.0, 30.0)
+    # The model's own hyper-parameters (its ``Options`` class, qamoe_core/models/): e.g.
+    # {"rank": 4} for LMF. Checked against that class when the model is built; a run's
+    # config.json holds them all, defaults filled in (models.complete_config).
+    options: dict[str, Any] = field(default_factory=dict, metadata={})
 
     def _check_relations(self) -> None:
         if self.d_model % self.n_heads:

@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from qamoe_core import __version__
 from qamoe_core.atomic import check_output
 from qamoe_core.errors import InputError, UsageError
 from qamoe_core.h5store import FeatureFile, FeatureWriter, file_sha256
 from qamoe_core.spectrum import CorruptionSpec, apply_spec
+from qamoe_core.version import __version__
 
 log = logging.getLogger(__name__)
 

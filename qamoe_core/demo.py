@@ -21,7 +21,6 @@ from typing import Any
 
 import pandas as pd
 
-from qamoe_core import __version__
 from qamoe_core.atomic import short_name
 from qamoe_core.checkpoint import load_run, resolve_device
 from qamoe_core.config import BASELINES, ModelConfig, TrainConfig
@@ -33,6 +32,7 @@ from qamoe_core.results import default_metric, save, summarize
 from qamoe_core.spectrum import CorruptionSpec
 from qamoe_core.synthetic import MOSI_LITE_OFFSET, PRESETS, check_offset, write_synthetic
 from qamoe_core.train import train
+from qamoe_core.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -42,10 +42,10 @@ from typing import Any
 import h5py
 import numpy as np
 
-from qamoe_core import __version__
 from qamoe_core.atomic import atomic_path
 from qamoe_core.errors import DataFormatError, InputError
 from qamoe_core.names import MODALITIES, SCHEMES, SPLITS, TASKS
+from qamoe_core.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,6 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from qamoe_core import __version__
 from qamoe_core.atomic import atomic_dir
 from qamoe_core.errors import InputError, OutputExistsError
 from qamoe_core.metrics import PRIMARY
@@ -67,6 +66,7 @@ from qamoe_core.results import (
     summarize,
     validate,
 )
+from qamoe_core.version import __version__
 
 log = logging.getLogger(__name__)
 

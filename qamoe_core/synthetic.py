@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from qamoe_core import MODALITIES, SPLITS
 from qamoe_core.errors import InputError, UsageError
 from qamoe_core.h5store import FeatureWriter, SplitArrays
+from qamoe_core.names import MODALITIES, SPLITS
 
 # Weights of the hidden components in the label, and each modality's signal gain relative to
 # its utterance-level nuisance: text is the most legible and the most weighted, as on MOSI.

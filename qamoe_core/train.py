@@ -36,21 +36,20 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from qamoe_core import __version__
-from qamoe_core import checkpoint as ckpt
-from qamoe_core.config import MODEL_NAMES, ModelConfig, TrainConfig
+import qamoe_core.checkpoint as ckpt
+from qamoe_core.config import ModelConfig, TrainConfig
 from qamoe_core.errors import (
     CheckpointError,
     DataFormatError,
     InputError,
     TrainingError,
-    check_choice,
 )
 from qamoe_core.h5store import FeatureFile
 from qamoe_core.metrics import compute, higher_is_better
-from qamoe_core.model import MultimodalModel, build_model
+from qamoe_core.models import MultimodalModel, build_model, check_output, complete_config
 from qamoe_core.spectrum import CorruptionSpec, apply_spec, corrupt_batch, sample_levels
 from qamoe_core.torchdata import H5Dataset, to_torch
+from qamoe_core.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -455,6 +454,7 @@ class _Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
         out = self.net(batch, clean)
+        check_output(out, clean["label"].shape[0], True, self.model.name)  # µs; plug-ins
         assert out.loss is not None
         parts = torch.stack(
             [
@@ -577,8 +577,8 @@ def _train(
         ckpt.check_run(out, require=(ckpt.CONFIG, ckpt.STATE))
         mcfg, tcfg, _saved = _resume_configs(out, f, model_name, model_cfg, train_cfg)
     else:
-        check_choice(model_name, MODEL_NAMES, "model")
         mcfg, tcfg = model_cfg or ModelConfig(), train_cfg or TrainConfig()
+        mcfg = complete_config(model_name, mcfg)  # checks the name and the model's options
     metric = _select_metric(tcfg, f.scheme, f.task)
     aside, created = _prepare_out_dir(out, resume, force) if info.main else (None, False)
     try:

@@ -25,11 +25,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from qamoe_core import MODALITIES, SPLITS
 from qamoe_core.atomic import atomic_path, check_output
 from qamoe_core.errors import DataFormatError, InputError
 from qamoe_core.h5store import SplitArrays, file_sha256, write_features
 from qamoe_core.importers.safe_pickle import safe_load
+from qamoe_core.names import MODALITIES, SPLITS
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from qamoe_core import SPLITS
 from qamoe_core.atomic import atomic_path
 from qamoe_core.errors import DataFormatError, InputError
 from qamoe_core.h5store import FeatureWriter, file_sha256, validate
 from qamoe_core.media.clip import load_meta
 from qamoe_core.media.config import MediaConfig, clip_key, failures_path, shard_of
 from qamoe_core.media.manifest import SCHEMES, ClipSpec, Manifest
+from qamoe_core.names import SPLITS
 
 FAILURE_COLUMNS = ("id", "split", "stage", "reason")
 WRITE_BLOCK = 64  # rows buffered per HDF5 write: whole chunks, not a read-modify-write per row

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from qamoe_core import __version__
 from qamoe_core.atomic import atomic_path
 from qamoe_core.media.audio import AUDIO_BACKENDS, SAMPLE_RATE, load_audio
 from qamoe_core.media.config import MediaConfig, clip_key
@@ -23,6 +22,7 @@ from qamoe_core.media.failures import ClipFailure
 from qamoe_core.media.manifest import ClipSpec
 from qamoe_core.media.text import TextExtractor, resolve_text_model
 from qamoe_core.media.vision import VISION_BACKENDS
+from qamoe_core.version import __version__
 
 log = logging.getLogger(__name__)
 

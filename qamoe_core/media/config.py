@@ -7,11 +7,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from qamoe_core import MODALITIES
 from qamoe_core.errors import UsageError, check_choice
 from qamoe_core.media.audio import AUDIO_BACKENDS
 from qamoe_core.media.manifest import SCHEMES
 from qamoe_core.media.vision import DEFAULT_FPS, VISION_BACKENDS
+from qamoe_core.names import MODALITIES
 
 WORK_SUFFIX = ".work"
 

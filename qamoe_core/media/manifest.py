@@ -28,8 +28,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from qamoe_core import SPLITS
 from qamoe_core.errors import DataFormatError, InputError, UsageError
+from qamoe_core.names import SPLITS
 
 REQUIRED_COLUMNS = ("id", "split", "label", "text")
 OPTIONAL_COLUMNS = ("audio", "video")

@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qamoe_core import MODALITIES, __version__
 from qamoe_core.atomic import check_output
 from qamoe_core.errors import ConfigError, InputError, UsageError
 from qamoe_core.h5store import file_sha256
@@ -63,6 +62,8 @@ from qamoe_core.media.deps import require
 from qamoe_core.media.manifest import ClipSpec, Manifest, read_manifest
 from qamoe_core.media.text import resolve_text_model
 from qamoe_core.media.vision import landmark_model_path
+from qamoe_core.names import MODALITIES
+from qamoe_core.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ import torch
 
 from qamoe_core.config import ModelConfig, TrainConfig
 from qamoe_core.errors import InputError
-from qamoe_core.model import ModelOutput, build_model, present_steps, segment_pool
+from qamoe_core.models import ModelOutput, build_model
+from qamoe_core.models.layers import present_steps, segment_pool
 
 DIMS = {"text": 12, "audio": 5, "vision": 7}
 SHAPES = {"text": 9, "audio": 30, "vision": 20}

@@ -1,0 +1,211 @@
+"""What every model is: :class:`ModelOutput`, :class:`ModelOptions` and :class:`MultimodalModel`.
+
+:func:`check_output` checks what a model's forward returned (the trainer runs it on the first
+batch, so a plug-in that breaks the contract fails with one line naming what was expected).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from qamoe_core.config import ModelConfig, _Config, _spec
+from qamoe_core.errors import ConfigError, InputError
+from qamoe_core.models.heads import task_loss
+from qamoe_core.models.layers import Encoder, FeatureStats
+from qamoe_core.names import MODALITIES, TASKS
+
+CONTRACT_HINT = "The model contract is in the docstring of qamoe_core/models/__init__.py."
+
+# A model's option field: option(default, lo, hi, choices=...), validated like ModelConfig's.
+option = _spec
+
+
+class ModelOutput(NamedTuple):
+    """What every model returns (st-moe-pytorch style: output plus all auxiliary losses).
+
+    prediction: (B,) sentiment score (regression) or logit (binary).
+    log_var: (B,) log s², the head's predicted variance of ``prediction`` (aleatoric, in the
+        label's units squared; for binary, of the logit).
+    quality: {modality: (B,) r_m in (0, 1]} as used by the model (ones with the gate off);
+        None for models without quality.
+    modality_log_var: {modality: (B,) log s_m}, s_m = mean over dims of σ²_m; None without
+        quality.
+    routing: (B, E) expert weights after top-k and renormalisation (0 off the top-k); None
+        for models without experts.
+    loss: scalar total loss, None when the batch has no 'label'.
+    loss_task: scalar task loss (L1 + α·NLL, or BCE + α·moderated BCE), None without labels.
+    loss_unc: scalar self-supervised uncertainty loss Σ_m, None without a clean batch or
+        without a quality head.
+    loss_balance: scalar load-balancing loss (1.0 when balanced), None without a router.
+    """
+
+    prediction: Tensor
+    log_var: Tensor
+    quality: dict[str, Tensor] | None = None
+    modality_log_var: dict[str, Tensor] | None = None
+    routing: Tensor | None = None
+    loss: Tensor | None = None
+    loss_task: Tensor | None = None
+    loss_unc: Tensor | None = None
+    loss_balance: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class ModelOptions(_Config):
+    """A model's own hyper-parameters: subclass it as a frozen dataclass whose fields are
+    ``option(default, lo, hi)`` (or ``option(default, choices=(...))``), each with a comment
+    naming the source of its default. Set in a config file's ``model.options`` object."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], section: str = "model") -> Any:
+        """``section``: the model's name, for the messages."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"The options of the model '{section}' must be a JSON object.")
+        unknown = sorted(set(data) - set(cls.field_names()))
+        if unknown:
+            valid = ", ".join(cls.field_names()) or "none (this model has no options)"
+            raise ConfigError(
+                f"Unknown key(s) in 'model.options' for the model '{section}': "
+                f"{', '.join(unknown)}.",
+                hint=f"Valid keys: {valid}.",
+            )
+        return cls(**dict(data))
+
+
+class MultimodalModel(nn.Module):
+    """Shared plumbing: the task, the modalities, feature statistics, one Encoder per
+    modality (unless ``shared_encoders`` is False), and :meth:`finish` (the losses)."""
+
+    name: ClassVar[str] = "base"
+    Options: ClassVar[type[ModelOptions]] = ModelOptions
+    # Modalities the model cannot run without, and the fewest it can run on.
+    needs: ClassVar[tuple[str, ...]] = ()
+    min_modalities: ClassVar[int] = 1
+    # False: no shared Encoder is built; the inputs' TRAIN statistics sit in ``self.stats``.
+    shared_encoders: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        dims: Mapping[str, int],
+        task: str,
+        options: ModelOptions | None = None,
+    ) -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        self.cfg, self.task = cfg, task
+        if options is None:
+            options = self.Options.from_dict(cfg.options, self.name)
+        self.options: Any = options
+        self.dims = {m: int(dims[m]) for m in MODALITIES if m in dims}
+        self.modalities = tuple(self.dims)
+        check_modalities(type(self), self.modalities)
+        if self.shared_encoders:
+            self.encoders = nn.ModuleDict(
+                {m: Encoder(d, cfg, cfg.text_segments if m == "text" else cfg.segments)
+                 for m, d in self.dims.items()}
+            )  # fmt: skip
+        else:
+            self.stats = nn.ModuleDict({m: FeatureStats(d) for m, d in self.dims.items()})
+
+    def set_feature_stats(self, mean: Mapping[str, Tensor], std: Mapping[str, Tensor]) -> None:
+        """Store the TRAIN per-dimension mean/std (D_m,) used to standardise inputs."""
+        for m in self.modalities:
+            holder = self._stats_of(m)
+            s = torch.as_tensor(std[m], dtype=torch.float32)
+            holder.in_mean.copy_(torch.as_tensor(mean[m], dtype=torch.float32))
+            holder.in_std.copy_(torch.where(s > 1e-6, s, torch.ones_like(s)))  # constant dims
+
+    def standardise(self, modality: str, x: Tensor) -> Tensor:
+        """(B, T, D) -> the same standardised with the TRAIN statistics (padding included:
+        mask it afterwards)."""
+        holder = self._stats_of(modality)
+        return (x - holder.in_mean) / holder.in_std
+
+    def _stats_of(self, modality: str) -> Encoder | FeatureStats:
+        holder = self.encoders[modality] if self.shared_encoders else self.stats[modality]
+        assert isinstance(holder, Encoder | FeatureStats)
+        return holder
+
+    def encoder(self, modality: str) -> Encoder:
+        enc = self.encoders[modality]
+        assert isinstance(enc, Encoder)
+        return enc
+
+    def encode(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """{m: (B, d)} pooled encodings."""
+        return self.encode_with_coverage(batch)[0]
+
+    def encode_with_coverage(
+        self, batch: Mapping[str, Tensor]
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor | None]]:
+        """Pooled encodings {m: (B, d)} and coverages {m: (B,) or None} (Encoder.encode).
+        Without shared encoders: empty (evaluation calls this on every model to reuse the
+        encodings across passes; a model with its own encoders has none to share)."""
+        h: dict[str, Tensor] = {}
+        coverage: dict[str, Tensor | None] = {}
+        if not self.shared_encoders:
+            return h, coverage
+        for m in self.modalities:
+            h[m], coverage[m] = self.encoder(m).encode(batch[m], batch[f"{m}_len"])
+        return h, coverage
+
+    def concat(self, parts: Mapping[str, Tensor]) -> Tensor:
+        """{m: (B, d)} -> (B, M·d), modalities in the model's canonical order."""
+        return torch.cat([parts[m] for m in self.modalities], dim=-1)
+
+    def finish(self, out: ModelOutput, batch: Mapping[str, Tensor]) -> ModelOutput:
+        """Add the task loss and the total (with the configured weights) when labelled."""
+        if "label" not in batch:
+            return out
+        label = batch["label"].to(out.prediction.dtype)
+        lt = task_loss(out.prediction, out.log_var, label, self.task, self.cfg.nll_weight)
+        total = lt
+        if out.loss_unc is not None:
+            total = total + self.cfg.unc_weight * out.loss_unc
+        if out.loss_balance is not None:
+            total = total + self.cfg.balance_weight * out.loss_balance
+        return out._replace(loss=total, loss_task=lt)
+
+
+def check_modalities(cls: type, modalities: tuple[str, ...]) -> None:
+    """InputError when a model cannot run on these modalities (names what it needs)."""
+    name = getattr(cls, "name", cls.__name__)
+    lacking = [m for m in getattr(cls, "needs", ()) if m not in modalities]
+    fewest = int(getattr(cls, "min_modalities", 1))
+    if not modalities:
+        raise InputError("The model needs at least one modality (dims is empty).")
+    if lacking or len(modalities) < fewest:
+        needs = ", ".join(getattr(cls, "needs", ()))
+        need = f"the modalities {needs}" if lacking else f"at least {fewest} modalities"
+        raise InputError(
+            f"The model '{name}' needs {need}; the data has {', '.join(modalities)}.",
+            hint="Use a feature file with those modalities, or another --model.",
+        )
+
+
+def check_output(out: Any, batch_size: int, labelled: bool, name: str = "model") -> None:
+    """InputError naming what was expected when a forward's result breaks the contract."""
+
+    def fail(what: str) -> InputError:
+        return InputError(f"The model '{name}' {what}.", hint=CONTRACT_HINT)
+
+    if not isinstance(out, ModelOutput):
+        raise fail(f"returned a {type(out).__name__}; expected a qamoe_core.models.ModelOutput")
+    for field in ("prediction", "log_var"):
+        value = getattr(out, field)
+        if not isinstance(value, Tensor) or tuple(value.shape) != (batch_size,):
+            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise fail(f"returned {field} {got}; expected a tensor of shape ({batch_size},)")
+    if labelled and (not isinstance(out.loss, Tensor) or out.loss.dim() != 0):
+        got = "None" if out.loss is None else f"shape {tuple(getattr(out.loss, 'shape', ()))}"
+        raise fail(
+            f"returned loss {got} for a labelled batch; expected a scalar tensor "
+            "(MultimodalModel.finish adds it)"
+        )

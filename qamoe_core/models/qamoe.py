@@ -1,0 +1,156 @@
+"""QA-MoE (DESIGN §3): quality-aware mixture of experts over per-modality encoders.
+
+Bottom-up: the shared :class:`~qamoe_core.models.layers.Encoder` (one per modality) ->
+:class:`~qamoe_core.models.heads.QualityHead` (μ_m, σ²_m, r_m) -> prior fallback
+z_m = r_m·μ_m + (1 − r_m)·p_m -> fusion W_f·[z_T; z_A; z_V] (+ W_r·[r_T, r_A, r_V],
+``fuse_uses_quality``) -> :class:`~qamoe_core.models.moe.MoE` (router + SwiGLU experts, with a
+residual) -> :class:`~qamoe_core.models.heads.TwoBranchHead` (ŷ, log s²).
+
+Keep masks: a corrupted batch carries ``<m>_keep`` (B, T), True where a step survived. The
+model does NOT read them. The paper's point is that reliability is learned from the content
+without corruption labels (DESIGN §3); feeding keep masks would hand the model the very
+corruption it must learn to notice, and real degraded inputs (a muted microphone, a covered
+camera) come without masks. Dropped steps are zeroed by the corruption engine and stay in the
+sequence; only padding (from ``<m>_len``) is masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from qamoe_core.config import ModelConfig
+from qamoe_core.models.base import ModelOptions, ModelOutput, MultimodalModel
+from qamoe_core.models.heads import QualityHead, TwoBranchHead, eval_mode
+from qamoe_core.models.moe import MoE
+from qamoe_core.models.registry import register
+
+
+@register
+class QAMoE(MultimodalModel):
+    """The full method; ablations via ModelConfig switches (DESIGN §3.7). Its settings are
+    ModelConfig's fields (it predates per-model options), so it has no Options of its own."""
+
+    name = "qamoe"
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        dims: Mapping[str, int],
+        task: str,
+        options: ModelOptions | None = None,
+    ) -> None:
+        super().__init__(cfg, dims, task, options)
+        d = cfg.d_model
+        clean_input = cfg.uncertainty_target == "clean_input"
+        self.quality = nn.ModuleDict(
+            {m: QualityHead(cfg, dim if clean_input else d, clean_input)
+             for m, dim in self.dims.items()}
+        )  # fmt: skip
+        self.prior = (
+            nn.ParameterDict({m: nn.Parameter(torch.zeros(d)) for m in self.dims})
+            if cfg.prior_fallback
+            else None
+        )
+        n = len(self.modalities)
+        self.fuse = nn.Linear(n * d, d)
+        n_quality = n if cfg.router_uses_quality else 0
+        self.moe = MoE(cfg, n * d, n_quality, cfg.top_k)
+        self.head = TwoBranchHead(cfg)
+        # Created last so that the other modules' initial weights do not depend on the switch.
+        self.fuse_quality = nn.Linear(n, d, bias=False) if cfg.fuse_uses_quality else None
+
+    def forward(
+        self,
+        batch: Mapping[str, Tensor],
+        clean: Mapping[str, Tensor] | None = None,
+        *,
+        shuffle_quality: bool = False,
+        generator: torch.Generator | None = None,
+        encodings: tuple[dict[str, Tensor], dict[str, Tensor | None]] | None = None,
+    ) -> ModelOutput:
+        """batch: the batch contract (keep masks ignored). clean: the same samples uncorrupted,
+        for the uncertainty loss (training). shuffle_quality: permute r across the batch (the
+        control of DESIGN §3.7; ``generator`` makes the permutation reproducible).
+        encodings: ``encode_with_coverage``'s result for these samples, computed earlier; the
+        encoders are then skipped and ``batch`` is read only for its label (evaluation reuses
+        one encoding for the normal and the quality-shuffled pass)."""
+        # {m: (B, d)}, {m: (B,) or None}
+        h, coverage = encodings if encodings is not None else self.encode_with_coverage(batch)
+        # Clean targets first, so the running stats that standardise them (and μ) include
+        # this batch before either is used.
+        target = None if clean is None else self.clean_targets(clean)
+        mu: dict[str, Tensor] = {}
+        log_var: dict[str, Tensor] = {}
+        r: dict[str, Tensor] = {}
+        mu_loss = mu  # the μ the uncertainty loss regresses (the fused μ unless detached)
+        for m in self.modalities:
+            mu[m], log_var[m], r[m] = self.head_of(m)(h[m], coverage[m])
+        if not self.cfg.unc_encoder_grad and target is not None:
+            # Same head on a detached encoding: its loss trains the head, never the encoder.
+            # (log σ² only reaches the model through the detached r, so it is taken from here.)
+            mu_loss = {}
+            for m in self.modalities:
+                mu_loss[m], log_var[m], _ = self.head_of(m)(
+                    h[m].detach(), coverage[m], update=False
+                )
+        if not self.cfg.quality_gate:
+            r = {m: torch.ones_like(v) for m, v in r.items()}
+        if shuffle_quality:
+            b = h[self.modalities[0]].shape[0]
+            perm = torch.randperm(b, generator=generator, device="cpu").to(
+                h[self.modalities[0]].device
+            )
+            r = {m: v[perm] for m, v in r.items()}  # one permutation: each r-vector stays whole
+        z = []
+        for m in self.modalities:
+            prior = self.prior[m] if self.prior is not None else torch.zeros_like(mu[m][0])
+            rm = r[m][:, None]
+            z.append(rm * mu[m] + (1.0 - rm) * prior)  # (B, d)
+        zc = torch.cat(z, dim=-1)  # (B, M·d)
+        rq = torch.stack([r[m] for m in self.modalities], dim=-1)  # (B, M)
+        x = self.fuse(zc)  # (B, d)
+        if self.fuse_quality is not None:  # the fused vector also says how reliable each part is
+            x = x + self.fuse_quality(rq)
+        y, gates, balance = self.moe(x, zc, rq)
+        pred, lv = self.head(y)
+        loss_unc = None
+        if target is not None:  # L_unc = Σ_m mean[(μ_m − sg(t_m))² / (2σ²_m) + ½ log σ²_m]
+            loss_unc = sum(
+                (self.head_of(m).loss(mu_loss[m], log_var[m], target[m]) for m in self.modalities),
+                start=torch.zeros((), device=pred.device),
+            )
+        out = ModelOutput(
+            prediction=pred,
+            log_var=lv,
+            quality=r,
+            modality_log_var={m: log_var[m].exp().mean(-1).log() for m in self.modalities},
+            routing=gates,
+            loss_unc=loss_unc,
+            loss_balance=balance,
+        )
+        return self.finish(out, batch)
+
+    def head_of(self, modality: str) -> QualityHead:
+        head = self.quality[modality]
+        assert isinstance(head, QualityHead)
+        return head
+
+    @torch.no_grad()
+    def clean_targets(self, clean: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """{m: (B, out_dim)} raw targets of the uncertainty loss from the clean batch (no
+        gradient; encoders without dropout); running stats updated when training."""
+        if self.cfg.uncertainty_target == "clean_encoding":
+            with eval_mode(self.encoders):
+                target = self.encode(clean)
+        else:
+            target = {
+                m: self.encoder(m).pooled_input(clean[m], clean[f"{m}_len"])
+                for m in self.modalities
+            }
+        if self.training:
+            for m in self.modalities:
+                self.head_of(m).update_stats(target[m])
+        return target

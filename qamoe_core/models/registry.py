@@ -1,0 +1,202 @@
+"""The one registry of models: built-ins, classes registered in-process, and plug-ins.
+
+A model is named in three ways, tried in this order by :func:`get`:
+
+* ``package.module:ClassName``: imported on demand (a plug-in that is not installed as a
+  package, e.g. ``--model examples.plugin.tiny_model:TinyModel``);
+* a registered name: every class decorated with :func:`register`. The built-in modules of
+  ``qamoe_core/models/`` are imported (and so registered) the first time a name is looked up,
+  found by listing the package, so a new model module needs no edit here;
+* the name of an entry point in the group ``qamoe.models`` of an installed distribution
+  (``[project.entry-points."qamoe.models"] my-model = "my_pkg.model:MyModel"``), loaded only
+  when that name is asked for. A built-in name wins over an entry point of the same name.
+
+Model modules import this one; it imports none of them statically (the built-ins are
+imported by name inside :func:`_load_builtins`), so the import graph stays acyclic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.metadata
+import pkgutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from qamoe_core.config import ModelConfig
+from qamoe_core.errors import CheckpointError, InputError, check_choice
+from qamoe_core.models.base import CONTRACT_HINT, ModelOptions, MultimodalModel, check_modalities
+
+ENTRY_POINT_GROUP = "qamoe.models"
+_REGISTRY: dict[str, type[MultimodalModel]] = {}
+_loaded = False
+M = TypeVar("M", bound=type[MultimodalModel])
+
+
+def register(cls: M) -> M:
+    """Class decorator: make ``cls`` available under ``cls.name``."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name or ":" in name or name == "base":
+        raise ValueError(f"{cls.__qualname__} needs a class attribute 'name' (no ':')")
+    other = _REGISTRY.get(name)
+    if other is not None and class_path(other) != class_path(cls):
+        raise ValueError(f"model name {name!r} is taken by {class_path(other)}")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def _load_builtins() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        # Every module: only @register adds a model, so importing a helper module is harmless.
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__package__}.{info.name}")
+
+
+def builtin_names() -> tuple[str, ...]:
+    """Registered names: QA-MoE first, then the others in the order they registered."""
+    _load_builtins()
+    return tuple(sorted(_REGISTRY, key=lambda n: n != "qamoe"))  # then in registration order
+
+
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def names() -> tuple[str, ...]:
+    """Every name ``--model`` accepts, built-ins first, then installed plug-ins' (unloaded)."""
+    builtins = builtin_names()
+    return builtins + tuple(sorted(n for n in _entry_points() if n not in builtins))
+
+
+def class_path(cls: type) -> str:
+    """``module:QualName``, the form a checkpoint records and :func:`get` accepts."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _plugin_error(spec: str, exc: BaseException) -> InputError:
+    detail = " ".join(str(exc).split())[:200]
+    return InputError(
+        f"The model plug-in '{spec}' could not be imported ({type(exc).__name__}: {detail}).",
+        hint="Install the package that provides it, or add its folder to PYTHONPATH.",
+    )
+
+
+def _checked(obj: Any, spec: str) -> type[MultimodalModel]:
+    if not (isinstance(obj, type) and issubclass(obj, MultimodalModel)):
+        raise InputError(
+            f"The model plug-in '{spec}' is a {type(obj).__name__}, not a subclass of "
+            "qamoe_core.models.MultimodalModel.",
+            hint=CONTRACT_HINT,
+        )
+    if not (isinstance(obj.Options, type) and issubclass(obj.Options, ModelOptions)):
+        raise InputError(
+            f"The model plug-in '{spec}' has an Options attribute that is not a "
+            "ModelOptions dataclass.",
+            hint=CONTRACT_HINT,
+        )
+    return obj
+
+
+def _from_path(spec: str) -> type[MultimodalModel]:
+    module, _, attr = spec.partition(":")
+    if not module or not attr:
+        raise InputError(
+            f"The model plug-in '{spec}' must be written package.module:ClassName.",
+            hint="For example --model examples.plugin.tiny_model:TinyModel.",
+        )
+    try:
+        obj: Any = importlib.import_module(module)
+    except Exception as exc:  # a plug-in's own import failure, whatever it is
+        raise _plugin_error(spec, exc) from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise InputError(
+                f"The model plug-in module '{module}' has no attribute '{attr}'.",
+                hint="Check the class name after the ':' (it is case-sensitive).",
+            )
+        obj = getattr(obj, part)
+    return _checked(obj, spec)
+
+
+def get(name: str, param: str = "model") -> type[MultimodalModel]:
+    """The model class for a name, ``module:Class`` or entry point; InputError otherwise
+    (naming the valid names and the nearest one; ``param``: the parameter's name there)."""
+    if not isinstance(name, str) or not name:
+        raise InputError(f"The '{param}' parameter must be a model name. Got {name!r} instead.")
+    if ":" in name:
+        return _from_path(name)
+    _load_builtins()
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    ep = _entry_points().get(name)
+    if ep is not None:
+        try:
+            obj = ep.load()
+        except Exception as exc:
+            raise _plugin_error(f"{name} = {ep.value}", exc) from None
+        return _checked(obj, f"{name} = {ep.value}")
+    try:
+        check_choice(name, names(), param)
+    except InputError as exc:
+        raise InputError(
+            exc.message, hint=f"{exc.hint} A plug-in is given as package.module:ClassName."
+        ) from None
+    raise AssertionError("unreachable: check_choice accepted an unknown name")
+
+
+def options_of(name: str, cfg: ModelConfig) -> ModelOptions:
+    """The model's Options from ``cfg.options`` (ConfigError naming an unknown key)."""
+    return get(name).Options.from_dict(cfg.options, name)
+
+
+def complete_config(name: str, cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with the model's options filled in with their defaults (what a run records);
+    checks the name and the options on the way."""
+    return cfg.override(options=options_of(name, cfg).to_dict())
+
+
+def build_model(name: str, cfg: ModelConfig, dims: Mapping[str, int], task: str) -> MultimodalModel:
+    """The one constructor. ``name``: see :func:`get`; dims {modality: D_m} of the feature
+    file; task regression | binary. Options come from ``cfg.options``."""
+    cls = get(name)
+    check_modalities(cls, tuple(m for m in dims))
+    return cls(cfg, dims, task, cls.Options.from_dict(cfg.options, name))
+
+
+def could_be_loaded(name: Any, recorded: Any = None) -> bool:
+    """Whether a run's recorded model names something some install could load: a built-in or
+    installed name, a ``module:Class`` path, or any name next to a plug-in's recorded class
+    (that plug-in may just not be installed here: :func:`build_for_run` says so)."""
+    if not isinstance(name, str) or not name:
+        return False
+    plugin = (
+        isinstance(recorded, str) and ":" in recorded and not recorded.startswith(f"{__package__}.")
+    )
+    return ":" in name or plugin or name in names()
+
+
+def build_for_run(config: Mapping[str, Any], run: Any) -> MultimodalModel:
+    """The model of a run's config.json; CheckpointError when its class cannot be loaded
+    here (e.g. a plug-in that is not installed), naming the class the run recorded."""
+    name, recorded = str(config["model_name"]), config.get("model_class")
+    cls: type[MultimodalModel] | None = None
+    try:
+        cls = get(name)
+    except InputError as exc:
+        if recorded and recorded != name:
+            with contextlib.suppress(InputError):  # reported below, naming the recorded class
+                cls = get(str(recorded))
+        if cls is None:
+            raise CheckpointError(
+                f"The run '{run}' was trained with the model '{recorded or name}', which "
+                f"cannot be loaded here: {exc.message}",
+                hint="Install the plug-in that provides it (or add its folder to PYTHONPATH).",
+            ) from None
+    mcfg = config["model_config"]
+    return cls(mcfg, config["dims"], config["task"], cls.Options.from_dict(mcfg.options, name))
