@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from qamoe_core import MODALITIES, __version__
+from qamoe_core import MODALITIES, __version__, rundir
 from qamoe_core.atomic import atomic_path
 from qamoe_core.config import (
     MODEL_NAMES,
@@ -490,3 +490,49 @@ def clear_run(path: str | os.PathLike[str]) -> None:
     run = Path(path)
     for name in ALL_FILES:
         (run / name).unlink(missing_ok=True)
+
+
+# --- the run folder: rundir's kind for `qamoe train` -----------------------------------------
+
+LEGACY_ASIDE = ".qamoe-replaced"  # where qamoe < 0.2's --force set a replaced run aside
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if os.path.lexists(out) and not out.is_dir():
+        raise InputError(
+            f"The output '{out}' is a file; --out takes a run directory.",
+            hint="Choose a folder path, e.g. --out runs/NAME.",
+        )
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not is_run_dir(out):
+        raise InputError(
+            f"The output folder '{out}' is not empty and holds no qamoe run.",
+            hint="Choose a new folder: qamoe never deletes files it did not write.",
+        )
+    if not force:
+        raise InputError(
+            f"The output folder '{out}' already holds a run.",
+            hint="Choose another --out, continue it with --resume, or replace it with --force.",
+        )
+
+
+def _recover_legacy(out: Path) -> None:
+    """A replacement by an older qamoe, cut short: its set-aside run is stale only if the
+    folder holds a checkpointed run (config.json AND train_state.pt); else it comes back."""
+    aside = out / LEGACY_ASIDE
+    if not aside.is_dir():
+        return
+    if not ((out / CONFIG).is_file() and (out / STATE).is_file()):
+        for p in sorted(aside.iterdir()):
+            os.replace(p, out / p.name)
+        log.warning("'%s': restored the run an unfinished --force replacement had set aside", out)
+    for p in sorted(aside.iterdir()):
+        if p.name in ALL_FILES:
+            p.unlink()
+    if not any(aside.iterdir()):
+        aside.rmdir()
+
+
+RUN_KIND = rundir.Kind("train", CONFIG, lambda name: name in ALL_FILES, allow_empty=True,
+                  check=_check_out, recover=_recover_legacy)  # fmt: skip

@@ -34,9 +34,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from qamoe_core import MODALITIES, __version__
-from qamoe_core.atomic import atomic_dir
-from qamoe_core.errors import InputError, OutputExistsError
+from qamoe_core import MODALITIES, __version__, rundir
+from qamoe_core.atomic import same_file
+from qamoe_core.errors import InputError
 from qamoe_core.metrics import higher_is_better
 from qamoe_core.results import (
     QUALITY_PREFIX,
@@ -333,27 +333,24 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 # -- the report -----------------------------------------------------------------------------
 
 
-def _check_out(out_dir: Path, force: bool) -> None:
-    """Refuse an output that cannot be made a report folder, before any work."""
-    if not out_dir.exists():
-        # The missing folders are created on the way; a file among them would stop that.
-        parent = next((p for p in out_dir.parents if os.path.lexists(p)), None)
-        if parent is not None and not parent.is_dir():  # a file, or a dangling link
+def _own(name: str) -> bool:
+    """The entries a report writes (what --force may replace; anything else is kept)."""
+    return name in (MARKER, "report.html", "report.md", "summary.csv", "curves.csv",
+                    "fixed_missing.csv") or name.endswith(".png")  # fmt: skip
+
+
+KIND = rundir.Kind("report", MARKER, _own, force_over_empty=True, foreign="is not a qamoe report")
+
+
+def _check_inputs(out: Path, sources: Sequence[str]) -> None:
+    """--force never writes over an input: refuse one that the new report would replace."""
+    for src in sources:
+        path = Path(src)
+        if path.parent.exists() and same_file(path.parent, out) and _own(path.name):
             raise InputError(
-                f"The output '{out_dir}' cannot be created: '{parent}' is not a folder.",
-                hint="Choose an --out folder whose parents are folders (or do not exist yet).",
+                f"The input '{src}' lies in the report folder '{out}' that --force would replace.",
+                hint="Move the results file out of the report folder, or choose another --out.",
             )
-        return
-    if not force:
-        raise OutputExistsError(out_dir)
-    if not out_dir.is_dir():
-        raise InputError(f"The output '{out_dir}' is a file, not a report folder.")
-    if any(out_dir.iterdir()) and not (out_dir / MARKER).exists():
-        # --force must never wipe a folder that holds something else (think --out .).
-        raise InputError(
-            f"The folder '{out_dir}' exists and is not a qamoe report; refusing to replace it.",
-            hint="Choose a new folder for --out.",
-        )
 
 
 def build_report(
@@ -372,7 +369,8 @@ def build_report(
     renamed at the end; an existing report folder is replaced only with ``force``.
     """
     out = Path(out_dir)
-    _check_out(out, force)
+    rundir.check_target(out, KIND, force)  # before any work; again under the lock
+    _check_inputs(out, sources)
     df = validate(results, "results")
     names = list(metrics) if metrics else [default_metric(df)]
     for m in names:
@@ -404,10 +402,8 @@ def build_report(
     summary = summarize(df, names)
     curve_table = pd.concat([curves(df, m).assign(metric=m) for m in names], ignore_index=True)
 
-    with atomic_dir(out, force=force) as tmp:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a report is an ordinary folder
+    with rundir.OutputFolder(out, KIND, force=force) as folder:
+        tmp = folder.path
         (tmp / MARKER).write_text(f"qamoe {__version__}\n")
         report = Report(out, out / "report.html", out / "report.md", metrics=names, runs=runs)
         pngs: dict[str, bytes] = {}
