@@ -9,8 +9,9 @@ Layout (format "qamoe-run", version 1)::
       model.pt        the selected (best-on-validation) weights: a state dict only
       metrics.json    final scores of the selected weights (validation; test for reference)
       history.jsonl   one JSON line per epoch
-      train_state.pt  for --resume: last weights, best weights, optimizer, step, early-stopping
-                      counters, RNG states, history; tensors and plain Python values only
+      train_state.pt  for --resume: last, EMA and best weights, optimizer, step, early-stopping
+                      counters, history; tensors and plain Python values only (no RNG
+                      state: each epoch re-seeds from (seed, epoch))
 
 Every ``.pt`` file is read with ``torch.load(..., weights_only=True)``: no pickled code ever
 runs. Files are written to a temporary name and renamed, so a crash leaves the previous

@@ -320,12 +320,15 @@ class OutputFolder:
                 old = temp_path(target, "old")
                 os.rename(target, old)
                 os.rename(new, target)
+            # Committed: from here on a failure leaves the old folder for recover(), which
+            # carries over what is not qamoe's before removing the rest.
+            self.path, self.committed = target, True
             (target / STAGE).unlink()
             _carry_and_remove(old, target, self.kind)
         else:
             os.rename(new, target)  # over an empty folder too; fails if one filled meanwhile
+            self.path, self.committed = target, True
             (target / STAGE).unlink()
-        self.path, self.committed = target, True
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         assert self._lock is not None

@@ -378,6 +378,9 @@ class _Loop:
         final = self.final_metrics()
         if self.info.main:
             ckpt.save_weights(self.path, self.best_weights)
+            # again: a kill between train_state.pt and history.jsonl of the last epoch
+            # leaves the history one epoch short, and a resume has no epoch left to write it
+            ckpt.write_history(self.path, self.history)
             ckpt.write_metrics(self.path, final)
             board.final(final)
         ddp.barrier(self.info)
@@ -450,16 +453,18 @@ def _train(f: FeatureFile, out: Path, model_name: str | None, model_cfg: ModelCo
         mcfg, tcfg = model_cfg or ModelConfig(), train_cfg or TrainConfig()
     metric = _select_metric(tcfg, f.scheme, f.task)
     tracking.check(tensorboard if info.main else None)
-    if resume and (done := _finished(out, tcfg.epochs)) is not None:
-        if info.main:
-            log.warning("'%s' finished already (%d epochs): nothing to resume", out,
-                        done.get("epochs_run", 0))  # fmt: skip
-        return {**done, "run_dir": str(out), "already_finished": True}
+    done = _finished(out, tcfg.epochs) if resume else None
     if not info.main:  # rank 0 owns the folder; the others only read a resumed run
+        if done is not None:
+            return {**done, "run_dir": str(out), "already_finished": True}
         ddp.barrier(info)
         loop = _Loop(f, out, None, model_name, mcfg, tcfg, metric, dev, info, notify)
         return loop.fit(resume, tracking.Board(None))
     with rundir.OutputFolder(out, ckpt.RUN_KIND, force=force, resume=resume) as folder:
+        if done is not None:  # entered all the same: the lock, and a sweep of leftovers
+            log.warning("'%s' finished already (%d epochs): nothing to resume", out,
+                        done.get("epochs_run", 0))  # fmt: skip
+            return {**done, "run_dir": str(out), "already_finished": True}
         ddp.barrier(info)
         loop = _Loop(f, out, folder, model_name, mcfg, tcfg, metric, dev, info, notify)
         with tracking.Board(tensorboard) as board:
