@@ -28,7 +28,7 @@ import warnings
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ from qamoe_core.config import (
 from qamoe_core.errors import CheckpointError, ConfigError, InputError
 from qamoe_core.model import MultimodalModel, build_model
 from qamoe_core.names import SCHEMES, TASKS
+
+if TYPE_CHECKING:
+    from qamoe_core.h5store import FeatureFile
 
 log = logging.getLogger(__name__)
 
@@ -491,6 +494,51 @@ def clear_run(path: str | os.PathLike[str]) -> None:
     run = Path(path)
     for name in ALL_FILES:
         (run / name).unlink(missing_ok=True)
+
+
+# --- resume -------------------------------------------------------------------------------
+
+
+def resume_configs(
+    out: Path, f: FeatureFile, model_name: str | None,
+    model_cfg: ModelConfig | None, train_cfg: TrainConfig | None,
+) -> tuple[str, ModelConfig, TrainConfig]:  # fmt: skip
+    """The saved configs of the run in ``out``; given ones (and the model) must equal them."""
+    saved = read_config(out)
+    dims = {m: int(f.dims[m]) for m in f.modalities}
+    if saved["dims"] != dims:
+        raise CheckpointError(
+            f"The data's feature dims {dims} do not match the run being resumed ({saved['dims']}).",
+            hint="Resume with the same DATA.h5 the run was started with.",
+        )
+    if saved["dataset"].get("sha256") not in (None, f.sha256()):
+        raise CheckpointError(
+            f"'{f.path}' is not the file the run in '{out}' was trained on (SHA-256 differs).",
+            hint="Resume with the same DATA.h5, or start a new run with --force.",
+        )
+    if model_name is not None and saved["model_name"] != model_name:
+        raise CheckpointError(
+            f"The run in '{out}' trains '{saved['model_name']}', not '{model_name}'.",
+            hint=f"Resume with --model {saved['model_name']} (or leave --model out).",
+        )
+    for given, key in ((model_cfg, "model_config"), (train_cfg, "train_config")):
+        if given is not None and given != saved[key]:
+            diff = [k for k, v in given.to_dict().items() if saved[key].to_dict().get(k) != v]
+            raise CheckpointError(
+                f"The config differs from the run being resumed in: {', '.join(diff)}.",
+                hint="Resume without changing the config (drop the flags), or use --force.",
+            )
+    return saved["model_name"], saved["model_config"], saved["train_config"]
+
+
+def finished_metrics(out: Path, epochs: int) -> dict[str, Any] | None:
+    """metrics.json of a run that has nothing left to train, else None."""
+    if not (out / METRICS).is_file():
+        return None
+    state = load_state(out)
+    if not (state["stopped_early"] or int(state["epoch"]) >= epochs):
+        return None
+    return read_metrics(out)
 
 
 # --- the run folder: rundir's kind for `qamoe train` -----------------------------------------

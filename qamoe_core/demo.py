@@ -136,24 +136,31 @@ def run_demo(
         return _run(folder.path, out, cfg, device, stage)
 
 
+class _Steps:
+    """Announces each step and times it (``DemoResult.seconds``)."""
+
+    def __init__(self, stage: Callable[[str], None] | None) -> None:
+        self.say = stage or (lambda text: log.info(text))
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str, text: str, fn: Callable[[], Any]) -> Any:
+        self.say(text)
+        t0 = time.perf_counter()
+        value = fn()
+        self.seconds[name] = round(time.perf_counter() - t0, 2)
+        return value
+
+
 def _run(
     built: Path, out: Path, cfg: DemoConfig, device: str, stage: Callable[[str], None] | None
 ) -> DemoResult:
     """The chain, written into ``built`` (the temporary) and described as ``out``."""
-    say = stage or (lambda text: log.info(text))
-    seconds: dict[str, float] = {}
-
-    def timed(name: str, text: str, fn: Callable[[], Any]) -> Any:
-        say(text)
-        t0 = time.perf_counter()
-        value = fn()
-        seconds[name] = round(time.perf_counter() - t0, 2)
-        return value
-
+    timed = _Steps(stage)
     data = built / "synthetic.h5"
     timed(
         "extract",
-        f"extract: synthetic '{cfg.preset}' dataset (offsets {dict(cfg.offset)}) → {data}",
+        f"extract: synthetic '{cfg.preset}' dataset (offsets {dict(cfg.offset)}) → "
+        f"{out / data.name}",
         lambda: write_synthetic(data, preset=cfg.preset, seed=cfg.seed, offset=dict(cfg.offset)),
     )
     train_cfg = TrainConfig(epochs=cfg.epochs, seed=cfg.seed)
@@ -174,7 +181,37 @@ def _run(
         f"{out / corrupted.name}",
         lambda: corrupt_file(data, corrupted, spec, splits=["test"]),
     )
+    tables, corrupted_eval = _evaluate_runs(runs, data, corrupted, cfg, device, timed)
+    results = pd.concat(tables, ignore_index=True)
+    report = timed(
+        "report",
+        f"report: curves and tables → {out / 'report'}",
+        lambda: build_report(
+            results,
+            built / "report",
+            title="qamoe demo: QA-MoE vs " + cfg.baseline + " on synthetic data",
+            sources=[str(out / f"results-{n}.csv") for n in runs],
+        ),
+    )
+    summary = summarize(results, [default_metric(results)]).to_dict(orient="records")
+    result = DemoResult(
+        out_dir=out,
+        report_html=out / "report" / report.html.name,
+        report_md=out / "report" / report.markdown.name,
+        seconds=timed.seconds,
+        summary=summary,
+        corrupted_eval=corrupted_eval,
+    )
+    (built / "demo.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    return result
 
+
+def _evaluate_runs(
+    runs: dict[str, Path], data: Path, corrupted: Path, cfg: DemoConfig, device: str,
+    timed: _Steps,
+) -> tuple[list[pd.DataFrame], dict[str, dict[str, float]]]:  # fmt: skip
+    """Each run on the corrupted copy as given, then swept over the spectrum (results CSVs
+    beside the data)."""
     sweep_cfg = EvalConfig(
         sweep=True,
         levels=cfg.levels,
@@ -199,28 +236,6 @@ def _run(
             f"{len(cfg.corruption_seeds)} seeds",
             partial(_evaluate, model, data, sweep_cfg, name, kind, device),
         )
-        save(result.table, built / f"results-{name}.csv")
+        save(result.table, data.parent / f"results-{name}.csv")
         tables.append(result.table)
-
-    results = pd.concat(tables, ignore_index=True)
-    report = timed(
-        "report",
-        f"report: curves and tables → {out / 'report'}",
-        lambda: build_report(
-            results,
-            built / "report",
-            title="qamoe demo: QA-MoE vs " + cfg.baseline + " on synthetic data",
-            sources=[str(out / f"results-{n}.csv") for n in runs],
-        ),
-    )
-    summary = summarize(results, [default_metric(results)]).to_dict(orient="records")
-    result = DemoResult(
-        out_dir=out,
-        report_html=out / "report" / report.html.name,
-        report_md=out / "report" / report.markdown.name,
-        seconds=seconds,
-        summary=summary,
-        corrupted_eval=corrupted_eval,
-    )
-    (built / "demo.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
-    return result
+    return tables, corrupted_eval

@@ -131,38 +131,6 @@ def _dataset_info(f: FeatureFile) -> dict[str, Any]:
     }
 
 
-def _resume_configs(
-    out: Path, f: FeatureFile, model_name: str | None,
-    model_cfg: ModelConfig | None, train_cfg: TrainConfig | None,
-) -> tuple[str, ModelConfig, TrainConfig]:  # fmt: skip
-    """The saved configs of the run in ``out``; given ones (and the model) must equal them."""
-    saved = ckpt.read_config(out)
-    dims = {m: int(f.dims[m]) for m in f.modalities}
-    if saved["dims"] != dims:
-        raise CheckpointError(
-            f"The data's feature dims {dims} do not match the run being resumed ({saved['dims']}).",
-            hint="Resume with the same DATA.h5 the run was started with.",
-        )
-    if saved["dataset"].get("sha256") not in (None, f.sha256()):
-        raise CheckpointError(
-            f"'{f.path}' is not the file the run in '{out}' was trained on (SHA-256 differs).",
-            hint="Resume with the same DATA.h5, or start a new run with --force.",
-        )
-    if model_name is not None and saved["model_name"] != model_name:
-        raise CheckpointError(
-            f"The run in '{out}' trains '{saved['model_name']}', not '{model_name}'.",
-            hint=f"Resume with --model {saved['model_name']} (or leave --model out).",
-        )
-    for given, key in ((model_cfg, "model_config"), (train_cfg, "train_config")):
-        if given is not None and given != saved[key]:
-            diff = [k for k, v in given.to_dict().items() if saved[key].to_dict().get(k) != v]
-            raise CheckpointError(
-                f"The config differs from the run being resumed in: {', '.join(diff)}.",
-                hint="Resume without changing the config (drop the flags), or use --force.",
-            )
-    return saved["model_name"], saved["model_config"], saved["train_config"]
-
-
 def _cpu(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in weights.items()}
 
@@ -429,16 +397,6 @@ def train(
             dist.destroy_process_group()
 
 
-def _finished(out: Path, epochs: int) -> dict[str, Any] | None:
-    """metrics.json of a run that has nothing left to train, else None."""
-    if not (out / ckpt.METRICS).is_file():
-        return None
-    state = ckpt.load_state(out)
-    if not (state["stopped_early"] or int(state["epoch"]) >= epochs):
-        return None
-    return ckpt.read_metrics(out)
-
-
 def _train(f: FeatureFile, out: Path, model_name: str | None, model_cfg: ModelConfig | None,
            train_cfg: TrainConfig | None, resume: bool, force: bool, dev: torch.device,
            info: DistInfo, notify: ProgressFn,
@@ -447,13 +405,13 @@ def _train(f: FeatureFile, out: Path, model_name: str | None, model_cfg: ModelCo
     # Every check that can fail runs before the output folder is touched.
     if resume:
         ckpt.check_run(out, require=(ckpt.CONFIG, ckpt.STATE))
-        model_name, mcfg, tcfg = _resume_configs(out, f, model_name, model_cfg, train_cfg)
+        model_name, mcfg, tcfg = ckpt.resume_configs(out, f, model_name, model_cfg, train_cfg)
     else:
         model_name = check_choice(model_name or "qamoe", MODEL_NAMES, "model")
         mcfg, tcfg = model_cfg or ModelConfig(), train_cfg or TrainConfig()
     metric = _select_metric(tcfg, f.scheme, f.task)
     tracking.check(tensorboard if info.main else None)
-    done = _finished(out, tcfg.epochs) if resume else None
+    done = ckpt.finished_metrics(out, tcfg.epochs) if resume else None
     if not info.main:  # rank 0 owns the folder; the others only read a resumed run
         if done is not None:
             return {**done, "run_dir": str(out), "already_finished": True}
