@@ -10,7 +10,8 @@ final name, and nothing qamoe did not create is ever deleted. How:
   stage marker (``.qamoe-stage``) while it is unfinished. "Complete" is the kind's own
   commit point: the end of a report or a demo, the first checkpoint of a training run
   (from then on the folder is a resumable run, and training continues in place).
-- At the commit the temporary and the old output trade names in ONE atomic step
+- At the commit the stage marker goes (the temporary is complete), then the temporary and
+  the old output trade names in ONE atomic step
   (``renameat2(RENAME_EXCHANGE)``, Linux ≥ 3.15 on ext4, xfs, btrfs, tmpfs). Entries of
   the old folder that are not the kind's own (a user's notes, an input CSV kept there) are
   then moved into the new folder, and what is left of the old one (only qamoe's files) goes.
@@ -216,12 +217,12 @@ def recover(target: Path, kind: Kind) -> None:
         if not p.is_dir() or p.is_symlink():
             p.unlink(missing_ok=True)
             log.warning("removed '%s', a temporary of an interrupted command", p)
-        elif (p / STAGE).is_file():  # an unfinished new output: only qamoe's files
+        elif (p / STAGE).is_file() or not any(p.iterdir()):  # unfinished (or just made)
             shutil.rmtree(p)
             log.warning("removed '%s', the unfinished output of an interrupted command", p)
-        elif not os.path.lexists(target):  # the fallback's instant between two renames
-            os.rename(p, target)
-            log.warning("'%s': put back the output an interrupted --force had set aside", target)
+        elif not os.path.lexists(target):  # a commit cut short, or the fallback's instant
+            os.rename(p, target)  # between two renames: the only complete output goes back
+            log.warning("'%s': put in place the complete output of an interrupted command", target)
         else:
             _carry_and_remove(p, target, kind)
             log.warning("removed '%s', an output replaced by an interrupted --force", p)
@@ -311,24 +312,26 @@ class OutputFolder:
         if self.committed:
             return
         new, target = self.path, self.target
-        if os.path.lexists(target) and not is_empty_dir(target):
-            if not (self.force and (target / self.kind.marker).exists()):
-                raise OutputExistsError(target)  # appeared meanwhile: never removed
-            if _rename_exchange(new, target):
-                old = new
-            else:
-                old = temp_path(target, "old")
-                os.rename(target, old)
-                os.rename(new, target)
-            # Committed: from here on a failure leaves the old folder for recover(), which
-            # carries over what is not qamoe's before removing the rest.
-            self.path, self.committed = target, True
-            (target / STAGE).unlink()
-            _carry_and_remove(old, target, self.kind)
-        else:
+        replacing = os.path.lexists(target) and not is_empty_dir(target)
+        if replacing and not (self.force and (target / self.kind.marker).exists()):
+            raise OutputExistsError(target)  # appeared meanwhile: never removed
+        # Complete now: without its stage marker a temporary found by recover() is either put
+        # in place (nothing at the final name) or removed (the old output is still there).
+        (new / STAGE).unlink()
+        if not replacing:
             os.rename(new, target)  # over an empty folder too; fails if one filled meanwhile
             self.path, self.committed = target, True
-            (target / STAGE).unlink()
+            return
+        if _rename_exchange(new, target):
+            old = new
+        else:
+            old = temp_path(target, "old")
+            os.rename(target, old)
+            os.rename(new, target)
+        # Committed: from here on a failure leaves the old folder for recover(), which
+        # carries over what is not qamoe's before removing the rest.
+        self.path, self.committed = target, True
+        _carry_and_remove(old, target, self.kind)
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         assert self._lock is not None
