@@ -213,10 +213,16 @@ def _rerun(sc: Scenario, w: Path, new: str, n: int) -> None:
     elif _digest(final) == new and not sc.force:
         extra = ("--force",)  # complete already: the rerun replaces its own output
     status = faultwrap.run(sc.command(w, extra), 0, w / "counts.json")
-    if status != "ok" and sc.name.startswith("train") and _digest(final) == "unfinished run":
-        # killed between a commit's two steps: the rerun put the run in place, then (like
-        # any command finding a run there) asked for --resume
-        status = faultwrap.run(sc.command(w, ("--resume",)), 0, w / "counts.json")
+    if status != "ok" and not extra:
+        # Killed between a commit's two steps (the stage marker gone, the rename not done):
+        # the rerun put the complete output in place, then, like any command finding its
+        # output there, refused to replace it without --force (or to restart without --resume)
+        if sc.name.startswith("train") and _digest(final) == "unfinished run":
+            extra = ("--resume",)
+        elif _digest(final) == new and not sc.force:
+            extra = ("--force",)
+        if extra:
+            status = faultwrap.run(sc.command(w, extra), 0, w / "counts.json")
     assert status == "ok", f"{sc.name} @ {n}: the rerun {status}"
     assert _digest(final) == new, f"{sc.name} @ {n}: the rerun differs"
     if sc.force:
