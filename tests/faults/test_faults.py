@@ -92,7 +92,10 @@ def _digest(path: Path) -> str:
         parts = [f"{k}:{v.numpy().tobytes().hex()}" for k, v in sorted(weights.items())]
         parts += [json.dumps(h["val"], sort_keys=True) for h in ckpt.read_history(path)]
         return hashlib.sha256("".join(parts).encode()).hexdigest()
-    names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+    # the user's file is checked on its own: right after the exchange it is still in the
+    # old folder, on its way into the new one
+    names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
+                   if p.is_file() and p.name != FOREIGN)  # fmt: skip
     pick = [n for n in names if n.endswith(".csv") and "runs/" not in n]
     parts = names + [hashlib.sha256((path / n).read_bytes()).hexdigest() for n in pick]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
