@@ -15,9 +15,19 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from qamoe_cli.common import Force, JsonOut, Quiet, emit, flag, out_console, progress, train_default
+from qamoe_cli.common import (
+    Force,
+    JsonOut,
+    Quiet,
+    emit,
+    err_console,
+    flag,
+    out_console,
+    progress,
+    train_default,
+)
 from qamoe_core.config import ModelConfig, TrainConfig, read_sections, resolve
-from qamoe_core.errors import InputError
+from qamoe_core.errors import UsageError
 
 # checkpoint, h5store and train are imported inside the functions that use them: they pull
 # torch (~1.5 s), which `qamoe --help` and `qamoe train --help` should not wait for.
@@ -83,18 +93,39 @@ def _render(result: dict[str, Any]) -> None:
     )
 
 
+def _epoch_line(event: Any) -> str:
+    """One line per epoch for logs and batch jobs (stderr not a terminal)."""
+    val = "" if event.val_score is None else f"  val_{event.metric} {event.val_score:.4f}"
+    secs = "" if event.seconds is None else f"  {event.seconds:.1f} s"
+    return f"epoch {event.epoch}/{event.epochs}  loss {event.loss:.4f}{val}{secs}"
+
+
+def _interrupted_hint(data: Path, out: Path) -> None:
+    """Ctrl-C after a checkpoint: say how to continue (the error funnel says the rest)."""
+    from qamoe_core import checkpoint as ckpt
+
+    if ckpt.is_run_dir(out) and (out / ckpt.STATE).is_file():
+        err_console.print(
+            f"hint: the run keeps its last completed epoch; continue it with "
+            f"`qamoe train {data} --out {out} --resume`",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 def command(
     data: Annotated[Path, typer.Argument(help="Feature file (HDF5) with train and valid splits.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create.")],
     model: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--model",
             "-m",
-            help="qamoe, a baseline or a published model (docs/models.md), or a plug-in: "
-            "package.module:ClassName or an installed qamoe.models entry point.",
+            help="qamoe (the default; with --resume, the run's), a baseline or a published "
+            "model (docs/models.md), or a plug-in: package.module:ClassName or an installed "
+            "qamoe.models entry point.",
         ),
-    ] = "qamoe",
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option("--config", "-c", help='JSON with "model" and/or "train" sections.'),
@@ -115,27 +146,41 @@ def command(
         str, typer.Option("--device", help="auto (cuda when available), cpu or cuda.")
     ] = "auto",
     resume: Annotated[bool, flag("--resume", help="Continue an interrupted run in --out.")] = False,
+    tensorboard: Annotated[
+        Path | None,
+        typer.Option(
+            "--tensorboard",
+            help="Also log scalars, final metrics and the config to this TensorBoard folder "
+            "(needs the 'tensorboard' extra).",
+        ),
+    ] = None,
     force: Force = False,
     json_out: JsonOut = False,
     quiet: Quiet = False,
 ) -> None:
     if resume and force:
-        raise InputError("--resume and --force contradict each other.", hint="Pick one.")
+        raise UsageError("--resume and --force contradict each other.", hint="Pick one.")
     from qamoe_core.models import get as model_class  # torch, needed by train() anyway
 
-    model_class(model, param="--model")  # before anything is read, in the flag's own name
+    if model is not None:
+        model_class(model, param="--model")  # before anything is read, in the flag's own name
     flags = {"epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr}
     model_cfg, train_cfg = _configs(config, resume, out, flags)
     from qamoe_core.train import TrainEvent, train  # torch: only once the flags are valid
 
     main_rank = os.environ.get("RANK", "0") == "0"
+    talk = main_rank and not (quiet or json_out)
     shown = train_cfg or TrainConfig()
     total = _total_steps(data, shown.batch_size, shown.epochs)
-    with progress(total, f"train {model}", enabled=main_rank and not (quiet or json_out)) as tick:
+    name = model or ("the run's model" if resume else "qamoe")
+    with progress(total, f"train {name}", enabled=talk) as tick:
         state: dict[str, float | None] = {"val": None}
 
         def on_event(event: TrainEvent) -> None:
             if event.kind == "start" and event.epoch > 0:
+                if talk:
+                    text = f"resuming '{out}' after epoch {event.epoch} of {event.epochs}"
+                    err_console.print(text, highlight=False, soft_wrap=True)
                 tick(event.epoch * event.batches, epoch=event.epoch)
             elif event.kind == "batch":
                 fields: dict[str, Any] = {"epoch": event.epoch, "loss": event.loss}
@@ -144,8 +189,19 @@ def command(
                 tick(1, **fields)
             elif event.kind == "epoch":
                 state["val"] = event.val_score
+                if talk and not err_console.is_terminal:
+                    err_console.print(_epoch_line(event), highlight=False, soft_wrap=True)
 
-        result = train(data, out, model, model_cfg, train_cfg, resume=resume, force=force,
-                       device=device, progress=on_event)  # fmt: skip
+        try:
+            result = train(data, out, model if resume else (model or "qamoe"), model_cfg,
+                           train_cfg, resume=resume, force=force, device=device,
+                           progress=on_event, tensorboard=tensorboard)  # fmt: skip
+        except KeyboardInterrupt:
+            if main_rank:
+                _interrupted_hint(data, out)
+            raise
+    if main_rank and result.get("already_finished") and not quiet:
+        err_console.print(f"'{out}' finished already ({result.get('epochs_run')} epochs); "
+                          "nothing was changed.", highlight=False, soft_wrap=True)  # fmt: skip
     if main_rank:
         emit(result, json_mode=json_out, render=lambda: _render(result))

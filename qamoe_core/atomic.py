@@ -10,13 +10,16 @@ import contextlib
 import errno
 import os
 import re
-import shutil
 import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import qamoe_core.rundir as rundir
 from qamoe_core.errors import InputError, NoSpaceError, OutputExistsError
+from qamoe_core.rundir import short_name
+
+__all__ = ["atomic_path", "check_output", "same_file", "short_name", "write_failure"]
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
@@ -86,12 +89,6 @@ def write_failure(exc: BaseException, out: Path) -> NoSpaceError | None:
     )
 
 
-def short_name(name: str, limit: int = 200) -> str:
-    """``name`` cut to at most ``limit`` bytes of UTF-8 (whole characters), for temporaries
-    named after an output: the suffixes they add must still fit in NAME_MAX (255 bytes)."""
-    return name.encode("utf-8", "surrogateescape")[:limit].decode("utf-8", "ignore")
-
-
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -103,48 +100,35 @@ def atomic_path(path: str | os.PathLike[str], force: bool = False) -> Iterator[P
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
 
     The temporary lives in the same folder so that the final ``os.replace`` is a rename on
-    one file system. On any exception (including KeyboardInterrupt) it is removed.
+    one file system. On any exception (including KeyboardInterrupt) it is removed; one left
+    by a hard kill carries its pid in its name (``rundir.temp_path``) and is swept by the
+    next write of the same output. The output's lock is held throughout, so a second
+    command writing the same file fails at once instead of racing this one.
     """
     out = check_output(path, force)
-    try:
-        # The temporary's name is kept short: a long output name must not overflow NAME_MAX.
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{short_name(out.name)}.", suffix=".tmp",
-                                        dir=out.parent)  # fmt: skip
-    except OSError as exc:
-        raise write_failure(exc, out) or InputError(
-            f"Cannot create a file in '{out.parent}': {exc.strerror or exc}.",
-            hint="Check the folder's permissions, or write somewhere else with --out.",
-        ) from None
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
-    try:
-        yield tmp
-        if out.exists() and not force:  # created by someone else meanwhile
-            raise OutputExistsError(out)
-        os.replace(tmp, out)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        failure = write_failure(exc, out)
-        if failure is not None:
-            raise failure from None
-        raise
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str], force: bool = False) -> Iterator[Path]:
-    """Like :func:`atomic_path` for a directory: build it under a temporary name, then rename."""
-    out = Path(path)
-    if out.exists() and not force:
-        raise OutputExistsError(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with rundir.locked(out):
+        rundir.sweep_files(out)
+        # mkstemp's name, in the form rundir.temp_path gives (so that sweeps know it)
+        prefix = rundir.temp_path(out).name.rsplit("-", 1)[0] + "-"
+        try:
+            fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=out.parent)
+        except OSError as exc:
+            raise write_failure(exc, out) or InputError(
+                f"Cannot create a file in '{out.parent}': {exc.strerror or exc}.",
+                hint="Check the folder's permissions, or write somewhere else with --out.",
+            ) from None
+        os.close(fd)
+        tmp = Path(name)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual ones
+        try:
+            yield tmp
+            if out.exists() and not force:  # created by someone else meanwhile
+                raise OutputExistsError(out)
+            os.replace(tmp, out)
+        except BaseException as exc:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            failure = write_failure(exc, out)
+            if failure is not None:
+                raise failure from None
+            raise

@@ -9,8 +9,9 @@ Layout (format "qamoe-run", version 1)::
       model.pt        the selected (best-on-validation) weights: a state dict only
       metrics.json    final scores of the selected weights (validation; test for reference)
       history.jsonl   one JSON line per epoch
-      train_state.pt  for --resume: last weights, best weights, optimizer, step, early-stopping
-                      counters, RNG states, history; tensors and plain Python values only
+      train_state.pt  for --resume: last, EMA and best weights, optimizer, step, early-stopping
+                      counters, history; tensors and plain Python values only (no RNG
+                      state: each epoch re-seeds from (seed, epoch))
 
 Every ``.pt`` file is read with ``torch.load(..., weights_only=True)``: no pickled code ever
 runs. Files are written to a temporary name and renamed, so a crash leaves the previous
@@ -27,11 +28,12 @@ import warnings
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+import qamoe_core.rundir as rundir
 from qamoe_core.atomic import atomic_path
 from qamoe_core.config import (
     ModelConfig,
@@ -44,6 +46,9 @@ from qamoe_core.models import MultimodalModel, build_for_run, class_path, get, n
 from qamoe_core.models.registry import could_be_loaded
 from qamoe_core.names import MODALITIES, SCHEMES, TASKS
 from qamoe_core.version import __version__
+
+if TYPE_CHECKING:
+    from qamoe_core.h5store import FeatureFile
 
 log = logging.getLogger(__name__)
 
@@ -494,3 +499,94 @@ def clear_run(path: str | os.PathLike[str]) -> None:
     run = Path(path)
     for name in ALL_FILES:
         (run / name).unlink(missing_ok=True)
+
+
+# --- resume -------------------------------------------------------------------------------
+
+
+def resume_configs(
+    out: Path, f: FeatureFile, model_name: str | None,
+    model_cfg: ModelConfig | None, train_cfg: TrainConfig | None,
+) -> tuple[str, ModelConfig, TrainConfig]:  # fmt: skip
+    """The saved configs of the run in ``out``; given ones (and the model) must equal them."""
+    saved = read_config(out)
+    dims = {m: int(f.dims[m]) for m in f.modalities}
+    if saved["dims"] != dims:
+        raise CheckpointError(
+            f"The data's feature dims {dims} do not match the run being resumed ({saved['dims']}).",
+            hint="Resume with the same DATA.h5 the run was started with.",
+        )
+    if saved["dataset"].get("sha256") not in (None, f.sha256()):
+        raise CheckpointError(
+            f"'{f.path}' is not the file the run in '{out}' was trained on (SHA-256 differs).",
+            hint="Resume with the same DATA.h5, or start a new run with --force.",
+        )
+    if model_name is not None and saved["model_name"] != model_name:
+        raise CheckpointError(
+            f"The run in '{out}' trains '{saved['model_name']}', not '{model_name}'.",
+            hint=f"Resume with --model {saved['model_name']} (or leave --model out).",
+        )
+    for given, key in ((model_cfg, "model_config"), (train_cfg, "train_config")):
+        if given is not None and given != saved[key]:
+            diff = [k for k, v in given.to_dict().items() if saved[key].to_dict().get(k) != v]
+            raise CheckpointError(
+                f"The config differs from the run being resumed in: {', '.join(diff)}.",
+                hint="Resume without changing the config (drop the flags), or use --force.",
+            )
+    return saved["model_name"], saved["model_config"], saved["train_config"]
+
+
+def finished_metrics(out: Path, epochs: int) -> dict[str, Any] | None:
+    """metrics.json of a run that has nothing left to train, else None."""
+    if not (out / METRICS).is_file():
+        return None
+    state = load_state(out)
+    if not (state["stopped_early"] or int(state["epoch"]) >= epochs):
+        return None
+    return read_metrics(out)
+
+
+# --- the run folder: rundir's kind for `qamoe train` -----------------------------------------
+
+LEGACY_ASIDE = ".qamoe-replaced"  # where qamoe < 0.2's --force set a replaced run aside
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if os.path.lexists(out) and not out.is_dir():
+        raise InputError(
+            f"The output '{out}' is a file; --out takes a run directory.",
+            hint="Choose a folder path, e.g. --out runs/NAME.",
+        )
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not is_run_dir(out):
+        raise InputError(
+            f"The output folder '{out}' is not empty and holds no qamoe run.",
+            hint="Choose a new folder: qamoe never deletes files it did not write.",
+        )
+    if not force:
+        raise InputError(
+            f"The output folder '{out}' already holds a run.",
+            hint="Choose another --out, continue it with --resume, or replace it with --force.",
+        )
+
+
+def _recover_legacy(out: Path) -> None:
+    """A replacement by an older qamoe, cut short: its set-aside run is stale only if the
+    folder holds a checkpointed run (config.json AND train_state.pt); else it comes back."""
+    aside = out / LEGACY_ASIDE
+    if not aside.is_dir():
+        return
+    if not ((out / CONFIG).is_file() and (out / STATE).is_file()):
+        for p in sorted(aside.iterdir()):
+            os.replace(p, out / p.name)
+        log.warning("'%s': restored the run an unfinished --force replacement had set aside", out)
+    for p in sorted(aside.iterdir()):
+        if p.name in ALL_FILES:
+            p.unlink()
+    if not any(aside.iterdir()):
+        aside.rmdir()
+
+
+RUN_KIND = rundir.Kind("train", CONFIG, lambda name: name in ALL_FILES, allow_empty=True,
+                  check=_check_out, recover=_recover_legacy)  # fmt: skip

@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -21,11 +19,12 @@ from typing import Any
 
 import pandas as pd
 
-from qamoe_core.atomic import short_name
+import qamoe_core.checkpoint as ckpt
+import qamoe_core.rundir as rundir
 from qamoe_core.checkpoint import load_run, resolve_device
 from qamoe_core.config import BASELINES, ModelConfig, TrainConfig
 from qamoe_core.corrupt import corrupt_file
-from qamoe_core.errors import InputError, OutputExistsError, check_level
+from qamoe_core.errors import InputError, check_level
 from qamoe_core.evaluate import EvalConfig, EvalResult, Evaluation
 from qamoe_core.report import build_report
 from qamoe_core.results import default_metric, save, summarize
@@ -95,34 +94,25 @@ class DemoResult:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
 
-def _prepare(out: Path, force: bool) -> Path | None:
-    """Create ``out``; an earlier demo there (with --force) is renamed aside, not deleted, until
-    the new one has finished: returns where it went."""
-    old = None
-    if out.exists():
-        if not force:
-            raise OutputExistsError(out)
-        if not (out / MARKER).exists():
-            raise InputError(
-                f"The folder '{out}' exists and was not made by `qamoe demo`; refusing to "
-                "replace it.",
-                hint="Choose a new folder with --out.",
-            )
-        old = Path(
-            tempfile.mkdtemp(prefix=f".{short_name(out.name)}.", suffix=".old", dir=out.parent)
-        )
-        os.replace(out, old / out.name)
-    out.mkdir(parents=True)
-    (out / MARKER).write_text(f"qamoe {__version__}\n")
-    return old
+def _own(name: str) -> bool:
+    """What a demo writes (what --force replaces; anything else in the folder is kept)."""
+    return name in (MARKER, "synthetic.h5", "runs", "report", "demo.json") or (
+        name.startswith(("synthetic-", "results-")) and name.endswith((".h5", ".csv"))
+    )
 
 
-def _undo(out: Path, old: Path | None) -> None:
-    """A demo that did not finish: remove its folder and put the earlier one back."""
-    shutil.rmtree(out, ignore_errors=True)
-    if old is not None:
-        os.replace(old / out.name, out)
-        shutil.rmtree(old, ignore_errors=True)
+KIND = rundir.Kind("demo", MARKER, _own)
+
+
+def _relocate(built: Path, out: Path, runs: Iterable[Path]) -> None:
+    """The runs were trained on the data under the temporary name: record the final one."""
+    for run in runs:
+        config = json.loads((run / ckpt.CONFIG).read_text(encoding="utf-8"))
+        path = Path(config["dataset"]["path"])
+        if path.is_relative_to(built.resolve()):
+            rel = path.relative_to(built.resolve())
+            config["dataset"]["path"] = str(out.resolve() / rel)
+            ckpt.write_config(run, config)
 
 
 def _evaluate(
@@ -142,53 +132,87 @@ def run_demo(
     """Run the chain into ``out_dir``; ``stage(text)`` is called as each step starts."""
     out = Path(out_dir)
     resolve_device(device)  # a bad --device fails before any folder is touched
-    old = _prepare(out, force)
-    try:
-        result = _run(out, cfg, device, stage)
-    except BaseException:
-        _undo(out, old)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return result
+    with rundir.OutputFolder(out, KIND, force=force) as folder:
+        (folder.path / MARKER).write_text(f"qamoe {__version__}\n")
+        return _run(folder.path, out, cfg, device, stage)
+
+
+class _Steps:
+    """Announces each step and times it (``DemoResult.seconds``)."""
+
+    def __init__(self, stage: Callable[[str], None] | None) -> None:
+        self.say = stage or (lambda text: log.info(text))
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str, text: str, fn: Callable[[], Any]) -> Any:
+        self.say(text)
+        t0 = time.perf_counter()
+        value = fn()
+        self.seconds[name] = round(time.perf_counter() - t0, 2)
+        return value
 
 
 def _run(
-    out: Path, cfg: DemoConfig, device: str, stage: Callable[[str], None] | None
+    built: Path, out: Path, cfg: DemoConfig, device: str, stage: Callable[[str], None] | None
 ) -> DemoResult:
-    say = stage or (lambda text: log.info(text))
-    seconds: dict[str, float] = {}
-
-    def timed(name: str, text: str, fn: Callable[[], Any]) -> Any:
-        say(text)
-        t0 = time.perf_counter()
-        value = fn()
-        seconds[name] = round(time.perf_counter() - t0, 2)
-        return value
-
-    data = out / "synthetic.h5"
+    """The chain, written into ``built`` (the temporary) and described as ``out``."""
+    timed = _Steps(stage)
+    data = built / "synthetic.h5"
     timed(
         "extract",
-        f"extract: synthetic '{cfg.preset}' dataset (offsets {dict(cfg.offset)}) → {data}",
+        f"extract: synthetic '{cfg.preset}' dataset (offsets {dict(cfg.offset)}) → "
+        f"{out / data.name}",
         lambda: write_synthetic(data, preset=cfg.preset, seed=cfg.seed, offset=dict(cfg.offset)),
     )
     train_cfg = TrainConfig(epochs=cfg.epochs, seed=cfg.seed)
-    runs = {"qamoe": out / "runs" / "qamoe", cfg.baseline: out / "runs" / cfg.baseline}
+    runs = {"qamoe": built / "runs" / "qamoe", cfg.baseline: built / "runs" / cfg.baseline}
     for name, run_dir in runs.items():
         timed(
             f"train_{name}",
-            f"train: {name} ({cfg.epochs} epochs max) → {run_dir}",
+            f"train: {name} ({cfg.epochs} epochs max) → {out / 'runs' / name}",
             partial(train, data, run_dir, name, ModelConfig(), train_cfg, device=device),
         )
+    _relocate(built, out, runs.values())
     level_tag = f"{cfg.level:g}"
-    corrupted = out / f"synthetic-{level_tag}.h5"
+    corrupted = built / f"synthetic-{level_tag}.h5"
     spec = CorruptionSpec(level=cfg.level, modalities=cfg.corrupt_modalities, seed=cfg.seed)
     timed(
         "corrupt",
-        f"corrupt: level {level_tag} on {'+'.join(cfg.corrupt_modalities)} → {corrupted}",
+        f"corrupt: level {level_tag} on {'+'.join(cfg.corrupt_modalities)} → "
+        f"{out / corrupted.name}",
         lambda: corrupt_file(data, corrupted, spec, splits=["test"]),
     )
+    tables, corrupted_eval = _evaluate_runs(runs, data, corrupted, cfg, device, timed)
+    results = pd.concat(tables, ignore_index=True)
+    report = timed(
+        "report",
+        f"report: curves and tables → {out / 'report'}",
+        lambda: build_report(
+            results,
+            built / "report",
+            title="qamoe demo: QA-MoE vs " + cfg.baseline + " on synthetic data",
+            sources=[str(out / f"results-{n}.csv") for n in runs],
+        ),
+    )
+    summary = summarize(results, [default_metric(results)]).to_dict(orient="records")
+    result = DemoResult(
+        out_dir=out,
+        report_html=out / "report" / report.html.name,
+        report_md=out / "report" / report.markdown.name,
+        seconds=timed.seconds,
+        summary=summary,
+        corrupted_eval=corrupted_eval,
+    )
+    (built / "demo.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    return result
 
+
+def _evaluate_runs(
+    runs: dict[str, Path], data: Path, corrupted: Path, cfg: DemoConfig, device: str,
+    timed: _Steps,
+) -> tuple[list[pd.DataFrame], dict[str, dict[str, float]]]:  # fmt: skip
+    """Each run on the corrupted copy as given, then swept over the spectrum (results CSVs
+    beside the data)."""
     sweep_cfg = EvalConfig(
         sweep=True,
         levels=cfg.levels,
@@ -213,28 +237,6 @@ def _run(
             f"{len(cfg.corruption_seeds)} seeds",
             partial(_evaluate, model, data, sweep_cfg, name, kind, device),
         )
-        save(result.table, out / f"results-{name}.csv")
+        save(result.table, data.parent / f"results-{name}.csv")
         tables.append(result.table)
-
-    results = pd.concat(tables, ignore_index=True)
-    report = timed(
-        "report",
-        f"report: curves and tables → {out / 'report'}",
-        lambda: build_report(
-            results,
-            out / "report",
-            title="qamoe demo: QA-MoE vs " + cfg.baseline + " on synthetic data",
-            sources=[str(out / f"results-{n}.csv") for n in runs],
-        ),
-    )
-    summary = summarize(results, [default_metric(results)]).to_dict(orient="records")
-    result = DemoResult(
-        out_dir=out,
-        report_html=Path(report.html),
-        report_md=Path(report.markdown),
-        seconds=seconds,
-        summary=summary,
-        corrupted_eval=corrupted_eval,
-    )
-    (out / "demo.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
-    return result
+    return tables, corrupted_eval

@@ -37,8 +37,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from qamoe_core.atomic import atomic_dir
-from qamoe_core.errors import InputError, OutputExistsError
+import qamoe_core.rundir as rundir
+from qamoe_core.atomic import same_file
+from qamoe_core.errors import InputError
 from qamoe_core.metrics import PRIMARY
 from qamoe_core.report_compare import compare
 from qamoe_core.report_plots import (
@@ -226,27 +227,28 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 # -- the report -----------------------------------------------------------------------------
 
 
-def _check_out(out_dir: Path, force: bool) -> None:
-    """Refuse an output that cannot be made a report folder, before any work."""
-    if not out_dir.exists():
-        # The missing folders are created on the way; a file among them would stop that.
-        parent = next((p for p in out_dir.parents if os.path.lexists(p)), None)
-        if parent is not None and not parent.is_dir():  # a file, or a dangling link
+def _own(name: str) -> bool:
+    """The entries a report writes (what --force may replace; anything else is kept)."""
+    tables = ("data", "summary", "curves", "fixed_missing", "comparison")
+    return (
+        name in (MARKER, "report.html", "report.md")
+        or name in {f"{t}.csv" for t in tables}
+        or name.endswith((".png", ".pdf", ".svg"))  # the figures, in every format written
+    )
+
+
+KIND = rundir.Kind("report", MARKER, _own, force_over_empty=True, foreign="is not a qamoe report")
+
+
+def _check_inputs(out: Path, sources: Sequence[str]) -> None:
+    """--force never writes over an input: refuse one that the new report would replace."""
+    for src in sources:
+        path = Path(src)
+        if path.parent.exists() and same_file(path.parent, out) and _own(path.name):
             raise InputError(
-                f"The output '{out_dir}' cannot be created: '{parent}' is not a folder.",
-                hint="Choose an --out folder whose parents are folders (or do not exist yet).",
+                f"The input '{src}' lies in the report folder '{out}' that --force would replace.",
+                hint="Move the results file out of the report folder, or choose another --out.",
             )
-        return
-    if not force:
-        raise OutputExistsError(out_dir)
-    if not out_dir.is_dir():
-        raise InputError(f"The output '{out_dir}' is a file, not a report folder.")
-    if any(out_dir.iterdir()) and not (out_dir / MARKER).exists():
-        # --force must never wipe a folder that holds something else (think --out .).
-        raise InputError(
-            f"The folder '{out_dir}' exists and is not a qamoe report; refusing to replace it.",
-            hint="Choose a new folder for --out.",
-        )
 
 
 def build_report(
@@ -280,7 +282,8 @@ def build_report(
             f"Unknown figure format(s) {', '.join(bad)}.",
             hint=f"Choose among {', '.join(FORMATS)}.",
         )
-    _check_out(out, force)
+    rundir.check_target(out, KIND, force)  # before any work; again under the lock
+    _check_inputs(out, sources)
     df = validate(results, "results")
     if measured(df).empty:
         raise InputError(
@@ -303,10 +306,8 @@ def build_report(
     files["report.html"] = page.html(figures).encode("utf-8")
     files["report.md"] = page.markdown(figures).encode("utf-8")
 
-    with atomic_dir(out, force=force) as tmp:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a report is an ordinary folder
+    with rundir.OutputFolder(out, KIND, force=force) as folder:
+        tmp = folder.path
         (tmp / MARKER).write_text(f"qamoe {__version__}\n")
         for name, data in files.items():
             (tmp / name).write_bytes(data)

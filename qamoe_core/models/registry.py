@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from qamoe_core.config import ModelConfig
-from qamoe_core.errors import CheckpointError, InputError, check_choice
+from qamoe_core.errors import CheckpointError, InputError, UsageError, check_choice
 from qamoe_core.models.base import CONTRACT_HINT, ModelOptions, MultimodalModel, check_modalities
 
 ENTRY_POINT_GROUP = "qamoe.models"
@@ -61,7 +61,15 @@ def _load_builtins() -> None:
 def builtin_names() -> tuple[str, ...]:
     """Registered names: QA-MoE first, then the others in the order they registered."""
     _load_builtins()
-    return tuple(sorted(_REGISTRY, key=lambda n: n != "qamoe"))  # then in registration order
+    order = list(_REGISTRY)  # registration order
+
+    def key(name: str) -> tuple[bool, bool, int | str]:
+        # QA-MoE, then our fusion baselines as fusion.py lists them, then the rest by name
+        # (modules load in file-name order, which says nothing about the models).
+        ours = _REGISTRY[name].__module__ == f"{__package__}.fusion"
+        return (name != "qamoe", not ours, order.index(name) if ours else name)
+
+    return tuple(sorted(_REGISTRY, key=key))
 
 
 def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
@@ -128,7 +136,7 @@ def get(name: str, param: str = "model") -> type[MultimodalModel]:
     """The model class for a name, ``module:Class`` or entry point; InputError otherwise
     (naming the valid names and the nearest one; ``param``: the parameter's name there)."""
     if not isinstance(name, str) or not name:
-        raise InputError(f"The '{param}' parameter must be a model name. Got {name!r} instead.")
+        raise UsageError(f"The '{param}' parameter must be a model name. Got {name!r} instead.")
     if ":" in name:
         return _from_path(name)
     _load_builtins()
@@ -143,8 +151,8 @@ def get(name: str, param: str = "model") -> type[MultimodalModel]:
         return _checked(obj, f"{name} = {ep.value}")
     try:
         check_choice(name, names(), param)
-    except InputError as exc:
-        raise InputError(
+    except UsageError as exc:  # a usage error (exit 2), with the nearest name in its hint
+        raise UsageError(
             exc.message, hint=f"{exc.hint} A plug-in is given as package.module:ClassName."
         ) from None
     raise AssertionError("unreachable: check_choice accepted an unknown name")

@@ -275,21 +275,6 @@ def test_eval_on_the_model_file_points_to_the_folder(
 # Usage errors still raised as plain InputError in files other helpers own: each should exit 2
 # once it raises qamoe_core.errors.UsageError (or goes through check_choice). strict: when one
 # is fixed, its case passes and must move out of this list.
-PENDING_USAGE = [
-    pytest.param(
-        ["train", "{data}", "--out", "{tmp}/r", "--model", "late_fusion"], id="train-model"
-    ),
-    pytest.param(["train", "{data}", "--out", "{tmp}/r", "--resume", "--force"], id="resume+force"),
-]
-
-
-@pytest.mark.xfail(strict=True, reason="UsageError not yet raised there (issue 13, item 6)")
-@pytest.mark.parametrize("argv", PENDING_USAGE)
-def test_pending_usage_errors_exit_2(argv: list[str], tiny_h5: Path, tmp_path: Path) -> None:
-    args = [a.format(data=tiny_h5, tmp=tmp_path) for a in argv]
-    assert main(args) == 2
-
-
 def test_click_exception_classes_are_the_ones_typer_raises() -> None:
     # typer < 0.26 raises click's exceptions, later ones those of its vendored copy; the
     # funnel must catch whichever it is (else a typo in a flag would be "unexpected")
@@ -299,3 +284,32 @@ def test_click_exception_classes_are_the_ones_typer_raises() -> None:
     with pytest.raises(ClickUsageError) as info:
         app(args=["corrupt", "--no-such-flag"], standalone_mode=False)
     assert isinstance(info.value, ClickException)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(
+            ["train", "{data}", "--out", "{tmp}/r", "--model", "late_fusion"], id="train-model"
+        ),
+        pytest.param(
+            ["train", "{data}", "--out", "{tmp}/r", "--resume", "--force"], id="resume+force"
+        ),
+        pytest.param(
+            ["eval", "{tmp}", "--data", "{data}", "--sweep", "--axis", "sideways"], id="eval-axis"
+        ),
+        pytest.param(
+            ["corrupt", "{data}", "--level", "0.2", "--modalities", "smell", "--out", "{tmp}/c"],
+            id="corrupt-modalities",
+        ),
+    ],
+)
+def test_usage_errors_in_every_command_exit_2(
+    argv: list[str], tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [a.format(data=tiny_h5, tmp=tmp_path) for a in argv]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "hint: " in err
+    if "late_fusion" in argv:
+        assert "Did you mean 'late-fusion'?" in err

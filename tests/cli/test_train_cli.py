@@ -47,7 +47,7 @@ def test_table_output_and_model_choice(
     shown = capsys.readouterr().out
     assert "valid @ level 0.5" in shown and "test clean (not used to select)" in shown
     assert json.loads((out / "config.json").read_text())["model_name"] == "late-fusion"
-    assert main([*args, "--model", "lstm"]) == 1
+    assert main([*args, "--model", "lstm"]) == 2  # a usage error
     assert "'--model' parameter must be one of qamoe, late-fusion" in capsys.readouterr().err
 
 
@@ -97,3 +97,88 @@ def test_config_errors_are_one_line(
     assert not (tmp_path / "r").exists()
     assert main(["train", str(tmp_path / "nope.h5"), "--out", str(tmp_path / "r")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def _train_args(tiny_h5: Path, out: Path, cfg: Path, *more: str) -> list[str]:
+    return ["train", str(tiny_h5), "--out", str(out), "--config", str(cfg), "--device", "cpu",
+            *more]  # fmt: skip
+
+
+def test_epoch_lines_when_stderr_is_not_a_terminal_and_resume_messages(
+    tiny_h5: Path, tmp_path: Path, cfg: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """#13.2: a log got nothing until the end; Ctrl-C did not name --resume; --resume did
+    not say where it continues; #19: --resume refused unless --model was repeated."""
+    from qamoe_core import train as train_mod
+
+    out = tmp_path / "run"
+    original = train_mod._Loop.epoch
+
+    def interrupted(self: train_mod._Loop, epoch: int) -> None:
+        if epoch == 1:
+            raise KeyboardInterrupt
+        original(self, epoch)
+
+    monkeypatch.setattr(train_mod._Loop, "epoch", interrupted)
+    assert main(_train_args(tiny_h5, out, cfg, "--epochs", "2", "--model", "late-fusion")) == 130
+    err = capsys.readouterr().err
+    assert "epoch 1/2  loss " in err and "  val_MAE " in err and err.count("epoch 1/2") == 1
+    assert f"--out {out} --resume" in err  # the hint says how to continue
+    monkeypatch.setattr(train_mod._Loop, "epoch", original)
+    # no --model: the run's (late-fusion) is used, not the default
+    assert main(["train", str(tiny_h5), "--out", str(out), "--resume", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert f"resuming '{out}' after epoch 1 of 2" in err and "epoch 2/2  loss " in err
+    assert json.loads((out / "metrics.json").read_text())["model_name"] == "late-fusion"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(["train", str(tiny_h5), "--out", str(out), "--resume", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["already_finished"] is True
+    assert "finished already" in captured.err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing changed
+    assert main(["train", str(tiny_h5), "--out", str(out), "--resume", "--model", "qamoe"]) == 1
+    assert "trains 'late-fusion', not 'qamoe'" in capsys.readouterr().err
+
+
+def test_tensorboard_log_of_a_run(
+    tiny_h5: Path, tmp_path: Path, cfg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """#13.8: scalars per epoch, the final metrics and the config as text."""
+    pytest.importorskip("tensorboard", reason="the 'tensorboard' extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board, out = tmp_path / "tb", tmp_path / "run"
+    assert main(_train_args(tiny_h5, out, cfg, "--epochs", "2", "-q", "--tensorboard",
+                            str(board))) == 0  # fmt: skip
+    assert not any(out.rglob("events.out.tfevents*"))  # the run folder stays as it was
+    acc = EventAccumulator(str(board), size_guidance={"tensors": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert [e.step for e in acc.Scalars("train/train_loss")] == [1, 2]
+    assert "val/0.5/MAE" in tags["scalars"] and "final/val_clean/MAE" in tags["scalars"]
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert acc.Scalars("train/val_score")[1].value == pytest.approx(history[1]["val_score"])
+    text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert '"model_name": "qamoe"' in text
+
+
+def test_tensorboard_without_the_package_is_one_error_before_training(
+    tiny_h5: Path, tmp_path: Path, cfg: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name: str, *args: object, **kwargs: object) -> object:
+        if name.split(".")[0] == "tensorboard":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    out = tmp_path / "run"
+    assert main(_train_args(tiny_h5, out, cfg, "--tensorboard", str(tmp_path / "tb"))) == 1
+    err = capsys.readouterr().err
+    assert "needs the 'tensorboard' package" in err and "qamoe[tensorboard]" in err
+    assert not out.exists() and not (tmp_path / "tb").exists()
