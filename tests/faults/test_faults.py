@@ -34,7 +34,7 @@ TINY_DEMO = DemoConfig(preset="tiny", epochs=1, levels=(0.0, 0.5), corruption_se
 # Demos make ~10x the file operations of the other commands: every STRIDE-th point is tried
 # (plus the last ones, around the final commit), to keep the harness to a few minutes;
 # QAMOE_FAULTS_DEMO_STRIDE=1 tries every one.
-DEMO_STRIDE = int(os.environ.get("QAMOE_FAULTS_DEMO_STRIDE", "4"))
+DEMO_STRIDE = int(os.environ.get("QAMOE_FAULTS_DEMO_STRIDE", "12"))
 
 
 def _cli(argv: list[str]) -> Callable[[], int]:
