@@ -75,15 +75,19 @@ def _render(result: dict[str, Any]) -> None:
     rows: list[tuple[str, dict[str, float]]] = [
         (f"valid @ level {lv}", m) for lv, m in result["val"].items()
     ]
-    rows.append(("valid clean", result["val_clean"]))
+    # On a file that is corrupted already, the "clean" scores are of the data as it is.
+    clean = "as in the file" if result.get("data_corrupted") else "clean"
+    rows.append((f"valid {clean}", result["val_clean"]))
     if result.get("test_clean") is not None:
-        rows.append(("test clean (not used to select)", result["test_clean"]))
+        rows.append((f"test {clean} (not used to select)", result["test_clean"]))
     keys = [k for k in keys if k in result["val_clean"]]
     for k in keys:
         table.add_column(k, justify="right")
     for name, mets in rows:
         table.add_row(name, *(f"{mets[k]:.4f}" for k in keys))
     out_console.print(table)
+    if result.get("data_corrupted"):
+        out_console.print("The data file is corrupted already: its scores are of the data as it is.")
     if "test_clean" in result and result["test_clean"] is None:
         out_console.print(f"test: {result.get('test_note')}", highlight=False, soft_wrap=True)
     out_console.print(

@@ -322,6 +322,8 @@ class _Loop:
                 log.warning("test split not scored: %s", exc.message)
                 final["test_clean"] = None
                 final["test_note"] = f"not scored: {exc.message}"
+        if f.corruption:  # "clean" then means "as in the file": no further corruption
+            final["data_corrupted"] = True
         final["device"] = str(self.dev)
         final["world_size"] = self.info.world_size
         final["train_seconds"] = time.perf_counter() - self.t0

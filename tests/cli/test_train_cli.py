@@ -182,3 +182,24 @@ def test_tensorboard_without_the_package_is_one_error_before_training(
     err = capsys.readouterr().err
     assert "needs the 'tensorboard' package" in err and "qamoe[tensorboard]" in err
     assert not out.exists() and not (tmp_path / "tb").exists()
+
+
+def test_a_corrupted_file_is_not_called_clean(
+    tiny_h5: Path, tmp_path: Path, cfg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: training on a corrupted copy labelled its scores "valid clean" / "test clean".
+    from qamoe_core.corrupt import corrupt_file
+    from qamoe_core.spectrum import CorruptionSpec
+
+    noisy = tmp_path / "noisy.h5"
+    corrupt_file(tiny_h5, noisy, CorruptionSpec(level=0.5, seed=0))
+    args = ["train", str(noisy), "--config", str(cfg), "--epochs", "1", "-q", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "r")]) == 0
+    shown = capsys.readouterr().out
+    assert "valid as in the file" in shown and "valid clean" not in shown
+    assert "test as in the file" in shown and "corrupted already" in shown
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["data_corrupted"] is True
+    assert main(["train", str(tiny_h5), "--config", str(cfg), "--epochs", "1", "-q",
+                 "--device", "cpu", "--out", str(tmp_path / "c")]) == 0  # fmt: skip
+    assert "test clean (not used to select)" in capsys.readouterr().out
+    assert "data_corrupted" not in json.loads((tmp_path / "c" / "metrics.json").read_text())
