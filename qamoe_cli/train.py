@@ -87,7 +87,7 @@ def _render(result: dict[str, Any]) -> None:
         table.add_row(name, *(f"{mets[k]:.4f}" for k in keys))
     out_console.print(table)
     if result.get("data_corrupted"):
-        out_console.print("The data file is corrupted already: its scores are of the data as it is.")
+        out_console.print("The data file is corrupted already: scores are of the data as it is.")
     if "test_clean" in result and result["test_clean"] is None:
         out_console.print(f"test: {result.get('test_note')}", highlight=False, soft_wrap=True)
     out_console.print(
