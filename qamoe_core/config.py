@@ -228,35 +228,25 @@ class ModelConfig(_Config):
     # Hidden width of the encoder FFN as a multiple of d_model. 2, not the Transformer's 4:
     # ~20 % less CPU time per batch of 256 on the mosi preset (benchmarks/bench_model.py).
     ffn_mult: int = _spec(2, 1, 16)
-    # Dropout in the fusion, experts and head. 0.3 rather than the usual 0.1: on MOSI-lite
-    # (1.2k training utterances) it raised clean test accuracy by ~1 point over 3 seeds, and
-    # it made no difference on the synthetic sets.
+    # Dropout in the fusion, experts and head: 0.3 rather than the usual 0.1 (measurements:
+    # docs/results/defaults.md).
     dropout: float = _spec(0.3, 0.0, 0.9)
-    # Dropout inside the encoders. 0 because the uncertainty loss compares the encoding of the
-    # corrupted input with that of the clean one: dropout noise there makes even clean inputs
-    # look unreliable, and training-time corruption already regularises the encoders (0.1
-    # also cost ~3 points of MOSI-lite test accuracy in our runs).
+    # Dropout inside the encoders: 0, because the uncertainty loss compares the encodings of
+    # the corrupted and the clean input, and dropout noise there makes even clean inputs look
+    # unreliable; training-time corruption already regularises the encoders
+    # (docs/results/defaults.md).
     encoder_dropout: float = _spec(0.0, 0.0, 0.9)
     # [ours] Temporal compression: a sequence longer than this is mean-pooled, over its VALID
     # steps, into this many equal segments before the encoder (0 = off). MOSI's unaligned audio
-    # and vision have 375-500 frames, too many to attend over on a CPU. 16 keeps inference
-    # above 1,500 samples/s on 2 cores (1,760 measured on the mosi preset); it is not free:
-    # on the synthetic mosi preset 64 segments gave a ~0.04 lower validation MAE at level 0.5
-    # (3 runs) at half the speed. Set 32 or 64 when accuracy matters more than throughput.
+    # and vision have 375-500 frames, too many to attend over on a CPU; 16 is the speed/accuracy
+    # trade-off measured in docs/results/defaults.md (32 or 64 when accuracy matters more).
     segments: int = _spec(16, 0, 100_000)
     # [ours] Leave all-zero input steps out of the encoders (attention and pooling), as padding
     # is, and give QA-MoE's quality head the coverage (share of valid steps present) instead.
     # The spectrum drops a step by zeroing it, and MMSA's files hold zero frames where a face
-    # or voice was not found. Fed in, a zero step is a real input: at the mean of centred
-    # features (dropping steps then shrinks the encoding), but far from every real input where
-    # features have offsets, as real extractors' do. Validation MAE at mixed level 0.5, 'small'
-    # preset, 12 epochs, 3 seeds (benchmarks/zero_steps.py), off -> on: with MOSI-lite's
-    # offsets (`extract synthetic --offset mosi-lite`) QA-MoE 0.604 -> 0.500, early fusion
-    # 0.541 -> 0.522; centred, QA-MoE 0.502 -> 0.503, early fusion 0.499 -> 0.521. On by
-    # default, since real features have offsets. Without the coverage input the mask made r
-    # nearly blind to missing steps (text r 0.87 clean vs 0.86 at level 0.5 after 5 epochs).
-    # Cost: ~7 % of inference time on the mosi preset (1,742 vs 1,940 samples/s, timed in
-    # alternation by benchmarks/bench_model.py).
+    # or voice was not found; fed in, a zero step is far from every real input wherever
+    # features have offsets, as real extractors' do. Chosen on validation MAE
+    # (benchmarks/zero_steps.py; numbers and cost in docs/results/defaults.md).
     mask_zero_steps: bool = True
     # [ours] The same for text. Words carry sentiment individually, so text keeps its 50 tokens
     # by default (0 = off).
@@ -275,31 +265,18 @@ class ModelConfig(_Config):
     # Give the router the quality scores as well as the content. Off: content only.
     router_uses_quality: bool = True
     # [ours] Add a linear map of [r_T, r_A, r_V] to the fused vector too, so the experts and
-    # head know how far each part was shrunk towards its prior. Without it the gate scales
-    # each modality by an r the layers after it never see. Validation MAE at mixed level 0.5,
-    # synthetic 'small' preset, 12 epochs, 3 seeds: 0.502 with it vs 0.523 without (better
-    # for every seed; early fusion 0.499); MOSI-lite validation accuracy: a tie (84.6 vs 85.0 %,
-    # one utterance of 216). Adopted on that evidence; MOSI-lite's TEST split, read only
-    # afterwards, prefers False (76.7 vs 76.2 % clean, before mask_zero_steps existed;
-    # docs/results/mosi-lite/README.md).
+    # head know how far each part was shrunk towards its prior (without it the gate scales each
+    # modality by an r the layers after it never see). Chosen on synthetic validation MAE
+    # (docs/results/defaults.md).
     fuse_uses_quality: bool = True
     # [ours] What the self-supervised uncertainty regresses: the stop-gradient encoding of the
     # clean input (DESIGN §3.3), or the pooled clean input features through a small decoder
-    # (cannot collapse). clean_encoding worked better: after 5 epochs on the synthetic 'small'
-    # preset its r fell from ~0.95 (clean) to ~0.5-0.7 (level 1) for every modality, while
-    # with clean_input r barely moved for text and vision (no collapse was seen either way).
-    # The price, measured later on the 'small' preset (12 epochs, 3 seeds, validation MAE at
-    # mixed level 0.5): clean_encoding 0.523, clean_input 0.498, early fusion 0.499. On
-    # MOSI-lite the two tie on validation (benchmarks/mosi_lite_tune.py) and on its test split
-    # clean_input is 1.9 points worse clean (3 seeds): we keep clean_encoding
-    # (docs/results/mosi-lite/README.md).
+    # (cannot collapse). clean_encoding gives r that tracks corruption in every modality
+    # (docs/results/defaults.md).
     uncertainty_target: str = _spec("clean_encoding", choices=UNCERTAINTY_TARGETS)
     # [ours] Let the uncertainty loss train the encoders too (True), or only the quality head
     # (False: the head reads a detached encoding for that loss, so the task alone shapes the
-    # encoders and the reliability estimate cannot bend the representation it judges).
-    # 'small' preset, validation MAE at level 0.5, 3 seeds: 0.512 with False vs 0.523; a tie
-    # on MOSI-lite validation, but 2.3 points worse clean on its test split. Kept True
-    # (DESIGN §3.3's loss as written).
+    # encoders). True is DESIGN §3.3's loss as written (docs/results/defaults.md).
     unc_encoder_grad: bool = True
     # λ_unc: weight of the uncertainty loss next to the task loss (L1 of ~1 at the start).
     unc_weight: float = _spec(0.1, 0.0, 1e6)
@@ -358,8 +335,7 @@ class TrainConfig(_Config):
     # Linear warm-up length in epochs, then cosine decay to 0 at `epochs`.
     warmup_epochs: float = _spec(1.0, 0.0, 1e6)
     # Exponential moving average of the weights (0 = off); the average is what is validated,
-    # selected and saved. Off by default: 0.99 made no difference beyond seed noise on
-    # MOSI-lite (3 seeds, two dropout settings).
+    # selected and saved. Off by default (docs/results/defaults.md).
     ema_decay: float = _spec(0.0, 0.0, 0.9999)
     # Gradient-norm clip: the heteroscedastic terms can spike early (0 = off).
     grad_clip: float = _spec(1.0, 0.0, 1e6)

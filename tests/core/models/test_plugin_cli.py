@@ -89,7 +89,7 @@ def test_unknown_and_broken_models_fail_in_one_line(
     tiny_h5: Path, tmp_path: Path, cfg: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     base = ["train", str(tiny_h5), "--out", str(tmp_path / "x"), "--config", str(cfg)]
-    assert main([*base, "--model", "mean-pol"]) == 1
+    assert main([*base, "--model", "mean-pol"]) == 2  # an unknown name is a usage error
     err = capsys.readouterr().err
     assert "error: The '--model' parameter must be one of qamoe" in err and "Traceback" not in err
     assert main([*base, "--model", "nosuch.module:Model"]) == 1
