@@ -323,10 +323,12 @@ class LowerStateCache:
             t = int(sub_len.max())
             computed = self.encoder.lower_states(ids[missing][:, :t], sub_len)  # (M, t, H)
             for j, i in enumerate(missing):
-                fresh[i] = computed[j, : int(sub_len[j])].cpu()
+                # clone: a view would keep the whole padded batch alive in the cache
+                fresh[i] = computed[j, : int(sub_len[j])].cpu().clone()
                 if store:
                     self._store[keys[i]] = fresh[i]
-        out = torch.zeros(ids.shape[0], ids.shape[1], self.encoder.hidden_size)
+        shape = (ids.shape[0], ids.shape[1], self.encoder.hidden_size)
+        out = torch.zeros(shape, dtype=self.encoder.model.dtype)  # (B, T, H)
         for i, key in enumerate(keys):
             row = fresh[i] if i in fresh else self._store[key]
             out[i, : row.shape[0]] = row
