@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ HEADER = [
 
 
 def _results(path: Path, mixed_mae: float, clean_mae: float) -> None:
-    rows = [HEADER]
+    rows: list[list[Any]] = [HEADER]
     for m in exp.METRICS:
         v = clean_mae if m == "MAE" else 0.5
         rows.append(

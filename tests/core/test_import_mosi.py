@@ -119,7 +119,8 @@ def test_std_splits_labels_and_tokens(tmp_path: Path, folders: tuple[Path, Path]
         # token level: one step per token ([CLS] + 5 words + [SEP]), ids beside the states
         assert (b["text_len"] == 7).all() and b["text_ids"].shape == b["text"].shape[:2]
         assert (b["text_ids"][:, 0] == 101).all() and (b["text_ids"][:, 6] == 102).all()
-        assert f.raw_text("test")[0].startswith("WORDS OF ")
+        raw = f.raw_text("test")
+        assert raw is not None and raw[0].startswith("WORDS OF ")
         a = f.attrs
         assert a["protocol"] == "std" and "cv_fold" not in a and "fold" not in a
         assert "cmu-mosi-labels/OpinionLevelSentiment.csv" in a["input_sha256"]
