@@ -78,6 +78,8 @@ class Ctx:
         self.q = qamoe_exe()
         self.work: Path = args.work
         self.seeds = range(args.seeds)
+        # specialists and ablations may use fewer model seeds when time is short
+        self.extra_seeds = range(getattr(args, "extra_seeds", None) or args.seeds)
 
     def extract(self, out: Path, *extra: str) -> Job:
         argv = [
@@ -178,7 +180,7 @@ def build_jobs(ctx: Ctx, data: Path, chosen: dict[str, Any], stages: set[str]) -
         ]
     train, evals = [], []
     for name, model, cfg in general:
-        for s in ctx.seeds:
+        for s in ctx.seeds if name in MODELS else ctx.extra_seeds:
             run = w / "runs" / f"{name}-s{s}"
             train.append(ctx.train(data, run, model, s, cfg))
             evals.append(ctx.eval(data, run, f"{name}-s{s}", "--drop-sets"))
@@ -190,7 +192,7 @@ def build_jobs(ctx: Ctx, data: Path, chosen: dict[str, Any], stages: set[str]) -
                 "val_levels": [lv],
             }
             cfg = write_config(w / "configs" / f"specialist-{lv:.1f}.json", {}, chosen | spec)
-            for s in ctx.seeds:
+            for s in ctx.extra_seeds:
                 run = w / "runs" / f"specialist-{lv:.1f}-s{s}"
                 train.append(ctx.train(data, run, "qamoe", s, cfg))
                 evals.append(
@@ -230,7 +232,8 @@ def _ms(values: list[float]) -> dict[str, float]:
 
 def per_model(ctx: Ctx, name: str) -> dict[str, Any] | None:
     """Clean test metrics and sweep means of one configuration, over model seeds."""
-    files = [ctx.work / "results" / f"{name}-s{s}.csv" for s in ctx.seeds]
+    seeds = ctx.seeds if name in MODELS else ctx.extra_seeds
+    files = [ctx.work / "results" / f"{name}-s{s}.csv" for s in seeds]
     if not all(f.exists() for f in files):
         return None
     out: dict[str, list[float]] = defaultdict(list)
@@ -303,7 +306,7 @@ def specialists(ctx: Ctx) -> dict[str, Any]:
     out = {}
     for lv in SPECIALIST_LEVELS:
         spec, gen = [], []
-        for s in ctx.seeds:
+        for s in ctx.extra_seeds:
             fs = ctx.work / "results" / f"specialist-{lv:.1f}-s{s}.csv"
             fg = ctx.work / "results" / f"qamoe-s{s}.csv"
             if not (fs.exists() and fg.exists()):
@@ -324,6 +327,7 @@ def analyse(ctx: Ctx, data: Path, selection: dict[str, Any] | None) -> dict[str,
     return {
         "data": str(data),
         "seeds": len(ctx.seeds),
+        "extra_seeds": len(ctx.extra_seeds),
         "selection": selection,
         "constant": constant_anchor(data),
         "anchors_readme": ANCHORS,
@@ -358,7 +362,8 @@ def write_tables(summary: dict[str, Any], out: Path) -> None:
         ("audio dropped MAE", False),
     ]
     lines = [
-        f"Test split, mean ± sd over {summary['seeds']} model seeds (sweeps: mean over "
+        f"Test split, mean ± sd over {summary['seeds']} model seeds (ablations: "
+        f"{summary['extra_seeds']}) (sweeps: mean over "
         "levels 0..0.9 and 3 corruption seeds). Accuracies and F1 in %.",
         "",
         "| model | " + " | ".join(c for c, _ in cols) + " |",
@@ -400,6 +405,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=REPO / "runs/mosi-std-exp")
     ap.add_argument("--out", type=Path, default=REPO / "docs/results/mosi-std")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--extra-seeds", type=int, default=None, help="for specialists/ablations")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated: {STAGES}")
     ap.add_argument("--pooling", default="sentence", choices=("sentence", "token"))
