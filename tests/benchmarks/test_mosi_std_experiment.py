@@ -91,7 +91,7 @@ def test_per_model_means_over_seeds(ctx: exp.Ctx) -> None:
     r = exp.per_model(ctx, "qamoe")
     assert r is not None
     assert r["mixed MAE"]["mean"] == pytest.approx(1.0) and r["mixed MAE"]["n"] == 3
-    assert r["clean MAE"]["mean"] == pytest.approx(0.9) and r["text dropped MAE"]["n"] == 3
+    assert r["clean MAE"]["mean"] == pytest.approx(0.9) and r["text only MAE"]["n"] == 3
     assert exp.per_model(ctx, "late-fusion") is None  # no results: left out, not zeros
 
 
