@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from qamoe_cli import extract_media, extract_mmsa, extract_mosilite
+from qamoe_cli import extract_media, extract_mmsa, extract_mosi, extract_mosilite
 from qamoe_cli.common import Force, JsonOut, OutFile, Quiet, Seed, emit, out_console, progress
 
 app = typer.Typer(
@@ -100,4 +100,5 @@ app.command("synthetic")(synthetic)
 # Importers live in their own modules; each defines `command`.
 app.command("mmsa", help=extract_mmsa.command.__doc__)(extract_mmsa.command)
 app.command("mosi-lite", help=extract_mosilite.command.__doc__)(extract_mosilite.command)
+app.command("mosi", help=extract_mosi.command.__doc__)(extract_mosi.command)
 app.command("media", help=extract_media.command.__doc__)(extract_media.command)
