@@ -526,6 +526,13 @@ class FeatureFile:
         self.dataset = str(a["dataset"])
         self.task = str(a["task"])
         self.scheme = str(a["scheme"])
+        for key, value, allowed in (("task", self.task, TASKS), ("scheme", self.scheme, SCHEMES)):
+            if value not in allowed:
+                raise DataFormatError(
+                    f"{where}: the root attr '{key}' is {value!r}; qamoe knows "
+                    f"{', '.join(allowed)}.",
+                    hint=damaged,
+                )
         try:
             mods = json.loads(a["modalities"])
         except (TypeError, ValueError):

@@ -30,7 +30,7 @@ from qamoe_core.config import ModelConfig
 from qamoe_core.models.base import ModelOptions, ModelOutput, MultimodalModel, option
 from qamoe_core.models.heads import TwoBranchHead
 from qamoe_core.models.registry import register
-from qamoe_core.models.tokens import LanguageGuided, TokenEncoder
+from qamoe_core.models.tokens import LanguageGuided, token_encoders
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,7 @@ class ALMT(MultimodalModel):
     ) -> None:
         super().__init__(cfg, dims, task, options)
         o: ALMTOptions = self.options
-        self.tokenise = nn.ModuleDict(
-            {m: TokenEncoder(d, cfg, o.tokens, o.token_depth,
-                             cfg.text_segments if m == "text" else cfg.segments)
-             for m, d in self.dims.items()}
-        )  # fmt: skip
+        self.tokenise = token_encoders(cfg, self.dims, o.tokens, o.token_depth)
         others = [m for m in self.modalities if m != "text"]
         self.guided = LanguageGuided(cfg, others, o.tokens, o.ahl_levels, o.fusion_depth)
         self.drop = nn.Dropout(cfg.dropout)

@@ -58,7 +58,7 @@ from qamoe_core.models.base import ModelOptions, ModelOutput, MultimodalModel, o
 from qamoe_core.models.heads import TwoBranchHead, eval_mode
 from qamoe_core.models.layers import Block, present_steps, valid_mask
 from qamoe_core.models.registry import register
-from qamoe_core.models.tokens import LanguageGuided, TokenEncoder
+from qamoe_core.models.tokens import LanguageGuided, token_encoders
 
 
 @dataclass(frozen=True)
@@ -131,11 +131,7 @@ class LNLN(MultimodalModel):
         super().__init__(cfg, dims, task, options)
         o: LNLNOptions = self.options
         d, k = cfg.d_model, o.tokens
-        self.tokenise = nn.ModuleDict(
-            {m: TokenEncoder(dim, cfg, k, o.token_depth,
-                             cfg.text_segments if m == "text" else cfg.segments)
-             for m, dim in self.dims.items()}
-        )  # fmt: skip
+        self.tokenise = token_encoders(cfg, self.dims, o.tokens, o.token_depth)
         self.others = tuple(m for m in self.modalities if m != "text")
         self.check = Stack(cfg, o.dmc_depth, prefix=1, keep=1)
         # The check reads the summary token and the text coverage (see completeness_of).

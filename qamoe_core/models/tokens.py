@@ -19,7 +19,7 @@ d model width.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import cast
 
 import torch
@@ -70,6 +70,18 @@ class TokenEncoder(nn.Module):
         for block in self.blocks:
             h = block(h, mask)
         return self.ln(h[:, :k]), coverage  # (B, K, d), (B,)
+
+
+def token_encoders(
+    cfg: ModelConfig, dims: Mapping[str, int], n_tokens: int, depth: int
+) -> nn.ModuleDict:
+    """One :class:`TokenEncoder` per modality of ``dims`` (text compressed by
+    ``cfg.text_segments``, the others by ``cfg.segments``, as the shared encoders are)."""
+    return nn.ModuleDict(
+        {m: TokenEncoder(d, cfg, n_tokens, depth,
+                         cfg.text_segments if m == "text" else cfg.segments)
+         for m, d in dims.items()}
+    )  # fmt: skip
 
 
 class CrossAttention(nn.Module):

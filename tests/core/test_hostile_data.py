@@ -173,3 +173,16 @@ def test_writing_labels_outside_the_range_is_refused(tmp_path: Path) -> None:
             extractor={},
         )
     assert not (tmp_path / "x.h5").exists()
+
+
+@pytest.mark.parametrize(("key", "value"), [("task", "classification"), ("scheme", "mosei")])
+def test_an_unknown_task_or_scheme_is_named_when_the_file_is_opened(
+    tiny_h5: Path, tmp_path: Path, key: str, value: str
+) -> None:
+    # Before: task "classification" reached the model and failed as "unexpected ValueError".
+    bad = tmp_path / "bad.h5"
+    shutil.copy(tiny_h5, bad)
+    with h5py.File(bad, "a") as h5:
+        h5.attrs[key] = value
+    with pytest.raises(DataFormatError, match=f"root attr '{key}' is '{value}'"):
+        FeatureFile(bad)
