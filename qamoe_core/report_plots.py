@@ -10,6 +10,7 @@ matplotlib state and needs no display.
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -141,16 +142,27 @@ def _xlim(ax: Any, levels: pd.Series) -> None:
 def plot_reliability(
     df: pd.DataFrame, metric: str, palette: Palette, pooled: bool = False
 ) -> Figure | None:
-    """Metric vs level, one panel per spectrum axis present (and per temporal pattern, side by
-    side, where an axis was swept under several); None if no spectrum rows."""
+    """Metric vs level, one panel per spectrum axis present; None if no spectrum rows. Where an
+    axis was swept under several temporal patterns, one row of panels per pattern (the default
+    patterns on top), so each axis's patterns lie one above the other, on one scale."""
     c = curves(df, metric)
     c = c[c["axis"].isin(SPECTRUM_AXES)]
     panels = pattern_panels(c)
     if not panels:
         return None
-    n = len(panels)
-    fig = Figure(figsize=(4.2 * n, 4.2), layout="constrained")
-    axs = fig.subplots(1, n, sharey=True, squeeze=False)[0]
+    cols = list(dict.fromkeys(a for a, _, _ in panels))
+    rank = {a: 0 for a in cols}
+    place = []
+    for axis, _, _ in panels:  # the k-th pattern of an axis goes to row k
+        place.append((rank[axis], cols.index(axis)))
+        rank[axis] += 1
+    n_rows = max(rank.values())
+    fig = Figure(figsize=(4.2 * len(cols), 0.4 + 3.8 * n_rows), layout="constrained")
+    grid = fig.subplots(n_rows, len(cols), sharey=True, squeeze=False)
+    axs = [grid[r][k] for r, k in place]
+    for r, k in itertools.product(range(n_rows), range(len(cols))):
+        if (r, k) not in place:
+            grid[r][k].set_axis_off()  # an axis swept under fewer patterns than another
     for ax, (axis, pattern, titled) in zip(axs, panels, strict=True):
         sub = c[(c["axis"] == axis) & (c["pattern"] == pattern)]
         for (*ident, variant), grp in sub.groupby([*IDENTITY, "variant"], sort=False):
@@ -168,7 +180,8 @@ def plot_reliability(
         _xlim(ax, sub["level"])
         ax.grid(alpha=0.3)
     direction = "higher is better" if higher_is_better(metric) else "lower is better"
-    axs[0].set_ylabel(f"{metric} ({direction})")
+    for row in grid:
+        row[0].set_ylabel(f"{metric} ({direction})")
     sel = df[(df["metric"] == metric) & df["axis"].isin(SPECTRUM_AXES)]
     band = Patch(color="0.5", alpha=0.25)
     bands = {f"band: ±1 std over {seed_text(sel['seed'], pooled)}": band}

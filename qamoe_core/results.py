@@ -386,8 +386,18 @@ def load(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> pd
         frames.append(validate(df, f"'{p}'"))
     combined = pd.concat(frames, ignore_index=True)
     if len(frames) > 1:
-        combined = validate(combined, " + ".join(f"'{p}'" for p in paths))
+        combined = validate(_shared_points_once(combined), " + ".join(f"'{p}'" for p in paths))
     return combined
+
+
+def _shared_points_once(df: pd.DataFrame) -> pd.DataFrame:
+    """One copy of the pattern-free rows (clean, drop, constant) that several files of one
+    run repeat with the SAME value: each sweep of a checkpoint under another pattern
+    (`qamoe eval --sweep --pattern ...`) measures its clean point again. A repeated row with
+    another value is still refused by validate (two runs under one name)."""
+    shared = df["pattern"] == ""
+    again = df[shared].duplicated([*KEY, "value"])
+    return df.drop(index=again[again].index)
 
 
 # A run label that names a model seed: "qamoe-s2", "early_s0", "qamoe-seed10", "qamoe_seed3".

@@ -373,3 +373,15 @@ def test_pattern_column_defaults_round_trips_and_keys_rows(tmp_path: Path) -> No
     assert summary.loc["random", "mean"] == pytest.approx(0.8)
     with pytest.raises(DataFormatError, match="pattern 'burst' in data row 1 does not fit"):
         make_table([row(axis="noise", level=0.5, pattern="burst")])
+
+
+def test_sweeps_of_one_run_under_two_patterns_combine(tmp_path: Path) -> None:
+    clean = row(axis="clean", pattern="")
+    a = save(make_table([clean, row(axis="missing", level=0.5)]), tmp_path / "a.csv")
+    burst = row(axis="missing", level=0.5, pattern="burst", value=0.5)
+    b = save(make_table([clean, burst]), tmp_path / "b.csv")
+    both = load([a, b])  # the clean point measured twice, the same number: kept once
+    assert len(both) == 3 and (both["axis"] == "clean").sum() == 1
+    c = save(make_table([row(axis="clean", pattern="", value=0.7)]), tmp_path / "c.csv")
+    with pytest.raises(DataFormatError, match="rows repeat a measurement"):
+        load([a, c])  # another clean number under the same run name: two runs, one label
