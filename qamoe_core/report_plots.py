@@ -269,6 +269,10 @@ def plot_expert_usage(df: pd.DataFrame, run: str, dataset: str) -> Figure | None
     if sub[sub["axis"].isin(SPECTRUM_AXES)].empty:
         return None
     sub = sub.assign(expert=sub["metric"].str.slice(len(USAGE_PREFIX)).astype(int))
+    # One pattern per axis (the default where swept): shares under several would average.
+    first = {a: p for a, p, _ in reversed(pattern_panels(sub[sub["axis"].isin(SPECTRUM_AXES)]))}
+    keep = sub["axis"].map(first).fillna(sub["pattern"]) == sub["pattern"]
+    sub = sub[keep]
     clean, diffs = usage_differences(sub)
     axes_present = list(dict.fromkeys(a for a, _ in diffs))
     kinds = [k for k in ("level", "shuffle") if any(kk == k for _, kk in diffs)]

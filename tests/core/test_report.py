@@ -425,3 +425,24 @@ def test_two_patterns_side_by_side(tmp_path: Path) -> None:
     assert "| a | mixed | burst+correlated |" in md and "| a | mixed | random+white |" in md
     plain = build_report(one, tmp_path / "plain", formats=PNG).markdown.read_text()
     assert "random+white" not in plain  # the default alone: no pattern column shown
+
+
+def test_quality_and_usage_figures_keep_patterns_apart(results: pd.DataFrame) -> None:
+    from qamoe_core.report_plots import plot_quality
+
+    mixed = results[(results["axis"] == "mixed") & (results["run"] == "qamoe")]
+    burst = mixed.assign(pattern="burst+correlated", value=mixed["value"] * 0.5)
+    both = make_table(pd.concat([results, burst]).drop(columns="schema").to_dict("records"))
+    palette = Palette(measured(both))
+    fig = plot_quality(both, palette)
+    assert fig is not None
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "qamoe · mixed · random+white" in labels and "qamoe · mixed · burst+correlated" in labels
+    # Expert usage shows the default pattern only: the same figure as without the burst rows.
+    a, b = (
+        plot_expert_usage(results, "qamoe", "synthetic"),
+        plot_expert_usage(both, "qamoe", "synthetic"),
+    )
+    assert a is not None and b is not None
+    grids = [[im.get_array().tolist() for ax in f.axes for im in ax.images] for f in (a, b)]
+    assert grids[0] == grids[1]
