@@ -42,6 +42,20 @@ def command(
             "--drop-sets", help="Fixed-missing protocol: every non-empty subset of modalities kept."
         ),
     ] = False,
+    pattern: Annotated[
+        str | None,
+        typer.Option(
+            help="Temporal pattern of the sweep: burst (missing runs), correlated (AR(1) "
+            "noise) or burst,correlated; default random steps and white noise."
+        ),
+    ] = None,
+    burst_mean: Annotated[
+        float | None, typer.Option(help="Mean burst length in steps (with --pattern burst).")
+    ] = None,
+    noise_rho: Annotated[
+        float | None,
+        typer.Option(help="Lag-1 correlation of the noise (with --pattern correlated)."),
+    ] = None,
     corruption_seeds: Annotated[
         int, typer.Option(min=1, help="Corruption seeds per point (0, 1, ..., N-1).")
     ] = 3,
@@ -81,6 +95,7 @@ def command(
     from qamoe_core.checkpoint import ALL_FILES
     from qamoe_core.evaluate import EvalConfig, Evaluation, parse_levels, save_samples
     from qamoe_core.results import SPECTRUM_AXES, save
+    from qamoe_core.spectrum import parse_pattern
 
     grid = parse_levels(levels)  # validated even without --sweep: a bad list is a mistake
     cfg = EvalConfig(
@@ -94,6 +109,7 @@ def command(
         quality_shuffle=not no_shuffle,
         batch_size=batch_size,
         per_sample=per_sample is not None,
+        **parse_pattern(pattern, burst_mean, noise_rho),
     )
     if out is not None and per_sample is not None and same_file(out, per_sample):
         raise typer.BadParameter(

@@ -50,10 +50,16 @@ from torch import Tensor, nn
 from qamoe_core.atomic import atomic_path
 from qamoe_core.checkpoint import load_run, resolve_device
 from qamoe_core.config import _Config, _spec
-from qamoe_core.errors import ConfigUsageError, DataFormatError, InputError, UsageError
+from qamoe_core.errors import (
+    ConfigUsageError,
+    DataFormatError,
+    InputError,
+    QamoeError,
+    UsageError,
+)
 from qamoe_core.h5store import FeatureFile
 from qamoe_core.metrics import METRIC_NAMES, compute
-from qamoe_core.names import AXES, MODALITIES, SPLITS
+from qamoe_core.names import AXES, MISSING_PATTERNS, MODALITIES, NOISE_PATTERNS, SPLITS
 from qamoe_core.results import (
     QUALITY_PREFIX,
     SPECTRUM_AXES,
@@ -64,7 +70,14 @@ from qamoe_core.results import (
     make_table,
     summarize,
 )
-from qamoe_core.spectrum import ModalityDraws, apply_draws, draw_keyed
+from qamoe_core.spectrum import (
+    CorruptionSpec,
+    ModalityDraws,
+    Patterns,
+    apply_draws,
+    draw_keyed,
+    pattern_label,
+)
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +194,17 @@ class EvalConfig(_Config):
     # Keep every sample's prediction and quality scores at every point (EvalResult.samples):
     # for error analysis and per-sample checks of r_m. Costs a row per sample and point.
     per_sample: bool = _spec(False, hint=_flag("--per-sample"))
+    # The sweep's temporal patterns (spectrum.py, issue 18); one set per evaluation, recorded
+    # in every row's pattern column. Defaults: the LNLN protocol (random steps, white noise).
+    missing_pattern: str = _spec("random", choices=MISSING_PATTERNS, hint=_flag("--pattern"))
+    burst_mean: float = _spec(5.0, 1.0, 1e6, hint=_flag("--burst-mean"))
+    noise_pattern: str = _spec("white", choices=NOISE_PATTERNS, hint=_flag("--pattern"))
+    noise_rho: float = _spec(0.9, 0.0, 1.0, hi_open=True, hint=_flag("--noise-rho"))
+
+    @property
+    def patterns(self) -> Patterns:
+        """The sweep's patterns, as spectrum.draw_keyed takes them."""
+        return Patterns(self.missing_pattern, self.burst_mean, self.noise_pattern, self.noise_rho)
 
     def __post_init__(self) -> None:
         if self.modalities is None:  # type: ignore[comparison-overlap]  # older "all"
@@ -199,6 +223,23 @@ class EvalConfig(_Config):
         levels = tuple(sorted(set(self.levels)))
         _check_grid_size(len(levels), "given")
         object.__setattr__(self, "levels", levels)
+        for name, default, axes in (
+            ("missing_pattern", "random", ("missing", "mixed")),
+            ("noise_pattern", "white", ("noise", "mixed")),
+        ):
+            value = getattr(self, name)
+            if value != default and not self.sweep:
+                raise ConfigUsageError(
+                    f"The '{name}' parameter {value!r} sets the pattern of a sweep, and "
+                    "this evaluation has none (a corrupted file records its own pattern).",
+                    hint="Add --sweep, or leave --pattern out.",
+                )
+            if value != default and not set(axes) & set(self.axes):
+                raise ConfigUsageError(
+                    f"The '{name}' parameter {value!r} applies to the {' and '.join(axes)} "
+                    f"axes, and the sweep has only {', '.join(self.axes)}.",
+                    hint=f"Add --axis {axes[0]}, or leave the {value} pattern out.",
+                )
 
 
 @dataclass(frozen=True)
@@ -212,6 +253,8 @@ class Point:
     seed: int = 0
     # The data as read from the file (clean, or corrupted by `qamoe corrupt`): not corrupted here.
     given: bool = False
+    # The temporal pattern's label (spectrum.pattern_label); '' on clean and drop.
+    pattern: str = ""
 
 
 def plan(cfg: EvalConfig, modalities: Sequence[str], as_given: Point | None = None) -> list[Point]:
@@ -221,7 +264,8 @@ def plan(cfg: EvalConfig, modalities: Sequence[str], as_given: Point | None = No
     if cfg.sweep:
         targets = tuple(m for m in mods if not cfg.modalities or m in cfg.modalities)
         for seed, axis, level in itertools.product(cfg.seeds, cfg.axes, cfg.levels):
-            points.append(Point(axis, level, targets, int(seed)))
+            label = pattern_label(axis, cfg.patterns)
+            points.append(Point(axis, level, targets, int(seed), pattern=label))
     if cfg.drop_sets:
         for k in range(1, len(mods)):
             for kept in itertools.combinations(mods, k):
@@ -356,7 +400,8 @@ def _given_point(
     mislabelled: a level and whole-modality drops in one record, or noise at a noise_scale
     other than this evaluation's (its level means another amount of noise).
     """
-    chain = [r for r in (_record(f, rec) for rec in f.corruption) if split in r["splits"]]
+    pairs = [(_record(f, rec), rec) for rec in f.corruption]
+    chain = [r for r in pairs if split in r[0]["splits"]]
     if not chain:
         return Point("clean", 0.0, modalities, given=True)
     if len(chain) > 1:
@@ -365,7 +410,7 @@ def _given_point(
             "row describes one corruption, so it cannot be labelled.",
             hint="Corrupt the clean file once at the point you want to evaluate.",
         )
-    rec = chain[0]
+    rec, raw = chain[0]
     drop, level, axis = rec["drop"], rec["level"], rec["axis"]
     if drop and level == 0.0:
         return Point("drop", 1.0, tuple(m for m in modalities if m in drop), given=True)
@@ -379,7 +424,19 @@ def _given_point(
     if axis != "missing" and level > 0 and not math.isclose(scale, noise_scale):
         level = _on_this_scale(f, axis, level, scale, noise_scale)
     corrupted = tuple(m for m in rec["modalities"] if m in modalities)
-    return Point(axis, level, corrupted, rec["seed"], given=True)
+    return Point(axis, level, corrupted, rec["seed"], given=True, pattern=_record_pattern(f, raw))
+
+
+def _record_pattern(f: FeatureFile, rec: Mapping[str, Any]) -> str:
+    """The pattern label of a corruption record (records before patterns: the defaults)."""
+    try:
+        return CorruptionSpec.from_dict(rec).pattern
+    except QamoeError as exc:
+        raise DataFormatError(
+            f"'{f.path}': its corruption record does not describe a point: {exc}",
+            hint="It is written by `qamoe corrupt`; re-create the corrupted copy from the "
+            "clean file.",
+        ) from None
 
 
 def _on_this_scale(f: FeatureFile, axis: str, level: float, scale: float, ours: float) -> float:
@@ -551,7 +608,10 @@ class Evaluation:
         axis = "mixed" if need_u and need_z else ("missing" if need_u else "noise")
         dev = batch[self.targets[0]].device
         out = {}
-        drawn = draw_keyed(raw, self.targets, seed=seed, split=self.cfg.split, axis=axis)
+        drawn = draw_keyed(
+            raw, self.targets, seed=seed, split=self.cfg.split, axis=axis,
+            patterns=self.cfg.patterns,
+        )  # fmt: skip
         for m, d in drawn.items():
             u = torch.from_numpy(d.u).to(dev) if d.u is not None else None
             z = torch.from_numpy(d.z).to(dev) if d.z is not None else None
@@ -741,7 +801,7 @@ def _rows_of(enc: Encodings, s: int, e: int) -> Encodings:
 def _point_key(p: Point) -> dict[str, Any]:
     """The columns that name a point in the results and per-sample tables."""
     return {"axis": p.axis, "level": p.level, "modalities": join_modalities(p.modalities),
-            "seed": p.seed}  # fmt: skip
+            "seed": p.seed, "pattern": p.pattern}  # fmt: skip
 
 
 def evaluate_model(
@@ -830,8 +890,8 @@ def batch_modalities(batch: Mapping[str, Any]) -> list[str]:
 
 
 SAMPLE_COLUMNS: tuple[str, ...] = (
-    "run", "split", "axis", "level", "modalities", "seed", "variant", "id", "label",
-    "prediction",
+    "run", "split", "axis", "level", "modalities", "seed", "pattern", "variant", "id",
+    "label", "prediction",
 )  # fmt: skip
 """Columns of EvalResult.samples, followed by ``quality_<modality>`` for models with r."""
 

@@ -51,6 +51,7 @@ from qamoe_core.report_plots import (
     plot_quality,
     plot_reliability,
     seed_text,
+    several_patterns,
 )
 from qamoe_core.results import (
     N_SAMPLES,
@@ -167,8 +168,8 @@ def _fmt(value: Any) -> str:
 
 def _display_summary(summary: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
     """The summary as shown: constant columns left out, the best constant beside the scores."""
-    cols = ["run", "model", "dataset", "split", "axis", "modalities", "variant", "metric"]
-    cols = [c for c in cols if c in ("run", "axis", "metric") or summary[c].nunique() > 1]
+    cols = ["run", "model", "dataset", "split", "axis", "modalities", "pattern", "variant"]
+    cols = [c for c in [*cols, "metric"] if c in ("run", "axis", "metric") or _varies(summary, c)]
     values = ["clean", "mean", "area", "area_over_clean", "n_levels", "n_seeds"]
     ref = pd.concat(
         [constants(df, m).assign(metric=m) for m in dict.fromkeys(summary["metric"])],
@@ -183,6 +184,14 @@ def _display_summary(summary: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
         values.insert(1, "constant")
     out = out[[*cols, *values]]
     return out.rename(columns={"area_over_clean": "area/clean", "n_levels": "levels"})
+
+
+def _varies(summary: pd.DataFrame, col: str) -> bool:
+    """Whether a summary column tells rows apart; pattern only where an axis has several (each
+    axis has its own default label, which would otherwise always 'vary')."""
+    if col == "pattern":
+        return several_patterns(summary)
+    return bool(summary[col].nunique() > 1)
 
 
 def _md(text: str) -> str:

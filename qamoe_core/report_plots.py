@@ -10,6 +10,7 @@ matplotlib state and needs no display.
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ from matplotlib.patches import Patch
 from qamoe_core.metrics import higher_is_better
 from qamoe_core.names import MODALITIES
 from qamoe_core.results import (
+    DEFAULT_PATTERN,
     QUALITY_PREFIX,
     SEED_STRIDE,
     SHUFFLED,
@@ -140,17 +142,29 @@ def _xlim(ax: Any, levels: pd.Series) -> None:
 def plot_reliability(
     df: pd.DataFrame, metric: str, palette: Palette, pooled: bool = False
 ) -> Figure | None:
-    """Metric vs level, one panel per spectrum axis present; None if no spectrum rows."""
+    """Metric vs level, one panel per spectrum axis present; None if no spectrum rows. Where an
+    axis was swept under several temporal patterns, one row of panels per pattern (the default
+    patterns on top), so each axis's patterns lie one above the other, on one scale."""
     c = curves(df, metric)
     c = c[c["axis"].isin(SPECTRUM_AXES)]
-    axes_present = [a for a in SPECTRUM_AXES if a in set(c["axis"])]
-    if not axes_present:
+    panels = pattern_panels(c)
+    if not panels:
         return None
-    n = len(axes_present)
-    fig = Figure(figsize=(4.2 * n, 4.2), layout="constrained")
-    axs = fig.subplots(1, n, sharey=True, squeeze=False)[0]
-    for ax, axis in zip(axs, axes_present, strict=True):
-        sub = c[c["axis"] == axis]
+    cols = list(dict.fromkeys(a for a, _, _ in panels))
+    rank = {a: 0 for a in cols}
+    place = []
+    for axis, _, _ in panels:  # the k-th pattern of an axis goes to row k
+        place.append((rank[axis], cols.index(axis)))
+        rank[axis] += 1
+    n_rows = max(rank.values())
+    fig = Figure(figsize=(4.2 * len(cols), 0.4 + 3.8 * n_rows), layout="constrained")
+    grid = fig.subplots(n_rows, len(cols), sharey=True, squeeze=False)
+    axs = [grid[r][k] for r, k in place]
+    for r, k in itertools.product(range(n_rows), range(len(cols))):
+        if (r, k) not in place:
+            grid[r][k].set_axis_off()  # an axis swept under fewer patterns than another
+    for ax, (axis, pattern, titled) in zip(axs, panels, strict=True):
+        sub = c[(c["axis"] == axis) & (c["pattern"] == pattern)]
         for (*ident, variant), grp in sub.groupby([*IDENTITY, "variant"], sort=False):
             key = tuple(ident)
             grp = grp.sort_values("level")
@@ -161,18 +175,38 @@ def plot_reliability(
             if (s > 0).any():
                 ax.fill_between(x, y - s, y + s, color=color, alpha=0.10 if dashed else 0.18, lw=0)
         _constant_lines(ax, df, metric)
-        ax.set_title(AXIS_TITLES[axis], fontsize=10)
+        ax.set_title(AXIS_TITLES[axis] + (f"\npattern: {pattern}" if titled else ""), fontsize=10)
         ax.set_xlabel("level (0 = clean, 1 = gone)")
         _xlim(ax, sub["level"])
         ax.grid(alpha=0.3)
     direction = "higher is better" if higher_is_better(metric) else "lower is better"
-    axs[0].set_ylabel(f"{metric} ({direction})")
+    for row in grid:
+        row[0].set_ylabel(f"{metric} ({direction})")
     sel = df[(df["metric"] == metric) & df["axis"].isin(SPECTRUM_AXES)]
     band = Patch(color="0.5", alpha=0.25)
     bands = {f"band: ±1 std over {seed_text(sel['seed'], pooled)}": band}
     fig.suptitle(f"{metric} vs corruption level")
     _legend(fig, axs, bands)
     return fig
+
+
+def pattern_panels(c: pd.DataFrame) -> list[tuple[str, str, bool]]:
+    """(axis, pattern, name the pattern in the title) per panel: axes in SPECTRUM_AXES order,
+    each axis's default pattern first, then the others by name. With one pattern per axis the
+    titles stay the axis names (the output of reports before patterns)."""
+    pairs = set(zip(c["axis"], c["pattern"], strict=True))
+    many = several_patterns(c)
+    return [
+        (a, p, many)
+        for a in SPECTRUM_AXES
+        for p in sorted((p for b, p in pairs if b == a), key=lambda p: (p != DEFAULT_PATTERN[a], p))
+    ]
+
+
+def several_patterns(c: pd.DataFrame) -> bool:
+    """Whether some axis of ``c`` was swept under more than one temporal pattern."""
+    spec = c[c["axis"].isin(SPECTRUM_AXES)]
+    return bool(len(spec)) and int(spec.groupby("axis")["pattern"].nunique().max()) > 1
 
 
 def plot_quality(df: pd.DataFrame, palette: Palette) -> Figure | None:
@@ -186,11 +220,13 @@ def plot_quality(df: pd.DataFrame, palette: Palette) -> Figure | None:
         c = curves(df, f"{QUALITY_PREFIX}{m}")
         c = c[c["axis"].isin(SPECTRUM_AXES) & (c["variant"] == "normal")]
         c = c.assign(order=c["axis"].map(SPECTRUM_AXES.index)).sort_values("order", kind="stable")
-        for (*ident, axis), grp in c.groupby([*IDENTITY, "axis"], sort=False):
-            key = tuple(ident)
+        shown = list(dict.fromkeys(c["pattern"])) if several_patterns(c) else []
+        for (*ident, axis, pattern), grp in c.groupby([*IDENTITY, "axis", "pattern"], sort=False):
+            key, tail = tuple(ident), f" · {pattern}" if shown else ""
+            marker = "osD^v"[shown.index(pattern) % 5] if shown else "o"
             grp = grp.sort_values("level")
             ax.plot(grp["level"], grp["mean"], color=palette.color(key), ls=AXIS_STYLES[axis],
-                    marker="o", ms=3, label=f"{palette.label(key)} · {axis}")  # fmt: skip
+                    marker=marker, ms=3, label=f"{palette.label(key)} · {axis}{tail}")  # fmt: skip
         ax.set_title(f"{m}", fontsize=10)
         ax.set_xlabel("level")
         if not c.empty:
@@ -233,6 +269,10 @@ def plot_expert_usage(df: pd.DataFrame, run: str, dataset: str) -> Figure | None
     if sub[sub["axis"].isin(SPECTRUM_AXES)].empty:
         return None
     sub = sub.assign(expert=sub["metric"].str.slice(len(USAGE_PREFIX)).astype(int))
+    # One pattern per axis (the default where swept): shares under several would average.
+    first = {a: p for a, p, _ in reversed(pattern_panels(sub[sub["axis"].isin(SPECTRUM_AXES)]))}
+    keep = sub["axis"].map(first).fillna(sub["pattern"]) == sub["pattern"]
+    sub = sub[keep]
     clean, diffs = usage_differences(sub)
     axes_present = list(dict.fromkeys(a for a, _ in diffs))
     kinds = [k for k in ("level", "shuffle") if any(kk == k for _, kk in diffs)]

@@ -17,6 +17,10 @@ level          the spectrum level in [0, 1]; 0 for clean, 1 for drop (the droppe
 modalities     "+"-joined, canonical order: the CORRUPTED modalities, on every axis: those
                that received the level, for drop those DROPPED; "" for constant rows
 seed           the corruption seed (0 where nothing random happened: clean, drop)
+pattern        the temporal pattern of the damage (spectrum.pattern_label): random|burst on
+               missing, white|correlated on noise, both "+"-joined on mixed, "" on clean and
+               drop. Optional on reading: files written before patterns existed get the
+               default of their axis (DEFAULT_PATTERN), which is what those versions drew
 variant        normal | quality_shuffle (QA-MoE's quality scores permuted within the
                batch: the shuffle control) | constant (the best-constant reference)
 metric         an MMSA metric name (Has0_acc_2, MAE, ...) or a diagnostic:
@@ -28,6 +32,9 @@ value          the number (NaN where undefined, e.g. Corr of a constant predicti
 Constant rows (:func:`constant_rows`, axis clean, variant constant) hold, per metric, the
 score of the best constant prediction on the split's labels (the majority class for
 accuracies, the median for MAE): the floor a model must beat, drawn on every plot.
+
+The pattern column was added within schema 2: it is optional with a default, so files
+without it stay valid and need no new version.
 
 Schema 1 differed in one point: drop rows listed the modalities KEPT. Reading a ``/1`` file
 converts them (dropped = the run's modalities, seen on its other rows, minus the kept ones).
@@ -55,7 +62,7 @@ import pandas as pd
 from qamoe_core.atomic import atomic_path
 from qamoe_core.errors import DataFormatError, InputError
 from qamoe_core.metrics import METRIC_NAMES, PRIMARY, best_constant
-from qamoe_core.names import MODALITIES, RESULT_AXES
+from qamoe_core.names import MISSING_PATTERNS, MODALITIES, NOISE_PATTERNS, RESULT_AXES
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +78,7 @@ COLUMNS: tuple[str, ...] = (
     "level",
     "modalities",
     "seed",
+    "pattern",
     "variant",
     "metric",
     "value",
@@ -90,7 +98,19 @@ _DIAGNOSTIC = re.compile(
 )
 # The columns that identify a number; two rows with the same key are the same measurement.
 KEY: tuple[str, ...] = tuple(c for c in COLUMNS if c not in ("schema", "value"))
-_STR_COLUMNS = ("schema", "run", "model", "dataset", "split", "axis", "modalities", "variant")
+_STR_COLUMNS = (
+    *("schema", "run", "model", "dataset", "split", "axis", "modalities", "pattern"),
+    "variant",
+)
+# The label of the default patterns per axis, what files without a pattern column measured
+# (spectrum.pattern_label(axis) with default Patterns; not imported: spectrum needs torch).
+DEFAULT_PATTERN: dict[str, str] = {
+    "clean": "", "drop": "", "missing": "random", "noise": "white", "mixed": "random+white",
+}  # fmt: skip
+_PATTERNS = {
+    "clean": {""}, "drop": {""}, "missing": set(MISSING_PATTERNS), "noise": set(NOISE_PATTERNS),
+    "mixed": {f"{m}+{n}" for m in MISSING_PATTERNS for n in NOISE_PATTERNS},
+}  # fmt: skip
 
 
 def join_modalities(modalities: Iterable[str]) -> str:
@@ -126,7 +146,10 @@ def validate(df: pd.DataFrame, source: str = "results") -> pd.DataFrame:
     version, unknown axes, variants or metric names, levels outside [0, 1], seeds that are
     not whole numbers >= 0, non-numeric values, or duplicated measurements (naming the first
     bad value and its data row). Extra columns are kept. Schema-1 rows come back as schema 2.
+    A table without the optional ``pattern`` column gets each axis's default (DEFAULT_PATTERN).
     """
+    if "pattern" not in df.columns and "axis" in df.columns:
+        df = df.assign(pattern=df["axis"].astype(str).map(DEFAULT_PATTERN).fillna(""))
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise _fail(
@@ -168,6 +191,17 @@ def _check_names(out: pd.DataFrame, raw: pd.DataFrame, source: str) -> None:
         bad = sorted(set(out[col]) - set(allowed))
         if bad:
             raise _fail(source, f"unknown {col} value(s) {bad}; allowed: {', '.join(allowed)}.")
+    bad_pattern = ~pd.Series(
+        [p in _PATTERNS[a] for a, p in zip(out["axis"], out["pattern"], strict=True)],
+        index=out.index,
+    )
+    if bad_pattern.any():
+        raise _fail(
+            source,
+            f"pattern {_first(raw['pattern'], bad_pattern)} does not fit its axis "
+            "(missing: random|burst, noise: white|correlated, mixed: both '+'-joined, "
+            "clean and drop: empty).",
+        )
     names = out["metric"]
     bad_metric = ~(names.isin(_METRICS) | names.str.fullmatch(_DIAGNOSTIC))
     if bad_metric.any():
@@ -272,7 +306,8 @@ def constant_rows(
     ``n_samples`` row: axis clean, level 0, modalities "", seed 0, variant constant.
     """
     base: dict[str, Any] = {"run": run, "model": model, "dataset": dataset, "split": split}
-    base |= {"axis": "clean", "level": 0.0, "modalities": "", "seed": 0, "variant": CONSTANT}
+    base |= {"axis": "clean", "level": 0.0, "modalities": "", "seed": 0, "pattern": ""}
+    base["variant"] = CONSTANT
     best = best_constant(labels, scheme)
     rows = [base | {"metric": m, "value": score} for m, (_, score) in best.items()]
     return [*rows, base | {"metric": N_SAMPLES, "value": float(np.asarray(labels).size)}]
@@ -295,11 +330,16 @@ def constants(df: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def make_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """Build a validated table from row dicts holding every column but ``schema``."""
+    """Build a validated table from row dicts holding every column but ``schema`` (rows
+    without ``pattern`` get their axis's default)."""
     df = pd.DataFrame(list(rows))
     if df.empty:
         raise InputError("No result to write: the evaluation produced no rows.")
     df.insert(0, "schema", SCHEMA)
+    if "pattern" in df.columns:
+        df["pattern"] = df["pattern"].fillna(df["axis"].map(DEFAULT_PATTERN))
+    else:
+        df["pattern"] = df["axis"].map(DEFAULT_PATTERN)
     return validate(df[list(COLUMNS)], "results")
 
 
@@ -346,8 +386,18 @@ def load(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> pd
         frames.append(validate(df, f"'{p}'"))
     combined = pd.concat(frames, ignore_index=True)
     if len(frames) > 1:
-        combined = validate(combined, " + ".join(f"'{p}'" for p in paths))
+        combined = validate(_shared_points_once(combined), " + ".join(f"'{p}'" for p in paths))
     return combined
+
+
+def _shared_points_once(df: pd.DataFrame) -> pd.DataFrame:
+    """One copy of the pattern-free rows (clean, drop, constant) that several files of one
+    run repeat with the SAME value: each sweep of a checkpoint under another pattern
+    (`qamoe eval --sweep --pattern ...`) measures its clean point again. A repeated row with
+    another value is still refused by validate (two runs under one name)."""
+    shared = df["pattern"] == ""
+    again = df[shared].duplicated([*KEY, "value"])
+    return df.drop(index=again[again].index)
 
 
 # A run label that names a model seed: "qamoe-s2", "early_s0", "qamoe-seed10", "qamoe_seed3".
@@ -443,7 +493,10 @@ def check_metric(df: pd.DataFrame, metric: str) -> str:
     return metric
 
 
-SERIES: tuple[str, ...] = ("run", "model", "dataset", "split", "axis", "modalities", "variant")
+SERIES: tuple[str, ...] = (
+    *("run", "model", "dataset", "split", "axis", "modalities", "pattern"),
+    "variant",
+)
 
 
 def curves(df: pd.DataFrame, metric: str) -> pd.DataFrame:

@@ -107,6 +107,10 @@ def test_per_sample_output_agrees_with_the_table(
         (["--sweep", "--levels", "0,x"], "non-number", 2),
         (["--sweep", "--axis", "sideways"], "among mixed, missing, noise", 2),
         (["--split", "nope"], "one of train, valid, test", 2),
+        (["--sweep", "--pattern", "bursty"], "'pattern' parameter must be one of", 2),
+        (["--sweep", "--burst-mean", "3"], "applies to the burst pattern only", 2),
+        (["--sweep", "--pattern", "burst", "--burst-mean", "0.5"], "'burst_mean'", 2),
+        (["--pattern", "correlated"], "sets the pattern of a sweep", 2),
     ],
 )
 def test_bad_options(
@@ -286,3 +290,18 @@ def test_malformed_corruption_record_fails_before_evaluating(
     err = capsys.readouterr().err
     # named by the record check of eval or, earlier, by the file reader (h5store)
     assert "corruption record" in err and f"'{field}'" in err and "hint:" in err
+
+
+def test_sweep_under_a_pattern_labels_every_row(
+    run_dir: Path, tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "burst.csv"
+    args = ["eval", str(run_dir), "--data", str(tiny_h5), "--sweep", "--levels", "0,0.5"]
+    args += ["--pattern", "burst,correlated", "--burst-mean", "3", "--noise-rho", "0.5"]
+    args += ["--corruption-seeds", "1", "--no-shuffle", "--out", str(out), "--quiet"]
+    assert main([*args, "--device", "cpu"]) == 0
+    table = load(out)
+    got = dict(table.groupby("axis")["pattern"].unique().map(tuple))
+    assert got == {"clean": ("",), "mixed": ("burst+correlated",), "missing": ("burst",),
+                   "noise": ("correlated",)}  # fmt: skip
+    assert "pattern" in out.read_text().splitlines()[0].split(",")

@@ -93,6 +93,11 @@ def test_plan_counts() -> None:
         ({"batch_size": 0}, "'batch_size'.*>= 1"),
         ({"noise_scale": 0.0}, "noise_scale"),
         ({"per_sample": "yes"}, "boolean"),
+        ({"sweep": True, "missing_pattern": "bursty"}, "missing_pattern.*random, burst"),
+        ({"sweep": True, "noise_rho": 1.0}, "noise_rho"),
+        ({"sweep": True, "burst_mean": 0.5}, "burst_mean"),
+        ({"missing_pattern": "burst"}, "sets the pattern of a sweep"),
+        ({"sweep": True, "axes": ("noise",), "missing_pattern": "burst"}, "missing and mixed axes"),
     ],
 )
 def test_bad_config(kwargs: dict, match: str) -> None:
@@ -361,3 +366,44 @@ def test_non_finite_data_is_named_not_blamed_on_the_model(tiny_h5: Path, tmp_pat
         h5["test/text"][3, 0, 0] = np.inf
     with pytest.raises(DataFormatError, match=r"\[test\]: 'text' holds 1 non-finite"):
         evaluate_model(make_model(tiny_h5), bad, EvalConfig())
+
+
+def test_sweep_rows_carry_their_pattern(tiny_h5: Path, sweep: pd.DataFrame) -> None:
+    # The default sweep: each axis its default label, clean/drop/constant rows none.
+    labels = dict(measured(sweep).groupby("axis")["pattern"].unique().map(tuple))
+    assert labels == {"clean": ("",), "drop": ("",), "mixed": ("random+white",),
+                      "missing": ("random",), "noise": ("white",)}  # fmt: skip
+    assert set(sweep.loc[sweep["variant"] == "constant", "pattern"]) == {""}
+    cfg = EvalConfig(sweep=True, levels=(0.0, 0.4), seeds=(1,), missing_pattern="burst",
+                     burst_mean=4.0, noise_pattern="correlated")  # fmt: skip
+    burst = evaluate_model(make_model(tiny_h5), tiny_h5, cfg, run="qa").table
+    labels = dict(measured(burst).groupby("axis")["pattern"].unique().map(tuple))
+    assert labels == {"clean": ("",), "mixed": ("burst+correlated",), "missing": ("burst",),
+                      "noise": ("correlated",)}  # fmt: skip
+    # The pattern reaches the draws: the same point under another pattern scores otherwise,
+    # and level 0 stays the clean point whatever the pattern.
+    for axis in ("missing", "noise"):
+        assert value(burst, axis=axis, level=0.4) != pytest.approx(
+            value(sweep, axis=axis, level=0.4, seed=1), abs=1e-6
+        )
+        assert value(burst, axis=axis, level=0.0) == value(burst, axis="clean")
+
+
+def test_burst_file_evaluated_as_given_is_labelled_burst(tiny_h5: Path, tmp_path: Path) -> None:
+    model = make_model(tiny_h5)
+    spec = CorruptionSpec(level=0.4, axis="missing", seed=1, missing_pattern="burst",
+                          burst_mean=4.0)  # fmt: skip
+    burst = tmp_path / "burst.h5"
+    corrupt_file(tiny_h5, burst, spec, splits="test")
+    got = evaluate_model(model, burst, EvalConfig(), run="qa").table
+    assert set(measured(got)["pattern"]) == {"burst"}
+    # ...and it is the sweep's burst point (same draws), not the random one.
+    cfg = EvalConfig(sweep=True, axes=("missing",), levels=(0.4,), seeds=(1,),
+                     missing_pattern="burst", burst_mean=4.0, quality_shuffle=False)  # fmt: skip
+    swept = evaluate_model(model, tiny_h5, cfg, run="qa").table
+    assert value(got) == pytest.approx(value(swept, axis="missing", level=0.4), abs=1e-5)
+    noisy = tmp_path / "ar.h5"
+    spec = CorruptionSpec(level=0.3, axis="mixed", noise_pattern="correlated", noise_rho=0.5)
+    corrupt_file(tiny_h5, noisy, spec)
+    got = evaluate_model(model, noisy, EvalConfig(), run="qa").table
+    assert set(measured(got)["pattern"]) == {"random+correlated"}

@@ -396,3 +396,53 @@ def test_report_of_committed_v1_results(tmp_path: Path) -> None:
     md = rep.markdown.read_text()
     assert "## Paired comparison" in md and "No best-constant reference" in md
     assert "model seeds" in md
+
+
+def test_two_patterns_side_by_side(tmp_path: Path) -> None:
+    one = make_table(small_rows("a", 0.0) + small_rows("b", -0.1))
+    fig = plot_reliability(one, "Acc_2", Palette(measured(one)))
+    assert fig is not None  # one pattern: the panels and titles of before
+    assert [ax.get_title() for ax in fig.axes] == ["mixed: steps dropped + noise"]
+    rows = small_rows("a", 0.0) + small_rows("b", -0.1)
+    burst = [r | {"pattern": "burst+correlated", "value": r["value"] - 0.2}
+             for r in rows if r["axis"] == "mixed"]  # fmt: skip
+    df = make_table(rows + burst)
+    fig = plot_reliability(df, "Acc_2", Palette(measured(df)))
+    assert fig is not None
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == [f"mixed: steps dropped + noise\npattern: {p}"
+                      for p in ("random+white", "burst+correlated")]  # fmt: skip
+    # each panel holds both runs, at that pattern's values
+    tops = [sorted(ln.get_ydata()[0] for ln in ax.lines if len(set(ln.get_ydata())) > 1)
+            for ax in fig.axes]  # fmt: skip
+    assert tops[0] == pytest.approx([0.7, 0.8]) and tops[1] == pytest.approx([0.5, 0.6])
+    rep = build_report(df, tmp_path / "rep", formats=PNG)
+    summary = pd.read_csv(rep.tables["summary"], keep_default_na=False)
+    keyed = summary.set_index(["run", "pattern"])["mean"]
+    assert len(keyed) == 4
+    assert keyed["a", "random+white"] - keyed["a", "burst+correlated"] == pytest.approx(0.2)
+    md = rep.markdown.read_text()
+    assert "| a | mixed | burst+correlated |" in md and "| a | mixed | random+white |" in md
+    plain = build_report(one, tmp_path / "plain", formats=PNG).markdown.read_text()
+    assert "random+white" not in plain  # the default alone: no pattern column shown
+
+
+def test_quality_and_usage_figures_keep_patterns_apart(results: pd.DataFrame) -> None:
+    from qamoe_core.report_plots import plot_quality
+
+    mixed = results[(results["axis"] == "mixed") & (results["run"] == "qamoe")]
+    burst = mixed.assign(pattern="burst+correlated", value=mixed["value"] * 0.5)
+    both = make_table(pd.concat([results, burst]).drop(columns="schema").to_dict("records"))
+    palette = Palette(measured(both))
+    fig = plot_quality(both, palette)
+    assert fig is not None
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "qamoe · mixed · random+white" in labels and "qamoe · mixed · burst+correlated" in labels
+    # Expert usage shows the default pattern only: the same figure as without the burst rows.
+    a, b = (
+        plot_expert_usage(results, "qamoe", "synthetic"),
+        plot_expert_usage(both, "qamoe", "synthetic"),
+    )
+    assert a is not None and b is not None
+    grids = [[im.get_array().tolist() for ax in f.axes for im in ax.images] for f in (a, b)]
+    assert grids[0] == grids[1]

@@ -13,6 +13,7 @@ from qamoe_core.errors import DataFormatError, InputError, OutputExistsError
 from qamoe_core.metrics import best_constant, compute, sample_terms
 from qamoe_core.results import (
     COLUMNS,
+    DEFAULT_PATTERN,
     SCHEMA,
     check_metric,
     constant_rows,
@@ -288,6 +289,10 @@ def test_committed_v1_results_still_load() -> None:
     # MOSI-lite's text carries the signal: dropping audio+vision costs little, dropping
     # text leaves about chance (checked against the v1 file's "text" kept column).
     assert fm.loc["normal", "audio+vision"] > 0.7 > 0.55 > fm.loc["normal", "text"]
+    # Written before patterns: every row gets its axis's default pattern.
+    labels = dict(df.groupby("axis")["pattern"].unique().map(tuple))
+    assert labels == {"clean": ("",), "drop": ("",), "mixed": ("random+white",),
+                      "missing": ("random",), "noise": ("white",)}  # fmt: skip
 
 
 def test_unknown_metric_and_variant_alias() -> None:
@@ -345,3 +350,38 @@ def test_sample_terms_match_compute(metric: str) -> None:
         truth = (truth > 0).astype(float)
     num, den = sample_terms(pred, truth, scheme, metric)
     assert num.sum() / den.sum() == pytest.approx(compute(pred, truth, scheme)[metric])
+
+
+def test_pattern_column_defaults_round_trips_and_keys_rows(tmp_path: Path) -> None:
+    from qamoe_core.names import AXES
+    from qamoe_core.spectrum import pattern_label
+
+    # The defaults are the spectrum's own labels (results.py cannot import it: torch).
+    assert {a: pattern_label(a) for a in (*AXES, "clean", "drop")} == DEFAULT_PATTERN
+    old = tmp_path / "old.csv"
+    table = make_table([row(axis="missing", level=0.5)])
+    table.drop(columns="pattern").to_csv(old, index=False)
+    assert "pattern" not in pd.read_csv(old).columns
+    assert load(old)["pattern"].tolist() == ["random"]
+    # The same point under two patterns is two measurements, kept apart by the summary.
+    rows = [row(axis="missing", level=lv, pattern=p, value=v)
+            for p, v in (("random", 0.8), ("burst", 0.6)) for lv in (0.0, 0.5)]  # fmt: skip
+    both = load(save(make_table(rows), tmp_path / "new.csv"))
+    assert sorted(set(both["pattern"])) == ["burst", "random"]
+    summary = summarize(both, [both["metric"].iloc[0]]).set_index("pattern")
+    assert summary.loc["burst", "mean"] == pytest.approx(0.6)
+    assert summary.loc["random", "mean"] == pytest.approx(0.8)
+    with pytest.raises(DataFormatError, match="pattern 'burst' in data row 1 does not fit"):
+        make_table([row(axis="noise", level=0.5, pattern="burst")])
+
+
+def test_sweeps_of_one_run_under_two_patterns_combine(tmp_path: Path) -> None:
+    clean = row(axis="clean", pattern="")
+    a = save(make_table([clean, row(axis="missing", level=0.5)]), tmp_path / "a.csv")
+    burst = row(axis="missing", level=0.5, pattern="burst", value=0.5)
+    b = save(make_table([clean, burst]), tmp_path / "b.csv")
+    both = load([a, b])  # the clean point measured twice, the same number: kept once
+    assert len(both) == 3 and (both["axis"] == "clean").sum() == 1
+    c = save(make_table([row(axis="clean", pattern="", value=0.7)]), tmp_path / "c.csv")
+    with pytest.raises(DataFormatError, match="rows repeat a measurement"):
+        load([a, c])  # another clean number under the same run name: two runs, one label
