@@ -28,7 +28,7 @@ from qamoe_core.metrics import compute, sample_terms
 from qamoe_core.results import SPECTRUM_AXES, infer_scheme, measured
 
 SLOW_DRAWS = 200  # draws for metrics that must be recomputed per draw (F1, Corr)
-PAIR = ("dataset", "split", "axis", "modalities")
+PAIR = ("dataset", "split", "axis", "modalities", "pattern")
 
 
 @dataclass
@@ -169,7 +169,7 @@ def compare(
 def _one(
     run: str,
     reference: str,
-    key: tuple[str, str, str, str],
+    key: tuple[str, str, str, str, str],
     grp: pd.DataFrame,
     other: pd.DataFrame,
     metric: str,
@@ -178,11 +178,13 @@ def _one(
     rng: np.random.Generator,
 ) -> dict[str, Any]:
     """One shared curve: the grid-mean difference and its bootstrap interval."""
-    dataset, split, axis, mods = key
+    dataset, split, axis, mods, pattern = key
     n_samples: int | None = None
     if samples is not None:
         pick = (samples["split"] == split) & (samples["axis"] == axis)
         pick &= (samples["modalities"] == mods) & (samples["variant"] == "normal")
+        if "pattern" in samples:  # per-sample tables written before patterns have none
+            pick &= samples["pattern"] == pattern
         a, b = (
             samples[pick & (samples["run"] == run)],
             samples[pick & (samples["run"] == reference)],
@@ -202,7 +204,8 @@ def _one(
     lo, hi = np.percentile(boot, [2.5, 97.5]) if n_seeds > 1 or n_samples else (math.nan,) * 2
     return {
         "run": run, "reference": reference, "dataset": dataset, "split": split, "axis": axis,
-        "modalities": mods, "metric": metric, "mean": means[0], "reference_mean": means[1],
+        "modalities": mods, "pattern": pattern, "metric": metric, "mean": means[0],
+        "reference_mean": means[1],
         "difference": float(grid[0]), "ci_low": float(lo), "ci_high": float(hi),
         "seeds": n_seeds, "samples": n_samples if n_samples is not None else "n/a",
     }  # fmt: skip
