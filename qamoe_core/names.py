@@ -17,3 +17,12 @@ SCHEMES: tuple[str, str, str] = ("mosi", "sims", "binary")
 # independently (random) or in runs (burst); the noise axis adds white or AR(1)-correlated noise.
 MISSING_PATTERNS: tuple[str, str] = ("random", "burst")
 NOISE_PATTERNS: tuple[str, str] = ("white", "correlated")
+# The label a results row gives the default patterns of each axis (what files written before
+# patterns existed measured): the first pattern of each axis, joined by "+" on mixed.
+DEFAULT_PATTERN: dict[str, str] = {
+    "clean": "",
+    "drop": "",
+    "missing": MISSING_PATTERNS[0],
+    "noise": NOISE_PATTERNS[0],
+    "mixed": f"{MISSING_PATTERNS[0]}+{NOISE_PATTERNS[0]}",
+}

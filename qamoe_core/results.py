@@ -62,7 +62,13 @@ import pandas as pd
 from qamoe_core.atomic import atomic_path
 from qamoe_core.errors import DataFormatError, InputError
 from qamoe_core.metrics import METRIC_NAMES, PRIMARY, best_constant
-from qamoe_core.names import MISSING_PATTERNS, MODALITIES, NOISE_PATTERNS, RESULT_AXES
+from qamoe_core.names import (
+    DEFAULT_PATTERN,
+    MISSING_PATTERNS,
+    MODALITIES,
+    NOISE_PATTERNS,
+    RESULT_AXES,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +108,6 @@ _STR_COLUMNS = (
     *("schema", "run", "model", "dataset", "split", "axis", "modalities", "pattern"),
     "variant",
 )
-# The label of the default patterns per axis, what files without a pattern column measured
-# (spectrum.pattern_label(axis) with default Patterns; not imported: spectrum needs torch).
-DEFAULT_PATTERN: dict[str, str] = {
-    "clean": "", "drop": "", "missing": "random", "noise": "white", "mixed": "random+white",
-}  # fmt: skip
 _PATTERNS = {
     "clean": {""}, "drop": {""}, "missing": set(MISSING_PATTERNS), "noise": set(NOISE_PATTERNS),
     "mixed": {f"{m}+{n}" for m in MISSING_PATTERNS for n in NOISE_PATTERNS},
