@@ -46,7 +46,10 @@ from benchmarks.mosi_lite_experiment import (  # noqa: E402  (needs the path abo
     write_config,
 )
 
-STAGES = ("select", "main", "specialists", "ablations")
+STAGES = ("select", "main", "specialists", "ablations", "zoo")
+# The published models (docs/models.md), trained with the same settings and seeds as MODELS.
+ZOO = ("tfn", "lmf", "mult", "misa", "self-mm", "almt", "lnln")
+MAIN = (*MODELS, *ZOO)  # configurations trained with ctx.seeds
 # Training settings tried by grouped CV (train section of a config; every model reads them).
 GRID: dict[str, dict[str, Any]] = {
     "default": {},
@@ -171,6 +174,8 @@ def build_jobs(ctx: Ctx, data: Path, chosen: dict[str, Any], stages: set[str]) -
     general: list[tuple[str, str, Path]] = []
     if "main" in stages:
         general += [(m, m, base) for m in MODELS]
+    if "zoo" in stages:
+        general += [(m, m, base) for m in ZOO]
     if "ablations" in stages:
         general += [
             (n, "qamoe", write_config(w / "configs" / f"{n}.json", over, chosen))
@@ -178,7 +183,7 @@ def build_jobs(ctx: Ctx, data: Path, chosen: dict[str, Any], stages: set[str]) -
         ]
     train, evals = [], []
     for name, model, cfg in general:
-        for s in ctx.seeds if name in MODELS else ctx.extra_seeds:
+        for s in ctx.seeds if name in MAIN else ctx.extra_seeds:
             run = w / "runs" / f"{name}-s{s}"
             train.append(ctx.train(data, run, model, s, cfg))
             evals.append(ctx.eval(data, run, f"{name}-s{s}", "--drop-sets"))
@@ -233,7 +238,7 @@ def _ms(values: list[float]) -> dict[str, float]:
 
 def per_model(ctx: Ctx, name: str) -> dict[str, Any] | None:
     """Clean test metrics and sweep means of one configuration, over model seeds."""
-    seeds = ctx.seeds if name in MODELS else ctx.extra_seeds
+    seeds = ctx.seeds if name in MAIN else ctx.extra_seeds
     files = [ctx.work / "results" / f"{name}-s{s}.csv" for s in seeds]
     if not all(f.exists() for f in files):
         return None
@@ -323,9 +328,9 @@ def specialists(ctx: Ctx) -> dict[str, Any]:
 
 
 def analyse(ctx: Ctx, data: Path, selection: dict[str, Any] | None) -> dict[str, Any]:
-    names = [*MODELS, *ABLATIONS]
+    names = [*MAIN, *ABLATIONS]
     models = {n: r for n in names if (r := per_model(ctx, n)) is not None}
-    baselines = [m for m in MODELS[1:] if m in models]
+    baselines = [m for m in MAIN[1:] if m in models]
     best = min(baselines, key=lambda m: models[m]["mixed MAE"]["mean"]) if baselines else None
     return {
         "data": str(data),
@@ -440,7 +445,7 @@ def main() -> None:
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_tables(summary, args.out)
-    files = [ctx.work / "results" / f"{m}-s{s}.csv" for m in MODELS for s in ctx.seeds]
+    files = [ctx.work / "results" / f"{m}-s{s}.csv" for m in MAIN for s in ctx.seeds]
     files = [f for f in files if f.exists()]
     if files:
         report = [
