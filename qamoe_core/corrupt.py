@@ -222,6 +222,7 @@ def corrupt_file(
             m: np.divide(1.0, s, out=np.zeros_like(s), where=s > 0) for m, s in train_std.items()
         }
         chain = f.corruption
+        special_ids = f.text_special_ids  # [UNK] etc. of the tokenizer behind text_ids
         stats = {m: _Stats() for m in f.modalities}
 
         def process(split: str, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -235,7 +236,8 @@ def corrupt_file(
                 for m in f.modalities:
                     new[f"{m}_keep"] = valid[m] & batch.get(f"{m}_keep", True)
                 return new
-            new = apply_spec(batch, spec, split=split, train_std=train_std, chain=len(chain))
+            new = apply_spec(batch, spec, split=split, train_std=train_std, chain=len(chain),
+                             special_ids=special_ids)  # fmt: skip
             for m in [*targets, *spec.drop]:
                 keep_in = valid[m] & batch.get(f"{m}_keep", True)
                 stats[m].update(batch[m], new[m], keep_in, new[f"{m}_keep"], inv_std.get(m))

@@ -59,6 +59,7 @@ from qamoe_core.errors import (
 )
 from qamoe_core.h5store import FeatureFile
 from qamoe_core.metrics import METRIC_NAMES, compute
+from qamoe_core.models.text_front import check_text_ids, spectrum_options
 from qamoe_core.names import AXES, MISSING_PATTERNS, MODALITIES, NOISE_PATTERNS, SPLITS
 from qamoe_core.results import (
     QUALITY_PREFIX,
@@ -389,6 +390,25 @@ def _record(f: FeatureFile, rec: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _check_text_noise(f: FeatureFile, split: str) -> None:
+    """A corrupted file's text noise lives in its text features, which a model that encodes
+    the ids does not read: refused rather than scored as if it were there."""
+    for raw in f.corruption:
+        rec = _record(f, raw)
+        if (
+            split in rec["splits"]
+            and rec["axis"] in ("noise", "mixed")
+            and rec["level"] > 0
+            and "text" in rec["modalities"]
+        ):
+            raise InputError(
+                f"'{f.path}' holds noise on its text features, which this model does not read "
+                "(its pretrained text encoder reads the token ids).",
+                hint="Evaluate the clean file with --sweep: noise then reaches the token "
+                "embeddings. Files corrupted on the missing axis work as they are.",
+            )
+
+
 def _given_point(
     f: FeatureFile, modalities: tuple[str, ...], split: str, noise_scale: float
 ) -> Point:
@@ -458,7 +478,10 @@ def _on_this_scale(f: FeatureFile, axis: str, level: float, scale: float, ours: 
 
 def check_compatible(model: nn.Module, f: FeatureFile, task: str) -> None:
     """Raise DataFormatError when the data's modalities, dims or task differ from the model's."""
-    dims: dict[str, int] = dict(model.dims)  # type: ignore[arg-type]
+    dims: dict[str, int] = dict(getattr(model, "file_dims", model.dims))  # type: ignore[arg-type]
+    if getattr(model, "text_front", None) is not None:
+        dims.pop("text", None)  # the encoder reads ids, whatever the stored features' width
+        check_text_ids(f, getattr(model, "text_special_ids", None))
     missing = [m for m in dims if m not in f.modalities]
     if missing:
         raise DataFormatError(
@@ -530,6 +553,8 @@ class Evaluation:
 
     def _check_data(self, f: FeatureFile) -> None:
         check_compatible(self.model, f, self.task)
+        if getattr(self.model, "text_front", None) is not None:
+            _check_text_noise(f, self.cfg.split)
         if (self.cfg.sweep or self.cfg.drop_sets) and f.corruption:
             raise InputError(
                 f"'{f.path}' is already corrupted; a sweep on top of it would compound levels.",
@@ -587,7 +612,8 @@ class Evaluation:
             else:
                 if p.axis in SPECTRUM_AXES and not p.given and drawn_seed != p.seed:
                     draws, drawn_seed = self.draws(raw, p.seed, batch), p.seed  # once per seed
-                corrupter = _PointCorrupter(p, draws, self.cfg.noise_scale, self._train_std)
+                corrupter = _PointCorrupter(p, draws, self.cfg.noise_scale, self._train_std,
+                                            spectrum_options(self.model))  # fmt: skip
                 self.evaluate_point(i, corrupter, batch, rows)
             if progress is not None:
                 progress(1, point=f"{p.axis} {p.level:g}")
@@ -848,6 +874,8 @@ class _PointCorrupter:
     draws: Mapping[str, ModalityDraws]
     noise_scale: float
     train_std: Mapping[str, Tensor]
+    # models/text_front.spectrum_options of the model: {} unless it fine-tunes a text encoder
+    text_options: Mapping[str, Any] = field(default_factory=dict)
 
     def rows(self, batch: Mapping[str, Tensor], s: int, e: int) -> Mapping[str, Tensor]:
         """Rows s:e of the block, corrupted CORRUPT_ROWS rows at a time."""
@@ -874,15 +902,16 @@ class _PointCorrupter:
             return mb
         if p.axis == "drop":
             return apply_draws(
-                mb, {}, {}, drop=[m for m in batch_modalities(mb) if m in p.modalities]
-            )
+                mb, {}, {}, drop=[m for m in batch_modalities(mb) if m in p.modalities],
+                **self.text_options,
+            )  # fmt: skip
         part = {
             m: ModalityDraws(None if d.u is None else d.u[s:e], None if d.z is None else d.z[s:e])
             for m, d in self.draws.items()
         }
         levels = {m: p.level for m in p.modalities}
         return apply_draws(mb, part, levels, axis=p.axis, noise_scale=self.noise_scale,
-                           train_std=self.train_std)  # fmt: skip
+                           train_std=self.train_std, **self.text_options)  # fmt: skip
 
 
 def batch_modalities(batch: Mapping[str, Any]) -> list[str]:

@@ -54,6 +54,8 @@ FORMAT_VERSION = 1
 # lzf is h5py's built-in fast codec: ~3x faster than gzip to write for a modest size cost, which
 # keeps `corrupt` streaming at disk speed. Files stay readable by any h5py.
 COMPRESSION = "lzf"
+# Root attribute: JSON [unk, cls, sep] of the tokenizer behind text_ids.
+TEXT_SPECIAL_ATTR = "text_special_ids"
 CHUNK_BYTES = 1 << 20  # ~1 MiB chunks: h5py's recommended range is 10 KiB to 1 MiB
 _STR = h5py.string_dtype("utf-8")
 # No extractor we know writes features beyond ~1e4 in magnitude; past 1e10 a value is a unit or
@@ -625,6 +627,30 @@ class FeatureFile:
 
     def n(self, split: str) -> int:
         return int(self._split(split)["label"].shape[0])
+
+    @property
+    def text_special_ids(self) -> tuple[int, int, int] | None:
+        """(unk, cls, sep) of the tokenizer that wrote ``text_ids`` (attribute
+        ``text_special_ids``, JSON [unk, cls, sep]); None when not recorded (BERT's 100,
+        101, 102 are then assumed, which MMSA's and MiniLM's vocabularies use)."""
+        raw = self.attrs.get(TEXT_SPECIAL_ATTR)
+        if raw is None:
+            return None
+        try:
+            value = json.loads(raw)
+        except (TypeError, ValueError):
+            value = None
+        if (
+            not isinstance(value, list)
+            or len(value) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+        ):
+            raise DataFormatError(
+                f"'{self.path}': the '{TEXT_SPECIAL_ATTR}' attribute is {raw!r}, not a JSON "
+                "list of three token ids [unk, cls, sep].",
+                hint="It is written by the importer with the text_ids; re-import the data.",
+            )
+        return value[0], value[1], value[2]
 
     @property
     def corruption(self) -> list[dict[str, Any]]:

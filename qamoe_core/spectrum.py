@@ -544,6 +544,8 @@ def apply_draws(
     noise_scale: float = 1.0,
     train_std: Mapping[str, Array] | None = None,
     drop: Sequence[str] = (),
+    special_ids: tuple[int, int, int] | None = None,
+    text_noise: bool = False,
 ) -> dict[str, Array]:
     """Corrupt ``batch`` with given draws: the one place where levels become corruption.
 
@@ -552,7 +554,12 @@ def apply_draws(
     ``train_std[m]``: (D,) per-dimension train std, needed when the axis adds noise.
     numpy in -> numpy out (computed with torch on CPU, no copies in); torch in -> torch out
     on the batch's device. Returns a new dict with ``<m>_keep`` (B, T) bool for every modality.
+    ``special_ids``: (unk, cls, sep) of the tokenizer behind ``text_ids`` (default BERT's
+    100, 101, 102). ``text_noise``: also return ``text_noise`` (B, T, D), the unit-free noise
+    z·ℓ·noise_scale where a kept text step is hit (else 0), for a model that fine-tunes a text
+    encoder on the ids and adds it to the token embeddings (models/text_front.py).
     """
+    unk_id, cls_id, sep_id = special_ids if special_ids is not None else (UNK_ID, CLS_ID, SEP_ID)
     drops, noise = _needs(check_choice(axis, AXES, "axis"))
     mods = [m for m in MODALITIES if m in batch and f"{m}_len" in batch]
     for m in list(levels) + list(drop):
@@ -601,6 +608,10 @@ def apply_draws(
                     noisy += x_new  # in place on the fresh tensor; a + b == b + a bit for bit
                     hit = keep & (lv > 0)[:, None]  # (B, T)
                     x_new = torch.where(hit[:, :, None], noisy, x_new)
+                    if m == "text" and text_noise:
+                        unit = _tensor(dr.z, device) * sigma[:, None, None]  # (B, T, D)
+                        emitted = torch.where(hit[:, :, None], unit, unit.new_zeros(()))
+                        out["text_noise"] = emitted.cpu().numpy() if as_numpy else emitted
         steps_dropped = m in drop or (m in levels and drops)
         if m == "text" and "text_ids" in batch and steps_dropped:
             ids = _tensor(batch["text_ids"], device)  # (B, T)
@@ -609,9 +620,9 @@ def apply_draws(
                     f"text_ids has shape {tuple(ids.shape)} but text features have ({b}, {t}).",
                     hint="Token ids must align with text steps to be dropped with them.",
                 )
-            special = (ids == CLS_ID) | (ids == SEP_ID)
+            special = (ids == cls_id) | (ids == sep_id)
             gone = keep_in & ~keep & ~special
-            ids_new = ids.masked_fill(gone, UNK_ID)
+            ids_new = ids.masked_fill(gone, unk_id)
             out["text_ids"] = ids_new.cpu().numpy() if as_numpy else ids_new
         out[m] = x_new.cpu().numpy() if as_numpy else x_new
         out[f"{m}_keep"] = keep.cpu().numpy() if as_numpy else keep
@@ -625,11 +636,14 @@ def apply_spec(
     split: str,
     train_std: Mapping[str, Array] | None = None,
     chain: int = 0,
+    special_ids: tuple[int, int, int] | None = None,
+    text_noise: bool = False,
 ) -> dict[str, Array]:
     """Corrupt a batch at the fixed spectrum point ``spec`` with keyed draws.
 
     The result depends only on the rows' data, ``spec``, ``split`` and ``batch['index']``:
     identical for numpy and torch batches, on CPU or CUDA, in any batching.
+    ``special_ids`` and ``text_noise`` as in :func:`apply_draws`.
     """
     available = [m for m in MODALITIES if m in batch and f"{m}_len" in batch]
     targets = [m for m in spec.resolve(available) if spec.level > 0]
@@ -650,6 +664,8 @@ def apply_spec(
         noise_scale=spec.noise_scale,
         train_std=train_std,
         drop=spec.drop,
+        special_ids=special_ids,
+        text_noise=text_noise,
     )
 
 
@@ -701,14 +717,18 @@ def corrupt_batch(
     drop: Sequence[str] = (),
     generator: torch.Generator | None = None,
     patterns: PatternMix = PatternMix(),
+    special_ids: tuple[int, int, int] | None = None,
+    text_noise: bool = False,
 ) -> dict[str, torch.Tensor]:
     """On-the-fly corruption for training: per-sample levels, fresh torch draws.
 
     ``levels`` as from :func:`sample_levels` (or floats); ``train_std[m]`` (D,) tensors/arrays;
     ``patterns`` the shares of samples drawn with burst / correlated patterns
-    (:meth:`PatternMix.from_config` reads them from a TrainConfig).
+    (:meth:`PatternMix.from_config` reads them from a TrainConfig); ``special_ids`` and
+    ``text_noise`` as in :func:`apply_draws`.
     """
     draws = draw_torch(batch, list(levels), axis=axis, generator=generator, patterns=patterns)
     return apply_draws(
-        batch, draws, levels, axis=axis, noise_scale=noise_scale, train_std=train_std, drop=drop
-    )
+        batch, draws, levels, axis=axis, noise_scale=noise_scale, train_std=train_std, drop=drop,
+        special_ids=special_ids, text_noise=text_noise,
+    )  # fmt: skip

@@ -107,6 +107,25 @@ def _special_id(tokenizer: Any, attr: str, label: str, model_dir: Path) -> int:
     return int(value)
 
 
+def tokenizer_special_ids(model_dir: str | Path | None) -> tuple[int, int, int]:
+    """(unk, cls, sep) of the encoder folder's tokenizer, without loading the weights."""
+    root = resolve_encoder_dir(model_dir)
+    transformers = _require_transformers()
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(root, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TextEncoderError(
+            f"Could not load a tokenizer from '{root}': {first}",
+            hint="The folder needs the tokenizer files written by save_pretrained().",
+        ) from None
+    return (
+        _special_id(tokenizer, "unk_token_id", "[UNK]", root),
+        _special_id(tokenizer, "cls_token_id", "[CLS]", root),
+        _special_id(tokenizer, "sep_token_id", "[SEP]", root),
+    )
+
+
 def _load(model_dir: Path) -> tuple[Any, Any]:
     """(tokenizer, model) from ``model_dir``, offline; a bad folder is a TextEncoderError."""
     # local_files_only already keeps loading offline; these also stop any other hub call
@@ -172,6 +191,7 @@ class PretrainedTextEncoder(nn.Module):
         self.sep_id = _special_id(tokenizer, "sep_token_id", "[SEP]", self.model_dir)
         self.pad_id = _special_id(tokenizer, "pad_token_id", "[PAD]", self.model_dir)
         self._hash: str | None = None
+        self._embed_std: torch.Tensor | None = None
         self._freeze()
 
     # -- set-up ---------------------------------------------------------------------------
@@ -256,19 +276,50 @@ class PretrainedTextEncoder(nn.Module):
             states = out[0] if isinstance(out, tuple) else out  # tuple in transformers 4.x
         return states
 
-    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
-        # token_type_ids of zeros: single-sentence input, as the tokenizer gives it.
-        return self.model.embeddings(input_ids=ids, token_type_ids=torch.zeros_like(ids))
+    @property
+    def embed_std(self) -> torch.Tensor:
+        """(H,) per-dimension std of the vocabulary's embeddings after the embedding LayerNorm:
+        the unit of the spectrum's noise on token embeddings (as the train std is for
+        features). Computed from the weights once; not a parameter or buffer."""
+        if self._embed_std is None:
+            emb = self.model.embeddings
+            with torch.no_grad():
+                vectors = emb.word_embeddings.weight  # (V, H)
+                norm = getattr(emb, "LayerNorm", None)
+                if norm is not None:
+                    vectors = norm(vectors)
+                self._embed_std = vectors.float().std(0).clamp_min(1e-6)
+        return self._embed_std
 
-    def lower_states(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def _embed(self, ids: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        # token_type_ids of zeros: single-sentence input, as the tokenizer gives it.
+        out = self.model.embeddings(input_ids=ids, token_type_ids=torch.zeros_like(ids))
+        if noise is None:
+            return out
+        h = self.hidden_size
+        if noise.dim() != 3 or noise.shape[:2] != ids.shape or noise.shape[2] < h:
+            raise TextEncoderError(
+                f"Embedding noise must be (B, T, >= {h}) for ids {tuple(ids.shape)}. "
+                f"Got {tuple(noise.shape)}.",
+                hint="The spectrum draws it with the text features' dims; those must be at "
+                f"least the encoder's hidden size ({h}).",
+            )
+        std = self.embed_std.to(out.device, out.dtype)
+        return out + noise[..., :h].to(out.dtype) * std
+
+    def lower_states(
+        self, ids: torch.Tensor, lengths: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(B, T, H): the states entering the first trained layer; never carries a gradient.
 
+        ``noise`` (B, T, >= H), unit-free (the spectrum's z·level·noise_scale, zero where a
+        token is spared): added to the embeddings in units of :attr:`embed_std`.
         Only meaningful below a frozen split: with fine_tune_layers="all" the embeddings
         train, and :meth:`forward` runs them with gradients instead.
         """
         self.check_inputs(ids, lengths)
         with torch.no_grad():
-            return self._run_layers(self._embed(ids), lengths, 0, self.split)
+            return self._run_layers(self._embed(ids, noise), lengths, 0, self.split)
 
     def upper(self, states: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
         """The trained top layers and pooling on (B, T, H) states from :meth:`lower_states`."""
@@ -283,12 +334,15 @@ class PretrainedTextEncoder(nn.Module):
         pooled = states.sum(1) / lengths[:, None].to(states.dtype)  # (B, H)
         return EncoderOutput(states, pooled)
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
-        """Token ids (B, T) and lengths (B,) -> EncoderOutput(states (B, T, H), pooled (B, H))."""
+    def forward(
+        self, ids: torch.Tensor, lengths: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> EncoderOutput:
+        """Token ids (B, T) and lengths (B,) -> EncoderOutput(states (B, T, H), pooled (B, H));
+        ``noise`` as in :meth:`lower_states`."""
         if self.split > 0:
-            return self.upper(self.lower_states(ids, lengths), lengths)
+            return self.upper(self.lower_states(ids, lengths, noise), lengths)
         self.check_inputs(ids, lengths)
-        return self.upper(self._embed(ids), lengths)
+        return self.upper(self._embed(ids, noise), lengths)
 
 
 class LowerStateCache:
@@ -309,11 +363,20 @@ class LowerStateCache:
     def __len__(self) -> int:
         return len(self._store)
 
-    def states(self, ids: torch.Tensor, lengths: torch.Tensor, store: bool = True) -> torch.Tensor:
-        """(B, T, H) lower states for a batch; ``store=False`` for corrupted batches."""
+    def states(
+        self, ids: torch.Tensor, lengths: torch.Tensor, store: bool | torch.Tensor = True
+    ) -> torch.Tensor:
+        """(B, T, H) lower states for a batch; ``store``: whether computed rows are kept, for
+        the whole batch or per row ((B,) bool: False for corrupted rows, which would only
+        fill memory)."""
         keys = [
             row[:n].cpu().numpy().tobytes() for row, n in zip(ids, lengths.tolist(), strict=True)
         ]
+        keep = (
+            [bool(store)] * len(keys)
+            if isinstance(store, bool)
+            else [bool(v) for v in store.tolist()]
+        )
         missing = [i for i, key in enumerate(keys) if key not in self._store]
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
@@ -325,7 +388,7 @@ class LowerStateCache:
             for j, i in enumerate(missing):
                 # clone: a view would keep the whole padded batch alive in the cache
                 fresh[i] = computed[j, : int(sub_len[j])].cpu().clone()
-                if store:
+                if keep[i]:
                     self._store[keys[i]] = fresh[i]
         shape = (ids.shape[0], ids.shape[1], self.encoder.hidden_size)
         out = torch.zeros(shape, dtype=self.encoder.model.dtype)  # (B, T, H)

@@ -51,6 +51,7 @@ from qamoe_core.errors import (
 )
 from qamoe_core.h5store import FeatureFile
 from qamoe_core.models import build_model, complete_config
+from qamoe_core.models.text_front import spectrum_options, text_config
 from qamoe_core.trainsets import SplitData, better, predict, score, validation_sets
 from qamoe_core.trainstep import Trainer, lr_at, make_optimizer
 from qamoe_core.version import __version__
@@ -171,7 +172,8 @@ class _Loop:
         # read (and checked) now, so that bad test data stops the run before training, not after
         self.test = SplitData(f, "test", dev, tcfg.in_memory_gib) if "test" in f.splits else None
         bs = max(tcfg.batch_size, 256)
-        self.val_sets = validation_sets(self.valid_data, f, tcfg, train_std, bs)
+        self.val_sets = validation_sets(self.valid_data, f, tcfg, train_std, bs,
+                                        spectrum_options(model))  # fmt: skip
         self.trainer = Trainer(self.model, tcfg, dev, info, train_std, f.modalities)
         self.sampler: DistributedSampler[int] = DistributedSampler(
             range(self.train_data.n),  # type: ignore[arg-type]  # any sized sequence works
@@ -414,6 +416,7 @@ def _train(f: FeatureFile, out: Path, model_name: str | None, model_cfg: ModelCo
         model_name = model_name or "qamoe"
         mcfg, tcfg = model_cfg or ModelConfig(), train_cfg or TrainConfig()
         mcfg = complete_config(model_name, mcfg)  # checks the name and the model's options
+        mcfg = text_config(mcfg, f)
     metric = _select_metric(tcfg, f.scheme, f.task)
     tracking.check(tensorboard if info.main else None)
     done = ckpt.finished_metrics(out, tcfg.epochs) if resume else None

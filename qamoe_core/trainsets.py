@@ -107,15 +107,18 @@ class ValidationSet:
     """
 
     def __init__(
-        self, data: SplitData, level: float, spec: CorruptionSpec | None, train_std: Any, bs: int
-    ) -> None:
+        self, data: SplitData, level: float, spec: CorruptionSpec | None, train_std: Any, bs: int,
+        text_options: Mapping[str, Any] | None = None,
+    ) -> None:  # fmt: skip
         self.data, self.level, self.spec, self.train_std, self.bs = data, level, spec, train_std, bs
+        self.text_options = dict(text_options or {})  # models/text_front.spectrum_options
         self.cache = list(self._make()) if data.memory is not None else None
 
     def _make(self) -> Iterator[Batch]:
         for batch in self.data.batches(np.arange(self.data.n), self.bs):
             if self.spec is not None:
-                batch = apply_spec(batch, self.spec, split="valid", train_std=self.train_std)
+                batch = apply_spec(batch, self.spec, split="valid", train_std=self.train_std,
+                                   **self.text_options)  # fmt: skip
             yield batch
 
     def batches(self) -> Iterator[Batch] | list[Batch]:
@@ -123,8 +126,9 @@ class ValidationSet:
 
 
 def validation_sets(
-    data: SplitData, f: FeatureFile, cfg: TrainConfig, train_std: Mapping[str, Any], bs: int
-) -> list[ValidationSet]:
+    data: SplitData, f: FeatureFile, cfg: TrainConfig, train_std: Mapping[str, Any], bs: int,
+    text_options: Mapping[str, Any] | None = None,
+) -> list[ValidationSet]:  # fmt: skip
     mods = tuple(m for m in cfg.corrupt_modalities if m in f.modalities)
     out = []
     for level in cfg.val_levels:
@@ -132,5 +136,5 @@ def validation_sets(
         if level > 0 and mods:
             spec = CorruptionSpec(level=level, axis=cfg.axis, modalities=mods,
                                   noise_scale=cfg.noise_scale, seed=cfg.val_seed)  # fmt: skip
-        out.append(ValidationSet(data, level, spec, train_std, bs))
+        out.append(ValidationSet(data, level, spec, train_std, bs, text_options))
     return out

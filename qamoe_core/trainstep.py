@@ -14,6 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from qamoe_core.config import TrainConfig
 from qamoe_core.ddp import DistInfo
 from qamoe_core.models import MultimodalModel, check_output
+from qamoe_core.models.text_front import spectrum_options
 from qamoe_core.spectrum import PatternMix, corrupt_batch, sample_levels
 from qamoe_core.trainsets import Batch
 
@@ -27,13 +28,27 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (biases, norms and the prior vectors are exempt)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    other = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": other, "weight_decay": 0.0},
-    ]
+    """AdamW; weight decay on matrices only (biases, norms and the prior vectors are exempt).
+
+    A fine-tuned text encoder's trained layers get groups of their own at the model's
+    ``text_lr`` (each group's ``lr_scale`` is what the schedule multiplies: 1 for the rest)."""
+    front = getattr(model, "text_front", None)
+    text_params = {id(p) for p in front.parameters()} if front is not None else set()
+    text_lr = float(getattr(getattr(model, "cfg", None), "text_lr", cfg.lr))
+    text_scale = text_lr / cfg.lr if text_params else 1.0
+    groups = []
+    for scale, mine in ((1.0, False), (text_scale, True)):
+        params = [
+            p for p in model.parameters() if p.requires_grad and (id(p) in text_params) == mine
+        ]
+        decay = [p for p in params if p.dim() >= 2]
+        other = [p for p in params if p.dim() < 2]
+        if mine and not params:
+            continue
+        groups += [
+            {"params": decay, "weight_decay": cfg.weight_decay, "lr_scale": scale},
+            {"params": other, "weight_decay": 0.0, "lr_scale": scale},
+        ]
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
@@ -57,6 +72,7 @@ class Trainer:
             ids = [device.index or 0] if device.type == "cuda" else None
             self.net = DistributedDataParallel(model, device_ids=ids)
         self.opt = make_optimizer(model, cfg)
+        self.text_options = spectrum_options(model)  # {} unless the text encoder is fine-tuned
         self.step = 0
         # Exponential moving average of the weights (Polyak averaging): what is validated,
         # selected and saved when cfg.ema_decay > 0.
@@ -99,13 +115,14 @@ class Trainer:
             noise_scale=self.cfg.noise_scale,
             generator=gen,
             patterns=PatternMix.from_config(self.cfg),
+            **self.text_options,
         )
 
     def train_step(self, clean: Batch, gen: torch.Generator, total: int, warmup: int) -> dict:
         batch = self.corrupt(clean, gen)
         lr = lr_at(self.step, total, warmup, self.cfg.lr)
         for group in self.opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         out = self.net(batch, clean)
         check_output(out, clean["label"].shape[0], True, self.model.name)  # µs; plug-ins
         assert out.loss is not None

@@ -546,6 +546,10 @@ def import_mmsa(
         "source_release": summary["release"] or "unknown",
         "notes": {"scheme_reason": why, "unimodal_labels": summary["unimodal_labels"]},
     }
+    if summary["text_ids"]:
+        # MMSA's text_bert holds bert-base-uncased ids (bert-base-chinese for SIMS): both
+        # vocabularies put [UNK], [CLS], [SEP] at 100, 101, 102.
+        attrs["text_special_ids"] = [100, 101, 102]
     with atomic_path(out, force=force) as tmp:
         # write_features renames its own temporary over `tmp`; we then add SIMS' unimodal
         # labels beside `label`, and only then does `out` appear.

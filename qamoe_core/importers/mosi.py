@@ -407,6 +407,17 @@ def _fold_rule(protocol: str, fold: int | None) -> str:
     return f"std train+valid videos; {groups}; valid = group cv_fold; test = std test"
 
 
+def _special_ids() -> list[int] | None:
+    """[unk, cls, sep] of the MiniLM tokenizer behind text_ids (what `train --text-encoder
+    pretrained` checks and the spectrum uses); None where transformers is not installed."""
+    from qamoe_core.text_encoder import TextEncoderError, tokenizer_special_ids
+
+    try:
+        return list(tokenizer_special_ids(None))
+    except TextEncoderError:
+        return None
+
+
 def _provenance(
     protocol: str,
     fold: int | None,
@@ -446,7 +457,9 @@ def _provenance(
         "sources": {"mosi_lite": str(lite.resolve()), "labels": str(labels.resolve())},
         "input_sha256": shas,
         "split_videos": videos,
-    }
+        "text_special_ids": _special_ids() if mods["text"] == "minilm" and pooling == "token"
+        else None,
+    }  # fmt: skip
     # HDF5 attrs cannot hold None: options that do not apply are left out
     return {
         "extractor": {k: v for k, v in extractor.items() if v is not None},

@@ -17,6 +17,7 @@ from qamoe_core.config import ModelConfig, _Config, _spec
 from qamoe_core.errors import ConfigError, InputError
 from qamoe_core.models.heads import task_loss
 from qamoe_core.models.layers import Encoder, FeatureStats
+from qamoe_core.models.text_front import TextFront
 from qamoe_core.names import MODALITIES, TASKS
 
 CONTRACT_HINT = "The model contract is in the docstring of qamoe_core/models/__init__.py."
@@ -106,6 +107,14 @@ class MultimodalModel(nn.Module):
         self.dims = {m: int(dims[m]) for m in MODALITIES if m in dims}
         self.modalities = tuple(self.dims)
         check_modalities(type(self), self.modalities)
+        # The file's own dims (the text features'), kept for checks against data files.
+        self.file_dims = dict(self.dims)
+        self.text_front: TextFront | None = None
+        if cfg.text_encoder == "pretrained" and "text" in self.dims:
+            self.text_front = TextFront(cfg)
+            self.dims["text"] = self.text_front.out_dim  # the encoder's states replace them
+            # Runs before every forward (also under DDP): text from ids, for any model.
+            self.register_forward_pre_hook(_text_hook, with_kwargs=True)
         if self.shared_encoders:
             self.encoders = nn.ModuleDict(
                 {m: Encoder(d, cfg, cfg.text_segments if m == "text" else cfg.segments)
@@ -119,6 +128,8 @@ class MultimodalModel(nn.Module):
         for m in self.modalities:
             holder = self._stats_of(m)
             s = torch.as_tensor(std[m], dtype=torch.float32)
+            if s.numel() != holder.in_std.numel():
+                continue  # text states of another width than the stored features: unscaled
             holder.in_mean.copy_(torch.as_tensor(mean[m], dtype=torch.float32))
             holder.in_std.copy_(torch.where(s > 1e-6, s, torch.ones_like(s)))  # constant dims
 
@@ -152,9 +163,19 @@ class MultimodalModel(nn.Module):
         coverage: dict[str, Tensor | None] = {}
         if not self.shared_encoders:
             return h, coverage
+        batch = self.text_inputs(batch)
         for m in self.modalities:
             h[m], coverage[m] = self.encoder(m).encode(batch[m], batch[f"{m}_len"])
         return h, coverage
+
+    def text_inputs(self, batch: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+        """``batch`` with its text from the pretrained encoder (unchanged without one)."""
+        return batch if self.text_front is None else self.text_front.inputs(batch)
+
+    @property
+    def text_special_ids(self) -> tuple[int, int, int] | None:
+        """(unk, cls, sep) of the fine-tuned encoder's tokenizer; None without one."""
+        return None if self.text_front is None else self.text_front.special_ids
 
     def concat(self, parts: Mapping[str, Tensor]) -> Tensor:
         """{m: (B, d)} -> (B, M·d), modalities in the model's canonical order."""
@@ -172,6 +193,21 @@ class MultimodalModel(nn.Module):
         if out.loss_balance is not None:
             total = total + self.cfg.balance_weight * out.loss_balance
         return out._replace(loss=total, loss_task=lt)
+
+
+def _text_hook(
+    model: MultimodalModel, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """forward(batch, ...): the batch gets its text from the ids. Not the clean batch: only
+    a model that uses it knows whether it needs its text (QA-MoE's clean target calls
+    ``text_inputs`` itself), and ``encodings=`` given means the encoders are skipped."""
+    if kwargs.get("encodings") is not None:
+        return args, kwargs
+    if args:
+        return (model.text_inputs(args[0]), *args[1:]), kwargs
+    if "batch" in kwargs:
+        kwargs["batch"] = model.text_inputs(kwargs["batch"])
+    return args, kwargs
 
 
 def check_modalities(cls: type, modalities: tuple[str, ...]) -> None:

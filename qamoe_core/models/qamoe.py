@@ -142,6 +142,7 @@ class QAMoE(MultimodalModel):
     def clean_targets(self, clean: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """{m: (B, out_dim)} raw targets of the uncertainty loss from the clean batch (no
         gradient; encoders without dropout); running stats updated when training."""
+        clean = self.text_inputs(clean)  # a fine-tuned text encoder's states of the clean text
         if self.cfg.uncertainty_target == "clean_encoding":
             with eval_mode(self.encoders):
                 target = self.encode(clean)

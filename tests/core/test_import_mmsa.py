@@ -116,6 +116,7 @@ def test_unaligned_round_trip(tmp_path: Path) -> None:
         assert f.attrs["source_sha256"] == summary["source_sha256"]
         assert f.attrs["source_release"] == "unknown"
         assert json.loads(f.attrs["extractor"])["length_source"]["audio"] == "audio_lengths"
+        assert f.text_special_ids == (100, 101, 102)  # bert-base-uncased's [UNK]/[CLS]/[SEP]
         for split, raw in data.items():
             batch = f.read(split, slice(None))
             assert f.ids(split) == list(raw["id"])

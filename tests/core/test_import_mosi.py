@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -119,6 +120,8 @@ def test_std_splits_labels_and_tokens(tmp_path: Path, folders: tuple[Path, Path]
         # token level: one step per token ([CLS] + 5 words + [SEP]), ids beside the states
         assert (b["text_len"] == 7).all() and b["text_ids"].shape == b["text"].shape[:2]
         assert (b["text_ids"][:, 0] == 101).all() and (b["text_ids"][:, 6] == 102).all()
+        has_tokenizer = importlib.util.find_spec("transformers") is not None
+        assert f.text_special_ids == ((100, 101, 102) if has_tokenizer else None)
         raw = f.raw_text("test")
         assert raw is not None and raw[0].startswith("WORDS OF ")
         a = f.attrs

@@ -17,27 +17,9 @@ from qamoe_core.text_encoder import (
 )
 
 transformers = pytest.importorskip("transformers")
+from tests.core.tiny_text import N_LAYERS, VOCAB, save_tiny_bert  # noqa: E402
 
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "movie", "very", "not"]
-N_LAYERS = 3
-
-
-def _save_tiny_bert(path: Path, vocab: list[str] = VOCAB) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    vocab_file = path / "vocab.txt"
-    vocab_file.write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    config = transformers.BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=N_LAYERS,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=32,
-    )
-    torch.manual_seed(0)
-    transformers.BertModel(config).save_pretrained(path)
-    transformers.BertTokenizer(vocab_file=str(vocab_file)).save_pretrained(path)
-    return path
+_save_tiny_bert = save_tiny_bert
 
 
 @pytest.fixture(scope="module")
