@@ -139,3 +139,8 @@ def parse_list(value: str | None, name: str) -> list[str] | None:
     if not items:
         raise typer.BadParameter(f"'{name}' needs at least one comma-separated value.")
     return items
+
+
+# What the error funnel (main.py) says after Ctrl-C or SIGTERM in place of its generic hint:
+# a command that knows better (train: how to resume) sets it before re-raising.
+INTERRUPT_HINT: dict[str, str | None] = {"text": None}

@@ -21,7 +21,7 @@ from rich.markup import escape
 
 from qamoe_cli import audit, corrupt, demo, extract, report, train
 from qamoe_cli import eval as eval_cmd
-from qamoe_cli.common import ClickException, ClickUsageError, err_console
+from qamoe_cli.common import INTERRUPT_HINT, ClickException, ClickUsageError, err_console
 from qamoe_core import __version__
 from qamoe_core.errors import NoSpaceError, QamoeError, UsageError
 
@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     old_hooks = sys.unraisablehook, sys.excepthook
     _STATE["next_unraisable"], sys.unraisablehook = sys.unraisablehook, _quiet_unraisable
     _STATE["terminated"] = _STATE["hard_exit"] = False
+    INTERRUPT_HINT["text"] = None
     _STATE["in_main"] = True
     try:
         return _main(argv)
@@ -180,7 +181,8 @@ def _main(argv: list[str] | None) -> int:
         return 2 if isinstance(exc, UsageError) else 1
     except KeyboardInterrupt as exc:
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"
-        _print_error(f"{what}.", "Outputs are written atomically: nothing half-written.")
+        hint = INTERRUPT_HINT["text"] or "Outputs are written atomically: nothing half-written."
+        _print_error(f"{what}.", hint)
         return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:  # the funnel: unexpected errors still get one line
         if isinstance(exc, typer.Exit):

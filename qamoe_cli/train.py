@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 
 from qamoe_cli.common import (
+    INTERRUPT_HINT,
     Force,
     JsonOut,
     Quiet,
@@ -111,15 +112,13 @@ def _epoch_line(event: Any) -> str:
 
 
 def _interrupted_hint(data: Path, out: Path) -> None:
-    """Ctrl-C after a checkpoint: say how to continue (the error funnel says the rest)."""
+    """Ctrl-C after a checkpoint: the error funnel's hint says how to continue."""
     from qamoe_core import checkpoint as ckpt
 
     if ckpt.is_run_dir(out) and (out / ckpt.STATE).is_file():
-        err_console.print(
-            f"hint: the run keeps its last completed epoch; continue it with "
-            f"`qamoe train {data} --out {out} --resume`",
-            highlight=False,
-            soft_wrap=True,
+        INTERRUPT_HINT["text"] = (
+            "The run keeps its last completed epoch; continue it with "
+            f"`qamoe train {data} --out {out} --resume`"
         )
 
 

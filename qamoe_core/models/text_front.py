@@ -22,6 +22,7 @@ docs/text-encoder.md.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -177,7 +178,9 @@ def text_config(cfg: ModelConfig, f: Any) -> ModelConfig:
             f"hashes to {digest[:19]}….",
             hint="Leave text_model_hash out of a new run's config: training records it.",
         )
-    return cfg.override(text_model_hash=digest)
+    # The folder as an absolute path, so `qamoe eval` finds it from any working directory.
+    folder = str(Path(cfg.text_model).expanduser().resolve()) if cfg.text_model else ""
+    return cfg.override(text_model=folder, text_model_hash=digest)
 
 
 def check_text_ids(f: Any, special_ids: tuple[int, int, int] | None = None) -> None:

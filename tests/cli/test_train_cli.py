@@ -125,6 +125,7 @@ def test_epoch_lines_when_stderr_is_not_a_terminal_and_resume_messages(
     err = capsys.readouterr().err
     assert "epoch 1/2  loss " in err and "  val_MAE " in err and err.count("epoch 1/2") == 1
     assert f"--out {out} --resume" in err  # the hint says how to continue
+    assert err.count("hint:") == 1 and err.index("error: interrupted.") < err.index("hint:")
     monkeypatch.setattr(train_mod._Loop, "epoch", original)
     # no --model: the run's (late-fusion) is used, not the default
     assert main(["train", str(tiny_h5), "--out", str(out), "--resume", "--device", "cpu"]) == 0
