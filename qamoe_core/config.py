@@ -86,6 +86,46 @@ def _range_text(lo: float, hi: float, kind: str, open_: tuple[bool, bool] = (Fal
     return kind
 
 
+@dataclass(frozen=True)
+class _FieldValue:
+    """One value under check against its field's default and spec, and how to reject it."""
+
+    name: str
+    value: Any
+    default: Any
+    meta: Mapping[str, Any]
+    error: type[QamoeError]
+
+    @property
+    def lo(self) -> float:
+        return self.meta.get("lo", -INF)
+
+    @property
+    def hi(self) -> float:
+        return self.meta.get("hi", INF)
+
+    @property
+    def choices(self) -> tuple[Any, ...]:
+        return self.meta.get("choices", ())
+
+    @property
+    def open_ends(self) -> tuple[bool, bool]:
+        lo_open, hi_open = self.meta.get("open", (False, False))
+        return lo_open, hi_open
+
+    def in_range(self, v: float) -> bool:
+        lo_open, hi_open = self.open_ends
+        lo, hi = self.lo, self.hi
+        return (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+
+    def fail(self, expected: str) -> QamoeError:
+        return self.error(  # a usage error (exit 2): the value came from a flag or a --config field
+            f"The '{self.name}' parameter must be {expected}. Got {self.value!r} instead.",
+            hint=self.meta.get("hint")
+            or f"Its default is {self.default!r}; see 'qamoe train --help'.",
+        )
+
+
 def _check_field(
     owner: str,
     name: str,
@@ -95,61 +135,73 @@ def _check_field(
     error: type[QamoeError] = ConfigUsageError,
 ) -> Any:
     """Validate and normalise one field value against the type of its default and its spec."""
-    lo, hi, choices = meta.get("lo", -INF), meta.get("hi", INF), meta.get("choices", ())
-    lo_open, hi_open = meta.get("open", (False, False))
-
-    def in_range(v: float) -> bool:
-        return (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
-
-    def fail(expected: str) -> QamoeError:
-        return error(  # a usage error (exit 2): the value came from a flag or a --config field
-            f"The '{name}' parameter must be {expected}. Got {value!r} instead.",
-            hint=meta.get("hint") or f"Its default is {default!r}; see 'qamoe train --help'.",
-        )
-
+    f = _FieldValue(name, value, default, meta, error)
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise fail("a boolean (true or false)")
+            raise f.fail("a boolean (true or false)")
         return value
     if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise fail(_range_text(lo, hi, "an integer"))
-        if not in_range(value):
-            raise fail(_range_text(lo, hi, "an integer", (lo_open, hi_open)))
-        return value
+        return _check_int(f)
     if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise fail(_range_text(lo, hi, "a float", (lo_open, hi_open)))
-        if not math.isfinite(float(value)) or not in_range(float(value)):
-            raise fail(_range_text(lo, hi, "a float", (lo_open, hi_open)))
-        return float(value)
+        return _check_float(f)
     if isinstance(default, str):
-        if value not in choices:
-            err = fail(f"one of {', '.join(map(str, choices))}")
-            near = nearest_choice(value, [str(c) for c in choices])
-            if near is not None:  # the same suggestion errors.check_choice gives
-                err.hint = f"Did you mean '{near}'?"
-            raise err
-        return value
+        return _check_choice(f)
     if isinstance(default, Mapping):  # a model's own options, checked by its Options class
         if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-            raise fail("a JSON object")
+            raise f.fail("a JSON object")
         return dict(value)
     if isinstance(default, tuple):  # tuples of floats (levels) or of modality names
-        if not isinstance(value, list | tuple) or (not value and not meta.get("empty_ok")):
-            raise fail("a non-empty list")
-        items = tuple(value)
-        for item in items:
-            if choices and item not in choices:
-                raise fail(f"a list of values among {', '.join(map(str, choices))}")
-            if not choices and (
-                isinstance(item, bool)
-                or not isinstance(item, int | float)
-                or not lo <= float(item) <= hi
-            ):
-                raise fail(f"a list of numbers in [{lo:g}, {hi:g}]")
-        return tuple(float(i) for i in items) if not choices else items
+        return _check_items(f)
     raise TypeError(f"unsupported config field type for {name}")  # programming error
+
+
+def _check_int(f: _FieldValue) -> int:
+    """An int field: a true integer (not a bool) within the range."""
+    value = f.value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise f.fail(_range_text(f.lo, f.hi, "an integer"))
+    if not f.in_range(value):
+        raise f.fail(_range_text(f.lo, f.hi, "an integer", f.open_ends))
+    return value
+
+
+def _check_float(f: _FieldValue) -> float:
+    """A float field: any finite number (not a bool) within the range, as a float."""
+    value = f.value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise f.fail(_range_text(f.lo, f.hi, "a float", f.open_ends))
+    if not math.isfinite(float(value)) or not f.in_range(float(value)):
+        raise f.fail(_range_text(f.lo, f.hi, "a float", f.open_ends))
+    return float(value)
+
+
+def _check_choice(f: _FieldValue) -> Any:
+    """A str field: one of its choices; the error suggests the nearest one."""
+    if f.value not in f.choices:
+        err = f.fail(f"one of {', '.join(map(str, f.choices))}")
+        near = nearest_choice(f.value, [str(c) for c in f.choices])
+        if near is not None:  # the same suggestion errors.check_choice gives
+            err.hint = f"Did you mean '{near}'?"
+        raise err
+    return f.value
+
+
+def _check_items(f: _FieldValue) -> tuple[Any, ...]:
+    """A tuple field: a list of choices, or of numbers within [lo, hi] (made floats)."""
+    value, choices, lo, hi = f.value, f.choices, f.lo, f.hi
+    if not isinstance(value, list | tuple) or (not value and not f.meta.get("empty_ok")):
+        raise f.fail("a non-empty list")
+    items = tuple(value)
+    for item in items:
+        if choices and item not in choices:
+            raise f.fail(f"a list of values among {', '.join(map(str, choices))}")
+        if not choices and (
+            isinstance(item, bool)
+            or not isinstance(item, int | float)
+            or not lo <= float(item) <= hi
+        ):
+            raise f.fail(f"a list of numbers in [{lo:g}, {hi:g}]")
+    return tuple(float(i) for i in items) if not choices else items
 
 
 C = TypeVar("C", bound="_Config")

@@ -177,6 +177,117 @@ def _stream_split(
         flush(pending[0], pending[1], pending[2].result())
 
 
+def _check_noise_has_effect(
+    src: Path, spec: CorruptionSpec, train_std: dict[str, np.ndarray]
+) -> None:
+    """Refuse noise on a modality whose train std is 0 in every dimension."""
+    for m, std in train_std.items():
+        if not std.any():  # noise is level·scale·std: it would add nothing at all
+            raise InputError(
+                f"'{src}': the train std of '{m}' is 0 in every dimension, so noise at "
+                f"level {spec.level:g} would leave it unchanged while the record claims it.",
+                hint="The train split holds one constant value; re-extract it, or leave "
+                f"'{m}' out with --modalities.",
+            )
+
+
+class _Pass:
+    """One corruption pass over an open source file: its settings and running tallies."""
+
+    def __init__(
+        self, f: FeatureFile, src: Path, spec: CorruptionSpec, splits: str | Sequence[str] | None
+    ) -> None:
+        self.src, self.spec, self.modalities = src, spec, f.modalities
+        try:
+            self.resolved = spec.resolve(f.modalities)
+        except InputError as exc:
+            raise InputError(exc.message.replace("the data", f"'{src}'"), exc.hint) from None
+        self.chosen = _parse_splits(splits, f.splits)
+        self.targets = [m for m in self.resolved if spec.level > 0]
+        self.train_std = {m: f.train_std(m) for m in self.targets} if spec.noise_std > 0 else {}
+        _check_noise_has_effect(src, spec, self.train_std)
+        self.inv_std = {
+            m: np.divide(1.0, s, out=np.zeros_like(s), where=s > 0)
+            for m, s in self.train_std.items()
+        }
+        self.chain = f.corruption
+        self.special_ids = f.text_special_ids  # [UNK] etc. of the tokenizer behind text_ids
+        self.stats = {m: _Stats() for m in f.modalities}
+        self.tallied = [*self.targets, *spec.drop]  # the modalities with statistics
+
+    def process(self, split: str, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Corrupt (or pass through) one block; runs in the worker thread."""
+        valid = {
+            m: np.arange(batch[m].shape[1])[None, :] < batch[f"{m}_len"][:, None]
+            for m in self.modalities
+        }  # (B, T) each
+        if split not in self.chosen:  # copied unchanged, with keep masks like every other split
+            new = dict(batch)
+            for m in self.modalities:
+                new[f"{m}_keep"] = valid[m] & batch.get(f"{m}_keep", True)
+            return new
+        new = apply_spec(batch, self.spec, split=split, train_std=self.train_std,
+                         chain=len(self.chain), special_ids=self.special_ids)  # fmt: skip
+        for m in self.tallied:
+            keep_in = valid[m] & batch.get(f"{m}_keep", True)
+            self.stats[m].update(batch[m], new[m], keep_in, new[f"{m}_keep"], self.inv_std.get(m))
+        return new
+
+    def record(self, source_sha256: str) -> dict[str, Any]:
+        """This pass's entry in the output's corruption chain."""
+        return {
+            **self.spec.to_dict(),
+            "modalities": list(self.resolved),  # resolved against the file
+            "missing_rate": self.spec.missing_rate,
+            "noise_std": self.spec.noise_std,
+            "splits": self.chosen,
+            "source_sha256": source_sha256,
+            "chain_index": len(self.chain),
+            "created_by": f"qamoe {__version__}",
+        }
+
+    def write(
+        self,
+        f: FeatureFile,
+        out: Path,
+        force: bool,
+        chunk_rows: int | None,
+        progress: Callable[[int], None] | None,
+    ) -> dict[str, Any]:
+        """Stream every split of ``f`` into ``out`` (atomically); return the new record."""
+        attrs = {k: v for k, v in f.attrs.items() if k not in _ROOT_OWNED}
+        stop_hash = threading.Event()
+        with ThreadPoolExecutor(1) as hasher, ThreadPoolExecutor(1) as worker:
+            # Hashing overlaps the streaming (hashlib drops the GIL); on an error it stops early
+            # so that leaving the pool does not wait for a multi-GB hash.
+            sha_future = hasher.submit(file_sha256, self.src, stop_hash)
+            try:
+                with FeatureWriter(out, force=force, attrs=attrs) as w:
+                    for split in f.splits:
+                        _stream_split(f, w, split, self.process, worker, chunk_rows, progress)
+                    _check_not_a_no_op(self.src, self.stats, self.tallied, self.chosen)
+                    record = self.record(sha_future.result())
+                    w.set_attrs(corruption=[*self.chain, record])
+            except BaseException:
+                stop_hash.set()
+                raise
+        return record
+
+    def modality_summary(self) -> dict[str, dict[str, Any]]:
+        """Realised against nominal drop rate and noise of each modality with statistics."""
+        spec = self.spec
+        return {
+            m: {
+                **self.stats[m].result(
+                    spec.missing_rate if m in self.targets else 1.0,
+                    spec.noise_std if m in self.targets else 0.0,
+                ),
+                "dropped_whole": m in spec.drop,
+            }
+            for m in self.tallied
+        }
+
+
 def corrupt_file(
     src: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -203,92 +314,20 @@ def corrupt_file(
     check_output(out, force, inputs=[src])  # fail before reading anything
     t0 = time.perf_counter()
     with FeatureFile(src) as f:
-        try:
-            resolved = spec.resolve(f.modalities)
-        except InputError as exc:
-            raise InputError(exc.message.replace("the data", f"'{src}'"), exc.hint) from None
-        chosen = _parse_splits(splits, f.splits)
-        targets = [m for m in resolved if spec.level > 0]
-        train_std = {m: f.train_std(m) for m in targets} if spec.noise_std > 0 else {}
-        for m, std in train_std.items():
-            if not std.any():  # noise is level·scale·std: it would add nothing at all
-                raise InputError(
-                    f"'{src}': the train std of '{m}' is 0 in every dimension, so noise at "
-                    f"level {spec.level:g} would leave it unchanged while the record claims it.",
-                    hint="The train split holds one constant value; re-extract it, or leave "
-                    f"'{m}' out with --modalities.",
-                )
-        inv_std = {
-            m: np.divide(1.0, s, out=np.zeros_like(s), where=s > 0) for m, s in train_std.items()
-        }
-        chain = f.corruption
-        special_ids = f.text_special_ids  # [UNK] etc. of the tokenizer behind text_ids
-        stats = {m: _Stats() for m in f.modalities}
-
-        def process(split: str, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            """Corrupt (or pass through) one block; runs in the worker thread."""
-            valid = {
-                m: np.arange(batch[m].shape[1])[None, :] < batch[f"{m}_len"][:, None]
-                for m in f.modalities
-            }  # (B, T) each
-            if split not in chosen:  # copied unchanged, with keep masks like every other split
-                new = dict(batch)
-                for m in f.modalities:
-                    new[f"{m}_keep"] = valid[m] & batch.get(f"{m}_keep", True)
-                return new
-            new = apply_spec(batch, spec, split=split, train_std=train_std, chain=len(chain),
-                             special_ids=special_ids)  # fmt: skip
-            for m in [*targets, *spec.drop]:
-                keep_in = valid[m] & batch.get(f"{m}_keep", True)
-                stats[m].update(batch[m], new[m], keep_in, new[f"{m}_keep"], inv_std.get(m))
-            return new
-
-        attrs = {k: v for k, v in f.attrs.items() if k not in _ROOT_OWNED}
-        stop_hash = threading.Event()
-        with ThreadPoolExecutor(1) as hasher, ThreadPoolExecutor(1) as worker:
-            # Hashing overlaps the streaming (hashlib drops the GIL); on an error it stops early
-            # so that leaving the pool does not wait for a multi-GB hash.
-            sha_future = hasher.submit(file_sha256, src, stop_hash)
-            try:
-                with FeatureWriter(out, force=force, attrs=attrs) as w:
-                    for split in f.splits:
-                        _stream_split(f, w, split, process, worker, chunk_rows, progress)
-                    _check_not_a_no_op(src, stats, [*targets, *spec.drop], chosen)
-                    record: dict[str, Any] = {
-                        **spec.to_dict(),
-                        "modalities": list(resolved),  # resolved against the file
-                        "missing_rate": spec.missing_rate,
-                        "noise_std": spec.noise_std,
-                        "splits": chosen,
-                        "source_sha256": sha_future.result(),
-                        "chain_index": len(chain),
-                        "created_by": f"qamoe {__version__}",
-                    }
-                    w.set_attrs(corruption=[*chain, record])
-            except BaseException:
-                stop_hash.set()
-                raise
-        copied = [s for s in f.splits if s not in chosen]
-    summary_mods = {
-        m: {
-            **stats[m].result(
-                spec.missing_rate if m in targets else 1.0,
-                spec.noise_std if m in targets else 0.0,
-            ),
-            "dropped_whole": m in spec.drop,
-        }
-        for m in [*targets, *spec.drop]
-    }
+        run = _Pass(f, src, spec, splits)
+        record = run.write(f, out, force, chunk_rows, progress)
+        copied = [s for s in f.splits if s not in run.chosen]
+    summary_mods = run.modality_summary()
     seconds = time.perf_counter() - t0
     log.info("corrupted %s -> %s in %.1fs", src, out, seconds)
     return {
         "source": str(src),
         "out": str(out),
-        "spec": {**spec.to_dict(), "modalities": list(resolved)},
+        "spec": {**spec.to_dict(), "modalities": list(run.resolved)},
         "pattern": spec.pattern,
-        "splits": chosen,
+        "splits": run.chosen,
         "copied_splits": copied,
-        "chain_length": len(chain) + 1,
+        "chain_length": len(run.chain) + 1,
         "record": record,
         "modalities": summary_mods,
         "seconds": seconds,

@@ -333,19 +333,8 @@ class FeatureWriter:
             self.h5.attrs[f"train_std_{m}"] = np.sqrt(var).astype(np.float32)
 
 
-def write_features(
-    path: str | os.PathLike[str],
-    splits: Mapping[str, SplitArrays],
-    *,
-    dataset: str,
-    task: str,
-    scheme: str,
-    label_range: tuple[float, float],
-    extractor: Mapping[str, Any],
-    force: bool = False,
-    attrs: Mapping[str, Any] | None = None,
-) -> Path:
-    """Validate in-memory splits and write them as one atomic HDF5 file; returns the path."""
+def _check_write_args(splits: Mapping[str, SplitArrays], task: str, scheme: str) -> None:
+    """Refuse an unknown task or scheme, or splits without a train split."""
     if task not in TASKS:
         raise InputError(f"The 'task' parameter must be one of {TASKS}. Got {task!r} instead.")
     if scheme not in SCHEMES:
@@ -355,6 +344,12 @@ def write_features(
             "The dataset has no 'train' split.",
             hint="The train split is needed for the per-dimension std that scales noise.",
         )
+
+
+def _common_modalities(
+    splits: Mapping[str, SplitArrays], task: str, label_range: tuple[float, float]
+) -> tuple[str, ...]:
+    """Validate every split and return the modalities (and dims) they must all share."""
     modalities: tuple[str, ...] | None = None
     dims: dict[str, int] = {}
     for name, arrays in splits.items():
@@ -377,6 +372,44 @@ def write_features(
             raise DataFormatError(f"'{name}/label' must be 0 or 1 for a binary task.")
         check_labels(np.asarray(arrays.label), *label_range, f"input [{name}]")
     assert modalities is not None
+    return modalities
+
+
+def _write_split(w: FeatureWriter, name: str, a: SplitArrays, modalities: tuple[str, ...]) -> None:
+    """Create split ``name`` in the writer and store all its arrays in one block."""
+    shapes = {m: (a.features[m].shape[1], a.features[m].shape[2]) for m in modalities}
+    tid = a.text_ids
+    w.create_split(
+        name,
+        len(a),
+        shapes,
+        text_ids_len=None if tid is None else tid.shape[1],
+        raw_text=a.raw_text is not None,
+    )
+    batch: dict[str, np.ndarray] = {"label": np.asarray(a.label, np.float32)}
+    for m in modalities:
+        batch[m] = np.asarray(a.features[m], np.float32)
+        batch[f"{m}_len"] = np.asarray(a.lengths[m], np.int32)
+    if tid is not None:
+        batch["text_ids"] = np.asarray(tid, np.int32)
+    w.write(name, 0, batch, ids=list(a.ids), raw_text=a.raw_text)
+
+
+def write_features(
+    path: str | os.PathLike[str],
+    splits: Mapping[str, SplitArrays],
+    *,
+    dataset: str,
+    task: str,
+    scheme: str,
+    label_range: tuple[float, float],
+    extractor: Mapping[str, Any],
+    force: bool = False,
+    attrs: Mapping[str, Any] | None = None,
+) -> Path:
+    """Validate in-memory splits and write them as one atomic HDF5 file; returns the path."""
+    _check_write_args(splits, task, scheme)
+    modalities = _common_modalities(splits, task, label_range)
     root = {
         "dataset": dataset,
         "task": task,
@@ -389,25 +422,8 @@ def write_features(
     root.update(attrs or {})
     with FeatureWriter(path, force=force, attrs=root) as w:
         for name in SPLITS:
-            if name not in splits:
-                continue
-            a = splits[name]
-            shapes = {m: (a.features[m].shape[1], a.features[m].shape[2]) for m in modalities}
-            tid = a.text_ids
-            w.create_split(
-                name,
-                len(a),
-                shapes,
-                text_ids_len=None if tid is None else tid.shape[1],
-                raw_text=a.raw_text is not None,
-            )
-            batch: dict[str, np.ndarray] = {"label": np.asarray(a.label, np.float32)}
-            for m in modalities:
-                batch[m] = np.asarray(a.features[m], np.float32)
-                batch[f"{m}_len"] = np.asarray(a.lengths[m], np.int32)
-            if tid is not None:
-                batch["text_ids"] = np.asarray(tid, np.int32)
-            w.write(name, 0, batch, ids=list(a.ids), raw_text=a.raw_text)
+            if name in splits:
+                _write_split(w, name, splits[name], modalities)
         w.compute_train_stats()
     log.info("wrote %s", path)
     return Path(path)
@@ -469,6 +485,10 @@ def _check_record(record: dict[str, Any], k: int, where: str) -> None:
             )
 
 
+# The hint of most structural errors raised on open.
+_DAMAGED = "The file is damaged or was not written by qamoe; re-import it."
+
+
 class FeatureFile:
     """Lazy, read-only access to a qamoe HDF5 file. Validates its structure on open."""
 
@@ -502,8 +522,26 @@ class FeatureFile:
 
     # -- structure -----------------------------------------------------------------------
     def _check(self) -> None:
-        a = self.h5.attrs
+        """Validate the structure on open and set the attributes it describes."""
         where = f"'{self.path}'"
+        self._check_format(where)
+        _check_self_contained(self.h5, where)
+        self._read_root_attrs(where)
+        self.splits = tuple(s for s in SPLITS if s in self.h5)
+        if not self.splits:
+            raise DataFormatError(
+                f"{where} has no split (expected groups train, valid, test).", hint=_DAMAGED
+            )
+        self.dims: dict[str, int] = {}
+        self.seq_lens: dict[str, int] = {}
+        for s in self.splits:
+            n = self._check_split_rows(s, where)
+            for m in self.modalities:
+                self._check_modality(s, m, n, where)
+
+    def _check_format(self, where: str) -> None:
+        """Refuse a file whose root attrs do not name this format and version."""
+        a = self.h5.attrs
         if a.get("format") != FORMAT:
             raise DataFormatError(
                 f"{where} is not a qamoe feature file (root attr 'format' is "
@@ -519,11 +557,13 @@ class FeatureFile:
                 f"{where} has format_version {version}; this qamoe reads {FORMAT_VERSION}.",
                 hint="Re-import the data with this version of qamoe.",
             )
-        damaged = "The file is damaged or was not written by qamoe; re-import it."
-        _check_self_contained(self.h5, where)
+
+    def _read_root_attrs(self, where: str) -> None:
+        """Check and read the root attrs: dataset, task, scheme and the modality list."""
+        a = self.h5.attrs
         for key in ("dataset", "task", "scheme", "modalities"):
             if key not in a:
-                raise DataFormatError(f"{where} lacks the root attr '{key}'.", hint=damaged)
+                raise DataFormatError(f"{where} lacks the root attr '{key}'.", hint=_DAMAGED)
         self.attrs: dict[str, Any] = {k: a[k] for k in a}
         self.dataset = str(a["dataset"])
         self.task = str(a["task"])
@@ -533,7 +573,7 @@ class FeatureFile:
                 raise DataFormatError(
                     f"{where}: the root attr '{key}' is {value!r}; qamoe knows "
                     f"{', '.join(allowed)}.",
-                    hint=damaged,
+                    hint=_DAMAGED,
                 )
         try:
             mods = json.loads(a["modalities"])
@@ -543,63 +583,60 @@ class FeatureFile:
             raise DataFormatError(
                 f"{where}: the root attr 'modalities' is not a JSON list of names "
                 f"(got {a['modalities']!r}).",
-                hint=damaged,
+                hint=_DAMAGED,
             )
         self.modalities = tuple(mods)
-        self.splits = tuple(s for s in SPLITS if s in self.h5)
-        if not self.splits:
+
+    def _check_split_rows(self, s: str, where: str) -> int:
+        """Check split ``s``'s ids and labels; return its number of rows."""
+        g = self.h5[s]
+        for key in ("ids", "label"):
+            if key not in g:
+                raise DataFormatError(f"{where}: '{s}/{key}' is missing.", hint=_DAMAGED)
+        label = g["label"]
+        n = label.shape[0] if label.ndim >= 1 else 0
+        if label.ndim != 1 or label.dtype.kind not in "fiu" or n == 0:
             raise DataFormatError(
-                f"{where} has no split (expected groups train, valid, test).", hint=damaged
+                f"{where}: '{s}/label' must be a non-empty 1-D array of numbers; it has "
+                f"shape {label.shape} and dtype {label.dtype}.",
+                hint=_DAMAGED,
             )
-        self.dims: dict[str, int] = {}
-        self.seq_lens: dict[str, int] = {}
-        for s in self.splits:
-            g = self.h5[s]
-            for key in ("ids", "label"):
-                if key not in g:
-                    raise DataFormatError(f"{where}: '{s}/{key}' is missing.", hint=damaged)
-            label = g["label"]
-            n = label.shape[0] if label.ndim >= 1 else 0
-            if label.ndim != 1 or label.dtype.kind not in "fiu" or n == 0:
-                raise DataFormatError(
-                    f"{where}: '{s}/label' must be a non-empty 1-D array of numbers; it has "
-                    f"shape {label.shape} and dtype {label.dtype}.",
-                    hint=damaged,
-                )
-            if g["ids"].shape[0] != n:
-                raise DataFormatError(
-                    f"{where}: '{s}/ids' has {g['ids'].shape[0]} rows, not {n}.", hint=damaged
-                )
-            for m in self.modalities:
-                if m not in g or f"{m}_len" not in g:
-                    raise DataFormatError(
-                        f"{where}: modality '{m}' is missing from split '{s}' "
-                        f"(expected '{s}/{m}' and '{s}/{m}_len').",
-                        hint="The file is incomplete; re-import it.",
-                    )
-                shape = g[m].shape
-                if len(shape) != 3 or shape[0] != n or g[m].dtype.kind != "f":
-                    raise DataFormatError(
-                        f"{where}: '{s}/{m}' has shape {shape} and dtype {g[m].dtype}; "
-                        f"expected floats of shape ({n}, T, D).",
-                        hint=damaged,
-                    )
-                keep = g.get(f"{m}_keep")
-                if keep is not None and keep.shape != shape[:2]:
-                    raise DataFormatError(
-                        f"{where}: '{s}/{m}_keep' has shape {keep.shape}, expected {shape[:2]}.",
-                        hint=damaged,
-                    )
-                if g[f"{m}_len"].shape != (n,):
-                    raise DataFormatError(
-                        f"{where}: '{s}/{m}_len' must have shape ({n},).", hint=damaged
-                    )
-                if self.dims.setdefault(m, shape[2]) != shape[2]:
-                    raise DataFormatError(
-                        f"{where}: '{s}/{m}' has dim {shape[2]}, other splits {self.dims[m]}.",
-                        hint="All splits must come from one feature extractor; re-import.",
-                    )
-                self.seq_lens[m] = max(self.seq_lens.get(m, 0), shape[1])
+        if g["ids"].shape[0] != n:
+            raise DataFormatError(
+                f"{where}: '{s}/ids' has {g['ids'].shape[0]} rows, not {n}.", hint=_DAMAGED
+            )
+        return int(n)
+
+    def _check_modality(self, s: str, m: str, n: int, where: str) -> None:
+        """Check ``s/m``, its lengths and keep mask; record its dim and padded length."""
+        g = self.h5[s]
+        if m not in g or f"{m}_len" not in g:
+            raise DataFormatError(
+                f"{where}: modality '{m}' is missing from split '{s}' "
+                f"(expected '{s}/{m}' and '{s}/{m}_len').",
+                hint="The file is incomplete; re-import it.",
+            )
+        shape = g[m].shape
+        if len(shape) != 3 or shape[0] != n or g[m].dtype.kind != "f":
+            raise DataFormatError(
+                f"{where}: '{s}/{m}' has shape {shape} and dtype {g[m].dtype}; "
+                f"expected floats of shape ({n}, T, D).",
+                hint=_DAMAGED,
+            )
+        keep = g.get(f"{m}_keep")
+        if keep is not None and keep.shape != shape[:2]:
+            raise DataFormatError(
+                f"{where}: '{s}/{m}_keep' has shape {keep.shape}, expected {shape[:2]}.",
+                hint=_DAMAGED,
+            )
+        if g[f"{m}_len"].shape != (n,):
+            raise DataFormatError(f"{where}: '{s}/{m}_len' must have shape ({n},).", hint=_DAMAGED)
+        if self.dims.setdefault(m, shape[2]) != shape[2]:
+            raise DataFormatError(
+                f"{where}: '{s}/{m}' has dim {shape[2]}, other splits {self.dims[m]}.",
+                hint="All splits must come from one feature extractor; re-import.",
+            )
+        self.seq_lens[m] = max(self.seq_lens.get(m, 0), shape[1])
 
     def validate_data(self, block_rows: int = 1024) -> None:
         """Scan every row (in blocks) for NaN/inf and lengths beyond the padded axis."""

@@ -285,23 +285,11 @@ def build_report(
     replaced only with ``force``. ``formats``: the figure files (PNG always, for the page).
     """
     out = Path(out_dir)
-    bad = sorted(set(formats) - set(FORMATS))
-    if bad:
-        raise InputError(
-            f"Unknown figure format(s) {', '.join(bad)}.",
-            hint=f"Choose among {', '.join(FORMATS)}.",
-        )
+    _check_formats(formats)
     rundir.check_target(out, KIND, force)  # before any work; again under the lock
     _check_inputs(out, sources)
     df = validate(results, "results")
-    if measured(df).empty:
-        raise InputError(
-            "The results hold only best-constant reference rows, no model's scores.",
-            hint="Add the results files that `qamoe eval --out` wrote for the runs.",
-        )
-    names = list(metrics) if metrics else default_metrics(df)
-    for m in names:
-        check_metric(measured(df), m)
+    names = _checked_metrics(df, metrics)
     runs = list(dict.fromkeys(df["run"]))
     title = title or f"qamoe report: {', '.join(runs)}"
     warnings = coverage_warnings(df, names)
@@ -310,11 +298,7 @@ def build_report(
     figures = _figures(df, names, pooled, formats)
     tables = _tables(df, names, samples, pooled, reference, draws)
     page = _Page(title, _sections(df, tables, names, figures), sources, warnings, formats)
-    files = {f"{stem}.{fmt}": data for stem, _, enc in figures for fmt, data in enc.items()}
-    files |= {f"{name}.csv": _csv(t) for name, (t, _) in tables.items() if not t.empty}
-    files["report.html"] = page.html(figures).encode("utf-8")
-    files["report.md"] = page.markdown(figures).encode("utf-8")
-
+    files = _report_files(page, figures, tables)
     with rundir.OutputFolder(out, KIND, force=force) as folder:
         tmp = folder.path
         (tmp / MARKER).write_text(f"qamoe {__version__}\n")
@@ -328,6 +312,40 @@ def build_report(
     report.tables = {n: out / f"{n}.csv" for n, (t, _) in tables.items() if not t.empty}
     log.info("wrote report to %s", out)
     return report
+
+
+def _check_formats(formats: Sequence[str]) -> None:
+    """Refuse a figure format the report cannot write."""
+    bad = sorted(set(formats) - set(FORMATS))
+    if bad:
+        raise InputError(
+            f"Unknown figure format(s) {', '.join(bad)}.",
+            hint=f"Choose among {', '.join(FORMATS)}.",
+        )
+
+
+def _checked_metrics(df: pd.DataFrame, metrics: Sequence[str] | None) -> list[str]:
+    """The metrics to report (default: each dataset's primary), each one present in ``df``."""
+    if measured(df).empty:
+        raise InputError(
+            "The results hold only best-constant reference rows, no model's scores.",
+            hint="Add the results files that `qamoe eval --out` wrote for the runs.",
+        )
+    names = list(metrics) if metrics else default_metrics(df)
+    for m in names:
+        check_metric(measured(df), m)
+    return names
+
+
+def _report_files(
+    page: _Page, figures: Figures, tables: dict[str, tuple[pd.DataFrame, str]]
+) -> dict[str, bytes]:
+    """File name -> content: every figure in every format, the non-empty tables, the page."""
+    files = {f"{stem}.{fmt}": data for stem, _, enc in figures for fmt, data in enc.items()}
+    files |= {f"{name}.csv": _csv(t) for name, (t, _) in tables.items() if not t.empty}
+    files["report.html"] = page.html(figures).encode("utf-8")
+    files["report.md"] = page.markdown(figures).encode("utf-8")
+    return files
 
 
 def _csv(table: pd.DataFrame) -> bytes:

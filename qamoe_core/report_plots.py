@@ -98,13 +98,17 @@ def _span(values: Sequence[int]) -> str:
 
 
 def encode(fig: Figure, formats: Sequence[str] = FORMATS) -> dict[str, bytes]:
-    """The figure as PNG and each of ``formats``; no timestamps, so reruns give equal bytes."""
+    """The figure as PNG and each of ``formats``; no timestamps, and SVG element ids hashed
+    with a fixed salt (matplotlib draws them at random otherwise), so reruns give equal bytes."""
+    import matplotlib
+
     out = {}
     for fmt in dict.fromkeys(["png", *formats]):  # the page embeds the PNG
         buf = io.BytesIO()
         meta = {"png": {}, "pdf": {"CreationDate": None}, "svg": {"Date": None}}[fmt]
         # Constrained layout already fits everything; "tight" bbox would draw it twice.
-        fig.savefig(buf, format=fmt, dpi=DPI, metadata=meta)
+        with matplotlib.rc_context({"svg.hashsalt": "qamoe"}):
+            fig.savefig(buf, format=fmt, dpi=DPI, metadata=meta)
         out[fmt] = buf.getvalue()
     return out
 

@@ -535,6 +535,133 @@ def _levels_tensor(level: Any, b: int, device: torch.device) -> torch.Tensor:
     return lv
 
 
+class _Corruption(NamedTuple):
+    """What :func:`apply_draws` applies, shared by every modality of the batch."""
+
+    draws: Mapping[str, ModalityDraws]
+    levels: Mapping[str, Any]
+    drop: Sequence[str]
+    drops: bool  # the axis drops steps
+    noise: bool  # the axis adds noise
+    noise_scale: float
+    train_std: Mapping[str, Array] | None
+    special_ids: tuple[int, int, int]  # (unk, cls, sep)
+    text_noise: bool
+    device: torch.device
+
+
+def _batch_modalities(
+    batch: Mapping[str, Array], levels: Mapping[str, Any], drop: Sequence[str]
+) -> list[str]:
+    """The modalities the batch holds (with lengths); refuse levels or drops for any other."""
+    mods = [m for m in MODALITIES if m in batch and f"{m}_len" in batch]
+    for m in list(levels) + list(drop):
+        if m not in mods:
+            raise InputError(
+                f"Cannot corrupt modality '{m}': the batch has {', '.join(mods) or 'none'}."
+            )
+    return mods
+
+
+def _add_noise(
+    x_new: torch.Tensor,
+    keep: torch.Tensor,
+    lv: torch.Tensor,
+    z: Array,
+    m: str,
+    c: _Corruption,
+    new: dict[str, torch.Tensor],
+) -> torch.Tensor:
+    """``x_new`` plus ℓ·noise_scale·s_d·z on the kept steps of rows with ℓ > 0.
+
+    Also puts the unit-free text noise in ``new['text_noise']`` when it is asked for.
+    """
+    if c.train_std is None or m not in c.train_std:
+        raise InputError(f"The noise axis needs the train std of '{m}'.")
+    d = x_new.shape[2]
+    std = _tensor(c.train_std[m], c.device, torch.float32).reshape(-1)  # (D,)
+    if std.shape != (d,):
+        raise DataFormatError(
+            f"train_std of '{m}' has {std.numel()} dims but the features have {d}."
+        )
+    # Float32 throughout, one rounding per op (no fused multiply-add), so CPU and
+    # CUDA and numpy-fed batches give the same bits.
+    sigma = lv * torch.tensor(c.noise_scale, dtype=torch.float32, device=c.device)
+    scale = sigma[:, None] * std[None, :]  # (B, D)
+    noisy = _tensor(z, c.device) * scale[:, None, :]  # (B, T, D), fresh
+    noisy += x_new  # in place on the fresh tensor; a + b == b + a bit for bit
+    hit = keep & (lv > 0)[:, None]  # (B, T)
+    x_new = torch.where(hit[:, :, None], noisy, x_new)
+    if m == "text" and c.text_noise:
+        unit = _tensor(z, c.device) * sigma[:, None, None]  # (B, T, D)
+        new["text_noise"] = torch.where(hit[:, :, None], unit, unit.new_zeros(()))
+    return x_new
+
+
+def _apply_level(
+    x: torch.Tensor, keep_in: torch.Tensor, m: str, c: _Corruption, new: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Corrupt modality ``m`` at its level(s) with its draws; return (features, keep mask)."""
+    lv = _levels_tensor(c.levels[m], x.shape[0], c.device)  # (B,)
+    if not bool((lv > 0).any()):
+        return x, keep_in
+    if m not in c.draws:
+        raise InputError(f"No draws for modality '{m}' (draws hold {list(c.draws)}).")
+    dr = c.draws[m]
+    keep, x_new = keep_in, x
+    if c.drops:
+        u = _tensor(dr.u, c.device)  # (B, T)
+        keep = keep_in & ~(u < lv[:, None])
+        # where() with a broadcast mask is ~3x faster than masked_fill on CPU
+        x_new = torch.where((keep_in & ~keep)[:, :, None], x.new_zeros(()), x)
+    if c.noise:
+        x_new = _add_noise(x_new, keep, lv, dr.z, m, c, new)
+    return x_new, keep
+
+
+def _drop_text_ids(
+    ids_in: Array, x: torch.Tensor, keep_in: torch.Tensor, keep: torch.Tensor, c: _Corruption
+) -> torch.Tensor:
+    """``text_ids`` with the steps dropped from text features ``x`` set to [UNK], sparing
+    [CLS] and [SEP]."""
+    unk_id, cls_id, sep_id = c.special_ids
+    b, t = x.shape[:2]
+    ids = _tensor(ids_in, c.device)  # (B, T)
+    if ids.shape != (b, t):
+        raise DataFormatError(
+            f"text_ids has shape {tuple(ids.shape)} but text features have ({b}, {t}).",
+            hint="Token ids must align with text steps to be dropped with them.",
+        )
+    special = (ids == cls_id) | (ids == sep_id)
+    gone = keep_in & ~keep & ~special
+    return ids.masked_fill(gone, unk_id)
+
+
+def _corrupt_modality(
+    batch: Mapping[str, Array], m: str, c: _Corruption
+) -> dict[str, torch.Tensor]:
+    """The tensors that change for modality ``m``: ``m``, ``<m>_keep`` and, for text, the ids
+    (when steps are dropped) and ``text_noise`` (when asked for)."""
+    x = _tensor(batch[m], c.device)  # (B, T, D)
+    t = x.shape[1]
+    lens = _tensor(batch[f"{m}_len"], c.device)
+    valid = torch.arange(t, device=c.device)[None, :] < lens[:, None]  # (B, T)
+    keep_in = valid if f"{m}_keep" not in batch else valid & _tensor(batch[f"{m}_keep"], c.device)
+    new: dict[str, torch.Tensor] = {}
+    keep, x_new = keep_in, x
+    if m in c.drop:
+        keep = torch.zeros_like(keep_in)
+        x_new = torch.where(valid[:, :, None], x.new_zeros(()), x)
+    elif m in c.levels:
+        x_new, keep = _apply_level(x, keep_in, m, c, new)
+    steps_dropped = m in c.drop or (m in c.levels and c.drops)
+    if m == "text" and "text_ids" in batch and steps_dropped:
+        new["text_ids"] = _drop_text_ids(batch["text_ids"], x, keep_in, keep, c)
+    new[m] = x_new
+    new[f"{m}_keep"] = keep
+    return new
+
+
 def apply_draws(
     batch: Mapping[str, Array],
     draws: Mapping[str, ModalityDraws],
@@ -559,73 +686,18 @@ def apply_draws(
     z·ℓ·noise_scale where a kept text step is hit (else 0), for a model that fine-tunes a text
     encoder on the ids and adds it to the token embeddings (models/text_front.py).
     """
-    unk_id, cls_id, sep_id = special_ids if special_ids is not None else (UNK_ID, CLS_ID, SEP_ID)
     drops, noise = _needs(check_choice(axis, AXES, "axis"))
-    mods = [m for m in MODALITIES if m in batch and f"{m}_len" in batch]
-    for m in list(levels) + list(drop):
-        if m not in mods:
-            raise InputError(
-                f"Cannot corrupt modality '{m}': the batch has {', '.join(mods) or 'none'}."
-            )
+    mods = _batch_modalities(batch, levels, drop)
     as_numpy = not isinstance(batch[mods[0]], torch.Tensor) if mods else False
     device = torch.device("cpu") if as_numpy else batch[mods[0]].device
+    ids = special_ids if special_ids is not None else (UNK_ID, CLS_ID, SEP_ID)
+    c = _Corruption(
+        draws, levels, drop, drops, noise, noise_scale, train_std, ids, text_noise, device
+    )
     out: dict[str, Array] = dict(batch)
     for m in mods:
-        x = _tensor(batch[m], device)  # (B, T, D)
-        b, t, d = x.shape
-        lens = _tensor(batch[f"{m}_len"], device)
-        valid = torch.arange(t, device=device)[None, :] < lens[:, None]  # (B, T)
-        keep_in = valid if f"{m}_keep" not in batch else valid & _tensor(batch[f"{m}_keep"], device)
-        keep = keep_in
-        x_new = x
-        if m in drop:
-            keep = torch.zeros_like(keep_in)
-            x_new = torch.where(valid[:, :, None], x.new_zeros(()), x)
-        elif m in levels:
-            lv = _levels_tensor(levels[m], b, device)  # (B,)
-            if bool((lv > 0).any()):
-                if m not in draws:
-                    raise InputError(f"No draws for modality '{m}' (draws hold {list(draws)}).")
-                dr = draws[m]
-                if drops:
-                    u = _tensor(dr.u, device)  # (B, T)
-                    keep = keep_in & ~(u < lv[:, None])
-                    # where() with a broadcast mask is ~3x faster than masked_fill on CPU
-                    x_new = torch.where((keep_in & ~keep)[:, :, None], x.new_zeros(()), x)
-                if noise:
-                    if train_std is None or m not in train_std:
-                        raise InputError(f"The noise axis needs the train std of '{m}'.")
-                    std = _tensor(train_std[m], device, torch.float32).reshape(-1)  # (D,)
-                    if std.shape != (d,):
-                        raise DataFormatError(
-                            f"train_std of '{m}' has {std.numel()} dims but the features have {d}."
-                        )
-                    # Float32 throughout, one rounding per op (no fused multiply-add), so CPU and
-                    # CUDA and numpy-fed batches give the same bits.
-                    sigma = lv * torch.tensor(noise_scale, dtype=torch.float32, device=device)
-                    scale = sigma[:, None] * std[None, :]  # (B, D)
-                    noisy = _tensor(dr.z, device) * scale[:, None, :]  # (B, T, D), fresh
-                    noisy += x_new  # in place on the fresh tensor; a + b == b + a bit for bit
-                    hit = keep & (lv > 0)[:, None]  # (B, T)
-                    x_new = torch.where(hit[:, :, None], noisy, x_new)
-                    if m == "text" and text_noise:
-                        unit = _tensor(dr.z, device) * sigma[:, None, None]  # (B, T, D)
-                        emitted = torch.where(hit[:, :, None], unit, unit.new_zeros(()))
-                        out["text_noise"] = emitted.cpu().numpy() if as_numpy else emitted
-        steps_dropped = m in drop or (m in levels and drops)
-        if m == "text" and "text_ids" in batch and steps_dropped:
-            ids = _tensor(batch["text_ids"], device)  # (B, T)
-            if ids.shape != (b, t):
-                raise DataFormatError(
-                    f"text_ids has shape {tuple(ids.shape)} but text features have ({b}, {t}).",
-                    hint="Token ids must align with text steps to be dropped with them.",
-                )
-            special = (ids == cls_id) | (ids == sep_id)
-            gone = keep_in & ~keep & ~special
-            ids_new = ids.masked_fill(gone, unk_id)
-            out["text_ids"] = ids_new.cpu().numpy() if as_numpy else ids_new
-        out[m] = x_new.cpu().numpy() if as_numpy else x_new
-        out[f"{m}_keep"] = keep.cpu().numpy() if as_numpy else keep
+        for key, value in _corrupt_modality(batch, m, c).items():
+            out[key] = value.cpu().numpy() if as_numpy else value
     return out
 
 

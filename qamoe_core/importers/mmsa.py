@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -206,17 +207,19 @@ class _Split:
         self.dtypes: dict[str, str] = {}
 
 
-def _convert_split(raw: Mapping[str, Any], split: str, where: str) -> _Split:
-    """Check and convert one MMSA split. Raises DataFormatError naming split and key."""
-    where = f"{where} [{split}]"
+def _check_split_keys(raw: Mapping[str, Any], where: str) -> None:
+    """Refuse a split that lacks one of the keys every MMSA split carries."""
     for key in ("id", "regression_labels", *MODALITIES):
         if key not in raw:
             raise DataFormatError(
                 f"{where}: the key '{key}' is missing (keys present: {', '.join(map(str, raw))}).",
                 hint="An MMSA split holds id, text, audio, vision and regression_labels.",
             )
-    out = _Split()
-    labels = _numeric(raw["regression_labels"], "regression_labels", where)
+
+
+def _split_labels(value: Any, where: str) -> np.ndarray:
+    """The split's sentiment scores as finite float32 (N,), N at least 1."""
+    labels = _numeric(value, "regression_labels", where)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1:
@@ -224,15 +227,18 @@ def _convert_split(raw: Mapping[str, Any], split: str, where: str) -> _Split:
             f"{where}: 'regression_labels' must be 1-D (N,); got shape {labels.shape}.",
             hint="regression_labels holds one sentiment score per sample.",
         )
-    n = labels.shape[0]
-    if n == 0:
+    if labels.shape[0] == 0:
         raise DataFormatError(
             f"{where}: the split has no samples ('regression_labels' has 0 rows).",
             hint="Every split (train, valid, test) needs at least one sample.",
         )
     labels = labels.astype(np.float32)
     _check_finite(labels, "regression_labels", where)
-    ids = _strings(raw["id"], "id", n, where)
+    return labels
+
+
+def _warn_repeated_ids(ids: list[str], where: str) -> None:
+    """Log (once per split) ids used by more than one row."""
     # A repeated id is told, not refused: nothing downstream keys on ids, and a published
     # release cannot be mended by its users.
     seen: dict[str, int] = {}
@@ -245,77 +251,117 @@ def _convert_split(raw: Mapping[str, Any], split: str, where: str) -> _Split:
         clip, first, again = repeats[0]
         log.warning("%s: %d id(s) repeat, e.g. %r (rows %d and %d)", where, len(repeats), clip,
                     first, again)  # fmt: skip
-    raw_text = _strings(raw["raw_text"], "raw_text", n, where) if "raw_text" in raw else None
+
+
+def _unimodal_labels(raw: Mapping[str, Any], n: int, where: str) -> dict[str, np.ndarray]:
+    """SIMS' unimodal labels present in the split, as finite float32 (N,) by stored name."""
+    out: dict[str, np.ndarray] = {}
     for key, name in UNIMODAL_KEYS.items():
         if key in raw:
-            out.unimodal[name] = _vector(raw[key], key, n, where).astype(np.float32)
-            _check_finite(out.unimodal[name], key, where)
+            out[name] = _vector(raw[key], key, n, where).astype(np.float32)
+            _check_finite(out[name], key, where)
+    return out
+
+
+def _frame_features(value: Any, m: str, n: int, where: str) -> tuple[np.ndarray, int, str]:
+    """(features, non-finite values zeroed, source dtype) of one modality's (N, T, D) array.
+
+    The features are a float32 copy, safe to edit."""
+    src = _numeric(value, m, where)
+    is_torch = type(value).__module__.split(".")[0] == "torch"
+    torch_dtype = str(getattr(value, "dtype", src.dtype)).removeprefix("torch.")
+    dtype = f"torch {torch_dtype}" if is_torch else str(src.dtype)
+    if src.ndim != 3:
+        raise DataFormatError(
+            f"{where}: '{m}' must be 3-D (N, T, D); got shape {src.shape}.",
+            hint="MMSA stores frame features as (samples, steps, dims).",
+        )
+    _check_rows(src, m, n, where)
+    if src.shape[1] == 0 or src.shape[2] == 0:
+        raise DataFormatError(
+            f"{where}: '{m}' has shape {src.shape}: no time steps or no feature dims.",
+            hint="MMSA stores frame features as (samples, steps, dims), each at least 1.",
+        )
+    x = np.array(src, dtype=np.float32)  # a copy we may edit; float64 -> float32 here
+    bad = ~np.isfinite(x)  # also catches float64 values beyond float32's range
+    x[bad] = 0.0
+    return x, int(bad.sum()), dtype
+
+
+def _read_text_bert(value: Any, n: int, t_text: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(input ids as int64, attention mask) from ``text_bert``, both (N, Lt), checked."""
+    bert = _numeric(value, "text_bert", where)
+    if bert.ndim != 3 or bert.shape[0] != n or bert.shape[1] != 3 or bert.shape[2] != t_text:
+        raise DataFormatError(
+            f"{where}: 'text_bert' must have shape ({n}, 3, {t_text}) to match 'text'; "
+            f"got {bert.shape}.",
+            hint="text_bert stacks BERT input ids, attention mask and token types.",
+        )
+    token_ids = bert[:, 0, :]  # (N, Lt), stored as floats in MMSA files
+    if not np.isfinite(token_ids).all() or (token_ids != np.round(token_ids)).any():
+        raise DataFormatError(
+            f"{where}: 'text_bert'[:, 0] (input ids) must be integers.",
+            hint="text_bert stacks BERT input ids, attention mask and token types.",
+        )
+    mask = bert[:, 1, :]
+    bad = ~np.isin(mask, (0, 1))  # NaN is in neither
+    if bad.any():
+        i, j = (int(k[0]) for k in np.nonzero(bad))
+        raise DataFormatError(
+            f"{where}: 'text_bert'[:, 1] (attention mask) must hold only 0 and 1; sample {i} "
+            f"has {mask[i, j]:g} at step {j} ({int(bad.sum())} such values).",
+            hint="The text lengths come from this mask: 1 for each token, 0 for padding.",
+        )
+    return token_ids.astype(np.int64), mask
+
+
+def _text_lengths(
+    raw: Mapping[str, Any], text: np.ndarray, n: int, where: str
+) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """(valid text steps per sample, BERT input ids or None, where the lengths came from)."""
+    t_text = text.shape[1]
+    if "text_bert" in raw:
+        text_ids, mask = _read_text_bert(raw["text_bert"], n, t_text, where)
+        return (mask > 0.5).sum(axis=1).astype(np.int64), text_ids, "text_attention_mask"
+    # no mask: the last step with any nonzero feature ends the sentence
+    nonzero = np.abs(text).sum(axis=2) > 0  # (N, Lt)
+    last = t_text - np.argmax(nonzero[:, ::-1], axis=1)
+    return np.where(nonzero.any(axis=1), last, 0).astype(np.int64), None, "nonzero_steps"
+
+
+def _mask_fits(x: np.ndarray, text_lengths: np.ndarray, t_text: int) -> bool:
+    """Whether an aligned modality has the text's steps and no data after the text mask."""
+    if x.shape[1] != t_text:
+        return False
+    pad = np.arange(t_text)[None, :] >= text_lengths[:, None]
+    return not np.abs(x[pad]).any()
+
+
+def _convert_split(raw: Mapping[str, Any], split: str, where: str) -> _Split:
+    """Check and convert one MMSA split. Raises DataFormatError naming split and key."""
+    where = f"{where} [{split}]"
+    _check_split_keys(raw, where)
+    out = _Split()
+    labels = _split_labels(raw["regression_labels"], where)
+    n = labels.shape[0]
+    ids = _strings(raw["id"], "id", n, where)
+    _warn_repeated_ids(ids, where)
+    raw_text = _strings(raw["raw_text"], "raw_text", n, where) if "raw_text" in raw else None
+    out.unimodal = _unimodal_labels(raw, n, where)
 
     feats: dict[str, np.ndarray] = {}
     for m in MODALITIES:
-        src = _numeric(raw[m], m, where)
-        is_torch = type(raw[m]).__module__.split(".")[0] == "torch"
-        torch_dtype = str(getattr(raw[m], "dtype", src.dtype)).removeprefix("torch.")
-        out.dtypes[m] = f"torch {torch_dtype}" if is_torch else str(src.dtype)
-        if src.ndim != 3:
-            raise DataFormatError(
-                f"{where}: '{m}' must be 3-D (N, T, D); got shape {src.shape}.",
-                hint="MMSA stores frame features as (samples, steps, dims).",
-            )
-        _check_rows(src, m, n, where)
-        if src.shape[1] == 0 or src.shape[2] == 0:
-            raise DataFormatError(
-                f"{where}: '{m}' has shape {src.shape}: no time steps or no feature dims.",
-                hint="MMSA stores frame features as (samples, steps, dims), each at least 1.",
-            )
-        x = np.array(src, dtype=np.float32)  # a copy we may edit; float64 -> float32 here
-        bad = ~np.isfinite(x)  # also catches float64 values beyond float32's range
-        out.nonfinite[m] = int(bad.sum())
-        x[bad] = 0.0
-        feats[m] = x
+        feats[m], out.nonfinite[m], out.dtypes[m] = _frame_features(raw[m], m, n, where)
 
     lengths: dict[str, np.ndarray] = {}
-    text_ids = None
-    t_text = feats["text"].shape[1]
-    if "text_bert" in raw:
-        bert = _numeric(raw["text_bert"], "text_bert", where)
-        if bert.ndim != 3 or bert.shape[0] != n or bert.shape[1] != 3 or bert.shape[2] != t_text:
-            raise DataFormatError(
-                f"{where}: 'text_bert' must have shape ({n}, 3, {t_text}) to match 'text'; "
-                f"got {bert.shape}.",
-                hint="text_bert stacks BERT input ids, attention mask and token types.",
-            )
-        token_ids = bert[:, 0, :]  # (N, Lt), stored as floats in MMSA files
-        if not np.isfinite(token_ids).all() or (token_ids != np.round(token_ids)).any():
-            raise DataFormatError(
-                f"{where}: 'text_bert'[:, 0] (input ids) must be integers.",
-                hint="text_bert stacks BERT input ids, attention mask and token types.",
-            )
-        text_ids = token_ids.astype(np.int64)
-        mask = bert[:, 1, :]
-        bad = ~np.isin(mask, (0, 1))  # NaN is in neither
-        if bad.any():
-            i, j = (int(k[0]) for k in np.nonzero(bad))
-            raise DataFormatError(
-                f"{where}: 'text_bert'[:, 1] (attention mask) must hold only 0 and 1; sample {i} "
-                f"has {mask[i, j]:g} at step {j} ({int(bad.sum())} such values).",
-                hint="The text lengths come from this mask: 1 for each token, 0 for padding.",
-            )
-        lengths["text"] = (mask > 0.5).sum(axis=1).astype(np.int64)
-        out.length_source["text"] = "text_attention_mask"
-    else:
-        # no mask: the last step with any nonzero feature ends the sentence
-        nonzero = np.abs(feats["text"]).sum(axis=2) > 0  # (N, Lt)
-        last = t_text - np.argmax(nonzero[:, ::-1], axis=1)
-        lengths["text"] = np.where(nonzero.any(axis=1), last, 0).astype(np.int64)
-        out.length_source["text"] = "nonzero_steps"
+    lengths["text"], text_ids, out.length_source["text"] = _text_lengths(
+        raw, feats["text"], n, where
+    )
     out.padding["text"] = _zero_padding(feats["text"], lengths["text"])
-
     for m in ("audio", "vision"):
         key = f"{m}_lengths"
-        t = feats[m].shape[1]
         if key in raw:
-            lengths[m] = _lengths(raw[key], key, n, t, where)
+            lengths[m] = _lengths(raw[key], key, n, feats[m].shape[1], where)
             out.length_source[m] = key
             out.padding[m] = _zero_padding(feats[m], lengths[m])
         else:
@@ -323,8 +369,7 @@ def _convert_split(raw: Mapping[str, Any], split: str, where: str) -> _Split:
             # after it (padding direction is not documented); the file-level choice is made
             # once every split is seen, in _resolve_aligned_lengths.
             lengths[m] = lengths["text"].copy()
-            pad = np.arange(t)[None, :] >= lengths["text"][:, None] if t == t_text else None
-            out.mask_fits[m] = pad is not None and not np.abs(feats[m][pad]).any()
+            out.mask_fits[m] = _mask_fits(feats[m], lengths["text"], feats["text"].shape[1])
             out.padding[m] = 0
     out.arrays = SplitArrays(
         ids=ids,
@@ -390,23 +435,33 @@ def _dataset_name(src: Path, release: tuple[str, str] | None, scheme: str) -> st
     return "sims" if scheme == "sims" else "mmsa"
 
 
-def import_mmsa(
-    pkl_path: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    *,
-    dataset: str | None = None,
-    force: bool = False,
-    progress: Callable[..., None] | None = None,
-) -> dict[str, Any]:
-    """Import one MMSA feature pickle into a qamoe HDF5 file; returns a JSON-able summary.
+@dataclass(frozen=True)
+class _Converted:
+    """A checked, converted MMSA file and what was decided about it (lengths, name, scheme)."""
 
-    ``dataset`` names the dataset in the file (default: from the published SHA-256 when the
-    file is a known release, else from the path, else from the labels). A known name
-    (mosi, mosei, sims) also fixes the metric scheme; otherwise it is detected from the labels.
-    ``progress`` is called as ``progress(1, stage=...)`` :data:`PROGRESS_STEPS` times.
-    """
-    src = Path(pkl_path)
-    where = f"'{src}'"
+    src: Path
+    sha: str
+    release: tuple[str, str] | None  # (dataset, release name) of a known file
+    splits: dict[str, _Split]
+    length_source: dict[str, str]
+    name: str
+    scheme: str
+    why: str  # how the scheme was chosen
+
+    @property
+    def aligned(self) -> bool:
+        return not all(
+            s.endswith("_lengths")
+            for s in (self.length_source["audio"], self.length_source["vision"])
+        )
+
+    @property
+    def has_unimodal(self) -> bool:
+        return any(c.unimodal for c in self.splits.values())
+
+
+def _check_source(src: Path) -> None:
+    """Refuse a path that is missing or a folder, before anything slow happens."""
     if not src.exists():
         raise InputError(
             f"The file '{src}' does not exist.",
@@ -417,13 +472,10 @@ def import_mmsa(
             f"'{src}' is a directory, not an MMSA .pkl file.",
             hint="Give the .pkl file itself, e.g. MOSI/Processed/unaligned_50.pkl.",
         )
-    check_output(out, force, inputs=[src])  # fail before the slow load, not after
-    tick = progress or (lambda n=1, **fields: None)
 
-    sha = file_sha256(src)
-    release = KNOWN_RELEASES.get(sha)
-    data = safe_load(src)
-    tick(1, stage="load")
+
+def _check_layout(data: Any, where: str) -> None:
+    """The loaded pickle must be a dict holding every split, each a dict."""
     if not isinstance(data, dict):
         raise DataFormatError(
             f"{where} holds a {type(data).__name__}, not a dict of splits.",
@@ -442,11 +494,21 @@ def import_mmsa(
                 hint="Each split is a dict of parallel arrays (id, text, audio, vision, labels).",
             )
 
+
+def _convert_splits(
+    data: dict[str, Any], where: str, tick: Callable[..., None]
+) -> dict[str, _Split]:
+    """Convert every split in order, dropping each source split from ``data`` once done."""
     converted: dict[str, _Split] = {}
     for split in SPLITS:
         converted[split] = _convert_split(data[split], split, where)
         data[split] = None  # drop the source arrays now: MOSEI is several GB
         tick(1, stage=split)
+    return converted
+
+
+def _warn_shared_ids(converted: dict[str, _Split], where: str) -> None:
+    """Log ids found in more than one split."""
     # An id in two splits is a leak between them (or a clash of names) worth telling; it is
     # not refused, since a user cannot mend a published release and would be locked out.
     first_split: dict[str, str] = {}
@@ -460,6 +522,10 @@ def import_mmsa(
             "%s: %d id(s) appear in two splits, e.g. %r in [%s] and [%s]: check that the "
             "splits do not leak", where, len(shared), clip, a, b,
         )  # fmt: skip
+
+
+def _check_dims(converted: dict[str, _Split], where: str) -> None:
+    """Every split must have train's feature dims for each modality."""
     for split, conv in converted.items():
         for m in MODALITIES:
             d, d0 = conv.arrays.features[m].shape[2], converted["train"].arrays.features[m].shape[2]
@@ -468,11 +534,12 @@ def import_mmsa(
                     f"{where} [{split}]: '{m}' has {d} feature dims but [train] has {d0}.",
                     hint="All splits of a file must come from the same feature extractor.",
                 )
-    length_source = _resolve_aligned_lengths(converted)
-    aligned = not all(
-        s.endswith("_lengths") for s in (length_source["audio"], length_source["vision"])
-    )
 
+
+def _choose_scheme(
+    converted: dict[str, _Split], src: Path, release: tuple[str, str] | None, dataset: str | None
+) -> tuple[str, str, str]:
+    """(dataset name, scheme, why): the labels decide, unless a known dataset name disagrees."""
     all_labels = np.concatenate([c.arrays.label for c in converted.values()])
     has_unimodal = any(c.unimodal for c in converted.values())
     scheme, why = _detect_scheme(all_labels, has_unimodal)
@@ -486,16 +553,22 @@ def import_mmsa(
             KNOWN_DATASETS[name.lower()],
         )
         scheme, why = KNOWN_DATASETS[name.lower()], f"dataset name {name!r}"
-    lo, hi = LABEL_RANGES[scheme]
-    for split, conv in converted.items():
-        lab = conv.arrays.label
+    return name, scheme, why
+
+
+def _check_label_ranges(conv: _Converted, where: str) -> None:
+    """Every label (unimodal ones too) must lie in the scheme's range."""
+    lo, hi = LABEL_RANGES[conv.scheme]
+    name, scheme = conv.name, conv.scheme
+    for split, sp in conv.splits.items():
+        lab = sp.arrays.label
         if lab.min() < lo - _LABEL_TOL or lab.max() > hi + _LABEL_TOL:
             raise DataFormatError(
                 f"{where} [{split}]: 'regression_labels' span [{lab.min():.3g}, {lab.max():.3g}] "
                 f"but dataset {name!r} ({scheme} scheme) has labels in [{lo:g}, {hi:g}].",
                 hint="Pass --dataset with the right name (mosi, mosei or sims).",
             )
-        for name_out, values in conv.unimodal.items():
+        for name_out, values in sp.unimodal.items():
             key = next(k for k, v in UNIMODAL_KEYS.items() if v == name_out)
             if values.min() < lo - _LABEL_TOL or values.max() > hi + _LABEL_TOL:
                 raise DataFormatError(
@@ -504,72 +577,120 @@ def import_mmsa(
                     hint="Unimodal labels share the range of regression_labels.",
                 )
 
-    def total(field: str) -> dict[str, int]:
-        return {m: sum(getattr(c, field)[m] for c in converted.values()) for m in MODALITIES}
 
-    first = converted["train"].arrays
-    summary: dict[str, Any] = {
-        "source": str(src),
+def _summary(conv: _Converted, out: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON-able summary :func:`import_mmsa` returns."""
+
+    def total(field: str) -> dict[str, int]:
+        return {m: sum(getattr(c, field)[m] for c in conv.splits.values()) for m in MODALITIES}
+
+    lo, hi = LABEL_RANGES[conv.scheme]
+    train = conv.splits["train"]
+    first = train.arrays
+    return {
+        "source": str(conv.src),
         "out": str(out),
-        "dataset": name,
+        "dataset": conv.name,
         "task": "regression",
-        "scheme": scheme,
-        "scheme_reason": why,
+        "scheme": conv.scheme,
+        "scheme_reason": conv.why,
         "label_range": [lo, hi],
-        "aligned": aligned,
-        "splits": {s: len(c.arrays.label) for s, c in converted.items()},
+        "aligned": conv.aligned,
+        "splits": {s: len(c.arrays.label) for s, c in conv.splits.items()},
         "dims": {m: int(first.features[m].shape[2]) for m in MODALITIES},
         "seq_lens": {m: int(first.features[m].shape[1]) for m in MODALITIES},
-        "length_source": length_source,
+        "length_source": conv.length_source,
         "nonfinite_replaced": total("nonfinite"),
         "padding_zeroed": total("padding"),
-        "source_dtypes": converted["train"].dtypes,
+        "source_dtypes": train.dtypes,
         "text_ids": first.text_ids is not None,
         "raw_text": first.raw_text is not None,
-        "unimodal_labels": sorted(converted["train"].unimodal),
-        "source_sha256": sha,
-        "sha256_match": release is not None,
-        "release": release[1] if release else None,
+        "unimodal_labels": sorted(train.unimodal),
+        "source_sha256": conv.sha,
+        "sha256_match": conv.release is not None,
+        "release": conv.release[1] if conv.release else None,
     }
+
+
+def _write_store(tmp: Path, conv: _Converted, summary: dict[str, Any]) -> None:
+    """Write the splits to ``tmp`` with their provenance, then SIMS' unimodal labels."""
     extractor = {
         "name": "mmsa",
-        "source_file": src.name,
+        "source_file": conv.src.name,
         "release": summary["release"] or "unknown",
-        "aligned": aligned,
-        "length_source": length_source,
+        "aligned": conv.aligned,
+        "length_source": conv.length_source,
         "nonfinite_replaced": summary["nonfinite_replaced"],
         "padding_zeroed": summary["padding_zeroed"],
         "source_dtypes": summary["source_dtypes"],
     }
     attrs = {
-        "source_sha256": sha,
+        "source_sha256": conv.sha,
         "source_release": summary["release"] or "unknown",
-        "notes": {"scheme_reason": why, "unimodal_labels": summary["unimodal_labels"]},
+        "notes": {"scheme_reason": conv.why, "unimodal_labels": summary["unimodal_labels"]},
     }
     if summary["text_ids"]:
         # MMSA's text_bert holds bert-base-uncased ids (bert-base-chinese for SIMS): both
         # vocabularies put [UNK], [CLS], [SEP] at 100, 101, 102.
         attrs["text_special_ids"] = [100, 101, 102]
+    write_features(
+        tmp,
+        {s: c.arrays for s, c in conv.splits.items()},
+        dataset=conv.name,
+        task="regression",
+        scheme=conv.scheme,
+        label_range=LABEL_RANGES[conv.scheme],
+        extractor=extractor,
+        force=True,
+        attrs=attrs,
+    )
+    if conv.has_unimodal:
+        with h5py.File(tmp, "a") as h5:
+            for split, sp in conv.splits.items():
+                for key, values in sp.unimodal.items():
+                    h5[split].create_dataset(key, data=values)
+            h5.flush()  # raises a write failure that close() would swallow
+
+
+def import_mmsa(
+    pkl_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    dataset: str | None = None,
+    force: bool = False,
+    progress: Callable[..., None] | None = None,
+) -> dict[str, Any]:
+    """Import one MMSA feature pickle into a qamoe HDF5 file; returns a JSON-able summary.
+
+    ``dataset`` names the dataset in the file (default: from the published SHA-256 when the
+    file is a known release, else from the path, else from the labels). A known name
+    (mosi, mosei, sims) also fixes the metric scheme; otherwise it is detected from the labels.
+    ``progress`` is called as ``progress(1, stage=...)`` :data:`PROGRESS_STEPS` times.
+    """
+    src = Path(pkl_path)
+    where = f"'{src}'"
+    _check_source(src)
+    check_output(out, force, inputs=[src])  # fail before the slow load, not after
+    tick = progress or (lambda n=1, **fields: None)
+
+    sha = file_sha256(src)
+    release = KNOWN_RELEASES.get(sha)
+    data = safe_load(src)
+    tick(1, stage="load")
+    _check_layout(data, where)
+    converted = _convert_splits(data, where, tick)
+    _warn_shared_ids(converted, where)
+    _check_dims(converted, where)
+    length_source = _resolve_aligned_lengths(converted)
+    name, scheme, why = _choose_scheme(converted, src, release, dataset)
+    conv = _Converted(src, sha, release, converted, length_source, name, scheme, why)
+    _check_label_ranges(conv, where)
+
+    summary = _summary(conv, out)
     with atomic_path(out, force=force) as tmp:
         # write_features renames its own temporary over `tmp`; we then add SIMS' unimodal
         # labels beside `label`, and only then does `out` appear.
-        write_features(
-            tmp,
-            {s: c.arrays for s, c in converted.items()},
-            dataset=name,
-            task="regression",
-            scheme=scheme,
-            label_range=(lo, hi),
-            extractor=extractor,
-            force=True,
-            attrs=attrs,
-        )
-        if has_unimodal:
-            with h5py.File(tmp, "a") as h5:
-                for split, conv in converted.items():
-                    for key, values in conv.unimodal.items():
-                        h5[split].create_dataset(key, data=values)
-                h5.flush()  # raises a write failure that close() would swallow
+        _write_store(tmp, conv, summary)
     tick(1, stage="write")
     for m, count in summary["nonfinite_replaced"].items():
         if count:

@@ -327,6 +327,40 @@ def _check_dirs(lite: Path, labels: Path) -> list[Path]:
     return files
 
 
+def _check_pooling(pooling: str) -> None:
+    """Refuse a text pooling other than those of :data:`POOLINGS`."""
+    if pooling not in POOLINGS:
+        raise InputError(
+            f"The 'pooling' parameter must be one of {', '.join(POOLINGS)}. Got {pooling!r}.",
+            hint="token = one step per token (T, 384); sentence = the mean-pooled vector.",
+        )
+
+
+def _read_inputs(lite: Path, labels: Path, protocol: str) -> tuple[Corpus, dict[str, str] | None]:
+    """The corpus and, for the std protocol, the standard folds checked against it."""
+    corpus = read_corpus(lite, labels)
+    if protocol != "std":
+        return corpus, None
+    folds = read_folds(labels / FOLDS_FILE)
+    _check_folds(corpus, folds, labels / FOLDS_FILE)
+    return corpus, folds
+
+
+def _embed_text(
+    corpus: Corpus,
+    mods: dict[str, Any],
+    shas: dict[str, str],
+    encoder: mosi_text.Encoder | None,
+    cache_dir: str | os.PathLike[str] | None,
+) -> mosi_text.Embeddings | None:
+    """The MiniLM pass over the transcripts (cached), or None where text is the text-CNN."""
+    if mods["text"] != "minilm":
+        return None
+    return mosi_text.embed(
+        corpus.text, shas["mosi-lite/transcripts.csv"], encoder=encoder, cache_dir=cache_dir
+    )
+
+
 def _role(path: Path, lite: Path) -> str:
     return f"{'mosi-lite' if path.parent == lite else 'cmu-mosi-labels'}/{path.name}"
 
@@ -353,27 +387,15 @@ def import_mosi(
     MiniLM pass keyed by transcripts + encoder (default :func:`mosi_text.default_cache_dir`).
     """
     used_fold, mods = _check_options(protocol, fold, cv_fold, text, vision)
-    if pooling not in POOLINGS:
-        raise InputError(
-            f"The 'pooling' parameter must be one of {', '.join(POOLINGS)}. Got {pooling!r}.",
-            hint="token = one step per token (T, 384); sentence = the mean-pooled vector.",
-        )
+    _check_pooling(pooling)
     lite, lab = Path(mosi_lite), Path(labels)
     files = _check_dirs(lite, lab)
     check_output(out, force, inputs=files)
     tick = progress or (lambda n=1, **fields: None)
-    corpus = read_corpus(lite, lab)
-    folds = read_folds(lab / FOLDS_FILE) if protocol == "std" else None
-    if folds is not None:
-        _check_folds(corpus, folds, lab / FOLDS_FILE)
+    corpus, folds = _read_inputs(lite, lab, protocol)
     tick(1, stage="read")
     shas = {_role(f, lite): file_sha256(f) for f in files}
-    emb = None
-    if mods["text"] == "minilm":
-        emb = mosi_text.embed(
-            corpus.text, shas["mosi-lite/transcripts.csv"],
-            encoder=encoder, cache_dir=cache_dir,
-        )  # fmt: skip
+    emb = _embed_text(corpus, mods, shas, encoder, cache_dir)
     tick(1, stage="embed")
     rows = assign_splits(corpus, protocol, folds, used_fold)
     splits = {s: _split_arrays(corpus, r, mods, emb, pooling) for s, r in rows.items()}

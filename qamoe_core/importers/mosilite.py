@@ -141,6 +141,27 @@ def _check_label(path: Path, labels: np.ndarray, expected: np.ndarray) -> None:
         )
 
 
+def _transcript_labels(root: Path, transcripts: list[list[str]], idx: np.ndarray) -> np.ndarray:
+    """The 0/1 labels (column 3 of transcripts.csv) of rows ``idx``, as float64."""
+    transcripts_file = root / "transcripts.csv"
+    label_hint = "transcripts.csv rows are: clip id, transcript, video index, label (0 or 1)."
+    values: list[float] = []
+    for i in idx:
+        cell = transcripts[i][3]
+        try:
+            value = float(cell)
+        except ValueError:
+            value = math.nan
+        if value not in (0.0, 1.0):  # NaN too
+            raise DataFormatError(
+                f"'{transcripts_file}', line {i + 1}: column 3 (label) must be 0 or 1; "
+                f"got {cell!r}.",
+                hint=label_hint,
+            )
+        values.append(value)
+    return np.array(values)
+
+
 def _read_source(root: Path, split: str, transcripts: list[list[str]]) -> _Source:
     index_file = root / f"text_{split}.csv"
     text_idx = _read_matrix(index_file)
@@ -161,23 +182,7 @@ def _read_source(root: Path, split: str, transcripts: list[list[str]]) -> _Sourc
     idx = rows.astype(np.int64)
     ids = [transcripts[i][0] for i in idx]
     raw_text = [transcripts[i][1] for i in idx]
-    transcripts_file = root / "transcripts.csv"
-    label_hint = "transcripts.csv rows are: clip id, transcript, video index, label (0 or 1)."
-    values: list[float] = []
-    for i in idx:
-        cell = transcripts[i][3]
-        try:
-            value = float(cell)
-        except ValueError:
-            value = math.nan
-        if value not in (0.0, 1.0):  # NaN too
-            raise DataFormatError(
-                f"'{transcripts_file}', line {i + 1}: column 3 (label) must be 0 or 1; "
-                f"got {cell!r}.",
-                hint=label_hint,
-            )
-        values.append(value)
-    label = np.array(values)
+    label = _transcript_labels(root, transcripts, idx)
     # clip ids are "<video>_<n>" and YouTube ids may contain "_": split at the LAST one
     videos = [clip.rsplit("_", 1)[0] for clip in ids]
 
@@ -241,23 +246,8 @@ def _dir_sha256(root: Path) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
-def import_mosilite(
-    directory: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    *,
-    valid_fraction: float = DEFAULT_VALID_FRACTION,
-    seed: int = 0,
-    force: bool = False,
-    progress: Callable[..., None] | None = None,
-) -> dict[str, Any]:
-    """Import the MOSI-lite CSVs in ``directory``; returns a JSON-able summary.
-
-    Splits: ``test`` as published; ``valid`` = whole train videos drawn in an order fixed by
-    ``seed`` until about ``valid_fraction`` of the train utterances; ``train`` = the rest.
-    Every modality has sequence length 1; labels are 0/1 float32 (task and scheme "binary").
-    ``progress`` is called as ``progress(1, stage=...)`` :data:`PROGRESS_STEPS` times.
-    """
-    root = Path(directory)
+def _check_inputs(root: Path, valid_fraction: Any) -> float:
+    """Check the folder, the fraction and the required files; returns the fraction as float."""
     if not root.is_dir():
         raise InputError(
             f"The folder '{root}' does not exist."
@@ -281,9 +271,11 @@ def import_mosilite(
             f"'{root}' is not a MOSI-lite folder: missing {', '.join(missing)}.",
             hint="The MOSI-lite section of data/README.md lists the expected files.",
         )
-    check_output(out, force, inputs=[root / name for name in REQUIRED])
-    tick = progress or (lambda n=1, **fields: None)
+    return fraction
 
+
+def _read_transcripts(root: Path) -> list[list[str]]:
+    """The rows of transcripts.csv, each of 4 columns."""
     transcripts = _read_rows(root / "transcripts.csv")
     wrong = [i for i, row in enumerate(transcripts) if len(row) != 4]
     if wrong:
@@ -292,33 +284,51 @@ def import_mosilite(
             "columns, but the file must have 4 columns: clip id, transcript, video index, label.",
             hint="Transcripts that contain commas must be quoted; re-copy the file.",
         )
-    source = {s: _read_source(root, s, transcripts) for s in SOURCE_SPLITS}
-    tick(1, stage="read")
+    return transcripts
 
-    overlap = set(source["train"].videos) & set(source["test"].videos)
+
+@dataclass(frozen=True)
+class _Carved:
+    """The three output splits, the train videos moved to valid and the videos per split."""
+
+    splits: dict[str, SplitArrays]
+    valid_videos: list[str]
+    videos: dict[str, int]
+
+
+def _carve_valid(root: Path, source: dict[str, _Source], fraction: float, seed: int) -> _Carved:
+    """Keep test as published and move whole train videos to valid (see import_mosilite)."""
+    train, test = source["train"], source["test"]
+    overlap = set(train.videos) & set(test.videos)
     if overlap:  # the published split is speaker-independent; a change would leak speakers
         raise DataFormatError(
             f"'{root}': {len(overlap)} videos appear in both train and test "
             f"(e.g. {sorted(overlap)[0]}).",
             hint="MOSI-lite's split is by video; the files may have been mixed up.",
         )
-    train = source["train"]
     to_valid = _split_by_video(train.videos, fraction, seed)
     splits = {
         "train": _subset(train, np.flatnonzero(~to_valid)),
         "valid": _subset(train, np.flatnonzero(to_valid)),
-        "test": _subset(source["test"], np.arange(len(source["test"].ids))),
+        "test": _subset(test, np.arange(len(test.ids))),
     }
-    tick(1, stage="split")
-
-    sha = _dir_sha256(root)
     valid_videos = sorted({v for v, moved in zip(train.videos, to_valid, strict=True) if moved})
-    extractor = {
-        **EXTRACTOR,
-        "valid_fraction": fraction,
-        "seed": int(seed),
-        "valid_videos": valid_videos,
+    videos = {
+        "train": len(set(train.videos)) - len(valid_videos),
+        "valid": len(valid_videos),
+        "test": len(set(test.videos)),
     }
+    return _Carved(splits, valid_videos, videos)
+
+
+def _write_store(
+    out: str | os.PathLike[str],
+    splits: dict[str, SplitArrays],
+    settings: dict[str, Any],
+    sha: str,
+    force: bool,
+) -> None:
+    """Write the splits with MOSI-lite's provenance: extractor, valid-split settings, hash."""
     write_features(
         out,
         splits,
@@ -326,17 +336,45 @@ def import_mosilite(
         task="binary",
         scheme="binary",
         label_range=(0.0, 1.0),
-        extractor=extractor,
+        extractor={**EXTRACTOR, **settings},
         force=force,
         attrs={"source_sha256": sha, "notes": {"valid_split": "whole train videos, seeded"}},
     )
+
+
+def import_mosilite(
+    directory: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    valid_fraction: float = DEFAULT_VALID_FRACTION,
+    seed: int = 0,
+    force: bool = False,
+    progress: Callable[..., None] | None = None,
+) -> dict[str, Any]:
+    """Import the MOSI-lite CSVs in ``directory``; returns a JSON-able summary.
+
+    Splits: ``test`` as published; ``valid`` = whole train videos drawn in an order fixed by
+    ``seed`` until about ``valid_fraction`` of the train utterances; ``train`` = the rest.
+    Every modality has sequence length 1; labels are 0/1 float32 (task and scheme "binary").
+    ``progress`` is called as ``progress(1, stage=...)`` :data:`PROGRESS_STEPS` times.
+    """
+    root = Path(directory)
+    fraction = _check_inputs(root, valid_fraction)
+    check_output(out, force, inputs=[root / name for name in REQUIRED])
+    tick = progress or (lambda n=1, **fields: None)
+
+    transcripts = _read_transcripts(root)
+    source = {s: _read_source(root, s, transcripts) for s in SOURCE_SPLITS}
+    tick(1, stage="read")
+    carved = _carve_valid(root, source, fraction, seed)
+    splits = carved.splits
+    tick(1, stage="split")
+
+    sha = _dir_sha256(root)
+    # the choices that made the valid split, recorded in the store and the summary alike
+    settings = {"valid_fraction": fraction, "seed": int(seed), "valid_videos": carved.valid_videos}
+    _write_store(out, splits, settings, sha, force)
     tick(1, stage="write")
-
-    def videos_of(split: str) -> int:
-        if split == "test":
-            return len(set(source["test"].videos))
-        return len(set(train.videos)) - len(valid_videos) if split == "train" else len(valid_videos)
-
     return {
         "source": str(root),
         "out": str(out),
@@ -345,12 +383,10 @@ def import_mosilite(
         "scheme": "binary",
         "label_range": [0.0, 1.0],
         "splits": {s: len(a.label) for s, a in splits.items()},
-        "videos": {s: videos_of(s) for s in splits},
+        "videos": carved.videos,
         "positive_rate": {s: round(float(a.label.mean()), 4) for s, a in splits.items()},
         "dims": {m: int(x.shape[2]) for m, x in splits["train"].features.items()},
         "seq_lens": {m: 1 for m in FILES},
-        "valid_fraction": fraction,
-        "seed": int(seed),
-        "valid_videos": valid_videos,
+        **settings,
         "source_sha256": sha,
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,42 @@ def read_failures_csv(path: Path) -> list[list[str]]:
     return rows[1:]
 
 
+_Row = tuple[ClipSpec, Path, dict[str, Any]]  # a clip, its cached .npz, and the .npz's meta
+
+
+@dataclass
+class _Tally:
+    """What the clips' metadata add up to, over every clip written."""
+
+    truncated: dict[str, int]  # modality -> clips cut to max_seconds
+    totals: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("vision_frames", "vision_frames_no_face", "vision_frames_multi_face"), 0
+        )
+    )
+    clips_no_face: int = 0
+
+    def add(self, meta: dict[str, Any], modalities: tuple[str, ...]) -> None:
+        """Count one clip's metadata."""
+        for k in self.totals:
+            self.totals[k] += int(meta.get(k, 0))
+        if "vision" in modalities and meta.get("vision_frames_no_face") == meta.get(
+            "vision_frames"
+        ):
+            self.clips_no_face += 1
+        for m in meta.get("truncated", []):
+            self.truncated[m] += 1
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The padded shape of every modality in the file."""
+
+    modalities: tuple[str, ...]
+    seq: dict[str, int]  # padded length: the longest clip's
+    dims: dict[str, int]
+
+
 def assemble(
     out: Path,
     manifest: Manifest,
@@ -54,25 +91,64 @@ def assemble(
     force: bool,
 ) -> dict[str, Any]:
     """Write the final HDF5 from the per-clip cache, in manifest order, streaming."""
-    task, (lo, hi) = SCHEMES[config.scheme]
-    per_split: dict[str, list[tuple[ClipSpec, Path, dict[str, Any]]]] = {s: [] for s in SPLITS}
-    for c in manifest.clips:
-        path = shard_dirs[shard_of(c.id, n_shards)] / "clips" / f"{clip_key(c.id)}.npz"
-        if path.is_file():
-            per_split[c.split].append((c, path, load_meta(path)))
+    per_split = _cached_clips(manifest, shard_dirs, n_shards)
     if not per_split["train"]:
         raise DataFormatError(
             "No train clip was extracted, so the file would have no train split.",
             hint=f"See the reasons in {failures_path(out)}.",
         )
-    seq = {
-        m: max(meta["lengths"][m] for rows in per_split.values() for _, _, meta in rows)
-        for m in modalities
+    layout = _Layout(
+        modalities,
+        seq={
+            m: max(meta["lengths"][m] for rows in per_split.values() for _, _, meta in rows)
+            for m in modalities
+        },
+        dims={m: int(extractor[m]["dim"]) for m in modalities},
+    )
+    tally = _Tally(truncated=dict.fromkeys(modalities, 0))
+    attrs = _file_attrs(config, extractor, layout, file_sha256(manifest.path))
+    with FeatureWriter(out, force=force, attrs=attrs) as w:
+        for split, rows in per_split.items():
+            if rows:
+                _write_split(w, split, rows, layout, tally)
+        w.compute_train_stats()
+        counts = {f"{k}": v for k, v in tally.totals.items() if "vision" in modalities}
+        w.set_attrs(
+            **counts,
+            notes={
+                "truncated_clips": tally.truncated,
+                "clips_without_any_face": tally.clips_no_face,
+            },
+        )
+    validate(out)
+    return {
+        "splits": {s: len(r) for s, r in per_split.items() if r},
+        "seq_lens": layout.seq,
+        "dims": layout.dims,
+        "vision_counts": counts,
+        "clips_without_any_face": tally.clips_no_face,
+        "truncated": tally.truncated,
     }
-    dims = {m: int(extractor[m]["dim"]) for m in modalities}
-    totals = {"vision_frames": 0, "vision_frames_no_face": 0, "vision_frames_multi_face": 0}
-    clips_no_face = 0
-    truncated = dict.fromkeys(modalities, 0)
+
+
+def _cached_clips(
+    manifest: Manifest, shard_dirs: dict[int, Path], n_shards: int
+) -> dict[str, list[_Row]]:
+    """split -> the clips whose .npz some shard wrote, in manifest order."""
+    per_split: dict[str, list[_Row]] = {s: [] for s in SPLITS}
+    for c in manifest.clips:
+        path = shard_dirs[shard_of(c.id, n_shards)] / "clips" / f"{clip_key(c.id)}.npz"
+        if path.is_file():
+            per_split[c.split].append((c, path, load_meta(path)))
+    return per_split
+
+
+def _file_attrs(
+    config: MediaConfig, extractor: dict[str, Any], layout: _Layout, source_sha256: str
+) -> dict[str, Any]:
+    """The HDF5 file attributes: dataset, task and label range, extractors, dims, frame rates."""
+    task, (lo, hi) = SCHEMES[config.scheme]
+    modalities = layout.modalities
     attrs = {
         "dataset": config.dataset,
         "task": task,
@@ -81,10 +157,10 @@ def assemble(
         "label_max": hi,
         "extractor": extractor,
         "modalities": list(modalities),
-        "source_sha256": file_sha256(manifest.path),
+        "source_sha256": source_sha256,
     }
     for m in modalities:
-        attrs[f"{m}_dim"] = dims[m]
+        attrs[f"{m}_dim"] = layout.dims[m]
     attrs.update(
         {
             f"{m}_frame_rate_hz": extractor[m]["frame_rate_hz"]
@@ -92,56 +168,39 @@ def assemble(
             if m in modalities
         }
     )
-    with FeatureWriter(out, force=force, attrs=attrs) as w:
-        for split, rows in per_split.items():
-            if not rows:
-                continue
-            w.create_split(
-                split, len(rows), {m: (seq[m], dims[m]) for m in modalities}, raw_text=True
-            )
-            for start in range(0, len(rows), WRITE_BLOCK):
-                block = rows[start : start + WRITE_BLOCK]
-                batch: dict[str, np.ndarray] = {
-                    "label": np.array([c.label for c, _, _ in block], np.float32)
-                }
-                for m in modalities:
-                    batch[m] = np.zeros((len(block), seq[m], dims[m]), np.float32)
-                    batch[f"{m}_len"] = np.zeros(len(block), np.int32)
-                for b, (_, path, meta) in enumerate(block):
-                    with np.load(path, allow_pickle=False) as z:
-                        for m in modalities:
-                            x = z[m]
-                            batch[m][b, : x.shape[0]] = x
-                            batch[f"{m}_len"][b] = x.shape[0]
-                    for k in totals:
-                        totals[k] += int(meta.get(k, 0))
-                    if "vision" in modalities and meta.get("vision_frames_no_face") == meta.get(
-                        "vision_frames"
-                    ):
-                        clips_no_face += 1
-                    for m in meta.get("truncated", []):
-                        truncated[m] += 1
-                w.write(
-                    split,
-                    start,
-                    batch,
-                    ids=[c.id for c, _, _ in block],
-                    raw_text=[c.text for c, _, _ in block],
-                )
-        w.compute_train_stats()
-        counts = {f"{k}": v for k, v in totals.items() if "vision" in modalities}
-        w.set_attrs(
-            **counts, notes={"truncated_clips": truncated, "clips_without_any_face": clips_no_face}
+    return attrs
+
+
+def _write_split(
+    w: FeatureWriter, split: str, rows: list[_Row], layout: _Layout, tally: _Tally
+) -> None:
+    """Create one split and fill it block by block, adding each clip's meta to ``tally``."""
+    mods = layout.modalities
+    w.create_split(
+        split, len(rows), {m: (layout.seq[m], layout.dims[m]) for m in mods}, raw_text=True
+    )
+    for start in range(0, len(rows), WRITE_BLOCK):
+        block = rows[start : start + WRITE_BLOCK]
+        batch: dict[str, np.ndarray] = {
+            "label": np.array([c.label for c, _, _ in block], np.float32)
+        }
+        for m in mods:
+            batch[m] = np.zeros((len(block), layout.seq[m], layout.dims[m]), np.float32)
+            batch[f"{m}_len"] = np.zeros(len(block), np.int32)
+        for b, (_, path, meta) in enumerate(block):
+            with np.load(path, allow_pickle=False) as z:
+                for m in mods:
+                    x = z[m]
+                    batch[m][b, : x.shape[0]] = x
+                    batch[f"{m}_len"][b] = x.shape[0]
+            tally.add(meta, mods)
+        w.write(
+            split,
+            start,
+            batch,
+            ids=[c.id for c, _, _ in block],
+            raw_text=[c.text for c, _, _ in block],
         )
-    validate(out)
-    return {
-        "splits": {s: len(r) for s, r in per_split.items() if r},
-        "seq_lens": seq,
-        "dims": dims,
-        "vision_counts": counts,
-        "clips_without_any_face": clips_no_face,
-        "truncated": truncated,
-    }
 
 
 def saved_description(shard_dirs: dict[int, Path]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from qamoe_core.errors import DataFormatError, InputError, UsageError
@@ -103,6 +103,30 @@ def read_manifest(path: str | os.PathLike[str], scheme: str = "mosi") -> Manifes
             f"The 'scheme' parameter must be one of {', '.join(SCHEMES)}. Got {scheme!r} instead.",
             hint="The scheme fixes the label range and the metrics (mosi: [-3, 3]).",
         )
+    rows = _read_rows(path)
+    header = [h.strip().lower() for h in rows[0]]
+    _check_header(path, header)
+    col = {
+        name: header.index(name) for name in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if name in header
+    }
+    clips, problems = _RowChecker(col, len(header), path.parent, scheme).check(rows[1:])
+    if problems:
+        more = len(problems) - MAX_REPORTED
+        listed = "; ".join(problems[:MAX_REPORTED]) + (f"; and {more} more" if more > 0 else "")
+        raise DataFormatError(
+            f"The manifest '{path}' has {len(problems)} bad row(s): {listed}.",
+            hint=f"Splits are {', '.join(SPLITS)}; labels follow the scheme ({scheme}).",
+        )
+    if not clips:
+        raise DataFormatError(
+            f"The manifest '{path}' has a header but no clip rows.",
+            hint="Add one row per clip below the header.",
+        )
+    return Manifest(path=path, clips=tuple(clips), columns=tuple(header))
+
+
+def _read_rows(path: Path) -> list[list[str]]:
+    """The CSV's rows, header first; an error if the file is missing, unreadable or empty."""
     if not path.is_file():
         raise InputError(
             f"The manifest '{path}' does not exist or is not a file.",
@@ -122,7 +146,11 @@ def read_manifest(path: str | os.PathLike[str], scheme: str = "mosi") -> Manifes
             f"The manifest '{path}' is empty (no header row).",
             hint="Give a CSV with columns id, split, label, text and audio and/or video.",
         )
-    header = [h.strip().lower() for h in rows[0]]
+    return rows
+
+
+def _check_header(path: Path, header: list[str]) -> None:
+    """Every required column, and at least one media column, must be named."""
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise DataFormatError(
@@ -135,60 +163,62 @@ def read_manifest(path: str | os.PathLike[str], scheme: str = "mosi") -> Manifes
             f"The manifest '{path}' has neither an 'audio' nor a 'video' column.",
             hint="Add a column of media paths; for text-only data use another importer.",
         )
-    col = {
-        name: header.index(name) for name in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if name in header
-    }
-    base = path.parent
-    clips: list[ClipSpec] = []
-    problems: list[str] = []
-    seen: dict[str, int] = {}
-    for line, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
-            continue  # blank lines at the end of hand-edited files
-        if len(row) < len(header):
-            row = row + [""] * (len(header) - len(row))
 
-        def cell(name: str, row: list[str] = row) -> str:
-            return row[col[name]].strip() if name in col else ""
 
-        clip_id, split = cell("id"), cell("split").lower()
-        label, why = _parse_label(cell("label"), scheme)
+@dataclass
+class _RowChecker:
+    """Turns the clip rows into ClipSpecs, collecting one message per problem found."""
+
+    col: dict[str, int]  # column name -> index, for the columns the header has
+    width: int  # the header's length; shorter rows are padded to it
+    base: Path  # the manifest's folder, for relative media paths
+    scheme: str
+    seen: dict[str, int] = field(default_factory=dict)  # clip id -> its line
+
+    def check(self, rows: list[list[str]]) -> tuple[list[ClipSpec], list[str]]:
+        """(clips, problems); once a problem is found, later rows are only checked."""
+        clips: list[ClipSpec] = []
+        problems: list[str] = []
+        for line, row in enumerate(rows, start=2):
+            if not any(cell.strip() for cell in row):
+                continue  # blank lines at the end of hand-edited files
+            if len(row) < self.width:
+                row = row + [""] * (self.width - len(row))
+            clip = self._clip(line, row, problems)
+            if clip is not None:
+                clips.append(clip)
+        return clips, problems
+
+    def _cell(self, row: list[str], name: str) -> str:
+        return row[self.col[name]].strip() if name in self.col else ""
+
+    def _clip(self, line: int, row: list[str], problems: list[str]) -> ClipSpec | None:
+        """The row's clip; None once any row (this one or an earlier) had a problem.
+
+        This row's problems are appended to ``problems``."""
+        clip_id, split = self._cell(row, "id"), self._cell(row, "split").lower()
+        label, why = _parse_label(self._cell(row, "label"), self.scheme)
         if not clip_id:
             problems.append(f"line {line}: empty id")
-        elif clip_id in seen:
-            problems.append(f"line {line}: id {clip_id!r} repeats line {seen[clip_id]}")
+        elif clip_id in self.seen:
+            problems.append(f"line {line}: id {clip_id!r} repeats line {self.seen[clip_id]}")
         else:
-            seen[clip_id] = line
+            self.seen[clip_id] = line
         if split not in SPLITS:
             problems.append(
-                f"line {line}: split {cell('split')!r} is not one of {', '.join(SPLITS)}"
+                f"line {line}: split {self._cell(row, 'split')!r} is not one of {', '.join(SPLITS)}"
             )
         if why is not None:
             problems.append(f"line {line}: {why}")
         if problems:
-            continue
+            return None
         assert label is not None
-        clips.append(
-            ClipSpec(
-                id=clip_id,
-                split=split,
-                label=label,
-                text=row[col["text"]],
-                audio=_resolve(base, cell("audio")),
-                video=_resolve(base, cell("video")),
-                line=line,
-            )
+        return ClipSpec(
+            id=clip_id,
+            split=split,
+            label=label,
+            text=row[self.col["text"]],
+            audio=_resolve(self.base, self._cell(row, "audio")),
+            video=_resolve(self.base, self._cell(row, "video")),
+            line=line,
         )
-    if problems:
-        more = len(problems) - MAX_REPORTED
-        listed = "; ".join(problems[:MAX_REPORTED]) + (f"; and {more} more" if more > 0 else "")
-        raise DataFormatError(
-            f"The manifest '{path}' has {len(problems)} bad row(s): {listed}.",
-            hint=f"Splits are {', '.join(SPLITS)}; labels follow the scheme ({scheme}).",
-        )
-    if not clips:
-        raise DataFormatError(
-            f"The manifest '{path}' has a header but no clip rows.",
-            hint="Add one row per clip below the header.",
-        )
-    return Manifest(path=path, clips=tuple(clips), columns=tuple(header))

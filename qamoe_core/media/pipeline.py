@@ -156,6 +156,28 @@ def _prepare_shard_dir(
     run_json.write_text(json.dumps(signature, indent=2), encoding="utf-8")
 
 
+class _Recorder:
+    """Counts each finished clip into a _ShardRun and reports progress (clips/s since start)."""
+
+    def __init__(self, run: _ShardRun, progress: Progress | None) -> None:
+        self.run = run
+        self.progress = progress
+        self.start = time.perf_counter()
+
+    def __call__(self, result: ClipResult) -> None:
+        run = self.run
+        clip_id, _, failure = result
+        if failure is None:
+            run.done += 1
+        else:
+            run.failures[clip_id] = failure
+            log.info("clip %s failed (%s): %s", clip_id, *failure)
+        if self.progress is not None:
+            n = run.done + len(run.failures)
+            rate = n / max(time.perf_counter() - self.start, 1e-9)
+            self.progress(1, clips_per_s=rate, failed=len(run.failures))
+
+
 def _extract_shard(
     clips: Sequence[ClipSpec],
     clips_dir: Path,
@@ -176,27 +198,39 @@ def _extract_shard(
         progress(run.cached, cached=run.cached)
     if not todo:
         return run
-    start = time.perf_counter()
-
-    def record(result: ClipResult) -> None:
-        clip_id, _, failure = result
-        if failure is None:
-            run.done += 1
-        else:
-            run.failures[clip_id] = failure
-            log.info("clip %s failed (%s): %s", clip_id, *failure)
-        if progress is not None:
-            n = run.done + len(run.failures)
-            rate = n / max(time.perf_counter() - start, 1e-9)
-            progress(1, clips_per_s=rate, failed=len(run.failures))
-
-    description = clips_dir.parent / "extractor.json"
+    record = _Recorder(run, progress)
     if workers <= 1:
-        ex = Extractors.load(config, modalities)
-        description.write_text(json.dumps(ex.describe(), indent=2), encoding="utf-8")
-        for c in todo:
-            record(run_clip(ex, c, clips_dir))
-        return run
+        _extract_here(todo, clips_dir, config, modalities, record)
+    else:
+        _extract_in_pool(todo, clips_dir, config, modalities, record, workers=workers)
+    return run
+
+
+def _extract_here(
+    todo: Sequence[ClipSpec],
+    clips_dir: Path,
+    config: MediaConfig,
+    modalities: tuple[str, ...],
+    record: _Recorder,
+) -> None:
+    """Extract the clips one by one in this process."""
+    ex = Extractors.load(config, modalities)
+    description = clips_dir.parent / "extractor.json"
+    description.write_text(json.dumps(ex.describe(), indent=2), encoding="utf-8")
+    for c in todo:
+        record(run_clip(ex, c, clips_dir))
+
+
+def _extract_in_pool(
+    todo: Sequence[ClipSpec],
+    clips_dir: Path,
+    config: MediaConfig,
+    modalities: tuple[str, ...],
+    record: _Recorder,
+    *,
+    workers: int,
+) -> None:
+    """Extract the clips in ``workers`` processes, at most 2 * workers clips in flight."""
     # spawn, not fork: a forked torch or OpenMP runtime can deadlock in the child.
     ctx = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(
@@ -205,6 +239,7 @@ def _extract_shard(
         pending: set[cf.Future[Any]] = set()
         try:
             desc = pool.submit(worker_describe).result()
+            description = clips_dir.parent / "extractor.json"
             description.write_text(json.dumps(desc, indent=2), encoding="utf-8")
             for c in todo:
                 pending.add(pool.submit(worker_clip, c, clips_dir))
@@ -217,7 +252,6 @@ def _extract_shard(
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-    return run
 
 
 def extract_media(
@@ -268,6 +302,18 @@ def extract_media(
     run = _extract_shard(
         mine, folder / "clips", config, modalities, workers=workers, progress=progress
     )
+    summary |= {"shard": f"{index}/{n_shards}"} | _close_shard(folder, mine, run, started)
+    if n_shards > 1:
+        summary["work_dir"] = str(folder)
+        summary["next"] = "when every shard is done: the same command with --merge"
+        return summary
+    return summary | _finish(out, manifest, {0: folder}, 1, config, modalities, force=force)
+
+
+def _close_shard(
+    folder: Path, mine: Sequence[ClipSpec], run: _ShardRun, started: float
+) -> dict[str, Any]:
+    """Write the shard's failures.csv and complete.json; return its part of the summary."""
     by_id = {c.id: c for c in mine}
     failure_rows = [
         [cid, by_id[cid].split, stage, reason] for cid, (stage, reason) in run.failures.items()
@@ -277,8 +323,7 @@ def extract_media(
     (folder / "complete.json").write_text(
         json.dumps({"clips": len(mine), "failed": len(failure_rows)}), encoding="utf-8"
     )
-    summary |= {
-        "shard": f"{index}/{n_shards}",
+    return {
         "clips": len(mine),
         "extracted": run.done,
         "resumed": run.cached,
@@ -286,11 +331,6 @@ def extract_media(
         "elapsed_s": round(elapsed, 3),
         "clips_per_s": round((run.done + len(failure_rows)) / max(elapsed, 1e-9), 3),
     }
-    if n_shards > 1:
-        summary["work_dir"] = str(folder)
-        summary["next"] = "when every shard is done: the same command with --merge"
-        return summary
-    return summary | _finish(out, manifest, {0: folder}, 1, config, modalities, force=force)
 
 
 def _finish(

@@ -17,6 +17,7 @@ sequence; only padding (from ``<m>_len``) is masked.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +27,15 @@ from qamoe_core.models.base import ModelOptions, ModelOutput, MultimodalModel
 from qamoe_core.models.heads import QualityHead, TwoBranchHead, eval_mode
 from qamoe_core.models.moe import MoE
 from qamoe_core.models.registry import register
+
+
+class _Quality(NamedTuple):
+    """The quality heads' outputs, one entry per modality."""
+
+    mu: dict[str, Tensor]  # the μ that is fused
+    mu_loss: dict[str, Tensor]  # the μ the uncertainty loss regresses (``mu`` unless detached)
+    log_var: dict[str, Tensor]
+    r: dict[str, Tensor]
 
 
 @register
@@ -82,34 +92,13 @@ class QAMoE(MultimodalModel):
         # Clean targets first, so the running stats that standardise them (and μ) include
         # this batch before either is used.
         target = None if clean is None else self.clean_targets(clean)
-        mu: dict[str, Tensor] = {}
-        log_var: dict[str, Tensor] = {}
-        r: dict[str, Tensor] = {}
-        mu_loss = mu  # the μ the uncertainty loss regresses (the fused μ unless detached)
-        for m in self.modalities:
-            mu[m], log_var[m], r[m] = self.head_of(m)(h[m], coverage[m])
-        if not self.cfg.unc_encoder_grad and target is not None:
-            # Same head on a detached encoding: its loss trains the head, never the encoder.
-            # (log σ² only reaches the model through the detached r, so it is taken from here.)
-            mu_loss = {}
-            for m in self.modalities:
-                mu_loss[m], log_var[m], _ = self.head_of(m)(
-                    h[m].detach(), coverage[m], update=False
-                )
+        q = self._quality_estimates(h, coverage, detached_loss=target is not None)
+        r = q.r
         if not self.cfg.quality_gate:
             r = {m: torch.ones_like(v) for m, v in r.items()}
         if shuffle_quality:
-            b = h[self.modalities[0]].shape[0]
-            perm = torch.randperm(b, generator=generator, device="cpu").to(
-                h[self.modalities[0]].device
-            )
-            r = {m: v[perm] for m, v in r.items()}  # one permutation: each r-vector stays whole
-        z = []
-        for m in self.modalities:
-            prior = self.prior[m] if self.prior is not None else torch.zeros_like(mu[m][0])
-            rm = r[m][:, None]
-            z.append(rm * mu[m] + (1.0 - rm) * prior)  # (B, d)
-        zc = torch.cat(z, dim=-1)  # (B, M·d)
+            r = self._shuffled(r, h[self.modalities[0]], generator)
+        zc = self._with_prior_fallback(q.mu, r)  # (B, M·d)
         rq = torch.stack([r[m] for m in self.modalities], dim=-1)  # (B, M)
         x = self.fuse(zc)  # (B, d)
         if self.fuse_quality is not None:  # the fused vector also says how reliable each part is
@@ -117,21 +106,67 @@ class QAMoE(MultimodalModel):
         y, gates, balance = self.moe(x, zc, rq)
         pred, lv = self.head(y)
         loss_unc = None
-        if target is not None:  # L_unc = Σ_m mean[(μ_m − sg(t_m))² / (2σ²_m) + ½ log σ²_m]
-            loss_unc = sum(
-                (self.head_of(m).loss(mu_loss[m], log_var[m], target[m]) for m in self.modalities),
-                start=torch.zeros((), device=pred.device),
-            )
+        if target is not None:
+            loss_unc = self._uncertainty_loss(q, target, pred.device)
         out = ModelOutput(
             prediction=pred,
             log_var=lv,
             quality=r,
-            modality_log_var={m: log_var[m].exp().mean(-1).log() for m in self.modalities},
+            modality_log_var={m: q.log_var[m].exp().mean(-1).log() for m in self.modalities},
             routing=gates,
             loss_unc=loss_unc,
             loss_balance=balance,
         )
         return self.finish(out, batch)
+
+    def _quality_estimates(
+        self, h: Mapping[str, Tensor], coverage: Mapping[str, Tensor | None], *, detached_loss: bool
+    ) -> _Quality:
+        """Each modality's quality head on its encoding: μ, log σ² and r.
+
+        ``detached_loss`` (a clean target exists): unless ``unc_encoder_grad``, the uncertainty
+        loss reads μ and log σ² from the same head run on a detached encoding, so that loss
+        trains the head, never the encoder (log σ² only reaches the model through the detached
+        r, so it is taken from there too)."""
+        mu: dict[str, Tensor] = {}
+        log_var: dict[str, Tensor] = {}
+        r: dict[str, Tensor] = {}
+        mu_loss = mu  # the fused μ, unless the detached pass below replaces it
+        for m in self.modalities:
+            mu[m], log_var[m], r[m] = self.head_of(m)(h[m], coverage[m])
+        if not self.cfg.unc_encoder_grad and detached_loss:
+            mu_loss = {}
+            for m in self.modalities:
+                mu_loss[m], log_var[m], _ = self.head_of(m)(
+                    h[m].detach(), coverage[m], update=False
+                )
+        return _Quality(mu, mu_loss, log_var, r)
+
+    @staticmethod
+    def _shuffled(
+        r: Mapping[str, Tensor], h0: Tensor, generator: torch.Generator | None
+    ) -> dict[str, Tensor]:
+        """r permuted across the batch (``h0``: any modality's encoding, for size and device)."""
+        perm = torch.randperm(h0.shape[0], generator=generator, device="cpu").to(h0.device)
+        return {m: v[perm] for m, v in r.items()}  # one permutation: each r-vector stays whole
+
+    def _with_prior_fallback(self, mu: Mapping[str, Tensor], r: Mapping[str, Tensor]) -> Tensor:
+        """z_m = r_m·μ_m + (1 − r_m)·p_m for every modality, concatenated: (B, M·d)."""
+        z = []
+        for m in self.modalities:
+            prior = self.prior[m] if self.prior is not None else torch.zeros_like(mu[m][0])
+            rm = r[m][:, None]
+            z.append(rm * mu[m] + (1.0 - rm) * prior)  # (B, d)
+        return torch.cat(z, dim=-1)
+
+    def _uncertainty_loss(
+        self, q: _Quality, target: Mapping[str, Tensor], device: torch.device
+    ) -> Tensor:
+        """L_unc = Σ_m mean[(μ_m − sg(t_m))² / (2σ²_m) + ½ log σ²_m]."""
+        return sum(
+            (self.head_of(m).loss(q.mu_loss[m], q.log_var[m], target[m]) for m in self.modalities),
+            start=torch.zeros((), device=device),
+        )
 
     def head_of(self, modality: str) -> QualityHead:
         head = self.quality[modality]

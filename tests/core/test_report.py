@@ -446,3 +446,23 @@ def test_quality_and_usage_figures_keep_patterns_apart(results: pd.DataFrame) ->
     assert a is not None and b is not None
     grids = [[im.get_array().tolist() for ax in f.axes for im in ax.images] for f in (a, b)]
     assert grids[0] == grids[1]
+
+
+def test_figures_are_byte_identical_on_a_rerun() -> None:
+    # SVG ids are random in matplotlib unless salted; PDF/SVG dates are left out.
+    import matplotlib.pyplot as plt
+
+    from qamoe_core.report_plots import encode
+
+    def draw() -> dict[str, bytes]:
+        fig, ax = plt.subplots()
+        ax.plot([0, 1, 2], [1, 0, 2], label="qamoe")
+        ax.legend()
+        try:
+            return encode(fig, ("pdf", "svg"))
+        finally:
+            plt.close(fig)
+
+    first, second = draw(), draw()
+    assert set(first) == {"png", "pdf", "svg"}
+    assert first == second

@@ -1,0 +1,41 @@
+"""scripts/compare_outputs.py: the renovation's same-outputs check between two folders."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "compare_outputs.py"
+spec = importlib.util.spec_from_file_location("compare_outputs", SCRIPT)
+assert spec is not None and spec.loader is not None
+cmp = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(cmp)
+
+
+def _run(root: Path, seconds: float, weight: float) -> None:
+    root.mkdir()
+    (root / "same.csv").write_text("a,b\n1,2\n")
+    meta = {"path": str(root / "x.h5"), "train_seconds": seconds, "MAE": 0.5}
+    (root / "metrics.json").write_text(json.dumps(meta))
+    torch.save(
+        {"w": torch.tensor([weight]), "data": str(root), "seconds": seconds}, root / "model.pt"
+    )
+
+
+def test_paths_and_timings_are_set_aside_but_values_are_not(tmp_path: Path) -> None:
+    _run(tmp_path / "old", 1.5, 1.0)
+    _run(tmp_path / "new", 9.0, 1.0)
+    assert cmp.compare(tmp_path / "old", tmp_path / "new") == {
+        "byte-identical": 1,
+        "same up to paths/timings": 1,
+        "same tensors": 1,
+        "different": 0,
+        "missing": 0,
+    }
+    _run(tmp_path / "changed", 1.5, 2.0)  # one weight differs
+    (tmp_path / "changed" / "same.csv").unlink()
+    got = cmp.compare(tmp_path / "old", tmp_path / "changed")
+    assert got["different"] == 1 and got["missing"] == 1
