@@ -80,6 +80,18 @@ def qamoe_exe() -> str:
     return str(exe)
 
 
+def train_argv(q: str, data: Path, run: Path, model: str, seed: int, *extra: str) -> list[str]:
+    """``qamoe train`` of one run on the CPU, replacing a stale folder (the experiments' form)."""
+    return [q, "train", str(data), "--out", str(run), "--model", model, "--seed", str(seed),
+            "--device", "cpu", "--quiet", "--force", *extra]  # fmt: skip
+
+
+def sweep_argv(q: str, run: Path, data: Path, out: Path, name: str, *extra: str) -> list[str]:
+    """``qamoe eval --sweep`` of one run into one results file labelled ``name``."""
+    return [q, "eval", str(run), "--data", str(data), "--sweep", "--quiet", "--force",
+            "--out", str(out), "--name", name, *extra]  # fmt: skip
+
+
 def run_job(job: Job) -> Job:
     if job.done_when.exists():
         job.skipped = True
@@ -174,21 +186,7 @@ def main() -> None:
     for name, model, cfg in general + [(n, "qamoe", c) for n, _, c in specialists]:
         for s in seeds:
             run = work / "runs" / f"{name}-s{s}"
-            argv = [
-                q,
-                "train",
-                str(data),
-                "--out",
-                str(run),
-                "--model",
-                model,
-                "--seed",
-                str(s),
-                "--device",
-                "cpu",
-                "--quiet",
-                "--force",
-            ]
+            argv = train_argv(q, data, run, model, s)
             if cfg is not None:
                 argv += ["--config", str(cfg)]
             train_jobs.append(
@@ -210,8 +208,7 @@ def main() -> None:
 
     def eval_job(tag: str, run: Path, *extra: str, samples: Path | None = None) -> None:
         out = results / f"{tag}.csv"
-        argv = [q, "eval", str(run), "--data", str(data), "--sweep", "--quiet", "--force",
-                "--out", str(out), "--name", run.name, *extra]  # fmt: skip
+        argv = sweep_argv(q, run, data, out, run.name, *extra)
         if samples is not None:
             argv += ["--per-sample", str(samples)]
         done = samples if samples is not None else out

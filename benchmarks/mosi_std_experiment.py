@@ -43,6 +43,8 @@ from benchmarks.mosi_lite_experiment import (  # noqa: E402  (needs the path abo
     Job,
     qamoe_exe,
     run_all,
+    sweep_argv,
+    train_argv,
     write_config,
 )
 
@@ -99,23 +101,7 @@ class Ctx:
         return Job(f"extract {out.name}", argv, out, self.work / "logs" / f"{out.stem}.log")
 
     def train(self, data: Path, run: Path, model: str, seed: int, cfg: Path) -> Job:
-        argv = [
-            self.q,
-            "train",
-            str(data),
-            "--out",
-            str(run),
-            "--model",
-            model,
-            "--seed",
-            str(seed),
-            "--device",
-            "cpu",
-            "--quiet",
-            "--force",
-            "--config",
-            str(cfg),
-        ]
+        argv = train_argv(self.q, data, run, model, seed, "--config", str(cfg))
         return Job(
             f"train {run.name}",
             argv,
@@ -125,21 +111,7 @@ class Ctx:
 
     def eval(self, data: Path, run: Path, tag: str, *extra: str) -> Job:
         out = self.work / "results" / f"{tag}.csv"
-        argv = [
-            self.q,
-            "eval",
-            str(run),
-            "--data",
-            str(data),
-            "--sweep",
-            "--quiet",
-            "--force",
-            "--out",
-            str(out),
-            "--name",
-            tag,
-            *extra,
-        ]
+        argv = sweep_argv(self.q, run, data, out, tag, *extra)
         return Job(f"eval {tag}", argv, out, self.work / "logs" / f"eval-{tag}.log")
 
 

@@ -31,7 +31,13 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks.mosi_lite_experiment import Job, run_all, write_config  # noqa: E402
+from benchmarks.mosi_lite_experiment import (  # noqa: E402
+    Job,
+    run_all,
+    sweep_argv,
+    train_argv,
+    write_config,
+)
 from benchmarks.mosi_std_experiment import (  # noqa: E402
     METRICS,
     _cells,
@@ -72,14 +78,12 @@ class Ctx:
         return Job("extract", argv, out, self.log("extract"))
 
     def train(self, data: Path, run: Path, seed: int, cfg: Path) -> Job:
-        argv = [self.q, "train", str(data), "--out", str(run), "--seed", str(seed),
-                "--device", "cpu", "--quiet", "--force", "--config", str(cfg)]  # fmt: skip
+        argv = train_argv(self.q, data, run, "qamoe", seed, "--config", str(cfg))
         return Job(f"train {run.name}", argv, run / "metrics.json", self.log(f"train-{run.name}"))
 
     def eval(self, data: Path, run: Path, tag: str) -> Job:
         out = self.work / "results" / f"{tag}.csv"
-        argv = [self.q, "eval", str(run), "--data", str(data), "--sweep", "--quiet",
-                "--force", "--out", str(out), "--name", tag]  # fmt: skip
+        argv = sweep_argv(self.q, run, data, out, tag)
         return Job(f"eval {tag}", argv, out, self.log(f"eval-{tag}"))
 
 
@@ -181,6 +185,7 @@ def main() -> None:
             train.append(ctx.train(data, run, s, cfg))
             evals.append(ctx.eval(data, run, f"{tag}-s{s}"))
     run_all(train, args.jobs, "train")
+    (ctx.work / "results").mkdir(parents=True, exist_ok=True)
     run_all(evals, args.jobs, "eval")
     summary = summarise(ctx, names, data)
     summary["selection"] = selection
