@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.mosi_lite_experiment import (  # noqa: E402
     MODELS,
     Job,
+    pooled_report,
     qamoe_exe,
     run_all,
     sweep_argv,
@@ -274,20 +275,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_table(summary, args.out)
-    files = [str(ctx.results(m, k, s)) for m in MODELS for k in FOLDS for s in ctx.seeds]
+    files = [ctx.results(m, k, s) for m in MODELS for k in FOLDS for s in ctx.seeds]
     title = f"QA-MoE on MOSI bc-LSTM-CV (5 folds x {args.seeds} model seeds pooled)"
-    report = [
-        ctx.q,
-        "report",
-        *files,
-        "--pool-seeds",
-        "--out",
-        str(args.out / "report"),
-        "--force",
-        "--title",
-        title,
-    ]
-    run_all([Job("report", report, args.out / "never", ctx.log("report"))], 1, "report")
+    pooled_report(ctx.q, files, args.out / "report", title, ctx.log("report"))
     print(json.dumps({k: summary[k] for k in ("anchors", "paired_qamoe_vs_best")}, indent=1))
 
 

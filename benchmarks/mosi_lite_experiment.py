@@ -92,6 +92,13 @@ def sweep_argv(q: str, run: Path, data: Path, out: Path, name: str, *extra: str)
             "--out", str(out), "--name", name, *extra]  # fmt: skip
 
 
+def pooled_report(q: str, files: list[Path], out: Path, title: str, log: Path) -> None:
+    """``qamoe report`` of the results files that exist, model seeds pooled, into ``out``."""
+    argv = [q, "report", *[str(f) for f in files if f.exists()], "--pool-seeds",
+            "--out", str(out), "--force", "--title", title]  # fmt: skip
+    run_all([Job("report", argv, out / "never", log)], 1, "report")
+
+
 def run_job(job: Job) -> Job:
     if job.done_when.exists():
         job.skipped = True
@@ -257,10 +264,8 @@ def main() -> None:
     # The report overlays the main models and the key ablation (the tables hold the rest).
     shown = [*MODELS, "qamoe-no-gate"]
     files = [results / f"{n}-s{s}.csv" for n in shown for s in seeds]
-    report = [q, "report", *[str(f) for f in files if f.exists()], "--pool-seeds"]
-    report += ["--out", str(args.out / "report"), "--force", "--title",
-               f"QA-MoE on MOSI-lite ({len(seeds)} model seeds x 3 corruption seeds)"]  # fmt: skip
-    run_all([Job("report", report, args.out / "never", work / "logs/report.log")], 1, "report")
+    title = f"QA-MoE on MOSI-lite ({len(seeds)} model seeds x 3 corruption seeds)"
+    pooled_report(q, files, args.out / "report", title, work / "logs/report.log")
     timings["analysis_report_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     summary = json.loads((args.out / "summary.json").read_text())

@@ -41,6 +41,7 @@ from benchmarks.mosi_lite_experiment import (  # noqa: E402  (needs the path abo
     MODELS,
     SPECIALIST_LEVELS,
     Job,
+    pooled_report,
     qamoe_exe,
     run_all,
     sweep_argv,
@@ -418,22 +419,9 @@ def main() -> None:
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_tables(summary, args.out)
     files = [ctx.work / "results" / f"{m}-s{s}.csv" for m in MAIN for s in ctx.seeds]
-    files = [f for f in files if f.exists()]
-    if files:
-        report = [
-            ctx.q,
-            "report",
-            *map(str, files),
-            "--pool-seeds",
-            "--out",
-            str(args.out / "report"),
-            "--force",
-            "--title",
-            f"QA-MoE on MOSI-std ({len(ctx.seeds)} model seeds x 3 corruption seeds)",
-        ]
-        run_all(
-            [Job("report", report, args.out / "never", ctx.work / "logs/report.log")], 1, "report"
-        )
+    if any(f.exists() for f in files):
+        title = f"QA-MoE on MOSI-std ({len(ctx.seeds)} model seeds x 3 corruption seeds)"
+        pooled_report(ctx.q, files, args.out / "report", title, ctx.work / "logs/report.log")
     print(json.dumps({k: summary[k] for k in ("selection", "paired_qamoe_vs_best")}, indent=1))
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks.mosi_lite_experiment import Job, qamoe_exe, run_all, sweep_argv  # noqa: E402
+from benchmarks.mosi_lite_experiment import Job, pooled_report, qamoe_exe, run_all, sweep_argv  # noqa: E402
 from benchmarks.mosi_std_experiment import _cells, _ms, _read  # noqa: E402
 
 MODELS = ("qamoe", "early-fusion")
@@ -79,24 +79,9 @@ def main() -> None:
                     summary[m].setdefault(f"{key} @0.9", {})[pattern] = _ms(top)["mean"]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    every = [str(p) for paths in files.values() for p in paths]
+    every = [Path(p) for paths in files.values() for p in paths]
     title = f"MOSI-std (token MiniLM + audio): patterns, {args.seeds} model seeds"
-    report = [
-        q,
-        "report",
-        *every,
-        "--pool-seeds",
-        "--out",
-        str(args.out / "report"),
-        "--force",
-        "--title",
-        title,
-    ]
-    run_all(
-        [Job("report", report, args.out / "never", work / "logs" / "report-patterns.log")],
-        1,
-        "report",
-    )
+    pooled_report(q, every, args.out / "report", title, work / "logs" / "report-patterns.log")
     print(json.dumps(summary, indent=1))
 
 

@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks.mosi_lite_experiment import (  # noqa: E402
     Job,
+    pooled_report,
     run_all,
     sweep_argv,
     train_argv,
@@ -192,12 +193,9 @@ def main() -> None:
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    files = [str(ctx.work / "results" / f"{t}-s{s}.csv") for t in configs
-             for s in range(args.seeds)]  # fmt: skip
+    files = [ctx.work / "results" / f"{t}-s{s}.csv" for t in configs for s in range(args.seeds)]
     title = f"QA-MoE on MOSI-std: frozen vs fine-tuned MiniLM ({args.seeds} model seeds)"
-    report = [ctx.q, "report", *files, "--pool-seeds", "--out", str(args.out / "report"),
-              "--force", "--title", title]  # fmt: skip
-    run_all([Job("report", report, args.out / "never", ctx.log("report"))], 1, "report")
+    pooled_report(ctx.q, files, args.out / "report", title, ctx.log("report"))
     print(json.dumps(summary["paired"], indent=1))
 
 
