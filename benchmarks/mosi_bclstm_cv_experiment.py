@@ -44,10 +44,9 @@ from benchmarks.mosi_lite_experiment import (  # noqa: E402
     sweep_argv,
     train_argv,
 )
-from benchmarks.mosi_std_experiment import METRICS, _cells, _ms, _read  # noqa: E402
+from benchmarks.mosi_std_experiment import METRICS, _cells, _ms, _read, paired_t  # noqa: E402
 
 FOLDS = range(1, 6)
-T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}
 
 
 class Ctx:
@@ -185,16 +184,7 @@ def paired(ctx: Ctx, a: str, b: str) -> dict[str, Any]:
         - statistics.mean(fold_cells(ctx, b, s)["mixed MAE"])
         for s in ctx.seeds
     ]
-    mean = statistics.mean(diffs)
-    n = len(diffs)
-    half = T95.get(n, 2.0) * statistics.stdev(diffs) / n**0.5 if n > 1 else float("nan")
-    return {
-        "a": a,
-        "b": b,
-        "per_seed": [round(d, 4) for d in diffs],
-        "mean": round(mean, 4),
-        "ci95": [round(mean - half, 4), round(mean + half, 4)],
-    }
+    return {"a": a, "b": b, **paired_t(diffs)}
 
 
 COLUMNS = (

@@ -270,12 +270,15 @@ def paired(ctx: Ctx, a: str, b: str) -> dict[str, Any] | None:
             for f in (fa, fb)
         )
         diffs.append(ma - mb)
+    return {"a": a, "b": b, **paired_t(diffs)}
+
+
+def paired_t(diffs: list[float]) -> dict[str, Any]:
+    """Mean of paired differences with a 95 % t interval (df = n-1; NaN below two pairs)."""
+    mean = statistics.mean(diffs)
     t95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}.get(len(diffs), 2.0)
     half = t95 * statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
-    mean = statistics.mean(diffs)
     return {
-        "a": a,
-        "b": b,
         "per_seed": [round(d, 4) for d in diffs],
         "mean": round(mean, 4),
         "ci95": [round(mean - half, 4), round(mean + half, 4)],

@@ -46,6 +46,7 @@ from benchmarks.mosi_std_experiment import (  # noqa: E402
     _read,
     _val_score,
     constant_anchor,
+    paired_t,
 )
 
 FROZEN = {"text_encoder": "features"}
@@ -137,15 +138,9 @@ def summarise(ctx: Ctx, names: dict[str, str], data: Path) -> dict[str, Any]:
             epoch_seconds(ctx.work / "runs" / f"{tag}-s{s}") for s in seeds
         ]
     a, b = list(names)
-    t95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}.get(ctx.args.seeds, 2.0)
     for key in ("clean MAE", "clean Non0_acc_2", "clean Corr", "mixed MAE", "mixed Has0_acc_2"):
         diffs = [x - y for x, y in zip(per[b][key], per[a][key], strict=True)]
-        mean = statistics.mean(diffs)
-        half = t95 * statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
-        out["paired"][f"{b} - {a}: {key}"] = {
-            "per_seed": [round(d, 4) for d in diffs], "mean": round(mean, 4),
-            "ci95": [round(mean - half, 4), round(mean + half, 4)],
-        }  # fmt: skip
+        out["paired"][f"{b} - {a}: {key}"] = paired_t(diffs)
     return out
 
 
