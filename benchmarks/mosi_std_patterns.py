@@ -11,6 +11,10 @@ utterance vector, where a burst and a random drop are the same thing. For each m
 runs ``qamoe eval --sweep --pattern burst,correlated`` (burst mean 5 steps, rho 0.9: the
 defaults), then one ``qamoe report --pool-seeds`` over both patterns, and writes the grid
 means per (model, axis, pattern) to ``summary.json``.
+
+``--train-patterns F`` adds both models trained with ``burst_fraction = correlated_fraction = F``
+(a fixed share, not tuned: with F = 0.5 half of the training draws that drop steps drop runs
+and half of the noisy ones are AR(1)), swept under both patterns too (run names ``MODEL-pt``).
 """
 
 from __future__ import annotations
@@ -20,13 +24,89 @@ import json
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks.mosi_lite_experiment import Job, pooled_report, qamoe_exe, run_all, sweep_argv  # noqa: E402
-from benchmarks.mosi_std_experiment import _cells, _ms, _read  # noqa: E402
+from benchmarks.mosi_lite_experiment import (  # noqa: E402
+    Job,
+    pooled_report,
+    qamoe_exe,
+    run_all,
+    sweep_argv,
+    train_argv,
+    write_config,
+)
+from benchmarks.mosi_std_experiment import _cells, _ms, _read, paired_t  # noqa: E402
 
 MODELS = ("qamoe", "early-fusion")
+
+
+def train_on_patterns(q: str, work: Path, data: Path, frac: float, seeds: int, jobs: int) -> None:
+    """``MODEL-pt-sS``: the main stage's defaults plus burst/correlated training draws, each
+    swept under the default pattern (the burst sweep follows with the others)."""
+    cfg = write_config(
+        work / "configs" / f"patterns-{frac:g}.json",
+        {},
+        {"burst_fraction": frac, "correlated_fraction": frac},
+    )
+    train, sweep = [], []
+    for m in MODELS:
+        for s in range(seeds):
+            tag, run = f"{m}-pt-s{s}", work / "runs" / f"{m}-pt-s{s}"
+            argv = train_argv(q, data, run, m, s, "--config", str(cfg))
+            train.append(
+                Job(f"train {tag}", argv, run / "metrics.json", work / "logs" / f"train-{tag}.log")
+            )
+            out = work / "results" / f"{tag}.csv"
+            argv = sweep_argv(q, run, data, out, tag, "--no-shuffle")
+            sweep.append(Job(f"eval {tag}", argv, out, work / "logs" / f"eval-{tag}.log"))
+    run_all(train, jobs, "train patterns")
+    run_all(sweep, jobs, "eval patterns-trained")
+
+
+def valid_grid(q: str, work: Path, data: Path, models: list[str], seeds: int, jobs: int) -> dict:
+    """Mixed-grid MAE on the VALID split, per model and pattern (mean of the model seeds) and
+    paired pattern-trained minus default-trained: the evidence a choice may rest on."""
+    plan = []
+    for m in models:
+        for s in range(seeds):
+            for pat, extra in (
+                ("random/white", ()),
+                ("burst/correlated", ("--pattern", "burst,correlated")),
+            ):
+                tag = f"{m}-s{s}"
+                out = work / "results" / "valid" / f"{tag}-{pat.split('/')[0]}.csv"
+                argv = sweep_argv(q, work / "runs" / tag, data, out, tag, "--split", "valid",
+                                  "--axis", "mixed", "--no-shuffle", *extra)  # fmt: skip
+                plan.append(
+                    (
+                        m,
+                        s,
+                        pat,
+                        Job(
+                            f"valid {tag} {pat}",
+                            argv,
+                            out,
+                            work / "logs" / f"valid-{tag}-{pat.split('/')[0]}.log",
+                        ),
+                    )
+                )
+    (work / "results" / "valid").mkdir(parents=True, exist_ok=True)
+    run_all([j for *_, j in plan], jobs, "valid sweeps")
+    cell: dict[tuple[str, str], list[float]] = {}
+    for m, _, pat, job in plan:
+        mae = statistics.mean(_cells(_read(job.done_when), "MAE", axis="mixed", variant="normal"))
+        cell.setdefault((m, pat), []).append(mae)
+    out: dict[str, Any] = {
+        m: {p: _ms(v)["mean"] for (mm, p), v in cell.items() if mm == m} for m in models
+    }
+    for m in MODELS:
+        if f"{m}-pt" in models:
+            for pat in ("random/white", "burst/correlated"):
+                d = [a - b for a, b in zip(cell[(f"{m}-pt", pat)], cell[(m, pat)], strict=True)]
+                out[f"{m}-pt - {m}, {pat}"] = paired_t(d)
+    return out
 
 
 def main() -> None:
@@ -35,6 +115,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "docs/results/patterns-mosi-std")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--train-patterns", type=float, default=None, metavar="F",
+                    help="also train both models with burst/correlated fraction F")  # fmt: skip
     args = ap.parse_args()
     q, work = qamoe_exe(), args.work
     data = work / "data" / "std.h5"
@@ -46,8 +128,12 @@ def main() -> None:
             "run benchmarks/mosi_std_experiment.py --pooling token --stages main "
             f"--work {work} first"
         )
+    models = list(MODELS)
+    if args.train_patterns is not None:
+        train_on_patterns(q, work, data, args.train_patterns, args.seeds, args.jobs)
+        models += [f"{m}-pt" for m in MODELS]
     jobs, files = [], {"random/white": [], "burst/correlated": []}
-    for m, s in runs:
+    for m, s in [(m, s) for m in models for s in range(args.seeds)]:
         tag = f"{m}-s{s}"
         out = work / "results" / f"{tag}-burst.csv"
         argv = sweep_argv(
@@ -59,7 +145,7 @@ def main() -> None:
     run_all(jobs, args.jobs, "eval burst")
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for pattern, paths in files.items():
-        for m in MODELS:
+        for m in models:
             for axis in ("mixed", "missing", "noise"):
                 for metric in ("MAE", "Has0_acc_2"):
                     means = [
@@ -77,6 +163,8 @@ def main() -> None:
                         if p.name.startswith(f"{m}-s")
                     ]
                     summary[m].setdefault(f"{key} @0.9", {})[pattern] = _ms(top)["mean"]
+    if args.train_patterns is not None:
+        summary["valid mixed MAE"] = valid_grid(q, work, data, models, args.seeds, args.jobs)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     every = [Path(p) for paths in files.values() for p in paths]
