@@ -12,9 +12,15 @@ runs ``qamoe eval --sweep --pattern burst,correlated`` (burst mean 5 steps, rho 
 defaults), then one ``qamoe report --pool-seeds`` over both patterns, and writes the grid
 means per (model, axis, pattern) to ``summary.json``.
 
-``--train-patterns F`` adds both models trained with ``burst_fraction = correlated_fraction = F``
-(a fixed share, not tuned: with F = 0.5 half of the training draws that drop steps drop runs
-and half of the noisy ones are AR(1)), swept under both patterns too (run names ``MODEL-pt``).
+``--train-patterns F[,F...]`` adds both models trained with ``burst_fraction =
+correlated_fraction = F`` (with F = 0.5 half of the training draws that drop steps drop runs
+and half of the noisy ones are AR(1)), swept under both patterns too (run names ``MODEL-ptF``),
+plus valid-split sweeps for the choice.
+
+``--select-patterns 0,0.25,0.5`` chooses that share without the test split: both models, model
+seed 0, trained on each of the 5 grouped CV folds of the std train+valid videos (``extract
+mosi --cv-fold K``) for each share, scored by the fold's valid mixed-grid MAE averaged over
+the two pattern families; writes ``cv_selection.json`` and stops.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ MODELS = ("qamoe", "early-fusion")
 
 
 def train_on_patterns(q: str, work: Path, data: Path, frac: float, seeds: int, jobs: int) -> None:
-    """``MODEL-pt-sS``: the main stage's defaults plus burst/correlated training draws, each
+    """``MODEL-ptF-sS``: the main stage's defaults plus burst/correlated training draws, each
     swept under the default pattern (the burst sweep follows with the others)."""
     cfg = write_config(
         work / "configs" / f"patterns-{frac:g}.json",
@@ -53,7 +59,8 @@ def train_on_patterns(q: str, work: Path, data: Path, frac: float, seeds: int, j
     train, sweep = [], []
     for m in MODELS:
         for s in range(seeds):
-            tag, run = f"{m}-pt-s{s}", work / "runs" / f"{m}-pt-s{s}"
+            tag = f"{m}-pt{frac:g}-s{s}"
+            run = work / "runs" / tag
             argv = train_argv(q, data, run, m, s, "--config", str(cfg))
             train.append(
                 Job(f"train {tag}", argv, run / "metrics.json", work / "logs" / f"train-{tag}.log")
@@ -101,12 +108,65 @@ def valid_grid(q: str, work: Path, data: Path, models: list[str], seeds: int, jo
     out: dict[str, Any] = {
         m: {p: _ms(v)["mean"] for (mm, p), v in cell.items() if mm == m} for m in models
     }
-    for m in MODELS:
-        if f"{m}-pt" in models:
-            for pat in ("random/white", "burst/correlated"):
-                d = [a - b for a, b in zip(cell[(f"{m}-pt", pat)], cell[(m, pat)], strict=True)]
-                out[f"{m}-pt - {m}, {pat}"] = paired_t(d)
+    for m in (m for m in models if "-pt" in m):
+        base = m.split("-pt")[0]
+        for pat in ("random/white", "burst/correlated"):
+            d = [a - b for a, b in zip(cell[(m, pat)], cell[(base, pat)], strict=True)]
+            out[f"{m} - {base}, {pat}"] = paired_t(d)
     return out
+
+
+def select_on_cv(q: str, work: Path, fracs: list[float], jobs: int) -> dict[str, Any]:
+    """Per model and share: mean over the 5 CV folds of the valid mixed-grid MAE (both pattern
+    families averaged), every fold's score, and the share with the lowest mean."""
+    cv = work / "cv"
+    folds = [cv / "data" / f"std-cv{k}.h5" for k in range(1, 6)]
+    extract = [Job(f"extract {f.name}", [q, "extract", "mosi", "--out", str(f), "--text-pooling",
+                   "token", "--cv-fold", f.stem[-1], "--quiet"], f, cv / "logs" / f"{f.stem}.log")
+               for f in folds]  # fmt: skip
+    (cv / "data").mkdir(parents=True, exist_ok=True)
+    (cv / "results").mkdir(parents=True, exist_ok=True)
+    run_all(extract, 1, "extract cv")
+    train, sweep, score_files = [], [], {}
+    for m in MODELS:
+        for frac in fracs:
+            cfg = write_config(cv / "configs" / f"patterns-{frac:g}.json", {},
+                               {"burst_fraction": frac, "correlated_fraction": frac})  # fmt: skip
+            for f in folds:
+                tag = f"{m}-f{frac:g}-{f.stem}"
+                run = cv / "runs" / tag
+                argv = train_argv(q, f, run, m, 0, "--config", str(cfg))
+                train.append(
+                    Job(
+                        f"train {tag}", argv, run / "metrics.json", cv / "logs" / f"train-{tag}.log"
+                    )
+                )
+                for pat in ("random", "burst"):
+                    out = cv / "results" / f"{tag}-{pat}.csv"
+                    extra = ("--pattern", "burst,correlated") if pat == "burst" else ()
+                    argv = sweep_argv(q, run, f, out, tag, "--split", "valid", "--axis", "mixed",
+                                      "--no-shuffle", *extra)  # fmt: skip
+                    sweep.append(
+                        Job(f"valid {tag} {pat}", argv, out, cv / "logs" / f"valid-{tag}-{pat}.log")
+                    )
+                    score_files.setdefault((m, frac), []).append(out)
+    run_all(train, jobs, "train cv")
+    run_all(sweep, jobs, "valid cv")
+    result: dict[str, Any] = {
+        "criterion": "mean over 5 grouped CV folds (model seed 0) of the valid mixed-grid MAE, "
+        "random/white and burst/correlated averaged",
+    }
+    for m in MODELS:
+        per = {}
+        for frac in fracs:
+            cells = [statistics.mean(_cells(_read(p), "MAE", axis="mixed", variant="normal"))
+                     for p in score_files[(m, frac)]]  # fmt: skip
+            per[f"{frac:g}"] = [
+                round((a + b) / 2, 4) for a, b in zip(cells[::2], cells[1::2], strict=True)
+            ]
+        means = {k: round(statistics.mean(v), 4) for k, v in per.items()}
+        result[m] = {"per_fold": per, "mean": means, "chosen": min(means, key=means.__getitem__)}
+    return result
 
 
 def main() -> None:
@@ -115,10 +175,19 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "docs/results/patterns-mosi-std")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--train-patterns", type=float, default=None, metavar="F",
-                    help="also train both models with burst/correlated fraction F")  # fmt: skip
+    ap.add_argument("--train-patterns", default=None, metavar="F,F,...",
+                    help="also train both models with each burst/correlated share F")  # fmt: skip
+    ap.add_argument("--select-patterns", default=None, metavar="F,F,...",
+                    help="choose the share on grouped CV folds instead (then stop)")  # fmt: skip
     args = ap.parse_args()
     q, work = qamoe_exe(), args.work
+    if args.select_patterns:
+        fracs = [float(x) for x in args.select_patterns.split(",")]
+        sel = select_on_cv(q, work, fracs, args.jobs)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "cv_selection.json").write_text(json.dumps(sel, indent=2) + "\n")
+        print(json.dumps({m: sel[m]["mean"] for m in MODELS}, indent=1))
+        return
     data = work / "data" / "std.h5"
     runs = [(m, s) for m in MODELS for s in range(args.seeds)]
     missing = [f"{m}-s{s}" for m, s in runs if not (work / "results" / f"{m}-s{s}.csv").exists()]
@@ -129,9 +198,9 @@ def main() -> None:
             f"--work {work} first"
         )
     models = list(MODELS)
-    if args.train_patterns is not None:
-        train_on_patterns(q, work, data, args.train_patterns, args.seeds, args.jobs)
-        models += [f"{m}-pt" for m in MODELS]
+    for frac in [float(x) for x in args.train_patterns.split(",")] if args.train_patterns else ():
+        train_on_patterns(q, work, data, frac, args.seeds, args.jobs)
+        models += [f"{m}-pt{frac:g}" for m in MODELS]
     jobs, files = [], {"random/white": [], "burst/correlated": []}
     for m, s in [(m, s) for m in models for s in range(args.seeds)]:
         tag = f"{m}-s{s}"
@@ -163,7 +232,7 @@ def main() -> None:
                         if p.name.startswith(f"{m}-s")
                     ]
                     summary[m].setdefault(f"{key} @0.9", {})[pattern] = _ms(top)["mean"]
-    if args.train_patterns is not None:
+    if args.train_patterns:
         summary["valid mixed MAE"] = valid_grid(q, work, data, models, args.seeds, args.jobs)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
