@@ -34,136 +34,106 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchmarks import mosi_std_experiment as exp  # noqa: E402
 from benchmarks.mosi_lite_experiment import (  # noqa: E402
     Job,
     pooled_report,
     qamoe_exe,
     run_all,
     sweep_argv,
-    train_argv,
     write_config,
 )
 from benchmarks.mosi_std_experiment import _cells, _ms, _read, paired_t  # noqa: E402
 
 MODELS = ("qamoe", "early-fusion")
+# The two pattern families: eval arguments, and the short name in file names
+PATTERNS = {"random/white": (), "burst/correlated": ("--pattern", "burst,correlated")}
 
 
-def train_on_patterns(q: str, work: Path, data: Path, frac: float, seeds: int, jobs: int) -> None:
-    """``MODEL-ptF-sS``: the main stage's defaults plus burst/correlated training draws, each
-    swept under the default pattern (the burst sweep follows with the others)."""
-    cfg = write_config(
-        work / "configs" / f"patterns-{frac:g}.json",
-        {},
-        {"burst_fraction": frac, "correlated_fraction": frac},
-    )
+def _ctx(work: Path, seeds: int) -> exp.Ctx:
+    """The MOSI-std experiment's job builder (token-level text) over ``work``."""
+    return exp.Ctx(argparse.Namespace(work=work, seeds=seeds, pooling="token", cache_dir=None))
+
+
+def _pattern_config(ctx: exp.Ctx, frac: float) -> Path:
+    """The main stage's defaults with burst/correlated training draws at share ``frac``."""
+    train = {"burst_fraction": frac, "correlated_fraction": frac}
+    return write_config(ctx.work / "configs" / f"patterns-{frac:g}.json", {}, train)
+
+
+def _valid_sweeps(ctx: exp.Ctx, data: Path, run: Path, tag: str) -> dict[str, Job]:
+    """Mixed-axis sweeps of ``run`` on the valid split, one per pattern family."""
+    valid = ("--split", "valid", "--axis", "mixed", "--no-shuffle")
+    return {
+        pat: ctx.eval(data, run, f"{tag}-{pat.split('/')[0]}", *valid, *extra)
+        for pat, extra in PATTERNS.items()
+    }
+
+
+def _mixed_mae(path: Path) -> float:
+    return statistics.mean(_cells(_read(path), "MAE", axis="mixed", variant="normal"))
+
+
+def train_on_patterns(ctx: exp.Ctx, data: Path, frac: float, jobs: int) -> None:
+    """``MODEL-ptF-sS``: trained with ``_pattern_config``, each swept under the default
+    pattern (the burst sweep follows with the others)."""
+    cfg = _pattern_config(ctx, frac)
     train, sweep = [], []
     for m in MODELS:
-        for s in range(seeds):
-            tag = f"{m}-pt{frac:g}-s{s}"
-            run = work / "runs" / tag
-            argv = train_argv(q, data, run, m, s, "--config", str(cfg))
-            train.append(
-                Job(f"train {tag}", argv, run / "metrics.json", work / "logs" / f"train-{tag}.log")
-            )
-            out = work / "results" / f"{tag}.csv"
-            argv = sweep_argv(q, run, data, out, tag, "--no-shuffle")
-            sweep.append(Job(f"eval {tag}", argv, out, work / "logs" / f"eval-{tag}.log"))
+        for s in ctx.seeds:
+            run = ctx.work / "runs" / f"{m}-pt{frac:g}-s{s}"
+            train.append(ctx.train(data, run, m, s, cfg))
+            sweep.append(ctx.eval(data, run, run.name, "--no-shuffle"))
     run_all(train, jobs, "train patterns")
     run_all(sweep, jobs, "eval patterns-trained")
 
 
-def valid_grid(q: str, work: Path, data: Path, models: list[str], seeds: int, jobs: int) -> dict:
+def valid_grid(ctx: exp.Ctx, data: Path, models: list[str], jobs: int) -> dict[str, Any]:
     """Mixed-grid MAE on the VALID split, per model and pattern (mean of the model seeds) and
     paired pattern-trained minus default-trained: the evidence a choice may rest on."""
-    plan = []
-    for m in models:
-        for s in range(seeds):
-            for pat, extra in (
-                ("random/white", ()),
-                ("burst/correlated", ("--pattern", "burst,correlated")),
-            ):
-                tag = f"{m}-s{s}"
-                out = work / "results" / "valid" / f"{tag}-{pat.split('/')[0]}.csv"
-                argv = sweep_argv(q, work / "runs" / tag, data, out, tag, "--split", "valid",
-                                  "--axis", "mixed", "--no-shuffle", *extra)  # fmt: skip
-                plan.append(
-                    (
-                        m,
-                        s,
-                        pat,
-                        Job(
-                            f"valid {tag} {pat}",
-                            argv,
-                            out,
-                            work / "logs" / f"valid-{tag}-{pat.split('/')[0]}.log",
-                        ),
-                    )
-                )
-    (work / "results" / "valid").mkdir(parents=True, exist_ok=True)
-    run_all([j for *_, j in plan], jobs, "valid sweeps")
-    cell: dict[tuple[str, str], list[float]] = {}
-    for m, _, pat, job in plan:
-        mae = statistics.mean(_cells(_read(job.done_when), "MAE", axis="mixed", variant="normal"))
-        cell.setdefault((m, pat), []).append(mae)
+    plan = {(m, s): _valid_sweeps(ctx, data, ctx.work / "runs" / f"{m}-s{s}", f"{m}-s{s}-valid")
+            for m in models for s in ctx.seeds}  # fmt: skip
+    run_all([j for by_pat in plan.values() for j in by_pat.values()], jobs, "valid sweeps")
+    cell = {(m, pat): [_mixed_mae(plan[(m, s)][pat].done_when) for s in ctx.seeds]
+            for m in models for pat in PATTERNS}  # fmt: skip
     out: dict[str, Any] = {
-        m: {p: _ms(v)["mean"] for (mm, p), v in cell.items() if mm == m} for m in models
+        m: {pat: _ms(cell[(m, pat)])["mean"] for pat in PATTERNS} for m in models
     }
     for m in (m for m in models if "-pt" in m):
         base = m.split("-pt")[0]
-        for pat in ("random/white", "burst/correlated"):
+        for pat in PATTERNS:
             d = [a - b for a, b in zip(cell[(m, pat)], cell[(base, pat)], strict=True)]
             out[f"{m} - {base}, {pat}"] = paired_t(d)
     return out
 
 
-def select_on_cv(q: str, work: Path, fracs: list[float], jobs: int) -> dict[str, Any]:
+def select_on_cv(work: Path, fracs: list[float], jobs: int) -> dict[str, Any]:
     """Per model and share: mean over the 5 CV folds of the valid mixed-grid MAE (both pattern
     families averaged), every fold's score, and the share with the lowest mean."""
-    cv = work / "cv"
-    folds = [cv / "data" / f"std-cv{k}.h5" for k in range(1, 6)]
-    extract = [Job(f"extract {f.name}", [q, "extract", "mosi", "--out", str(f), "--text-pooling",
-                   "token", "--cv-fold", f.stem[-1], "--quiet"], f, cv / "logs" / f"{f.stem}.log")
-               for f in folds]  # fmt: skip
-    (cv / "data").mkdir(parents=True, exist_ok=True)
-    (cv / "results").mkdir(parents=True, exist_ok=True)
-    run_all(extract, 1, "extract cv")
-    train, sweep, score_files = [], [], {}
+    ctx = _ctx(work / "cv", 1)
+    folds = [ctx.work / "data" / f"std-cv{k}.h5" for k in range(1, 6)]
+    (ctx.work / "data").mkdir(parents=True, exist_ok=True)
+    (ctx.work / "results").mkdir(parents=True, exist_ok=True)
+    run_all([ctx.extract(f, "--cv-fold", f.stem[-1]) for f in folds], 1, "extract cv")
+    train, plan = [], {}
     for m in MODELS:
         for frac in fracs:
-            cfg = write_config(cv / "configs" / f"patterns-{frac:g}.json", {},
-                               {"burst_fraction": frac, "correlated_fraction": frac})  # fmt: skip
+            cfg = _pattern_config(ctx, frac)
             for f in folds:
-                tag = f"{m}-f{frac:g}-{f.stem}"
-                run = cv / "runs" / tag
-                argv = train_argv(q, f, run, m, 0, "--config", str(cfg))
-                train.append(
-                    Job(
-                        f"train {tag}", argv, run / "metrics.json", cv / "logs" / f"train-{tag}.log"
-                    )
-                )
-                for pat in ("random", "burst"):
-                    out = cv / "results" / f"{tag}-{pat}.csv"
-                    extra = ("--pattern", "burst,correlated") if pat == "burst" else ()
-                    argv = sweep_argv(q, run, f, out, tag, "--split", "valid", "--axis", "mixed",
-                                      "--no-shuffle", *extra)  # fmt: skip
-                    sweep.append(
-                        Job(f"valid {tag} {pat}", argv, out, cv / "logs" / f"valid-{tag}-{pat}.log")
-                    )
-                    score_files.setdefault((m, frac), []).append(out)
+                run = ctx.work / "runs" / f"{m}-f{frac:g}-{f.stem}"
+                train.append(ctx.train(f, run, m, 0, cfg))
+                plan[(m, frac, f.stem)] = _valid_sweeps(ctx, f, run, run.name)
     run_all(train, jobs, "train cv")
-    run_all(sweep, jobs, "valid cv")
+    run_all([j for by_pat in plan.values() for j in by_pat.values()], jobs, "valid cv")
     result: dict[str, Any] = {
         "criterion": "mean over 5 grouped CV folds (model seed 0) of the valid mixed-grid MAE, "
         "random/white and burst/correlated averaged",
     }
     for m in MODELS:
-        per = {}
-        for frac in fracs:
-            cells = [statistics.mean(_cells(_read(p), "MAE", axis="mixed", variant="normal"))
-                     for p in score_files[(m, frac)]]  # fmt: skip
-            per[f"{frac:g}"] = [
-                round((a + b) / 2, 4) for a, b in zip(cells[::2], cells[1::2], strict=True)
-            ]
+        per = {f"{frac:g}": [round(statistics.mean(_mixed_mae(j.done_when)
+                                                   for j in plan[(m, frac, f.stem)].values()), 4)
+                             for f in folds]
+               for frac in fracs}  # fmt: skip
         means = {k: round(statistics.mean(v), 4) for k, v in per.items()}
         result[m] = {"per_fold": per, "mean": means, "chosen": min(means, key=means.__getitem__)}
     return result
@@ -183,7 +153,7 @@ def main() -> None:
     q, work = qamoe_exe(), args.work
     if args.select_patterns:
         fracs = [float(x) for x in args.select_patterns.split(",")]
-        sel = select_on_cv(q, work, fracs, args.jobs)
+        sel = select_on_cv(work, fracs, args.jobs)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "cv_selection.json").write_text(json.dumps(sel, indent=2) + "\n")
         print(json.dumps({m: sel[m]["mean"] for m in MODELS}, indent=1))
@@ -197,9 +167,9 @@ def main() -> None:
             "run benchmarks/mosi_std_experiment.py --pooling token --stages main "
             f"--work {work} first"
         )
-    models = list(MODELS)
+    models, ctx = list(MODELS), _ctx(work, args.seeds)
     for frac in [float(x) for x in args.train_patterns.split(",")] if args.train_patterns else ():
-        train_on_patterns(q, work, data, frac, args.seeds, args.jobs)
+        train_on_patterns(ctx, data, frac, args.jobs)
         models += [f"{m}-pt{frac:g}" for m in MODELS]
     jobs, files = [], {"random/white": [], "burst/correlated": []}
     for m, s in [(m, s) for m in models for s in range(args.seeds)]:
@@ -233,10 +203,10 @@ def main() -> None:
                     ]
                     summary[m].setdefault(f"{key} @0.9", {})[pattern] = _ms(top)["mean"]
     if args.train_patterns:
-        summary["valid mixed MAE"] = valid_grid(q, work, data, models, args.seeds, args.jobs)
+        summary["valid mixed MAE"] = valid_grid(ctx, data, models, args.jobs)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    every = [Path(p) for paths in files.values() for p in paths]
+    every = [p for paths in files.values() for p in paths]
     title = f"MOSI-std (token MiniLM + audio): patterns, {args.seeds} model seeds"
     pooled_report(q, every, args.out / "report", title, work / "logs" / "report-patterns.log")
     print(json.dumps(summary, indent=1))

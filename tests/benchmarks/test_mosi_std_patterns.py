@@ -20,7 +20,8 @@ def test_pattern_trained_runs_get_both_fractions_and_a_default_sweep(
 ) -> None:
     stages: dict[str, list[Job]] = {}
     monkeypatch.setattr(exp, "run_all", lambda jobs, workers, stage: stages.setdefault(stage, jobs))
-    exp.train_on_patterns("qamoe", tmp_path, tmp_path / "std.h5", 0.5, 2, 1)
+    monkeypatch.setattr(exp.exp, "qamoe_exe", lambda: "qamoe")
+    exp.train_on_patterns(exp._ctx(tmp_path, 2), tmp_path / "std.h5", 0.5, 1)
 
     cfg = json.loads((tmp_path / "configs" / "patterns-0.5.json").read_text())
     assert cfg["train"] == {"burst_fraction": 0.5, "correlated_fraction": 0.5}
@@ -76,7 +77,8 @@ def test_cv_selection_scores_each_share_on_the_folds_valid_grids(
         return jobs
 
     monkeypatch.setattr(exp, "run_all", fake)
-    sel = exp.select_on_cv("qamoe", tmp_path, [0.0, 0.5], 1)
+    monkeypatch.setattr(exp.exp, "qamoe_exe", lambda: "qamoe")
+    sel = exp.select_on_cv(tmp_path, [0.0, 0.5], 1)
     assert len(seen["extract cv"]) == 5 and len(seen["train cv"]) == 2 * 2 * 5
     assert len(seen["valid cv"]) == 2 * 2 * 5 * 2
     assert sel["qamoe"]["chosen"] == "0.5" and sel["early-fusion"]["chosen"] == "0"
