@@ -44,13 +44,13 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("qamoe", "early-fusion", "late-fusion", "dense-moe")
-# The ablations of DESIGN §3.7 as model-config overrides of the QA-MoE defaults.
+# The ablations of docs/design.md §3.7 as model-config overrides of the QA-MoE defaults.
 ABLATIONS: dict[str, dict[str, Any]] = {
     "qamoe-no-gate": {"quality_gate": False},
     "qamoe-no-prior": {"prior_fallback": False},
     "qamoe-router-no-quality": {"router_uses_quality": False},
     "qamoe-dense-routing": {"top_k": 8},
-    # Not ablations of the paper but choices of our reconstruction (DESIGN §3.3): what the
+    # Not ablations of the paper but choices of our reconstruction (docs/design.md §3.3): what the
     # self-supervised uncertainty regresses, and whether that loss may shape the encoders.
     "qamoe-clean-input-target": {"uncertainty_target": "clean_input"},
     "qamoe-unc-detached": {"unc_encoder_grad": False},

@@ -269,12 +269,12 @@ class _Config:
 
 @dataclass(frozen=True)
 class ModelConfig(_Config):
-    """QA-MoE and baselines (DESIGN §3). [paper] = from the paper, [ours] = our reconstruction."""
+    """QA-MoE and baselines (docs/design.md §3). [paper]: the paper's, [ours]: our choice."""
 
-    # Width of every modality encoding and of the experts: DESIGN §3's d = 128, which also keeps
+    # Width of every modality encoding and of the experts: d = 128 (docs/design.md §3), which keeps
     # the mosi preset above 1,500 samples/s on 2 cores (benchmarks/bench_model.py).
     d_model: int = _spec(128, 8, 4096)
-    # Transformer layers per modality encoder. DESIGN allows 1-2; one keeps the speed target
+    # Transformer layers per modality encoder (docs/design.md §3.1): one keeps the speed target
     # (a second layer roughly doubles the encoder cost; its accuracy effect was not measured).
     n_layers: int = _spec(1, 0, 12)
     # Attention heads (d_model must divide by it): 4 heads of 32 dims.
@@ -311,7 +311,7 @@ class ModelConfig(_Config):
     # SwiGLU expert hidden width as a multiple of d_model (2x keeps the MoE cheap next to the
     # encoders; it sees one vector per sample, not a sequence).
     expert_mult: int = _spec(2, 1, 16)
-    # --- ablation switches (DESIGN §3.7); defaults are the full method -----------------------
+    # --- ablation switches (docs/design.md §3.7); defaults are the full method --------------
     # Scale each modality by its quality r_m. Off: r ≡ 1 (the paper's "w/o quality gate").
     quality_gate: bool = True
     # Fill the missing share (1 - r_m) from a learnable prior vector. Off: from zeros.
@@ -324,13 +324,13 @@ class ModelConfig(_Config):
     # (docs/results/defaults.md).
     fuse_uses_quality: bool = True
     # [ours] What the self-supervised uncertainty regresses: the stop-gradient encoding of the
-    # clean input (DESIGN §3.3), or the pooled clean input features through a small decoder
+    # clean input (docs/design.md §3.3), or the pooled clean input features through a decoder
     # (cannot collapse). clean_encoding gives r that tracks corruption in every modality
     # (docs/results/defaults.md).
     uncertainty_target: str = _spec("clean_encoding", choices=UNCERTAINTY_TARGETS)
     # [ours] Let the uncertainty loss train the encoders too (True), or only the quality head
     # (False: the head reads a detached encoding for that loss, so the task alone shapes the
-    # encoders). True is DESIGN §3.3's loss as written (docs/results/defaults.md).
+    # encoders). True is docs/design.md §3.3's loss as written (docs/results/defaults.md).
     unc_encoder_grad: bool = True
     # λ_unc: weight of the uncertainty loss next to the task loss (L1 of ~1 at the start).
     unc_weight: float = _spec(0.1, 0.0, 1e6)
@@ -414,7 +414,7 @@ class ModelConfig(_Config):
 
 @dataclass(frozen=True)
 class TrainConfig(_Config):
-    """The trainer (DESIGN §4)."""
+    """The trainer (docs/design.md §4)."""
 
     # Upper bound on epochs; early stopping usually ends sooner.
     epochs: int = _spec(40, 1, 100_000)
@@ -423,7 +423,7 @@ class TrainConfig(_Config):
     # 32 is MMSA's MOSI batch size; 64 halves the number of steps (and their fixed overhead)
     # per epoch; on MOSI-lite 32 and 64 gave the same test accuracy within seed noise.
     batch_size: int = _spec(64, 1, 65_536)
-    # AdamW peak learning rate. DESIGN quotes LNLN's 1e-4 (for BERT fine-tuning); our encoders
+    # AdamW peak learning rate. LNLN's 1e-4 (docs/design.md §4) is for BERT fine-tuning; ours
     # train from scratch with warm-up, and 1e-3 gets the quality head's σ² to separate clean
     # from corrupted inputs within a few epochs (3e-3 did no better on MOSI-lite).
     lr: float = _spec(1e-3, 1e-8, 10.0)
@@ -436,7 +436,7 @@ class TrainConfig(_Config):
     ema_decay: float = _spec(0.0, 0.0, 0.9999)
     # Gradient-norm clip: the heteroscedastic terms can spike early (0 = off).
     grad_clip: float = _spec(1.0, 0.0, 1e6)
-    # --- spectrum-sampled corruption (DESIGN §2) ------------------------------------------
+    # --- spectrum-sampled corruption (docs/design.md §2) ---------------------------------
     # Fraction of training samples left clean each batch; 0.5 as LNLN does.
     clean_fraction: float = _spec(0.5, 0.0, 1.0)
     # [ours] The range [low, high] the other samples' levels are drawn from, uniformly. The

@@ -82,7 +82,7 @@ from qamoe_core.spectrum import (
 
 log = logging.getLogger(__name__)
 
-# LNLN's random-missing protocol: rates 0.0 ... 0.9, three seeds (DESIGN §7).
+# LNLN's random-missing protocol: rates 0.0 ... 0.9, three seeds (docs/design.md §2, §7).
 DEFAULT_LEVELS: tuple[float, ...] = tuple(round(0.1 * i, 10) for i in range(10))
 Progress = Callable[..., None]
 # A model's encode_with_coverage(batch): pooled encodings and coverages per modality.

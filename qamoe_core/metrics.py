@@ -1,6 +1,6 @@
 """Sentiment metrics, equal to MMSA's ``MetricsTop`` (thuiar/MMSA, ``utils/metricsTop.py``).
 
-One public function, :func:`compute`, with three schemes (DESIGN §5):
+One public function, :func:`compute`, with three schemes (docs/design.md §5):
 
 ``mosi`` (also MOSEI; regression on [-3, 3])
     ``Has0_acc_2`` / ``Has0_F1_score``: truth >= 0 against pred >= 0 (zero counts as positive).

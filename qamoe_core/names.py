@@ -5,7 +5,7 @@ This module imports nothing, so any module may import it without creating a cycl
 
 MODALITIES: tuple[str, str, str] = ("text", "audio", "vision")
 SPLITS: tuple[str, str, str] = ("train", "valid", "test")
-# The corruption axes of the spectrum (DESIGN §2), in the order flags and errors list them.
+# The corruption axes of the spectrum (docs/design.md §2), in the order flags and errors list them.
 AXES: tuple[str, str, str] = ("missing", "noise", "mixed")
 # What a results row's `axis` column may hold: the clean point, the spectrum axes and the
 # fixed whole-modality drop protocol.

@@ -1,4 +1,4 @@
-"""The Continuous Reliability Spectrum (DESIGN §2): one corruption engine for batches and files.
+"""The Continuous Reliability Spectrum (docs/design.md §2): one engine for batches and files.
 
 A spectrum point is a ``level`` ℓ in [0, 1] applied to chosen modalities (0 = clean, 1 = gone):
 
@@ -158,7 +158,7 @@ class CorruptionSpec(_Config):
     raising InputError); saved as JSON in corrupted files (data/README.md, corruption record)."""
 
     error = UsageError
-    # 0 = clean, 1 = the modality is gone (DESIGN §2).
+    # 0 = clean, 1 = the modality is gone (docs/design.md §2).
     level: float = _spec(0.0, 0.0, 1.0, hint="0 is clean, 1 removes the modality entirely.")
     # mixed is the single-knob spectrum: slightly noisy at 0.1, half gone and very noisy at 0.5.
     axis: str = _spec("mixed", choices=AXES, hint="Axes are missing, noise and mixed (both).")

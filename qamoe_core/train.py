@@ -1,4 +1,4 @@
-"""Training for One-Checkpoint-for-All (DESIGN §2, §4): the loop, and nothing else.
+"""Training for One-Checkpoint-for-All (docs/design.md §2, §4): the loop, and nothing else.
 
 Every batch is corrupted on the fly at per-sample, per-modality levels drawn from the spectrum
 (``spectrum.sample_levels``, a share left clean), re-drawn every batch; the model sees the

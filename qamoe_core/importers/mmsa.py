@@ -55,7 +55,7 @@ KNOWN_RELEASES: dict[str, tuple[str, str]] = {
     ),
 }
 
-# Metric scheme and label range per scheme (DESIGN §5): MOSI/MOSEI on [-3, 3], SIMS on [-1, 1].
+# Metric scheme and label range per scheme (docs/design.md §5): MOSI/MOSEI [-3, 3], SIMS [-1, 1].
 LABEL_RANGES: dict[str, tuple[float, float]] = {"mosi": (-3.0, 3.0), "sims": (-1.0, 1.0)}
 KNOWN_DATASETS: dict[str, str] = {
     "mosi": "mosi",

@@ -1,4 +1,4 @@
-"""Fusion baselines for QA-MoE (DESIGN §3): late fusion, early fusion, a dense MoE.
+"""Fusion baselines for QA-MoE (docs/design.md §3): late fusion, early fusion, a dense MoE.
 
 All three share QA-MoE's encoders (same compression, same width) so that a comparison
 isolates the fusion, and return the same :class:`~qamoe_core.models.base.ModelOutput`

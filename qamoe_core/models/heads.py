@@ -29,7 +29,7 @@ class QualityHead(nn.Module):
 
     The uncertainty loss regresses a clean TARGET from the corrupted encoding h_m with a
     Gaussian likelihood, so σ²_m learns the expected residual: ~0 for clean inputs, larger
-    the heavier the corruption, with no corruption label (DESIGN §3.2-3.3).
+    the heavier the corruption, with no corruption label (docs/design.md §3.2-3.3).
 
     The target is standardised per dimension with running statistics of the clean targets
     (BatchNorm-style buffers updated while training). That fixes the unit of σ²: knowing

@@ -1,4 +1,4 @@
-"""QA-MoE (DESIGN §3): quality-aware mixture of experts over per-modality encoders.
+"""QA-MoE (docs/design.md §3): quality-aware mixture of experts over per-modality encoders.
 
 Bottom-up: the shared :class:`~qamoe_core.models.layers.Encoder` (one per modality) ->
 :class:`~qamoe_core.models.heads.QualityHead` (μ_m, σ²_m, r_m) -> prior fallback
@@ -8,7 +8,7 @@ residual) -> :class:`~qamoe_core.models.heads.TwoBranchHead` (ŷ, log s²).
 
 Keep masks: a corrupted batch carries ``<m>_keep`` (B, T), True where a step survived. The
 model does NOT read them. The paper's point is that reliability is learned from the content
-without corruption labels (DESIGN §3); feeding keep masks would hand the model the very
+without corruption labels (docs/design.md §3); feeding keep masks would hand the model the very
 corruption it must learn to notice, and real degraded inputs (a muted microphone, a covered
 camera) come without masks. Dropped steps are zeroed by the corruption engine and stay in the
 sequence; only padding (from ``<m>_len``) is masked.
@@ -40,7 +40,7 @@ class _Quality(NamedTuple):
 
 @register
 class QAMoE(MultimodalModel):
-    """The full method; ablations via ModelConfig switches (DESIGN §3.7). Its settings are
+    """The full method; ablations via ModelConfig switches (docs/design.md §3.7). Its settings are
     ModelConfig's fields (it predates per-model options), so it has no Options of its own."""
 
     name = "qamoe"
@@ -83,7 +83,7 @@ class QAMoE(MultimodalModel):
     ) -> ModelOutput:
         """batch: the batch contract (keep masks ignored). clean: the same samples uncorrupted,
         for the uncertainty loss (training). shuffle_quality: permute r across the batch (the
-        control of DESIGN §3.7; ``generator`` makes the permutation reproducible).
+        control of docs/design.md §3.7; ``generator`` makes the permutation reproducible).
         encodings: ``encode_with_coverage``'s result for these samples, computed earlier; the
         encoders are then skipped and ``batch`` is read only for its label (evaluation reuses
         one encoding for the normal and the quality-shuffled pass)."""
