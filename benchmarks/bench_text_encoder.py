@@ -1,4 +1,5 @@
-"""Seconds per training epoch and inference samples/s of PretrainedTextEncoder (issue 17).
+"""Seconds per training epoch and inference samples/s of PretrainedTextEncoder
+(docs/text-encoder.md).
 
 Workload: the 1284 MOSI-std training utterances (train videos of
 ../shared/data/cmu-mosi-labels/std_folds.csv), transcripts from

@@ -1,5 +1,6 @@
-"""Issue #14's three-modality experiment: bc-LSTM-CV (the 31 bc-LSTM test videos, 5 folds by
-video), where text-CNN, openSMILE audio and 3D-CNN vision are all honest.
+"""The three-modality experiment of docs/results/mosi-bclstm-cv: bc-LSTM-CV (the 31 bc-LSTM
+test videos, 5 folds by video), where text-CNN, openSMILE audio and 3D-CNN vision are all
+honest.
 
     .venv/bin/python benchmarks/mosi_bclstm_cv_experiment.py [--work runs/mosi-bclstm-cv-exp]
         [--out docs/results/mosi-bclstm-cv] [--seeds 3] [--jobs 2] [--fresh]

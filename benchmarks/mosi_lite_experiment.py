@@ -1,4 +1,4 @@
-"""The real-data experiment of issue #7: QA-MoE against its baselines on MOSI-lite.
+"""The experiment of docs/results/mosi-lite: QA-MoE against its baselines on MOSI-lite.
 
     .venv/bin/python benchmarks/mosi_lite_experiment.py [--data-dir ../shared/data/mosi-lite]
         [--work runs/mosi-lite-exp] [--out docs/results/mosi-lite] [--seeds 3] [--jobs 2]

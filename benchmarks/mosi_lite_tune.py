@@ -1,4 +1,4 @@
-"""Validation-only tuning of QA-MoE's defaults on MOSI-lite (issue #7).
+"""Validation-only tuning of QA-MoE's defaults on MOSI-lite (docs/results/mosi-lite).
 
     .venv/bin/python benchmarks/mosi_lite_tune.py [--data runs/mosi-lite-exp/mosilite.h5]
         [--work runs/mosi-lite-tune] [--seeds 3] [--jobs 2] [CANDIDATE ...]

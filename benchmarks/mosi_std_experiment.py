@@ -1,4 +1,4 @@
-"""Issue #14's experiment on honest data: QA-MoE and its baselines on MOSI-std (text + audio).
+"""The experiment of docs/results/mosi-std: QA-MoE and its baselines on MOSI-std (text + audio).
 
     .venv/bin/python benchmarks/mosi_std_experiment.py [--work runs/mosi-std-exp]
         [--out docs/results/mosi-std] [--seeds 3] [--jobs 2] [--stages select,main,...]

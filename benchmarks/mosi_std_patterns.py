@@ -1,4 +1,4 @@
-"""Issue #18 on real data: QA-MoE and early fusion on MOSI-std under the temporal patterns
+"""docs/results/patterns-mosi-std: QA-MoE and early fusion on MOSI-std under the temporal patterns
 (burst missingness, AR(1)-correlated noise) beside the default ones (random steps, white).
 
     .venv/bin/python benchmarks/mosi_std_patterns.py [--work runs/mosi-std-token-exp]

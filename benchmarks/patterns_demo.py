@@ -1,4 +1,5 @@
-"""Temporal corruption patterns (issue 18) on the synthetic set: one command, a few minutes.
+"""Temporal corruption patterns on the synthetic set (docs/results/patterns): one command, a
+few minutes.
 
     .venv/bin/python benchmarks/patterns_demo.py [--work runs/patterns-demo]
         [--out docs/results/patterns] [--epochs 5] [--seeds 2] [--fresh]

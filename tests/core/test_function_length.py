@@ -1,4 +1,4 @@
-"""No function in qamoe_core longer than LIMIT lines unless a comment says why (issue 15).
+"""No function in qamoe_core longer than LIMIT lines unless a comment says why.
 
 A function's length counts from its ``def`` (decorators excluded) to its last line, docstring
 included. A function may go over only with a comment line directly above its ``def`` (or its

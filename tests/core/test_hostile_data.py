@@ -1,4 +1,4 @@
-"""Hostile or broken feature files (issue 19, items 8, 10, 11, 12 and the one-line errors):
+"""Hostile or broken feature files (data/README.md, "What readers refuse"):
 each is refused with a one-line error naming the file and the problem, nothing is written."""
 
 from __future__ import annotations

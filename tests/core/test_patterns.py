@@ -1,4 +1,4 @@
-"""Temporal patterns of the spectrum (issue 18): burst missingness and AR(1) noise.
+"""Temporal patterns of the spectrum (data/README.md): burst missingness and AR(1) noise.
 
 Statistical bounds use Z = 4.5 standard errors (a correct engine fails one with p ~ 7e-6).
 """

@@ -1,5 +1,5 @@
 """The output-folder owner: locks, stale temporaries, replacements that never lose anything
-(issue #19, items 1-6; the kill-at-every-file-operation checks are in tests/faults)."""
+(rundir.py's docstring states the invariant; killing at every file operation is tests/faults)."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def _holder(target: Path) -> subprocess.Popen[str]:
 
 
 def test_a_second_command_on_the_same_output_fails_at_once(tiny_h5: Path, tmp_path: Path) -> None:
-    """#19.4: two `train --out R` at once both exited 0 and one run was lost."""
+    """Regression: two `train --out R` at once both exited 0 and one run was lost."""
     run = tmp_path / "run"
     holder = _holder(run)
     try:
@@ -74,7 +74,7 @@ def test_a_second_command_on_the_same_output_fails_at_once(tiny_h5: Path, tmp_pa
 def test_legacy_replacement_cut_short_mid_set_aside_keeps_the_old_run(
     tiny_h5: Path, tmp_path: Path
 ) -> None:
-    """#19.1: killed while --force moved files aside (train_state.pt still in place), the
+    """Regression: killed while --force moved files aside (train_state.pt still in place), the
     next command deleted the old run's config.json and model.pt."""
     run = tmp_path / "run"
     train(tiny_h5, run, "late-fusion", MODEL, ONE, device="cpu")
@@ -91,7 +91,7 @@ def test_legacy_replacement_cut_short_mid_set_aside_keeps_the_old_run(
 def test_a_report_never_removes_what_appeared_at_its_output(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """#19.2: without --force, a folder created at --out while the report was built was
+    """Regression: without --force, a folder created at --out while the report was built was
     deleted at the end."""
     import qamoe_core.report as report
 
@@ -112,7 +112,7 @@ def test_a_report_never_removes_what_appeared_at_its_output(
 
 
 def test_report_force_keeps_its_input_and_what_it_did_not_write(tmp_path: Path) -> None:
-    """#19.3: `report --force` deleted its own input CSV kept inside --out."""
+    """Regression: `report --force` deleted its own input CSV kept inside --out."""
     out = tmp_path / "rep"
     build_report(_results(), out)
     results = out / "results.csv"
@@ -132,7 +132,7 @@ def test_report_force_keeps_its_input_and_what_it_did_not_write(tmp_path: Path) 
 def test_force_replaces_in_one_step_even_when_a_kill_follows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """#19.3: the old report was removed before the new one was renamed in. Now the swap is
+    """Regression: the old report was removed before the new one was renamed in. Now the swap is
     one rename; a kill right after it (simulated: the clean-up never runs) leaves the new
     report complete under the final name, and the next command sweeps the old one."""
     out = tmp_path / "rep"
@@ -159,7 +159,7 @@ def test_force_replaces_in_one_step_even_when_a_kill_follows(
 def test_stale_temporaries_are_swept_by_the_next_write(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """#19.6: temporaries left by SIGKILL were never removed (435 MB after 5 corrupt kills)."""
+    """Regression: temporaries left by SIGKILL were never removed (435 MB after 5 corrupt kills)."""
     dead = _dead_pid()
     out = tmp_path / "x.h5"
     stale = tmp_path / f".x.h5.qamoe-{dead}-abcd1234.tmp"
@@ -175,7 +175,7 @@ def test_stale_temporaries_are_swept_by_the_next_write(
 
 
 def test_an_unfinished_folder_of_a_killed_command_is_swept(tiny_h5: Path, tmp_path: Path) -> None:
-    """#19.5/6: a killed fresh demo or train left a partial folder (or, after a kill during
+    """Regression: a killed fresh demo or train left a partial folder (or, after a kill during
     --force, the old one hidden beside it) forever."""
     dead = _dead_pid()
     run = tmp_path / "run"
@@ -212,7 +212,7 @@ def test_force_without_an_atomic_exchange_falls_back_safely(
 def test_an_unwritable_output_folder_is_one_clear_error(
     tiny_h5: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
 ) -> None:
-    """#19: a read-only --out folder printed an "unexpected" error for report, train, demo.
+    """Regression: a read-only --out folder printed an "unexpected" error for report, train, demo.
     (As root chmod cannot stop a write, so the refusal is simulated.)"""
     from qamoe_core.demo import DemoConfig, run_demo
 

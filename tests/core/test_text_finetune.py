@@ -1,5 +1,6 @@
-"""The pretrained text encoder inside the models (issue 17): config, training, checkpoint,
-spectrum on ids, evaluation. On a tiny BERT and a tiny ids file built here (no download)."""
+"""The pretrained text encoder inside the models (docs/text-encoder.md): config, training,
+checkpoint, spectrum on ids, evaluation. On a tiny BERT and a tiny ids file built here (no
+download)."""
 
 from __future__ import annotations
 

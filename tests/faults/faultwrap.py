@@ -1,4 +1,4 @@
-"""Kill a command right after its Nth file operation (issue #19's fault-injection harness).
+"""Kill a command right after its Nth file operation (the fault harness; docs/results/faults.md).
 
 ``run(fn, kill_at, report)`` forks; the child counts every call of ``os.replace``,
 ``os.rename``, ``shutil.rmtree``, ``os.unlink``, ``h5py.File.close`` and rundir's

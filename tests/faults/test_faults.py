@@ -1,6 +1,6 @@
 """Kill each command right after every file operation it makes; after each kill, the old or
 the new output is complete under the final name and nothing foreign is lost; a rerun (or
-``--resume``) then succeeds and gives the uninterrupted result (issue #19).
+``--resume``) then succeeds and gives the uninterrupted result (docs/results/faults.md).
 
 Slow: one forked child per kill point. The counts are printed (run with -s to see them).
 """

@@ -52,7 +52,7 @@ def test_json_then_table(tmp_path: Path, clips_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_twenty_clips_extract_train_eval(tmp_path: Path) -> None:
-    """The issue's acceptance test: 20 generated clips -> extract -> train -> eval."""
+    """The acceptance test of `extract media`: 20 generated clips -> extract -> train -> eval."""
     pytest.importorskip("cv2")
     pytest.importorskip("transformers")
     pytest.importorskip("av")

@@ -1,4 +1,4 @@
-"""No import cycle anywhere in qamoe_core (issue 15), function-level imports included.
+"""No import cycle anywhere in qamoe_core (docs/architecture.md), function-level imports included.
 
 Run: ``python -m pytest tests/core/models/test_import_graph.py`` (or run this file as a script
 to print the graph's cycles). An edge A -> B means A's source has an import statement naming
