@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from qamoe_cli.main import main
+from qamoe_core.report_compare import JSON_FIELDS
 from qamoe_core.results import make_table, save
 from tests.core.test_report import pred_rows, small_rows, sweep_rows, table_from_samples
 
@@ -154,9 +155,15 @@ def test_report_reference_with_samples_and_dataset_warning(
     result = json.loads(captured.out)
     assert "warning: c (mosi) has no Acc_2" in captured.err
     comp = pd.read_csv(result["tables"]["comparison"])
-    assert comp["run"].tolist() == ["a"] and comp["samples"].tolist() == [80]
+    assert comp["run"].tolist() == ["a"] and comp["n_samples"].tolist() == [80]
     expect = hits["a"].mean() - hits["b"].mean()
     assert comp["difference"].iloc[0] == pytest.approx(expect)
     assert comp["ci_low"].iloc[0] < expect < comp["ci_high"].iloc[0]
     md = (out / "report.md").read_text()
-    assert "bootstrap interval over test samples and seeds" in md
+    assert "two-level percentile bootstrap (1000 draws, generator seed 0)" in md
+    # --json: each comparison with the documented fields, the same numbers as the CSV
+    (row,) = result["comparisons"]
+    assert list(row)[: len(JSON_FIELDS)] == list(JSON_FIELDS)
+    assert row["difference"] == pytest.approx(expect) and row["n_clusters"] == 80
+    assert row["ci_low"] == pytest.approx(comp["ci_low"].iloc[0])
+    assert row["n_seeds"] == 1 and row["mde"] is None and row["protocol"].startswith("d/test/")
