@@ -95,7 +95,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         extra = {} if self.comparisons is None else {"comparisons": self.comparisons}
-        return extra | {
+        return {
             "out_dir": str(self.out_dir),
             "html": str(self.html),
             "markdown": str(self.markdown),
@@ -105,7 +105,7 @@ class Report:
             "metrics": self.metrics,
             "runs": self.runs,
             "warnings": self.warnings,
-        }
+        } | extra
 
 
 def _slug(text: str) -> str:

@@ -72,6 +72,22 @@ def test_report_pools_model_seeds(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert result["runs"] == ["qa"]
     summary = pd.read_csv(result["tables"]["summary"])
     assert set(summary["run"]) == {"qa"} and (summary["n_seeds"] > 1).all()
+    # against a named reference: Welch over the 2 + 3 model seeds, printed beside the files
+    files += [
+        save(make_table(sweep_rows(f"lf-s{s}", "late-fusion", -0.1 - 0.02 * s, diagnostics=False,
+                                   seed=s)), d / f"lf-s{s}.csv")
+        for s in (0, 1, 2)
+    ]  # fmt: skip
+    args = ["report", *map(str, files), "--pool-seeds", "--reference", "lf", "--figures", "png"]
+    assert main([*args, "--out", str(tmp_path / "vs"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["comparisons"]
+    assert {r["run"] for r in rows} == {"qa"} and len(rows) == 3  # mixed, missing, noise
+    assert all((r["n_seeds"], r["n_seeds_reference"]) == (2, 3) for r in rows)
+    assert all(r["mde"] > 0 and r["p_holm"] is not None for r in rows)
+    assert all(r["method"].startswith("Welch t over model seeds") for r in rows)
+    assert main([*args, "--out", str(tmp_path / "vs2")]) == 0
+    shown = capsys.readouterr().out
+    assert "run − lf" in shown and "MDE" in shown and "2 vs 3" in shown
     # without a seed suffix there is nothing to pool: one clear line, exit 1
     plain = save(make_table(sweep_rows("plain", "qamoe", -0.1, diagnostics=False)), d / "p.csv")
     assert main(["report", str(plain), "--pool-seeds", "--out", str(tmp_path / "r2")]) == 1
@@ -105,6 +121,7 @@ def _small_csv(path: Path, *, every_row: bool = False, **overrides: object) -> P
         ("unknown_metric_in_file", "unknown metric name 'Acc_9' in data row 2", "qamoe eval"),
         ("unknown_reference", "reference run 'nope' is not in the results", "runs: r"),
         ("bad_figures", "Unknown figure format(s) gif", "png, pdf, svg"),
+        ("bad_group_regex", "group regex 'abc' has no capture group", "first (...) group"),
     ],
 )
 def test_report_bad_input_is_one_clear_line(
@@ -125,6 +142,7 @@ def test_report_bad_input_is_one_clear_line(
         "unknown_metric_in_file": lambda: [str(_small_csv(bad, metric="Acc_9"))],
         "unknown_reference": lambda: [str(good), "--reference", "nope"],
         "bad_figures": lambda: [str(good), "--figures", "png,gif"],
+        "bad_group_regex": lambda: [str(good), "--reference", "r", "--group-regex", "abc"],
     }[case]()
     if "-o" not in args:
         args += ["-o", str(tmp_path / "rep")]
