@@ -49,8 +49,8 @@ class Estimate:
 
 def _values(x: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
     arr = np.asarray(x, dtype=np.float64).ravel()
-    if arr.size == 0 or not np.isfinite(arr).all():
-        raise ValueError(f"{name} must hold at least one finite value, got {arr.tolist()}")
+    if arr.size == 0:
+        raise ValueError(f"{name} must hold at least one value")
     return arr
 
 
@@ -61,11 +61,12 @@ def welch(
 
     Equals ``scipy.stats.ttest_ind(a, b, equal_var=False)`` and its
     ``confidence_interval(level)``. Fewer than two values on either side, or no spread at
-    all, leaves the interval and p undefined (NaN): there is no replicate to measure by.
+    all, leaves the interval and p undefined (NaN): there is no replicate to measure by. An
+    undefined value (NaN, e.g. Corr of a constant prediction) makes everything NaN.
     """
     x, y = _values(a, "a"), _values(b, "b")
     diff = float(x.mean() - y.mean())
-    if x.size < 2 or y.size < 2:
+    if x.size < 2 or y.size < 2 or not math.isfinite(diff):
         return Estimate(diff, math.nan, math.nan, math.nan)
     va, vb = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
     se = math.sqrt(va + vb)
@@ -78,10 +79,11 @@ def welch(
 
 
 def pooled_sd(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
-    """The pooled standard deviation of two samples (NaN with no degree of freedom)."""
+    """The pooled standard deviation of two samples (NaN with no degree of freedom or with an
+    undefined value)."""
     x, y = _values(a, "a"), _values(b, "b")
     df = x.size + y.size - 2
-    if df < 1:
+    if df < 1 or not (np.isfinite(x).all() and np.isfinite(y).all()):
         return math.nan
     ss = (x.size - 1) * (x.var(ddof=1) if x.size > 1 else 0.0)
     ss += (y.size - 1) * (y.var(ddof=1) if y.size > 1 else 0.0)

@@ -45,6 +45,9 @@ def test_welch_without_a_replicate_has_no_interval() -> None:
     assert one.difference == pytest.approx(0.075) and math.isnan(one.ci_low) and math.isnan(one.p)
     flat = stats.welch([0.8, 0.8], [0.7, 0.7])
     assert math.isnan(flat.ci_high)
+    undefined = stats.welch([0.8, math.nan, 0.7], [0.7, 0.6])  # e.g. Corr of a constant
+    assert math.isnan(undefined.difference) and math.isnan(undefined.p)
+    assert math.isnan(stats.mde(stats.pooled_sd([0.8, math.nan], [0.7, 0.6]), 2, 2))
 
 
 def test_holm_matches_a_hand_computation() -> None:
