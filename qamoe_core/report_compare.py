@@ -213,6 +213,8 @@ def compare(
         )
     how = {"draws": draws, "metric": metric, "rng": np.random.default_rng(seed)}
     how["regex"] = compile_group_regex(group_regex)
+    # the scheme from every metric of the dataset (one metric alone does not name it)
+    how["schemes"] = {d: infer_scheme(g) or "binary" for d, g in df.groupby("dataset")}
     sub = df[(df["metric"] == metric) & df["axis"].isin(SPECTRUM_AXES)]
     sub = sub[sub["variant"] == "normal"]
     ref = sub[sub["run"] == reference]
@@ -272,7 +274,7 @@ def _one(
     if samples is not None:
         a, b = (_sample_rows(samples, key, r) for r in (run, reference))
         a, b = a[a["level"].isin(levels)], b[b["level"].isin(levels)]
-        how["scheme"] = infer_scheme(grp) or "binary"
+        how["scheme"] = how["schemes"][key[0]]
         est, n_samples, n_clusters = _bootstrap(a, b, (run, reference), how)
         method = f"two-level bootstrap: {n_clusters} clusters, then model seeds"
     else:

@@ -15,6 +15,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from qamoe_core.errors import InputError, OutputExistsError
+from qamoe_core.metrics import compute
 from qamoe_core.report import MARKER, build_report, markdown_table
 from qamoe_core.report_compare import BELOW_MDE, NO_MDE, compare
 from qamoe_core.report_plots import Palette, plot_expert_usage, plot_reliability, usage_differences
@@ -414,6 +415,32 @@ def test_comparison_bootstraps_samples_by_video() -> None:
     )
     with pytest.raises(InputError, match="reference run 'nope'"):
         compare(samples.pipe(table_from_samples), "nope", "Acc_2")
+
+
+def test_comparison_of_a_score_dataset_recomputes_corr_per_draw() -> None:
+    # Corr does not decompose per sample; its scheme (mosi: scores in [-3, 3]) comes from the
+    # dataset's other metrics, not from the one compared (which once made it "binary").
+    rng = np.random.default_rng(2)
+    labels = rng.normal(0, 1.5, 60)
+    frames, rows = [], []
+    for run, noise in (("a", 0.5), ("b", 1.0)):
+        for level in (0.0, 0.5):
+            pred = labels + rng.normal(0, noise + level, labels.size)
+            frames.append(pd.DataFrame({
+                "run": run, "split": "test", "axis": "mixed", "level": level,
+                "modalities": "text+audio+vision", "seed": 0, "variant": "normal",
+                "id": [f"v{i % 6}_{i}" for i in range(labels.size)], "label": labels,
+                "prediction": pred,
+            }))  # fmt: skip
+            rows += [{"run": run, "model": "m", "dataset": "d", "split": "test", "axis": "mixed",
+                      "level": level, "modalities": "text+audio+vision", "seed": 0,
+                      "variant": "normal", "metric": k, "value": v}
+                     for k, v in compute(pred, labels, "mosi").items()]  # fmt: skip
+    samples = pd.concat(frames, ignore_index=True)
+    comp = compare(make_table(rows), "b", "Corr", samples, draws=50)
+    row = comp.table.iloc[0]
+    assert row["n_clusters"] == 6 and row["ci_low"] <= row["difference"] <= row["ci_high"]
+    assert row["difference"] == pytest.approx(row["mean"] - row["reference_mean"])
 
 
 @pytest.mark.slow  # about 5 s: 8,000 rows of a real sweep
