@@ -47,7 +47,7 @@ from benchmarks.mosi_std_experiment import (  # noqa: E402
     _read,
     _val_score,
     constant_anchor,
-    paired_t,
+    seed_comparison,
 )
 
 FROZEN = {"text_encoder": "features"}
@@ -140,8 +140,7 @@ def summarise(ctx: Ctx, names: dict[str, str], data: Path) -> dict[str, Any]:
         ]
     a, b = list(names)
     for key in ("clean MAE", "clean Non0_acc_2", "clean Corr", "mixed MAE", "mixed Has0_acc_2"):
-        diffs = [x - y for x, y in zip(per[b][key], per[a][key], strict=True)]
-        out["paired"][f"{b} - {a}: {key}"] = paired_t(diffs)
+        out["paired"][f"{b} - {a}: {key}"] = seed_comparison(per[b][key], per[a][key])
     return out
 
 

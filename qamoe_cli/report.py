@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
+from qamoe_cli.audit import DEFAULT_GROUP_REGEX
 from qamoe_cli.common import Force, JsonOut, emit, err_console, flag, out_console, parse_list
 
 
@@ -42,8 +44,11 @@ def command(
     reference: Annotated[
         str | None,
         typer.Option(
-            help="Compare every run with this run: the difference in the grid mean with a "
-            "95% paired bootstrap interval (over seeds; over test samples too with --samples).",
+            help="Compare every run with this run (named, never picked on the results): the "
+            "difference in the grid mean over model seeds (corruption seeds averaged within "
+            "each), a 95% interval (Welch's t over model seeds; with --samples a bootstrap "
+            "over videos and model seeds), the Holm-adjusted p-value and the minimum "
+            "detectable difference. --json prints each comparison.",
         ),
     ] = None,
     samples: Annotated[
@@ -52,10 +57,23 @@ def command(
             "--samples",
             help="Per-sample tables (qamoe eval --per-sample FILE) of the runs compared; "
             "repeat for several files. With them the --reference interval also spans the "
-            "test samples.",
+            "test set, resampled by video (--group-regex).",
             show_default=False,
         ),
     ] = None,
+    group_regex: Annotated[
+        str,
+        typer.Option(
+            "--group-regex",
+            help="With --samples: a sample's video (the cluster the bootstrap resamples) is "
+            "the first capture group of this regex on its id, as in `qamoe audit` (default: "
+            "strip the last '_<digits>' or '$_$<clip>'); an unmatched id is its own video.",
+        ),
+    ] = DEFAULT_GROUP_REGEX,
+    no_groups: Annotated[
+        bool,
+        flag("--no-groups", help="With --samples: resample single test samples, not videos."),
+    ] = False,
     figures: Annotated[
         str,
         typer.Option(help="Figure files to write, comma-separated (PNG is always written)."),
@@ -86,6 +104,7 @@ def command(
         samples=per_sample,
         pooled=pool_seeds,
         formats=parse_list(figures, "--figures") or ["png"],
+        group_regex=None if no_groups else group_regex,
     )
     for line in rep.warnings:  # never drop a run without a word
         err_console.print(f"warning: {line}", highlight=False, soft_wrap=True, markup=False)
@@ -103,6 +122,27 @@ def command(
         for name, path in rep.tables.items():
             grid.add_row(path.name, f"{name} table")
         out_console.print(grid)
+        if rep.comparisons:
+            out_console.print(_comparison_table(rep.comparisons))
         out_console.print(f"open {rep.html}", soft_wrap=True, highlight=False)
 
     emit(summary, json_mode=json_out, render=render)
+
+
+def _num(value: float | None, fmt: str = "+.4f") -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def _comparison_table(rows: list[dict[str, Any]]) -> Table:
+    """Every comparison with its interval, Holm p and MDE (the numbers of --json)."""
+    table = Table(title=f"run − {rows[0]['reference']} ({rows[0]['metric']})")
+    for col in ("run", "protocol", "difference", "95% CI", "p (Holm)", "MDE", "seeds", "note"):
+        table.add_column(col, justify="left" if col in ("run", "protocol", "note") else "right")
+    for r in rows:
+        ci = f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]" if r["ci_low"] is not None else "n/a"
+        table.add_row(
+            escape(str(r["run"])), escape(str(r["protocol"])), _num(r["difference"]), ci,
+            _num(r["p_holm"], ".3g"), _num(r["mde"], ".4f"),
+            f"{r['n_seeds']} vs {r['n_seeds_reference']}", r["note"],
+        )  # fmt: skip
+    return table

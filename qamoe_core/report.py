@@ -13,10 +13,12 @@ A report folder holds::
     fixed_missing.png      the metric with every subset of modalities dropped, per run
     *.pdf, *.svg           every figure again as vectors, for papers
     summary.csv, data.csv, fixed_missing.csv, curves.csv, comparison.csv
-                           the numbers behind the page (comparison with --reference only)
+                           the numbers behind the page (comparison with --reference only:
+                           ``report_compare.JSON_FIELDS`` and the Welch columns)
     .qamoe-report          marker: only a folder holding it is replaced with ``force``
 
-The figures live in ``report_plots.py``, the paired comparison in ``report_compare.py``.
+The figures live in ``report_plots.py``, the comparison with a reference run (statistics in
+``stats.py``) in ``report_compare.py``.
 Nothing is left out silently: a run that lacks a plotted metric is named in the page's
 notes and in :attr:`Report.warnings`.
 """
@@ -39,9 +41,10 @@ from matplotlib.figure import Figure
 
 import qamoe_core.rundir as rundir
 from qamoe_core.atomic import same_file
+from qamoe_core.audit import DEFAULT_GROUP_REGEX
 from qamoe_core.errors import InputError
 from qamoe_core.metrics import PRIMARY
-from qamoe_core.report_compare import compare
+from qamoe_core.report_compare import BELOW_MDE, compare, records
 from qamoe_core.report_plots import (
     FORMATS,
     Palette,
@@ -88,8 +91,10 @@ class Report:
     metrics: list[str] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    comparisons: list[dict[str, Any]] | None = None  # with a reference: report_compare.records
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {} if self.comparisons is None else {"comparisons": self.comparisons}
         return {
             "out_dir": str(self.out_dir),
             "html": str(self.html),
@@ -100,7 +105,7 @@ class Report:
             "metrics": self.metrics,
             "runs": self.runs,
             "warnings": self.warnings,
-        }
+        } | extra
 
 
 def _slug(text: str) -> str:
@@ -273,14 +278,16 @@ def build_report(
     pooled: bool = False,
     draws: int = 1000,
     formats: Sequence[str] = FORMATS,
+    group_regex: str | None = DEFAULT_GROUP_REGEX,
 ) -> Report:
     """Write the report for ``results`` (a table from :func:`qamoe_core.results.load`).
 
     ``metrics``: the metrics to plot and summarise (default: each dataset's primary metric,
     e.g. Has0_acc_2 for MOSI-like results). ``reference``: a run every other run is compared
-    with (paired bootstrap, ``report_compare``), over test samples and seeds when
-    ``samples`` (per-sample tables, ``results.load_samples``) are given, over seeds alone
-    otherwise. ``pooled``: the seeds are ``results.pool_model_seeds`` seeds. The folder is
+    with (``report_compare``): a two-level bootstrap over clusters of test samples (videos,
+    by ``group_regex``) and model seeds when ``samples`` (per-sample tables,
+    ``results.load_samples``) are given, Welch's t over model seeds otherwise.
+    ``pooled``: the seeds are ``results.pool_model_seeds`` seeds. The folder is
     built under a temporary name and renamed at the end; an existing report folder is
     replaced only with ``force``. ``formats``: the figure files (PNG always, for the page).
     """
@@ -296,7 +303,8 @@ def build_report(
     for line in warnings:
         log.warning("%s", line)
     figures = _figures(df, names, pooled, formats)
-    tables = _tables(df, names, samples, pooled, reference, draws)
+    compared = (reference, draws, group_regex) if reference is not None else None
+    tables = _tables(df, names, samples, pooled, compared)
     page = _Page(title, _sections(df, tables, names, figures), sources, warnings, formats)
     files = _report_files(page, figures, tables)
     with rundir.OutputFolder(out, KIND, force=force) as folder:
@@ -306,6 +314,8 @@ def build_report(
             (tmp / name).write_bytes(data)
     report = Report(out, out / "report.html", out / "report.md", metrics=names, runs=runs)
     report.warnings = warnings
+    if "comparison" in tables:
+        report.comparisons = records(tables["comparison"][0])
     for stem, _, enc in figures:
         report.images[stem] = out / f"{stem}.png"
         report.vectors[stem] = [out / f"{stem}.{fmt}" for fmt in enc if fmt != "png"]
@@ -387,8 +397,7 @@ def _tables(
     names: Sequence[str],
     samples: pd.DataFrame | None,
     pooled: bool,
-    reference: str | None,
-    draws: int,
+    compared: tuple[str, int, str | None] | None,
 ) -> dict[str, tuple[pd.DataFrame, str]]:
     """name -> (table, method note); the note is only set for the comparison."""
     rows = measured(df)
@@ -401,8 +410,9 @@ def _tables(
             "",
         ),
     }
-    if reference is not None:
-        comp = compare(df, reference, names[0], samples, draws=draws)
+    if compared is not None:
+        reference, draws, group_regex = compared
+        comp = compare(df, reference, names[0], samples, draws=draws, group_regex=group_regex)
         out["comparison"] = (comp.table, comp.method)
     return out
 
@@ -437,16 +447,33 @@ def _constant_note(df: pd.DataFrame, names: Sequence[str]) -> str:
 
 
 def _comparison_display(table: pd.DataFrame) -> pd.DataFrame:
+    """The comparison as shown: the same numbers as comparison.csv and ``--json``."""
     if table.empty:
         return table
     ci = [f"[{lo:+.4f}, {hi:+.4f}]" if np.isfinite(lo) else "n/a"
           for lo, hi in zip(table["ci_low"], table["ci_high"], strict=True)]  # fmt: skip
-    cols = ["run", "reference", "dataset", "split", "axis", "modalities", "metric"]
+    cols = ["run", "reference", "dataset", "split", "axis", "modalities", "pattern", "metric"]
     cols = [c for c in cols if c in ("run", "reference", "axis") or table[c].nunique() > 1]
     out = table[[*cols, "mean", "reference_mean", "difference"]].copy()
     out["95% CI"] = ci
-    out[["seeds", "samples"]] = table[["seeds", "samples"]]
+    out["p (Holm)"] = table["p_holm"]
+    out["MDE"] = table["mde"]
+    pairs = zip(table["n_seeds"], table["n_seeds_reference"], strict=True)
+    out["seeds"] = [f"{a} vs {b}" for a, b in pairs]
+    out["videos"] = ["n/a" if pd.isna(n) else str(int(n)) for n in table["n_clusters"]]
+    out["note"] = table["note"]
     return out.rename(columns={"reference_mean": "reference mean"})
+
+
+def _comparison_note(table: pd.DataFrame, method: str) -> str:
+    """The method sentence, then a warning naming every difference below its MDE."""
+    if table.empty:
+        return "No curve is shared with the reference run."
+    weak = table[table["note"] == BELOW_MDE]
+    if weak.empty:
+        return method
+    names = "; ".join(f"{r.run} on {r.protocol}" for r in weak.itertuples())
+    return f"{method} Not established (|difference| below the MDE for these seeds): {names}."
 
 
 def _sections(
@@ -464,8 +491,7 @@ def _sections(
         comp, method = tables["comparison"]
         shown = _comparison_display(comp)
         found: list[tuple[str, Any]] = [("table", shown)] if not shown.empty else []
-        note = method if found else "No curve is shared with the reference run."
-        out.append(("Paired comparison", note, found))
+        out.append(("Comparison with the reference", _comparison_note(comp, method), found))
     rel = [("img", s) for s in stems if s.startswith("reliability_")]
     if rel:
         out.append(("Reliability curves", NOTES["curves"] + _constant_note(df, names), rel))

@@ -411,8 +411,10 @@ def pool_model_seeds(df: pd.DataFrame) -> pd.DataFrame:
     """Stack the model seeds of one configuration into one run, for seed-aware reports.
 
     Runs labelled ``<stem>-s<N>`` (also ``_s<N>``, ``-seed<N>``) become run ``<stem>``, and
-    the seed column becomes ``1000 x N + corruption seed``, so every later statistic (curve
-    bands, n_seeds, the summaries) runs over model AND corruption seeds. Runs without such a
+    the seed column becomes ``1000 x N + corruption seed``, so the curve bands, n_seeds and
+    the summaries span model AND corruption seeds. Comparisons (``report_compare``) do not
+    treat those as independent: they average the corruption seeds within each model seed
+    (:func:`model_seed_of`) and count model seeds as the replicates. Runs without such a
     suffix are kept as they are. Raises InputError when no run has a seed suffix, when a
     corruption seed is 1000 or more, when a model seed is 10**15 or more, or when a pooled
     label collides with an existing run.
@@ -448,6 +450,17 @@ def pool_model_seeds(df: pd.DataFrame) -> pd.DataFrame:
     out.loc[seeded, "seed"] = SEED_STRIDE * model_seed + out.loc[seeded, "seed"]
     out.loc[seeded, "run"] = parsed.loc[seeded, "stem"]
     return validate(out, "pooled results")
+
+
+def model_seed_of(seeds: Sequence[int] | pd.Series | np.ndarray) -> np.ndarray:
+    """The model seed of each row: ``seed // SEED_STRIDE``.
+
+    Pooled tables (:func:`pool_model_seeds`) hold ``SEED_STRIDE x model seed + corruption
+    seed``; an unpooled run is one trained model whose seeds are corruption seeds (below
+    SEED_STRIDE, as ``qamoe eval`` writes them), so all its rows get model seed 0. Statistics
+    average the corruption seeds within each model seed and count model seeds only.
+    """
+    return np.asarray(seeds, dtype=np.int64) // SEED_STRIDE
 
 
 def infer_scheme(df: pd.DataFrame) -> str | None:

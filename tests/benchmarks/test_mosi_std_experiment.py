@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from scipy import stats as scipy_stats
 
 from benchmarks import mosi_std_experiment as exp
 
@@ -93,6 +94,17 @@ def test_per_model_means_over_seeds(ctx: exp.Ctx) -> None:
     assert r["mixed MAE"]["mean"] == pytest.approx(1.0) and r["mixed MAE"]["n"] == 3
     assert r["clean MAE"]["mean"] == pytest.approx(0.9) and r["text only MAE"]["n"] == 3
     assert exp.per_model(ctx, "late-fusion") is None  # no results: left out, not zeros
+
+
+def test_seed_comparison_is_welch_with_the_exact_quantile() -> None:
+    # six seeds a side: the old helper's t = 2.0 fallback; Welch's df here is about 8.6
+    a = [1.20, 1.18, 1.21, 1.17, 1.22, 1.19]
+    b = [1.16, 1.17, 1.15, 1.18, 1.12, 1.19]
+    ref = scipy_stats.ttest_ind(a, b, equal_var=False)
+    ci = ref.confidence_interval(0.95)
+    got = exp.seed_comparison(a, b)
+    assert got["ci95"] == pytest.approx([round(ci.low, 4), round(ci.high, 4)])
+    assert got["p"] == pytest.approx(round(ref.pvalue, 4)) and got["mde"] > 0
 
 
 def test_paired_difference_and_interval(ctx: exp.Ctx) -> None:

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from qamoe_cli.main import main
+from qamoe_core.report_compare import JSON_FIELDS
 from qamoe_core.results import make_table, save
 from tests.core.test_report import pred_rows, small_rows, sweep_rows, table_from_samples
 
@@ -71,6 +72,22 @@ def test_report_pools_model_seeds(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert result["runs"] == ["qa"]
     summary = pd.read_csv(result["tables"]["summary"])
     assert set(summary["run"]) == {"qa"} and (summary["n_seeds"] > 1).all()
+    # against a named reference: Welch over the 2 + 3 model seeds, printed beside the files
+    files += [
+        save(make_table(sweep_rows(f"lf-s{s}", "late-fusion", -0.1 - 0.02 * s, diagnostics=False,
+                                   seed=s)), d / f"lf-s{s}.csv")
+        for s in (0, 1, 2)
+    ]  # fmt: skip
+    args = ["report", *map(str, files), "--pool-seeds", "--reference", "lf", "--figures", "png"]
+    assert main([*args, "--out", str(tmp_path / "vs"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["comparisons"]
+    assert {r["run"] for r in rows} == {"qa"} and len(rows) == 3  # mixed, missing, noise
+    assert all((r["n_seeds"], r["n_seeds_reference"]) == (2, 3) for r in rows)
+    assert all(r["mde"] > 0 and r["p_holm"] is not None for r in rows)
+    assert all(r["method"].startswith("Welch t over model seeds") for r in rows)
+    assert main([*args, "--out", str(tmp_path / "vs2")]) == 0
+    shown = capsys.readouterr().out
+    assert "run − lf" in shown and "MDE" in shown and "2 vs 3" in shown
     # without a seed suffix there is nothing to pool: one clear line, exit 1
     plain = save(make_table(sweep_rows("plain", "qamoe", -0.1, diagnostics=False)), d / "p.csv")
     assert main(["report", str(plain), "--pool-seeds", "--out", str(tmp_path / "r2")]) == 1
@@ -104,6 +121,7 @@ def _small_csv(path: Path, *, every_row: bool = False, **overrides: object) -> P
         ("unknown_metric_in_file", "unknown metric name 'Acc_9' in data row 2", "qamoe eval"),
         ("unknown_reference", "reference run 'nope' is not in the results", "runs: r"),
         ("bad_figures", "Unknown figure format(s) gif", "png, pdf, svg"),
+        ("bad_group_regex", "group regex 'abc' has no capture group", "first (...) group"),
     ],
 )
 def test_report_bad_input_is_one_clear_line(
@@ -124,6 +142,7 @@ def test_report_bad_input_is_one_clear_line(
         "unknown_metric_in_file": lambda: [str(_small_csv(bad, metric="Acc_9"))],
         "unknown_reference": lambda: [str(good), "--reference", "nope"],
         "bad_figures": lambda: [str(good), "--figures", "png,gif"],
+        "bad_group_regex": lambda: [str(good), "--reference", "r", "--group-regex", "abc"],
     }[case]()
     if "-o" not in args:
         args += ["-o", str(tmp_path / "rep")]
@@ -154,9 +173,15 @@ def test_report_reference_with_samples_and_dataset_warning(
     result = json.loads(captured.out)
     assert "warning: c (mosi) has no Acc_2" in captured.err
     comp = pd.read_csv(result["tables"]["comparison"])
-    assert comp["run"].tolist() == ["a"] and comp["samples"].tolist() == [80]
+    assert comp["run"].tolist() == ["a"] and comp["n_samples"].tolist() == [80]
     expect = hits["a"].mean() - hits["b"].mean()
     assert comp["difference"].iloc[0] == pytest.approx(expect)
     assert comp["ci_low"].iloc[0] < expect < comp["ci_high"].iloc[0]
     md = (out / "report.md").read_text()
-    assert "bootstrap interval over test samples and seeds" in md
+    assert "two-level percentile bootstrap (1000 draws, generator seed 0)" in md
+    # --json: each comparison with the documented fields, the same numbers as the CSV
+    (row,) = result["comparisons"]
+    assert list(row)[: len(JSON_FIELDS)] == list(JSON_FIELDS)
+    assert row["difference"] == pytest.approx(expect) and row["n_clusters"] == 80
+    assert row["ci_low"] == pytest.approx(comp["ci_low"].iloc[0])
+    assert row["n_seeds"] == 1 and row["mde"] is None and row["protocol"].startswith("d/test/")

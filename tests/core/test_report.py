@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
 from qamoe_core.errors import InputError, OutputExistsError
+from qamoe_core.metrics import compute
 from qamoe_core.report import MARKER, build_report, markdown_table
-from qamoe_core.report_compare import compare
+from qamoe_core.report_compare import BELOW_MDE, NO_MDE, compare
 from qamoe_core.report_plots import Palette, plot_expert_usage, plot_reliability, usage_differences
 from qamoe_core.results import constant_rows, load, make_table, measured, pool_model_seeds, save
 
@@ -364,14 +366,34 @@ def table_from_samples(samples: pd.DataFrame) -> pd.DataFrame:
     return make_table(rows)
 
 
-def test_paired_comparison_over_seeds_and_samples(tmp_path: Path) -> None:
+def test_comparison_counts_model_seeds_not_corruption_seeds() -> None:
+    # One run = one trained model: its 3 corruption seeds are averaged, not replicates, so
+    # there is no interval and no MDE (the old paired bootstrap gave a zero-width interval).
     df = make_table(small_rows("base", 0.0) + small_rows("better", 0.05))
     comp = compare(df, "base", "Acc_2")
     row = comp.table.iloc[0]
     assert row["difference"] == pytest.approx(0.05) and row["run"] == "better"
-    # the seed jitter is shared, so the paired interval collapses onto the difference
-    assert row["ci_low"] == pytest.approx(0.05) and row["ci_high"] == pytest.approx(0.05)
-    assert "over seeds only" in comp.method
+    assert row["n_seeds"] == row["n_seeds_reference"] == 1
+    assert np.isnan(row["ci_low"]) and np.isnan(row["mde"]) and row["note"] == NO_MDE
+    assert "Welch's 95% t-interval over model seeds" in comp.method
+    # Pooled model seeds: Welch over the per-model-seed grid means, unpaired.
+    offsets = {"base": [0.0, 0.03, -0.02], "better": [0.05, 0.02, 0.09, 0.06]}
+    rows = [r for run, offs in offsets.items() for s, off in enumerate(offs)
+            for r in small_rows(f"{run}-s{s}", off)]  # fmt: skip
+    comp = compare(pool_model_seeds(make_table(rows)), "base", "Acc_2")
+    row = comp.table.iloc[0]
+    grid = 0.8 - 0.4 * 0.25  # mean over levels 0, 0.25, 0.5; seed jitter averages out
+    a, b = (np.array(offsets[r]) + grid for r in ("better", "base"))
+    ref = scipy_stats.ttest_ind(a, b, equal_var=False)
+    ci = ref.confidence_interval(0.95)
+    assert (row["n_seeds"], row["n_seeds_reference"]) == (4, 3)
+    assert row["difference"] == pytest.approx(a.mean() - b.mean())
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((ci.low, ci.high))
+    assert row["p"] == pytest.approx(ref.pvalue) == row["p_holm"]  # one run: nothing to adjust
+    assert row["mde"] > abs(row["difference"]) and row["note"] == BELOW_MDE
+
+
+def test_comparison_bootstraps_samples_by_video() -> None:
     rng = np.random.default_rng(0)
     labels = (rng.random(200) > 0.4).astype(float)
     hit_a = rng.random(200) < 0.8
@@ -381,9 +403,44 @@ def test_paired_comparison_over_seeds_and_samples(tmp_path: Path) -> None:
     row = comp.table.iloc[0]
     assert row["difference"] == pytest.approx(hit_a.mean() - hit_b.mean())
     assert 0 < row["ci_low"] < row["difference"] < row["ci_high"]
-    assert row["samples"] == 200 and "test samples and seeds" in comp.method
+    assert row["n_samples"] == row["n_clusters"] == 200  # ids u0, u1, ...: each its own video
+    assert "two-level percentile bootstrap" in comp.method
+    # ids <video>_<clip>: 10 videos of 20 clips; the interval now spans videos
+    by_video = samples.assign(id=samples["id"].map(lambda i: f"v{int(i[1:]) % 10}_{i[1:]}"))
+    again = compare(table_from_samples(by_video), "b", "Acc_2", by_video, draws=500)
+    assert again.table.iloc[0]["n_clusters"] == 10
+    # the same generator seed gives the same numbers
+    assert again.table.equals(
+        compare(table_from_samples(by_video), "b", "Acc_2", by_video, draws=500).table
+    )
     with pytest.raises(InputError, match="reference run 'nope'"):
-        compare(df, "nope", "Acc_2")
+        compare(samples.pipe(table_from_samples), "nope", "Acc_2")
+
+
+def test_comparison_of_a_score_dataset_recomputes_corr_per_draw() -> None:
+    # Corr does not decompose per sample; its scheme (mosi: scores in [-3, 3]) comes from the
+    # dataset's other metrics, not from the one compared (which once made it "binary").
+    rng = np.random.default_rng(2)
+    labels = rng.normal(0, 1.5, 60)
+    frames, rows = [], []
+    for run, noise in (("a", 0.5), ("b", 1.0)):
+        for level in (0.0, 0.5):
+            pred = labels + rng.normal(0, noise + level, labels.size)
+            frames.append(pd.DataFrame({
+                "run": run, "split": "test", "axis": "mixed", "level": level,
+                "modalities": "text+audio+vision", "seed": 0, "variant": "normal",
+                "id": [f"v{i % 6}_{i}" for i in range(labels.size)], "label": labels,
+                "prediction": pred,
+            }))  # fmt: skip
+            rows += [{"run": run, "model": "m", "dataset": "d", "split": "test", "axis": "mixed",
+                      "level": level, "modalities": "text+audio+vision", "seed": 0,
+                      "variant": "normal", "metric": k, "value": v}
+                     for k, v in compute(pred, labels, "mosi").items()]  # fmt: skip
+    samples = pd.concat(frames, ignore_index=True)
+    comp = compare(make_table(rows), "b", "Corr", samples, draws=50)
+    row = comp.table.iloc[0]
+    assert row["n_clusters"] == 6 and row["ci_low"] <= row["difference"] <= row["ci_high"]
+    assert row["difference"] == pytest.approx(row["mean"] - row["reference_mean"])
 
 
 @pytest.mark.slow  # about 5 s: 8,000 rows of a real sweep
@@ -394,7 +451,7 @@ def test_report_of_committed_v1_results(tmp_path: Path) -> None:
     fm = pd.read_csv(rep.tables["fixed_missing"])
     assert {"none", "text", "audio+vision"} <= set(fm.columns)
     md = rep.markdown.read_text()
-    assert "## Paired comparison" in md and "No best-constant reference" in md
+    assert "## Comparison with the reference" in md and "No best-constant reference" in md
     assert "model seeds" in md
 
 
