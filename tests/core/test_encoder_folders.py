@@ -22,7 +22,11 @@ from qamoe_core.hf_folder import ModelFolderError, check_folder
 from qamoe_core.text_encoder import PretrainedTextEncoder, TextEncoderError
 
 transformers = pytest.importorskip("transformers")
-from tests.core.tiny_text import save_tiny_bert, write_tiny_ids_file  # noqa: E402
+from tests.core.tiny_text import (  # noqa: E402
+    remote_code_folder,
+    save_tiny_bert,
+    write_tiny_ids_file,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = {"d_model": 16, "n_heads": 2, "num_experts": 4, "top_k": 2}
@@ -36,26 +40,6 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def ids_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_ids_file(tmp_path_factory.mktemp("ids") / "ids.h5")
-
-
-def remote_code_folder(tiny_dir: Path, root: Path, marker: Path) -> Path:
-    """The tiny BERT with an auto_map naming .py files that write ``marker`` on import."""
-    folder = root / "remote-code"
-    shutil.copytree(tiny_dir, folder)
-    config = json.loads((folder / "config.json").read_text())
-    auto_map = {"AutoConfig": "configuration_evil.EvilConfig",
-                "AutoModel": "modeling_evil.EvilModel"}  # fmt: skip
-    config.update(model_type="evil-bert", auto_map=auto_map)
-    (folder / "config.json").write_text(json.dumps(config))
-    payload = f"open({str(marker)!r}, 'w').close()\n"
-    (folder / "configuration_evil.py").write_text(
-        payload + "from transformers import BertConfig\n"
-        "class EvilConfig(BertConfig):\n    model_type = 'evil-bert'\n"
-    )
-    (folder / "modeling_evil.py").write_text(
-        payload + "from transformers import BertModel as EvilModel\n"
-    )
-    return folder
 
 
 class Payload:

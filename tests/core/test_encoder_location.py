@@ -141,3 +141,23 @@ def test_resume_with_the_same_relative_text_model_is_accepted(
     argv[argv.index("bert")] = "other"
     assert main([*argv, "--resume"]) == 1  # another folder: another encoder
     assert "another encoder" in capsys.readouterr().err
+
+
+def test_code_shipped_with_a_run_never_runs(
+    run: Path, tiny_dir: Path, ids_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A downloaded run carrying its own encoder folder with an auto_map and .py files, the
+    recorded hash made to match: eval finds the folder, then refuses it before loading."""
+    from qamoe_cli.main import main
+    from tests.core.tiny_text import remote_code_folder
+
+    marker = tmp_path / "ran"
+    shared = _copy(run, tmp_path / "shared", "encoder")
+    remote_code_folder(tiny_dir, tmp_path, marker).rename(shared / "encoder")
+    config = json.loads((shared / "config.json").read_text())
+    config["model"]["text_model_hash"] = encoder_hash(shared / "encoder")
+    (shared / "config.json").write_text(json.dumps(config))
+    assert main(["eval", str(shared), "--data", str(ids_h5), "--device", "cpu", "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[0].startswith("error:") and "auto_map" in err[0]
+    assert not marker.exists()
