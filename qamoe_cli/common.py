@@ -53,6 +53,23 @@ Seed = Annotated[
     int, typer.Option("--seed", min=0, help="Random seed >= 0 (same seed, same result).")
 ]
 OutFile = Annotated[Path, typer.Option("--out", "-o", help="Output file.", dir_okay=False)]
+Plugins = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--plugin",
+        metavar="MODULE:CLASS",
+        help="Allow the run to name this model plug-in class (repeatable). qamoe imports no "
+        "class named inside a run otherwise; built-in models and installed qamoe.models "
+        "entry points need none (docs/security.md).",
+    ),
+]
+
+
+def check_plugins(plugins: list[str] | None) -> tuple[str, ...]:
+    """The --plugin values, each package.module:ClassName (a usage error otherwise)."""
+    from qamoe_core.models.registry import check_plugins as check  # torch: the caller needs it
+
+    return check(plugins or (), "--plugin")
 
 
 def train_default(name: str, help: str) -> str:

@@ -9,7 +9,19 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from qamoe_cli.common import Force, JsonOut, Quiet, emit, flag, out_console, parse_list, progress
+from qamoe_cli.common import (
+    Force,
+    JsonOut,
+    Plugins,
+    Quiet,
+    check_plugins,
+    emit,
+    err_console,
+    flag,
+    out_console,
+    parse_list,
+    progress,
+)
 
 _LEVELS_HELP = "Grid: start:stop:step (stop included) or a comma list, each in [0, 1]."
 
@@ -85,6 +97,17 @@ def command(
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Rows per forward pass.")] = 256,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    plugin: Plugins = None,
+    text_model: Annotated[
+        Path | None,
+        typer.Option(
+            "--text-model",
+            help="The text encoder folder of a run trained with --text-encoder pretrained "
+            "(default: found inside the run folder or the packaged MiniLM, by content hash; a "
+            "path the run records is never opened).",
+            file_okay=False,
+        ),
+    ] = None,
     force: Force = False,
     quiet: Quiet = False,
     json_out: JsonOut = False,
@@ -97,6 +120,7 @@ def command(
     from qamoe_core.results import SPECTRUM_AXES, save
     from qamoe_core.spectrum import parse_pattern
 
+    plugins = check_plugins(plugin)
     grid = parse_levels(levels)  # validated even without --sweep: a bad list is a mistake
     cfg = EvalConfig(
         split=split,
@@ -120,7 +144,10 @@ def command(
         if target is not None:
             check_output(target, force, inputs=[data, *(run / name for name in ALL_FILES)])
             _check_writable(target)
-    ev = Evaluation.from_run(run, data, cfg, name=name, device=device)
+    ev = Evaluation.from_run(run, data, cfg, name=name, device=device, plugins=plugins,
+                             text_model=text_model)  # fmt: skip
+    if ev.text_encoder and not (quiet or json_out):
+        err_console.print(f"text encoder: {ev.text_encoder}", highlight=False, soft_wrap=True)
     with progress(ev.steps, f"eval {ev.run_name}", enabled=not (quiet or json_out)) as advance:
         result = ev.run(progress=advance)
     if out is not None:
@@ -128,6 +155,7 @@ def command(
     if per_sample is not None and result.samples is not None:
         save_samples(result.samples, per_sample, force=force)
     summary = {**result.to_dict(), "out": str(out) if out is not None else None}
+    summary["text_encoder"] = ev.text_encoder
     summary["per_sample"] = str(per_sample) if per_sample is not None else None
 
     def render() -> None:

@@ -19,7 +19,9 @@ from qamoe_cli.common import (
     INTERRUPT_HINT,
     Force,
     JsonOut,
+    Plugins,
     Quiet,
+    check_plugins,
     emit,
     err_console,
     flag,
@@ -165,7 +167,8 @@ def command(
         typer.Option(
             "--text-model",
             help="With --text-encoder pretrained: the encoder folder (default: the packaged "
-            "all-MiniLM-L6-v2).",
+            "all-MiniLM-L6-v2). With --resume: the run's encoder, found by content hash "
+            "(a path the run records is never opened on its word).",
         ),
     ] = None,
     fine_tune_layers: Annotated[
@@ -188,6 +191,7 @@ def command(
             "(needs the 'tensorboard' extra).",
         ),
     ] = None,
+    plugin: Plugins = None,
     force: Force = False,
     json_out: JsonOut = False,
     quiet: Quiet = False,
@@ -198,6 +202,7 @@ def command(
 
     if model is not None:
         model_class(model, param="--model")  # before anything is read, in the flag's own name
+    plugins = check_plugins(plugin)  # with --resume: the plug-ins the run may name
     flags = {"epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr}
     text = {"text_encoder": text_encoder, "text_model": text_model,
             "fine_tune_layers": fine_tune_layers}  # fmt: skip
@@ -213,6 +218,8 @@ def command(
         state: dict[str, float | None] = {"val": None}
 
         def on_event(event: TrainEvent) -> None:
+            if event.kind == "start" and talk and event.note:
+                err_console.print(f"text encoder: {event.note}", highlight=False, soft_wrap=True)
             if event.kind == "start" and event.epoch > 0:
                 if talk:
                     text = f"resuming '{out}' after epoch {event.epoch} of {event.epochs}"
@@ -231,7 +238,8 @@ def command(
         try:
             result = train(data, out, model if resume else (model or "qamoe"), model_cfg,
                            train_cfg, resume=resume, force=force, device=device,
-                           progress=on_event, tensorboard=tensorboard)  # fmt: skip
+                           progress=on_event, tensorboard=tensorboard,
+                           plugins=plugins)  # fmt: skip
         except KeyboardInterrupt:
             if main_rank:
                 _interrupted_hint(data, out)

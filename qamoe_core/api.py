@@ -76,15 +76,25 @@ class Run:
         return tuple(self.meta["dims"])
 
 
-def load_run(path: PathLike, *, device: str = "cpu") -> Run:
+def load_run(
+    path: PathLike,
+    *,
+    device: str = "cpu",
+    plugins: Sequence[str] = (),
+    text_model: PathLike | None = None,
+) -> Run:
     """Load the run folder written by ``qamoe train --out PATH`` (config.json + model.pt).
 
-    ``device``: ``cpu`` (default), ``cuda`` or ``auto``. Raises CheckpointError naming a
-    missing or damaged file (weights are read with ``weights_only=True``).
+    ``device``: ``cpu`` (default), ``cuda`` or ``auto``. ``plugins``: the ``module:Class``
+    plug-ins you allow this run to name (nothing named inside a file is imported otherwise;
+    built-in models and installed ``qamoe.models`` entry points need none). ``text_model``:
+    the encoder folder of a run trained with a pretrained text encoder (the path the run
+    records is only a hint; its content hash must match). Raises CheckpointError naming a
+    missing, damaged or refused file (weights are read with ``weights_only=True``).
     """
     from qamoe_core.checkpoint import load_run as _load
 
-    model, _, meta = _load(path, device=device)
+    model, _, meta = _load(path, device=device, plugins=plugins, text_model=text_model)
     return Run(model, meta)
 
 

@@ -26,7 +26,7 @@ import os
 import pickle
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +43,8 @@ from qamoe_core.config import (
 )
 from qamoe_core.errors import CheckpointError, ConfigError, InputError
 from qamoe_core.models import MultimodalModel, build_for_run, class_path, get, names
-from qamoe_core.models.registry import could_be_loaded
+from qamoe_core.models.registry import could_be_loaded, recorded_spec
+from qamoe_core.models.text_front import locate_encoder
 from qamoe_core.names import MODALITIES, SCHEMES, TASKS
 from qamoe_core.version import __version__
 
@@ -461,21 +462,32 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def load_run(
-    path: str | os.PathLike[str], device: str | torch.device = "cpu"
+    path: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    plugins: Iterable[str] = (),
+    text_model: str | os.PathLike[str] | None = None,
 ) -> tuple[MultimodalModel, ModelConfig, dict[str, Any]]:
     """Load a finished (or resumable) run for evaluation: ``(model, model_config, meta)``.
 
     The model is on ``device`` in eval mode with the selected weights (model.pt).
+    ``plugins``: ``module:Class`` plug-ins the caller allows (``--plugin``); a run naming any
+    other class that is neither built in nor an installed entry point is refused unimported.
+    ``text_model``: the folder of a run's pretrained text encoder (``--text-model``); the
+    path the run records is only a hint (models.text_front.locate_encoder).
     ``meta`` keys: ``model_name``, ``dims`` {m: D_m}, ``task`` (regression | binary),
     ``scheme`` (metric scheme), ``dataset`` (name, path, sha256, seq_lens, label_range,
     corruption), ``train_config`` (TrainConfig), ``config`` (the raw config.json dict),
-    ``metrics`` (metrics.json, or None if the run has not finished), ``path`` (Path).
+    ``metrics`` (metrics.json, or None if the run has not finished), ``path`` (Path),
+    ``text_encoder`` (which encoder folder was used and why, or None).
     Raises CheckpointError naming the missing or damaged file.
     """
     run = check_run(path, require=(CONFIG, WEIGHTS))
     config = read_config(run)
     dev = resolve_device(device)
-    model = build_for_run(config, run)
+    recorded_spec(config["model_name"], config.get("model_class"), run, plugins)  # first
+    given = None if text_model is None else str(text_model)
+    config["model_config"], note = locate_encoder(config["model_config"], run, given)
+    model = build_for_run(config, run, plugins)
     load_weights(model, run, _load_torch(run, WEIGHTS, "cpu"), source=WEIGHTS)
     model.to(dev).eval()
     metrics = read_metrics(run) if (run / METRICS).is_file() else None
@@ -490,6 +502,7 @@ def load_run(
         "config": raw,
         "metrics": metrics,
         "path": run,
+        "text_encoder": note or None,
     }
     return model, config["model_config"], meta
 
@@ -504,12 +517,7 @@ def clear_run(path: str | os.PathLike[str]) -> None:
 # --- resume -------------------------------------------------------------------------------
 
 
-def resume_configs(
-    out: Path, f: FeatureFile, model_name: str | None,
-    model_cfg: ModelConfig | None, train_cfg: TrainConfig | None,
-) -> tuple[str, ModelConfig, TrainConfig]:  # fmt: skip
-    """The saved configs of the run in ``out``; given ones (and the model) must equal them."""
-    saved = read_config(out)
+def _check_resumed_data(out: Path, f: FeatureFile, saved: Mapping[str, Any]) -> None:
     dims = {m: int(f.dims[m]) for m in f.modalities}
     if saved["dims"] != dims:
         raise CheckpointError(
@@ -521,11 +529,38 @@ def resume_configs(
             f"'{f.path}' is not the file the run in '{out}' was trained on (SHA-256 differs).",
             hint="Resume with the same DATA.h5, or start a new run with --force.",
         )
+
+
+def _given_text_model(
+    saved: ModelConfig, given: ModelConfig | None
+) -> tuple[ModelConfig | None, str | None]:
+    """The given config with the saved text_model, and the folder the user named instead (or
+    None): a folder is the same encoder when its content hash matches (locate_encoder checks),
+    whatever path spells it (a relative --text-model on resume is the identical command)."""
+    if given is None or given.text_model == saved.text_model or saved.text_encoder != "pretrained":
+        return given, None
+    return given.override(text_model=saved.text_model), given.text_model
+
+
+def resume_configs(
+    out: Path, f: FeatureFile, model_name: str | None,
+    model_cfg: ModelConfig | None, train_cfg: TrainConfig | None,
+    plugins: Iterable[str] = (),
+) -> tuple[str, ModelConfig, TrainConfig, str]:  # fmt: skip
+    """The saved configs of the run in ``out``; given ones (and the model) must equal them.
+    Returns the model to build (:func:`registry.recorded_spec`: the recorded class is imported
+    only if built in, installed, in ``plugins`` or named by ``model_name``), the model config
+    with the text encoder folder to load, and the note saying which (``locate_encoder``)."""
+    saved = read_config(out)
+    _check_resumed_data(out, f, saved)
     if model_name is not None and saved["model_name"] != model_name:
         raise CheckpointError(
             f"The run in '{out}' trains '{saved['model_name']}', not '{model_name}'.",
             hint=f"Resume with --model {saved['model_name']} (or leave --model out).",
         )
+    allowed = (*plugins, model_name) if model_name and ":" in model_name else tuple(plugins)
+    spec = recorded_spec(saved["model_name"], saved.get("model_class"), out, allowed)
+    model_cfg, text_model = _given_text_model(saved["model_config"], model_cfg)
     for given, key in ((model_cfg, "model_config"), (train_cfg, "train_config")):
         if given is not None and given != saved[key]:
             diff = [k for k, v in given.to_dict().items() if saved[key].to_dict().get(k) != v]
@@ -533,7 +568,8 @@ def resume_configs(
                 f"The config differs from the run being resumed in: {', '.join(diff)}.",
                 hint="Resume without changing the config (drop the flags), or use --force.",
             )
-    return saved["model_name"], saved["model_config"], saved["train_config"]
+    mcfg, note = locate_encoder(saved["model_config"], out, text_model)
+    return spec, mcfg, saved["train_config"], note
 
 
 def finished_metrics(out: Path, epochs: int) -> dict[str, Any] | None:

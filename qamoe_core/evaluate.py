@@ -525,6 +525,7 @@ class Evaluation:
     ) -> None:
         self.cfg, self.run_name, self.data = cfg, run, Path(data)
         self.run_dir: Path | None = None  # set by from_run
+        self.text_encoder: str | None = None  # from_run: the encoder folder used, and why
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.task = str(getattr(model, "task", "regression"))
@@ -788,17 +789,21 @@ class Evaluation:
         *,
         name: str | None = None,
         device: str | torch.device = "auto",
+        plugins: Sequence[str] = (),
+        text_model: str | os.PathLike[str] | None = None,
     ) -> Evaluation:
-        """Plan the evaluation of a run directory's checkpoint (see checkpoint.load_run).
+        """Plan the evaluation of a run directory's checkpoint (see checkpoint.load_run, which
+        also says what ``plugins`` and ``text_model`` allow).
 
         ``name`` labels the run in the results (default: the folder's name). Raises
-        CheckpointError naming a missing or damaged file of the run.
+        CheckpointError naming a missing, damaged or refused file of the run.
         """
         dev = resolve_device(device)
-        model, _, meta = load_run(run_dir, device=dev)
+        model, _, meta = load_run(run_dir, device=dev, plugins=plugins, text_model=text_model)
         label = name or Path(run_dir).resolve().name
         ev = cls(model, data, cfg, run=label, model_name=str(meta["model_name"]), device=dev)
         ev.run_dir = Path(run_dir)
+        ev.text_encoder = meta["text_encoder"]
         return ev
 
 
@@ -853,9 +858,13 @@ def evaluate_run(
     name: str | None = None,
     device: str | torch.device = "auto",
     progress: Progress | None = None,
+    plugins: Sequence[str] = (),
+    text_model: str | os.PathLike[str] | None = None,
 ) -> EvalResult:
-    """Evaluate the checkpoint in ``run_dir`` on ``data`` per ``cfg`` (one call)."""
-    ev = Evaluation.from_run(run_dir, data, cfg, name=name, device=device)
+    """Evaluate the checkpoint in ``run_dir`` on ``data`` per ``cfg`` (one call; ``plugins``
+    and ``text_model`` as in checkpoint.load_run)."""
+    ev = Evaluation.from_run(run_dir, data, cfg, name=name, device=device, plugins=plugins,
+                             text_model=text_model)  # fmt: skip
     result = ev.run(progress)
     result.info["run_dir"] = str(run_dir)
     return result

@@ -28,9 +28,12 @@ import torch
 from torch import nn
 
 from qamoe_core.errors import InputError
+from qamoe_core.hf_folder import ModelFolderError, load_model, load_tokenizer
 
 POOLINGS = ("mean", "cls")
 _HASH_CHUNK = 1 << 20
+MAX_FOLDER_FILES = 10_000
+_HASHES: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
 
 
 class TextEncoderError(InputError):
@@ -54,22 +57,44 @@ def _require_transformers() -> Any:
     return transformers
 
 
+def _listing(root: Path) -> list[tuple[Path, int, int]]:
+    """(path, size, mtime_ns) of every regular file under ``root``, sorted; at most
+    MAX_FOLDER_FILES (a model folder holds a few dozen: a larger tree is not one)."""
+    files = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            stat = path.stat()
+            files.append((path, stat.st_size, stat.st_mtime_ns))
+            if len(files) > MAX_FOLDER_FILES:
+                raise TextEncoderError(
+                    f"'{root}' holds more than {MAX_FOLDER_FILES} files: not a model folder.",
+                    hint="Give the folder save_pretrained() wrote, with only the model's files.",
+                )
+    return sorted(files)
+
+
 def encoder_hash(model_dir: str | Path) -> str:
     """sha256 over every file's relative name and bytes, in sorted order ("sha256:<hex>").
 
     A checkpoint records it and compares it on load, so fine-tuned weights are never
-    applied to another encoder (or to an edited copy of the same one).
+    applied to another encoder (or to an edited copy of the same one). Remembered per folder
+    while no file's size or time changes (locating and loading an encoder read it once).
     """
     root = Path(model_dir)
+    listing = _listing(root)
+    key = (str(root.resolve()), tuple((str(p), n, t) for p, n, t in listing))
+    if key in _HASHES:
+        return _HASHES[key]
     digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path, size, _ in listing:
         name = path.relative_to(root).as_posix().encode("utf-8")
         digest.update(len(name).to_bytes(8, "little") + name)
-        digest.update(path.stat().st_size.to_bytes(8, "little"))
+        digest.update(size.to_bytes(8, "little"))
         with path.open("rb") as handle:
             while chunk := handle.read(_HASH_CHUNK):
                 digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
+    _HASHES[key] = "sha256:" + digest.hexdigest()
+    return _HASHES[key]
 
 
 def resolve_encoder_dir(model_dir: str | Path | None) -> Path:
@@ -113,7 +138,9 @@ def tokenizer_special_ids(model_dir: str | Path | None) -> tuple[int, int, int]:
     root = resolve_encoder_dir(model_dir)
     transformers = _require_transformers()
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(root, local_files_only=True)
+        tokenizer = load_tokenizer(transformers, root)  # refuses a folder that could run code
+    except ModelFolderError as exc:
+        raise TextEncoderError(exc.message, hint=exc.hint) from None
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TextEncoderError(
@@ -137,8 +164,10 @@ def _load(model_dir: Path) -> tuple[Any, Any]:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        model = transformers.AutoModel.from_pretrained(model_dir, local_files_only=True)
+        tokenizer = load_tokenizer(transformers, model_dir)  # refuses code, pickles first
+        model = load_model(transformers, model_dir)
+    except ModelFolderError as exc:
+        raise TextEncoderError(exc.message, hint=exc.hint) from None
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TextEncoderError(

@@ -27,7 +27,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,7 @@ class TrainEvent:
     best_score: float | None = None
     metric: str = ""
     seconds: float | None = None  # the epoch's wall time (epoch events)
+    note: str = ""  # start of a resumed run: which text encoder folder it loads, and why
 
 
 ProgressFn = Callable[[TrainEvent], None]
@@ -151,6 +152,8 @@ class _Progress:
 
 class _Loop:
     """One training run over an opened file, writing into ``folder`` (rank 0 only)."""
+
+    text_note = ""  # a resumed run: which text encoder folder was located (locate_encoder)
 
     def __init__(self, f: FeatureFile, out: Path, folder: rundir.OutputFolder | None,
                  model_name: str, mcfg: ModelConfig, tcfg: TrainConfig, metric: str,
@@ -343,7 +346,7 @@ class _Loop:
             board.config(config)
         cfg = self.tcfg
         self.notify(TrainEvent("start", self.state.epoch, cfg.epochs, 0, self.batches,
-                               metric=self.metric))  # fmt: skip
+                               metric=self.metric, note=self.text_note))  # fmt: skip
         for epoch in range(self.state.epoch, cfg.epochs):
             if self.state.stopped_early:
                 break
@@ -376,6 +379,7 @@ def train(
     device: str = "auto",
     progress: ProgressFn | None = None,
     tensorboard: str | os.PathLike[str] | None = None,
+    plugins: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Train ``model_name`` on ``data_path`` into the run directory ``out_dir``.
 
@@ -383,10 +387,11 @@ def train(
     configs and model are used (given ones must equal them; ``model_name=None`` takes the
     run's) and training continues after the last completed epoch; a run that had finished
     is left as it is (the result then has ``already_finished: True``). ``tensorboard``: a
-    folder for an optional TensorBoard log (``tracking``). Raises InputError/DataFormatError
-    for bad inputs, CheckpointError for an unusable run to resume, TrainingError (naming
-    epoch and batch) on a non-finite loss, rundir.OutputBusyError while another command
-    writes ``out_dir``.
+    folder for an optional TensorBoard log (``tracking``). ``plugins``: ``module:Class``
+    plug-ins that a resumed run may name (``--plugin``; docs/security.md). Raises
+    InputError/DataFormatError for bad inputs, CheckpointError for an unusable run to resume,
+    TrainingError (naming epoch and batch) on a non-finite loss, rundir.OutputBusyError while
+    another command writes ``out_dir``.
     """
     info = dist_info()
     dev = ckpt.resolve_device(device)
@@ -397,7 +402,8 @@ def train(
     try:
         with FeatureFile(data_path) as f:
             return _train(f, Path(out_dir), model_name, model_cfg, train_cfg, resume, force,
-                          dev, info, progress or (lambda event: None), tensorboard)  # fmt: skip
+                          dev, info, progress or (lambda event: None), tensorboard,
+                          tuple(plugins))  # fmt: skip
     finally:
         if created_group:
             dist.destroy_process_group()
@@ -406,12 +412,15 @@ def train(
 def _train(f: FeatureFile, out: Path, model_name: str | None, model_cfg: ModelConfig | None,
            train_cfg: TrainConfig | None, resume: bool, force: bool, dev: torch.device,
            info: DistInfo, notify: ProgressFn,
-           tensorboard: str | os.PathLike[str] | None) -> dict[str, Any]:  # fmt: skip
+           tensorboard: str | os.PathLike[str] | None,
+           plugins: tuple[str, ...]) -> dict[str, Any]:  # fmt: skip
     _check_data(f)
     # Every check that can fail runs before the output folder is touched.
+    note = ""
     if resume:
         ckpt.check_run(out, require=(ckpt.CONFIG, ckpt.STATE))
-        model_name, mcfg, tcfg = ckpt.resume_configs(out, f, model_name, model_cfg, train_cfg)
+        model_name, mcfg, tcfg, note = ckpt.resume_configs(out, f, model_name, model_cfg,
+                                                           train_cfg, plugins)  # fmt: skip
     else:
         model_name = model_name or "qamoe"
         mcfg, tcfg = model_cfg or ModelConfig(), train_cfg or TrainConfig()
@@ -425,6 +434,7 @@ def _train(f: FeatureFile, out: Path, model_name: str | None, model_cfg: ModelCo
             return {**done, "run_dir": str(out), "already_finished": True}
         ddp.barrier(info)
         loop = _Loop(f, out, None, model_name, mcfg, tcfg, metric, dev, info, notify)
+        loop.text_note = note
         return loop.fit(resume, tracking.Board(None))
     with rundir.OutputFolder(out, ckpt.RUN_KIND, force=force, resume=resume) as folder:
         if done is not None:  # entered all the same: the lock, and a sweep of leftovers
@@ -433,5 +443,6 @@ def _train(f: FeatureFile, out: Path, model_name: str | None, model_cfg: ModelCo
             return {**done, "run_dir": str(out), "already_finished": True}
         ddp.barrier(info)
         loop = _Loop(f, out, folder, model_name, mcfg, tcfg, metric, dev, info, notify)
+        loop.text_note = note
         with tracking.Board(tensorboard) as board:
             return loop.fit(resume, board)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from qamoe_core.errors import InputError
+from qamoe_core.hf_folder import load_model, load_tokenizer
 from qamoe_core.media.deps import install_hint, require
 
 log = logging.getLogger(__name__)
@@ -48,15 +49,26 @@ def _transformer_dir(path: Path) -> Path:
         return path
     modules = path / "modules.json"
     if modules.is_file():
-        for module in json.loads(modules.read_text(encoding="utf-8")):
+        for module in _modules(modules):
             if str(module.get("type", "")).endswith("Transformer"):
-                sub = path / str(module.get("path", ""))
-                if (sub / "config.json").is_file():
+                # A name from a file: only a sub-folder of this folder is followed.
+                sub = (path / str(module.get("path", ""))).resolve()
+                inside = sub.is_relative_to(path.resolve())
+                if inside and (sub / "config.json").is_file():
                     return sub
     raise InputError(
         f"The text model folder '{path}' has no config.json (not a Hugging Face model).",
         hint="Give a folder saved by save_pretrained(), with config.json, weights and tokenizer.",
     )
+
+
+def _modules(path: Path) -> list[dict[str, Any]]:
+    """The entries of a sentence-transformers modules.json (nothing if it is not readable)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.stat().st_size < 1 << 20 else []
+    except (OSError, ValueError):
+        return []
+    return [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []
 
 
 def resolve_text_model(text_model: str | Path | None) -> Path:
@@ -100,13 +112,13 @@ class TextExtractor:
         self.model_dir = model_dir
         self.max_tokens = max_tokens
         try:
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(
-                model_dir, local_files_only=True
-            )
-            self.model = transformers.AutoModel.from_pretrained(model_dir, local_files_only=True)
+            # Both refuse a folder that could run code before transformers reads it.
+            self.tokenizer = load_tokenizer(transformers, model_dir)
+            self.model = load_model(transformers, model_dir)
         except (OSError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise InputError(
-                f"Could not load the text model from '{model_dir}': {exc}",
+                f"Could not load the text model from '{model_dir}': {first}",
                 hint="The folder needs config.json, the weights and the tokenizer files.",
             ) from None
         self.model.eval()

@@ -56,8 +56,10 @@ A model is a subclass of :class:`MultimodalModel`::
 
 A plug-in is used with ``--model package.module:ClassName`` or through an entry point in the
 group ``qamoe.models`` (see examples/plugin/). Its checkpoint records ``module:ClassName``
-(``model_class`` in config.json); loading it where the plug-in is missing is a one-line
-CheckpointError naming it.
+(``model_class`` in config.json). Loading the run imports that class only when it is
+installed as an entry point or the user allows it (``--plugin``, ``plugins=[...]``;
+``registry.recorded_spec``, docs/security.md); otherwise, or where the plug-in is missing,
+it is a one-line CheckpointError naming it.
 """
 
 from qamoe_core.models.base import (

@@ -11,17 +11,22 @@ A model is named in three ways, tried in this order by :func:`get`:
   (``[project.entry-points."qamoe.models"] my-model = "my_pkg.model:MyModel"``), loaded only
   when that name is asked for. A built-in name wins over an entry point of the same name.
 
+:func:`get` serves names the USER gives (``--model``, ``build_model``). A name read from a
+file (a run's ``model_name`` / ``model_class``) goes through :func:`recorded_spec` first:
+nothing named inside a file decides what is imported. It resolves to a built-in, an installed
+entry point, or a ``module:Class`` the user allowed (``--plugin``, ``plugins=[...]``), and is
+refused otherwise (docs/security.md, "Code named in files").
+
 Model modules import this one; it imports none of them statically (the built-ins are
 imported by name inside :func:`_load_builtins`), so the import graph stays acyclic.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.metadata
 import pkgutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -177,34 +182,96 @@ def build_model(name: str, cfg: ModelConfig, dims: Mapping[str, int], task: str)
     return cls(cfg, dims, task, cls.Options.from_dict(cfg.options, name))
 
 
+def is_class_path(spec: Any) -> bool:
+    """Whether ``spec`` has the form ``package.module:Class`` (dotted identifiers); says
+    nothing about whether it can be imported, and imports nothing."""
+    if not isinstance(spec, str) or spec.count(":") != 1 or len(spec) > 300:
+        return False
+    module, attr = spec.split(":")
+    return all(p.isidentifier() for p in (*module.split("."), *attr.split(".")))
+
+
 def could_be_loaded(name: Any, recorded: Any = None) -> bool:
-    """Whether a run's recorded model names something some install could load: a built-in or
-    installed name, a ``module:Class`` path, or any name next to a plug-in's recorded class
-    (that plug-in may just not be installed here: :func:`build_for_run` says so)."""
+    """Whether a run's recorded model has a form some install could load: a built-in or
+    installed name, a ``module:Class`` path, or any name next to a recorded ``module:Class``.
+    Imports nothing: whether it MAY be imported is :func:`recorded_spec`'s question."""
     if not isinstance(name, str) or not name:
         return False
-    plugin = (
-        isinstance(recorded, str) and ":" in recorded and not recorded.startswith(f"{__package__}.")
+    if ":" in name:
+        return is_class_path(name)
+    plugin = is_class_path(recorded) and not str(recorded).startswith(f"{__package__}.")
+    return plugin or name in names()
+
+
+def check_plugins(plugins: Any, param: str = "plugins") -> tuple[str, ...]:
+    """The user's allowed plug-in classes (``--plugin``), each ``package.module:Class``."""
+    if isinstance(plugins, str | bytes) or not isinstance(plugins, Iterable):
+        raise UsageError(
+            f"The '{param}' parameter must be a list of package.module:ClassName. "
+            f"Got {plugins!r:.80} instead."
+        )
+    specs = tuple(plugins)
+    for spec in specs:
+        if not is_class_path(spec):
+            raise UsageError(
+                f"The '{param}' parameter takes package.module:ClassName. Got {spec!r:.80} "
+                "instead.",
+                hint="For example --plugin examples.plugin.qamoe_example_plugin:MeanPoolModel.",
+            )
+    return specs
+
+
+def _trusted_paths(plugins: tuple[str, ...]) -> set[str]:
+    """Class paths qamoe may import: the user's, installed entry points', the built-ins'."""
+    _load_builtins()
+    installed = {ep.value.split("[")[0].strip() for ep in _entry_points().values()}
+    return {*plugins, *installed, *(class_path(cls) for cls in _REGISTRY.values())}
+
+
+def _not_allowed(run: Any, spec: str) -> CheckpointError:
+    shown = repr(spec)[1:-1][:120]  # from a file: escaped, one line, bounded
+    return CheckpointError(
+        f"The run '{run}' names the model class '{shown}', which is not built in, not an "
+        f"installed {ENTRY_POINT_GROUP} plug-in and not allowed: qamoe never imports code named "
+        f"inside a file; if you trust that code, allow it with --plugin {shown}.",
+        hint=f"In Python: load_run(path, plugins=['{shown}']). The module must be importable "
+        "(installed, or its folder on PYTHONPATH).",
     )
-    return ":" in name or plugin or name in names()
 
 
-def build_for_run(config: Mapping[str, Any], run: Any) -> MultimodalModel:
-    """The model of a run's config.json; CheckpointError when its class cannot be loaded
-    here (e.g. a plug-in that is not installed), naming the class the run recorded."""
-    name, recorded = str(config["model_name"]), config.get("model_class")
-    cls: type[MultimodalModel] | None = None
+def recorded_spec(name: Any, recorded: Any, run: Any, plugins: Iterable[str] = ()) -> str:
+    """What to pass to :func:`get` for a run's recorded ``model_name`` and ``model_class``:
+    a registered or entry-point name, or a ``module:Class`` that is built in, installed as an
+    entry point or in ``plugins`` (the user's --plugin). CheckpointError for anything else,
+    before anything is imported. A ``module:Class`` model_name that is not allowed is refused
+    even when model_class would be (a run naming two classes is not loaded "normally")."""
+    allowed = _trusted_paths(check_plugins(plugins))
+    if isinstance(name, str) and ":" in name:
+        if name in allowed:
+            return name
+        raise _not_allowed(run, name)
+    if isinstance(name, str) and name and (name in builtin_names() or name in _entry_points()):
+        return name
+    if isinstance(recorded, str) and recorded in allowed:
+        return recorded
+    raise _not_allowed(run, str(recorded) if recorded else str(name))
+
+
+def build_for_run(
+    config: Mapping[str, Any], run: Any, plugins: Iterable[str] = ()
+) -> MultimodalModel:
+    """The model of a run's config.json (:func:`recorded_spec` decides what may be imported);
+    CheckpointError when its class is not allowed or cannot be loaded here (e.g. a plug-in
+    that is not installed), naming the class the run recorded."""
+    name = config["model_name"]
+    spec = recorded_spec(name, config.get("model_class"), run, plugins)
     try:
-        cls = get(name)
+        cls = get(spec)
     except InputError as exc:
-        if recorded and recorded != name:
-            with contextlib.suppress(InputError):  # reported below, naming the recorded class
-                cls = get(str(recorded))
-        if cls is None:
-            raise CheckpointError(
-                f"The run '{run}' was trained with the model '{recorded or name}', which "
-                f"cannot be loaded here: {exc.message}",
-                hint="Install the plug-in that provides it (or add its folder to PYTHONPATH).",
-            ) from None
+        raise CheckpointError(
+            f"The run '{run}' was trained with the model '{spec}', which cannot be loaded "
+            f"here: {exc.message}",
+            hint="Install the plug-in that provides it (or add its folder to PYTHONPATH).",
+        ) from None
     mcfg = config["model_config"]
     return cls(mcfg, config["dims"], config["task"], cls.Options.from_dict(mcfg.options, name))

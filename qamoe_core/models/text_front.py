@@ -21,6 +21,7 @@ docs/text-encoder.md.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ from qamoe_core.text_encoder import (
     tokenizer_special_ids,
 )
 
+log = logging.getLogger(__name__)
+
 # Key set on a batch whose text came from the ids already (the hook and encode() both call
 # inputs(); the second call must not re-encode).
 DONE = "_text_from_ids"
@@ -48,23 +51,96 @@ IDS_HINT = (
 )
 
 
+def _another_encoder(recorded: str, folder: Path, digest: str) -> CheckpointError:
+    return CheckpointError(
+        f"The checkpoint was trained with the text encoder {recorded[:19]}…, but '{folder}' "
+        f"is {digest[:19]}…: another encoder, or an edited copy.",
+        hint="Give the folder the run was trained with (--text-model DIR).",
+    )
+
+
 def build_encoder(cfg: ModelConfig) -> PretrainedTextEncoder:
-    """The encoder ``cfg`` names, with its hash checked against the recorded one."""
+    """The encoder in ``cfg.text_model`` (a folder the user named, or :func:`locate_encoder`
+    found), its content hash checked against the recorded one BEFORE anything is loaded."""
     layers: int | str = "all" if cfg.fine_tune_layers == -1 else cfg.fine_tune_layers
     pooling = "cls" if cfg.text_pooling == "cls" else "mean"
+    folder = resolve_encoder_dir(cfg.text_model or None)
+    if cfg.text_model_hash and (digest := encoder_hash(folder)) != cfg.text_model_hash:
+        raise _another_encoder(cfg.text_model_hash, folder, digest)
     # Loading must not move torch's random stream: the other modules' initial weights then
     # do not depend on whether an encoder was loaded first.
     with torch.random.fork_rng(devices=[]):
-        enc = PretrainedTextEncoder(cfg.text_model or None, layers, pooling)
+        enc = PretrainedTextEncoder(folder, layers, pooling)
     set_dropout(enc, cfg.encoder_dropout)
-    if cfg.text_model_hash and enc.content_hash != cfg.text_model_hash:
-        raise CheckpointError(
-            f"The checkpoint was trained with the text encoder {cfg.text_model_hash[:19]}…, "
-            f"but '{enc.model_dir}' is {enc.content_hash[:19]}…: another encoder, or an edited "
-            "copy.",
-            hint="Point model.text_model (config.json) at the folder the run was trained with.",
-        )
     return enc
+
+
+def _matches(folder: Path, recorded: str) -> bool:
+    return not recorded or encoder_hash(folder) == recorded
+
+
+def _inside_run(run: Path, hint: str) -> Path | None:
+    """The recorded folder when it is a relative path that stays inside the run folder
+    (symbolic links resolved) and holds an encoder; else None."""
+    if not hint or Path(hint).is_absolute() or Path(hint).drive:
+        return None
+    folder = (run / hint).resolve()
+    if not (folder.is_relative_to(run.resolve()) and folder != run.resolve() and folder.is_dir()):
+        return None
+    try:
+        return resolve_encoder_dir(folder)
+    except InputError:
+        return None
+
+
+def _find_encoder(cfg: ModelConfig, run: Path, given: str | None) -> tuple[Path, str]:
+    """(folder, how it was chosen) for a recorded run; see :func:`locate_encoder`."""
+    recorded, hint = cfg.text_model_hash, cfg.text_model
+    if given is not None:  # the user's choice, whatever the run says; it must match
+        folder = resolve_encoder_dir(given or None)
+        if not _matches(folder, recorded):
+            raise _another_encoder(recorded, folder, encoder_hash(folder))
+        return folder, "given" if given else "the packaged default"
+    if not hint:  # recorded as "": the packaged default
+        default = resolve_encoder_dir(None)
+        if not _matches(default, recorded):
+            raise _another_encoder(recorded, default, encoder_hash(default))
+        return default, "the packaged default"
+    inside = _inside_run(run, hint)
+    if inside is not None and _matches(inside, recorded):
+        return inside, "inside the run folder"
+    from qamoe_core.media.text import default_text_model  # light; as resolve_encoder_dir does
+
+    packaged = default_text_model()  # found by its content hash, wherever the run says
+    if recorded and packaged is not None and _matches(packaged, recorded):
+        return packaged, "the packaged default, same content hash"
+    shown = repr(hint)[1:-1][:160]  # from a file: escaped, one line
+    raise CheckpointError(
+        f"The run '{run}' was trained with the text encoder '{shown}' "
+        f"({recorded[:19] or 'no hash'}…); qamoe opens only a folder inside the run or one you "
+        "name, never a path a run records.",
+        hint="Give the encoder folder: --text-model DIR (Python: load_run(path, "
+        "text_model=DIR)); its content hash must match the run's.",
+    )
+
+
+def locate_encoder(
+    cfg: ModelConfig, run: Path, given: str | None = None
+) -> tuple[ModelConfig, str]:
+    """``cfg`` of a recorded run with ``text_model`` set to the encoder folder to load, and a
+    note saying which folder that is and why.
+
+    The run's recorded ``text_model`` is only a hint: the folder used is ``given`` (the
+    user's --text-model; None: not given), else the recorded path when it is relative and
+    inside the run folder, else the packaged MiniLM (recorded as "", or with the recorded
+    content hash). Each must match the recorded hash, checked here before anything is loaded.
+    """
+    if cfg.text_encoder != "pretrained":
+        return cfg, ""
+    folder, how = _find_encoder(cfg, Path(run), given)
+    note = f"'{folder}' ({how})"
+    log.info("text encoder of the run '%s': %s", run, note)
+    return cfg.override(text_model=str(folder)), note
 
 
 def set_dropout(module: nn.Module, p: float) -> None:
@@ -178,7 +254,8 @@ def text_config(cfg: ModelConfig, f: Any) -> ModelConfig:
             f"hashes to {digest[:19]}….",
             hint="Leave text_model_hash out of a new run's config: training records it.",
         )
-    # The folder as an absolute path, so `qamoe eval` finds it from any working directory.
+    # The folder as an absolute path: a record for people and messages. Loading the run again
+    # never opens it on the run's word (locate_encoder): the user names it, or the hash finds it.
     folder = str(Path(cfg.text_model).expanduser().resolve()) if cfg.text_model else ""
     return cfg.override(text_model=folder, text_model_hash=digest)
 

@@ -147,7 +147,7 @@ def test_missing_or_non_model_directory(tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{}", encoding="utf-8")
-    with pytest.raises(TextEncoderError, match="Could not load") as info:
+    with pytest.raises(TextEncoderError, match="model_type None") as info:
         PretrainedTextEncoder(broken)
     _one_line(info.value)
 

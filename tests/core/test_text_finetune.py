@@ -112,18 +112,19 @@ def test_fine_tuning_moves_only_the_top_layers(trained: tuple[Path, dict], tiny_
 
 
 def test_checkpoint_round_trip_gives_the_same_predictions(
-    trained: tuple[Path, dict], ids_h5: Path
+    trained: tuple[Path, dict], ids_h5: Path, tiny_dir: Path
 ) -> None:
     import qamoe_core as qa
 
     out, metrics = trained
-    run = qa.load_run(out)
+    run = qa.load_run(out, text_model=tiny_dir)
+    assert run.meta["text_encoder"] == f"'{tiny_dir}' (given)"
     pred = qa.predict(run, ids_h5, split="test")
     with FeatureFile(ids_h5) as f:
         label = f.read("test", np.arange(f.n("test")))["label"]
     mae = float(np.abs(pred - label).mean())
     assert mae == pytest.approx(metrics["test_clean"]["MAE"], abs=1e-5)
-    again = qa.predict(qa.load_run(out), ids_h5, split="test")
+    again = qa.predict(qa.load_run(out, text_model=tiny_dir), ids_h5, split="test")
     np.testing.assert_array_equal(pred, again)
 
 
@@ -140,7 +141,7 @@ def test_another_encoder_is_refused(trained: tuple[Path, dict], tmp_path: Path) 
     section["text_model"] = str(other)
     config_path.write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="another encoder") as err:
-        load_run(moved)
+        load_run(moved, text_model=other)
     _one_line(err.value)
 
 
@@ -263,19 +264,21 @@ def test_noise_on_the_embeddings_changes_states_and_skips_the_cache(
 
 
 # -- evaluation ------------------------------------------------------------------------------
-def test_sweep_runs_and_degrades_on_the_ids(trained: tuple[Path, dict], ids_h5: Path) -> None:
+def test_sweep_runs_and_degrades_on_the_ids(
+    trained: tuple[Path, dict], ids_h5: Path, tiny_dir: Path
+) -> None:
     from qamoe_core.evaluate import EvalConfig, evaluate_run
 
     out, _ = trained
     cfg = EvalConfig(sweep=True, axes=("missing", "noise"), levels=(0.0, 1.0), seeds=(0,))
-    table = evaluate_run(out, ids_h5, cfg).table
+    table = evaluate_run(out, ids_h5, cfg, text_model=tiny_dir).table
     mae = table[table["metric"] == "MAE"] if "metric" in table else table
     assert len(mae) > 0
     assert set(mae["axis"]) >= {"missing", "noise"}
 
 
 def test_a_file_with_noised_text_features_is_refused(
-    trained: tuple[Path, dict], ids_h5: Path, tmp_path: Path
+    trained: tuple[Path, dict], ids_h5: Path, tmp_path: Path, tiny_dir: Path
 ) -> None:
     from qamoe_core.corrupt import corrupt_file
     from qamoe_core.evaluate import EvalConfig, evaluate_run
@@ -285,8 +288,8 @@ def test_a_file_with_noised_text_features_is_refused(
     noised = tmp_path / "noised.h5"
     corrupt_file(ids_h5, noised, CorruptionSpec(level=0.4, axis="noise"))
     with pytest.raises(InputError, match="noise on its text") as err:
-        evaluate_run(out, noised, EvalConfig())
+        evaluate_run(out, noised, EvalConfig(), text_model=tiny_dir)
     _one_line(err.value)
     missing = tmp_path / "missing.h5"
     corrupt_file(ids_h5, missing, CorruptionSpec(level=0.4, axis="missing"))
-    assert len(evaluate_run(out, missing, EvalConfig()).table) > 0
+    assert len(evaluate_run(out, missing, EvalConfig(), text_model=tiny_dir).table) > 0

@@ -1,4 +1,5 @@
-"""A tiny BERT and a tiny feature file with token ids, built in the test (no download).
+"""A tiny BERT and a tiny feature file with token ids, built in the test (no download); and
+the same BERT turned hostile (an auto_map whose .py files write a marker).
 
 The tiny vocabulary puts [UNK]/[CLS]/[SEP] at 1/2/3, not BERT's 100/101/102, so a test
 passes only if the tokenizer's own ids are used.
@@ -7,6 +8,7 @@ passes only if the tokenizer's own ids are used.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +76,23 @@ def write_tiny_ids_file(path: Path, *, with_ids: bool = True, text_dim: int = HI
     return write_features(path, splits, dataset="tiny-ids", task="regression", scheme="mosi",
                           label_range=(-3.0, 3.0), extractor={"name": "test"},
                           attrs=attrs)  # fmt: skip
+
+
+def remote_code_folder(tiny_dir: Path, root: Path, marker: Path) -> Path:
+    """The tiny BERT with an auto_map naming .py files that write ``marker`` on import."""
+    folder = root / "remote-code"
+    shutil.copytree(tiny_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    auto_map = {"AutoConfig": "configuration_evil.EvilConfig",
+                "AutoModel": "modeling_evil.EvilModel"}  # fmt: skip
+    config.update(model_type="evil-bert", auto_map=auto_map)
+    (folder / "config.json").write_text(json.dumps(config))
+    payload = f"open({str(marker)!r}, 'w').close()\n"
+    (folder / "configuration_evil.py").write_text(
+        payload + "from transformers import BertConfig\n"
+        "class EvilConfig(BertConfig):\n    model_type = 'evil-bert'\n"
+    )
+    (folder / "modeling_evil.py").write_text(
+        payload + "from transformers import BertModel as EvilModel\n"
+    )
+    return folder

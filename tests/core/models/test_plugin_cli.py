@@ -23,7 +23,10 @@ def cfg(tmp_path: Path) -> Path:
     return path
 
 
-def train_and_sweep(data: Path, tmp_path: Path, cfg: Path, model: str) -> list[dict[str, Any]]:
+def train_and_sweep(
+    data: Path, tmp_path: Path, cfg: Path, model: str, allow: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    """Train ``model`` and sweep the run; ``allow``: eval's --plugin flags."""
     run, results = tmp_path / "run", tmp_path / "results.csv"
     args = ["train", str(data), "--out", str(run), "--config", str(cfg), "--model", model]
     assert main([*args, "-q", "--device", "cpu"]) == 0
@@ -31,7 +34,7 @@ def train_and_sweep(data: Path, tmp_path: Path, cfg: Path, model: str) -> list[d
     assert saved["model_class"] == PLUGIN and saved["model"]["options"] == {"hidden": 8}
     sweep = ["eval", str(run), "--data", str(data), "--sweep", "--levels", "0,1",
              "--corruption-seeds", "1", "--out", str(results), "-q", "--device", "cpu"]  # fmt: skip
-    assert main(sweep) == 0
+    assert main([*sweep, *(a for spec in allow for a in ("--plugin", spec))]) == 0
     import pandas as pd
 
     table = pd.read_csv(results)
@@ -42,8 +45,13 @@ def train_and_sweep(data: Path, tmp_path: Path, cfg: Path, model: str) -> list[d
 def test_plugin_by_module_path(
     tiny_h5: Path, tmp_path: Path, cfg: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rows = train_and_sweep(tiny_h5, tmp_path, cfg, PLUGIN)
+    rows = train_and_sweep(tiny_h5, tmp_path, cfg, PLUGIN, allow=(PLUGIN,))
     assert {r["axis"] for r in rows} >= {"mixed", "missing", "noise"}
+    # Without --plugin, the class the run names is not imported: one line saying how.
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--data", str(tiny_h5), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert f"allow it with --plugin {PLUGIN}" in err and len(err.splitlines()) == 2
     # --resume with the same (partial) options: they merge into the saved ones, key by key.
     from qamoe_cli.train import _configs
 
@@ -70,15 +78,21 @@ def test_plugin_by_entry_point(
         return [EntryPoint()] if group == registry.ENTRY_POINT_GROUP else []
 
     monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
-    train_and_sweep(tiny_h5, tmp_path, cfg, "mean-pool")
-    # Uninstalled: the run names the plug-in's class in one line.
+    train_and_sweep(tiny_h5, tmp_path, cfg, "mean-pool")  # installed: no --plugin needed
+    # Uninstalled: the run's recorded class is not imported unless allowed...
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_: [])
     monkeypatch.setattr(registry, "_from_path", _not_installed)
     capsys.readouterr()
-    assert main(["eval", str(tmp_path / "run"), "--data", str(tiny_h5), "-q"]) == 1
+    eval_args = ["eval", str(tmp_path / "run"), "--data", str(tiny_h5), "-q"]
+    assert main(eval_args) == 1
+    err = capsys.readouterr().err
+    assert f"names the model class '{PLUGIN}', which is not built in" in err
+    assert err.startswith("error:") and len(err.splitlines()) == 2  # error and hint
+    # ...and, allowed but not importable here, says so in one line naming it.
+    assert main([*eval_args, "--plugin", PLUGIN]) == 1
     err = capsys.readouterr().err
     assert f"trained with the model '{PLUGIN}', which cannot be loaded here" in err
-    assert err.startswith("error:") and len(err.splitlines()) == 2  # error and hint
+    assert err.startswith("error:") and len(err.splitlines()) == 2
 
 
 def _not_installed(spec: str) -> Any:

@@ -189,9 +189,9 @@ def test_checkpoint_of_a_missing_plugin(tiny_h5: Path, tmp_path: Path) -> None:
     train(tiny_h5, run, PLUGIN, TINY, TrainConfig(epochs=1, batch_size=32), device="cpu")
     config = json.loads((run / "config.json").read_text())
     assert config["model_class"] == PLUGIN and config["model"]["options"] == {"hidden": 32}
-    model, _, meta = ckpt.load_run(run)
+    model, _, meta = ckpt.load_run(run, plugins=[PLUGIN])
     assert type(model).__name__ == "MeanPoolModel" and meta["model_name"] == PLUGIN
     config["model_name"] = config["model_class"] = "gone_pkg.models:Gone"
     (run / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"trained with the model 'gone_pkg\.models:Gone'"):
-        ckpt.load_run(run)
+        ckpt.load_run(run, plugins=["gone_pkg.models:Gone"])
