@@ -16,7 +16,11 @@ Four functions cover what a script needs without the command line::
 A *batch* is the dict that :meth:`qamoe_core.h5store.FeatureFile.read` returns (numpy) or its
 torch version: for each modality ``m`` the features ``m`` (B, T_m, D_m) float32 and lengths
 ``m_len`` (B,), optionally the keep mask ``m_keep`` (B, T_m) bool; ``index`` (B,) the rows'
-numbers within their split; ``label`` (B,). Shapes below use B for the batch size.
+numbers within their split; ``label`` (B,). Shapes below use B for the batch size. A batch
+you pass in is checked exactly as the file reader checks what it reads
+(:func:`qamoe_core.h5store.normalize_batch`): missing keys, anything but arrays or tensors,
+non-integer lengths or lengths outside [0, T_m], float keep masks and NaN/inf features are a
+one-line ``UsageError``; float64 features and int32 lengths are converted.
 
 Predictions for binary tasks are probabilities (the sigmoid of the model's logit, in float64),
 not bare logits: a probability reads the same whatever the model, and thresholding it at 0.5
@@ -112,8 +116,10 @@ def predict(
 
     Returns a (B,) float64 array: probabilities in [0, 1] of the positive class for a binary
     run (the sigmoid of the model's logit), predicted scores for a regression run. A file is
-    first checked against the run (modalities, dims, kind of labels). ``batch_size`` rows go
-    through the model at a time; the result does not depend on it beyond float rounding.
+    first checked against the run (modalities, dims, kind of labels), then read in blocks that
+    fit the memory budget; a batch must hold every modality of the run, with its dims.
+    ``batch_size`` rows go through the model at a time; the result does not depend on it
+    beyond float rounding.
     """
     the_run = _as_run(run)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
