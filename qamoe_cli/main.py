@@ -24,6 +24,7 @@ from qamoe_cli import eval as eval_cmd
 from qamoe_cli.common import INTERRUPT_HINT, ClickException, ClickUsageError, err_console
 from qamoe_core import __version__
 from qamoe_core.errors import NoSpaceError, QamoeError, UsageError
+from qamoe_core.runtime import set_memory_budget
 
 EXIT_RULE = (
     "Exit status: 0 done; 2 the command line is not valid (unknown option or choice, a value "
@@ -31,6 +32,11 @@ EXIT_RULE = (
     "or damaged file, bad data, an existing output without --force, a full disk); 130 "
     "interrupted (Ctrl-C), 143 terminated (SIGTERM)."
 )
+# After SIGTERM or Ctrl-C a command unwinds like Ctrl-C, removing its temporaries. Should it not
+# have ended GRACE_S seconds later (the exception fired where Python drops it, e.g. inside an
+# h5py callback, or a C call is still running), the console script's watchdog ends the process:
+# what it leaves is at most a temporary, swept by the next command on the same output.
+GRACE_S = 0.8
 
 app = typer.Typer(
     name="qamoe",
@@ -78,8 +84,21 @@ def _root(
             metavar="",
         ),
     ] = False,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option(
+            "--memory-budget",
+            help=(
+                "Most memory a command may use for the data it reads, e.g. 8G or 512M (also "
+                "$QAMOE_MEMORY_BUDGET; default: half the memory available at start). Files whose "
+                "declared sizes need more are refused before reading."
+            ),
+            metavar="SIZE",
+        ),
+    ] = None,
 ) -> None:
     _STATE["debug"] = debug or os.environ.get("QAMOE_DEBUG", "") not in ("", "0")
+    set_memory_budget(memory_budget)
     if _STATE["in_main"]:  # here, not in main(): typer installs its own hook as the app starts
         _STATE["next_excepthook"] = sys.excepthook
         sys.excepthook = _quiet_excepthook
@@ -110,9 +129,61 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that every atomic output removes its temporary."""
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    _STATE["terminated"] = True  # typer turns every KeyboardInterrupt into Exit(130)
-    raise Terminated
+def _on_signal(signum: int, frame: object) -> None:
+    """SIGTERM raises Terminated, SIGINT KeyboardInterrupt (typer turns either into Exit(130),
+    hence the flag). Should Python drop the exception, the watchdog (run()) still ends it."""
+    if signum == signal.SIGTERM:
+        _STATE["terminated"] = True
+        raise Terminated
+    raise KeyboardInterrupt
+
+
+class _Watchdog:
+    """Ends the process GRACE_S seconds after SIGTERM/SIGINT if the command has not ended by
+    itself, at once on a second signal. It hears signals through ``signal.set_wakeup_fd``,
+    which the C-level handler writes even while the main thread is stuck in a C call."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        self.write_fd = write_fd
+        self.previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, name="qamoe-watchdog", daemon=True).start()
+
+    def _watch(self) -> None:
+        first: int | None = None
+        while True:
+            try:
+                data = os.read(self.read_fd, 64)
+            except OSError:
+                return
+            stops = [b for b in data if b in (signal.SIGTERM, signal.SIGINT)]
+            if not data or self.done.is_set():
+                return
+            if stops and first is not None:
+                self._exit(first)  # a second signal: no more waiting
+            if stops:
+                first = stops[0]
+                threading.Thread(target=self._grace, args=(first,), daemon=True).start()
+
+    def _grace(self, signum: int) -> None:
+        if not self.done.wait(GRACE_S):
+            self._exit(signum)
+
+    def _exit(self, signum: int) -> None:
+        if self.done.is_set():
+            return
+        word, code = ("terminated", 143) if signum == signal.SIGTERM else ("interrupted", 130)
+        hint = "Outputs are written atomically: nothing half-written (a temporary left "
+        _print_error(f"{word}.", hint + "behind is swept by the next command on that output).")
+        sys.stderr.flush()
+        os._exit(code)
+
+    def close(self) -> None:
+        self.done.set()
+        signal.set_wakeup_fd(self.previous)
+        os.close(self.write_fd)  # ends _watch's read
 
 
 def _from_h5py_teardown(tb: Any) -> bool:
@@ -137,12 +208,24 @@ def _quiet_excepthook(kind: Any, value: Any, tb: Any) -> None:
 
 
 def _debug_first(argv: list[str]) -> list[str]:
-    """Move ``--debug`` to the front, so that it works after the command name too (where one
-    adds it when a command has just failed: ``qamoe corrupt … --debug``)."""
+    """Move ``--debug`` and ``--memory-budget SIZE`` to the front, so that they work after the
+    command name too (where one adds them when a command has just failed:
+    ``qamoe corrupt … --debug``, or as a refusal's hint says)."""
     end = argv.index("--") if "--" in argv else len(argv)
-    if "--debug" not in argv[:end]:
-        return list(argv)
-    return ["--debug", *(a for a in argv[:end] if a != "--debug"), *argv[end:]]
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < end:
+        a = argv[i]
+        if a == "--debug" or a.startswith("--memory-budget="):
+            front.append(a)
+        elif a == "--memory-budget" and i + 1 < end:
+            front += argv[i : i + 2]
+            i += 1
+        else:
+            rest.append(a)
+        i += 1
+    return [*front, *rest, *argv[end:]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (a job scheduler, `timeout`, `kill`) unwinds like Ctrl-C, so that atomic outputs
     # remove their temporaries; both hooks are restored for callers that embed main().
     in_main_thread = threading.current_thread() is threading.main_thread()
-    old_term = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    olds = {}
+    if in_main_thread:
+        olds = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     old_hooks = sys.unraisablehook, sys.excepthook
     _STATE["next_unraisable"], sys.unraisablehook = sys.unraisablehook, _quiet_unraisable
     _STATE["terminated"] = _STATE["hard_exit"] = False
@@ -161,8 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         _STATE["in_main"] = False
         sys.unraisablehook, sys.excepthook = old_hooks
-        if in_main_thread and old_term is not None:  # None: a handler not set from Python
-            signal.signal(signal.SIGTERM, old_term)
+        set_memory_budget(None)
+        for sig, old in olds.items():
+            if old is not None:  # None: a handler not set from Python
+                signal.signal(sig, old)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -220,12 +307,17 @@ def _usage_error(exc: Any) -> int:
 
 
 def run() -> None:
-    """The console script: :func:`main`, then exit with its status."""
-    code = main()
-    if _STATE["hard_exit"]:
+    """The console script: :func:`main` under the signal watchdog, then exit with its status."""
+    watchdog = _Watchdog()
+    try:
+        code = main()
+    finally:
+        watchdog.close()
+    if _STATE["hard_exit"] or code in (130, 143):
         # After a failed HDF5 write the library's own teardown at interpreter exit can crash
         # (SIGSEGV) on the dead file handle; the error is reported and the temporary is gone,
-        # so skip that teardown.
+        # so skip that teardown. After Ctrl-C or SIGTERM, too: the command has unwound and
+        # removed its temporaries, and the teardown (torch, h5py) can take a second.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

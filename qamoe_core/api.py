@@ -16,7 +16,11 @@ Four functions cover what a script needs without the command line::
 A *batch* is the dict that :meth:`qamoe_core.h5store.FeatureFile.read` returns (numpy) or its
 torch version: for each modality ``m`` the features ``m`` (B, T_m, D_m) float32 and lengths
 ``m_len`` (B,), optionally the keep mask ``m_keep`` (B, T_m) bool; ``index`` (B,) the rows'
-numbers within their split; ``label`` (B,). Shapes below use B for the batch size.
+numbers within their split; ``label`` (B,). Shapes below use B for the batch size. A batch
+you pass in is checked exactly as the file reader checks what it reads
+(:func:`qamoe_core.h5store.normalize_batch`): missing keys, anything but arrays or tensors,
+non-integer lengths or lengths outside [0, T_m], float keep masks and NaN/inf features are a
+one-line ``UsageError``; float64 features and int32 lengths are converted.
 
 Predictions for binary tasks are probabilities (the sigmoid of the model's logit, in float64),
 not bare logits: a probability reads the same whatever the model, and thresholding it at 0.5
@@ -122,37 +126,56 @@ def predict(
 
     Returns a (B,) float64 array: probabilities in [0, 1] of the positive class for a binary
     run (the sigmoid of the model's logit), predicted scores for a regression run. A file is
-    first checked against the run (modalities, dims, kind of labels). ``batch_size`` rows go
-    through the model at a time; the result does not depend on it beyond float rounding.
+    first checked against the run (modalities, dims, kind of labels), then read in blocks that
+    fit the memory budget; a batch must hold every modality of the run, with its dims.
+    ``batch_size`` rows go through the model at a time; the result does not depend on it
+    beyond float rounding.
     """
     the_run = _as_run(run)
-    if batch_size < 1:
-        raise UsageError(f"The 'batch_size' parameter must be >= 1. Got {batch_size}.")
-    if isinstance(data, Mapping):
-        batch = data
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"The 'batch_size' parameter must be an int >= 1. Got {batch_size!r}.")
+    if isinstance(data, str | os.PathLike):
+        scores = _predict_file(the_run, data, split, batch_size)
     else:
-        from qamoe_core.evaluate import check_compatible
-        from qamoe_core.h5store import FeatureFile
-
-        with FeatureFile(data) as f:
-            check_compatible(the_run.model, f, the_run.task)
-            batch = f.read(split, slice(None))
-    scores = _forward(the_run.model, batch, batch_size)
+        scores = _forward(the_run, _check_batch(the_run, data), batch_size)
     if the_run.task == "binary":
         return 1.0 / (1.0 + np.exp(-scores))
     return scores
 
 
-def _forward(model: torch.nn.Module, batch: Mapping[str, Any], batch_size: int) -> np.ndarray:
-    """The model's raw output (B,) float64 over ``batch``, ``batch_size`` rows at a time."""
+def _check_batch(run: Run, batch: Any) -> dict[str, Any]:
+    """``batch`` checked as the file reader checks what it reads (h5store.normalize_batch),
+    and against the run: every modality the model reads, with the dims it was trained on."""
+    from qamoe_core.h5store import normalize_batch
+
+    out = normalize_batch(batch, "the batch", run.modalities, error=UsageError)
+    for m, d in run.meta["dims"].items():
+        if out[m].shape[2] != d:
+            raise UsageError(
+                f"the batch: '{m}' has {out[m].shape[2]} feature dims; the run was trained on {d}.",
+                hint="Pass data extracted like the run's training file.",
+            )
+    return out
+
+
+def _predict_file(run: Run, source: PathLike, split: str, batch_size: int) -> np.ndarray:
+    """Scores for every row of ``split`` of a feature file, read in blocks that fit the
+    memory budget (each block checked by the reader)."""
+    from qamoe_core.evaluate import check_compatible
+    from qamoe_core.h5store import FeatureFile
+
+    with FeatureFile(source) as f:
+        check_compatible(run.model, f, run.task)
+        rows = f.block_rows(split, max(batch_size, 4096), copies=4)
+        parts = [_forward(run, b, batch_size) for b in f.iter_batches(split, rows)]
+    return np.concatenate(parts)
+
+
+def _forward(run: Run, batch: Mapping[str, Any], batch_size: int) -> np.ndarray:
+    """The model's raw output (B,) float64 over a checked batch, ``batch_size`` rows at a time."""
+    model = run.model
     device = next(model.parameters()).device
-    first = next((m for m in ("text", "audio", "vision") if m in batch), None)
-    if first is None:
-        raise UsageError(
-            "The batch holds no modality (text, audio or vision).",
-            hint="Pass a batch as read_batch() returns it, or a feature file.",
-        )
-    n = int(batch[first].shape[0])
+    n = int(batch[run.modalities[0]].shape[0])
     out = np.empty(n, dtype=np.float64)
     with torch.inference_mode():
         for s in range(0, n, batch_size):
@@ -216,11 +239,14 @@ def corrupt_batch(
         noise_scale=noise_scale,
         seed=seed,
     )
-    if "index" not in batch:
+    from qamoe_core.h5store import normalize_batch
+
+    if isinstance(batch, Mapping) and "index" not in batch:
         raise UsageError(
             "The batch has no 'index' (the rows' numbers in their split), which keys the draws.",
             hint="Read it with qamoe_core.read_batch or FeatureFile.read, which add it.",
         )
+    batch = normalize_batch(batch, "the batch", error=UsageError)
     if source is not None:
         train_std, chain = _file_context(source, spec, train_std, chain)
     elif spec.noise_std > 0 and train_std is None:

@@ -70,6 +70,9 @@ DEFAULT_MAX_GAP = 10.0  # points (percent of accuracy)
 DEFAULT_Z = 4.0
 EXAMPLES = 5  # ids, groups or dims listed per finding
 _READ_ROWS = 256
+# Float32 copies of a block that _read_split holds at once (the read, float64 features, the
+# masked product, the valid steps): blocks shrink so that these fit the memory budget.
+_READ_COPIES = 8
 
 
 @dataclass(frozen=True)
@@ -160,8 +163,9 @@ def _read_split(
     lo = {m: np.full(f.dims[m], np.inf) for m in mods}
     hi = {m: np.full(f.dims[m], -np.inf) for m in mods}
     whole = len(rows) == f.n(split)
-    for start in range(0, len(rows), _READ_ROWS):
-        block = rows[start : start + _READ_ROWS]
+    step = f.block_rows(split, _READ_ROWS, _READ_COPIES)
+    for start in range(0, len(rows), step):
+        block = rows[start : start + step]
         batch = f.read(split, slice(block[0], block[-1] + 1) if whole else block)
         labels.append(batch["label"].astype(np.float64))
         for m in mods:
@@ -510,7 +514,7 @@ def _check_train(f: FeatureFile, task: str) -> None:
             f"'{f.path}' has no train split (it has: {', '.join(f.splits)}).",
             hint="The audit fits its probes on train; audit the file `qamoe extract` wrote.",
         )
-    y = np.asarray(f.h5["train"]["label"][:], dtype=np.float64)
+    y = f.labels("train").astype(np.float64)
     if task == "binary":
         counts = {c: int(np.sum((y > 0.5) == (c == "positive"))) for c in ("negative", "positive")}
         if min(counts.values()) < 2:
@@ -584,7 +588,7 @@ def audit(
         _check_train(f, f.task)
         mods = _pick_modalities(f, cfg.modalities)
         splits, grouping = _load(f, mods, cfg, tick)
-        labels = {s: np.asarray(f.h5[s]["label"][:], dtype=np.float64) for s in f.splits}
+        labels = {s: f.labels(s).astype(np.float64) for s in f.splits}
         task, file_scheme = f.task, f.scheme
         head = {"file": str(f.path), "dataset": f.dataset, "task": task, "scheme": file_scheme}
         corrupted = bool(f.corruption)

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 # Feature bytes read per chunk. With the draws, torch temporaries and the output this keeps the
 # working set near 5x this (~160 MiB) plus the interpreter and torch (~300 MiB): well under 1 GiB.
 CHUNK_BYTES = 32 << 20
+# Copies of a block alive at once (two blocks in the pipeline, each read, corrupted and
+# written): blocks shrink so that these fit the memory budget (runtime.memory_budget).
+_BLOCK_COPIES = 6
 _ROOT_OWNED = ("format", "format_version", "created_by", "corruption")  # set by the writer/us
 
 
@@ -151,7 +154,7 @@ def _stream_split(
     gw = w.h5[split]
     row_bytes = sum(t * d * 4 for t, d in shapes.values())
     store_rows = [gw[m].chunks[0] for m in f.modalities if gw[m].chunks]
-    rows = _chunk_rows(row_bytes, n, store_rows, chunk_rows)
+    rows = f.block_rows(split, _chunk_rows(row_bytes, n, store_rows, chunk_rows), _BLOCK_COPIES)
     ids = f.ids(split)
     raw = f.raw_text(split)
 
@@ -203,6 +206,8 @@ class _Pass:
         except InputError as exc:
             raise InputError(exc.message.replace("the data", f"'{src}'"), exc.hint) from None
         self.chosen = _parse_splits(splits, f.splits)
+        for s in f.splits:  # before the output exists: a row too big for the memory budget
+            f.block_rows(s, 1, _BLOCK_COPIES)
         self.targets = [m for m in self.resolved if spec.level > 0]
         self.train_std = {m: f.train_std(m) for m in self.targets} if spec.noise_std > 0 else {}
         _check_noise_has_effect(src, spec, self.train_std)

@@ -120,3 +120,8 @@ def check_choice(value: Any, choices: tuple[str, ...] | list[str], name: str) ->
         if guess
         else "Names are case-sensitive; the command's --help lists them.",
     )
+
+
+class TooLargeError(DataFormatError):
+    """A file declares more than a command can hold within the memory budget
+    (``runtime.memory_budget``), or more structure (group depth, objects) than qamoe walks."""

@@ -55,6 +55,7 @@ from qamoe_core.errors import (
     DataFormatError,
     InputError,
     QamoeError,
+    TooLargeError,
     UsageError,
 )
 from qamoe_core.h5store import FeatureFile
@@ -71,6 +72,7 @@ from qamoe_core.results import (
     make_table,
     summarize,
 )
+from qamoe_core.runtime import format_size, memory_budget
 from qamoe_core.spectrum import (
     CorruptionSpec,
     ModalityDraws,
@@ -88,6 +90,12 @@ Progress = Callable[..., None]
 # A model's encode_with_coverage(batch): pooled encodings and coverages per modality.
 Encodings = tuple[dict[str, Tensor], dict[str, Tensor | None]]
 
+
+# Float32 copies of a block alive at once (the read, the keyed draws, corrupted mini-batches):
+# blocks shrink so that these fit the memory budget (runtime.memory_budget).
+_BLOCK_COPIES = 4
+# Bytes kept per (point, variant, row): the prediction, and with per_sample a table row.
+_POINT_BYTES, _SAMPLE_ROW_BYTES = 4, 320
 
 # A step of 0.001 over [0, 1]; finer grids only cost time (each point is a pass over the split).
 MAX_LEVELS = 1001
@@ -539,18 +547,44 @@ class Evaluation:
             self.points = plan(cfg, self.modalities, given)
             self.n = f.n(cfg.split)  # InputError naming the splits if absent
             self.scheme, self.dataset = f.scheme, f.dataset
-            row_bytes = sum(4 * f.seq_lens[m] * f.dims[m] for m in f.modalities)
+            self._check_results_fit(f)
+            self.block = self._block_rows(f)
         self.targets = sorted(
             {m for p in self.points if p.axis in SPECTRUM_AXES for m in p.modalities}
         )
-        block = max(cfg.batch_size, int(cfg.block_mib * 2**20 // max(row_bytes, 1)))
-        # Whole shuffle windows per block, so that no window is split between two blocks.
-        self.block = -(-block // cfg.shuffle_window) * cfg.shuffle_window
         self.n_blocks = -(-self.n // self.block)
         # State of one run (reset by run()).
         self._acc = _Accumulator(self.n, cfg.per_sample)
         self._train_std: dict[str, Tensor] = {}
         self._shuffle = cfg.quality_shuffle
+
+    def _block_rows(self, f: FeatureFile) -> int:
+        """Rows read at once: ``block_mib`` worth (at least a batch), in whole shuffle windows
+        (no window is split between two blocks), and no more than the memory budget allows."""
+        cfg = self.cfg
+        row_bytes = sum(4 * f.seq_lens[m] * f.dims[m] for m in f.modalities)
+        block = max(cfg.batch_size, int(cfg.block_mib * 2**20 // max(row_bytes, 1)))
+        block = -(-block // cfg.shuffle_window) * cfg.shuffle_window
+        fit = f.block_rows(cfg.split, block, _BLOCK_COPIES)
+        if fit == block or not cfg.quality_shuffle:
+            return fit
+        # Results do not depend on the block, but a shuffle window must fit in one.
+        f.check_rows(cfg.split, cfg.shuffle_window, _BLOCK_COPIES, "a quality-shuffle window of")
+        return fit // cfg.shuffle_window * cfg.shuffle_window
+
+    def _check_results_fit(self, f: FeatureFile) -> None:
+        """Refuse a grid whose predictions (and per-sample rows) would pass the memory budget."""
+        per_row = 2 * len(self.points) * (_POINT_BYTES + self.cfg.per_sample * _SAMPLE_ROW_BYTES)
+        need, budget = self.n * per_row, memory_budget()
+        if need > budget:
+            raise TooLargeError(
+                f"'{f.path}': {len(self.points)} points x {self.n:,} rows of split "
+                f"'{self.cfg.split}' keep about {format_size(need)} of results"
+                f"{' (per-sample rows)' if self.cfg.per_sample else ''}, beyond the memory "
+                f"budget of {format_size(budget)}.",
+                hint="Evaluate fewer points (--levels, --axis) or without --per-sample, or "
+                "raise the budget with --memory-budget SIZE.",
+            )
 
     def _check_data(self, f: FeatureFile) -> None:
         check_compatible(self.model, f, self.task)
@@ -580,8 +614,8 @@ class Evaluation:
         self._acc = _Accumulator(self.n, cfg.per_sample)
         self._shuffle = cfg.quality_shuffle
         with FeatureFile(self.data) as f, torch.inference_mode():
-            labels = np.asarray(f.h5[cfg.split]["label"][:], dtype=np.float32)
-            ids = f.h5[cfg.split]["ids"].asstr()[:] if cfg.per_sample else None
+            labels = f.labels(cfg.split)
+            ids = np.asarray(f.ids(cfg.split), dtype=object) if cfg.per_sample else None
             noisy = any(p.axis in ("noise", "mixed") and not p.given for p in self.points)
             self._train_std = {
                 m: torch.from_numpy(f.train_std(m)).to(self.device) for m in self.targets

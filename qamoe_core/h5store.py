@@ -23,6 +23,15 @@ regular file (a FIFO would block forever), links or storage outside the file (an
 external raw storage or a virtual dataset would make qamoe read, and `corrupt` copy, any local
 file), labels outside the declared range, feature magnitudes beyond MAX_ABS_FEATURE, ids that
 are not UTF-8 and corruption records whose numbers are not numbers.
+
+Sizes follow the file, never only its declared shapes (docs/security.md): on open, a group tree
+deeper than MAX_DEPTH or with more than MAX_OBJECTS links, a large dataset whose chunks were
+never written (it would read as fill values), a chunk too big to unpack, and a split with more
+rows than its bookkeeping fits in :func:`qamoe_core.runtime.memory_budget` are refused; every
+read is checked against the budget first (:meth:`FeatureFile.check_rows`), and commands pick
+their block sizes with :meth:`FeatureFile.block_rows`. Features of any float width are read as
+float32; lengths must be integers, keep masks booleans or 0/1 integers
+(:func:`normalize_batch`, which the library API applies to batches it is given, too).
 """
 
 from __future__ import annotations
@@ -43,8 +52,9 @@ import h5py
 import numpy as np
 
 from qamoe_core.atomic import atomic_path
-from qamoe_core.errors import DataFormatError, InputError
+from qamoe_core.errors import DataFormatError, InputError, QamoeError, TooLargeError
 from qamoe_core.names import MODALITIES, SCHEMES, SPLITS, TASKS
+from qamoe_core.runtime import format_size, memory_budget
 from qamoe_core.version import __version__
 
 log = logging.getLogger(__name__)
@@ -62,6 +72,22 @@ _STR = h5py.string_dtype("utf-8")
 # encoding error (3e38 was once misread as "the model diverged"). Squares of 1e10 (1e20) and
 # their sums over any feature dim still fit float32 (max 3.4e38), so checks stay meaningful.
 MAX_ABS_FEATURE = 1e10
+# Caps on the group tree walked on open (qamoe's own files: depth 2, about 40 links). A file
+# beyond them is refused before anything else is read: 2,000 nested groups once took minutes.
+MAX_DEPTH = 32
+MAX_OBJECTS = 10_000
+# A dataset declaring at least this many bytes must have all its storage written: unwritten
+# chunks read as fill values, so a 190 KB file could declare gigabytes.
+UNWRITTEN_MIN_BYTES = 16 << 20
+# Bytes a command keeps per row of a split besides the features (ids as Python strings,
+# labels, indices, predictions): the whole split's worth must fit in the memory budget.
+ROW_BOOKKEEPING = 256
+# Copies of a block that one read may hold at once (the HDF5 buffer and the result).
+READ_COPIES = 2
+BUDGET_HINT = (
+    "Raise the budget with --memory-budget SIZE (or QAMOE_MEMORY_BUDGET, e.g. 16G) if the "
+    "machine has the memory; a file whose declared shapes are implausible is damaged or forged."
+)
 
 
 @dataclass
@@ -93,44 +119,40 @@ def _json_attr(value: Any) -> Any:
     return value
 
 
-def check_finite(name: str, array: np.ndarray, where: str) -> None:
-    """Raise a DataFormatError if ``array`` holds NaN or inf, naming where and how many."""
+def check_finite(
+    name: str, array: np.ndarray, where: str, error: type[QamoeError] = DataFormatError
+) -> None:
+    """Raise ``error`` if ``array`` holds NaN or inf, naming where and how many."""
     bad = ~np.isfinite(array)
     if bad.any():
-        raise DataFormatError(
+        raise error(
             f"{where}: '{name}' holds {int(bad.sum())} non-finite values (NaN or inf).",
             hint="Clean the source features, or let the importer replace them (MMSA audio -inf).",
         )
 
 
-def check_lengths(name: str, lengths: np.ndarray, t: int, where: str) -> None:
-    """Raise a DataFormatError if a length lies outside [0, t] (the padded axis)."""
-    if (lengths < 0).any() or (lengths > t).any():
-        raise DataFormatError(
+def check_lengths(
+    name: str, lengths: np.ndarray, t: int, where: str, error: type[QamoeError] = DataFormatError
+) -> None:
+    """Raise ``error`` if a length lies outside [0, t] (the padded axis)."""
+    if lengths.size and ((lengths < 0).any() or (lengths > t).any()):
+        raise error(
             f"{where}: '{name}' holds lengths outside [0, {t}] "
             f"(min {int(lengths.min())}, max {int(lengths.max())}).",
             hint="Lengths count valid steps and cannot exceed the padded axis.",
         )
 
 
-def check_block(batch: Mapping[str, np.ndarray], modalities: Iterable[str], where: str) -> None:
-    """NaN/inf labels or features and impossible lengths in one block of rows (as
-    :meth:`FeatureFile.read` returns it, which checks every block it reads)."""
-    check_finite("label", batch["label"], where)
-    for m in modalities:
-        check_lengths(f"{m}_len", batch[f"{m}_len"], batch[m].shape[1], where)
-        check_finite(m, batch[m], where)
-        check_magnitude(m, batch[m], where)
-
-
-def check_magnitude(name: str, array: np.ndarray, where: str) -> None:
-    """Raise a DataFormatError if a finite value exceeds MAX_ABS_FEATURE in magnitude."""
+def check_magnitude(
+    name: str, array: np.ndarray, where: str, error: type[QamoeError] = DataFormatError
+) -> None:
+    """Raise ``error`` if a finite value exceeds MAX_ABS_FEATURE in magnitude."""
     if not array.size:
         return
     # max and min, not abs(): no copy of a 32 MiB block (NaN was ruled out by check_finite)
     largest = max(float(array.max()), -float(array.min()))
     if largest > MAX_ABS_FEATURE:
-        raise DataFormatError(
+        raise error(
             f"{where}: '{name}' holds values beyond ±{MAX_ABS_FEATURE:g} "
             f"(largest magnitude {largest:.3g}).",
             hint="Such values are an extraction or unit error; fix or rescale the source features.",
@@ -145,6 +167,140 @@ def check_labels(label: np.ndarray, lo: float, hi: float, where: str) -> None:
             f"the declared label range [{lo:g}, {hi:g}].",
             hint="Fix the labels, or re-import with the true range (root attrs label_min/max).",
         )
+
+
+# -- the batch contract, checked in one place ---------------------------------------------------
+# What each kind of array may hold: numpy dtype kinds ("b" bool, "i"/"u" integers, "f" floats).
+_KINDS = {"features": "f", "lengths": "iu", "keep": "biu", "label": "iuf", "index": "iu"}
+_BATCH_HINT = "Batches follow docs/architecture.md's batch contract (files: data/README.md)."
+_KIND_WORDS = {
+    "features": "floats",
+    "lengths": "integers",
+    "keep": "booleans (or 0/1 integers)",
+    "label": "numbers",
+    "index": "integers",
+}
+
+
+def _is_tensor(value: Any) -> bool:
+    return type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach")
+
+
+def _kind(value: Any) -> str:
+    """The numpy dtype kind of an ndarray or a torch tensor ("f", "i", "u", "b", "c", ...)."""
+    if isinstance(value, np.ndarray):
+        return str(value.dtype.kind)
+    dtype = value.dtype
+    if dtype.is_floating_point:
+        return "f"
+    if dtype.is_complex:
+        return "c"
+    return "b" if str(dtype) == "torch.bool" else "i"
+
+
+def _numpy(value: Any) -> np.ndarray:
+    """An ndarray view (or CPU copy) of an ndarray or a torch tensor, for checks."""
+    if isinstance(value, np.ndarray):
+        return value
+    value = value.detach().cpu()
+    return (value.float() if str(value.dtype) == "torch.bfloat16" else value).numpy()
+
+
+def _cast(value: Any, kind: str) -> Any:
+    """``value`` as float32 ("f"), int64 ("i") or bool ("b"), numpy or torch as it came."""
+    if isinstance(value, np.ndarray):
+        return value.astype({"f": np.float32, "i": np.int64, "b": bool}[kind], copy=False)
+    return {"f": value.float, "i": value.long, "b": value.bool}[kind]()
+
+
+def _batch_array(
+    batch: Mapping[str, Any], key: str, role: str, shape: tuple[int | None, ...], where: str,
+    error: type[QamoeError],
+) -> Any:  # fmt: skip
+    """``batch[key]`` if it is an ndarray or tensor of ``role``'s kinds and of ``shape``
+    (None: any size); else ``error`` in one line naming the key."""
+    if key not in batch:
+        raise error(f"{where} has no '{key}'.",
+                    hint=f"{_BATCH_HINT[:-1]}; read_batch returns a complete one.")  # fmt: skip
+    value = batch[key]
+    if not (isinstance(value, np.ndarray) or _is_tensor(value)):
+        raise error(f"{where}: '{key}' is a {type(value).__name__}, not a numpy array or "
+                    "torch tensor.", hint="Convert it with numpy.asarray.")  # fmt: skip
+    got = tuple(value.shape)
+    fits = len(got) == len(shape)
+    fits = fits and all(w is None or g == w for g, w in zip(got, shape, strict=True))
+    if not fits or _kind(value) not in _KINDS[role]:
+        want = "(" + ", ".join("?" if w is None else str(w) for w in shape) + ")"
+        raise error(
+            f"{where}: '{key}' must hold {_KIND_WORDS[role]} of shape {want}; it holds "
+            f"{value.dtype} of shape {got}.",
+            hint=_BATCH_HINT,
+        )
+    return value
+
+
+def _normalize_modality(
+    batch: Mapping[str, Any], m: str, n: int | None, where: str, error: type[QamoeError],
+    out: dict[str, Any],
+) -> int:  # fmt: skip
+    """Check modality ``m``'s features, lengths and keep mask into ``out``; return the rows."""
+    x = _batch_array(batch, m, "features", (n, None, None), where, error)
+    n, t = int(x.shape[0]), int(x.shape[1])
+    if t == 0 or x.shape[2] == 0:
+        raise error(f"{where}: '{m}' has shape {tuple(x.shape)}; a modality needs at least one "
+                    "time step and one feature dimension.", hint=_BATCH_HINT)  # fmt: skip
+    lens = _batch_array(batch, f"{m}_len", "lengths", (n,), where, error)
+    check_lengths(f"{m}_len", _numpy(lens), t, where, error)
+    values = _numpy(x)
+    check_finite(m, values, where, error)
+    check_magnitude(m, values, where, error)
+    out[m], out[f"{m}_len"] = _cast(x, "f"), _cast(lens, "i")
+    if f"{m}_keep" in batch:
+        keep = _batch_array(batch, f"{m}_keep", "keep", (n, t), where, error)
+        flags = _numpy(keep)
+        if flags.dtype.kind != "b" and flags.size and (flags.min() < 0 or flags.max() > 1):
+            raise error(f"{where}: '{m}_keep' holds values other than 0 and 1 "
+                        f"({flags.min()} to {flags.max()}).", hint=_BATCH_HINT)  # fmt: skip
+        out[f"{m}_keep"] = _cast(keep, "b")
+    return n
+
+
+def normalize_batch(
+    batch: Mapping[str, Any], where: str, modalities: Iterable[str] | None = None,
+    error: type[QamoeError] = DataFormatError,
+) -> dict[str, Any]:  # fmt: skip
+    """Check a batch against the batch contract (docs/architecture.md) and return it with the
+    contract's dtypes: features float32, lengths and indices int64, keep masks bool, labels
+    float32 (numpy stays numpy, torch stays torch; the input is not modified).
+
+    The one check of every batch: :meth:`FeatureFile.read` applies it to what it reads, and the
+    library API (``predict``, ``corrupt_batch``) to the batches it is given. Refused with one
+    line naming ``where`` and the key: a missing modality or length, anything but arrays or
+    tensors, features that are not floats of shape (B, T >= 1, D >= 1), NaN/inf or absurd
+    features, lengths that are not integers in [0, T], keep masks that are not booleans or 0/1,
+    rows that differ between keys. ``modalities`` None: those of text/audio/vision present.
+    """
+    if not isinstance(batch, Mapping):
+        raise error(f"{where} is a {type(batch).__name__}, not a dict of arrays (a batch).",
+                    hint="Read one with qamoe_core.read_batch.")  # fmt: skip
+    mods = tuple(m for m in MODALITIES if m in batch) if modalities is None else tuple(modalities)
+    if not mods:
+        raise error(f"{where} holds no modality (text, audio or vision).",
+                    hint="Pass a batch as read_batch() returns it, or a feature file.")  # fmt: skip
+    out = dict(batch)
+    n: int | None = None
+    for m in mods:
+        n = _normalize_modality(batch, m, n, where, error, out)
+    for key, role in (("label", "label"), ("index", "index")):
+        if key in batch:
+            value = _batch_array(batch, key, role, (n,), where, error)
+            out[key] = _cast(value, "f" if role == "label" else "i")
+    if "label" in out:
+        check_finite("label", _numpy(out["label"]), where, error)
+    if "text_ids" in batch:
+        ids = _batch_array(batch, "text_ids", "index", (n, None), where, error)
+        out["text_ids"] = _cast(ids, "i")
+    return out
 
 
 def validate_split_arrays(split: str, arrays: SplitArrays, where: str = "input") -> None:
@@ -439,19 +595,53 @@ def _decode(values: np.ndarray, where: str = "input") -> list[str]:
         ) from None
 
 
+def _too_big_tree(where: str, what: str) -> TooLargeError:
+    return TooLargeError(
+        f"{where}: {what}; qamoe walks at most {MAX_DEPTH} levels and {MAX_OBJECTS:,} objects "
+        "(its own files hold about 40 at depth 2).",
+        hint="The file is damaged or forged; a feature file needs only the three split groups.",
+    )
+
+
+def _links(group: h5py.Group, prefix: str, where: str) -> Iterator[tuple[str, Any]]:
+    """(path, link) of each link in ``group``, without following them."""
+    try:
+        for name in group:
+            yield f"{prefix}{name}", group.get(name, getlink=True)
+    except (KeyError, OSError, RuntimeError) as exc:
+        raise DataFormatError(
+            f"{where}: the group '/{prefix}' cannot be listed "
+            f"({' '.join(str(exc).split())[:120]}).",
+            hint=_DAMAGED,
+        ) from None
+
+
 def _check_self_contained(h5: h5py.File, where: str) -> None:
-    """Refuse links and storage outside the file: reading them would read any local file."""
+    """Walk the group tree (depth-first, each group once, within MAX_DEPTH and MAX_OBJECTS) and
+    refuse links and storage outside the file: reading them would read any local file."""
     found: list[str] = []
-
-    def visit(name: str, link: Any) -> None:
-        if isinstance(link, h5py.ExternalLink):
-            found.append(f"'{name}' is an external link to '{link.filename}'")
-        elif isinstance(link, h5py.HardLink):
-            obj = h5.get(name)
+    stack: list[tuple[h5py.Group, str, int]] = [(h5, "", 0)]
+    seen: set[Any] = {h5.id}
+    count = 0
+    while stack:
+        group, prefix, depth = stack.pop()
+        count += len(group)  # the group's link count, known without listing them
+        if count > MAX_OBJECTS:
+            raise _too_big_tree(where, f"'/{prefix.rstrip('/')}' holds {len(group):,} links "
+                                f"(more than {MAX_OBJECTS:,} objects in all)")  # fmt: skip
+        for path, link in _links(group, prefix, where):
+            if isinstance(link, h5py.ExternalLink):
+                found.append(f"'{path}' is an external link to '{link.filename}'")
+            if not isinstance(link, h5py.HardLink):
+                continue  # soft links name a path inside the file: nothing new to walk
+            obj = group[path.rsplit("/", 1)[-1]]
             if isinstance(obj, h5py.Dataset) and (obj.external or obj.is_virtual):
-                found.append(f"'{name}' stores its data outside the file")
-
-    h5.visititems_links(visit)
+                found.append(f"'{path}' stores its data outside the file")
+            elif isinstance(obj, h5py.Group) and obj.id not in seen:
+                if depth + 1 > MAX_DEPTH:
+                    raise _too_big_tree(where, f"'{path}' lies {depth + 1} groups deep")
+                seen.add(obj.id)
+                stack.append((obj, f"{path}/", depth + 1))
     if found:
         raise DataFormatError(
             f"{where}: {found[0]}; qamoe reads only self-contained files"
@@ -487,6 +677,39 @@ def _check_record(record: dict[str, Any], k: int, where: str) -> None:
 
 # The hint of most structural errors raised on open.
 _DAMAGED = "The file is damaged or was not written by qamoe; re-import it."
+
+
+def _shape_text(ds: h5py.Dataset) -> str:
+    return f"shape {ds.shape} {ds.dtype}"
+
+
+def _check_storage(ds: h5py.Dataset, key: str, where: str) -> None:
+    """Refuse a dataset whose chunks are too big to unpack within the memory budget, or whose
+    declared size the file does not store (unwritten storage reads as fill values)."""
+    itemsize = ds.dtype.itemsize
+    budget = memory_budget()
+    if ds.chunks is not None and 2 * math.prod(ds.chunks) * itemsize > budget:
+        raise TooLargeError(
+            f"{where}: '{key}' ({_shape_text(ds)}) is stored in chunks of {ds.chunks} "
+            f"({format_size(math.prod(ds.chunks) * itemsize)} each), and reading any row "
+            f"unpacks a whole chunk: beyond the memory budget of {format_size(budget)}.",
+            hint=BUDGET_HINT,
+        )
+    declared = ds.size * itemsize
+    if declared < UNWRITTEN_MIN_BYTES:
+        return
+    if ds.chunks is None:
+        stored, expected = int(ds.id.get_storage_size() > 0), 1
+    else:
+        expected = math.prod(-(-s // c) for s, c in zip(ds.shape, ds.chunks, strict=True))
+        stored = int(ds.id.get_num_chunks())
+    if stored < expected:
+        raise DataFormatError(
+            f"{where}: '{key}' declares {_shape_text(ds)} ({format_size(declared)}) but the "
+            f"file stores {stored} of its {expected} chunk(s); the rest would read as fill "
+            "values (an unfinished or forged file).",
+            hint=_DAMAGED,
+        )
 
 
 class FeatureFile:
@@ -538,6 +761,7 @@ class FeatureFile:
             n = self._check_split_rows(s, where)
             for m in self.modalities:
                 self._check_modality(s, m, n, where)
+            self._check_extras(s, n, where)
 
     def _check_format(self, where: str) -> None:
         """Refuse a file whose root attrs do not name this format and version."""
@@ -585,25 +809,54 @@ class FeatureFile:
                 f"(got {a['modalities']!r}).",
                 hint=_DAMAGED,
             )
+        unknown = [m for m in mods if m not in MODALITIES]
+        if unknown or len(set(mods)) != len(mods):
+            what = f"names '{unknown[0]}'" if unknown else "names a modality twice"
+            raise DataFormatError(
+                f"{where}: the root attr 'modalities' ({a['modalities']!r}) {what}; it lists "
+                f"each of {', '.join(MODALITIES)} at most once.",
+                hint=_DAMAGED,
+            )
         self.modalities = tuple(mods)
+
+    def _dataset(self, s: str, key: str, kinds: str, what: str, where: str) -> h5py.Dataset:
+        """``s/key``, refused in one line unless it is a dataset of the dtype ``kinds`` whose
+        storage passes :func:`_check_storage`."""
+        ds = self.h5[s].get(key)
+        if not isinstance(ds, h5py.Dataset):
+            raise DataFormatError(f"{where}: '{s}/{key}' is missing.", hint=_DAMAGED)
+        kind = "s" if h5py.check_string_dtype(ds.dtype) is not None else ds.dtype.kind
+        if kind not in kinds or ds.ndim == 0:
+            raise DataFormatError(
+                f"{where}: '{s}/{key}' has shape {ds.shape} and dtype {ds.dtype}; it must hold "
+                f"{what}.",
+                hint=_DAMAGED,
+            )
+        _check_storage(ds, f"{s}/{key}", where)
+        return ds
 
     def _check_split_rows(self, s: str, where: str) -> int:
         """Check split ``s``'s ids and labels; return its number of rows."""
-        g = self.h5[s]
-        for key in ("ids", "label"):
-            if key not in g:
-                raise DataFormatError(f"{where}: '{s}/{key}' is missing.", hint=_DAMAGED)
-        label = g["label"]
-        n = label.shape[0] if label.ndim >= 1 else 0
-        if label.ndim != 1 or label.dtype.kind not in "fiu" or n == 0:
+        label = self._dataset(s, "label", "fiu", "numbers", where)
+        ids = self._dataset(s, "ids", "s", "UTF-8 strings", where)
+        n = label.shape[0]
+        if label.ndim != 1 or n == 0:
             raise DataFormatError(
                 f"{where}: '{s}/label' must be a non-empty 1-D array of numbers; it has "
-                f"shape {label.shape} and dtype {label.dtype}.",
+                f"shape {label.shape}.",
                 hint=_DAMAGED,
             )
-        if g["ids"].shape[0] != n:
+        if ids.shape != (n,):
             raise DataFormatError(
-                f"{where}: '{s}/ids' has {g['ids'].shape[0]} rows, not {n}.", hint=_DAMAGED
+                f"{where}: '{s}/ids' has shape {ids.shape}, not ({n},).", hint=_DAMAGED
+            )
+        budget, need = memory_budget(), n * (ROW_BOOKKEEPING + ids.dtype.itemsize)
+        if need > budget:
+            raise TooLargeError(
+                f"{where}: split '{s}' declares {n:,} rows ('{s}/label' {_shape_text(label)}); "
+                f"its ids, labels and per-row results alone take about {format_size(need)}, "
+                f"beyond the memory budget of {format_size(budget)}.",
+                hint=BUDGET_HINT,
             )
         return int(n)
 
@@ -616,21 +869,22 @@ class FeatureFile:
                 f"(expected '{s}/{m}' and '{s}/{m}_len').",
                 hint="The file is incomplete; re-import it.",
             )
-        shape = g[m].shape
-        if len(shape) != 3 or shape[0] != n or g[m].dtype.kind != "f":
+        shape = self._dataset(s, m, "f", "floats", where).shape
+        if len(shape) != 3 or shape[0] != n or 0 in shape[1:]:
             raise DataFormatError(
-                f"{where}: '{s}/{m}' has shape {shape} and dtype {g[m].dtype}; "
-                f"expected floats of shape ({n}, T, D).",
+                f"{where}: '{s}/{m}' has shape {shape}; expected ({n}, T, D) with at least one "
+                "time step (T) and one feature dimension (D).",
                 hint=_DAMAGED,
             )
-        keep = g.get(f"{m}_keep")
-        if keep is not None and keep.shape != shape[:2]:
-            raise DataFormatError(
-                f"{where}: '{s}/{m}_keep' has shape {keep.shape}, expected {shape[:2]}.",
-                hint=_DAMAGED,
-            )
-        if g[f"{m}_len"].shape != (n,):
+        if self._dataset(s, f"{m}_len", "iu", "integer lengths", where).shape != (n,):
             raise DataFormatError(f"{where}: '{s}/{m}_len' must have shape ({n},).", hint=_DAMAGED)
+        if f"{m}_keep" in g:
+            keep = self._dataset(s, f"{m}_keep", "biu", "booleans (or 0/1 integers)", where)
+            if keep.shape != shape[:2]:
+                raise DataFormatError(
+                    f"{where}: '{s}/{m}_keep' has shape {keep.shape}, expected {shape[:2]}.",
+                    hint=_DAMAGED,
+                )
         if self.dims.setdefault(m, shape[2]) != shape[2]:
             raise DataFormatError(
                 f"{where}: '{s}/{m}' has dim {shape[2]}, other splits {self.dims[m]}.",
@@ -638,11 +892,62 @@ class FeatureFile:
             )
         self.seq_lens[m] = max(self.seq_lens.get(m, 0), shape[1])
 
+    def _check_extras(self, s: str, n: int, where: str) -> None:
+        """The optional ``text_ids`` (N, T >= 1) integers and ``raw_text`` (N,) strings."""
+        for key, kinds, what in (("text_ids", "iu", "integer token ids"),
+                                 ("raw_text", "s", "UTF-8 strings")):  # fmt: skip
+            if key not in self.h5[s]:
+                continue
+            shape = self._dataset(s, key, kinds, what, where).shape
+            if shape[0] != n or len(shape) != (2 if key == "text_ids" else 1) or 0 in shape:
+                raise DataFormatError(
+                    f"{where}: '{s}/{key}' has shape {shape}; expected ({n}"
+                    f"{', T' if key == 'text_ids' else ''}) with T >= 1.",
+                    hint=_DAMAGED,
+                )
+
     def validate_data(self, block_rows: int = 1024) -> None:
         """Scan every row (in blocks) for NaN/inf and lengths beyond the padded axis."""
         for s in self.splits:
-            for start in range(0, self.n(s), block_rows):
-                self.read(s, slice(start, start + block_rows))  # read() checks each block
+            rows = self.block_rows(s, block_rows)
+            for start in range(0, self.n(s), rows):
+                self.read(s, slice(start, start + rows))  # read() checks each block
+
+    # -- the memory budget -----------------------------------------------------------------
+    def row_bytes(self, split: str) -> int:
+        """Bytes of one row of ``split`` as :meth:`read` returns it (features as float32)."""
+        g = self._split(split)
+        total = 4 + 8  # label, index
+        for m in self.modalities:
+            t, d = g[m].shape[1:]
+            total += t * d * 4 + 8 + (t if f"{m}_keep" in g else 0)
+        if "text_ids" in g:
+            total += g["text_ids"].shape[1] * 8
+        return int(total)
+
+    def check_rows(self, split: str, rows: int, copies: float = READ_COPIES,
+                   what: str = "reading") -> None:  # fmt: skip
+        """Refuse (TooLargeError, one line naming the file, the largest key, its declared shape
+        and the budget) when ``copies`` copies of ``rows`` rows pass the memory budget."""
+        need, budget = rows * self.row_bytes(split) * copies, memory_budget()
+        if need <= budget:
+            return
+        g = self._split(split)
+        m = max(self.modalities, key=lambda k: math.prod(g[k].shape[1:]))
+        raise TooLargeError(
+            f"'{self.path}': {what} {rows:,} row(s) of split '{split}' at once needs about "
+            f"{format_size(need)} ('{split}/{m}' declares {_shape_text(g[m])}), beyond the "
+            f"memory budget of {format_size(budget)}.",
+            hint=BUDGET_HINT,
+        )
+
+    def block_rows(self, split: str, wanted: int, copies: float = READ_COPIES) -> int:
+        """Rows of ``split`` to read at once: ``wanted``, or fewer so that ``copies`` copies
+        of them stay within the memory budget; a row that alone does not fit is refused."""
+        fit = int(memory_budget() // (self.row_bytes(split) * copies))
+        if fit < 1:
+            self.check_rows(split, 1, copies)  # raises
+        return max(1, min(int(wanted), fit))
 
     # -- accessors -----------------------------------------------------------------------
     def __enter__(self) -> FeatureFile:
@@ -759,48 +1064,64 @@ class FeatureFile:
         where = f"'{self.path}': '{split}/raw_text'"
         return _decode(g["raw_text"][:], where) if "raw_text" in g else None
 
+    def labels(self, split: str) -> np.ndarray:
+        """Every label of ``split`` as float32 (the split's size was checked on open)."""
+        return np.asarray(self._split(split)["label"][:], dtype=np.float32)
+
+    def _selection(
+        self, split: str, rows: slice | np.ndarray | Sequence[int]
+    ) -> tuple[np.ndarray, slice | np.ndarray, np.ndarray | None]:
+        """(row numbers, what to hand h5py, the order to restore) for ``rows``."""
+        n = self.n(split)
+        if isinstance(rows, slice):
+            idx = np.arange(n)[rows]
+            return idx, (rows if rows.step in (None, 1) else idx), None
+        idx = np.asarray(rows)
+        if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
+            raise InputError(
+                f"Rows of split '{split}' must be a slice or a 1-D sequence of integers; got "
+                f"{idx.dtype} of shape {idx.shape}."
+            )
+        idx = idx.astype(np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise InputError(f"Row index out of range for split '{split}' ({n} rows).")
+        # h5py wants increasing, unique indices: read sorted, then restore the order asked.
+        uniq, order = np.unique(idx, return_inverse=True)
+        return idx, uniq, order
+
+    def _read_key(self, split: str, key: str, sel: slice | np.ndarray) -> np.ndarray:
+        ds = self.h5[split][key]
+        try:  # features of any float width arrive as float32, converted by HDF5 as it reads
+            is_feature = key in self.modalities and ds.dtype != np.float32
+            return (ds.astype(np.float32) if is_feature else ds)[sel]
+        except (KeyError, OSError, RuntimeError, ValueError) as exc:  # damaged bytes
+            raise DataFormatError(
+                f"'{self.path}': reading '{split}/{key}' failed "
+                f"({' '.join(str(exc).split())[:160]}).",
+                hint="The file is damaged (truncated or overwritten); re-create it.",
+            ) from None
+
     def read(self, split: str, rows: slice | np.ndarray | Sequence[int]) -> dict[str, np.ndarray]:
         """Read some rows of a split as a batch dict (see docs/architecture.md).
 
-        Every block is checked on the way (:func:`check_block`): NaN/inf or impossible lengths
-        in a file from anywhere are named here, not met later as a "diverged" loss.
+        The rows must fit the memory budget (:meth:`check_rows`), and every block is checked
+        on the way (:func:`normalize_batch`): NaN/inf, impossible lengths or keep masks in a
+        file from anywhere are named here, not met later as a "diverged" loss.
         """
         g = self._split(split)
-        n = self.n(split)
-        order: np.ndarray | None = None
-        if isinstance(rows, slice):
-            idx = np.arange(n)[rows]
-            sel: slice | np.ndarray = rows if (rows.step in (None, 1)) else idx
-        else:
-            idx = np.asarray(rows, dtype=np.int64)
-            if idx.size and (idx.min() < 0 or idx.max() >= n):
-                raise InputError(f"Row index out of range for split '{split}' ({n} rows).")
-            # h5py wants increasing, unique indices: read sorted, then restore the order asked.
-            uniq, order = np.unique(idx, return_inverse=True)
-            sel = uniq
-        batch: dict[str, np.ndarray] = {}
+        idx, sel, order = self._selection(split, rows)
+        self.check_rows(split, len(idx))
+        raw: dict[str, np.ndarray] = {}
         keys = ["label", "text_ids"]
         for m in self.modalities:
             keys += [m, f"{m}_len", f"{m}_keep"]
         for key in keys:
-            if key not in g:
-                continue
-            try:
-                value = g[key][sel]
-            except (KeyError, OSError, RuntimeError) as exc:  # h5py's word for damaged bytes
-                raise DataFormatError(
-                    f"'{self.path}': reading '{split}/{key}' failed "
-                    f"({' '.join(str(exc).split())[:160]}).",
-                    hint="The file is damaged (truncated or overwritten); re-create it.",
-                ) from None
-            if order is not None:
-                value = value[order]
-            if key.endswith("_len") or key == "text_ids":
-                value = value.astype(np.int64)
-            batch[key] = value
-        batch["index"] = idx
+            if key in g:
+                value = self._read_key(split, key, sel)
+                raw[key] = value if order is None else value[order]
+        raw["index"] = idx
         where = f"'{self.path}' [{split}]"
-        check_block(batch, self.modalities, where)
+        batch = normalize_batch(raw, where, self.modalities)
         check_labels(batch["label"], *self.label_range, where)
         return batch
 

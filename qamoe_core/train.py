@@ -52,7 +52,15 @@ from qamoe_core.errors import (
 from qamoe_core.h5store import FeatureFile
 from qamoe_core.models import build_model, complete_config
 from qamoe_core.models.text_front import spectrum_options, text_config
-from qamoe_core.trainsets import SplitData, better, predict, score, validation_sets
+from qamoe_core.trainsets import (
+    BATCH_COPIES,
+    SplitData,
+    better,
+    check_fits,
+    predict,
+    score,
+    validation_sets,
+)
 from qamoe_core.trainstep import Trainer, lr_at, make_optimizer
 from qamoe_core.version import __version__
 
@@ -174,7 +182,7 @@ class _Loop:
         self.valid_data = SplitData(f, "valid", dev, tcfg.in_memory_gib)
         # read (and checked) now, so that bad test data stops the run before training, not after
         self.test = SplitData(f, "test", dev, tcfg.in_memory_gib) if "test" in f.splits else None
-        bs = max(tcfg.batch_size, 256)
+        bs = f.block_rows("valid", max(tcfg.batch_size, 256), BATCH_COPIES)
         self.val_sets = validation_sets(self.valid_data, f, tcfg, train_std, bs,
                                         spectrum_options(model))  # fmt: skip
         self.trainer = Trainer(self.model, tcfg, dev, info, train_std, f.modalities)
@@ -427,6 +435,7 @@ def _train(f: FeatureFile, out: Path, model_name: str | None, model_cfg: ModelCo
         mcfg = complete_config(model_name, mcfg)  # checks the name and the model's options
         mcfg = text_config(mcfg, f)
     metric = _select_metric(tcfg, f.scheme, f.task)
+    check_fits(f, mcfg.d_model, tcfg.batch_size)
     tracking.check(tensorboard if info.main else None)
     done = ckpt.finished_metrics(out, tcfg.epochs) if resume else None
     if not info.main:  # rank 0 owns the folder; the others only read a resumed run

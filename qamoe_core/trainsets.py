@@ -14,9 +14,11 @@ from torch.utils.data import DataLoader
 
 import qamoe_core.checkpoint as ckpt
 from qamoe_core.config import TrainConfig
-from qamoe_core.h5store import FeatureFile
+from qamoe_core.errors import TooLargeError
+from qamoe_core.h5store import BUDGET_HINT, FeatureFile
 from qamoe_core.metrics import compute, higher_is_better
 from qamoe_core.model import MultimodalModel
+from qamoe_core.runtime import format_size, memory_budget
 from qamoe_core.spectrum import CorruptionSpec, apply_spec
 from qamoe_core.torchdata import H5Dataset, to_torch
 
@@ -25,9 +27,39 @@ log = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]
 
 
+# Float32 copies of a batch alive during a step (the read, the corrupted copy, input-sized
+# activations and their gradients), and of the model's weights (weights, gradients, AdamW's two
+# moments, EMA, best and last copies, the checkpoint being written).
+BATCH_COPIES = 8
+WEIGHT_COPIES = 8
+# A split is held in memory (when in_memory_gib allows) only if this many copies of it fit the
+# memory budget: train, valid and test may all be held at once.
+SPLIT_COPIES = 4
+
+
 def _split_gib(f: FeatureFile, split: str) -> float:
     n = f.n(split)
     return sum(n * f.seq_lens[m] * f.dims[m] * 4 for m in f.modalities) / 2**30
+
+
+def check_fits(f: FeatureFile, d_model: int, batch_size: int) -> None:
+    """Refuse, before anything is built, a file whose batches or whose model (every model
+    projects each modality's D features to ``d_model``: at least sum(D) x d_model weights)
+    would pass the memory budget; one line naming the file, the key, its declared shape and
+    the budget."""
+    for split in ("train", "valid"):
+        f.check_rows(split, min(batch_size, f.n(split)), BATCH_COPIES, "a batch of")
+    need = sum(f.dims.values()) * d_model * 4 * WEIGHT_COPIES
+    budget = memory_budget()
+    if need > budget:
+        m = max(f.dims, key=lambda k: f.dims[k])
+        shape = f.h5["train"][m].shape
+        raise TooLargeError(
+            f"'{f.path}': 'train/{m}' declares shape {shape}: a model projecting "
+            f"{sum(f.dims.values()):,} input features to d_model {d_model} needs about "
+            f"{format_size(need)} to train, beyond the memory budget of {format_size(budget)}.",
+            hint=BUDGET_HINT,
+        )
 
 
 class SplitData:
@@ -40,7 +72,8 @@ class SplitData:
         self.split, self.device, self.n = split, device, f.n(split)
         self.memory: Batch | None = None
         self.dataset: H5Dataset | None = None
-        if _split_gib(f, split) <= max_gib:  # FeatureFile.read checks what it reads
+        fits = self.n * f.row_bytes(split) * SPLIT_COPIES <= memory_budget()
+        if fits and _split_gib(f, split) <= max_gib:  # FeatureFile.read checks what it reads
             self.memory = to_torch(f.read(split, slice(None)), device)
         else:
             log.info("reading split '%s' lazily (%.1f GiB)", split, _split_gib(f, split))
