@@ -126,9 +126,34 @@ def _write_text(path: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+class _Sink:
+    """A file for torch.save that keeps the error of a failed write: torch reports a full
+    disk as a bare RuntimeError ("unexpected pos ..."), without the errno that says why."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return int(self.fh.write(data))
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
 def _save_torch(path: Path, obj: Any) -> None:
-    with atomic_path(path, force=True) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path, force=True) as tmp, open(tmp, "wb") as fh:
+        sink = _Sink(fh)
+        try:
+            torch.save(obj, sink)  # type: ignore[arg-type]  # a file object: write + flush
+        except RuntimeError:
+            if sink.error is not None:  # atomic_path turns a full disk into NoSpaceError
+                raise sink.error from None
+            raise
 
 
 def run_config(

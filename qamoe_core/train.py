@@ -47,6 +47,7 @@ from qamoe_core.errors import (
     CheckpointError,
     DataFormatError,
     InputError,
+    NoSpaceError,
     TrainingError,
 )
 from qamoe_core.h5store import FeatureFile
@@ -434,4 +435,11 @@ def _train(f: FeatureFile, out: Path, model_name: str | None, model_cfg: ModelCo
         ddp.barrier(info)
         loop = _Loop(f, out, folder, model_name, mcfg, tcfg, metric, dev, info, notify)
         with tracking.Board(tensorboard) as board:
-            return loop.fit(resume, board)
+            try:
+                return loop.fit(resume, board)
+            except NoSpaceError as exc:
+                if not folder.committed:
+                    raise
+                hint = (f"The run keeps its last completed epoch: free some space, then continue "
+                        f"it with `qamoe train {f.path} --out {out} --resume`.")  # fmt: skip
+                raise NoSpaceError(exc.code, exc.path, hint) from None
