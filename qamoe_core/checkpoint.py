@@ -42,6 +42,7 @@ from qamoe_core.config import (
     split_sections,
 )
 from qamoe_core.errors import CheckpointError, ConfigError, InputError
+from qamoe_core.inputs import check_present
 from qamoe_core.models import MultimodalModel, build_for_run, class_path, get, names
 from qamoe_core.models.registry import could_be_loaded
 from qamoe_core.names import MODALITIES, SCHEMES, TASKS
@@ -86,6 +87,8 @@ def check_run(path: str | os.PathLike[str], require: Sequence[str] = RUN_FILES) 
             f"'{run}' is a file, not a run directory.",
             hint=f"Pass the run folder (the --out of `qamoe train`), e.g. '{run.parent}'.",
         )
+    check_present((run / name for name in require), "run file", _redo_hint(require[0]),
+                  CheckpointError)  # fmt: skip
     missing = [name for name in require if not (run / name).is_file()]
     if missing:
         unfinished = (run / CONFIG).is_file() and (run / STATE).is_file()
