@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import pickle
 import warnings
@@ -209,12 +210,36 @@ def save_state(run: Path, state: Mapping[str, Any]) -> None:
     _save_torch(run / STATE, dict(state))
 
 
+def _strict(value: Any) -> Any:
+    """:func:`plain`, with NaN and infinities as None: JSON has no NaN, and a bare ``NaN``
+    in a file is refused by strict parsers (JavaScript's JSON.parse, jq, serde_json)."""
+    if isinstance(value, Mapping):
+        return {str(k): _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _json(value: Any, indent: int | None = None) -> str:
+    return json.dumps(_strict(value), indent=indent, allow_nan=False)
+
+
+def _load_json(text: str) -> Any:
+    """Read what :func:`_json` writes; files of earlier versions may hold a bare NaN or
+    Infinity, read as None too (as a strict writer writes them now)."""
+    return json.loads(text, parse_constant=lambda name: None)
+
+
 def write_history(run: Path, records: Sequence[Mapping[str, Any]]) -> None:
-    _write_text(run / HISTORY, "".join(json.dumps(plain(r)) + "\n" for r in records))
+    _write_text(run / HISTORY, "".join(_json(r) + "\n" for r in records))
 
 
 def write_metrics(run: Path, metrics: Mapping[str, Any]) -> None:
-    _write_text(run / METRICS, json.dumps(plain(metrics), indent=2) + "\n")
+    _write_text(run / METRICS, _json(metrics, indent=2) + "\n")
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -389,7 +414,7 @@ def read_history(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     run = Path(path)
     try:
         lines = (run / HISTORY).read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        return [_load_json(line) for line in lines if line.strip()]
     except FileNotFoundError:
         check_run(run, require=(HISTORY,))
         raise
@@ -402,7 +427,7 @@ def read_history(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
     run = check_run(path, require=(METRICS,))
     try:
-        data = json.loads((run / METRICS).read_text(encoding="utf-8"))
+        data = _load_json((run / METRICS).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _damaged(run, METRICS, exc) from None
     except OSError as exc:
