@@ -23,7 +23,7 @@ from qamoe_cli import audit, corrupt, demo, extract, report, train
 from qamoe_cli import eval as eval_cmd
 from qamoe_cli.common import INTERRUPT_HINT, ClickException, ClickUsageError, err_console
 from qamoe_core import __version__
-from qamoe_core.errors import NoSpaceError, QamoeError, UsageError
+from qamoe_core.errors import NoSpaceError, QamoeError, UsageError, no_space
 from qamoe_core.runtime import set_memory_budget
 
 EXIT_RULE = (
@@ -284,6 +284,11 @@ def _main(argv: list[str] | None) -> int:
             return 1
         if _STATE["debug"]:
             raise
+        full = no_space(exc, getattr(exc, "filename", None))  # a writer the core did not wrap
+        if full is not None:
+            _print_error(full.message, full.hint)
+            _STATE["hard_exit"] = True
+            return 1
         text = " ".join(str(exc).split())  # one line, whatever the library's message
         _print_error(
             f"unexpected {type(exc).__name__}: {text[:300]}",

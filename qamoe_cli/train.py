@@ -76,6 +76,12 @@ def _total_steps(data: Path, batch_size: int, epochs: int) -> int | None:
     return math.ceil(n / batch_size) * epochs if n else None
 
 
+def _score(value: float | None) -> str:
+    """A score for the table; undefined ones (a correlation of constant predictions: NaN in
+    memory, null in metrics.json) show as n/a."""
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+
 def _render(result: dict[str, Any]) -> None:
     table = Table(title=f"run {result['run_dir']}", show_header=True)
     table.add_column("split")
@@ -93,7 +99,7 @@ def _render(result: dict[str, Any]) -> None:
     for k in keys:
         table.add_column(k, justify="right")
     for name, mets in rows:
-        table.add_row(name, *(f"{mets[k]:.4f}" for k in keys))
+        table.add_row(name, *(_score(mets[k]) for k in keys))
     out_console.print(table)
     if result.get("data_corrupted"):
         out_console.print("The data file is corrupted already: scores are of the data as it is.")

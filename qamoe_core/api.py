@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from qamoe_core.apiargs import corrupt_args, numbers_arg, path_arg, rows_arg
 from qamoe_core.errors import UsageError
 
 __all__ = ["Run", "compute_metrics", "corrupt_batch", "load_run", "predict", "read_batch"]
@@ -98,7 +99,9 @@ def load_run(
     """
     from qamoe_core.checkpoint import load_run as _load
 
-    model, _, meta = _load(path, device=device, plugins=plugins, text_model=text_model)
+    model, _, meta = _load(
+        path_arg(path, "path"), device=device, plugins=plugins, text_model=text_model
+    )
     return Run(model, meta)
 
 
@@ -107,12 +110,12 @@ def read_batch(source: PathLike, *, split: str = "test", rows: Any = None) -> di
     file as a numpy batch dict (with ``index`` and ``label``)."""
     from qamoe_core.h5store import FeatureFile
 
-    with FeatureFile(source) as f:
-        return f.read(split, slice(None) if rows is None else rows)
+    with FeatureFile(path_arg(source, "source")) as f:
+        return f.read(split, rows_arg(rows))
 
 
 def _as_run(run: Run | PathLike) -> Run:
-    return run if isinstance(run, Run) else load_run(run)
+    return run if isinstance(run, Run) else load_run(path_arg(run, "run"))
 
 
 def predict(
@@ -219,8 +222,8 @@ def corrupt_batch(
     corruption-chain position, row), which is what makes the result independent of how rows
     are batched, and the reason the training-time ``spectrum.corrupt_batch`` (fresh torch
     draws at per-sample levels) gives other values for the same seed. ``level``, ``axis``,
-    ``modalities`` (None: all), ``seed``, ``drop`` and ``noise_scale`` mean what the flags of
-    ``qamoe corrupt`` mean.
+    ``modalities`` (None: all; a list, or "audio,vision"), ``seed``, ``drop`` and
+    ``noise_scale`` mean what the flags of ``qamoe corrupt`` mean.
 
     Noise is scaled by the per-dimension std of the clean TRAIN split, and a file already
     corrupted continues its chain; ``source`` (the file the batch was read from) supplies
@@ -231,11 +234,14 @@ def corrupt_batch(
     """
     from qamoe_core.spectrum import CorruptionSpec, apply_spec
 
+    batch, split, modalities, drop, source, chain = corrupt_args(
+        batch, split, modalities, drop, source, train_std, chain
+    )
     spec = CorruptionSpec(
         level=level,
         axis=axis,
-        modalities=None if modalities is None else tuple(modalities),
-        drop=tuple(drop),
+        modalities=modalities,
+        drop=drop,
         noise_scale=noise_scale,
         seed=seed,
     )
@@ -281,7 +287,7 @@ def compute_metrics(pred: Any, truth: Any, scheme: str) -> dict[str, float]:
     from qamoe_core.metrics import compute
 
     if scheme == "binary":
-        p = np.asarray(pred.detach().cpu() if isinstance(pred, torch.Tensor) else pred, float)
+        p = numbers_arg(pred, "pred")
         if p.size and (np.nanmin(p) < 0 or np.nanmax(p) > 1):
             raise UsageError(
                 "Binary predictions must be probabilities in [0, 1]; these look like logits.",

@@ -7,16 +7,14 @@ final name, and an existing output is only replaced when the caller says so.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
-import re
 import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import qamoe_core.rundir as rundir
-from qamoe_core.errors import InputError, NoSpaceError, OutputExistsError
+from qamoe_core.errors import InputError, NoSpaceError, OutputExistsError, no_space
 from qamoe_core.rundir import short_name
 
 __all__ = ["atomic_path", "check_output", "same_file", "short_name", "write_failure"]
@@ -69,24 +67,10 @@ def check_output(
     return out
 
 
-_NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-
-
 def write_failure(exc: BaseException, out: Path) -> NoSpaceError | None:
-    """An InputError for a write that failed for lack of room (disk full, quota, file-size
-    limit), or None for any other failure. h5py reports these as OSError or RuntimeError
-    with the C library's ``errno = N`` in the message, so the message is read too."""
-    if not isinstance(exc, OSError | RuntimeError):
-        return None
-    codes = [exc.errno] if isinstance(exc, OSError) and exc.errno else []
-    codes += [int(c) for c in re.findall(r"errno = (\d+)", str(exc))]
-    code = next((c for c in codes if c in _NO_ROOM), None)
-    if code is None:
-        return None
-    return NoSpaceError(
-        f"Could not write '{out}': {os.strerror(code).lower()}; nothing was written.",
-        hint="Free some space (or raise the limit), or write to another disk with --out.",
-    )
+    """A NoSpaceError for a write of ``out`` that failed for lack of room (disk full, quota,
+    file-size limit), or None for any other failure (``errors.no_space``)."""
+    return no_space(exc, out)
 
 
 def _umask() -> int:

@@ -508,25 +508,42 @@ def _warnings(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # -- the audit -------------------------------------------------------------------------------
+def _samples(n: int) -> str:
+    return f"{n} sample" if n == 1 else f"{n} samples"
+
+
+def train_label_problem(y: np.ndarray, task: str, learner: str = "a probe") -> str | None:
+    """Why nothing can be learned from these train labels, or None: the rule that `qamoe
+    audit` and `qamoe train` share. Binary labels need at least 2 of each class; regression
+    labels at least 2 distinct values (so one sample is never enough)."""
+    y = np.asarray(y, dtype=np.float64)
+    if len(y) == 0:
+        return "the train split is empty; there is nothing to learn from"
+    if task == "binary":
+        pos = int(np.sum(y > 0.5))
+        if min(pos, len(y) - pos) < 2:
+            return (
+                f"the train split has {len(y) - pos} negative and {pos} positive labels; "
+                f"{learner} needs at least 2 of each class"
+            )
+    elif len(np.unique(y)) < 2:
+        return f"every train label is {y[0]:g} ({_samples(len(y))}); there is nothing to predict"
+    return None
+
+
 def _check_train(f: FeatureFile, task: str) -> None:
     if "train" not in f.splits:
         raise InputError(
             f"'{f.path}' has no train split (it has: {', '.join(f.splits)}).",
             hint="The audit fits its probes on train; audit the file `qamoe extract` wrote.",
         )
-    y = f.labels("train").astype(np.float64)
-    if task == "binary":
-        counts = {c: int(np.sum((y > 0.5) == (c == "positive"))) for c in ("negative", "positive")}
-        if min(counts.values()) < 2:
-            raise InputError(
-                f"'{f.path}': the train split has {counts['negative']} negative and "
-                f"{counts['positive']} positive labels; a probe needs at least 2 of each class.",
-                hint="Audit a file whose train split holds both classes (re-import it).",
-            )
-    elif len(np.unique(y)) < 2:
+    problem = train_label_problem(f.labels("train"), task)
+    if problem is not None:
         raise InputError(
-            f"'{f.path}': every train label is {y[0]:g}; there is nothing to predict.",
-            hint="Check the importer's label column.",
+            f"'{f.path}': {problem}.",
+            hint="Audit a file whose train split holds both classes (re-import it)."
+            if task == "binary"
+            else "Check the importer's label column.",
         )
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import pickle
 import warnings
@@ -42,6 +43,7 @@ from qamoe_core.config import (
     split_sections,
 )
 from qamoe_core.errors import CheckpointError, ConfigError, InputError
+from qamoe_core.inputs import check_present
 from qamoe_core.models import MultimodalModel, build_for_run, class_path, get, names
 from qamoe_core.models.registry import could_be_loaded, recorded_spec
 from qamoe_core.models.text_front import locate_encoder
@@ -87,6 +89,8 @@ def check_run(path: str | os.PathLike[str], require: Sequence[str] = RUN_FILES) 
             f"'{run}' is a file, not a run directory.",
             hint=f"Pass the run folder (the --out of `qamoe train`), e.g. '{run.parent}'.",
         )
+    check_present((run / name for name in require), "run file", _redo_hint(require[0]),
+                  CheckpointError)  # fmt: skip
     missing = [name for name in require if not (run / name).is_file()]
     if missing:
         unfinished = (run / CONFIG).is_file() and (run / STATE).is_file()
@@ -127,9 +131,34 @@ def _write_text(path: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+class _Sink:
+    """A file for torch.save that keeps the error of a failed write: torch reports a full
+    disk as a bare RuntimeError ("unexpected pos ..."), without the errno that says why."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return int(self.fh.write(data))
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
 def _save_torch(path: Path, obj: Any) -> None:
-    with atomic_path(path, force=True) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path, force=True) as tmp, open(tmp, "wb") as fh:
+        sink = _Sink(fh)
+        try:
+            torch.save(obj, sink)  # type: ignore[arg-type]  # a file object: write + flush
+        except RuntimeError:
+            if sink.error is not None:  # atomic_path turns a full disk into NoSpaceError
+                raise sink.error from None
+            raise
 
 
 def run_config(
@@ -182,12 +211,36 @@ def save_state(run: Path, state: Mapping[str, Any]) -> None:
     _save_torch(run / STATE, dict(state))
 
 
+def _strict(value: Any) -> Any:
+    """:func:`plain`, with NaN and infinities as None: JSON has no NaN, and a bare ``NaN``
+    in a file is refused by strict parsers (JavaScript's JSON.parse, jq, serde_json)."""
+    if isinstance(value, Mapping):
+        return {str(k): _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _json(value: Any, indent: int | None = None) -> str:
+    return json.dumps(_strict(value), indent=indent, allow_nan=False)
+
+
+def _load_json(text: str) -> Any:
+    """Read what :func:`_json` writes; files of earlier versions may hold a bare NaN or
+    Infinity, read as None too (as a strict writer writes them now)."""
+    return json.loads(text, parse_constant=lambda name: None)
+
+
 def write_history(run: Path, records: Sequence[Mapping[str, Any]]) -> None:
-    _write_text(run / HISTORY, "".join(json.dumps(plain(r)) + "\n" for r in records))
+    _write_text(run / HISTORY, "".join(_json(r) + "\n" for r in records))
 
 
 def write_metrics(run: Path, metrics: Mapping[str, Any]) -> None:
-    _write_text(run / METRICS, json.dumps(plain(metrics), indent=2) + "\n")
+    _write_text(run / METRICS, _json(metrics, indent=2) + "\n")
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -362,7 +415,7 @@ def read_history(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     run = Path(path)
     try:
         lines = (run / HISTORY).read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        return [_load_json(line) for line in lines if line.strip()]
     except FileNotFoundError:
         check_run(run, require=(HISTORY,))
         raise
@@ -375,7 +428,7 @@ def read_history(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 def read_metrics(path: str | os.PathLike[str]) -> dict[str, Any]:
     run = check_run(path, require=(METRICS,))
     try:
-        data = json.loads((run / METRICS).read_text(encoding="utf-8"))
+        data = _load_json((run / METRICS).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _damaged(run, METRICS, exc) from None
     except OSError as exc:

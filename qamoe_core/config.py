@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from qamoe_core.errors import ConfigError, ConfigUsageError, QamoeError, nearest_choice
+from qamoe_core.inputs import check_file
 from qamoe_core.metrics import METRIC_NAMES
 from qamoe_core.names import AXES, MODALITIES
 
@@ -509,11 +510,8 @@ def _read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"The config file '{p}' is a directory, not a JSON file.",
             hint="Give the path of a JSON file, e.g. runs/NAME/config.json.",
         )
-    if not p.is_file():
-        raise ConfigError(
-            f"The config file '{p}' does not exist.",
-            hint=f"Check the path given to --config; a config file holds {_EXAMPLE}.",
-        )
+    hint = f"Check the path given to --config; a config file holds {_EXAMPLE}."
+    check_file(p, "config file", hint, ConfigError)  # a pipe: said at once, not a hang
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

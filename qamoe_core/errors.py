@@ -13,7 +13,10 @@ disk, a diverged training) and exits 1.
 from __future__ import annotations
 
 import difflib
+import errno
 import math
+import os
+import re
 from typing import Any
 
 
@@ -60,8 +63,41 @@ class TrainingError(QamoeError):
     """Training cannot go on (e.g. a non-finite loss)."""
 
 
+_NO_ROOM_HINT = "Free some space (or raise the limit), or write to another disk with --out."
+
+
 class NoSpaceError(InputError):
-    """An output could not be written for lack of room (disk full, quota, file-size limit)."""
+    """An output could not be written for lack of room (disk full, quota, file-size limit).
+
+    One message wherever it happens: "No space left on device at 'PATH'; nothing was
+    written." (the C library's wording for a quota or a file-size limit). ``code`` is the
+    errno, ``path`` the output named (None where the writer did not say)."""
+
+    def __init__(self, code: int, path: Any, hint: str | None = None) -> None:
+        where = "" if path is None else f" at '{path}'"
+        super().__init__(
+            f"{os.strerror(code)}{where}; nothing was written.",
+            hint=hint or _NO_ROOM_HINT,
+        )
+        self.code, self.path = code, path
+
+
+NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def no_space(exc: BaseException, path: Any) -> NoSpaceError | None:
+    """A :class:`NoSpaceError` at ``path`` when ``exc`` is a write that failed for lack of
+    room, else None. h5py reports these as OSError or RuntimeError with the C library's
+    ``errno = N`` in the message, so the message is read too; a NoSpaceError is re-aimed at
+    ``path`` (an output built under a temporary name reports its final name)."""
+    if isinstance(exc, NoSpaceError):
+        return NoSpaceError(exc.code, path, exc.hint)
+    if not isinstance(exc, OSError | RuntimeError):
+        return None
+    codes = [exc.errno] if isinstance(exc, OSError) and exc.errno else []
+    codes += [int(c) for c in re.findall(r"errno = (\d+)", str(exc))]
+    code = next((c for c in codes if c in NO_ROOM), None)
+    return None if code is None else NoSpaceError(code, path)
 
 
 class OutputExistsError(InputError):

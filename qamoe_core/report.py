@@ -199,18 +199,30 @@ def _varies(summary: pd.DataFrame, col: str) -> bool:
     return bool(summary[col].nunique() > 1)
 
 
+# Markdown's inline syntax: links and images ([ ]), emphasis, code spans, table cells,
+# strikethrough, headings. A backslash makes each one a plain character (CommonMark §2.4).
+_MD_SYNTAX = re.compile(r"([\\`*_\[\]|~#])")
+# Bare URLs that GitHub's Markdown turns into links without any syntax ("www.x", "x://y").
+_MD_AUTOLINK = re.compile(r"(?i)(://|\bwww\.)")
+
+
 def _md(text: str) -> str:
-    """Text for Markdown: HTML-escaped (Markdown passes raw HTML through, and run or
-    dataset names come from files), and no line break that would end a table row."""
-    return html.escape(text, quote=False).replace("\n", " ").replace("\r", " ")
+    """Text for Markdown, inert: run labels, dataset names and paths come from files, and
+    report.md must not turn them into images fetched from elsewhere or links that run
+    script (``![x](http://…)``, ``[a](javascript:…)``). Raw HTML is escaped (&lt;), every
+    character of Markdown's inline syntax gets a backslash, bare URLs are broken up (their
+    ``:`` or ``.`` escaped), and line breaks (which would end a table row) become spaces."""
+    text = html.escape(text, quote=False).replace("\n", " ").replace("\r", " ")
+    text = _MD_SYNTAX.sub(r"\\\1", text)
+    return _MD_AUTOLINK.sub(lambda m: "\\" + m[0] if m[0] == "://" else m[0][:-1] + "\\.", text)
 
 
 def markdown_table(df: pd.DataFrame) -> str:
     """A GitHub pipe table (pandas' to_markdown needs the optional 'tabulate')."""
-    head = "| " + " | ".join(_md(str(c)).replace("|", "\\|") for c in df.columns) + " |"
+    head = "| " + " | ".join(_md(str(c)) for c in df.columns) + " |"
     rule = "| " + " | ".join("---" for _ in df.columns) + " |"
     body = [
-        "| " + " | ".join(_md(_fmt(v)).replace("|", "\\|") for v in row) + " |"
+        "| " + " | ".join(_md(_fmt(v)) for v in row) + " |"
         for row in df.itertuples(index=False, name=None)
     ]
     return "\n".join([head, rule, *body])
@@ -580,7 +592,7 @@ class _Page:
             lines += [f"## {heading}", "", _md(note), ""]
             for kind, payload in items:
                 if kind == "img":
-                    cap = _md(captions.get(payload) or str(payload)).replace("]", "\\]")
+                    cap = _md(captions.get(payload) or str(payload))
                     lines += [f"![{cap}]({payload}.png)", ""]
                 else:
                     lines += [markdown_table(payload), ""]

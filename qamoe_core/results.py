@@ -61,6 +61,7 @@ import pandas as pd
 
 from qamoe_core.atomic import atomic_path
 from qamoe_core.errors import DataFormatError, InputError
+from qamoe_core.inputs import check_file
 from qamoe_core.metrics import METRIC_NAMES, PRIMARY, best_constant
 from qamoe_core.names import (
     DEFAULT_PATTERN,
@@ -626,15 +627,14 @@ SAMPLE_COLUMNS: tuple[str, ...] = (
 )  # what `qamoe eval --per-sample` writes first (evaluate.SAMPLE_COLUMNS)
 
 
+_SAMPLES_HINT = "Write one with `qamoe eval RUN --data DATA.h5 --sweep --per-sample FILE`."
+
+
 def load_samples(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
     """Read per-sample tables (``qamoe eval --per-sample``, .csv or .csv.gz) into one."""
     frames = []
     for p in map(Path, paths):
-        if not p.is_file():
-            raise InputError(
-                f"The per-sample table '{p}' does not exist or is not a file.",
-                hint="Write one with `qamoe eval RUN --data DATA.h5 --sweep --per-sample FILE`.",
-            )
+        check_file(p, "per-sample table", _SAMPLES_HINT)
         try:
             df = pd.read_csv(
                 p,

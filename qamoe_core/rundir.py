@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from qamoe_core.errors import InputError, OutputExistsError
+from qamoe_core.errors import InputError, OutputExistsError, no_space
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,9 @@ def temp_path(target: Path, kind: str = "tmp") -> Path:
 
 
 def _unwritable(folder: Path, exc: OSError) -> InputError:
+    full = no_space(exc, folder)
+    if full is not None:
+        return full
     return InputError(
         f"Cannot create a file in '{folder}': {exc.strerror or exc}.",
         hint="Check the folder's permissions (or a read-only disk), or choose another --out.",
@@ -333,10 +336,22 @@ class OutputFolder:
         self.path, self.committed = target, True
         _carry_and_remove(old, target, self.kind)
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        try:
+            self._close(commit=exc_type is None)
+        except OSError as failed:  # the commit's own renames and removals
+            full = self._no_space(failed)
+            if full is None:
+                raise
+            raise full from None
+        full = None if exc is None else self._no_space(exc)
+        if full is not None:
+            raise full from None
+
+    def _close(self, commit: bool) -> None:
         assert self._lock is not None
         try:
-            if exc_type is None:
+            if commit:
                 self.commit()
         finally:
             try:
@@ -344,3 +359,12 @@ class OutputFolder:
                     shutil.rmtree(self.path, ignore_errors=True)
             finally:
                 self._lock.close()
+
+    def _no_space(self, exc: BaseException) -> InputError | None:
+        """A full disk, said once and at the right name: an uncommitted output left nothing
+        behind, so it names the output; a committed one names the file that failed."""
+        if not self.committed:
+            return no_space(exc, self.target)
+        if isinstance(exc, InputError):  # from atomic_path: names its file already
+            return None
+        return no_space(exc, getattr(exc, "filename", None) or self.target)

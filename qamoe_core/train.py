@@ -41,12 +41,14 @@ import qamoe_core.checkpoint as ckpt
 import qamoe_core.ddp as ddp
 import qamoe_core.rundir as rundir
 import qamoe_core.tracking as tracking
+from qamoe_core.audit import train_label_problem
 from qamoe_core.config import ModelConfig, TrainConfig
 from qamoe_core.ddp import DistInfo, dist_info
 from qamoe_core.errors import (
     CheckpointError,
     DataFormatError,
     InputError,
+    NoSpaceError,
     TrainingError,
 )
 from qamoe_core.h5store import FeatureFile
@@ -112,6 +114,28 @@ def _check_data(f: FeatureFile) -> None:
             )
     if f.corruption:
         log.warning("'%s' is already corrupted; training corrupts it further", f.path)
+    _check_labels(f)
+
+
+def _check_labels(f: FeatureFile) -> None:
+    """What `qamoe audit` refuses, training refuses too: train labels with nothing to learn
+    (one sample, one value, one class). A valid or test split with a single label value is
+    only warned about: MAE and accuracy are still defined there, a correlation is not."""
+    problem = train_label_problem(f.h5["train"]["label"][:], f.task, "training")
+    if problem is not None:
+        raise DataFormatError(
+            f"'{f.path}': {problem}.",
+            hint=f"`qamoe audit {f.path}` shows what each split holds; re-import the data "
+            "with a train split that varies.",
+        )
+    for split in ("valid", "test"):
+        y = f.h5[split]["label"][:] if split in f.splits else np.arange(2)  # no test: fine
+        if len(np.unique(y)) < 2:
+            log.warning(
+                "'%s' [%s]: every label is %s (%d sample(s)): the correlation is undefined "
+                "there (null in metrics.json); `qamoe audit %s` shows each split",
+                f.path, split, f"{y[0]:g}" if len(y) else "absent", len(y), f.path,
+            )  # fmt: skip
 
 
 def _select_metric(cfg: TrainConfig, scheme: str, task: str) -> str:
@@ -454,4 +478,11 @@ def _train(f: FeatureFile, out: Path, model_name: str | None, model_cfg: ModelCo
         loop = _Loop(f, out, folder, model_name, mcfg, tcfg, metric, dev, info, notify)
         loop.text_note = note
         with tracking.Board(tensorboard) as board:
-            return loop.fit(resume, board)
+            try:
+                return loop.fit(resume, board)
+            except NoSpaceError as exc:
+                if not folder.committed:
+                    raise
+                hint = (f"The run keeps its last completed epoch: free some space, then continue "
+                        f"it with `qamoe train {f.path} --out {out} --resume`.")  # fmt: skip
+                raise NoSpaceError(exc.code, exc.path, hint) from None

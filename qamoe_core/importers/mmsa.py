@@ -30,6 +30,7 @@ from qamoe_core.atomic import atomic_path, check_output
 from qamoe_core.errors import DataFormatError, InputError
 from qamoe_core.h5store import SplitArrays, file_sha256, write_features
 from qamoe_core.importers.safe_pickle import safe_load
+from qamoe_core.inputs import check_file
 from qamoe_core.names import MODALITIES, SPLITS
 
 log = logging.getLogger(__name__)
@@ -461,17 +462,17 @@ class _Converted:
 
 
 def _check_source(src: Path) -> None:
-    """Refuse a path that is missing or a folder, before anything slow happens."""
-    if not src.exists():
-        raise InputError(
-            f"The file '{src}' does not exist.",
-            hint="Give the path of an MMSA feature file, e.g. MOSI/Processed/unaligned_50.pkl.",
-        )
+    """Refuse a path that is missing, a folder or a pipe, before anything slow happens."""
     if src.is_dir():
         raise InputError(
             f"'{src}' is a directory, not an MMSA .pkl file.",
             hint="Give the .pkl file itself, e.g. MOSI/Processed/unaligned_50.pkl.",
         )
+    check_file(
+        src,
+        "MMSA feature file",
+        hint="Give the path of an MMSA feature file, e.g. MOSI/Processed/unaligned_50.pkl.",
+    )
 
 
 def _check_layout(data: Any, where: str) -> None:

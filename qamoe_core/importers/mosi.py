@@ -38,6 +38,7 @@ from qamoe_core.errors import DataFormatError, InputError
 from qamoe_core.h5store import SplitArrays, file_sha256, write_features
 from qamoe_core.importers import mosi_text
 from qamoe_core.importers.mosilite import _read_rows, _read_source
+from qamoe_core.inputs import check_present
 
 log = logging.getLogger(__name__)
 
@@ -318,12 +319,11 @@ def _check_dirs(lite: Path, labels: Path) -> list[Path]:
                 hint="Pass --mosi-lite DIR and --labels DIR (defaults: ../shared/data/...).",
             )
     files = [lite / f for f in LITE_FILES] + [labels / LABEL_FILE, labels / FOLDS_FILE]
+    hint = "See the READMEs of ../shared/data/mosi-lite and ../shared/data/cmu-mosi-labels."
+    check_present(files, "input file", hint, DataFormatError)
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise DataFormatError(
-            f"Missing input files: {', '.join(missing)}.",
-            hint="See the READMEs of ../shared/data/mosi-lite and ../shared/data/cmu-mosi-labels.",
-        )
+        raise DataFormatError(f"Missing input files: {', '.join(missing)}.", hint=hint)
     return files
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from qamoe_core.atomic import check_output
 from qamoe_core.errors import DataFormatError, InputError, UsageError
 from qamoe_core.h5store import SplitArrays, file_sha256, write_features
+from qamoe_core.inputs import check_present
 
 log = logging.getLogger(__name__)
 
@@ -265,11 +266,12 @@ def _check_inputs(root: Path, valid_fraction: Any) -> float:
             f"Got {valid_fraction!r} instead.",
             hint=f"{DEFAULT_VALID_FRACTION} matches the standard MOSI train/valid ratio.",
         )
+    hint = "The MOSI-lite section of data/README.md lists the expected files."
+    check_present((root / name for name in REQUIRED), "MOSI-lite file", hint, DataFormatError)
     missing = [name for name in REQUIRED if not (root / name).is_file()]
     if missing:
         raise DataFormatError(
-            f"'{root}' is not a MOSI-lite folder: missing {', '.join(missing)}.",
-            hint="The MOSI-lite section of data/README.md lists the expected files.",
+            f"'{root}' is not a MOSI-lite folder: missing {', '.join(missing)}.", hint=hint
         )
     return fraction
 

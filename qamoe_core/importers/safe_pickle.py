@@ -44,6 +44,7 @@ from typing import IO, Any
 import numpy as np
 
 from qamoe_core.errors import DataFormatError, InputError
+from qamoe_core.inputs import open_regular
 
 _REFUSED_HINT = (
     "Only numpy arrays, torch tensors and plain containers (dict, list, tuple, str, numbers) are "
@@ -189,15 +190,14 @@ def safe_loads(data: bytes, *, allow_torch: bool = True, source: str = "<bytes>"
 def safe_load(path: str | os.PathLike[str], *, allow_torch: bool = True) -> Any:
     """Unpickle the file at ``path`` admitting only arrays, tensors and plain containers.
 
-    Raises InputError when the file is missing, DataFormatError when it is not a pickle or
-    references any other global (the message names it, e.g. ``posix.system``).
+    Raises InputError when the file is missing or not a regular file (a named pipe is refused
+    without blocking), DataFormatError when it is not a pickle or references any other
+    global (the message names it, e.g. ``posix.system``).
     """
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"The file '{p}' does not exist.", hint="Check the path.")
     if p.is_dir():
         raise InputError(f"'{p}' is a directory, not a pickle file.")
-    with open(p, "rb") as fh:
+    with open_regular(p, "pickle file") as fh:  # a named pipe would block the open forever
         return _load(fh, allow_torch=allow_torch, source=str(p))
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from qamoe_core.inputs import problem
 from qamoe_core.media.deps import require
 from qamoe_core.media.failures import ClipFailure
 
@@ -63,8 +64,9 @@ def load_audio(path: Path, sr: int = SAMPLE_RATE, max_seconds: float | None = No
     Raises ClipFailure for a missing or unreadable file, a file without an audio track, or
     one shorter than ``MIN_SECONDS``.
     """
-    if not path.is_file():
-        raise ClipFailure("audio", f"file not found: {path}")
+    why = problem(path)
+    if why is not None:
+        raise ClipFailure("audio", f"{why}: {path}")
     y: np.ndarray | None = None
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         sf = require("soundfile", "Audio extraction")

@@ -28,7 +28,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qamoe_core.errors import DataFormatError, InputError, UsageError
+from qamoe_core.errors import DataFormatError, UsageError
+from qamoe_core.inputs import check_file
 from qamoe_core.names import SPLITS
 
 REQUIRED_COLUMNS = ("id", "split", "label", "text")
@@ -127,11 +128,7 @@ def read_manifest(path: str | os.PathLike[str], scheme: str = "mosi") -> Manifes
 
 def _read_rows(path: Path) -> list[list[str]]:
     """The CSV's rows, header first; an error if the file is missing, unreadable or empty."""
-    if not path.is_file():
-        raise InputError(
-            f"The manifest '{path}' does not exist or is not a file.",
-            hint="Give a CSV with columns id, split, label, text and audio and/or video.",
-        )
+    check_file(path, "manifest", "Give a CSV with columns id, split, label, text, audio/video.")
     try:
         # utf-8-sig: spreadsheets often save a byte-order mark that would glue onto "id".
         with open(path, newline="", encoding="utf-8-sig") as fh:

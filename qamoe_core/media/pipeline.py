@@ -36,6 +36,7 @@ from typing import Any
 from qamoe_core.atomic import check_output
 from qamoe_core.errors import ConfigError, InputError, UsageError
 from qamoe_core.h5store import file_sha256
+from qamoe_core.inputs import check_file
 from qamoe_core.media.assemble import (
     assemble,
     read_failures_csv,
@@ -401,7 +402,8 @@ def _merge(
         )
     signature = _run_signature(config, modalities, manifest)
     for i, d in dirs.items():
-        old = json.loads((d / "run.json").read_text(encoding="utf-8"))
+        run_json = check_file(d / "run.json", f"shard {i} file", "Run (or --resume) that shard.")
+        old = json.loads(run_json.read_text(encoding="utf-8"))
         if old.get("config") != signature["config"]:
             raise ConfigError(
                 f"Shard {i} ({d}) was extracted with other settings than this merge asks for.",

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from qamoe_core.errors import InputError
+from qamoe_core.inputs import problem
 from qamoe_core.media.deps import install_hint, require
 from qamoe_core.media.failures import ClipFailure
 
@@ -71,8 +72,9 @@ def iter_frames(path: Path, fps: float) -> Iterator[tuple[np.ndarray, int]]:
     yielded; more than 1 when the video's own rate is below ``fps``).
     """
     cv2 = require("cv2", "Video decoding")
-    if not path.is_file():
-        raise ClipFailure("vision", f"file not found: {path}")
+    why = problem(path)
+    if why is not None:
+        raise ClipFailure("vision", f"{why}: {path}")
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise ClipFailure("vision", f"cannot open '{path.name}' as a video")

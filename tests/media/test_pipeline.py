@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from qamoe_core.errors import ConfigError, DataFormatError, InputError, OutputEx
 from qamoe_core.h5store import FeatureFile, validate
 from qamoe_core.media import MediaConfig, extract_media, read_manifest
 from qamoe_core.media.config import failures_path, work_root
+from tests.cli.test_nonregular_inputs import finishes
 from tests.media import mediagen
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("cached_models")]
@@ -162,6 +164,13 @@ def test_shards_then_merge_equal_one_run(tmp_path: Path, clips_dir: Path) -> Non
     assert sum(counts) == 6
     with pytest.raises(ConfigError, match="other settings"):
         extract_media(manifest, out, MediaConfig(vision="haar"), merge=True)
+    run_json = work_root(out) / "shard-0-of-3" / "run.json"  # a pipe: refused, not read
+    run_json.rename(run_json.with_name("kept.json"))
+    os.mkfifo(run_json)
+    with pytest.raises(InputError, match=r"run\.json' is a named pipe \(FIFO\)"):
+        finishes(lambda: extract_media(manifest, out, config, merge=True), run_json)
+    run_json.unlink()
+    run_json.with_name("kept.json").rename(run_json)
     merged = extract_media(manifest, out, config, merge=True)
     assert merged["shards_merged"] == 3 and merged["splits"] == {"train": 4, "valid": 1, "test": 1}
     assert_same_file(whole, out)
