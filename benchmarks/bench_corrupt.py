@@ -8,7 +8,7 @@ the SAME run times, each in a fresh subprocess (so peak RSS is per task):
 - ``corrupt``: ``corrupt_file`` at level 0.4 on the mixed axis (drops and noise on every
   modality, every split), once per temporal pattern (``--patterns``; default the plain
   random+white point, burst drops, AR(1)-correlated noise, and both), run as `qamoe corrupt`
-  runs it (one torch thread, memory trimmed after each block: qamoe_core/runtime.py);
+  runs it (one torch thread, memory trimmed after each block: qamoe_core/base/runtime.py);
 
 and prints JSON with seconds, MB/s of uncompressed feature data, the ratio corrupt/copy
 throughput per pattern (goal >= 0.5) and each subprocess's peak RSS (goal < 1 GiB). Files are
@@ -43,7 +43,7 @@ BLOCK = 128  # rows generated at a time while building
 
 def build(path: Path, rows: int, seed: int = 0) -> dict[str, float]:
     """Stream a MOSEI-shaped file of ``rows`` samples (all splits) through FeatureWriter."""
-    from qamoe_core.h5store import FeatureWriter
+    from qamoe_core.data.store import FeatureWriter
 
     rng = np.random.default_rng(seed)
     scale = {m: rng.uniform(0.5, 2.0, size=d).astype(np.float32) for m, (_, d) in SHAPES.items()}
@@ -86,7 +86,7 @@ def feature_bytes(path: Path) -> int:
 
 def plain_copy(src: Path, dst: Path) -> None:
     """Chunked h5py copy with the source's own layout, ~32 MiB blocks (as corrupt reads)."""
-    from qamoe_core.corrupt import CHUNK_BYTES
+    from qamoe_core.spectrum.files import CHUNK_BYTES
 
     with h5py.File(src, "r") as fi, h5py.File(dst, "w") as fo:
         fo.attrs.update(dict(fi.attrs))
@@ -128,9 +128,9 @@ def worker(task: str, src: Path, dst: Path, arg: str) -> None:
     elif task == "copy":
         plain_copy(src, dst)
     else:
-        from qamoe_core import runtime
-        from qamoe_core.corrupt import corrupt_file
-        from qamoe_core.spectrum import CorruptionSpec, parse_pattern
+        from qamoe_core.base import runtime
+        from qamoe_core.spectrum.engine import CorruptionSpec, parse_pattern
+        from qamoe_core.spectrum.files import corrupt_file
 
         level, _, pattern = arg.partition(":")
         spec = CorruptionSpec(level=float(level), **parse_pattern(pattern))

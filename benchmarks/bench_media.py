@@ -47,8 +47,8 @@ TRANSCRIPT = (
 def make_media(folder: Path) -> dict[str, Path]:
     import numpy as np
 
-    from qamoe_core.media.audio import load_audio
-    from tests.media import mediagen
+    from qamoe_core.data.media.audio import load_audio
+    from tests.data.media import mediagen
 
     spoken = mediagen.speech_wav(folder / "spoken.wav", TRANSCRIPT)
     y = load_audio(spoken)
@@ -91,9 +91,9 @@ def bench_extractors(media: dict[str, Path], repeat: int) -> dict[str, Any]:
     import cv2
     import torch
 
-    from qamoe_core.media.audio import LibrosaAudio, OpenSmileAudio, load_audio
-    from qamoe_core.media.text import TextExtractor, default_text_model
-    from qamoe_core.media.vision import HaarVision, LandmarkVision
+    from qamoe_core.data.media.audio import LibrosaAudio, OpenSmileAudio, load_audio
+    from qamoe_core.data.media.text import TextExtractor, default_text_model
+    from qamoe_core.data.media.vision import HaarVision, LandmarkVision
 
     torch.set_num_threads(2)
     cv2.setNumThreads(2)
@@ -135,7 +135,7 @@ def _cpu_with_children() -> float:
 
 
 def bench_pipeline(media: dict[str, Path], folder: Path, n_clips: int) -> dict[str, Any]:
-    from qamoe_core.media import MediaConfig, extract_media
+    from qamoe_core.data.media import MediaConfig, extract_media
 
     manifest = folder / "manifest.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as fh:

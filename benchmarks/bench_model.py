@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from qamoe_core.config import ModelConfig, TrainConfig, from_json  # noqa: E402
-from qamoe_core.h5store import FeatureFile  # noqa: E402
+from qamoe_core.data.store import FeatureFile  # noqa: E402
+from qamoe_core.data.torchdata import to_torch  # noqa: E402
 from qamoe_core.models import build_model, names  # noqa: E402
-from qamoe_core.torchdata import to_torch  # noqa: E402
 
 
 def timed(fn: Callable[[], Any], seconds: float, min_reps: int = 5) -> dict[str, float]:
@@ -93,7 +93,7 @@ def profile_top(model: torch.nn.Module, batch: dict[str, torch.Tensor], k: int =
 def ensure_data(path: Path | None, preset: str) -> Path:
     if path is not None:
         return path
-    from qamoe_core.synthetic import write_synthetic
+    from qamoe_core.data.synthetic import write_synthetic
 
     cache = Path(tempfile.gettempdir()) / f"qamoe-bench-{preset}.h5"
     if not cache.exists():
@@ -103,7 +103,7 @@ def ensure_data(path: Path | None, preset: str) -> Path:
 
 
 def bench_speed(args: argparse.Namespace, mcfg: ModelConfig, data: Path) -> dict[str, Any]:
-    from qamoe_core.train import train
+    from qamoe_core.training.loop import train
 
     with FeatureFile(data) as f:
         dims = {m: int(f.dims[m]) for m in f.modalities}
@@ -200,8 +200,8 @@ def mask_cost(
 
 def quality_by_level(run: Path, data: Path, levels: tuple[float, ...]) -> dict[str, Any]:
     """Mean r_m on the validation split at each mixed level (None for models without r)."""
-    from qamoe_core.checkpoint import load_run
-    from qamoe_core.spectrum import CorruptionSpec, apply_spec
+    from qamoe_core.runs.checkpoint import load_run
+    from qamoe_core.spectrum.engine import CorruptionSpec, apply_spec
 
     model, _, _ = load_run(run)
     with FeatureFile(data) as f:
@@ -222,7 +222,7 @@ def quality_by_level(run: Path, data: Path, levels: tuple[float, ...]) -> dict[s
 def bench_accuracy(args: argparse.Namespace, mcfg: ModelConfig, data: Path) -> dict[str, Any]:
     """Train the same model with several temporal compressions; validation and test scores,
     and (QA-MoE) the mean quality score at a few corruption levels."""
-    from qamoe_core.train import train
+    from qamoe_core.training.loop import train
 
     rows = []
     for segments in args.segments:

@@ -28,12 +28,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from qamoe_core import evaluate as ev  # noqa: E402
-from qamoe_core.checkpoint import load_run  # noqa: E402
 from qamoe_core.config import ModelConfig  # noqa: E402
-from qamoe_core.h5store import FeatureFile  # noqa: E402
-from qamoe_core.model import build_model  # noqa: E402
-from qamoe_core.synthetic import write_synthetic  # noqa: E402
+from qamoe_core.data.store import FeatureFile  # noqa: E402
+from qamoe_core.data.synthetic import write_synthetic  # noqa: E402
+from qamoe_core.evaluation import sweep as ev  # noqa: E402
+from qamoe_core.models.registry import build_model  # noqa: E402
+from qamoe_core.runs.checkpoint import load_run  # noqa: E402
 
 
 def _model(data: Path, run: Path | None) -> tuple[torch.nn.Module, str]:

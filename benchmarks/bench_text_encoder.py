@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qamoe_core.text_encoder import LowerStateCache, PretrainedTextEncoder  # noqa: E402
+from qamoe_core.text.encoder import LowerStateCache, PretrainedTextEncoder  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 BATCH = 32

@@ -17,7 +17,7 @@ Anchors on the same folds: the train-mean constant, a ridge regression and a log
 regression on the concatenated features (their strength chosen on the fold's valid videos).
 The comparison (QA-MoE minus the best baseline, mixed-grid MAE) is over model seeds, unpaired:
 Welch's t-interval with the exact quantile and the minimum detectable difference
-(qamoe_core.stats). ``qamoe report`` pools folds and model seeds into one band per model
+(qamoe_core.evaluation.stats). ``qamoe report`` pools folds and model seeds into one band per model
 (run label ``MODEL-s<10K+seed>``).
 
 Finished jobs are skipped on a rerun (their output exists); ``--fresh`` starts over.
@@ -141,7 +141,7 @@ def anchors(ctx: Ctx) -> dict[str, Any]:
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.preprocessing import StandardScaler
 
-    from qamoe_core.h5store import FeatureFile
+    from qamoe_core.data.store import FeatureFile
     from qamoe_core.metrics import compute
 
     def xy(f: FeatureFile, split: str) -> tuple[np.ndarray, np.ndarray]:

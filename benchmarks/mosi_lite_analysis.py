@@ -34,7 +34,7 @@ from scipy.stats import spearmanr
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from qamoe_core import results as R  # noqa: E402
+from qamoe_core.evaluation import results as R  # noqa: E402
 
 METRIC = "Acc_2"
 MODALITIES = ("text", "audio", "vision")
@@ -78,7 +78,7 @@ def curve(
     variant: str = "normal",
     modalities: str = ALL,
 ) -> pd.Series:
-    """Level -> value averaged over corruption seeds (qamoe_core.results.curves)."""
+    """Level -> value averaged over corruption seeds (qamoe_core.evaluation.results.curves)."""
     c = R.curves(df, metric)
     c = c[(c["axis"] == axis) & (c["variant"] == variant) & (c["modalities"] == modalities)]
     return c.set_index("level")["mean"].sort_index()
@@ -232,7 +232,10 @@ def quality_tracking(
 
 
 def pool(runs: dict[str, pd.DataFrame], name: str, seeds: int) -> pd.DataFrame | None:
-    """The model seeds of one configuration as one run (qamoe_core.results.pool_model_seeds)."""
+    """The model seeds of one configuration as one run.
+
+    (qamoe_core.evaluation.results.pool_model_seeds)
+    """
     parts = [runs[f"{name}-s{s}"] for s in range(seeds) if f"{name}-s{s}" in runs]
     return R.pool_model_seeds(pd.concat(parts, ignore_index=True)) if parts else None
 

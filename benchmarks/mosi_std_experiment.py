@@ -190,7 +190,7 @@ def build_jobs(ctx: Ctx, data: Path, chosen: dict[str, Any], stages: set[str]) -
 def _read(path: Path) -> list[dict[str, str]]:
     """Rows of a results file as strings, through results.load, so files of either schema
     read alike (schema 2: a drop row's modalities are the DROPPED ones)."""
-    from qamoe_core.results import load
+    from qamoe_core.evaluation.results import load
 
     df = load(path)
     return [{k: str(v) for k, v in row.items()} for row in df.to_dict("records")]
@@ -241,7 +241,7 @@ def constant_anchor(data: Path) -> dict[str, Any]:
     """The best constant predictors fitted on train: its mean and its median."""
     import numpy as np
 
-    from qamoe_core.h5store import FeatureFile
+    from qamoe_core.data.store import FeatureFile
     from qamoe_core.metrics import compute
 
     with FeatureFile(data) as f:
@@ -278,10 +278,11 @@ def seed_comparison(a: list[float], b: list[float]) -> dict[str, Any]:
     """mean(a) − mean(b), one value per model seed on each side, compared UNPAIRED (two
     arms share nothing through a seed number): Welch's 95 % t-interval with the exact t
     quantile, its p-value, and the minimum detectable difference at 80 % power for these seeds
-    (qamoe_core.stats, the statistics of ``qamoe report --reference``). ``per_seed`` lists
-    a − b by seed number for reading only; the interval does not pair them. NaN interval and
+    (qamoe_core.evaluation.stats, the statistics of ``qamoe report --reference``).
+    ``per_seed`` lists a − b by seed number for reading only; the interval does not pair them.
+    NaN interval and
     MDE with fewer than two seeds a side."""
-    from qamoe_core import stats
+    from qamoe_core.evaluation import stats
 
     est = stats.welch(a, b)
     mde = stats.mde(stats.pooled_sd(a, b), len(a), len(b))

@@ -14,11 +14,11 @@ import numpy as np
 
 import qamoe_core as qa
 from qamoe_core.config import ModelConfig, TrainConfig
-from qamoe_core.corrupt import corrupt_file
-from qamoe_core.h5store import FeatureFile
-from qamoe_core.spectrum import CorruptionSpec
-from qamoe_core.synthetic import write_synthetic
-from qamoe_core.train import train
+from qamoe_core.data.store import FeatureFile
+from qamoe_core.data.synthetic import write_synthetic
+from qamoe_core.spectrum.engine import CorruptionSpec
+from qamoe_core.spectrum.files import corrupt_file
+from qamoe_core.training.loop import train
 
 
 def main() -> None:

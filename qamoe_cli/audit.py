@@ -28,7 +28,7 @@ from rich.table import Table
 
 from qamoe_cli.common import JsonOut, Quiet, Seed, emit, out_console, parse_list, progress
 
-# Copies of qamoe_core.audit's defaults, for the options: that module pulls numpy and h5py,
+# Copies of qamoe_core.data.audit's defaults, for the options: that module pulls numpy and h5py,
 # which start-up should not wait for. tests/cli/test_audit_cli.py keeps them equal.
 DEFAULT_GROUP_REGEX = r"^(.+?)(?:\$_\$[^$]+|_\d+)$"
 DEFAULT_FOLDS = 5
@@ -83,7 +83,7 @@ def command(
     json_out: JsonOut = False,
 ) -> None:
     """Audit a feature file: label-fitted features, leaks across splits, floors, dead dims."""
-    from qamoe_core.audit import AuditConfig, audit
+    from qamoe_core.data.audit import AuditConfig, audit
 
     config = AuditConfig(
         group_regex=None if no_groups else group_regex,

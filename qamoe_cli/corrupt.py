@@ -69,10 +69,10 @@ def command(
 ) -> None:
     """Corrupt DATA at --level along --axis and write it to --out (atomic, recorded in the file)."""
     # heavy imports (torch) here, not at the top, so `qamoe --help` and `--version` start fast
-    from qamoe_core import runtime
-    from qamoe_core.corrupt import corrupt_file
-    from qamoe_core.h5store import FeatureFile
-    from qamoe_core.spectrum import CorruptionSpec, parse_pattern
+    from qamoe_core.base import runtime
+    from qamoe_core.data.store import FeatureFile
+    from qamoe_core.spectrum.engine import CorruptionSpec, parse_pattern
+    from qamoe_core.spectrum.files import corrupt_file
 
     spec = CorruptionSpec(
         level=level,  # type: ignore[arg-type]  # validated (and converted) by the spec

@@ -114,11 +114,11 @@ def command(
 ) -> None:
     """Evaluate one checkpoint: the clean split, a corrupted file, or a sweep of the spectrum."""
     # heavy imports (torch, pandas) here, not at the top, so the CLI starts fast
-    from qamoe_core.atomic import check_output, same_file
-    from qamoe_core.checkpoint import ALL_FILES
-    from qamoe_core.evaluate import EvalConfig, Evaluation, parse_levels, save_samples
-    from qamoe_core.results import SPECTRUM_AXES, save
-    from qamoe_core.spectrum import parse_pattern
+    from qamoe_core.base.atomic import check_output, same_file
+    from qamoe_core.evaluation.results import SPECTRUM_AXES, save
+    from qamoe_core.evaluation.sweep import EvalConfig, Evaluation, parse_levels, save_samples
+    from qamoe_core.runs.checkpoint import ALL_FILES
+    from qamoe_core.spectrum.engine import parse_pattern
 
     plugins = check_plugins(plugin)
     grid = parse_levels(levels)  # validated even without --sweep: a bad list is a mistake
@@ -176,7 +176,7 @@ def _check_writable(target: Path) -> None:
     import os
     import tempfile
 
-    from qamoe_core.errors import InputError
+    from qamoe_core.base.errors import InputError
 
     try:
         fd, probe = tempfile.mkstemp(prefix=".qamoe-probe.", dir=target.parent)
@@ -213,7 +213,7 @@ def _render(result: Any, out: Path | None, per_sample: Path | None, sweep: bool)
 
 def _swept(result: Any) -> bool:
     """Whether any axis was evaluated at more than one level (a summary is then defined)."""
-    from qamoe_core.results import SPECTRUM_AXES
+    from qamoe_core.evaluation.results import SPECTRUM_AXES
 
     t = result.table
     spectrum = t[t["axis"].isin(SPECTRUM_AXES)]
@@ -221,7 +221,7 @@ def _swept(result: Any) -> bool:
 
 
 def _render_first(result: Any) -> None:
-    from qamoe_core.results import QUALITY_PREFIX, USAGE_PREFIX, is_diagnostic
+    from qamoe_core.evaluation.results import QUALITY_PREFIX, USAGE_PREFIX, is_diagnostic
 
     info = result.info
     values, shuffled = result.clean, result.first("quality_shuffle")

@@ -43,7 +43,10 @@ def synthetic(
     json_out: JsonOut = False,
 ) -> None:
     """Write the built-in synthetic dataset (known structure, no download)."""
-    from qamoe_core.synthetic import PRESETS, write_synthetic  # h5py and numpy: not at start-up
+    from qamoe_core.data.synthetic import (  # h5py and numpy: not at start-up
+        PRESETS,
+        write_synthetic,
+    )
 
     if preset not in PRESETS:
         raise typer.BadParameter(
@@ -71,8 +74,8 @@ def synthetic(
 
 def _parse_offset(text: str) -> dict[str, float]:
     from qamoe_core import MODALITIES
-    from qamoe_core.errors import InputError
-    from qamoe_core.synthetic import MOSI_LITE_OFFSET, check_offset
+    from qamoe_core.base.errors import InputError
+    from qamoe_core.data.synthetic import MOSI_LITE_OFFSET, check_offset
 
     if text.strip().lower() == "mosi-lite":
         return dict(MOSI_LITE_OFFSET)

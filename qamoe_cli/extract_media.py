@@ -141,8 +141,8 @@ def command(
     OUT-stem.failures.csv and the run goes on. Frames without a face are kept as zeros.
     """
     # imported here: the media pipeline pulls h5py and numpy, which start-up should not wait for
-    from qamoe_core.media import MediaConfig, extract_media, parse_shard, read_manifest
-    from qamoe_core.media.config import shard_of
+    from qamoe_core.data.media import MediaConfig, extract_media, parse_shard, read_manifest
+    from qamoe_core.data.media.config import shard_of
 
     mods = parse_list(modalities, "--modalities")
     config = MediaConfig(

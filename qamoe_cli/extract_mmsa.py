@@ -59,7 +59,7 @@ def command(
 
     The pickle is read by a restricted loader that admits only arrays and plain containers.
     """
-    from qamoe_core.importers.mmsa import PROGRESS_STEPS, import_mmsa  # h5py: not at start-up
+    from qamoe_core.data.importers.mmsa import PROGRESS_STEPS, import_mmsa  # h5py: not at start-up
 
     with progress(PROGRESS_STEPS, f"mmsa/{file.name}", enabled=not (quiet or json_out)) as tick:
         summary = import_mmsa(file, out, dataset=dataset, force=force, progress=tick)

@@ -91,7 +91,7 @@ def command(
 
     Refuses the label-fitted text-CNN / 3D-CNN features under std (see the labels README).
     """
-    from qamoe_core.importers.mosi import PROGRESS_STEPS, import_mosi
+    from qamoe_core.data.importers.mosi import PROGRESS_STEPS, import_mosi
 
     with progress(PROGRESS_STEPS, f"mosi/{protocol}", enabled=not (quiet or json_out)) as tick:
         summary = import_mosi(

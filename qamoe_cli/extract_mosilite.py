@@ -20,7 +20,7 @@ from qamoe_cli.common import (
     progress,
 )
 
-# A copy of qamoe_core.importers.mosilite.DEFAULT_VALID_FRACTION for the option's default:
+# A copy of qamoe_core.data.importers.mosilite.DEFAULT_VALID_FRACTION for the option's default:
 # that module pulls h5py and numpy, which start-up should not wait for.
 # tests/cli/test_startup.py keeps the two equal.
 DEFAULT_VALID_FRACTION = 0.15
@@ -76,7 +76,7 @@ def command(
     Its text and video features are label-fitted: prefer `qamoe extract mosi`; see `qamoe audit`.
     """
     err_console.print(LABEL_FITTED_WARNING, highlight=False, soft_wrap=True)
-    from qamoe_core.importers.mosilite import PROGRESS_STEPS, import_mosilite
+    from qamoe_core.data.importers.mosilite import PROGRESS_STEPS, import_mosilite
 
     with progress(PROGRESS_STEPS, "mosi-lite", enabled=not (quiet or json_out)) as tick:
         summary = import_mosilite(

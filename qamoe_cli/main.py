@@ -23,8 +23,8 @@ from qamoe_cli import audit, corrupt, demo, extract, report, train
 from qamoe_cli import eval as eval_cmd
 from qamoe_cli.common import INTERRUPT_HINT, ClickException, ClickUsageError, err_console
 from qamoe_core import __version__
-from qamoe_core.errors import NoSpaceError, QamoeError, UsageError, no_space
-from qamoe_core.runtime import set_memory_budget
+from qamoe_core.base.errors import NoSpaceError, QamoeError, UsageError, no_space
+from qamoe_core.base.runtime import set_memory_budget
 
 EXIT_RULE = (
     "Exit status: 0 done; 2 the command line is not valid (unknown option or choice, a value "

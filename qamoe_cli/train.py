@@ -29,8 +29,8 @@ from qamoe_cli.common import (
     progress,
     train_default,
 )
+from qamoe_core.base.errors import UsageError
 from qamoe_core.config import ModelConfig, TrainConfig, read_sections, resolve
-from qamoe_core.errors import UsageError
 
 # checkpoint, h5store and train are imported inside the functions that use them: they pull
 # torch (~1.5 s), which `qamoe --help` and `qamoe train --help` should not wait for.
@@ -49,7 +49,7 @@ def _configs(
     if resume and config is None and not given and not given_model:
         return None, None  # continue exactly as saved
     if resume:
-        from qamoe_core import checkpoint as ckpt
+        from qamoe_core.runs import checkpoint as ckpt
 
         saved = ckpt.read_config(out)
         model_d, train_d = saved["model_config"].to_dict(), saved["train_config"].to_dict()
@@ -66,7 +66,7 @@ def _configs(
 
 
 def _total_steps(data: Path, batch_size: int, epochs: int) -> int | None:
-    from qamoe_core.h5store import FeatureFile
+    from qamoe_core.data.store import FeatureFile
 
     try:
         with FeatureFile(data) as f:
@@ -121,7 +121,7 @@ def _epoch_line(event: Any) -> str:
 
 def _interrupted_hint(data: Path, out: Path) -> None:
     """Ctrl-C after a checkpoint: the error funnel's hint says how to continue."""
-    from qamoe_core import checkpoint as ckpt
+    from qamoe_core.runs import checkpoint as ckpt
 
     if ckpt.is_run_dir(out) and (out / ckpt.STATE).is_file():
         INTERRUPT_HINT["text"] = (
@@ -213,7 +213,7 @@ def command(
     text = {"text_encoder": text_encoder, "text_model": text_model,
             "fine_tune_layers": fine_tune_layers}  # fmt: skip
     model_cfg, train_cfg = _configs(config, resume, out, flags, text)
-    from qamoe_core.train import TrainEvent, train  # torch: only once the flags are valid
+    from qamoe_core.training.loop import TrainEvent, train  # torch: only once the flags are valid
 
     main_rank = os.environ.get("RANK", "0") == "0"
     talk = main_rank and not (quiet or json_out)

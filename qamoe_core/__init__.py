@@ -7,7 +7,7 @@ a corruption engine, training, evaluation sweeps and reports.
 
 from typing import Any
 
-from qamoe_core.names import MODALITIES, SPLITS
+from qamoe_core.base.names import MODALITIES, SPLITS
 from qamoe_core.version import __version__
 
 # The public functions of qamoe_core/api.py, imported on first use: they need torch, and

@@ -13,12 +13,12 @@ Four functions cover what a script needs without the command line::
     noisy = qa.corrupt_batch(batch, level=0.4, split="test", source="syn.h5")
     qa.compute_metrics(qa.predict(run, noisy), batch["label"], run.scheme)
 
-A *batch* is the dict that :meth:`qamoe_core.h5store.FeatureFile.read` returns (numpy) or its
+A *batch* is the dict that :meth:`qamoe_core.data.store.FeatureFile.read` returns (numpy) or its
 torch version: for each modality ``m`` the features ``m`` (B, T_m, D_m) float32 and lengths
 ``m_len`` (B,), optionally the keep mask ``m_keep`` (B, T_m) bool; ``index`` (B,) the rows'
 numbers within their split; ``label`` (B,). Shapes below use B for the batch size. A batch
 you pass in is checked exactly as the file reader checks what it reads
-(:func:`qamoe_core.h5store.normalize_batch`): missing keys, anything but arrays or tensors,
+(:func:`qamoe_core.data.store.normalize_batch`): missing keys, anything but arrays or tensors,
 non-integer lengths or lengths outside [0, T_m], float keep masks and NaN/inf features are a
 one-line ``UsageError``; float64 features and int32 lengths are converted.
 
@@ -43,8 +43,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from qamoe_core.apiargs import corrupt_args, numbers_arg, path_arg, rows_arg
-from qamoe_core.errors import UsageError
+from qamoe_core.base.apiargs import corrupt_args, numbers_arg, path_arg, rows_arg
+from qamoe_core.base.errors import UsageError
 
 __all__ = ["Run", "compute_metrics", "corrupt_batch", "load_run", "predict", "read_batch"]
 
@@ -55,7 +55,7 @@ PathLike = str | os.PathLike[str]
 class Run:
     """A trained run, ready to predict: the model (eval mode) and what it was trained on.
 
-    ``meta`` is :func:`qamoe_core.checkpoint.load_run`'s dict (dims, dataset, configs,
+    ``meta`` is :func:`qamoe_core.runs.checkpoint.load_run`'s dict (dims, dataset, configs,
     metrics.json); the properties below are its most used entries.
     """
 
@@ -97,7 +97,7 @@ def load_run(
     records is only a hint; its content hash must match). Raises CheckpointError naming a
     missing, damaged or refused file (weights are read with ``weights_only=True``).
     """
-    from qamoe_core.checkpoint import load_run as _load
+    from qamoe_core.runs.checkpoint import load_run as _load
 
     model, _, meta = _load(
         path_arg(path, "path"), device=device, plugins=plugins, text_model=text_model
@@ -108,7 +108,7 @@ def load_run(
 def read_batch(source: PathLike, *, split: str = "test", rows: Any = None) -> dict[str, Any]:
     """The rows ``rows`` (a slice or indices; default all) of ``split`` of an HDF5 feature
     file as a numpy batch dict (with ``index`` and ``label``)."""
-    from qamoe_core.h5store import FeatureFile
+    from qamoe_core.data.store import FeatureFile
 
     with FeatureFile(path_arg(source, "source")) as f:
         return f.read(split, rows_arg(rows))
@@ -149,7 +149,7 @@ def predict(
 def _check_batch(run: Run, batch: Any) -> dict[str, Any]:
     """``batch`` checked as the file reader checks what it reads (h5store.normalize_batch),
     and against the run: every modality the model reads, with the dims it was trained on."""
-    from qamoe_core.h5store import normalize_batch
+    from qamoe_core.data.store import normalize_batch
 
     out = normalize_batch(batch, "the batch", run.modalities, error=UsageError)
     for m, d in run.meta["dims"].items():
@@ -164,8 +164,8 @@ def _check_batch(run: Run, batch: Any) -> dict[str, Any]:
 def _predict_file(run: Run, source: PathLike, split: str, batch_size: int) -> np.ndarray:
     """Scores for every row of ``split`` of a feature file, read in blocks that fit the
     memory budget (each block checked by the reader)."""
-    from qamoe_core.evaluate import check_compatible
-    from qamoe_core.h5store import FeatureFile
+    from qamoe_core.data.store import FeatureFile
+    from qamoe_core.evaluation.sweep import check_compatible
 
     with FeatureFile(source) as f:
         check_compatible(run.model, f, run.task)
@@ -232,7 +232,7 @@ def corrupt_batch(
     Returns a new batch dict (numpy in, numpy out; torch in, torch out) with ``m_keep``
     (B, T_m) for every modality; the input is not modified.
     """
-    from qamoe_core.spectrum import CorruptionSpec, apply_spec
+    from qamoe_core.spectrum.engine import CorruptionSpec, apply_spec
 
     batch, split, modalities, drop, source, chain = corrupt_args(
         batch, split, modalities, drop, source, train_std, chain
@@ -245,7 +245,7 @@ def corrupt_batch(
         noise_scale=noise_scale,
         seed=seed,
     )
-    from qamoe_core.h5store import normalize_batch
+    from qamoe_core.data.store import normalize_batch
 
     if isinstance(batch, Mapping) and "index" not in batch:
         raise UsageError(
@@ -268,7 +268,7 @@ def _file_context(
     source: PathLike, spec: Any, train_std: Mapping[str, Any] | None, chain: int | None
 ) -> tuple[Mapping[str, Any] | None, int]:
     """(train std per modality, chain position) as `qamoe corrupt` takes them from ``source``."""
-    from qamoe_core.h5store import FeatureFile
+    from qamoe_core.data.store import FeatureFile
 
     with FeatureFile(source) as f:
         if train_std is None and spec.noise_std > 0:

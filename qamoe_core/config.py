@@ -23,10 +23,10 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from qamoe_core.errors import ConfigError, ConfigUsageError, QamoeError, nearest_choice
-from qamoe_core.inputs import check_file
+from qamoe_core.base.errors import ConfigError, ConfigUsageError, QamoeError, nearest_choice
+from qamoe_core.base.inputs import check_file
+from qamoe_core.base.names import AXES, MODALITIES
 from qamoe_core.metrics import METRIC_NAMES
-from qamoe_core.names import AXES, MODALITIES
 
 CONFIG_VERSION = 1
 # Model names live in one registry, qamoe_core/models/registry.py (built-ins and plug-ins).

@@ -19,18 +19,18 @@ from typing import Any
 
 import pandas as pd
 
-import qamoe_core.checkpoint as ckpt
-import qamoe_core.rundir as rundir
-from qamoe_core.checkpoint import load_run, resolve_device
+import qamoe_core.base.rundir as rundir
+import qamoe_core.runs.checkpoint as ckpt
+from qamoe_core.base.errors import InputError, check_level
 from qamoe_core.config import BASELINES, ModelConfig, TrainConfig
-from qamoe_core.corrupt import corrupt_file
-from qamoe_core.errors import InputError, check_level
-from qamoe_core.evaluate import EvalConfig, EvalResult, Evaluation
-from qamoe_core.report import build_report
-from qamoe_core.results import default_metric, save, summarize
-from qamoe_core.spectrum import CorruptionSpec
-from qamoe_core.synthetic import MOSI_LITE_OFFSET, PRESETS, check_offset, write_synthetic
-from qamoe_core.train import train
+from qamoe_core.data.synthetic import MOSI_LITE_OFFSET, PRESETS, check_offset, write_synthetic
+from qamoe_core.evaluation.results import default_metric, save, summarize
+from qamoe_core.evaluation.sweep import EvalConfig, EvalResult, Evaluation
+from qamoe_core.report.build import build_report
+from qamoe_core.runs.checkpoint import load_run, resolve_device
+from qamoe_core.spectrum.engine import CorruptionSpec
+from qamoe_core.spectrum.files import corrupt_file
+from qamoe_core.training.loop import train
 from qamoe_core.version import __version__
 
 log = logging.getLogger(__name__)

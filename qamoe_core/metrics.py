@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from qamoe_core.errors import InputError, check_choice
-from qamoe_core.names import SCHEMES
+from qamoe_core.base.errors import InputError, check_choice
+from qamoe_core.base.names import SCHEMES
 
 # The keys of compute()'s result, in MMSA's order.
 METRIC_NAMES: dict[str, tuple[str, ...]] = {

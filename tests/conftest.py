@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from qamoe_core.synthetic import write_synthetic
+from qamoe_core.data.synthetic import write_synthetic
 
 # One intra-op thread: the models under test are tiny, and on a shared 2-core machine two
 # threads fighting other processes made steps ~50x slower (measured while developing).

@@ -13,12 +13,12 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from qamoe_core.base.errors import ConfigError, InputError
+from qamoe_core.base.names import MODALITIES, TASKS
 from qamoe_core.config import ModelConfig, _Config, _spec
-from qamoe_core.errors import ConfigError, InputError
 from qamoe_core.models.heads import task_loss
 from qamoe_core.models.layers import Encoder, FeatureStats
 from qamoe_core.models.text_front import TextFront
-from qamoe_core.names import MODALITIES, TASKS
 
 CONTRACT_HINT = "The model contract is in the docstring of qamoe_core/models/__init__.py."
 

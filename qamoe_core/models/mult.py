@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qamoe_core.base.errors import ConfigError
 from qamoe_core.config import ModelConfig
-from qamoe_core.errors import ConfigError
 from qamoe_core.models.base import ModelOptions, ModelOutput, MultimodalModel, option
 from qamoe_core.models.heads import LinearHead
 from qamoe_core.models.layers import segment_pool, sinusoid, usable_steps

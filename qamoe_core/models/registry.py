@@ -30,8 +30,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from qamoe_core.base.errors import CheckpointError, InputError, UsageError, check_choice
 from qamoe_core.config import ModelConfig
-from qamoe_core.errors import CheckpointError, InputError, UsageError, check_choice
 from qamoe_core.models.base import CONTRACT_HINT, ModelOptions, MultimodalModel, check_modalities
 
 ENTRY_POINT_GROUP = "qamoe.models"

@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from qamoe_core.base.errors import CheckpointError, InputError
 from qamoe_core.config import ModelConfig
-from qamoe_core.errors import CheckpointError, InputError
-from qamoe_core.text_encoder import (
+from qamoe_core.text.encoder import (
     LowerStateCache,
     PretrainedTextEncoder,
     encoder_hash,
@@ -109,7 +109,7 @@ def _find_encoder(cfg: ModelConfig, run: Path, given: str | None) -> tuple[Path,
     inside = _inside_run(run, hint)
     if inside is not None and _matches(inside, recorded):
         return inside, "inside the run folder"
-    from qamoe_core.media.text import default_text_model  # light; as resolve_encoder_dir does
+    from qamoe_core.data.media.text import default_text_model  # light; as resolve_encoder_dir does
 
     packaged = default_text_model()  # found by its content hash, wherever the run says
     if recorded and packaged is not None and _matches(packaged, recorded):

@@ -10,11 +10,11 @@ import pytest
 
 from qamoe_cli import audit as cli_audit
 from qamoe_cli.main import main
-from qamoe_core import audit as core_audit
+from qamoe_core.data import audit as core_audit
 from tests.cli.test_startup import _heavy_loaded_after
 from tests.conftest import mosi_lite_dir
-from tests.core.test_audit import make_file
-from tests.core.test_import_mosilite import make_mosilite
+from tests.data.test_audit import make_file
+from tests.data.test_import_mosilite import make_mosilite
 
 
 @pytest.fixture(scope="module")

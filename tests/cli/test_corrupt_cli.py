@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from qamoe_cli.main import app, main
-from qamoe_core.h5store import FeatureFile
+from qamoe_core.data.store import FeatureFile
 
 runner = CliRunner()
 
@@ -95,7 +95,7 @@ def test_bad_input_is_one_line_error(
     code: int,
 ) -> None:
     out = tmp_path / "c.h5"
-    # 2: a usage error (qamoe_core.errors.UsageError); the 1s are usage errors that
+    # 2: a usage error (qamoe_core.base.errors.UsageError); the 1s are usage errors that
     # spectrum.py still raises as plain InputError (tests/cli/test_main.py lists them)
     assert main(["corrupt", str(tiny_h5), *extra, "--out", str(out)]) == code
     err = capsys.readouterr().err

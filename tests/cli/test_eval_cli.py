@@ -10,9 +10,9 @@ import pytest
 
 from qamoe_cli.main import main
 from qamoe_core.config import ModelConfig, TrainConfig
-from qamoe_core.h5store import SplitArrays, write_features
-from qamoe_core.results import load
-from qamoe_core.train import train
+from qamoe_core.data.store import SplitArrays, write_features
+from qamoe_core.evaluation.results import load
+from qamoe_core.training.loop import train
 
 SMALL = ModelConfig(d_model=32, n_heads=2, segments=4, num_experts=4, top_k=2)
 
@@ -211,8 +211,8 @@ def test_single_point_prints_only_what_is_defined(
 ) -> None:
     # Before: a corrupted file's one point printed a summary with clean nan, area/clean nan
     # and an unexplained "shuffled" row.
-    from qamoe_core.corrupt import corrupt_file
-    from qamoe_core.spectrum import CorruptionSpec
+    from qamoe_core.spectrum.engine import CorruptionSpec
+    from qamoe_core.spectrum.files import corrupt_file
 
     given = tmp_path / "c.h5"
     corrupt_file(tiny_h5, given, CorruptionSpec(level=0.4, seed=1))
@@ -222,7 +222,7 @@ def test_single_point_prints_only_what_is_defined(
     assert "seeds averaged" not in printed  # one point: no summary over levels
     assert "quality_shuffle" in printed and "permuted across samples" in printed
     # the floor the score is read against, from the split's labels (not the corrupted input)
-    from qamoe_core.h5store import FeatureFile
+    from qamoe_core.data.store import FeatureFile
     from qamoe_core.metrics import best_constant
 
     with FeatureFile(tiny_h5) as f:
@@ -240,7 +240,7 @@ def test_unwritable_out_folder_fails_before_evaluating(
 ) -> None:
     # Before: the folder was only tried when the results were saved, after the whole sweep.
     # /proc refuses new files even to root (chmod would not stop root).
-    from qamoe_core.evaluate import Evaluation
+    from qamoe_core.evaluation.sweep import Evaluation
 
     if not Path("/proc/self").exists():
         pytest.skip("needs /proc (Linux) as a folder that refuses new files")
@@ -274,7 +274,7 @@ def test_malformed_corruption_record_fails_before_evaluating(
 
     import h5py
 
-    from qamoe_core.evaluate import Evaluation
+    from qamoe_core.evaluation.sweep import Evaluation
 
     tampered = tmp_path / "t.h5"
     shutil.copy(tiny_h5, tampered)

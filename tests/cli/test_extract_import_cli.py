@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from qamoe_cli.main import app, main
-from qamoe_core.h5store import FeatureFile
-from tests.core.test_import_mmsa import SIZES, make_mmsa
-from tests.core.test_import_mosilite import TEST_VIDEOS, make_mosilite
+from qamoe_core.data.store import FeatureFile
+from tests.data.test_import_mmsa import SIZES, make_mmsa
+from tests.data.test_import_mosilite import TEST_VIDEOS, make_mosilite
 
 runner = CliRunner()
 

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from qamoe_cli.main import app, main
-from qamoe_core.h5store import FeatureFile
-from tests.core.test_import_mosi import BC_TEST, make_folders
+from qamoe_core.data.store import FeatureFile
+from tests.data.test_import_mosi import BC_TEST, make_folders
 
 runner = CliRunner()
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import torch
 
-import qamoe_core.checkpoint as ckpt
+import qamoe_core.runs.checkpoint as ckpt
 from qamoe_cli.main import main
 
 MODEL = {"d_model": 16, "n_heads": 2, "segments": 4, "num_experts": 4, "top_k": 2}
@@ -108,8 +108,8 @@ def test_train_under_a_file_size_limit_names_the_run(
 
 @pytest.fixture
 def results(tmp_path: Path) -> Path:
-    from qamoe_core.results import make_table, save
-    from tests.core.test_report import sweep_rows
+    from qamoe_core.evaluation.results import make_table, save
+    from tests.report.test_build import sweep_rows
 
     return save(
         make_table(sweep_rows("qamoe", "qamoe", -0.1, diagnostics=True)), tmp_path / "r.csv"

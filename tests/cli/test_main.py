@@ -138,8 +138,8 @@ def test_interruptions_exit_nonzero_and_leave_nothing(
     import os
     import signal
 
-    import qamoe_core.synthetic as synthetic
-    from qamoe_core.atomic import atomic_path
+    import qamoe_core.data.synthetic as synthetic
+    from qamoe_core.base.atomic import atomic_path
 
     def stopped_midway(path: Path, **kwargs: object) -> None:
         with atomic_path(path) as tmp:
@@ -227,7 +227,7 @@ def test_root_help_states_the_exit_rule(capsys: pytest.CaptureFixture[str]) -> N
     ],
 )
 def test_check_choice_suggests_the_nearest(value: str, guess: str) -> None:
-    from qamoe_core.errors import UsageError, check_choice
+    from qamoe_core.base.errors import UsageError, check_choice
 
     choices = ("qamoe", "late-fusion", "early-fusion", "dense-moe")
     with pytest.raises(UsageError) as info:
@@ -237,7 +237,7 @@ def test_check_choice_suggests_the_nearest(value: str, guess: str) -> None:
 
 
 def test_check_choice_without_a_near_value() -> None:
-    from qamoe_core.errors import UsageError, check_choice
+    from qamoe_core.base.errors import UsageError, check_choice
 
     with pytest.raises(UsageError) as info:
         check_choice("zzz", ("missing", "noise", "mixed"), "axis")
@@ -273,7 +273,7 @@ def test_eval_on_the_model_file_points_to_the_folder(
 
 
 # Usage errors still raised as plain InputError in files other helpers own: each should exit 2
-# once it raises qamoe_core.errors.UsageError (or goes through check_choice). strict: when one
+# once it raises qamoe_core.base.errors.UsageError (or goes through check_choice). strict: when one
 # is fixed, its case passes and must move out of this list.
 def test_click_exception_classes_are_the_ones_typer_raises() -> None:
     # typer < 0.26 raises click's exceptions, later ones those of its vendored copy; the

@@ -64,8 +64,8 @@ def test_extract_mmsa_refuses_a_pipe(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_the_pickle_loader_refuses_a_pipe(tmp_path: Path) -> None:
-    from qamoe_core.errors import InputError
-    from qamoe_core.importers.safe_pickle import safe_load
+    from qamoe_core.base.errors import InputError
+    from qamoe_core.data.importers.safe_pickle import safe_load
 
     fifo = tmp_path / "x.pkl"
     os.mkfifo(fifo)
@@ -88,7 +88,7 @@ def test_a_config_pipe_is_not_called_missing(
 @pytest.fixture(scope="module")
 def run(tiny_h5: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from qamoe_core.config import ModelConfig, TrainConfig
-    from qamoe_core.train import train
+    from qamoe_core.training.loop import train
 
     out = tmp_path_factory.mktemp("runs") / "run"
     model = ModelConfig(d_model=16, n_heads=2, segments=4, num_experts=4, top_k=2)
@@ -111,8 +111,8 @@ def test_a_run_file_that_is_a_pipe(
 def test_a_per_sample_table_that_is_a_pipe(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from qamoe_core.results import make_table, save
-    from tests.core.test_report import sweep_rows
+    from qamoe_core.evaluation.results import make_table, save
+    from tests.report.test_build import sweep_rows
 
     results = save(
         make_table(sweep_rows("qamoe", "qamoe", -0.1, diagnostics=True)), tmp_path / "r.csv"
@@ -133,7 +133,7 @@ def test_a_media_manifest_that_is_a_pipe(
 
 
 def test_a_mosi_lite_csv_that_is_a_pipe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from qamoe_core.importers.mosilite import REQUIRED
+    from qamoe_core.data.importers.mosilite import REQUIRED
 
     folder = tmp_path / "lite"
     folder.mkdir()
@@ -146,8 +146,8 @@ def test_a_mosi_lite_csv_that_is_a_pipe(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_a_media_clip_that_is_a_pipe_is_a_clip_failure(tmp_path: Path) -> None:
-    from qamoe_core.media.audio import load_audio
-    from qamoe_core.media.failures import ClipFailure
+    from qamoe_core.data.media.audio import load_audio
+    from qamoe_core.data.media.failures import ClipFailure
 
     fifo = tmp_path / "clip.wav"
     os.mkfifo(fifo)

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from qamoe_cli.main import main
-from qamoe_core.report_compare import JSON_FIELDS
-from qamoe_core.results import make_table, save
-from tests.core.test_report import pred_rows, small_rows, sweep_rows, table_from_samples
+from qamoe_core.evaluation.results import make_table, save
+from qamoe_core.report.compare import JSON_FIELDS
+from tests.report.test_build import pred_rows, small_rows, sweep_rows, table_from_samples
 
 
 @pytest.fixture(scope="module")

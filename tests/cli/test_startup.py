@@ -71,9 +71,9 @@ def test_a_real_command_still_imports_its_heavy_modules() -> None:
 
 
 def test_h5store_does_not_import_torch() -> None:
-    # torch-side names live in qamoe_core.torchdata only (no h5store <-> torchdata cycle)
-    assert _heavy_loaded_after("import qamoe_core.h5store") == ["h5py"]
-    from qamoe_core import h5store
+    # torch-side names live in qamoe_core.data.torchdata only (no h5store <-> torchdata cycle)
+    assert _heavy_loaded_after("import qamoe_core.data.store") == ["h5py"]
+    from qamoe_core.data import store as h5store
 
     assert not hasattr(h5store, "to_torch") and not hasattr(h5store, "H5Dataset")
 
@@ -81,7 +81,7 @@ def test_h5store_does_not_import_torch() -> None:
 def test_cli_copy_of_core_constant_matches_core() -> None:
     # a copy kept in the CLI so help texts and defaults need not import the heavy modules
     from qamoe_cli import extract_mosilite
-    from qamoe_core.importers import mosilite
+    from qamoe_core.data.importers import mosilite
 
     assert extract_mosilite.DEFAULT_VALID_FRACTION == mosilite.DEFAULT_VALID_FRACTION
 

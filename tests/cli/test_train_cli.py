@@ -60,7 +60,7 @@ def test_resume_continues_an_interrupted_run(
     full = json.loads((out / "metrics.json").read_text())
     # Simulate a crash after epoch 2: keep a train_state from a 2-epoch-long partial run.
     part = tmp_path / "part"
-    from qamoe_core.train import TrainEvent, train
+    from qamoe_core.training.loop import TrainEvent, train
 
     def stop(event: TrainEvent) -> None:
         if event.kind == "epoch" and event.epoch == 2:
@@ -110,7 +110,7 @@ def test_epoch_lines_when_stderr_is_not_a_terminal_and_resume_messages(
 ) -> None:  # fmt: skip
     """Regressions: a log got nothing until the end; Ctrl-C did not name --resume; --resume
     did not say where it continues, and refused unless --model was repeated."""
-    from qamoe_core import train as train_mod
+    from qamoe_core.training import loop as train_mod
 
     out = tmp_path / "run"
     original = train_mod._Loop.epoch
@@ -189,8 +189,8 @@ def test_a_corrupted_file_is_not_called_clean(
     tiny_h5: Path, tmp_path: Path, cfg: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Before: training on a corrupted copy labelled its scores "valid clean" / "test clean".
-    from qamoe_core.corrupt import corrupt_file
-    from qamoe_core.spectrum import CorruptionSpec
+    from qamoe_core.spectrum.engine import CorruptionSpec
+    from qamoe_core.spectrum.files import corrupt_file
 
     noisy = tmp_path / "noisy.h5"
     corrupt_file(tiny_h5, noisy, CorruptionSpec(level=0.5, seed=0))

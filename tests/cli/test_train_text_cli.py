@@ -10,7 +10,7 @@ import pytest
 from qamoe_cli.main import main
 
 pytest.importorskip("transformers")
-from tests.core.tiny_text import save_tiny_bert, write_tiny_ids_file
+from tests.text.tiny_text import save_tiny_bert, write_tiny_ids_file
 
 MODEL = {"d_model": 16, "n_heads": 2, "num_experts": 4, "top_k": 2}
 

@@ -11,14 +11,14 @@ import pytest
 import torch
 
 import qamoe_core as qa
+from qamoe_core.base.errors import UsageError
 from qamoe_core.config import ModelConfig, TrainConfig
-from qamoe_core.corrupt import corrupt_file
-from qamoe_core.errors import UsageError
-from qamoe_core.h5store import FeatureFile
+from qamoe_core.data.store import FeatureFile
 from qamoe_core.metrics import compute
-from qamoe_core.spectrum import CorruptionSpec
-from qamoe_core.spectrum import corrupt_batch as training_corrupt_batch
-from qamoe_core.train import train
+from qamoe_core.spectrum.engine import CorruptionSpec
+from qamoe_core.spectrum.engine import corrupt_batch as training_corrupt_batch
+from qamoe_core.spectrum.files import corrupt_file
+from qamoe_core.training.loop import train
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ModelConfig(d_model=32, n_heads=2, segments=4, num_experts=4, top_k=2)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import qamoe_core as qa
-from qamoe_core.errors import QamoeError, UsageError
+from qamoe_core.base.errors import QamoeError, UsageError
 
 
 @pytest.fixture(scope="module")

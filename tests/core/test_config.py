@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from qamoe_core.base.errors import ConfigError
 from qamoe_core.config import ModelConfig, TrainConfig, from_json, resolve, to_json
-from qamoe_core.errors import ConfigError
 
 
 def test_defaults_follow_design() -> None:

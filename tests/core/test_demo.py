@@ -9,9 +9,9 @@ import h5py
 import pandas as pd
 import pytest
 
+from qamoe_core.base.errors import InputError, OutputExistsError
+from qamoe_core.data.synthetic import MOSI_LITE_OFFSET
 from qamoe_core.demo import DemoConfig, run_demo
-from qamoe_core.errors import InputError, OutputExistsError
-from qamoe_core.synthetic import MOSI_LITE_OFFSET
 
 
 def _tiny() -> DemoConfig:

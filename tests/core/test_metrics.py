@@ -14,7 +14,7 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from qamoe_core.errors import InputError
+from qamoe_core.base.errors import InputError
 from qamoe_core.metrics import METRIC_NAMES, PRIMARY, compute, higher_is_better, pearson
 
 # ------------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ def _patch(kill_at: int, counts: Counter[str]) -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
 
     h5py.File.close = close  # type: ignore[method-assign]
-    from qamoe_core import rundir  # the atomic exchange of --force (renameat2 via ctypes)
+    from qamoe_core.base import rundir  # the atomic exchange of --force (renameat2 via ctypes)
 
     rundir._rename_exchange = wrap("renameat2", rundir._rename_exchange)  # type: ignore[assignment]
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from qamoe_core import checkpoint as ckpt
+from qamoe_core.base.errors import QamoeError
 from qamoe_core.demo import DemoConfig, run_demo
-from qamoe_core.errors import QamoeError
+from qamoe_core.runs import checkpoint as ckpt
 from tests.faults import faultwrap
 
 pytestmark = pytest.mark.slow
@@ -127,8 +127,8 @@ def _scenarios(data: Path, run: Path, results: Path) -> list[Scenario]:
         (out / "run" / FOREIGN).write_text("mine")
 
     def old_report(out: Path) -> None:
-        from qamoe_core.report import build_report
-        from qamoe_core.results import load
+        from qamoe_core.evaluation.results import load
+        from qamoe_core.report.build import build_report
 
         build_report(load([results]), out / "rep", title="old")
         (out / "rep" / FOREIGN).write_text("mine")
@@ -170,9 +170,9 @@ def _scenarios(data: Path, run: Path, results: Path) -> list[Scenario]:
 def inputs(tmp_path_factory: pytest.TempPathFactory, tiny_h5: Path) -> Path:
     """in/: the data, a config, a trained run and a results file; shared by every copy."""
     from qamoe_core.config import resolve
-    from qamoe_core.evaluate import EvalConfig, Evaluation
-    from qamoe_core.results import save
-    from qamoe_core.train import train
+    from qamoe_core.evaluation.results import save
+    from qamoe_core.evaluation.sweep import EvalConfig, Evaluation
+    from qamoe_core.training.loop import train
 
     root = tmp_path_factory.mktemp("faults") / "in"
     root.mkdir()

@@ -1,0 +1,1 @@
+"""Stage 5, evaluation: sweeps over the spectrum, the tidy results and their statistics."""

@@ -1,0 +1,1 @@
+"""Stage 6, reports: tables, figures and comparisons."""

@@ -1,0 +1,1 @@
+"""Run folders: the on-disk format of a trained model and `load_run`."""

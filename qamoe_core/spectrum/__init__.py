@@ -1,0 +1,1 @@
+"""Stage 2, the reliability spectrum: the corruption engine and corrupted files."""

@@ -1,0 +1,1 @@
+"""The pretrained text encoder (a model part that reads token ids)."""

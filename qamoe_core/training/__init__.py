@@ -1,0 +1,1 @@
+"""Stage 4, training: the loop, one step, the data it reads, DDP and tracking."""
