@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
+from qamoe_core.config import from_json
 from qamoe_core.errors import TrainingError
 from qamoe_core.tuning import executor as ex
-from qamoe_core.tuning.api import run_tuning
+from qamoe_core.tuning.api import run_tuning, tune
 from qamoe_core.tuning.plan import TuneSettings
 
 Score = Callable[[dict[str, Any], int], float | None]  # (config, fold) -> score; None: fails
@@ -84,16 +85,19 @@ def by_dropout(config: dict[str, Any], fold: int) -> float:
     return 1.0 + config["model"]["dropout"] + 0.01 * fold
 
 
-def test_median_pruning_stops_trials_after_a_fold(
-    tiny_h5: Path, tmp_path: Path, space_file: Path
+@pytest.mark.parametrize("pruner", ["median", "halving"])
+def test_pruning_stops_trials_after_a_fold(
+    tiny_h5: Path, tmp_path: Path, space_file: Path, pruner: str
 ) -> None:
     out = tmp_path / "t"
-    s = settings(tiny_h5, out, space_file, sampler="random", trials=12)
+    s = settings(tiny_h5, out, space_file, sampler="random", trials=12, pruner=pruner)
     result = run_tuning(s, executor=FakeExecutor(out, by_dropout))
     table = rows(out)
     pruned = [r for r in table if r["state"] == "pruned"]
-    assert pruned and all(int(r["number"]) >= 5 for r in pruned)  # 5 startup trials
-    assert all(r["fold_1"] and not r["fold_2"] for r in pruned)
+    assert pruned and all(r["fold_1"] and not r["fold_3"] for r in pruned)
+    if pruner == "median":
+        assert all(int(r["number"]) >= 5 for r in pruned)  # 5 startup trials
+        assert all(r["fold_1"] and not r["fold_2"] for r in pruned)
     complete = [r for r in table if r["state"] == "complete"]
     assert all(r["fold_3"] for r in complete)
     assert result.mean == min(float(r["mean"]) for r in complete)
@@ -161,3 +165,17 @@ def test_two_drawn_values_the_config_refuses_together_fail_that_trial(
     bad = [r for r in table if (r["model.d_model"], r["model.n_heads"]) == ("12", "8")]
     assert bad and all(r["state"] == "fail" and "divisible" in r["error"] for r in bad)
     assert all(r["state"] == "complete" for r in table if r not in bad)
+
+
+def test_tune_with_a_default_space_returns_a_best_json_that_trains(
+    tiny_h5: Path, tmp_path: Path
+) -> None:
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"train": {"epochs": 1}}))
+    best = tune(tiny_h5, "tfn", None, 1, tmp_path / "t", folds=0, config=base, device="cpu")
+    doc = json.loads(best.read_text())
+    assert doc["model_name"] == "tfn" and doc["train"]["val_levels"] == [0.0, 0.5]
+    report = (tmp_path / "t" / "report.md").read_text()
+    assert "model.options.text_out" in report and "MMSA config_tune.json" in report
+    mcfg, tcfg = from_json(best)
+    assert tcfg.epochs == 1 and mcfg.options["text_out"] in (32, 64, 128, 256)
