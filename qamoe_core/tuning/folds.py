@@ -145,9 +145,9 @@ def plan_folds(data: TrainValid, folds: int, group_regex: str | None, seed: int)
     unique = sorted(set(groups))
     if rx is not None and matched == 0:
         log.warning("no id matched the group rule %r: every row is its own group", group_regex)
-    if folds == 0:
+    if folds == 0:  # grouping and seed play no part: left out, so changing them changes nothing
         assignment = {"train": [0] * len(ids["train"]), "valid": [1] * len(ids["valid"])}
-        return FoldPlan(0, rx is not None, group_regex, seed, assignment, len(unique))
+        return FoldPlan(0, False, None, 0, assignment, len(unique))
     if len(unique) < folds:
         what = "video groups" if rx is not None else "rows"
         raise InputError(

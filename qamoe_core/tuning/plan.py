@@ -121,6 +121,7 @@ def _space(
     from qamoe_core.tuning.probe import used_fields
 
     cls = model_class(s.model, param="--model")
+    cls.Options.from_dict(base_model.get("options") or {}, s.model)  # the base's own options
     if s.space is not None:
         doc, source = space.read_toml(s.space), f"'{s.space}'"
         notes: dict[str, str] = {}

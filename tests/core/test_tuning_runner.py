@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from qamoe_core.config import from_json
-from qamoe_core.errors import TrainingError
+from qamoe_core.errors import ConfigError, TrainingError
 from qamoe_core.tuning import executor as ex
 from qamoe_core.tuning.api import run_tuning, tune
-from qamoe_core.tuning.plan import TuneSettings
+from qamoe_core.tuning.plan import TuneSettings, make_plan
 
 Score = Callable[[dict[str, Any], int], float | None]  # (config, fold) -> score; None: fails
 
@@ -179,3 +179,15 @@ def test_tune_with_a_default_space_returns_a_best_json_that_trains(
     assert "model.options.text_out" in report and "MMSA config_tune.json" in report
     mcfg, tcfg = from_json(best)
     assert tcfg.epochs == 1 and mcfg.options["text_out"] in (32, 64, 128, 256)
+
+
+def test_the_base_config_is_checked_against_the_model_before_any_trial(
+    tiny_h5: Path, tmp_path: Path
+) -> None:
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"model": {"options": {"rank": 4}}}))  # LMF's, not TFN's
+    with pytest.raises(
+        ConfigError, match=r"Unknown key\(s\) in 'model.options' for the model 'tfn'"
+    ):
+        make_plan(TuneSettings(tiny_h5, tmp_path / "t", "tfn", None, config=base))
+    assert not (tmp_path / "t").exists()
