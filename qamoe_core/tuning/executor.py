@@ -12,6 +12,8 @@ tuning's cells unchanged:
 
 The interface is the study's: ``free()`` (how many more cells may start now), ``start(key)``,
 ``wait(timeout)`` -> the :class:`Outcome` of cells that ended, ``adopt(keys)`` and ``stop()``.
+Checked: ``qamoe_core.study.executors.LocalExecutor`` (branch h31-study, b876d9d) runs a
+tuning's cells as they are (``run_tuning(settings, executor=LocalExecutor(DIR, jobs))``).
 Two executors here:
 
 - :class:`InProcessExecutor` (``--jobs 1``): each training runs in this process, one at a

@@ -286,7 +286,8 @@ class Tuning:
             mean, se = mean_se(run.scores)
             run.trial.set_user_attr("se", se)
             self.study.tell(run.trial, mean)
-            self.notify(f"trial {run.number}: {mean:.4g} ± {se:.2g}  {_params(run.trial.params)}")
+            spread = "" if math.isnan(se) else f" ± {se:.2g}"
+            self.notify(f"trial {run.number}: {mean:.4g}{spread}  {_params(run.trial.params)}")
         self.on_trial_end()
 
     def _read(self, run: TrialRun, key: str) -> None:
