@@ -129,7 +129,9 @@ def _space(
         doc, notes = defaults.default_space(s.model)
         source = f"(the default space of {s.model})"
     mcfg = ModelConfig.from_dict(base_model, "model")
-    pretrained = mcfg.text_encoder == "pretrained" or "text_encoder" in doc.get("model", {})
+    model_doc = doc.get("model")
+    asks = isinstance(model_doc, Mapping) and "text_encoder" in model_doc
+    pretrained = mcfg.text_encoder == "pretrained" or asks
     try:
         used: frozenset[str] | None = used_fields(s.model, mcfg, data.dims, data.task, pretrained)
     except QamoeError:
