@@ -237,15 +237,11 @@ def corrupt_batch(
     batch, split, modalities, drop, source, chain = corrupt_args(
         batch, split, modalities, drop, source, train_std, chain
     )
-    spec = CorruptionSpec(
-        level=level,
-        axis=axis,
-        modalities=modalities,
-        drop=drop,
-        noise_scale=noise_scale,
-        seed=seed,
-    )
     from qamoe_core.data.store import normalize_batch
+
+    spec = CorruptionSpec(
+        level=level, axis=axis, modalities=modalities, drop=drop, noise_scale=noise_scale, seed=seed
+    )
 
     if isinstance(batch, Mapping) and "index" not in batch:
         raise UsageError(

@@ -1,0 +1,119 @@
+"""Tune a model's hyper-parameters on grouped cross-validation over train+valid; test is never
+read.
+
+Each trial trains the model once per fold with settings drawn from the search space (--space,
+a TOML file; without it the model's default space, docs/models.md) and is scored on the
+folds' validation rows: --metric at --levels (default MAE averaged over clean and mixed 0.5),
+mean over folds with its standard error. Optuna draws the settings (TPE, or --sampler random)
+and may stop a trial after any fold (--pruner). Give every model you compare the same
+--trials, --folds and --seed: the budget and the folds are then the same.
+
+The --out folder gets best.json (a config file: qamoe train DATA --model M --config DIR/best.json),
+trials.csv (every trial: settings, fold scores, mean, SE, seconds, state), report.md (with the
+optimisation history and Optuna's parameter importances as PNG) and its working files (fold
+files, the Optuna journal, one folder per training). Rerun the same command to resume a
+killed or interrupted tuning (with a larger --trials to extend it); a rerun that changes the
+space, the data or the selection is refused, naming what changed. docs/tuning.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from qamoe_cli.audit import DEFAULT_GROUP_REGEX
+from qamoe_cli.common import INTERRUPT_HINT, JsonOut, Quiet, emit, err_console, flag, out_console
+
+HELP = "\n\n".join(" ".join(p.split()) for p in (__doc__ or "").split("\n\n"))
+
+
+def command(
+    data: Annotated[Path, typer.Argument(help="Feature file (HDF5) with train and valid splits.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Tuning folder (created or resumed).")],
+    model: Annotated[
+        str,
+        typer.Option("--model", "-m", help="The model to tune (docs/models.md) or a plug-in."),
+    ] = "qamoe",
+    space: Annotated[
+        Path | None,
+        typer.Option(
+            "--space",
+            help="Search space (TOML; docs/tuning.md). Default: the model's default space.",
+        ),
+    ] = None,
+    trials: Annotated[
+        int, typer.Option("--trials", "-n", help="Trials in all (the budget; resumed ones count).")
+    ] = 20,
+    folds: Annotated[
+        int,
+        typer.Option(
+            "--folds", help="Folds over train+valid, grouped by video; 0: the valid split."
+        ),
+    ] = 5,
+    no_groups: Annotated[
+        bool, flag("--no-groups", help="Folds by row (for data without a video in its ids).")
+    ] = False,
+    group_regex: Annotated[
+        str,
+        typer.Option(
+            "--group-regex", help="A row's video: the first capture group on its id (as audit)."
+        ),
+    ] = DEFAULT_GROUP_REGEX,
+    metric: Annotated[
+        str,
+        typer.Option("--metric", help="Validation metric: auto (MAE; Acc_2 for binary labels)."),
+    ] = "auto",
+    levels: Annotated[
+        str,
+        typer.Option("--levels", help="Validation levels averaged (training axis): clean,0.5."),
+    ] = "clean,0.5",
+    sampler: Annotated[str, typer.Option("--sampler", help="tpe or random.")] = "tpe",
+    pruner: Annotated[str, typer.Option("--pruner", help="median, halving or none.")] = "median",
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, help="Seeds the sampler and the folds.")
+    ] = 0,
+    jobs: Annotated[
+        int,
+        typer.Option("--jobs", "-j", help="Trials at once (1: in this process; N: N children)."),
+    ] = 1,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Base config (JSON): every field not tuned."),
+    ] = None,
+    device: Annotated[
+        str, typer.Option("--device", help="auto (cuda when available), cpu or cuda.")
+    ] = "auto",
+    json_out: JsonOut = False,
+    quiet: Quiet = False,
+) -> None:
+    from qamoe_core.tuning.objective import parse_levels  # light: no torch
+    from qamoe_core.tuning.plan import TuneSettings
+
+    settings = TuneSettings(
+        data=data, out=out, model=model, space=space, trials=trials, folds=folds,
+        group_regex=None if no_groups else group_regex, metric=metric,
+        levels=parse_levels(levels), sampler=sampler, pruner=pruner, seed=seed, jobs=jobs,
+        config=config, device=device,
+    )  # fmt: skip
+    talk = not (quiet or json_out)
+
+    def notify(line: str) -> None:
+        if talk:
+            err_console.print(line, highlight=False, soft_wrap=True)
+
+    from qamoe_core.tuning.api import run_tuning
+
+    INTERRUPT_HINT["text"] = (
+        f"Finished trainings are kept in '{out}'; rerun the same command to resume the tuning."
+    )
+    result = run_tuning(settings, notify)
+    doc: dict[str, Any] = {k: getattr(result, k) for k in result.__dataclass_fields__}
+    emit(
+        doc,
+        json_mode=json_out,
+        render=lambda: out_console.print(
+            f"{result.line}\nbest.json: {result.best_config}", highlight=False, soft_wrap=True
+        ),
+    )

@@ -1,0 +1,105 @@
+"""`qamoe tune` as functions: :func:`run_tuning` (settings in, result out) and :func:`tune`
+(what a study's ``tune = {space = ..., trials = ...}`` arm calls: the path of best.json)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from qamoe_core.data.store import FeatureFile
+from qamoe_core.tuning import executor as ex
+from qamoe_core.tuning import folds, outputs, plan, report, runner
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    out: Path
+    best_config: Path
+    best_trial: int
+    params: dict[str, Any]
+    mean: float
+    se: float
+    folds: int
+    within_se: int | None
+    finished: int
+    trials: int
+    line: str
+    # wall seconds of each stage in this process: plan (checks, probe, data fingerprint),
+    # folds (written or found), loop (the trials), outputs (trials.csv, best.json, report)
+    seconds: dict[str, float]
+
+
+def _finish(out: Path, p: plan.Plan, study: Any, tuning: runner.Tuning,
+            seconds: dict[str, float]) -> TuneResult:  # fmt: skip
+    t0 = time.perf_counter()
+    table = outputs.rows(study, p)
+    outputs.write_trials(out, p, table)
+    best = outputs.best_of(table, p)
+    frozen = study.get_trials(deepcopy=False)[best.row.number]
+    best_path = outputs.write_best(out, p, tuning.configs(frozen))
+    report.write_report(out, p, study, table, best)
+    seconds = {**seconds, "outputs": time.perf_counter() - t0}
+    return TuneResult(out, best_path, best.row.number, best.row.params, best.mean, best.se,
+                      len(best.row.scores), best.within, best.finished, len(table),
+                      best.line(p), seconds)  # fmt: skip
+
+
+def run_tuning(
+    settings: plan.TuneSettings,
+    notify: Callable[[str], None] | None = None,
+    executor: ex.Executor | None = None,
+) -> TuneResult:
+    """Tune ``settings.model`` on ``settings.data`` into ``settings.out`` (resuming what is
+    there when it is the same tuning). ``executor``: where the trainings run (default: this
+    process with ``jobs`` 1, else ``jobs`` children)."""
+    say = notify or (lambda line: None)
+    t0 = time.perf_counter()
+    p = plan.make_plan(settings)
+    out = Path(settings.out)
+    seconds = {"plan": time.perf_counter() - t0}
+    with plan.tune_folder(out), runner.quiet_optuna():
+        plan.check_manifest(out, p.manifest)
+        t0 = time.perf_counter()
+        with FeatureFile(settings.data) as f:
+            tag = runner.cell_key(p.manifest)
+            folds.write_folds(folds.TrainValid(f), p.folds, out / "folds", tag)
+        seconds["folds"] = time.perf_counter() - t0
+        study = runner.open_study(out, p)
+        done = len(study.get_trials(deepcopy=False))
+        if done:
+            say(f"resuming: {done} trial(s) recorded in '{out}'")
+        tuning = runner.Tuning(
+            out,
+            p,
+            study,
+            executor or ex.make_executor(out, settings.jobs),
+            say,
+            lambda: outputs.write_trials(out, p, outputs.rows(study, p)),
+        )
+        t0 = time.perf_counter()
+        tuning.run()
+        seconds["loop"] = time.perf_counter() - t0
+        return _finish(out, p, study, tuning, seconds)
+
+
+def tune(
+    data: str | os.PathLike[str],
+    model: str,
+    space: str | os.PathLike[str] | None,
+    trials: int,
+    out: str | os.PathLike[str],
+    **options: Any,
+) -> Path:
+    """Tune ``model`` on ``data`` with ``trials`` trials over ``space`` (None: the model's
+    default) into ``out``; returns the path of ``best.json``. ``options``: any other field
+    of :class:`plan.TuneSettings` (folds, group_regex, metric, levels, sampler, pruner, seed,
+    jobs, config, device)."""
+    settings = plan.TuneSettings(
+        Path(data), Path(out), model, None if space is None else Path(space), trials
+    )
+    settings = replace(settings, **options)
+    return run_tuning(settings).best_config
