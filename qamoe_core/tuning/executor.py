@@ -17,7 +17,8 @@ tuning's cells as they are (``run_tuning(settings, executor=LocalExecutor(DIR, j
 Two executors here:
 
 - :class:`InProcessExecutor` (``--jobs 1``): each training runs in this process, one at a
-  time, through :func:`qamoe_core.training.loop.train`. No interpreter and torch start-up per training
+  through :func:`qamoe_core.training.loop.train`. No interpreter and torch start-up per
+  training
   (seconds each, more than a small training takes), and a killed tuning still loses at most
   the epoch in progress: the training resumes from its checkpoint.
 - :class:`LocalExecutor` (``--jobs N``): N children at once (``python -m qamoe_cli.main
