@@ -61,7 +61,7 @@ AXIS_TITLES = {
 # Lines that differ in these columns are different runs (their own RunStyle).
 IDENTITY = ("run", "dataset", "split", "modalities")
 FORMATS = ("png", "pdf", "svg")  # PNG for the page, PDF and SVG for papers
-CONSTANT_STYLE = {"color": "0.45", "ls": ":", "lw": 1.4}
+CONSTANT_STYLE = {"color": "0.45", "ls": ":"}  # as wide as the style's lines
 BAND = Patch(color="0.5", alpha=0.25)
 
 # Okabe & Ito (2008), without its yellow (too faint on white) and in an order that keeps the
