@@ -78,6 +78,24 @@ def command(
         str,
         typer.Option(help="Figure files to write, comma-separated (PNG is always written)."),
     ] = "png,pdf,svg",
+    style: Annotated[
+        str,
+        typer.Option(
+            help="Figure style: 'screen' (sized per panel for the HTML page) or 'paper' "
+            "(3.3 in wide with one panel column, 6.9 in with more: one or both columns of a "
+            "two-column page; serif 7-8 pt, PNG at 300 dpi, no figure titles).",
+        ),
+    ] = "screen",
+    titles: Annotated[
+        bool | None,
+        typer.Option(
+            "--titles/--no-titles",
+            help="A title above each figure (default: on for screen, off for paper, where "
+            "the caption names it). Panel titles, which name each panel's axis, always stay.",
+            show_default=False,
+            metavar="",
+        ),
+    ] = None,
     force: Force = False,
     json_out: JsonOut = False,
 ) -> None:
@@ -110,6 +128,8 @@ def command(
         pooled=pool_seeds,
         formats=parse_list(figures, "--figures") or ["png"],
         group_regex=None if no_groups else group_regex,
+        style=style,
+        titles=titles,
     )
     for line in rep.warnings:  # never drop a run without a word
         err_console.print(f"warning: {line}", highlight=False, soft_wrap=True, markup=False)

@@ -5,9 +5,9 @@ A report folder holds::
     report.html            one self-contained page (images embedded as base64, inline CSS)
     report.md              the same content in Markdown, linking the PNGs beside it
     reliability_<metric>.png   metric vs level, one panel per spectrum axis, one line per run,
-                               a band of ±1 std over seeds (the legend says which), dashed =
-                               quality_shuffle, dotted grey = the best constant prediction
-    quality.png            mean quality score r_m vs level, one panel per modality
+                               a band of ±1 std over seeds (the legend says which), faint with
+                               open markers = quality_shuffle, dotted grey = the best constant
+    quality.png            mean quality score r_m vs level, a panel per modality and axis
     expert_usage_<run>.png clean routing share per expert, and differences: level − clean,
                            quality_shuffle − normal
     fixed_missing.png      the metric with every subset of modalities dropped, per run
@@ -17,8 +17,10 @@ A report folder holds::
                            ``report_compare.JSON_FIELDS`` and the Welch columns)
     .qamoe-report          marker: only a folder holding it is replaced with ``force``
 
-The figures live in ``report_plots.py``, the comparison with a reference run (statistics in
-``stats.py``) in ``report_compare.py``.
+The figures live in ``plots.py`` (styles ``screen`` and ``paper``), the comparison with a
+reference run (statistics in ``evaluation/stats.py``) in ``compare.py``. The page's tables show
+the models; the quality_shuffle control rows have tables of their own (the CSVs keep every row,
+with its variant).
 Nothing is left out silently: a run that lacks a plotted metric is named in the page's
 notes and in :attr:`Report.warnings`.
 """
@@ -45,6 +47,7 @@ from qamoe_core.base.errors import InputError
 from qamoe_core.data.audit import DEFAULT_GROUP_REGEX
 from qamoe_core.evaluation.results import (
     N_SAMPLES,
+    SHUFFLED,
     SPECTRUM_AXES,
     USAGE_PREFIX,
     check_metric,
@@ -63,7 +66,9 @@ from qamoe_core.report.compare import BELOW_MDE, compare, records
 from qamoe_core.report.plots import (
     FORMATS,
     Palette,
+    Style,
     encode,
+    get_style,
     plot_expert_usage,
     plot_fixed_missing,
     plot_quality,
@@ -165,9 +170,16 @@ def data_table(df: pd.DataFrame, samples: pd.DataFrame | None, pooled: bool) -> 
     return pd.DataFrame(rows)
 
 
+# Decimals shown in the page's tables (the CSVs keep 6 significant digits). Three for every
+# score: the seed std of a curve point is about 0.01 in the committed sweeps (0.0007 at the
+# least), and one test sample moves an accuracy by 1/686 = 0.0015 on MOSI, so a fourth
+# decimal is noise. No reported metric needs more (shares and r_m are in [0, 1] as well).
+DECIMALS = 3
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float | np.floating):
-        return "n/a" if not np.isfinite(value) else f"{value:.4f}"
+        return "n/a" if not np.isfinite(value) else f"{value:.{DECIMALS}f}"
     return str(value)
 
 
@@ -291,6 +303,8 @@ def build_report(
     draws: int = 1000,
     formats: Sequence[str] = FORMATS,
     group_regex: str | None = DEFAULT_GROUP_REGEX,
+    style: str = "screen",
+    titles: bool | None = None,
 ) -> Report:
     """Write the report for ``results`` (a table from :func:`qamoe_core.evaluation.results.load`).
 
@@ -302,9 +316,12 @@ def build_report(
     ``pooled``: the seeds are ``results.pool_model_seeds`` seeds. The folder is
     built under a temporary name and renamed at the end; an existing report folder is
     replaced only with ``force``. ``formats``: the figure files (PNG always, for the page).
+    ``style``: ``screen`` or ``paper`` (column widths, serif, print sizes, 300 dpi PNG);
+    ``titles``: a title above each figure (default: on screen, not on paper).
     """
     out = Path(out_dir)
     _check_formats(formats)
+    look = get_style(style, titles)
     rundir.check_target(out, KIND, force)  # before any work; again under the lock
     _check_inputs(out, sources)
     df = validate(results, "results")
@@ -314,7 +331,8 @@ def build_report(
     warnings = coverage_warnings(df, names)
     for line in warnings:
         log.warning("%s", line)
-    figures = _figures(df, names, pooled, formats)
+    drawn = draw_figures(df, names, pooled, look)
+    figures = [(stem, cap, encode(fig, formats, look)) for stem, cap, fig in drawn]
     compared = (reference, draws, group_regex) if reference is not None else None
     tables = _tables(df, names, samples, pooled, compared)
     page = _Page(title, _sections(df, tables, names, figures), sources, warnings, formats)
@@ -379,15 +397,20 @@ def _csv(table: pd.DataFrame) -> bytes:
 Figures = list[tuple[str, str, dict[str, bytes]]]
 
 
-def _figures(
-    df: pd.DataFrame, names: Sequence[str], pooled: bool, formats: Sequence[str]
-) -> Figures:
+def draw_figures(
+    df: pd.DataFrame, names: Sequence[str], pooled: bool, style: Style
+) -> list[tuple[str, str, Figure]]:
+    """(file stem, caption, figure) of every figure the report shows, all drawn with one
+    :class:`Palette`, so a run looks the same in each; write them with ``encode(fig,
+    formats, style)``."""
     palette = Palette(measured(df))
     drawn: list[tuple[str, str, Figure | None]] = []
     for m in names:
-        fig = plot_reliability(df, m, palette, pooled)
+        fig = plot_reliability(df, m, palette, pooled, style=style)
         drawn.append((f"reliability_{_slug(m)}", f"{m} vs corruption level", fig))
-    drawn.append(("quality", "Mean quality score r_m vs level", plot_quality(df, palette)))
+    drawn.append(
+        ("quality", "Mean quality score r_m vs level", plot_quality(df, palette, style=style))
+    )
     usage = df[df["metric"].str.startswith(USAGE_PREFIX)]
     keys = list(dict.fromkeys(usage[["run", "dataset"]].itertuples(index=False, name=None)))
     many = len({d for _, d in keys}) > 1
@@ -395,13 +418,12 @@ def _figures(
         stem = f"expert_usage_{_slug(run)}" + (f"_{_slug(dataset)}" if many else "")
         while any(stem == f[0] for f in drawn):  # "a b" and "a-b" share a slug
             stem += "_"
-        drawn.append(
-            (stem, f"Expert usage ({run}, {dataset})", plot_expert_usage(df, run, dataset))
-        )
+        fig = plot_expert_usage(df, run, dataset, style=style)
+        drawn.append((stem, f"Expert usage ({run}, {dataset})", fig))
     fm = fixed_missing(df, names[0])
-    fig = plot_fixed_missing(fm, df, names[0], palette)
+    fig = plot_fixed_missing(fm, df, names[0], palette, style=style)
     drawn.append(("fixed_missing", f"Fixed-missing protocol ({names[0]})", fig))
-    return [(stem, cap, encode(fig, formats)) for stem, cap, fig in drawn if fig is not None]
+    return [(stem, cap, fig) for stem, cap, fig in drawn if fig is not None]
 
 
 def _tables(
@@ -437,9 +459,13 @@ NOTES = {
     "over the grid, trapezoid area under the curve divided by the level span, and area ÷ "
     "clean (relative robustness; above 1 is worse for MAE). Seeds are averaged per level "
     "first.",
-    "curves": "One checkpoint per run, evaluated at every level. Solid: normal; dashed: "
+    "curves": "One checkpoint per run, evaluated at every level; each run keeps its colour, "
+    "dash pattern and marker in every figure. Faint lines with open markers: "
     "quality_shuffle, the control with the quality scores permuted within each batch. "
     "Bands: ±1 std over the seeds the legend names.",
+    "controls": "The same for the quality_shuffle control: each model again with its "
+    "quality scores permuted within each batch. A model that uses its quality estimates "
+    "loses more here than in the Summary above; one that ignores them loses the same.",
     "usage": "Left: each expert's share of the routing weight at the clean point. Then "
     "differences in share at each level: level − clean, and quality_shuffle − normal; red "
     "means more weight.",
@@ -497,8 +523,7 @@ def _sections(
     stems = [stem for stem, _, _ in figures]
     summary, fm = tables["summary"][0], tables["fixed_missing"][0]
     out: list[Section] = [("Data", "What was evaluated.", [("table", tables["data"][0])])]
-    if not summary.empty:
-        out.append(("Summary", NOTES["summary"], [("table", _display_summary(summary, df))]))
+    out += _summary_sections(summary, df)
     if "comparison" in tables:
         comp, method = tables["comparison"]
         shown = _comparison_display(comp)
@@ -513,11 +538,42 @@ def _sections(
     if usage:
         out.append(("Expert usage", NOTES["usage"], usage))
     if not fm.empty:
-        items: list[tuple[str, Any]] = [("table", fm)]
-        if "fixed_missing" in stems:
-            items.insert(0, ("img", "fixed_missing"))
-        note = f"{names[0]} with the named modalities removed entirely (none = the clean score)."
-        out.append(("Fixed-missing protocol", note + _constant_note(df, names[:1]), items))
+        out += _fixed_missing_sections(fm, "fixed_missing" in stems, df, names[0])
+    return out
+
+
+def split_controls(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows of the models themselves (variant normal) and those of the controls
+    (quality_shuffle), which the page shows in a table of their own."""
+    normal = table["variant"] == "normal"
+    return table[normal], table[~normal]
+
+
+def _summary_sections(summary: pd.DataFrame, df: pd.DataFrame) -> list[Section]:
+    """The summary of the models, then that of the controls (when there are any)."""
+    models, controls = split_controls(summary)
+    out: list[Section] = []
+    if not models.empty:
+        out.append(("Summary", NOTES["summary"], [("table", _display_summary(models, df))]))
+    if not controls.empty:
+        shown = _display_summary(controls, df)
+        out.append(("Summary: quality_shuffle control", NOTES["controls"], [("table", shown)]))
+    return out
+
+
+def _fixed_missing_sections(
+    fm: pd.DataFrame, drawn: bool, df: pd.DataFrame, metric: str
+) -> list[Section]:
+    """The fixed-missing figure and the models' table; the controls' table after it."""
+    same = [c for c in ("dataset", "split") if fm[c].nunique() <= 1]  # said in the Data table
+    models, controls = (t.drop(columns=["variant", *same]) for t in split_controls(fm))
+    items: list[tuple[str, Any]] = [("img", "fixed_missing")] if drawn else []
+    items += [("table", models)] if not models.empty else []
+    note = f"{metric} with the named modalities removed entirely (none = the clean score)."
+    out = [("Fixed-missing protocol", note + _constant_note(df, [metric]), items)]
+    if not controls.empty:
+        note = f"The same for the {SHUFFLED} control (quality scores shuffled in each batch)."
+        out.append(("Fixed-missing protocol: quality_shuffle control", note, [("table", controls)]))
     return out
 
 
