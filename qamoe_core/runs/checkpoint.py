@@ -21,7 +21,6 @@ version intact. :func:`load_run` is the stable entry point for evaluation.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import pickle
@@ -36,24 +35,22 @@ import torch
 
 import qamoe_core.base.rundir as rundir
 from qamoe_core.base.atomic import atomic_path
+from qamoe_core.base.errors import CheckpointError, ConfigError, InputError
+from qamoe_core.base.inputs import check_present
+from qamoe_core.base.names import MODALITIES, SCHEMES, TASKS
 from qamoe_core.config import (
     ModelConfig,
     TrainConfig,
     check_version,
     split_sections,
 )
-from qamoe_core.base.errors import CheckpointError, ConfigError, InputError
-from qamoe_core.base.inputs import check_present
 from qamoe_core.models import MultimodalModel, build_for_run, class_path, get, names
 from qamoe_core.models.registry import could_be_loaded, recorded_spec
 from qamoe_core.models.text_front import locate_encoder
-from qamoe_core.base.names import MODALITIES, SCHEMES, TASKS
 from qamoe_core.version import __version__
 
 if TYPE_CHECKING:
     from qamoe_core.data.store import FeatureFile
-
-log = logging.getLogger(__name__)
 
 RUN_FORMAT = "qamoe-run"
 RUN_FORMAT_VERSION = 1
@@ -368,11 +365,11 @@ def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-# What --resume reads from train_state.pt (train.py), and the kind of each value.
-# "world_size" and "rng" are optional.
+# What --resume reads from train_state.pt (training/loop.py), and the kind of each value.
 _STATE_CHECKS: dict[str, Callable[[Any], bool]] = {
     "epoch": _whole,
     "step": _whole,
+    "world_size": _whole,
     "model": _is_state_dict,
     "ema_model": lambda v: v is None or _is_state_dict(v),
     "best_model": _is_state_dict,
@@ -637,8 +634,6 @@ def finished_metrics(out: Path, epochs: int) -> dict[str, Any] | None:
 
 # --- the run folder: rundir's kind for `qamoe train` -----------------------------------------
 
-LEGACY_ASIDE = ".qamoe-replaced"  # where qamoe < 0.2's --force set a replaced run aside
-
 
 def _check_out(out: Path, force: bool) -> None:
     if os.path.lexists(out) and not out.is_dir():
@@ -660,22 +655,6 @@ def _check_out(out: Path, force: bool) -> None:
         )
 
 
-def _recover_legacy(out: Path) -> None:
-    """A replacement by an older qamoe, cut short: its set-aside run is stale only if the
-    folder holds a checkpointed run (config.json AND train_state.pt); else it comes back."""
-    aside = out / LEGACY_ASIDE
-    if not aside.is_dir():
-        return
-    if not ((out / CONFIG).is_file() and (out / STATE).is_file()):
-        for p in sorted(aside.iterdir()):
-            os.replace(p, out / p.name)
-        log.warning("'%s': restored the run an unfinished --force replacement had set aside", out)
-    for p in sorted(aside.iterdir()):
-        if p.name in ALL_FILES:
-            p.unlink()
-    if not any(aside.iterdir()):
-        aside.rmdir()
-
-
-RUN_KIND = rundir.Kind("train", CONFIG, lambda name: name in ALL_FILES, allow_empty=True,
-                  check=_check_out, recover=_recover_legacy)  # fmt: skip
+RUN_KIND = rundir.Kind(
+    "train", CONFIG, lambda name: name in ALL_FILES, allow_empty=True, check=_check_out
+)

@@ -66,8 +66,6 @@ from qamoe_core.training.ddp import DistInfo, dist_info
 from qamoe_core.training.step import Trainer, lr_at, make_optimizer
 from qamoe_core.version import __version__
 
-_Trainer = Trainer  # the name tests and older callers use
-
 __all__ = ["DistInfo", "TrainEvent", "dist_info", "lr_at", "make_optimizer", "train"]
 
 log = logging.getLogger(__name__)
@@ -231,9 +229,9 @@ class _Loop:
     def restore(self) -> None:
         """Continue after the last completed epoch of the run in ``out``."""
         state = ckpt.load_state(self.out, self.dev)
-        if int(state.get("world_size", 1)) != self.info.world_size:
+        if int(state["world_size"]) != self.info.world_size:
             raise CheckpointError(
-                f"The run was trained with {state.get('world_size')} processes; "
+                f"The run was trained with {state['world_size']} processes; "
                 f"resuming with {self.info.world_size} would not give the same result.",
                 hint="Resume with the same torchrun --nproc-per-node.",
             )
