@@ -15,8 +15,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from qamoe_cli import process
 from qamoe_cli.common import (
-    INTERRUPT_HINT,
     Force,
     JsonOut,
     Plugins,
@@ -111,7 +111,7 @@ def _interrupted_hint(data: Path, out: Path) -> None:
     from qamoe_core.runs import checkpoint as ckpt
 
     if ckpt.is_run_dir(out) and (out / ckpt.STATE).is_file():
-        INTERRUPT_HINT["text"] = (
+        process.state.interrupt_hint = (
             "The run keeps its last completed epoch; continue it with "
             f"`qamoe train {data} --out {out} --resume`"
         )

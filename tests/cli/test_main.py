@@ -164,17 +164,18 @@ def test_quiet_hooks_stay_inside_main(tmp_path: Path) -> None:
 
     from typer.testing import CliRunner
 
-    from qamoe_cli.main import _quiet_excepthook, _quiet_unraisable, app
+    from qamoe_cli.main import app
+    from qamoe_cli.process import quiet_excepthook, quiet_unraisable
 
     before = sys.excepthook, sys.unraisablehook
     CliRunner().invoke(app, ["extract", "synthetic", "--preset", "tiny", "-o",
                              str(tmp_path / "a.h5"), "-q"])  # fmt: skip
-    assert sys.excepthook is not _quiet_excepthook  # an embedding of the app keeps its hooks
+    assert sys.excepthook is not quiet_excepthook  # an embedding of the app keeps its hooks
     assert (
         main(["extract", "synthetic", "--preset", "tiny", "-o", str(tmp_path / "b.h5"), "-q"]) == 0
     )
     assert (sys.excepthook, sys.unraisablehook) == before
-    assert sys.unraisablehook is not _quiet_unraisable
+    assert sys.unraisablehook is not quiet_unraisable
 
 
 # -- help and the exit-status rule (README: 2 an invalid request, 1 a failure) ---------------
