@@ -213,6 +213,14 @@ def test_train_help_shows_the_config_defaults(capsys: pytest.CaptureFixture[str]
     assert f"Default: {d.lr:g} (or train.lr in --config)" in text
 
 
+def test_extract_lists_its_subcommands_with_their_help(capsys: pytest.CaptureFixture[str]) -> None:
+    text = _help(capsys, "extract")
+    listed = text.split("Commands", 1)[1]
+    names = ["synthetic", "mmsa", "mosi-lite", "mosi", "media"]
+    assert [listed.index(f" {n} ") for n in names] == sorted(listed.index(f" {n} ") for n in names)
+    assert "Write the built-in synthetic dataset" in listed and "from raw media" in listed
+
+
 def test_root_help_states_the_exit_rule(capsys: pytest.CaptureFixture[str]) -> None:
     text = _help(capsys)
     assert "Exit status: 0 done; 2 the command line is not valid" in text
