@@ -1,4 +1,5 @@
-"""Shared pieces of every command: option aliases, JSON output, progress, consoles."""
+"""Shared pieces of every command: option aliases, JSON output, progress, consoles, the
+error lines."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -158,6 +160,9 @@ def parse_list(value: str | None, name: str) -> list[str] | None:
     return items
 
 
-# What the error funnel (main.py) says after Ctrl-C or SIGTERM in place of its generic hint:
-# a command that knows better (train: how to resume) sets it before re-raising.
-INTERRUPT_HINT: dict[str, str | None] = {"text": None}
+def print_error(message: str, hint: str | None) -> None:
+    """The error funnel's two lines on stderr: ``error: …`` and, if any, ``hint: …``."""
+    # escape: messages may hold brackets (e.g. "qamoe[media]") that Rich would read as markup
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    if hint:
+        err_console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)

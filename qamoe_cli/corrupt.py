@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from qamoe_cli import process
 from qamoe_cli.common import Force, JsonOut, OutFile, Quiet, Seed, emit, out_console, progress
 
 Level = Annotated[
@@ -69,7 +70,6 @@ def command(
 ) -> None:
     """Corrupt DATA at --level along --axis and write it to --out (atomic, recorded in the file)."""
     # heavy imports (torch) here, not at the top, so `qamoe --help` and `--version` start fast
-    from qamoe_core.base import runtime
     from qamoe_core.data.store import FeatureFile
     from qamoe_core.spectrum.engine import CorruptionSpec, parse_pattern
     from qamoe_core.spectrum.files import corrupt_file
@@ -86,13 +86,13 @@ def command(
     with FeatureFile(data) as f:
         total = sum(f.n(s) for s in f.splits)
     with (
-        runtime.torch_threads(1),
+        process.streaming() as trim_memory,
         progress(total, "corrupt", enabled=not (quiet or json_out)) as advance,
     ):
 
         def advance_and_trim(n: int) -> None:
             advance(n)
-            runtime.trim_memory()
+            trim_memory()
 
         summary = corrupt_file(
             data, out, spec, splits=splits, force=force, progress=advance_and_trim

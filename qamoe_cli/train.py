@@ -15,8 +15,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from qamoe_cli import process
 from qamoe_cli.common import (
-    INTERRUPT_HINT,
     Force,
     JsonOut,
     Plugins,
@@ -30,10 +30,10 @@ from qamoe_cli.common import (
     train_default,
 )
 from qamoe_core.base.errors import UsageError
-from qamoe_core.config import ModelConfig, TrainConfig, read_sections, resolve
+from qamoe_core.config import ModelConfig, TrainConfig, resolve
 
-# checkpoint, h5store and train are imported inside the functions that use them: they pull
-# torch (~1.5 s), which `qamoe --help` and `qamoe train --help` should not wait for.
+# checkpoint, resume, h5store and train are imported inside the functions that use them: they
+# pull torch (~1.5 s), which `qamoe --help` and `qamoe train --help` should not wait for.
 
 
 def _configs(
@@ -43,26 +43,13 @@ def _configs(
     train_flags: dict[str, Any],
     model_flags: dict[str, Any] | None = None,
 ) -> tuple[ModelConfig | None, TrainConfig | None]:
-    """defaults (or the run's saved config with --resume) < --config < flags."""
-    given = {k: v for k, v in train_flags.items() if v is not None}
-    given_model = {k: v for k, v in (model_flags or {}).items() if v is not None}
-    if resume and config is None and not given and not given_model:
-        return None, None  # continue exactly as saved
+    """defaults < --config < flags; with --resume the saved config comes first (the core's
+    resume policy merges them, and the run then checks that nothing changes)."""
     if resume:
-        from qamoe_core.runs import checkpoint as ckpt
+        from qamoe_core.training.resume import given_configs  # torch
 
-        saved = ckpt.read_config(out)
-        model_d, train_d = saved["model_config"].to_dict(), saved["train_config"].to_dict()
-        if config is not None:  # saved < file < flags
-            file_model, file_train = read_sections(config)
-            if isinstance(file_model.get("options"), dict):  # a model's options: key by key
-                file_model["options"] = {**model_d.get("options", {}), **file_model["options"]}
-            model_d.update(file_model)
-            train_d.update(file_train)
-        model_d.update(given_model)
-        train_d.update(given)
-        return ModelConfig.from_dict(model_d, "model"), TrainConfig.from_dict(train_d, "train")
-    return resolve(config, given_model, given)
+        return given_configs(out, config, model_flags or {}, train_flags)
+    return resolve(config, model_flags, train_flags)
 
 
 def _total_steps(data: Path, batch_size: int, epochs: int) -> int | None:
@@ -124,7 +111,7 @@ def _interrupted_hint(data: Path, out: Path) -> None:
     from qamoe_core.runs import checkpoint as ckpt
 
     if ckpt.is_run_dir(out) and (out / ckpt.STATE).is_file():
-        INTERRUPT_HINT["text"] = (
+        process.state.interrupt_hint = (
             "The run keeps its last completed epoch; continue it with "
             f"`qamoe train {data} --out {out} --resume`"
         )

@@ -174,7 +174,6 @@ class Kind:
     # (target, force) -> None or an InputError: the kind's own wording of the refusals;
     # None uses check_target's
     check: Callable[[Path, bool], None] | None = None
-    recover: Callable[[Path], None] | None = None  # settles what older versions left
 
 
 def _rename_exchange(a: Path, b: Path) -> bool:
@@ -211,8 +210,6 @@ def _carry_and_remove(old: Path, new: Path, kind: Kind) -> None:
 
 def recover(target: Path, kind: Kind) -> None:
     """Settle what an interrupted command left around ``target`` (call with the lock held)."""
-    if kind.recover is not None and target.is_dir():
-        kind.recover(target)
     with contextlib.suppress(FileNotFoundError):
         if target.is_dir() and (target / STAGE).is_file():
             (target / STAGE).unlink()  # a commit cut short right after the exchange

@@ -1,7 +1,7 @@
 """Process policy, kept out of domain code: torch's thread count, handing memory back, and
 the memory budget that readers compare a file's declared sizes with (:func:`memory_budget`).
 
-The CLI applies these around the work it starts (`qamoe corrupt` today); library functions
+The CLI applies these around the work it starts (qamoe_cli/process.py); library functions
 such as :func:`qamoe_core.spectrum.files.corrupt_file` never change process-wide settings
 themselves, so a caller embedding qamoe keeps control of its own process.
 """

@@ -9,19 +9,19 @@ Layout (format "qamoe-run", version 1)::
       model.pt        the selected (best-on-validation) weights: a state dict only
       metrics.json    final scores of the selected weights (validation; test for reference)
       history.jsonl   one JSON line per epoch
-      train_state.pt  for --resume: last, EMA and best weights, optimizer, step, early-stopping
-                      counters, history; tensors and plain Python values only (no RNG
-                      state: each epoch re-seeds from (seed, epoch))
+      train_state.pt  for --resume: last, EMA and best weights, optimizer, step, world size,
+                      early-stopping counters, history; tensors and plain Python values
+                      only (no RNG state: each epoch re-seeds from (seed, epoch))
 
 Every ``.pt`` file is read with ``torch.load(..., weights_only=True)``: no pickled code ever
 runs. Files are written to a temporary name and renamed, so a crash leaves the previous
-version intact. :func:`load_run` is the stable entry point for evaluation.
+version intact. :func:`load_run` is the stable entry point for evaluation. What ``--resume``
+keeps and checks is ``training/resume.py``.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import pickle
@@ -29,31 +29,26 @@ import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 import qamoe_core.base.rundir as rundir
 from qamoe_core.base.atomic import atomic_path
+from qamoe_core.base.errors import CheckpointError, ConfigError, InputError
+from qamoe_core.base.inputs import check_present
+from qamoe_core.base.names import MODALITIES, SCHEMES, TASKS
 from qamoe_core.config import (
     ModelConfig,
     TrainConfig,
     check_version,
     split_sections,
 )
-from qamoe_core.base.errors import CheckpointError, ConfigError, InputError
-from qamoe_core.base.inputs import check_present
 from qamoe_core.models import MultimodalModel, build_for_run, class_path, get, names
 from qamoe_core.models.registry import could_be_loaded, recorded_spec
 from qamoe_core.models.text_front import locate_encoder
-from qamoe_core.base.names import MODALITIES, SCHEMES, TASKS
 from qamoe_core.version import __version__
-
-if TYPE_CHECKING:
-    from qamoe_core.data.store import FeatureFile
-
-log = logging.getLogger(__name__)
 
 RUN_FORMAT = "qamoe-run"
 RUN_FORMAT_VERSION = 1
@@ -368,11 +363,11 @@ def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-# What --resume reads from train_state.pt (train.py), and the kind of each value.
-# "world_size" and "rng" are optional.
+# What --resume reads from train_state.pt (training/loop.py), and the kind of each value.
 _STATE_CHECKS: dict[str, Callable[[Any], bool]] = {
     "epoch": _whole,
     "step": _whole,
+    "world_size": _whole,
     "model": _is_state_dict,
     "ema_model": lambda v: v is None or _is_state_dict(v),
     "best_model": _is_state_dict,
@@ -567,77 +562,7 @@ def clear_run(path: str | os.PathLike[str]) -> None:
         (run / name).unlink(missing_ok=True)
 
 
-# --- resume -------------------------------------------------------------------------------
-
-
-def _check_resumed_data(out: Path, f: FeatureFile, saved: Mapping[str, Any]) -> None:
-    dims = {m: int(f.dims[m]) for m in f.modalities}
-    if saved["dims"] != dims:
-        raise CheckpointError(
-            f"The data's feature dims {dims} do not match the run being resumed ({saved['dims']}).",
-            hint="Resume with the same DATA.h5 the run was started with.",
-        )
-    if saved["dataset"].get("sha256") not in (None, f.sha256()):
-        raise CheckpointError(
-            f"'{f.path}' is not the file the run in '{out}' was trained on (SHA-256 differs).",
-            hint="Resume with the same DATA.h5, or start a new run with --force.",
-        )
-
-
-def _given_text_model(
-    saved: ModelConfig, given: ModelConfig | None
-) -> tuple[ModelConfig | None, str | None]:
-    """The given config with the saved text_model, and the folder the user named instead (or
-    None): a folder is the same encoder when its content hash matches (locate_encoder checks),
-    whatever path spells it (a relative --text-model on resume is the identical command)."""
-    if given is None or given.text_model == saved.text_model or saved.text_encoder != "pretrained":
-        return given, None
-    return given.override(text_model=saved.text_model), given.text_model
-
-
-def resume_configs(
-    out: Path, f: FeatureFile, model_name: str | None,
-    model_cfg: ModelConfig | None, train_cfg: TrainConfig | None,
-    plugins: Iterable[str] = (),
-) -> tuple[str, ModelConfig, TrainConfig, str]:  # fmt: skip
-    """The saved configs of the run in ``out``; given ones (and the model) must equal them.
-    Returns the model to build (:func:`registry.recorded_spec`: the recorded class is imported
-    only if built in, installed, in ``plugins`` or named by ``model_name``), the model config
-    with the text encoder folder to load, and the note saying which (``locate_encoder``)."""
-    saved = read_config(out)
-    _check_resumed_data(out, f, saved)
-    if model_name is not None and saved["model_name"] != model_name:
-        raise CheckpointError(
-            f"The run in '{out}' trains '{saved['model_name']}', not '{model_name}'.",
-            hint=f"Resume with --model {saved['model_name']} (or leave --model out).",
-        )
-    allowed = (*plugins, model_name) if model_name and ":" in model_name else tuple(plugins)
-    spec = recorded_spec(saved["model_name"], saved.get("model_class"), out, allowed)
-    model_cfg, text_model = _given_text_model(saved["model_config"], model_cfg)
-    for given, key in ((model_cfg, "model_config"), (train_cfg, "train_config")):
-        if given is not None and given != saved[key]:
-            diff = [k for k, v in given.to_dict().items() if saved[key].to_dict().get(k) != v]
-            raise CheckpointError(
-                f"The config differs from the run being resumed in: {', '.join(diff)}.",
-                hint="Resume without changing the config (drop the flags), or use --force.",
-            )
-    mcfg, note = locate_encoder(saved["model_config"], out, text_model)
-    return spec, mcfg, saved["train_config"], note
-
-
-def finished_metrics(out: Path, epochs: int) -> dict[str, Any] | None:
-    """metrics.json of a run that has nothing left to train, else None."""
-    if not (out / METRICS).is_file():
-        return None
-    state = load_state(out)
-    if not (state["stopped_early"] or int(state["epoch"]) >= epochs):
-        return None
-    return read_metrics(out)
-
-
 # --- the run folder: rundir's kind for `qamoe train` -----------------------------------------
-
-LEGACY_ASIDE = ".qamoe-replaced"  # where qamoe < 0.2's --force set a replaced run aside
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -660,22 +585,6 @@ def _check_out(out: Path, force: bool) -> None:
         )
 
 
-def _recover_legacy(out: Path) -> None:
-    """A replacement by an older qamoe, cut short: its set-aside run is stale only if the
-    folder holds a checkpointed run (config.json AND train_state.pt); else it comes back."""
-    aside = out / LEGACY_ASIDE
-    if not aside.is_dir():
-        return
-    if not ((out / CONFIG).is_file() and (out / STATE).is_file()):
-        for p in sorted(aside.iterdir()):
-            os.replace(p, out / p.name)
-        log.warning("'%s': restored the run an unfinished --force replacement had set aside", out)
-    for p in sorted(aside.iterdir()):
-        if p.name in ALL_FILES:
-            p.unlink()
-    if not any(aside.iterdir()):
-        aside.rmdir()
-
-
-RUN_KIND = rundir.Kind("train", CONFIG, lambda name: name in ALL_FILES, allow_empty=True,
-                  check=_check_out, recover=_recover_legacy)  # fmt: skip
+RUN_KIND = rundir.Kind(
+    "train", CONFIG, lambda name: name in ALL_FILES, allow_empty=True, check=_check_out
+)

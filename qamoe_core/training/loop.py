@@ -15,10 +15,10 @@ thread count). No RNG state is saved: the seeds of each epoch are derived again.
 
 The run folder (fresh, ``--force`` replacement, resume, recovery after a kill) belongs to
 ``rundir.OutputFolder``: a new run is written under a temporary name until its first
-checkpoint, which is its commit point. Data and scoring helpers live in ``trainsets``,
-the torchrun set-up in ``ddp``. Under ``torchrun`` the same call trains with
-DistributedDataParallel and a DistributedSampler; only rank 0 writes; the batch size is
-per process.
+checkpoint, which is its commit point. What a resume keeps and what must match is
+``resume``; data and scoring helpers live in ``data``, the torchrun set-up in ``ddp``.
+Under ``torchrun`` the same call trains with DistributedDataParallel and a
+DistributedSampler; only rank 0 writes; the batch size is per process.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ from torch.utils.data import DistributedSampler
 import qamoe_core.base.rundir as rundir
 import qamoe_core.runs.checkpoint as ckpt
 import qamoe_core.training.ddp as ddp
+import qamoe_core.training.resume as resume_policy
 import qamoe_core.training.tracking as tracking
 from qamoe_core.base.errors import (
-    CheckpointError,
     DataFormatError,
     InputError,
     NoSpaceError,
@@ -65,8 +65,6 @@ from qamoe_core.training.data import (
 from qamoe_core.training.ddp import DistInfo, dist_info
 from qamoe_core.training.step import Trainer, lr_at, make_optimizer
 from qamoe_core.version import __version__
-
-_Trainer = Trainer  # the name tests and older callers use
 
 __all__ = ["DistInfo", "TrainEvent", "dist_info", "lr_at", "make_optimizer", "train"]
 
@@ -230,13 +228,7 @@ class _Loop:
 
     def restore(self) -> None:
         """Continue after the last completed epoch of the run in ``out``."""
-        state = ckpt.load_state(self.out, self.dev)
-        if int(state.get("world_size", 1)) != self.info.world_size:
-            raise CheckpointError(
-                f"The run was trained with {state.get('world_size')} processes; "
-                f"resuming with {self.info.world_size} would not give the same result.",
-                hint="Resume with the same torchrun --nproc-per-node.",
-            )
+        state = resume_policy.read_state(self.out, self.dev, self.info.world_size)
         ckpt.load_weights(self.model, self.out, state["model"], source=ckpt.STATE)
         if self.trainer.ema is not None:
             ckpt.load_weights(self.trainer.ema, self.out, state["ema_model"], source=ckpt.STATE)
@@ -450,9 +442,9 @@ def _train(f: FeatureFile, out: Path, model_name: str | None, model_cfg: ModelCo
     # Every check that can fail runs before the output folder is touched.
     note = ""
     if resume:
-        ckpt.check_run(out, require=(ckpt.CONFIG, ckpt.STATE))
-        model_name, mcfg, tcfg, note = ckpt.resume_configs(out, f, model_name, model_cfg,
-                                                           train_cfg, plugins)  # fmt: skip
+        model_name, mcfg, tcfg, note = resume_policy.resume_configs(
+            out, f, model_name, model_cfg, train_cfg, plugins
+        )
     else:
         model_name = model_name or "qamoe"
         mcfg, tcfg = model_cfg or ModelConfig(), train_cfg or TrainConfig()
@@ -461,7 +453,7 @@ def _train(f: FeatureFile, out: Path, model_name: str | None, model_cfg: ModelCo
     metric = _select_metric(tcfg, f.scheme, f.task)
     check_fits(f, mcfg.d_model, tcfg.batch_size)
     tracking.check(tensorboard if info.main else None)
-    done = ckpt.finished_metrics(out, tcfg.epochs) if resume else None
+    done = resume_policy.finished_metrics(out, tcfg.epochs) if resume else None
     if not info.main:  # rank 0 owns the folder; the others only read a resumed run
         if done is not None:
             return {**done, "run_dir": str(out), "already_finished": True}

@@ -71,23 +71,6 @@ def test_a_second_command_on_the_same_output_fails_at_once(tiny_h5: Path, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the lock file went too
 
 
-def test_legacy_replacement_cut_short_mid_set_aside_keeps_the_old_run(
-    tiny_h5: Path, tmp_path: Path
-) -> None:
-    """Regression: killed while --force moved files aside (train_state.pt still in place), the
-    next command deleted the old run's config.json and model.pt."""
-    run = tmp_path / "run"
-    train(tiny_h5, run, "late-fusion", MODEL, ONE, device="cpu")
-    before = {p.name: p.read_bytes() for p in run.iterdir()}
-    aside = run / ".qamoe-replaced"
-    aside.mkdir()
-    for name in (ckpt.CONFIG, ckpt.WEIGHTS):  # the kill came before the rest was moved
-        (run / name).rename(aside / name)
-    with pytest.raises(InputError, match="already holds a run"):
-        train(tiny_h5, run, "qamoe", MODEL, ONE, device="cpu")
-    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
-
-
 def test_a_report_never_removes_what_appeared_at_its_output(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

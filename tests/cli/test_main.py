@@ -164,17 +164,18 @@ def test_quiet_hooks_stay_inside_main(tmp_path: Path) -> None:
 
     from typer.testing import CliRunner
 
-    from qamoe_cli.main import _quiet_excepthook, _quiet_unraisable, app
+    from qamoe_cli.main import app
+    from qamoe_cli.process import quiet_excepthook, quiet_unraisable
 
     before = sys.excepthook, sys.unraisablehook
     CliRunner().invoke(app, ["extract", "synthetic", "--preset", "tiny", "-o",
                              str(tmp_path / "a.h5"), "-q"])  # fmt: skip
-    assert sys.excepthook is not _quiet_excepthook  # an embedding of the app keeps its hooks
+    assert sys.excepthook is not quiet_excepthook  # an embedding of the app keeps its hooks
     assert (
         main(["extract", "synthetic", "--preset", "tiny", "-o", str(tmp_path / "b.h5"), "-q"]) == 0
     )
     assert (sys.excepthook, sys.unraisablehook) == before
-    assert sys.unraisablehook is not _quiet_unraisable
+    assert sys.unraisablehook is not quiet_unraisable
 
 
 # -- help and the exit-status rule (README: 2 an invalid request, 1 a failure) ---------------
@@ -210,6 +211,14 @@ def test_train_help_shows_the_config_defaults(capsys: pytest.CaptureFixture[str]
     for name, value in (("epochs", d.epochs), ("seed", d.seed), ("batch_size", d.batch_size)):
         assert f"Default: {value} (or train.{name} in --config)" in text
     assert f"Default: {d.lr:g} (or train.lr in --config)" in text
+
+
+def test_extract_lists_its_subcommands_with_their_help(capsys: pytest.CaptureFixture[str]) -> None:
+    text = _help(capsys, "extract")
+    listed = text.split("Commands", 1)[1]
+    names = ["synthetic", "mmsa", "mosi-lite", "mosi", "media"]
+    assert [listed.index(f" {n} ") for n in names] == sorted(listed.index(f" {n} ") for n in names)
+    assert "Write the built-in synthetic dataset" in listed and "from raw media" in listed
 
 
 def test_root_help_states_the_exit_rule(capsys: pytest.CaptureFixture[str]) -> None:

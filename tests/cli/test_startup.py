@@ -20,10 +20,12 @@ HELP_ARGS = [
     ["eval", "--help"],
     ["report", "--help"],
     ["demo", "--help"],
+    ["audit", "--help"],
     ["extract", "--help"],
     ["extract", "synthetic", "--help"],
     ["extract", "mmsa", "--help"],
     ["extract", "mosi-lite", "--help"],
+    ["extract", "mosi", "--help"],
     ["extract", "media", "--help"],
 ]
 
@@ -80,10 +82,10 @@ def test_h5store_does_not_import_torch() -> None:
 
 def test_cli_copy_of_core_constant_matches_core() -> None:
     # a copy kept in the CLI so help texts and defaults need not import the heavy modules
-    from qamoe_cli import extract_mosilite
+    from qamoe_cli.extract import mosilite as cli_mosilite
     from qamoe_core.data.importers import mosilite
 
-    assert extract_mosilite.DEFAULT_VALID_FRACTION == mosilite.DEFAULT_VALID_FRACTION
+    assert cli_mosilite.DEFAULT_VALID_FRACTION == mosilite.DEFAULT_VALID_FRACTION
 
 
 def test_the_library_face_is_lazy() -> None:

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from qamoe_core.runs import checkpoint as ckpt
-from qamoe_core.config import ModelConfig, TrainConfig
 from qamoe_core.base.errors import CheckpointError, InputError
+from qamoe_core.config import ModelConfig, TrainConfig
 from qamoe_core.models.registry import build_model
+from qamoe_core.runs import checkpoint as ckpt
 from qamoe_core.training.loop import train
 
 DIMS = {"text": 12, "audio": 5, "vision": 7}
@@ -242,7 +242,7 @@ def test_run_config_values_are_checked(
         ckpt.read_config(run)
 
 
-@pytest.mark.parametrize("key", ["optimizer", "model", "epoch"])
+@pytest.mark.parametrize("key", ["optimizer", "model", "epoch", "world_size"])
 def test_train_state_missing_a_key(
     trained_run: Path, tiny_h5: Path, tmp_path: Path, key: str
 ) -> None:

@@ -20,7 +20,8 @@ from qamoe_core.config import ModelConfig, TrainConfig
 from qamoe_core.data.store import write_features
 from qamoe_core.data.synthetic import generate
 from qamoe_core.runs import checkpoint as ckpt
-from qamoe_core.training.loop import TrainEvent, _Trainer, lr_at, train
+from qamoe_core.training.loop import TrainEvent, lr_at, train
+from qamoe_core.training.step import Trainer
 
 MODEL = ModelConfig(d_model=16, n_heads=2, segments=4, num_experts=4, top_k=2)
 FAST = TrainConfig(epochs=3, batch_size=16, patience=10)
@@ -203,16 +204,16 @@ def test_nan_loss_names_epoch_and_batch_and_keeps_last_checkpoint(
     tiny_h5: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = {"n": 0}
-    original = _Trainer.corrupt
+    original = Trainer.corrupt
 
-    def poisoned(self: _Trainer, clean: dict, gen: torch.Generator) -> dict:
+    def poisoned(self: Trainer, clean: dict, gen: torch.Generator) -> dict:
         calls["n"] += 1
         batch = original(self, clean, gen)
         if calls["n"] == 6:  # epoch 2 (4 batches per epoch), batch 2
             batch = {**batch, "audio": batch["audio"] * float("nan")}
         return batch
 
-    monkeypatch.setattr(_Trainer, "corrupt", poisoned)
+    monkeypatch.setattr(Trainer, "corrupt", poisoned)
     with pytest.raises(TrainingError, match="epoch 2, batch 2") as exc:
         train(tiny_h5, tmp_path / "run", "qamoe", MODEL, FAST, device="cpu")
     assert "epoch 1" in (exc.value.hint or "")
@@ -227,13 +228,13 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_things_as_they_were
     run = tmp_path / "run"
     train(tiny_h5, run, "late-fusion", MODEL, cfg, device="cpu")
     before = {p.name: p.read_bytes() for p in run.iterdir()}
-    original = _Trainer.corrupt
+    original = Trainer.corrupt
 
-    def poisoned(self: _Trainer, clean: dict, gen: torch.Generator) -> dict:
+    def poisoned(self: Trainer, clean: dict, gen: torch.Generator) -> dict:
         batch = original(self, clean, gen)
         return {**batch, "audio": batch["audio"] * float("nan")}
 
-    monkeypatch.setattr(_Trainer, "corrupt", poisoned)
+    monkeypatch.setattr(Trainer, "corrupt", poisoned)
     # --force over a finished run: the failed replacement gives the old run back, intact
     with pytest.raises(TrainingError, match="epoch 1, batch 1") as exc:
         train(tiny_h5, run, "qamoe", MODEL, cfg, device="cpu", force=True)
@@ -243,9 +244,9 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_things_as_they_were
     with pytest.raises(TrainingError):
         train(tiny_h5, tmp_path / "new", "qamoe", MODEL, cfg, device="cpu")
     assert not (tmp_path / "new").exists()
-    monkeypatch.setattr(_Trainer, "corrupt", original)
+    monkeypatch.setattr(Trainer, "corrupt", original)
     train(tiny_h5, run, "qamoe", MODEL, cfg, device="cpu", force=True)  # now it replaces it
-    assert ckpt.read_config(run)["model_name"] == "qamoe" and not (run / ".qamoe-replaced").exists()
+    assert ckpt.read_config(run)["model_name"] == "qamoe"
 
 
 @pytest.mark.parametrize("split", ["train", "valid", "test"])
@@ -333,7 +334,7 @@ def test_training_corruption_follows_levels_axis_and_modalities(tiny_h5: Path) -
     cfg = replace(FAST, train_levels=(0.6, 0.6), clean_fraction=0.0, axis="missing",
                   corrupt_modalities=("text", "audio"))  # fmt: skip
     model = build_model("early-fusion", MODEL, dims, "regression")
-    trainer = _Trainer(model, cfg, torch.device("cpu"), DistInfo(), std, tuple(dims))
+    trainer = Trainer(model, cfg, torch.device("cpu"), DistInfo(), std, tuple(dims))
     batch = trainer.corrupt(clean, torch.Generator().manual_seed(0))
     for m in ("text", "audio"):
         t = clean[m].shape[1]
@@ -343,28 +344,3 @@ def test_training_corruption_follows_levels_axis_and_modalities(tiny_h5: Path) -
         kept = valid & ~dropped
         assert torch.equal(batch[m][kept], clean[m][kept])  # the missing axis adds no noise
     assert torch.equal(batch["vision"], clean["vision"])  # not among corrupt_modalities
-
-
-def test_a_replacement_cut_short_by_a_hard_kill_is_settled_next_time(
-    tiny_h5: Path, tmp_path: Path
-) -> None:
-    """A SIGKILL skips every cleanup: the next command finds the set-aside folder and keeps
-    the newest run that had a checkpoint."""
-    cfg = replace(FAST, epochs=1)
-    a, b = tmp_path / "a", tmp_path / "b"
-    train(tiny_h5, a, "late-fusion", MODEL, cfg, device="cpu")
-    train(tiny_h5, b, "early-fusion", MODEL, cfg, device="cpu")
-    # 1) Killed after its first checkpoint: B is the run, A's set-aside copy is stale.
-    shutil.copytree(a, b / ".qamoe-replaced")
-    with pytest.raises(InputError, match="already holds a run"):
-        train(tiny_h5, b, "qamoe", MODEL, cfg, device="cpu")
-    assert not (b / ".qamoe-replaced").exists()
-    assert ckpt.read_config(b)["model_name"] == "early-fusion"
-    # 2) Killed before it wrote anything: the set-aside run is the one to keep.
-    c = tmp_path / "c"
-    c.mkdir()
-    shutil.copytree(a, c / ".qamoe-replaced")
-    with pytest.raises(InputError, match="already holds a run"):
-        train(tiny_h5, c, "qamoe", MODEL, cfg, device="cpu")
-    assert ckpt.read_config(c)["model_name"] == "late-fusion"
-    assert not (c / ".qamoe-replaced").exists()

@@ -1,4 +1,4 @@
-"""`qamoe extract …`: bring features into qamoe's HDF5 format."""
+"""`qamoe extract synthetic --out FILE.h5`: the built-in synthetic dataset."""
 
 from __future__ import annotations
 
@@ -8,19 +8,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from qamoe_cli import extract_media, extract_mmsa, extract_mosi, extract_mosilite
 from qamoe_cli.common import Force, JsonOut, OutFile, Quiet, Seed, emit, out_console, progress
 
-app = typer.Typer(
-    help=(
-        "Import features into qamoe's HDF5 format: the built-in synthetic dataset, MMSA "
-        "feature pickles (MOSI, MOSEI, SIMS), MOSI-lite CSVs, or raw media."
-    ),
-    no_args_is_help=True,
-)
 
-
-def synthetic(
+def command(
     out: OutFile = Path("synthetic.h5"),
     preset: Annotated[
         str,
@@ -96,12 +87,3 @@ def _parse_offset(text: str) -> dict[str, float]:
         return check_offset(per)  # the range lives in the core
     except InputError as exc:
         raise typer.BadParameter(exc.message, param_hint="--offset") from None
-
-
-app.command("synthetic")(synthetic)
-
-# Importers live in their own modules; each defines `command`.
-app.command("mmsa", help=extract_mmsa.command.__doc__)(extract_mmsa.command)
-app.command("mosi-lite", help=extract_mosilite.command.__doc__)(extract_mosilite.command)
-app.command("mosi", help=extract_mosi.command.__doc__)(extract_mosi.command)
-app.command("media", help=extract_media.command.__doc__)(extract_media.command)
