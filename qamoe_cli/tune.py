@@ -23,8 +23,9 @@ from typing import Annotated, Any
 
 import typer
 
+from qamoe_cli import process
 from qamoe_cli.audit import DEFAULT_GROUP_REGEX
-from qamoe_cli.common import INTERRUPT_HINT, JsonOut, Quiet, emit, err_console, flag, out_console
+from qamoe_cli.common import JsonOut, Quiet, emit, err_console, flag, out_console
 
 HELP = "\n\n".join(" ".join(p.split()) for p in (__doc__ or "").split("\n\n"))
 
@@ -105,7 +106,7 @@ def command(
 
     from qamoe_core.tuning.api import run_tuning
 
-    INTERRUPT_HINT["text"] = (
+    process.state.interrupt_hint = (
         f"Finished trainings are kept in '{out}'; rerun the same command to resume the tuning."
     )
     result = run_tuning(settings, notify)

@@ -331,8 +331,7 @@ def build_report(
     warnings = coverage_warnings(df, names)
     for line in warnings:
         log.warning("%s", line)
-    drawn = draw_figures(df, names, pooled, look)
-    figures = [(stem, cap, encode(fig, formats, look)) for stem, cap, fig in drawn]
+    figures = _encoded_figures(df, names, pooled, formats, look)
     compared = (reference, draws, group_regex) if reference is not None else None
     tables = _tables(df, names, samples, pooled, compared)
     page = _Page(title, _sections(df, tables, names, figures), sources, warnings, formats)
@@ -424,6 +423,14 @@ def draw_figures(
     fig = plot_fixed_missing(fm, df, names[0], palette, style=style)
     drawn.append(("fixed_missing", f"Fixed-missing protocol ({names[0]})", fig))
     return [(stem, cap, fig) for stem, cap, fig in drawn if fig is not None]
+
+
+def _encoded_figures(
+    df: pd.DataFrame, names: Sequence[str], pooled: bool, formats: Sequence[str], look: Style
+) -> list[tuple[str, str, dict[str, bytes]]]:
+    """(stem, caption, {format: bytes}) for every figure of the report."""
+    drawn = draw_figures(df, names, pooled, look)
+    return [(stem, cap, encode(fig, formats, look)) for stem, cap, fig in drawn]
 
 
 def _tables(
