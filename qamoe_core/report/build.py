@@ -336,11 +336,7 @@ def build_report(
     tables = _tables(df, names, samples, pooled, compared)
     page = _Page(title, _sections(df, tables, names, figures), sources, warnings, formats)
     files = _report_files(page, figures, tables)
-    with rundir.OutputFolder(out, KIND, force=force) as folder:
-        tmp = folder.path
-        (tmp / MARKER).write_text(f"qamoe {__version__}\n")
-        for name, data in files.items():
-            (tmp / name).write_bytes(data)
+    _write_folder(out, files, force)
     report = Report(out, out / "report.html", out / "report.md", metrics=names, runs=runs)
     report.warnings = warnings
     if "comparison" in tables:
@@ -351,6 +347,14 @@ def build_report(
     report.tables = {n: out / f"{n}.csv" for n, (t, _) in tables.items() if not t.empty}
     log.info("wrote report to %s", out)
     return report
+
+
+def _write_folder(out: Path, files: dict[str, bytes], force: bool) -> None:
+    """The report folder with its marker, built aside and committed at once (base/rundir)."""
+    with rundir.OutputFolder(out, KIND, force=force) as folder:
+        (folder.path / MARKER).write_text(f"qamoe {__version__}\n")
+        for name, data in files.items():
+            (folder.path / name).write_bytes(data)
 
 
 def _check_formats(formats: Sequence[str]) -> None:
