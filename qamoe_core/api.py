@@ -232,6 +232,7 @@ def corrupt_batch(
     Returns a new batch dict (numpy in, numpy out; torch in, torch out) with ``m_keep``
     (B, T_m) for every modality; the input is not modified.
     """
+    from qamoe_core.data.store import normalize_batch
     from qamoe_core.spectrum.engine import CorruptionSpec, apply_spec
 
     batch, split, modalities, drop, source, chain = corrupt_args(
@@ -245,8 +246,6 @@ def corrupt_batch(
         noise_scale=noise_scale,
         seed=seed,
     )
-    from qamoe_core.data.store import normalize_batch
-
     if isinstance(batch, Mapping) and "index" not in batch:
         raise UsageError(
             "The batch has no 'index' (the rows' numbers in their split), which keys the draws.",
