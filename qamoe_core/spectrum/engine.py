@@ -551,12 +551,13 @@ class _Corruption(NamedTuple):
     device: torch.device
 
 
-def _batch_modalities(
-    batch: Mapping[str, Array], levels: Mapping[str, Any], drop: Sequence[str]
+def batch_modalities(
+    batch: Mapping[str, Array], levels: Mapping[str, Any] | None = None, drop: Sequence[str] = ()
 ) -> list[str]:
-    """The modalities the batch holds (with lengths); refuse levels or drops for any other."""
+    """The modalities the batch holds (features and lengths), in canonical order; refuse
+    ``levels`` or ``drop`` for any other."""
     mods = [m for m in MODALITIES if m in batch and f"{m}_len" in batch]
-    for m in list(levels) + list(drop):
+    for m in [*(levels or {}), *drop]:
         if m not in mods:
             raise InputError(
                 f"Cannot corrupt modality '{m}': the batch has {', '.join(mods) or 'none'}."
@@ -688,7 +689,7 @@ def apply_draws(
     encoder on the ids and adds it to the token embeddings (models/text_front.py).
     """
     drops, noise = _needs(check_choice(axis, AXES, "axis"))
-    mods = _batch_modalities(batch, levels, drop)
+    mods = batch_modalities(batch, levels, drop)
     as_numpy = not isinstance(batch[mods[0]], torch.Tensor) if mods else False
     device = torch.device("cpu") if as_numpy else batch[mods[0]].device
     ids = special_ids if special_ids is not None else (UNK_ID, CLS_ID, SEP_ID)
