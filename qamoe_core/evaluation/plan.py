@@ -18,8 +18,10 @@ from typing import Any
 from qamoe_core.base.errors import ConfigUsageError, UsageError
 from qamoe_core.base.names import MISSING_PATTERNS, MODALITIES, NOISE_PATTERNS, SPLITS
 from qamoe_core.config import _Config, _spec
+from qamoe_core.data.store import FeatureFile
 from qamoe_core.evaluation.results import SPECTRUM_AXES, join_modalities
 from qamoe_core.spectrum.engine import Patterns, pattern_label
+from qamoe_core.spectrum.record import recorded_point
 
 # LNLN's random-missing protocol: rates 0.0 ... 0.9, three seeds (docs/design.md §2, §7).
 DEFAULT_LEVELS: tuple[float, ...] = tuple(round(0.1 * i, 10) for i in range(10))
@@ -215,3 +217,14 @@ def plan(cfg: EvalConfig, modalities: Sequence[str], as_given: Point | None = No
             for kept in itertools.combinations(mods, k):
                 points.append(Point("drop", 1.0, tuple(m for m in mods if m not in kept)))
     return points
+
+
+def given_point(
+    f: FeatureFile, modalities: tuple[str, ...], split: str, noise_scale: float
+) -> Point:
+    """The point ``split`` of a (possibly corrupted) file stands for: the clean point, or the
+    one its corruption record describes (spectrum.record.recorded_point, which also says what
+    it refuses rather than mislabel)."""
+    where = f"'{f.path}'"
+    point = recorded_point(f.corruption, where, split, modalities, noise_scale)
+    return Point(**point._asdict(), given=True)

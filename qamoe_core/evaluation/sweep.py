@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -49,14 +48,13 @@ from torch import Tensor, nn
 from qamoe_core.base.errors import (
     DataFormatError,
     InputError,
-    QamoeError,
     TooLargeError,
     UsageError,
 )
-from qamoe_core.base.names import AXES, MODALITIES, SPLITS
+from qamoe_core.base.names import MODALITIES
 from qamoe_core.base.runtime import format_size, memory_budget
 from qamoe_core.data.store import FeatureFile
-from qamoe_core.evaluation.plan import EvalConfig, Point, plan
+from qamoe_core.evaluation.plan import EvalConfig, Point, given_point, plan
 from qamoe_core.evaluation.results import (
     QUALITY_PREFIX,
     SPECTRUM_AXES,
@@ -70,12 +68,12 @@ from qamoe_core.metrics import METRIC_NAMES, compute
 from qamoe_core.models.text_front import check_text_ids, spectrum_options
 from qamoe_core.runs.checkpoint import load_run, resolve_device
 from qamoe_core.spectrum.engine import (
-    CorruptionSpec,
     ModalityDraws,
     apply_draws,
     batch_modalities,
     draw_keyed,
 )
+from qamoe_core.spectrum.record import check_text_noise
 
 log = logging.getLogger(__name__)
 
@@ -164,135 +162,6 @@ class _Accumulator:
                 sums[name] = sums.get(name, 0.0) + share
 
 
-def _bad_record(f: FeatureFile, key: str, value: Any, expected: str) -> DataFormatError:
-    return DataFormatError(
-        f"'{f.path}': the corruption record's '{key}' is {value!r}, not {expected}.",
-        hint="It is written by `qamoe corrupt`; re-create the corrupted copy from the clean file.",
-    )
-
-
-def _record(f: FeatureFile, rec: Mapping[str, Any]) -> dict[str, Any]:
-    """One corruption record with every field eval reads checked and given its default."""
-
-    def number(key: str, default: float, lo: float, hi: float) -> float:
-        v = rec.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
-            raise _bad_record(f, key, v, f"a number in [{lo:g}, {hi:g}]")
-        return float(v)
-
-    def names(key: str, allowed: Sequence[str], default: Sequence[str]) -> tuple[str, ...]:
-        v = rec.get(key, default)
-        if (
-            not isinstance(v, list | tuple)
-            or not all(isinstance(x, str) for x in v)
-            or any(x not in allowed for x in v)
-        ):
-            raise _bad_record(f, key, v, f"a list of names among {', '.join(allowed)}")
-        return tuple(v)
-
-    seed = rec.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise _bad_record(f, "seed", seed, "an integer >= 0")
-    axis = rec.get("axis", "mixed")
-    if axis not in AXES:
-        raise _bad_record(f, "axis", axis, f"one of {', '.join(AXES)}")
-    return {
-        "level": number("level", 0.0, 0.0, 1.0),
-        "noise_scale": number("noise_scale", 1.0, 0.0, math.inf),
-        "seed": seed,
-        "axis": axis,
-        "modalities": names("modalities", MODALITIES, MODALITIES),
-        "drop": names("drop", MODALITIES, ()),
-        "splits": names("splits", SPLITS, SPLITS),
-    }
-
-
-def _check_text_noise(f: FeatureFile, split: str) -> None:
-    """A corrupted file's text noise lives in its text features, which a model that encodes
-    the ids does not read: refused rather than scored as if it were there."""
-    for raw in f.corruption:
-        rec = _record(f, raw)
-        if (
-            split in rec["splits"]
-            and rec["axis"] in ("noise", "mixed")
-            and rec["level"] > 0
-            and "text" in rec["modalities"]
-        ):
-            raise InputError(
-                f"'{f.path}' holds noise on its text features, which this model does not read "
-                "(its pretrained text encoder reads the token ids).",
-                hint="Evaluate the clean file with --sweep: noise then reaches the token "
-                "embeddings. Files corrupted on the missing axis work as they are.",
-            )
-
-
-def _given_point(
-    f: FeatureFile, modalities: tuple[str, ...], split: str, noise_scale: float
-) -> Point:
-    """The point ``split`` of a (possibly corrupted) file stands for, as one results row key.
-
-    Every corruption record is checked first (a DataFormatError before any work). Only the
-    records that covered ``split`` count (`qamoe corrupt --splits` copies the others
-    unchanged). A file the row key cannot describe exactly is refused rather than
-    mislabelled: a level and whole-modality drops in one record, or noise at a noise_scale
-    other than this evaluation's (its level means another amount of noise).
-    """
-    pairs = [(_record(f, rec), rec) for rec in f.corruption]
-    chain = [r for r in pairs if split in r[0]["splits"]]
-    if not chain:
-        return Point("clean", 0.0, modalities, given=True)
-    if len(chain) > 1:
-        raise InputError(
-            f"'{f.path}' was corrupted {len(chain)} times on the '{split}' split; a results "
-            "row describes one corruption, so it cannot be labelled.",
-            hint="Corrupt the clean file once at the point you want to evaluate.",
-        )
-    rec, raw = chain[0]
-    drop, level, axis = rec["drop"], rec["level"], rec["axis"]
-    if drop and level == 0.0:
-        return Point("drop", 1.0, tuple(m for m in modalities if m in drop), given=True)
-    if drop:
-        raise InputError(
-            f"'{f.path}' was corrupted at level {level:g} AND had {'+'.join(drop)} dropped; "
-            "a results row can record one or the other, not both.",
-            hint="Corrupt with --level or with --drop (or sweep the clean file with --drop-sets).",
-        )
-    scale = rec["noise_scale"]
-    if axis != "missing" and level > 0 and not math.isclose(scale, noise_scale):
-        level = _on_this_scale(f, axis, level, scale, noise_scale)
-    corrupted = tuple(m for m in rec["modalities"] if m in modalities)
-    return Point(axis, level, corrupted, rec["seed"], given=True, pattern=_record_pattern(f, raw))
-
-
-def _record_pattern(f: FeatureFile, rec: Mapping[str, Any]) -> str:
-    """The pattern label of a corruption record (records before patterns: the defaults)."""
-    try:
-        return CorruptionSpec.from_dict(rec).pattern
-    except QamoeError as exc:
-        raise DataFormatError(
-            f"'{f.path}': its corruption record does not describe a point: {exc}",
-            hint="It is written by `qamoe corrupt`; re-create the corrupted copy from the "
-            "clean file.",
-        ) from None
-
-
-def _on_this_scale(f: FeatureFile, axis: str, level: float, scale: float, ours: float) -> float:
-    """The level on this evaluation's noise scale of noise at ``level`` x ``scale``.
-
-    Pure noise of level·scale train stds IS the point level·scale/ours of this spectrum;
-    mixed couples the drop rate to the level, so it has no equivalent.
-    """
-    equivalent = level * scale / ours
-    if axis != "noise" or equivalent > 1:
-        raise InputError(
-            f"'{f.path}' was corrupted on the {axis} axis with noise_scale {scale:g}; that "
-            f"point lies off the spectrum's scale ({ours:g}), so no level names it.",
-            hint="Corrupt with the default --noise-scale (on the noise axis, any scale with "
-            "level x scale <= 1 is fine).",
-        )
-    return equivalent
-
-
 def check_compatible(model: nn.Module, f: FeatureFile, task: str) -> None:
     """Raise DataFormatError when the data's modalities, dims or task differ from the model's."""
     dims: dict[str, int] = dict(getattr(model, "file_dims", model.dims))  # type: ignore[arg-type]
@@ -352,7 +221,7 @@ class Evaluation:
         self.takes_encodings = "encodings" in inspect.signature(model.forward).parameters
         with FeatureFile(self.data) as f:
             self._check_data(f)
-            given = _given_point(f, self.modalities, cfg.split, cfg.noise_scale)
+            given = given_point(f, self.modalities, cfg.split, cfg.noise_scale)
             self.points = plan(cfg, self.modalities, given)
             self.n = f.n(cfg.split)  # InputError naming the splits if absent
             self.scheme, self.dataset = f.scheme, f.dataset
@@ -398,7 +267,7 @@ class Evaluation:
     def _check_data(self, f: FeatureFile) -> None:
         check_compatible(self.model, f, self.task)
         if getattr(self.model, "text_front", None) is not None:
-            _check_text_noise(f, self.cfg.split)
+            check_text_noise(f.corruption, f"'{f.path}'", self.cfg.split)
         if (self.cfg.sweep or self.cfg.drop_sets) and f.corruption:
             raise InputError(
                 f"'{f.path}' is already corrupted; a sweep on top of it would compound levels.",

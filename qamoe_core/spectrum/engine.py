@@ -105,10 +105,6 @@ from qamoe_core.config import IN_RELATIONS, _Config, _spec
 
 UNK_ID, CLS_ID, SEP_ID = 100, 101, 102  # BERT-base (uncased/chinese) vocabulary ids
 MAX_SEED = 2**63 - 1
-# Keys of a corruption record (see corrupt.py) that are not CorruptionSpec fields.
-RECORD_KEYS = frozenset(
-    {"missing_rate", "noise_std", "splits", "source_sha256", "chain_index", "created_by"}
-)
 
 Array = Any  # np.ndarray or torch.Tensor
 
@@ -276,13 +272,11 @@ class CorruptionSpec(_Config):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], section: str = "") -> CorruptionSpec:
-        """Build from ``to_dict`` output or a corruption record; unknown keys are an error.
-
-        Records written before patterns existed lack their fields and get the defaults, which
-        are what those versions drew.
+        """Build from ``to_dict`` output; unknown keys are an error, missing ones get their
+        defaults. A corruption record holds more: read it with spectrum.record.spec_of.
         """
         names = set(cls.field_names())
-        unknown = set(data) - names - RECORD_KEYS
+        unknown = set(data) - names
         if unknown:
             raise ConfigError(
                 f"Unknown corruption field(s): {', '.join(sorted(unknown))}.",
