@@ -61,9 +61,9 @@ from qamoe_core.evaluation.results import (
     USAGE_PREFIX,
     constant_rows,
     make_table,
-    summarize,
 )
 from qamoe_core.evaluation.samples import Output, sample_rows
+from qamoe_core.evaluation.summary import summarize
 from qamoe_core.metrics import METRIC_NAMES, compute
 from qamoe_core.models.text_front import check_text_ids, spectrum_options
 from qamoe_core.runs.checkpoint import load_run, resolve_device
