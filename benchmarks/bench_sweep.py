@@ -32,6 +32,7 @@ from qamoe_core.config import ModelConfig  # noqa: E402
 from qamoe_core.data.store import FeatureFile  # noqa: E402
 from qamoe_core.data.synthetic import write_synthetic  # noqa: E402
 from qamoe_core.evaluation import sweep as ev  # noqa: E402
+from qamoe_core.evaluation.plan import EvalConfig  # noqa: E402
 from qamoe_core.models.registry import build_model  # noqa: E402
 from qamoe_core.runs.checkpoint import load_run  # noqa: E402
 
@@ -58,7 +59,7 @@ def _timed(fn: Any, bucket: dict[str, float], key: str) -> Any:
 
 
 def _sweep(
-    model: torch.nn.Module, data: Path, cfg: ev.EvalConfig, device: str, breakdown: bool
+    model: torch.nn.Module, data: Path, cfg: EvalConfig, device: str, breakdown: bool
 ) -> dict[str, Any]:
     """One timed sweep; with ``breakdown`` the stage functions are wrapped with timers."""
     bucket: dict[str, float] = {}
@@ -116,13 +117,13 @@ def main() -> None:
     write_s = time.perf_counter() - t0
     model, name = _model(data, args.run)
 
-    cfg = ev.EvalConfig(sweep=True)  # 10 levels x 3 seeds x 3 axes, shuffle control on
+    cfg = EvalConfig(sweep=True)  # 10 levels x 3 seeds x 3 axes, shuffle control on
     with FeatureFile(data) as f:
         n = f.n(cfg.split)
     timings = {
         "with_shuffle": _sweep(model, data, cfg, args.device, breakdown=not args.no_breakdown),
         "no_shuffle": _sweep(
-            model, data, ev.EvalConfig(sweep=True, quality_shuffle=False), args.device, False
+            model, data, EvalConfig(sweep=True, quality_shuffle=False), args.device, False
         ),
     }
     out = {

@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from qamoe_core.evaluation import results as R  # noqa: E402
+from qamoe_core.evaluation import summary as S  # noqa: E402
 
 METRIC = "Acc_2"
 MODALITIES = ("text", "audio", "vision")
@@ -78,8 +79,8 @@ def curve(
     variant: str = "normal",
     modalities: str = ALL,
 ) -> pd.Series:
-    """Level -> value averaged over corruption seeds (qamoe_core.evaluation.results.curves)."""
-    c = R.curves(df, metric)
+    """Level -> value averaged over corruption seeds (qamoe_core.evaluation.summary.curves)."""
+    c = S.curves(df, metric)
     c = c[(c["axis"] == axis) & (c["variant"] == variant) & (c["modalities"] == modalities)]
     return c.set_index("level")["mean"].sort_index()
 
@@ -106,7 +107,7 @@ def general_table(runs: dict[str, pd.DataFrame], names: list[str], seeds: int) -
         row["mixed_mean_f1"] = stats(curve(runs[t], "mixed", "F1_score").mean() for t in tags)
         row["mixed_mean_upto_0.5"] = stats(curve(runs[t], "mixed").loc[:0.5].mean() for t in tags)
         row["mixed_area_over_clean"] = stats(
-            R.trapezoid_area(c.index, c.values) / clean_score(runs[t])
+            S.trapezoid_area(c.index, c.values) / clean_score(runs[t])
             for t in tags
             for c in [curve(runs[t], "mixed")]
         )
@@ -234,10 +235,10 @@ def quality_tracking(
 def pool(runs: dict[str, pd.DataFrame], name: str, seeds: int) -> pd.DataFrame | None:
     """The model seeds of one configuration as one run.
 
-    (qamoe_core.evaluation.results.pool_model_seeds)
+    (qamoe_core.evaluation.summary.pool_model_seeds)
     """
     parts = [runs[f"{name}-s{s}"] for s in range(seeds) if f"{name}-s{s}" in runs]
-    return R.pool_model_seeds(pd.concat(parts, ignore_index=True)) if parts else None
+    return S.pool_model_seeds(pd.concat(parts, ignore_index=True)) if parts else None
 
 
 def md_table(title: str, columns: list[str], rows: dict[str, list[str]]) -> list[str]:

@@ -35,8 +35,9 @@ sys.path.insert(0, str(REPO))
 
 from qamoe_core.config import ModelConfig, TrainConfig  # noqa: E402
 from qamoe_core.data.synthetic import MOSI_LITE_OFFSET, write_synthetic  # noqa: E402
-from qamoe_core.evaluation.results import curves  # noqa: E402
-from qamoe_core.evaluation.sweep import EvalConfig, Evaluation  # noqa: E402
+from qamoe_core.evaluation.plan import EvalConfig  # noqa: E402
+from qamoe_core.evaluation.summary import curves  # noqa: E402
+from qamoe_core.evaluation.sweep import Evaluation  # noqa: E402
 from qamoe_core.training.loop import train  # noqa: E402
 
 DATASETS: dict[str, float | dict[str, float]] = {

@@ -99,9 +99,9 @@ def command(
         )
 
     def render() -> None:
-        rec = summary["record"]
+        spec = summary["spec"]
         title = (
-            f"{summary['out']}: level {rec['level']:g}, axis {rec['axis']}, seed {rec['seed']}, "
+            f"{summary['out']}: level {spec['level']:g}, axis {spec['axis']}, seed {spec['seed']}, "
             f"pattern {summary['pattern'] or '-'}, splits {','.join(summary['splits'])}"
         )
         table = Table(title=title)

@@ -115,8 +115,10 @@ def command(
     """Evaluate one checkpoint: the clean split, a corrupted file, or a sweep of the spectrum."""
     # heavy imports (torch, pandas) here, not at the top, so the CLI starts fast
     from qamoe_core.base.atomic import check_output, same_file
+    from qamoe_core.evaluation.plan import EvalConfig, parse_levels
     from qamoe_core.evaluation.results import SPECTRUM_AXES, save
-    from qamoe_core.evaluation.sweep import EvalConfig, Evaluation, parse_levels, save_samples
+    from qamoe_core.evaluation.samples import save_samples
+    from qamoe_core.evaluation.sweep import Evaluation
     from qamoe_core.runs.checkpoint import ALL_FILES
     from qamoe_core.spectrum.engine import parse_pattern
 

@@ -101,12 +101,9 @@ def command(
 ) -> None:
     """Draw reliability curves, quality scores, expert usage and summary tables from results."""
     # heavy imports (matplotlib, pandas) here, not at the top, so the CLI starts fast
-    from qamoe_core.evaluation.results import (
-        load,
-        load_samples,
-        pool_model_seeds,
-        pool_sample_seeds,
-    )
+    from qamoe_core.evaluation.results import load
+    from qamoe_core.evaluation.samples import load_samples
+    from qamoe_core.evaluation.summary import pool_model_seeds, pool_sample_seeds
     from qamoe_core.report.build import build_report
 
     table = load(results)

@@ -232,13 +232,12 @@ def corrupt_batch(
     Returns a new batch dict (numpy in, numpy out; torch in, torch out) with ``m_keep``
     (B, T_m) for every modality; the input is not modified.
     """
+    from qamoe_core.data.store import normalize_batch
     from qamoe_core.spectrum.engine import CorruptionSpec, apply_spec
 
     batch, split, modalities, drop, source, chain = corrupt_args(
         batch, split, modalities, drop, source, train_std, chain
     )
-    from qamoe_core.data.store import normalize_batch
-
     spec = CorruptionSpec(
         level=level, axis=axis, modalities=modalities, drop=drop, noise_scale=noise_scale, seed=seed
     )

@@ -24,8 +24,10 @@ import qamoe_core.runs.checkpoint as ckpt
 from qamoe_core.base.errors import InputError, check_level
 from qamoe_core.config import BASELINES, ModelConfig, TrainConfig
 from qamoe_core.data.synthetic import MOSI_LITE_OFFSET, PRESETS, check_offset, write_synthetic
-from qamoe_core.evaluation.results import default_metric, save, summarize
-from qamoe_core.evaluation.sweep import EvalConfig, EvalResult, Evaluation
+from qamoe_core.evaluation.plan import EvalConfig
+from qamoe_core.evaluation.results import save
+from qamoe_core.evaluation.summary import default_metric, summarize
+from qamoe_core.evaluation.sweep import EvalResult, Evaluation
 from qamoe_core.report.build import build_report
 from qamoe_core.runs.checkpoint import load_run, resolve_device
 from qamoe_core.spectrum.engine import CorruptionSpec

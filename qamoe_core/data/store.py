@@ -55,6 +55,7 @@ from qamoe_core.base.atomic import atomic_path
 from qamoe_core.base.errors import DataFormatError, InputError, QamoeError, TooLargeError
 from qamoe_core.base.names import MODALITIES, SCHEMES, SPLITS, TASKS
 from qamoe_core.base.runtime import format_size, memory_budget
+from qamoe_core.spectrum.record import ATTR, read_chain
 from qamoe_core.version import __version__
 
 log = logging.getLogger(__name__)
@@ -650,31 +651,6 @@ def _check_self_contained(h5: h5py.File, where: str) -> None:
         )
 
 
-# Numeric fields of a corruption record (spectrum.CorruptionSpec and corrupt.py's extras).
-_RECORD_NUMBERS = ("level", "noise_scale", "seed", "burst_mean", "noise_rho", "chain_index")
-_RECORD_NAME_LISTS = ("modalities", "drop", "splits")
-
-
-def _check_record(record: dict[str, Any], k: int, where: str) -> None:
-    """One-line errors for a corruption record whose numbers or name lists are malformed."""
-    for key in _RECORD_NUMBERS:
-        value = record.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise DataFormatError(
-                f"{where}: corruption record {k} has a non-numeric '{key}' ({value!r}).",
-                hint="It is written by `qamoe corrupt`; re-create the corrupted copy.",
-            )
-    for key in _RECORD_NAME_LISTS:
-        value = record.get(key)
-        if value is not None and (
-            not isinstance(value, list) or not all(isinstance(v, str) for v in value)
-        ):
-            raise DataFormatError(
-                f"{where}: corruption record {k} has '{key}' = {value!r}, not a list of names.",
-                hint="It is written by `qamoe corrupt`; re-create the corrupted copy.",
-            )
-
-
 # The hint of most structural errors raised on open.
 _DAMAGED = "The file is damaged or was not written by qamoe; re-import it."
 
@@ -996,21 +972,8 @@ class FeatureFile:
 
     @property
     def corruption(self) -> list[dict[str, Any]]:
-        raw = self.attrs.get("corruption")
-        if raw is None:
-            return []
-        try:
-            chain = json.loads(raw)
-        except (TypeError, ValueError):
-            chain = None
-        if not isinstance(chain, list) or not all(isinstance(r, dict) for r in chain):
-            raise DataFormatError(
-                f"'{self.path}': the 'corruption' attribute is not a JSON list of records.",
-                hint="It is written by `qamoe corrupt`; re-create the corrupted copy.",
-            )
-        for k, record in enumerate(chain):
-            _check_record(record, k, f"'{self.path}'")
-        return chain
+        """The corruption chain, one record per pass (spectrum.record); [] for a clean file."""
+        return read_chain(self.attrs.get(ATTR), f"'{self.path}'")
 
     @property
     def label_range(self) -> tuple[float, float]:

@@ -39,17 +39,13 @@ without it stay valid and need no new version.
 Schema 1 differed in one point: drop rows listed the modalities KEPT. Reading a ``/1`` file
 converts them (dropped = the run's modalities, seen on its other rows, minus the kept ones).
 
-Summaries (:func:`summarize`) are per run, axis, modalities and variant: the clean score,
-the mean over the grid (LNLN style), the trapezoid area under the reliability curve divided
-by the level span (TFR-Net style, so it lives on the metric's own scale and is comparable to
-the clean score), and area ÷ clean (relative robustness, MultiBench). Seeds are averaged
-per level before either summary. For MAE (lower is better) a ratio above 1 means worse.
+The statistics over the table (summaries, curves, seed pooling) are in ``summary.py``;
+per-sample tables in ``samples.py``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -61,7 +57,6 @@ import pandas as pd
 
 from qamoe_core.base.atomic import atomic_path
 from qamoe_core.base.errors import DataFormatError, InputError
-from qamoe_core.base.inputs import check_file
 from qamoe_core.base.names import (
     DEFAULT_PATTERN,
     MISSING_PATTERNS,
@@ -69,7 +64,7 @@ from qamoe_core.base.names import (
     NOISE_PATTERNS,
     RESULT_AXES,
 )
-from qamoe_core.metrics import METRIC_NAMES, PRIMARY, best_constant
+from qamoe_core.metrics import METRIC_NAMES, best_constant
 
 log = logging.getLogger(__name__)
 
@@ -125,14 +120,14 @@ def is_diagnostic(metric: str) -> bool:
     return metric.startswith((QUALITY_PREFIX, USAGE_PREFIX)) or metric == N_SAMPLES
 
 
-def _fail(source: str, message: str, hint: str | None = None) -> DataFormatError:
+def table_error(source: str, message: str, hint: str | None = None) -> DataFormatError:
     return DataFormatError(
         f"{source}: {message}",
         hint=hint or "Results files are written by `qamoe eval --out results.csv`.",
     )
 
 
-def _first(column: pd.Series, bad: pd.Series) -> str:
+def first_bad(column: pd.Series, bad: pd.Series) -> str:
     """The first flagged value and where it is: "'x' in data row 3" (1-based, header not
     counted, so a CSV's line 4)."""
     pos = int(np.flatnonzero(bad.to_numpy())[0])
@@ -154,16 +149,16 @@ def validate(df: pd.DataFrame, source: str = "results") -> pd.DataFrame:
         df = df.assign(pattern=df["axis"].astype(str).map(DEFAULT_PATTERN).fillna(""))
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
-        raise _fail(
+        raise table_error(
             source,
             f"missing column(s) {', '.join(missing)} (expected {', '.join(COLUMNS)}).",
             "It was not written by this version of `qamoe eval`; re-run the evaluation.",
         )
     if df.empty:
-        raise _fail(source, "the table has no rows.")
+        raise table_error(source, "the table has no rows.")
     versions = sorted(set(df["schema"].astype(str)) - {SCHEMA, SCHEMA_V1})
     if versions:
-        raise _fail(
+        raise table_error(
             source,
             f"written with results schema {', '.join(versions)}; this qamoe reads "
             f"{SCHEMA} and {SCHEMA_V1}.",
@@ -179,7 +174,7 @@ def validate(df: pd.DataFrame, source: str = "results") -> pd.DataFrame:
     dup = out.duplicated(list(KEY), keep=False)
     if dup.any():
         row = out[dup].iloc[0]
-        raise _fail(
+        raise table_error(
             source,
             f"{int(dup.sum())} rows repeat a measurement, e.g. "
             f"({', '.join(f'{k}={row[k]}' for k in KEY)}).",
@@ -192,24 +187,26 @@ def _check_names(out: pd.DataFrame, raw: pd.DataFrame, source: str) -> None:
     for col, allowed in (("axis", AXES), ("variant", VARIANTS)):
         bad = sorted(set(out[col]) - set(allowed))
         if bad:
-            raise _fail(source, f"unknown {col} value(s) {bad}; allowed: {', '.join(allowed)}.")
+            raise table_error(
+                source, f"unknown {col} value(s) {bad}; allowed: {', '.join(allowed)}."
+            )
     bad_pattern = ~pd.Series(
         [p in _PATTERNS[a] for a, p in zip(out["axis"], out["pattern"], strict=True)],
         index=out.index,
     )
     if bad_pattern.any():
-        raise _fail(
+        raise table_error(
             source,
-            f"pattern {_first(raw['pattern'], bad_pattern)} does not fit its axis "
+            f"pattern {first_bad(raw['pattern'], bad_pattern)} does not fit its axis "
             "(missing: random|burst, noise: white|correlated, mixed: both '+'-joined, "
             "clean and drop: empty).",
         )
     names = out["metric"]
     bad_metric = ~(names.isin(_METRICS) | names.str.fullmatch(_DIAGNOSTIC))
     if bad_metric.any():
-        raise _fail(
+        raise table_error(
             source,
-            f"unknown metric name {_first(raw['metric'], bad_metric)}; known: the MMSA "
+            f"unknown metric name {first_bad(raw['metric'], bad_metric)}; known: the MMSA "
             f"metrics ({', '.join(sorted(_METRICS))}), quality_<modality>, "
             f"expert_usage_<n> and {N_SAMPLES}.",
         )
@@ -224,22 +221,24 @@ def _check_numbers(out: pd.DataFrame, raw: pd.DataFrame, source: str) -> None:
             nan_like = out[col].map(lambda v: str(v).strip().lower() in ("nan", "", "none"))
             bad_rows &= ~nan_like
         if bad_rows.any():
-            raise _fail(
+            raise table_error(
                 source,
-                f"column '{col}' holds non-numeric values, e.g. {_first(out[col], bad_rows)}.",
+                f"column '{col}' holds non-numeric values, e.g. {first_bad(out[col], bad_rows)}.",
             )
         out[col] = numeric
     bad_level = ~out["level"].between(0.0, 1.0)  # also catches inf
     if bad_level.any():
-        raise _fail(
-            source, f"column 'level' must lie in [0, 1]; found {_first(raw['level'], bad_level)}."
+        raise table_error(
+            source,
+            f"column 'level' must lie in [0, 1]; found {first_bad(raw['level'], bad_level)}.",
         )
     seed = out["seed"].astype(np.float64)  # whole, finite and within int64, or refused
     bad_seed = ~(np.isfinite(seed) & (seed >= 0) & (seed < 2.0**63) & (seed == np.floor(seed)))
     if bad_seed.any():
-        raise _fail(
+        raise table_error(
             source,
-            f"column 'seed' must hold whole numbers >= 0; found {_first(raw['seed'], bad_seed)}.",
+            f"column 'seed' must hold whole numbers >= 0; found "
+            f"{first_bad(raw['seed'], bad_seed)}.",
             "The seed is the corruption seed (0, 1, 2, ...; 0 where nothing random happened); "
             "fix that row or re-run `qamoe eval`.",
         )
@@ -320,17 +319,6 @@ def measured(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["variant"] != CONSTANT]
 
 
-def constants(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """The best-constant scores of ``metric``: one row per (dataset, split, value), with the
-    runs that carry it; empty when the results hold no constant rows for it."""
-    sub = df[(df["variant"] == CONSTANT) & (df["metric"] == metric)].dropna(subset=["value"])
-    cols = ["dataset", "split", "value"]
-    if sub.empty:
-        return pd.DataFrame(columns=[*cols, "runs"])
-    g = sub.groupby(cols, sort=False)["run"]
-    return g.agg(lambda r: ", ".join(dict.fromkeys(r))).reset_index(name="runs")
-
-
 def make_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """Build a validated table from row dicts holding every column but ``schema`` (rows
     without ``pattern`` get their axis's default)."""
@@ -379,7 +367,7 @@ def load(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> pd
                 p, dtype=str, keep_default_na=False, na_values={"value": ["nan", "NaN", ""]}
             )
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise _fail(f"'{p}'", f"not a readable CSV ({type(exc).__name__}).") from None
+            raise table_error(f"'{p}'", f"not a readable CSV ({type(exc).__name__}).") from None
         except OSError as exc:  # permission denied, I/O error
             raise InputError(
                 f"Cannot read the results file '{p}': {exc.strerror or exc}.",
@@ -400,284 +388,3 @@ def _shared_points_once(df: pd.DataFrame) -> pd.DataFrame:
     shared = df["pattern"] == ""
     again = df[shared].duplicated([*KEY, "value"])
     return df.drop(index=again[again].index)
-
-
-# A run label that names a model seed: "qamoe-s2", "early_s0", "qamoe-seed10", "qamoe_seed3".
-MODEL_SEED_RUN = re.compile(r"^(?P<stem>.+?)[-_](?:s|seed)(?P<seed>\d+)$")
-SEED_STRIDE = 1000  # pooled seed = SEED_STRIDE x model seed + corruption seed
-MAX_MODEL_SEED = 10**15  # keeps the pooled seed inside int64
-
-
-def pool_model_seeds(df: pd.DataFrame) -> pd.DataFrame:
-    """Stack the model seeds of one configuration into one run, for seed-aware reports.
-
-    Runs labelled ``<stem>-s<N>`` (also ``_s<N>``, ``-seed<N>``) become run ``<stem>``, and
-    the seed column becomes ``1000 x N + corruption seed``, so the curve bands, n_seeds and
-    the summaries span model AND corruption seeds. Comparisons (``report_compare``) do not
-    treat those as independent: they average the corruption seeds within each model seed
-    (:func:`model_seed_of`) and count model seeds as the replicates. Runs without such a
-    suffix are kept as they are. Raises InputError when no run has a seed suffix, when a
-    corruption seed is 1000 or more, when a model seed is 10**15 or more, or when a pooled
-    label collides with an existing run.
-    """
-    out = df.copy()
-    parsed = out["run"].astype(str).str.extract(MODEL_SEED_RUN)
-    seeded = parsed["stem"].notna()
-    if not seeded.any():
-        raise InputError(
-            "No run label names a model seed, so there is nothing to pool.",
-            hint="Label runs NAME-s0, NAME-s1, ... (qamoe eval --name) or drop --pool-seeds.",
-        )
-    if (out.loc[seeded, "seed"] >= SEED_STRIDE).any():
-        raise InputError(
-            f"Corruption seeds must be below {SEED_STRIDE} to pool model seeds.",
-            hint="Evaluate with fewer corruption seeds (qamoe eval --corruption-seeds).",
-        )
-    clash = sorted(set(parsed.loc[seeded, "stem"]) & set(out.loc[~seeded, "run"]))
-    if clash:
-        raise InputError(
-            f"Pooled run name(s) {', '.join(clash)} already exist as runs without a seed.",
-            hint="Rename one of them with qamoe eval --name.",
-        )
-    model_seed = parsed.loc[seeded, "seed"].map(int)  # Python ints: no overflow yet
-    if (model_seed >= MAX_MODEL_SEED).any():
-        big = model_seed[model_seed >= MAX_MODEL_SEED].index[0]
-        raise InputError(
-            f"The model seed in run '{out.loc[big, 'run']}' is too large to pool "
-            f"(the limit is {MAX_MODEL_SEED - 1}).",
-            hint="Relabel the run with a smaller seed (qamoe eval --name NAME-s0).",
-        )
-    model_seed = model_seed.astype(np.int64)
-    out.loc[seeded, "seed"] = SEED_STRIDE * model_seed + out.loc[seeded, "seed"]
-    out.loc[seeded, "run"] = parsed.loc[seeded, "stem"]
-    return validate(out, "pooled results")
-
-
-def model_seed_of(seeds: Sequence[int] | pd.Series | np.ndarray) -> np.ndarray:
-    """The model seed of each row: ``seed // SEED_STRIDE``.
-
-    Pooled tables (:func:`pool_model_seeds`) hold ``SEED_STRIDE x model seed + corruption
-    seed``; an unpooled run is one trained model whose seeds are corruption seeds (below
-    SEED_STRIDE, as ``qamoe eval`` writes them), so all its rows get model seed 0. Statistics
-    average the corruption seeds within each model seed and count model seeds only.
-    """
-    return np.asarray(seeds, dtype=np.int64) // SEED_STRIDE
-
-
-def infer_scheme(df: pd.DataFrame) -> str | None:
-    """The metric scheme whose names all appear in ``df`` (None if none does)."""
-    present = set(df["metric"])
-    for scheme, names in METRIC_NAMES.items():
-        if set(names) <= present:
-            return scheme
-    return None
-
-
-def default_metric(df: pd.DataFrame) -> str:
-    """The scheme's primary metric, else the first non-diagnostic metric in the table."""
-    scheme = infer_scheme(df)
-    if scheme is not None:
-        return PRIMARY[scheme]
-    names = [m for m in dict.fromkeys(df["metric"]) if not is_diagnostic(m)]
-    if not names:
-        raise InputError(
-            "The results hold diagnostics only, no metric to summarise.",
-            hint="Add the results file that holds the metrics, or name a diagnostic, e.g. "
-            f"--metric {df['metric'].iloc[0]}.",
-        )
-    return names[0]
-
-
-def check_metric(df: pd.DataFrame, metric: str) -> str:
-    if metric not in set(df["metric"]):
-        names = [m for m in dict.fromkeys(df["metric"]) if not is_diagnostic(m)]
-        diagnostics = [m for m in dict.fromkeys(df["metric"]) if is_diagnostic(m)]
-        if names:
-            also = f"; diagnostics such as {diagnostics[0]} work too" if diagnostics else ""
-            hint = (
-                f"The metrics in these results are {', '.join(names)}: pass one or more, "
-                f"comma-separated, with --metric{also}."
-            )
-        else:
-            hint = f"These results hold diagnostics only; pick one, e.g. --metric {diagnostics[0]}."
-        raise InputError(
-            f"The 'metric' parameter must be one of {', '.join(names or diagnostics)}. "
-            f"Got {metric!r} instead.",
-            hint=hint,
-        )
-    return metric
-
-
-SERIES: tuple[str, ...] = (
-    *("run", "model", "dataset", "split", "axis", "modalities", "pattern"),
-    "variant",
-)
-
-
-def curves(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Seed statistics per level: one row per series and level with mean, std and n.
-
-    ``std`` is the sample std over corruption seeds (0 with one seed).
-    """
-    sub = df[df["metric"] == metric]
-    g = sub.groupby([*SERIES, "level"], sort=True, dropna=False)["value"]
-    out = g.agg(["mean", "std", "count"]).reset_index()
-    out = out.rename(columns={"count": "n"})
-    out["std"] = out["std"].fillna(0.0)
-    return out
-
-
-def trapezoid_area(levels: Sequence[float], values: Sequence[float]) -> float:
-    """Area under the curve divided by the level span; the single value if one level.
-
-    NaN anywhere gives NaN: an undefined point makes the area undefined, not smaller.
-    """
-    x = np.asarray(levels, dtype=np.float64)
-    y = np.asarray(values, dtype=np.float64)
-    if x.size == 0:
-        return math.nan
-    order = np.argsort(x)
-    x, y = x[order], y[order]
-    if x.size == 1 or x[-1] == x[0]:
-        return float(y.mean())
-    area = float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
-    return area / float(x[-1] - x[0])
-
-
-def summarize(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
-    """Per run, spectrum axis, modalities and variant: clean, mean, area, area_over_clean.
-
-    ``clean`` is the run's clean-axis score for the same split and variant (falling back to
-    the curve's value at level 0 when no clean row exists). Columns: the series columns,
-    metric, clean, mean, area, area_over_clean, n_levels, level_min, level_max, n_seeds.
-    """
-    names = (
-        list(metrics)
-        if metrics is not None
-        else [m for m in dict.fromkeys(df["metric"]) if not is_diagnostic(m)]
-    )
-    rows: list[dict[str, Any]] = []
-    for metric in names:
-        check_metric(df, metric)
-        c = curves(df, metric)
-        # Keyed by everything that names a run: one label may come from several datasets.
-        clean_key = [*RUN_COLUMNS, "variant"]
-        clean = c[c["axis"] == "clean"].groupby(clean_key)["mean"].mean()
-        for key, grp in c[c["axis"].isin(SPECTRUM_AXES)].groupby(list(SERIES), sort=False):
-            row = dict(zip(SERIES, key, strict=True))
-            grp = grp.sort_values("level")
-            ck = tuple(row[k] for k in clean_key)
-            if ck in clean.index:
-                clean_value = float(clean[ck])
-            elif (grp["level"] == 0).any():
-                clean_value = float(grp.loc[grp["level"] == 0, "mean"].iloc[0])
-            else:
-                clean_value = math.nan
-            area = trapezoid_area(grp["level"], grp["mean"])
-            row.update(
-                metric=metric,
-                clean=clean_value,
-                mean=float(grp["mean"].mean(skipna=False)),
-                area=area,
-                area_over_clean=area / clean_value if clean_value else math.nan,
-                n_levels=len(grp),
-                level_min=float(grp["level"].min()),
-                level_max=float(grp["level"].max()),
-                n_seeds=int(grp["n"].max()),
-            )
-            rows.append(row)
-    columns = [
-        *SERIES,
-        "metric",
-        "clean",
-        "mean",
-        "area",
-        "area_over_clean",
-        "n_levels",
-        "level_min",
-        "level_max",
-        "n_seeds",
-    ]
-    return pd.DataFrame(rows, columns=columns)
-
-
-def fixed_missing(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """The fixed-missing protocol as a table: one row per run (dataset, split, variant), one
-    column per DROPPED subset ("none" = the clean score), values averaged over seeds."""
-    sub = measured(df)
-    sub = sub[(sub["metric"] == metric) & (sub["axis"].isin(["drop", "clean"]))]
-    if not (sub["axis"] == "drop").any():
-        return pd.DataFrame()
-    sub = sub.assign(dropped=sub["modalities"].where(sub["axis"] == "drop", "none"))
-    index = ["run", "dataset", "split", "variant"]
-    table = sub.pivot_table(index=index, columns="dropped", values="value", aggfunc="mean")
-
-    def order(name: str) -> tuple[int, list[int]]:
-        parts = [] if name == "none" else name.split("+")
-        return (len(parts), [MODALITIES.index(p) if p in MODALITIES else 9 for p in parts])
-
-    table = table[sorted(table.columns, key=order)]
-    table.columns.name = None
-    return table.reset_index()
-
-
-SAMPLE_COLUMNS: tuple[str, ...] = (
-    *("run", "split", "axis", "level", "modalities", "seed", "variant"),
-    *("id", "label", "prediction"),
-)  # what `qamoe eval --per-sample` writes first (evaluate.SAMPLE_COLUMNS)
-
-
-_SAMPLES_HINT = "Write one with `qamoe eval RUN --data DATA.h5 --sweep --per-sample FILE`."
-
-
-def load_samples(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
-    """Read per-sample tables (``qamoe eval --per-sample``, .csv or .csv.gz) into one."""
-    frames = []
-    for p in map(Path, paths):
-        check_file(p, "per-sample table", _SAMPLES_HINT)
-        try:
-            df = pd.read_csv(
-                p,
-                dtype={"run": str, "id": str, "modalities": str},
-                keep_default_na=False,
-                na_values={"prediction": ["nan"]},
-            )
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError,
-                OSError, EOFError) as exc:  # fmt: skip
-            raise _fail(
-                f"'{p}'", f"not a readable per-sample CSV ({type(exc).__name__})."
-            ) from None
-        missing = [c for c in SAMPLE_COLUMNS if c not in df.columns]
-        if missing:
-            raise _fail(
-                f"'{p}'",
-                f"missing column(s) {', '.join(missing)} of a per-sample table.",
-                "Per-sample tables are written by `qamoe eval --per-sample FILE`.",
-            )
-        for col in ("level", "seed", "label", "prediction"):
-            values = pd.to_numeric(df[col], errors="coerce")
-            if values.isna().any():
-                raise _fail(
-                    f"'{p}'",
-                    f"column '{col}' holds non-numeric values, e.g. "
-                    f"{_first(df[col], values.isna())}.",
-                )
-            df[col] = values
-        df["variant"] = df["variant"].astype(str).replace(VARIANT_ALIASES)
-        df["level"] = df["level"].astype(np.float64).round(10)
-        df["seed"] = df["seed"].astype(np.int64)
-        frames.append(df)
-    if not frames:
-        raise InputError("No per-sample table given.")
-    return pd.concat(frames, ignore_index=True)
-
-
-def pool_sample_seeds(samples: pd.DataFrame) -> pd.DataFrame:
-    """:func:`pool_model_seeds` for per-sample tables: run NAME-sN -> NAME, seed -> 1000 N + s."""
-    out = samples.copy()
-    parsed = out["run"].astype(str).str.extract(MODEL_SEED_RUN)
-    seeded = parsed["stem"].notna()
-    model_seed = parsed.loc[seeded, "seed"].map(int).astype(np.int64)
-    out.loc[seeded, "seed"] = SEED_STRIDE * model_seed + out.loc[seeded, "seed"]
-    out.loc[seeded, "run"] = parsed.loc[seeded, "stem"]
-    return out

@@ -2,11 +2,11 @@
 
 A sweep walks every (axis, level, corruption seed) of :class:`EvalConfig`, plus optionally the
 fixed-missing protocol (every non-empty proper subset of modalities kept, the others removed;
-its rows name the removed ones, like every row names the modalities it corrupted),
-from ONE checkpoint, and returns the tidy table of ``results.py``. For models with quality
-scores it also runs the quality-shuffle control (r permuted across samples: if the numbers
-do not move, the router ignores quality) and records per-point diagnostics: the mean quality
-score per modality and each expert's share of the routing weight.
+its rows name the removed ones, like every row names the modalities it corrupted): the points
+of ``plan.py``, from ONE checkpoint. It returns the tidy table of ``results.py``. For models
+with quality scores it also runs the quality-shuffle control (r permuted across samples: if
+the numbers do not move, the router ignores quality) and records per-point diagnostics: the
+mean quality score per modality and each expert's share of the routing weight.
 
 How it stays fast (benchmarks/bench_sweep.py times a 10-level x 3-seed x 3-axis sweep of the
 mosi preset's 686 test samples):
@@ -32,9 +32,7 @@ seeded by (shuffle_seed, window): reproducible whatever the batch size, block or
 from __future__ import annotations
 
 import inspect
-import itertools
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,45 +45,38 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from qamoe_core.base.atomic import atomic_path
 from qamoe_core.base.errors import (
-    ConfigUsageError,
     DataFormatError,
     InputError,
-    QamoeError,
     TooLargeError,
     UsageError,
 )
-from qamoe_core.base.names import AXES, MISSING_PATTERNS, MODALITIES, NOISE_PATTERNS, SPLITS
+from qamoe_core.base.names import MODALITIES
 from qamoe_core.base.runtime import format_size, memory_budget
-from qamoe_core.config import _Config, _spec
 from qamoe_core.data.store import FeatureFile
+from qamoe_core.evaluation.plan import EvalConfig, Point, given_point, plan
 from qamoe_core.evaluation.results import (
     QUALITY_PREFIX,
     SPECTRUM_AXES,
     USAGE_PREFIX,
     constant_rows,
-    csv_safe,
-    join_modalities,
     make_table,
-    summarize,
 )
+from qamoe_core.evaluation.samples import Output, sample_rows
+from qamoe_core.evaluation.summary import summarize
 from qamoe_core.metrics import METRIC_NAMES, compute
 from qamoe_core.models.text_front import check_text_ids, spectrum_options
 from qamoe_core.runs.checkpoint import load_run, resolve_device
 from qamoe_core.spectrum.engine import (
-    CorruptionSpec,
     ModalityDraws,
-    Patterns,
     apply_draws,
+    batch_modalities,
     draw_keyed,
-    pattern_label,
 )
+from qamoe_core.spectrum.record import check_text_noise
 
 log = logging.getLogger(__name__)
 
-# LNLN's random-missing protocol: rates 0.0 ... 0.9, three seeds (docs/design.md §2, §7).
-DEFAULT_LEVELS: tuple[float, ...] = tuple(round(0.1 * i, 10) for i in range(10))
 Progress = Callable[..., None]
 # A model's encode_with_coverage(batch): pooled encodings and coverages per modality.
 Encodings = tuple[dict[str, Tensor], dict[str, Tensor | None]]
@@ -96,192 +87,6 @@ Encodings = tuple[dict[str, Tensor], dict[str, Tensor | None]]
 _BLOCK_COPIES = 4
 # Bytes kept per (point, variant, row): the prediction, and with per_sample a table row.
 _POINT_BYTES, _SAMPLE_ROW_BYTES = 4, 320
-
-# A step of 0.001 over [0, 1]; finer grids only cost time (each point is a pass over the split).
-MAX_LEVELS = 1001
-_LEVELS_HINT = "e.g. --levels 0:0.9:0.1 or --levels 0,0.3,0.6"
-
-
-def _check_grid_size(count: int, text: str) -> None:
-    if count > MAX_LEVELS:
-        raise UsageError(
-            f"The 'levels' grid {text} has {count:,} points; at most {MAX_LEVELS} are "
-            "allowed (each is a pass over the split per axis and seed).",
-            hint="Use a coarser step, e.g. --levels 0:1:0.05",
-        )
-
-
-def parse_levels(text: str) -> tuple[float, ...]:
-    """'0:0.9:0.1' (start:stop:step, stop included) or '0,0.25,0.5' -> sorted unique levels.
-
-    Only parses: the range [0, 1] and the size of the grid are checked by EvalConfig (the
-    one boundary every caller passes). A range is sized before it is built, so a step of
-    1e-12 fails at once instead of filling memory. Raises UsageError for a malformed text.
-    """
-    text = text.strip()
-    if ":" in text:
-        parts = text.split(":")
-        if len(parts) != 3:
-            raise UsageError(
-                f"The 'levels' parameter must be start:stop:step or a comma list. Got {text!r}.",
-                hint=_LEVELS_HINT,
-            )
-        start, stop, step = (_level_number(p, text) for p in parts)
-        if not step > 0:
-            raise UsageError(
-                f"The step of 'levels' must be > 0. Got {step:g} instead.", hint=_LEVELS_HINT
-            )
-        count = math.floor((stop - start) / step + 1e-9) + 1
-        _check_grid_size(count, repr(text))
-        values = [start + i * step for i in range(max(count, 0))]
-    else:
-        values = [_level_number(p, text) for p in text.split(",") if p.strip()]
-    levels = tuple(sorted({round(v, 10) for v in values}))
-    if not levels:
-        raise UsageError(
-            f"The 'levels' parameter gives an empty grid: {text!r}.",
-            hint="start must not exceed stop, e.g. --levels 0:0.9:0.1",
-        )
-    return levels
-
-
-def _level_number(part: str, text: str) -> float:
-    try:
-        value = float(part)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise UsageError(f"The 'levels' parameter holds a non-number: {text!r}.", hint=_LEVELS_HINT)
-    return value
-
-
-def _flag(flag: str) -> str:
-    return f"Set it with {flag}; see `qamoe eval --help`."
-
-
-_LIBRARY = (
-    "A library option of EvalConfig (no flag); see help(qamoe_core.evaluation.sweep.EvalConfig)."
-)
-
-
-@dataclass(frozen=True)
-class EvalConfig(_Config):
-    """What to evaluate. Defaults give the clean split; ``sweep=True`` walks the spectrum.
-
-    Validated on construction by config.py's field specs (a ConfigError naming the field).
-    """
-
-    split: str = _spec("test", choices=SPLITS, hint=_flag("--split"))
-    # Walk the spectrum; without it, evaluate the file as given (clean or corrupted).
-    sweep: bool = _spec(False, hint=_flag("--sweep"))
-    axes: tuple[str, ...] = _spec(SPECTRUM_AXES, choices=SPECTRUM_AXES, hint=_flag("--axis"))
-    # LNLN's grid. Level 1 is left out by default: with every modality at 1 nothing is left
-    # and Corr of the resulting constant prediction is undefined.
-    levels: tuple[float, ...] = _spec(DEFAULT_LEVELS, 0.0, 1.0, hint=_LEVELS_HINT)
-    # Corruption seeds per point; three as LNLN reports mean and spread over three.
-    seeds: tuple[int, ...] = _spec((0, 1, 2), 0, 2**63 - 1, hint=_flag("--corruption-seeds"))
-    # Modalities that receive the level (empty: all of the model's).
-    modalities: tuple[str, ...] = field(
-        default=(),
-        metadata={"choices": MODALITIES, "empty_ok": True, "hint": _flag("--modalities")},
-    )
-    # The fixed-missing protocol: every non-empty proper subset of modalities kept.
-    drop_sets: bool = _spec(False, hint=_flag("--drop-sets"))
-    # Run the quality-shuffle control for models with quality scores.
-    quality_shuffle: bool = _spec(True, hint=_flag("--no-shuffle"))
-    # The spectrum's default: level 1 adds noise as large as the train std per dimension.
-    noise_scale: float = _spec(1.0, 1e-6, 1e6, hint=_LIBRARY)
-    # Rows per forward pass. Single-thread throughput is flat from 32 to 686 rows on the mosi
-    # preset (~1,000 samples/s); larger batches give a second thread more work per operation.
-    batch_size: int = _spec(256, 1, hint=_flag("--batch-size"))
-    # Bounds the features read into memory at once; 512 MiB holds MOSI's or SIMS's test split.
-    block_mib: float = _spec(512.0, 1e-6, hint=_LIBRARY)
-    # Seed of the quality permutations (independent of corruption and model seeds).
-    shuffle_seed: int = _spec(0, 0, 2**63 - 1, hint=_LIBRARY)
-    # The shuffle control permutes r within windows of this many rows of the split, whatever
-    # the batch size (within a batch of one it would permute nothing). 256 was the default
-    # batch size, within which the control always permuted.
-    shuffle_window: int = _spec(256, 2, hint=_LIBRARY)
-    # Keep every sample's prediction and quality scores at every point (EvalResult.samples):
-    # for error analysis and per-sample checks of r_m. Costs a row per sample and point.
-    per_sample: bool = _spec(False, hint=_flag("--per-sample"))
-    # The sweep's temporal patterns (spectrum.py, data/README.md); one set per evaluation, kept
-    # in every row's pattern column. Defaults: the LNLN protocol (random steps, white noise).
-    missing_pattern: str = _spec("random", choices=MISSING_PATTERNS, hint=_flag("--pattern"))
-    burst_mean: float = _spec(5.0, 1.0, 1e6, hint=_flag("--burst-mean"))
-    noise_pattern: str = _spec("white", choices=NOISE_PATTERNS, hint=_flag("--pattern"))
-    noise_rho: float = _spec(0.9, 0.0, 1.0, hi_open=True, hint=_flag("--noise-rho"))
-
-    @property
-    def patterns(self) -> Patterns:
-        """The sweep's patterns, as spectrum.draw_keyed takes them."""
-        return Patterns(self.missing_pattern, self.burst_mean, self.noise_pattern, self.noise_rho)
-
-    def __post_init__(self) -> None:
-        if self.modalities is None:  # type: ignore[comparison-overlap]  # older "all"
-            object.__setattr__(self, "modalities", ())
-        seeds = self.seeds
-        super().__post_init__()
-        # The field specs read number lists as floats; seeds must stay exact integers.
-        if any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
-            raise ConfigUsageError(
-                f"The 'seeds' parameter must be a list of integers >= 0. Got {seeds!r} instead.",
-                hint=_flag("--corruption-seeds"),
-            )
-        object.__setattr__(self, "seeds", tuple(int(s) for s in seeds))
-
-    def _check_relations(self) -> None:
-        levels = tuple(sorted(set(self.levels)))
-        _check_grid_size(len(levels), "given")
-        object.__setattr__(self, "levels", levels)
-        for name, default, axes in (
-            ("missing_pattern", "random", ("missing", "mixed")),
-            ("noise_pattern", "white", ("noise", "mixed")),
-        ):
-            value = getattr(self, name)
-            if value != default and not self.sweep:
-                raise ConfigUsageError(
-                    f"The '{name}' parameter {value!r} sets the pattern of a sweep, and "
-                    "this evaluation has none (a corrupted file records its own pattern).",
-                    hint="Add --sweep, or leave --pattern out.",
-                )
-            if value != default and not set(axes) & set(self.axes):
-                raise ConfigUsageError(
-                    f"The '{name}' parameter {value!r} applies to the {' and '.join(axes)} "
-                    f"axes, and the sweep has only {', '.join(self.axes)}.",
-                    hint=f"Add --axis {axes[0]}, or leave the {value} pattern out.",
-                )
-
-
-@dataclass(frozen=True)
-class Point:
-    """One evaluated condition (a row group of the results table)."""
-
-    axis: str  # clean | mixed | missing | noise | drop
-    level: float
-    # The corrupted ones; for drop the DROPPED (removed) ones, as in the results schema v2.
-    modalities: tuple[str, ...]
-    seed: int = 0
-    # The data as read from the file (clean, or corrupted by `qamoe corrupt`): not corrupted here.
-    given: bool = False
-    # The temporal pattern's label (spectrum.pattern_label); '' on clean and drop.
-    pattern: str = ""
-
-
-def plan(cfg: EvalConfig, modalities: Sequence[str], as_given: Point | None = None) -> list[Point]:
-    """The grid of points in evaluation order: the clean (or given) point first."""
-    mods = tuple(modalities)
-    points = [as_given or Point("clean", 0.0, mods, given=True)]
-    if cfg.sweep:
-        targets = tuple(m for m in mods if not cfg.modalities or m in cfg.modalities)
-        for seed, axis, level in itertools.product(cfg.seeds, cfg.axes, cfg.levels):
-            label = pattern_label(axis, cfg.patterns)
-            points.append(Point(axis, level, targets, int(seed), pattern=label))
-    if cfg.drop_sets:
-        for k in range(1, len(mods)):
-            for kept in itertools.combinations(mods, k):
-                points.append(Point("drop", 1.0, tuple(m for m in mods if m not in kept)))
-    return points
 
 
 @dataclass
@@ -357,135 +162,6 @@ class _Accumulator:
                 sums[name] = sums.get(name, 0.0) + share
 
 
-def _bad_record(f: FeatureFile, key: str, value: Any, expected: str) -> DataFormatError:
-    return DataFormatError(
-        f"'{f.path}': the corruption record's '{key}' is {value!r}, not {expected}.",
-        hint="It is written by `qamoe corrupt`; re-create the corrupted copy from the clean file.",
-    )
-
-
-def _record(f: FeatureFile, rec: Mapping[str, Any]) -> dict[str, Any]:
-    """One corruption record with every field eval reads checked and given its default."""
-
-    def number(key: str, default: float, lo: float, hi: float) -> float:
-        v = rec.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
-            raise _bad_record(f, key, v, f"a number in [{lo:g}, {hi:g}]")
-        return float(v)
-
-    def names(key: str, allowed: Sequence[str], default: Sequence[str]) -> tuple[str, ...]:
-        v = rec.get(key, default)
-        if (
-            not isinstance(v, list | tuple)
-            or not all(isinstance(x, str) for x in v)
-            or any(x not in allowed for x in v)
-        ):
-            raise _bad_record(f, key, v, f"a list of names among {', '.join(allowed)}")
-        return tuple(v)
-
-    seed = rec.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise _bad_record(f, "seed", seed, "an integer >= 0")
-    axis = rec.get("axis", "mixed")
-    if axis not in AXES:
-        raise _bad_record(f, "axis", axis, f"one of {', '.join(AXES)}")
-    return {
-        "level": number("level", 0.0, 0.0, 1.0),
-        "noise_scale": number("noise_scale", 1.0, 0.0, math.inf),
-        "seed": seed,
-        "axis": axis,
-        "modalities": names("modalities", MODALITIES, MODALITIES),
-        "drop": names("drop", MODALITIES, ()),
-        "splits": names("splits", SPLITS, SPLITS),
-    }
-
-
-def _check_text_noise(f: FeatureFile, split: str) -> None:
-    """A corrupted file's text noise lives in its text features, which a model that encodes
-    the ids does not read: refused rather than scored as if it were there."""
-    for raw in f.corruption:
-        rec = _record(f, raw)
-        if (
-            split in rec["splits"]
-            and rec["axis"] in ("noise", "mixed")
-            and rec["level"] > 0
-            and "text" in rec["modalities"]
-        ):
-            raise InputError(
-                f"'{f.path}' holds noise on its text features, which this model does not read "
-                "(its pretrained text encoder reads the token ids).",
-                hint="Evaluate the clean file with --sweep: noise then reaches the token "
-                "embeddings. Files corrupted on the missing axis work as they are.",
-            )
-
-
-def _given_point(
-    f: FeatureFile, modalities: tuple[str, ...], split: str, noise_scale: float
-) -> Point:
-    """The point ``split`` of a (possibly corrupted) file stands for, as one results row key.
-
-    Every corruption record is checked first (a DataFormatError before any work). Only the
-    records that covered ``split`` count (`qamoe corrupt --splits` copies the others
-    unchanged). A file the row key cannot describe exactly is refused rather than
-    mislabelled: a level and whole-modality drops in one record, or noise at a noise_scale
-    other than this evaluation's (its level means another amount of noise).
-    """
-    pairs = [(_record(f, rec), rec) for rec in f.corruption]
-    chain = [r for r in pairs if split in r[0]["splits"]]
-    if not chain:
-        return Point("clean", 0.0, modalities, given=True)
-    if len(chain) > 1:
-        raise InputError(
-            f"'{f.path}' was corrupted {len(chain)} times on the '{split}' split; a results "
-            "row describes one corruption, so it cannot be labelled.",
-            hint="Corrupt the clean file once at the point you want to evaluate.",
-        )
-    rec, raw = chain[0]
-    drop, level, axis = rec["drop"], rec["level"], rec["axis"]
-    if drop and level == 0.0:
-        return Point("drop", 1.0, tuple(m for m in modalities if m in drop), given=True)
-    if drop:
-        raise InputError(
-            f"'{f.path}' was corrupted at level {level:g} AND had {'+'.join(drop)} dropped; "
-            "a results row can record one or the other, not both.",
-            hint="Corrupt with --level or with --drop (or sweep the clean file with --drop-sets).",
-        )
-    scale = rec["noise_scale"]
-    if axis != "missing" and level > 0 and not math.isclose(scale, noise_scale):
-        level = _on_this_scale(f, axis, level, scale, noise_scale)
-    corrupted = tuple(m for m in rec["modalities"] if m in modalities)
-    return Point(axis, level, corrupted, rec["seed"], given=True, pattern=_record_pattern(f, raw))
-
-
-def _record_pattern(f: FeatureFile, rec: Mapping[str, Any]) -> str:
-    """The pattern label of a corruption record (records before patterns: the defaults)."""
-    try:
-        return CorruptionSpec.from_dict(rec).pattern
-    except QamoeError as exc:
-        raise DataFormatError(
-            f"'{f.path}': its corruption record does not describe a point: {exc}",
-            hint="It is written by `qamoe corrupt`; re-create the corrupted copy from the "
-            "clean file.",
-        ) from None
-
-
-def _on_this_scale(f: FeatureFile, axis: str, level: float, scale: float, ours: float) -> float:
-    """The level on this evaluation's noise scale of noise at ``level`` x ``scale``.
-
-    Pure noise of level·scale train stds IS the point level·scale/ours of this spectrum;
-    mixed couples the drop rate to the level, so it has no equivalent.
-    """
-    equivalent = level * scale / ours
-    if axis != "noise" or equivalent > 1:
-        raise InputError(
-            f"'{f.path}' was corrupted on the {axis} axis with noise_scale {scale:g}; that "
-            f"point lies off the spectrum's scale ({ours:g}), so no level names it.",
-            hint="Corrupt with the default --noise-scale (on the noise axis, any scale with "
-            "level x scale <= 1 is fine).",
-        )
-    return equivalent
-
-
 def check_compatible(model: nn.Module, f: FeatureFile, task: str) -> None:
     """Raise DataFormatError when the data's modalities, dims or task differ from the model's."""
     dims: dict[str, int] = dict(getattr(model, "file_dims", model.dims))  # type: ignore[arg-type]
@@ -545,7 +221,7 @@ class Evaluation:
         self.takes_encodings = "encodings" in inspect.signature(model.forward).parameters
         with FeatureFile(self.data) as f:
             self._check_data(f)
-            given = _given_point(f, self.modalities, cfg.split, cfg.noise_scale)
+            given = given_point(f, self.modalities, cfg.split, cfg.noise_scale)
             self.points = plan(cfg, self.modalities, given)
             self.n = f.n(cfg.split)  # InputError naming the splits if absent
             self.scheme, self.dataset = f.scheme, f.dataset
@@ -591,7 +267,7 @@ class Evaluation:
     def _check_data(self, f: FeatureFile) -> None:
         check_compatible(self.model, f, self.task)
         if getattr(self.model, "text_front", None) is not None:
-            _check_text_noise(f, self.cfg.split)
+            check_text_noise(f.corruption, f"'{f.path}'", self.cfg.split)
         if (self.cfg.sweep or self.cfg.drop_sets) and f.corruption:
             raise InputError(
                 f"'{f.path}' is already corrupted; a sweep on top of it would compound levels.",
@@ -771,10 +447,13 @@ class Evaluation:
             "device": str(self.device),
         }
         log.info("evaluated %d points on %d samples in %.1f s", len(points), self.n, seconds)
-        samples = None if ids is None else self.sample_rows(ids, labels)
+        samples = None
+        if ids is not None:
+            samples = sample_rows(self._outputs(), self._acc.quality, run=self.run_name,
+                                  split=self.cfg.split, ids=ids, labels=labels)  # fmt: skip
         return EvalResult(table, summarize(table, names), info, samples)
 
-    def _outputs(self) -> list[tuple[Point, str, np.ndarray, tuple[int, str]]]:
+    def _outputs(self) -> list[Output]:
         """(point, variant, predictions, key) in table order: by point, then variant."""
         keys = sorted(self._acc.pred)
         return [(self.points[k[0]], k[1], self._acc.pred[k], k) for k in keys]
@@ -786,7 +465,7 @@ class Evaluation:
         for p, variant, pred, key in self._outputs():
             values = compute(pred, labels, self.scheme) | self.diagnostics(key)
             for metric, value in values.items():
-                rows.append(base | _point_key(p) | {"variant": variant, "metric": metric,
+                rows.append(base | p.columns() | {"variant": variant, "metric": metric,
                                                     "value": value})  # fmt: skip
         return rows
 
@@ -803,18 +482,6 @@ class Evaluation:
     def _row_base(self) -> dict[str, Any]:
         return {"run": self.run_name, "model": self.model_name, "dataset": self.dataset,
                 "split": self.cfg.split}  # fmt: skip
-
-    def sample_rows(self, ids: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
-        """One row per (point, variant, sample): what the model said about each sample."""
-        frames = []
-        for p, variant, pred, key in self._outputs():
-            cols: dict[str, Any] = {"run": self.run_name, "split": self.cfg.split}
-            cols |= _point_key(p) | {"variant": variant, "id": ids, "label": labels,
-                                     "prediction": pred}  # fmt: skip
-            for m, r in self._acc.quality.get(key, {}).items():
-                cols[f"{QUALITY_PREFIX}{m}"] = r
-            frames.append(pd.DataFrame(cols))
-        return pd.concat(frames, ignore_index=True)
 
     @classmethod
     def from_run(
@@ -863,12 +530,6 @@ def _rows_of(enc: Encodings, s: int, e: int) -> Encodings:
     return {m: v[s:e] for m, v in h.items()}, {
         m: None if v is None else v[s:e] for m, v in cov.items()
     }
-
-
-def _point_key(p: Point) -> dict[str, Any]:
-    """The columns that name a point in the results and per-sample tables."""
-    return {"axis": p.axis, "level": p.level, "modalities": join_modalities(p.modalities),
-            "seed": p.seed, "pattern": p.pattern}  # fmt: skip
 
 
 def evaluate_model(
@@ -957,23 +618,3 @@ class _PointCorrupter:
         levels = {m: p.level for m in p.modalities}
         return apply_draws(mb, part, levels, axis=p.axis, noise_scale=self.noise_scale,
                            train_std=self.train_std, **self.text_options)  # fmt: skip
-
-
-def batch_modalities(batch: Mapping[str, Any]) -> list[str]:
-    return [m for m in MODALITIES if m in batch and f"{m}_len" in batch]
-
-
-SAMPLE_COLUMNS: tuple[str, ...] = (
-    "run", "split", "axis", "level", "modalities", "seed", "pattern", "variant", "id",
-    "label", "prediction",
-)  # fmt: skip
-"""Columns of EvalResult.samples, followed by ``quality_<modality>`` for models with r."""
-
-
-def save_samples(df: pd.DataFrame, path: str | os.PathLike[str], *, force: bool = False) -> Path:
-    """Write EvalResult.samples as CSV, atomically (gzip-compressed when the name ends .gz)."""
-    target = Path(path)
-    compression = "gzip" if target.name.endswith(".gz") else None
-    with atomic_path(target, force=force) as tmp:
-        csv_safe(df).to_csv(tmp, index=False, float_format="%.6g", compression=compression)
-    return target

@@ -50,16 +50,18 @@ from qamoe_core.evaluation.results import (
     SHUFFLED,
     SPECTRUM_AXES,
     USAGE_PREFIX,
+    csv_safe,
+    measured,
+    validate,
+)
+from qamoe_core.evaluation.summary import (
     check_metric,
     constants,
-    csv_safe,
     curves,
     default_metric,
     fixed_missing,
     infer_scheme,
-    measured,
     summarize,
-    validate,
 )
 from qamoe_core.metrics import PRIMARY
 from qamoe_core.report.compare import BELOW_MDE, compare, records
@@ -312,8 +314,8 @@ def build_report(
     e.g. Has0_acc_2 for MOSI-like results). ``reference``: a run every other run is compared
     with (``report_compare``): a two-level bootstrap over clusters of test samples (videos,
     by ``group_regex``) and model seeds when ``samples`` (per-sample tables,
-    ``results.load_samples``) are given, Welch's t over model seeds otherwise.
-    ``pooled``: the seeds are ``results.pool_model_seeds`` seeds. The folder is
+    ``samples.load_samples``) are given, Welch's t over model seeds otherwise.
+    ``pooled``: the seeds are ``summary.pool_model_seeds`` seeds. The folder is
     built under a temporary name and renamed at the end; an existing report folder is
     replaced only with ``force``. ``formats``: the figure files (PNG always, for the page).
     ``style``: ``screen`` or ``paper`` (column widths, serif, print sizes, 300 dpi PNG);

@@ -5,7 +5,7 @@ dataset, split, axis, corrupted modalities and pattern; normal variant): the dif
 the grid means (mean over the levels both runs measured). The statistics are
 :mod:`qamoe_core.evaluation.stats`:
 
-- The replicate is the MODEL SEED (:func:`qamoe_core.evaluation.results.model_seed_of`: one run, or
+- The replicate is the MODEL SEED (:func:`qamoe_core.evaluation.summary.model_seed_of`: one run, or
   the ``NAME-sN`` runs that ``--pool-seeds`` stacked). Corruption seeds are averaged within a
   model seed first, never counted as replicates. Each run's value is the mean over its model
   seeds; runs are compared unpaired (two architectures share nothing through a seed number).
@@ -33,7 +33,8 @@ import pandas as pd
 from qamoe_core.base.errors import InputError
 from qamoe_core.data.audit import DEFAULT_GROUP_REGEX, compile_group_regex, group_of
 from qamoe_core.evaluation import stats
-from qamoe_core.evaluation.results import SPECTRUM_AXES, infer_scheme, measured, model_seed_of
+from qamoe_core.evaluation.results import SPECTRUM_AXES, measured
+from qamoe_core.evaluation.summary import infer_scheme, model_seed_of
 from qamoe_core.metrics import compute, sample_terms
 
 SLOW_DRAWS = 200  # draws for metrics that must be recomputed per draw (F1, Corr)

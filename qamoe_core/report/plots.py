@@ -44,13 +44,11 @@ from qamoe_core.base.names import MODALITIES
 from qamoe_core.evaluation.results import (
     DEFAULT_PATTERN,
     QUALITY_PREFIX,
-    SEED_STRIDE,
     SHUFFLED,
     SPECTRUM_AXES,
     USAGE_PREFIX,
-    constants,
-    curves,
 )
+from qamoe_core.evaluation.summary import SEED_STRIDE, constants, curves
 from qamoe_core.metrics import higher_is_better
 
 AXIS_TITLES = {

@@ -105,10 +105,6 @@ from qamoe_core.config import IN_RELATIONS, _Config, _spec
 
 UNK_ID, CLS_ID, SEP_ID = 100, 101, 102  # BERT-base (uncased/chinese) vocabulary ids
 MAX_SEED = 2**63 - 1
-# Keys of a corruption record (see corrupt.py) that are not CorruptionSpec fields.
-RECORD_KEYS = frozenset(
-    {"missing_rate", "noise_std", "splits", "source_sha256", "chain_index", "created_by"}
-)
 
 Array = Any  # np.ndarray or torch.Tensor
 
@@ -276,13 +272,11 @@ class CorruptionSpec(_Config):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], section: str = "") -> CorruptionSpec:
-        """Build from ``to_dict`` output or a corruption record; unknown keys are an error.
-
-        Records written before patterns existed lack their fields and get the defaults, which
-        are what those versions drew.
+        """Build from ``to_dict`` output; unknown keys are an error, missing ones get their
+        defaults. A corruption record holds more: read it with spectrum.record.spec_of.
         """
         names = set(cls.field_names())
-        unknown = set(data) - names - RECORD_KEYS
+        unknown = set(data) - names
         if unknown:
             raise ConfigError(
                 f"Unknown corruption field(s): {', '.join(sorted(unknown))}.",
@@ -551,12 +545,13 @@ class _Corruption(NamedTuple):
     device: torch.device
 
 
-def _batch_modalities(
-    batch: Mapping[str, Array], levels: Mapping[str, Any], drop: Sequence[str]
+def batch_modalities(
+    batch: Mapping[str, Array], levels: Mapping[str, Any] | None = None, drop: Sequence[str] = ()
 ) -> list[str]:
-    """The modalities the batch holds (with lengths); refuse levels or drops for any other."""
+    """The modalities the batch holds (features and lengths), in canonical order; refuse
+    ``levels`` or ``drop`` for any other."""
     mods = [m for m in MODALITIES if m in batch and f"{m}_len" in batch]
-    for m in list(levels) + list(drop):
+    for m in [*(levels or {}), *drop]:
         if m not in mods:
             raise InputError(
                 f"Cannot corrupt modality '{m}': the batch has {', '.join(mods) or 'none'}."
@@ -688,7 +683,7 @@ def apply_draws(
     encoder on the ids and adds it to the token embeddings (models/text_front.py).
     """
     drops, noise = _needs(check_choice(axis, AXES, "axis"))
-    mods = _batch_modalities(batch, levels, drop)
+    mods = batch_modalities(batch, levels, drop)
     as_numpy = not isinstance(batch[mods[0]], torch.Tensor) if mods else False
     device = torch.device("cpu") if as_numpy else batch[mods[0]].device
     ids = special_ids if special_ids is not None else (UNK_ID, CLS_ID, SEP_ID)

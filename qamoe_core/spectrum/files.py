@@ -4,9 +4,10 @@ Streams the source chunk by chunk (memory bounded by ``CHUNK_BYTES``, whatever t
 corrupts the chosen splits with :func:`qamoe_core.spectrum.engine.apply_spec` (keyed draws, so the
 bytes do not depend on the chunk size), copies the other splits unchanged, and writes
 atomically. The output keeps the CLEAN source's train mean/std (noise of later corruptions and
-models' normalisation must not be measured on corrupted data), records the chain of
-corruptions in the root attr ``corruption`` (JSON list, one record per pass, each with the
-source file's sha256) and stores ``<m>_keep`` masks for every split and modality.
+models' normalisation must not be measured on corrupted data), appends this pass's record to
+the chain of corruptions (:mod:`qamoe_core.spectrum.record`: the root attr ``corruption``, one
+record per pass, each with the source file's sha256) and stores ``<m>_keep`` masks for every
+split and modality.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import numpy as np
 from qamoe_core.base.atomic import check_output
 from qamoe_core.base.errors import InputError, UsageError
 from qamoe_core.data.store import FeatureFile, FeatureWriter, file_sha256
+from qamoe_core.spectrum import record as corruption_record
 from qamoe_core.spectrum.engine import CorruptionSpec, apply_spec
-from qamoe_core.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ CHUNK_BYTES = 32 << 20
 # Copies of a block alive at once (two blocks in the pipeline, each read, corrupted and
 # written): blocks shrink so that these fit the memory budget (runtime.memory_budget).
 _BLOCK_COPIES = 6
-_ROOT_OWNED = ("format", "format_version", "created_by", "corruption")  # set by the writer/us
+# Set by the writer or here.
+_ROOT_OWNED = ("format", "format_version", "created_by", corruption_record.ATTR)
 
 
 def _chunk_rows(row_bytes: int, n: int, store_rows: Sequence[int], requested: int | None) -> int:
@@ -240,16 +242,9 @@ class _Pass:
 
     def record(self, source_sha256: str) -> dict[str, Any]:
         """This pass's entry in the output's corruption chain."""
-        return {
-            **self.spec.to_dict(),
-            "modalities": list(self.resolved),  # resolved against the file
-            "missing_rate": self.spec.missing_rate,
-            "noise_std": self.spec.noise_std,
-            "splits": self.chosen,
-            "source_sha256": source_sha256,
-            "chain_index": len(self.chain),
-            "created_by": f"qamoe {__version__}",
-        }
+        return corruption_record.make(
+            self.spec, self.resolved, self.chosen, source_sha256, len(self.chain)
+        )
 
     def write(
         self,
@@ -272,7 +267,7 @@ class _Pass:
                         _stream_split(f, w, split, self.process, worker, chunk_rows, progress)
                     _check_not_a_no_op(self.src, self.stats, self.tallied, self.chosen)
                     record = self.record(sha_future.result())
-                    w.set_attrs(corruption=[*self.chain, record])
+                    w.set_attrs(**{corruption_record.ATTR: [*self.chain, record]})
             except BaseException:
                 stop_hash.set()
                 raise

@@ -14,15 +14,9 @@ from qamoe_core.base.errors import ConfigError, DataFormatError, InputError
 from qamoe_core.config import ModelConfig
 from qamoe_core.data.store import FeatureFile, load_split
 from qamoe_core.data.torchdata import to_torch
+from qamoe_core.evaluation.plan import DEFAULT_LEVELS, EvalConfig, parse_levels, plan
 from qamoe_core.evaluation.results import SCHEMA, measured
-from qamoe_core.evaluation.sweep import (
-    DEFAULT_LEVELS,
-    EvalConfig,
-    Evaluation,
-    evaluate_model,
-    parse_levels,
-    plan,
-)
+from qamoe_core.evaluation.sweep import Evaluation, evaluate_model
 from qamoe_core.metrics import compute
 from qamoe_core.models.registry import build_model
 from qamoe_core.spectrum.engine import CorruptionSpec

@@ -170,8 +170,9 @@ def _scenarios(data: Path, run: Path, results: Path) -> list[Scenario]:
 def inputs(tmp_path_factory: pytest.TempPathFactory, tiny_h5: Path) -> Path:
     """in/: the data, a config, a trained run and a results file; shared by every copy."""
     from qamoe_core.config import resolve
+    from qamoe_core.evaluation.plan import EvalConfig
     from qamoe_core.evaluation.results import save
-    from qamoe_core.evaluation.sweep import EvalConfig, Evaluation
+    from qamoe_core.evaluation.sweep import Evaluation
     from qamoe_core.training.loop import train
 
     root = tmp_path_factory.mktemp("faults") / "in"

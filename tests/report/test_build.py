@@ -15,14 +15,8 @@ import pytest
 from scipy import stats as scipy_stats
 
 from qamoe_core.base.errors import InputError, OutputExistsError
-from qamoe_core.evaluation.results import (
-    constant_rows,
-    load,
-    make_table,
-    measured,
-    pool_model_seeds,
-    save,
-)
+from qamoe_core.evaluation.results import constant_rows, load, make_table, measured, save
+from qamoe_core.evaluation.summary import pool_model_seeds
 from qamoe_core.metrics import compute
 from qamoe_core.report.build import MARKER, build_report, markdown_table
 from qamoe_core.report.compare import BELOW_MDE, NO_MDE, compare

@@ -233,26 +233,6 @@ def test_parse_pattern_and_labels() -> None:
     assert pattern_label("drop") == "" and pattern_label("noise") == "white"
 
 
-def test_record_round_trip_and_old_records() -> None:
-    spec = CorruptionSpec(level=0.2, missing_pattern="burst", burst_mean=7, noise_rho=0.5)
-    assert spec.burst_mean == 7.0
-    assert CorruptionSpec.from_dict(spec.to_dict()) == spec
-    old = {
-        "level": 0.2,
-        "axis": "mixed",
-        "modalities": None,
-        "drop": [],
-        "noise_scale": 1.0,
-        "seed": 0,
-        "missing_rate": 0.2,
-        "noise_std": 0.2,
-        "splits": ["test"],
-    }
-    assert CorruptionSpec.from_dict(old).patterns == Patterns()
-    with pytest.raises(ConfigError, match="Unknown corruption field"):
-        CorruptionSpec.from_dict({"level": 0.1, "pattern": "burst"})
-
-
 def test_training_mix_defaults_draw_what_earlier_versions_drew() -> None:
     tb = {k: torch.from_numpy(v) for k, v in make_batch().items()}
     plain = draw_torch(tb, ["audio", "vision"], generator=torch.Generator().manual_seed(5))

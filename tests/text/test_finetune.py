@@ -267,7 +267,8 @@ def test_noise_on_the_embeddings_changes_states_and_skips_the_cache(
 def test_sweep_runs_and_degrades_on_the_ids(
     trained: tuple[Path, dict], ids_h5: Path, tiny_dir: Path
 ) -> None:
-    from qamoe_core.evaluation.sweep import EvalConfig, evaluate_run
+    from qamoe_core.evaluation.plan import EvalConfig
+    from qamoe_core.evaluation.sweep import evaluate_run
 
     out, _ = trained
     cfg = EvalConfig(sweep=True, axes=("missing", "noise"), levels=(0.0, 1.0), seeds=(0,))
@@ -280,7 +281,8 @@ def test_sweep_runs_and_degrades_on_the_ids(
 def test_a_file_with_noised_text_features_is_refused(
     trained: tuple[Path, dict], ids_h5: Path, tmp_path: Path, tiny_dir: Path
 ) -> None:
-    from qamoe_core.evaluation.sweep import EvalConfig, evaluate_run
+    from qamoe_core.evaluation.plan import EvalConfig
+    from qamoe_core.evaluation.sweep import evaluate_run
     from qamoe_core.spectrum.engine import CorruptionSpec
     from qamoe_core.spectrum.files import corrupt_file
 
