@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from qamoe_cli import audit, corrupt, demo, extract, report, train
+from qamoe_cli import audit, corrupt, demo, extract, report, study, train
 from qamoe_cli import eval as eval_cmd
 from qamoe_cli.common import INTERRUPT_HINT, ClickException, ClickUsageError, err_console
 from qamoe_core import __version__
@@ -97,6 +97,7 @@ app.command("eval", help=eval_cmd.__doc__)(eval_cmd.command)
 app.command("report", help=report.__doc__)(report.command)
 app.command("demo", help=demo.__doc__)(demo.command)
 app.command("audit", help=audit.HELP)(audit.command)
+app.command("study", help=study.__doc__)(study.command)
 
 
 def _print_error(message: str, hint: str | None) -> None:
