@@ -191,6 +191,7 @@ def state(study_dir: Path, cell: Cell) -> tuple[str, str]:
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """A small JSON record, atomically (a full disk raises NoSpaceError, nothing torn)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, force=True) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -205,6 +206,18 @@ def command(folder: Path, doc: Mapping[str, Any]) -> list[str]:
     return list(doc["fresh"])
 
 
+def child_pythonpath() -> str:
+    """PYTHONPATH for a cell's child, which runs in the study folder: the entries given to
+    this process made absolute, after this qamoe's source checkout when it runs from one
+    (so that the child runs the same code as the study)."""
+    root = Path(__file__).resolve().parents[2]
+    given = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    paths = [str(Path(p).resolve()) for p in given if p]
+    if (root / "pyproject.toml").is_file() and (root / "qamoe_cli").is_dir():
+        paths.insert(0, str(root))
+    return os.pathsep.join(dict.fromkeys(paths))
+
+
 def _die_with_parent() -> None:
     """In the child before exec: die when the study (its parent) dies, even by SIGKILL,
     so that a killed study leaves no cell running behind it (Linux; elsewhere a no-op)."""
@@ -214,6 +227,30 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent died before the prctl
         os._exit(1)
+
+
+def run_child(args: list[str], log: Path, cwd: Path | None = None) -> int:
+    """Run ``qamoe ARGS`` in a child to its end (output appended to ``log``); the child
+    dies with this process, and an interrupt here stops it first. Returns its exit status."""
+    argv = [sys.executable, "-m", "qamoe_cli.main", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": child_pythonpath()}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            preexec_fn=_die_with_parent,
+        )
+        try:
+            return proc.wait()
+        except BaseException:
+            proc.terminate()
+            proc.wait()
+            raise
 
 
 def error_line(log: Path) -> str:
@@ -261,6 +298,7 @@ class Attempt:
             log = self._stack.enter_context(open(self.folder / LOG, "ab"))  # noqa: SIM115
             self._header(log, argv)
             env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+            env["PYTHONPATH"] = child_pythonpath()
             self.started = time.monotonic()
             self.proc = subprocess.Popen(
                 argv,

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -78,9 +76,6 @@ def _report(
     study = plan.study
     metrics = spec.table_metrics(study, plan.data[dataset].scheme)
     argv = [
-        sys.executable,
-        "-m",
-        "qamoe_cli.main",
         "report",
         *map(str, files),
         "--out",
@@ -98,10 +93,8 @@ def _report(
     argv += ["--title", study.title or f"Study {study.name}: {dataset}"]
     notify("report", None, {"dataset": dataset, "out": str(folder)})
     logfile = out / f"report-{dataset}.log"
-    with open(logfile, "wb") as fh:
-        code = subprocess.run(
-            argv, stdout=fh, stderr=subprocess.STDOUT, check=False, cwd=out
-        ).returncode
+    logfile.unlink(missing_ok=True)
+    code = cells.run_child(argv, logfile, cwd=out)
     if code != 0:
         raise StudyError(
             f"The report of dataset '{dataset}' failed: "

@@ -25,8 +25,6 @@ import contextlib
 import json
 import logging
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -114,12 +112,9 @@ def _sha256(path: Path, cache_file: Path) -> str:
 def _extract(ds: spec.Dataset, path: Path, out: Path, notify: Notify) -> None:
     """Make a dataset's feature file with its `qamoe extract ...` command."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "qamoe_cli.main", "extract", *ds.extract, "--out", str(path)]
     notify("extract", None, {"dataset": ds.name, "path": str(path)})
     logfile = out / "data" / f"{ds.name}.extract.log"
-    logfile.parent.mkdir(parents=True, exist_ok=True)
-    with open(logfile, "ab") as fh:
-        code = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
+    code = cells.run_child(["extract", *ds.extract, "--out", str(path)], logfile)
     if code != 0 or not path.is_file():
         raise StudyError(
             f"Dataset '{ds.name}': `qamoe extract {' '.join(ds.extract)}` failed: "
@@ -153,6 +148,10 @@ def prepare_data(study: spec.Study, out: Path, notify: Notify) -> dict[str, spec
 # --- running -------------------------------------------------------------------------------------
 
 
+# How a cell's error line reads when its disk filled (atomic.write_failure's wording).
+NO_ROOM = ("no space left on device", "disk quota exceeded", "file too large")
+
+
 class Scheduler:
     """Runs the unfinished cells of a plan on an executor, trainings before their sweeps."""
 
@@ -165,6 +164,7 @@ class Scheduler:
         self.inflight: set[str] = set()
         self.waiting: set[str] = set()  # running in another process (an earlier study's job)
         self.todo: list[Cell] = []
+        self.blocked: list[str] = []  # cells not run because the cell they need failed
         self.launched = 0
         self.no_space = ""
         for cell in plan.cells:
@@ -214,7 +214,7 @@ class Scheduler:
             self.todo.remove(cell)
             self.notify("done", cell, {"seconds": outcome.seconds})
             return
-        if "no space left" in outcome.error.lower() or "disk quota" in outcome.error.lower():
+        if any(words in outcome.error.lower() for words in NO_ROOM):
             self.no_space = outcome.error
         self.tries[cell.key] = self.tries.get(cell.key, 0) + 1
         if self.tries[cell.key] <= self.retries and not self.no_space:
@@ -222,8 +222,9 @@ class Scheduler:
             return
         self.failed[cell.key] = outcome.error
         self.notify("failed", cell, {"error": outcome.error})
-        blocked = {cell.key} | {c.key for c in self.todo if c.needs == cell.key}
-        self.todo = [c for c in self.todo if c.key not in blocked]
+        after = [c.key for c in self.todo if c.needs == cell.key]
+        self.blocked += after
+        self.todo = [c for c in self.todo if c.key != cell.key and c.key not in after]
 
     def check_waiting(self) -> None:
         for key in sorted(self.waiting):
@@ -358,7 +359,7 @@ def _raise_if_unfinished(sched: Scheduler, out: Path) -> None:
         )
     if sched.failed:
         first = sched.by_key[next(iter(sched.failed))]
-        blocked = len(sched.todo)
+        blocked = len(sched.blocked)
         titles = ", ".join(sched.by_key[k].title for k in sorted(sched.failed))
         raise StudyError(
             f"{len(sched.failed)} cell(s) failed ({titles[:300]}); first: "

@@ -619,25 +619,28 @@ def _report(data: Any, w: _Where) -> tuple[tuple[str, ...], str]:
 
 # --- SLURM ---------------------------------------------------------------------------------------
 
-_TIME = re.compile(r"^(?:(?P<d>\d+)-)?(?:(?P<h>\d+):)?(?P<m>\d+)(?::(?P<s>\d+))?$")
-
 
 def parse_time(value: Any) -> int:
-    """A SLURM time limit in minutes: a number of minutes, 'H:MM:SS' or 'D-H:MM:SS'."""
+    """A SLURM time limit in whole minutes (rounded up), in SLURM's forms: minutes,
+    minutes:seconds, hours:minutes:seconds, days-hours, days-hours:minutes and
+    days-hours:minutes:seconds."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value
-    m = _TIME.match(value.strip()) if isinstance(value, str) else None
-    if m is None or (m["s"] is None and m["h"] is not None):
+    text = value.strip() if isinstance(value, str) else ""
+    days, _, rest = text.rpartition("-") if "-" in text else ("0", "", text)
+    parts = rest.split(":")
+    if not (days.isdigit() and 1 <= len(parts) <= 3 and all(p.isdigit() for p in parts)):
         raise ConfigUsageError(
             f"The SLURM time limit must be minutes, 'H:MM:SS' or 'D-H:MM:SS'. Got {value!r}.",
             hint='e.g. time = 90 or time = "1:30:00".',
         )
-    if m["s"] is not None and m["h"] is None:  # "MM:SS"
-        minutes = int(m["m"]) + math.ceil(int(m["s"]) / 60)
-    else:
-        seconds = int(m["s"] or 0)
-        minutes = int(m["m"]) + 60 * int(m["h"] or 0) + math.ceil(seconds / 60)
-    return max(1, minutes + 1440 * int(m["d"] or 0))
+    nums = [int(p) for p in parts]
+    if "-" in text:  # days-hours[:minutes[:seconds]]
+        h, m, s = [*nums, 0, 0][:3]
+    else:  # minutes, minutes:seconds, hours:minutes:seconds
+        h, m, s = {1: (0, nums[0], 0), 2: (0, *nums), 3: tuple(nums)}[len(nums)]
+    seconds = ((int(days) * 24 + h) * 60 + m) * 60 + s
+    return max(1, math.ceil(seconds / 60))
 
 
 def parse_slurm(data: Any, w: _Where | None = None, **flags: Any) -> Slurm:
