@@ -316,6 +316,8 @@ class Attempt:
     def _header(self, log: IO[bytes], argv: list[str]) -> None:
         where = socket.gethostname()
         job = os.environ.get("SLURM_JOB_ID")
+        if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+            job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
         text = f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} on {where}"
         text += f" (SLURM job {job})" if job else ""
         log.write(f"{text}: {' '.join(argv[1:])}\n".encode())
