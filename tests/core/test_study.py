@@ -520,3 +520,10 @@ def test_cell_records_are_plain_json(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("[1")
     assert cells.read_json(tmp_path / "bad.json") is None
     assert not os.path.exists(tmp_path / "none")
+
+
+def test_the_readme_shows_the_example_study() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    shown = spec.parse_study(spec.tomllib.loads(block), TINY)
+    assert shown.to_doc() == spec.load_study(TINY).to_doc()
