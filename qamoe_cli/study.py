@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from qamoe_cli.common import INTERRUPT_HINT, JsonOut, Quiet, emit, err_console, flag
+from qamoe_cli.common import INTERRUPT_HINT, JsonOut, emit, err_console, flag
 from qamoe_cli.common import out_console as console
 from qamoe_core.errors import UsageError
 
@@ -144,7 +144,12 @@ def command(
         typer.Option(min=1, help="SLURM: cells of one job array running at once."),
     ] = None,
     dry_run: Annotated[
-        bool, flag("--dry-run", help="Validate the study and count the cells to run; run none.")
+        bool,
+        flag(
+            "--dry-run",
+            help="Check the study (making missing datasets, which the checks read) and count "
+            "the cells to run; start none.",
+        ),
     ] = False,
     force: Annotated[
         bool,
@@ -155,7 +160,7 @@ def command(
         ),
     ] = False,
     json_out: JsonOut = False,
-    quiet: Quiet = False,
+    quiet: Annotated[bool, flag("--quiet", "-q", help="No progress lines on stderr.")] = False,
 ) -> None:
     if target == "status":
         if folder is None:

@@ -183,7 +183,8 @@ def state(study_dir: Path, cell: Cell) -> tuple[str, str]:
         return "failed", str(failed.get("error") or f"exit status {failed.get('returncode')}")
     if cell.kind == "train" and (folder / RUN / "train_state.pt").is_file():
         return "pending", "interrupted: resumes from its last epoch"
-    return "pending", ""
+    job = read_json(folder / "slurm.json")
+    return "pending", f"submitted as SLURM job {job.get('job_id')}" if job else ""
 
 
 # --- one attempt ---------------------------------------------------------------------------------

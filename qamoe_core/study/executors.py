@@ -194,28 +194,16 @@ class SlurmExecutor:
                 "--executor local.",
             )
         try:
-            import submitit
+            import submitit  # noqa: F401
         except ImportError:
             raise InputError(
                 "--executor slurm needs the Python package submitit, which is not installed.",
                 hint="pip install 'qamoe[slurm]' (or use --executor local).",
             ) from None
         self.study_dir, self.options, self.poll_s = study_dir, options, poll_s
+        self.job_name = job_name
         self.env = thread_env(options.cpus)
-        self.executor = submitit.AutoExecutor(folder=study_dir / "slurm" / "%j", cluster="slurm")
-        params: dict[str, Any] = {
-            "timeout_min": options.time_min,
-            "cpus_per_task": options.cpus,
-            "slurm_array_parallelism": options.array_parallelism,
-            "name": job_name,
-        }
-        if options.partition:
-            params["slurm_partition"] = options.partition
-        if options.gpus:
-            params["gpus_per_node"] = options.gpus
-        if options.mem_gb:
-            params["mem_gb"] = options.mem_gb
-        self.executor.update_parameters(**params)
+        self._executor: Any = None  # made at the first submission: it writes into the folder
         self.describe = (
             f"slurm: partition {options.partition or '(default)'}, {options.time_min} min, "
             f"{options.cpus} CPU(s), {options.gpus} GPU(s), array parallelism "
@@ -223,6 +211,30 @@ class SlurmExecutor:
         )
         self.queue: list[str] = []
         self.jobs: dict[str, str] = {}  # cell key -> job id
+
+    @property
+    def executor(self) -> Any:
+        """submitit's executor, with the options of every job."""
+        if self._executor is None:
+            import submitit
+
+            options = self.options
+            params: dict[str, Any] = {
+                "timeout_min": options.time_min,
+                "cpus_per_task": options.cpus,
+                "slurm_array_parallelism": options.array_parallelism,
+                "name": self.job_name,
+            }
+            if options.partition:
+                params["slurm_partition"] = options.partition
+            if options.gpus:
+                params["gpus_per_node"] = options.gpus
+            if options.mem_gb:
+                params["mem_gb"] = options.mem_gb
+            folder = self.study_dir / "slurm" / "%j"
+            self._executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+            self._executor.update_parameters(**params)
+        return self._executor
 
     def free(self) -> int:
         return 100_000  # SLURM queues them; the array parallelism bounds what runs

@@ -91,6 +91,8 @@ def test_a_second_run_with_nothing_to_do_starts_no_cell(
     assert summary is not None and summary["launched"] == 0 and summary["to_run"] == 0
     assert time.monotonic() - t0 < 30  # seconds (about 3 on an idle machine), not minutes
     assert {p: p.stat().st_mtime_ns for p in before} == before  # nothing rewritten
+    code, summary, err = run_cli("study", str(TINY), "--out", str(out), "--dry-run")
+    assert code == 0 and summary is not None and summary["dry_run"] and summary["to_run"] == 0
 
 
 @pytest.mark.slow

@@ -299,6 +299,8 @@ def test_status_reads_each_cells_state(tmp_path: Path, tiny_plan: plan.Plan) -> 
     )
     (cells.cell_dir(out, interrupted.key) / "run").mkdir(parents=True)
     (cells.cell_dir(out, interrupted.key) / "run" / "train_state.pt").write_bytes(b"x")
+    queued = tiny_plan.cells[4]
+    cells.write_json(cells.cell_dir(out, queued.key) / "slurm.json", {"job_id": "7_1"})
     r = cells.cell_dir(out, running.key)
     r.mkdir(parents=True)
     with rundir.locked(r / "cell"):
@@ -308,6 +310,7 @@ def test_status_reads_each_cells_state(tmp_path: Path, tiny_plan: plan.Plan) -> 
     assert states[failed.key] == ("failed", "error: boom")
     assert states[running.key][0] == "running"
     assert states[interrupted.key] == ("pending", "interrupted: resumes from its last epoch")
+    assert states[queued.key] == ("pending", "submitted as SLURM job 7_1")
     assert status["counts"] == {"done": 1, "running": 1, "failed": 1, "pending": 9}
     assert runner.study_status(out)["counts"]["running"] == 0  # the lock is gone
     with pytest.raises(InputError, match="holds no study"):
