@@ -137,11 +137,10 @@ class LocalExecutor:
         self.running.clear()
 
 
-# Measured on the 2-core development machine (docs/study.md, "Executors"): two cells with
-# one thread each finished the tiny study faster than one cell with two threads.
 def default_jobs() -> int:
-    """Cells in parallel when --jobs is not given: one per two cores, at least one... unless
-    the machine has at most two cores, where two single-thread cells were faster."""
+    """Cells at once when --jobs is not given: two on a machine with up to two cores (two
+    single-thread cells beat one two-thread cell by about 3x there: docs/study.md,
+    "Executors"), else one per two cores."""
     n = cores()
     return 2 if n <= 2 else max(1, n // 2)
 
