@@ -33,7 +33,7 @@ from typing import Any
 
 from qamoe_core import rundir
 from qamoe_core.atomic import atomic_path
-from qamoe_core.errors import InputError, NoSpaceError, UsageError
+from qamoe_core.errors import InputError, NoSpaceError, check_choice
 from qamoe_core.study import cells, spec
 from qamoe_core.study.cells import Cell
 from qamoe_core.study.outputs import collect
@@ -244,13 +244,11 @@ def make_executor(
 ) -> Any:
     from qamoe_core.study import executors
 
+    check_choice(name, ("local", "slurm"), "executor")
     if name == "local":
         return executors.LocalExecutor(out, jobs)
-    if name == "slurm":
-        raw = {k: v for k, v in _slurm_table(study).items()}
-        options = spec.parse_slurm(raw, spec._Where(study.source), **slurm)
-        return executors.SlurmExecutor(out, options, f"qamoe-{study.name}")
-    raise UsageError(f"The 'executor' parameter must be local or slurm. Got {name!r} instead.")
+    options = spec.parse_slurm(_slurm_table(study), spec._Where(study.source), **slurm)
+    return executors.SlurmExecutor(out, options, f"qamoe-{study.name}")
 
 
 def _slurm_table(study: spec.Study) -> dict[str, Any]:

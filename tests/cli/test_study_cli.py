@@ -213,6 +213,8 @@ def test_usage(tmp_path: Path) -> None:
     assert run_cli("study", str(TINY))[0] == 2  # no --out
     assert run_cli("study", "status")[0] == 2  # no folder
     assert run_cli("study", "status", str(tmp_path))[0] == 1  # not a study folder
+    code, _, err = run_cli("study", str(TINY), "--out", str(tmp_path / "o"), "--executor", "slorm")
+    assert code == 2 and "Did you mean 'slurm'" in err and not (tmp_path / "o").exists()
 
 
 # --- a real one-node SLURM (scripts/start_slurm.sh) ----------------------------------------------
