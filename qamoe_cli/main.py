@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from qamoe_cli import audit, corrupt, demo, extract, process, report, train, tune
+from qamoe_cli import audit, corrupt, demo, extract, process, report, study, train, tune
 from qamoe_cli import eval as eval_cmd
 from qamoe_cli.common import ClickException, ClickUsageError, print_error
 from qamoe_cli.process import Terminated, state
@@ -90,6 +90,7 @@ app.command("report", help=report.__doc__)(report.command)
 app.command("demo", help=demo.__doc__)(demo.command)
 app.command("audit", help=audit.HELP)(audit.command)
 app.command("tune", help=tune.HELP)(tune.command)
+app.command("study", help=study.__doc__)(study.command)
 
 
 def _debug_first(argv: list[str]) -> list[str]:

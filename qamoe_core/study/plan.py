@@ -1,0 +1,227 @@
+"""A study's plan: every cell keyed by content, its folder's files, and what changed since
+the plan that made a study folder (runner.py runs it, outputs.py collects it)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qamoe_core.base.errors import InputError, QamoeError
+from qamoe_core.study import cells, spec
+from qamoe_core.study.cells import Cell
+from qamoe_core.version import __version__
+
+MARKER = ".qamoe-study"
+STUDY_JSON = "study.json"
+STUDY_FORMAT = "qamoe-study"
+HASHES = ".data-hashes.json"
+OUTPUTS = "outputs.json"
+TABLE_FILES = ("table.md", "table.tex", "table.csv")
+
+Notify = Callable[[str, Cell | None, Mapping[str, Any]], None]
+
+
+class StudyError(QamoeError):
+    """A study could not be completed (failed cells, a report that failed)."""
+
+
+class StudyChangedError(InputError):
+    """The study file differs from the one that made the folder (exit 1)."""
+
+
+# --- the plan ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    study: spec.Study
+    data: dict[str, spec.DataInfo]
+    cells: list[Cell] = field(default_factory=list)
+
+    def doc(self) -> dict[str, Any]:
+        """study.json: what decides every result, and every cell."""
+        study = self.study.to_doc()
+        for name, info in self.data.items():
+            study["datasets"][name]["sha256"] = info.sha256
+        return {
+            "format": STUDY_FORMAT,
+            "format_version": 1,
+            "qamoe": __version__,
+            "study": study,
+            "cells": [c.describe() for c in self.cells],
+        }
+
+
+def make_plan(study: spec.Study, data: dict[str, spec.DataInfo]) -> Plan:
+    """Every training and sweep of the study, keyed by content, in a fixed order."""
+    from qamoe_core.config import ModelConfig, TrainConfig
+    from qamoe_core.models import complete_config
+
+    plan = Plan(study, data)
+    evals = {p.name: p.eval_config() for p in study.protocols}
+    for ds in study.datasets:
+        for arm in study.arms:
+            model = complete_config(arm.model, ModelConfig.from_dict(arm.model_config, "model"))
+            for seed in study.seeds:
+                train = TrainConfig.from_dict({**study.train, **arm.train_config, "seed": seed})
+                t = cells.train_cell(
+                    ds.name,
+                    data[ds.name].sha256,
+                    arm.name,
+                    arm.model,
+                    seed,
+                    model.to_dict(),
+                    train.to_dict(),
+                )
+                plan.cells.append(t)
+                plan.cells += [cells.sweep_cell(t, p.name, evals[p.name]) for p in study.protocols]
+    return plan
+
+
+def _data_arg(path: Path, out: Path) -> str:
+    """A data path as a cell's command gives it (cells run in the study folder)."""
+    try:
+        return str(path.resolve().relative_to(out.resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def cell_doc(plan: Plan, cell: Cell, out: Path) -> dict[str, Any]:
+    """cell.json: the cell and the CLI arguments of a fresh attempt and of a resume."""
+    data = _data_arg(plan.data[cell.dataset].path, out)
+    here = f"cells/{cell.key}"
+    if cell.kind == "train":
+        fresh = [
+            "train",
+            data,
+            "--out",
+            f"{here}/{cells.RUN}",
+            "--model",
+            cell.content["model"],
+            "--config",
+            f"{here}/{cells.TRAIN_CONFIG}",
+            "--force",
+            "--quiet",
+        ]
+        resume = ["train", data, "--out", f"{here}/{cells.RUN}", "--resume", "--quiet"]
+    else:
+        proto = next(p for p in plan.study.protocols if p.name == cell.protocol)
+        fresh = [
+            "eval",
+            f"cells/{cell.needs}/{cells.RUN}",
+            "--data",
+            data,
+            *proto.eval_args(),
+            "--name",
+            cell.label,
+            "--out",
+            f"{here}/{cells.RESULTS}",
+            "--force",
+            "--quiet",
+        ]
+        resume = fresh
+    return {
+        **cell.describe(),
+        "label": cell.label,
+        "content": dict(cell.content),
+        "fresh": fresh,
+        "resume": resume,
+    }
+
+
+def write_cell(plan: Plan, cell: Cell, out: Path) -> None:
+    """The cell's folder with cell.json (and a training's config), before it first runs."""
+    folder = cells.cell_dir(out, cell.key)
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = cell_doc(plan, cell, out)
+    if cells.read_json(folder / cells.CELL_FILE) != json.loads(json.dumps(doc)):
+        cells.write_json(folder / cells.CELL_FILE, doc)
+    if cell.kind == "train" and not (folder / cells.TRAIN_CONFIG).is_file():
+        config = {
+            "format_version": 1,
+            "model": cell.content["model_config"],
+            "train": cell.content["train_config"],
+        }
+        cells.write_json(folder / cells.TRAIN_CONFIG, config)
+
+
+# --- what changed --------------------------------------------------------------------------------
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping) and value:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What differs between two study.json documents, one short phrase each."""
+    found = []
+    if old.get("qamoe") != new.get("qamoe"):
+        found.append(f"qamoe {old.get('qamoe')} -> {new.get('qamoe')}")
+    a, b = _flat(old.get("study", {})), _flat(new.get("study", {}))
+    for key in sorted(set(a) | set(b), key=lambda k: (k not in a, k not in b, k)):
+        if a.get(key, "∅") == b.get(key, "∅"):
+            continue
+        if key not in a:
+            found.append(f"{key} added ({_short(b[key])})")
+        elif key not in b:
+            found.append(f"{key} removed (was {_short(a[key])})")
+        else:
+            found.append(f"{key}: {_short(a[key])} -> {_short(b[key])}")
+    return found
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str) and len(value) == 64:  # a SHA-256
+        text = f"sha256 {value[:12]}…"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_unchanged(out: Path, plan: Plan, force: bool) -> list[str]:
+    """Refuse (without ``force``) a plan that differs from the one that made ``out``;
+    returns the keys of the old cells that the new plan no longer has."""
+    old = cells.read_json(out / STUDY_JSON)
+    if old is None:
+        return []
+    new = plan.doc()
+    found = changes(old, new)
+    old_keys = [c.get("key") for c in old.get("cells", []) if isinstance(c, dict)]
+    keys = {c.key for c in plan.cells}
+    gone = [k for k in old_keys if isinstance(k, str) and k not in keys]
+    if found and not force:
+        shown = "; ".join(found[:6]) + (f"; and {len(found) - 6} more" if len(found) > 6 else "")
+        kept = len(old_keys) - len(gone)
+        raise StudyChangedError(
+            f"The study file differs from the one that made '{out}': {shown}. This "
+            f"invalidates {len(gone)} of its {len(old_keys)} cells and adds "
+            f"{len(keys - set(old_keys))}.",
+            hint=f"Rerun with --force to redo them (the {kept} unchanged cells are kept), or "
+            "choose a new --out.",
+        )
+    return gone
+
+
+def prune(out: Path, gone: Sequence[str]) -> None:
+    """Remove the folders of cells that are no longer part of the study (ours only)."""
+    for key in gone:
+        folder = cells.cell_dir(out, key)
+        if (folder / cells.CELL_FILE).is_file() and not cells.is_running(folder):
+            shutil.rmtree(folder)
+
+
+def digest(paths: Sequence[Path], extra: Any = None) -> str:
+    """A hash of files' bytes and a JSON-able ``extra`` (what an output was made from)."""
+    h = hashlib.sha256(json.dumps(extra, sort_keys=True).encode())
+    for p in paths:
+        h.update(str(p.name).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
