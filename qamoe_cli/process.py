@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -62,21 +63,21 @@ def _on_signal(signum: int, frame: object) -> None:
 class Watchdog:
     """Ends the process GRACE_S seconds after SIGTERM/SIGINT if the command has not ended by
     itself, at once on a second signal. It hears signals through ``signal.set_wakeup_fd``,
-    which the C-level handler writes even while the main thread is stuck in a C call."""
+    which the C-level handler writes even while the main thread is stuck in a C call. The
+    channel is a socket pair, not a pipe: Windows takes only a socket there."""
 
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.read_fd, write_fd = os.pipe()
-        os.set_blocking(write_fd, False)
-        self.write_fd = write_fd
-        self.previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        self.reader, self.writer = socket.socketpair()
+        self.writer.setblocking(False)
+        self.previous = signal.set_wakeup_fd(self.writer.fileno(), warn_on_full_buffer=False)
         threading.Thread(target=self._watch, name="qamoe-watchdog", daemon=True).start()
 
     def _watch(self) -> None:
         first: int | None = None
         while True:
             try:
-                data = os.read(self.read_fd, 64)
+                data = self.reader.recv(64)
             except OSError:
                 return
             stops = [b for b in data if b in (signal.SIGTERM, signal.SIGINT)]
@@ -104,7 +105,7 @@ class Watchdog:
     def close(self) -> None:
         self.done.set()
         signal.set_wakeup_fd(self.previous)
-        os.close(self.write_fd)  # ends _watch's read
+        self.writer.close()  # ends _watch's recv
 
 
 def _from_h5py_teardown(tb: Any) -> bool:

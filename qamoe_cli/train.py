@@ -31,6 +31,7 @@ from qamoe_cli.common import (
 )
 from qamoe_core.base.errors import UsageError
 from qamoe_core.config import ModelConfig, TrainConfig, resolve
+from qamoe_core.training.tracking import targets
 
 # checkpoint, resume, h5store and train are imported inside the functions that use them: they
 # pull torch (~1.5 s), which `qamoe --help` and `qamoe train --help` should not wait for.
@@ -181,7 +182,35 @@ def command(
         typer.Option(
             "--tensorboard",
             help="Also log scalars, final metrics and the config to this TensorBoard folder "
-            "(needs the 'tensorboard' extra).",
+            "(needs the 'tensorboard' extra; the same as --track tensorboard with that folder).",
+        ),
+    ] = None,
+    track: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--track",
+            metavar="BACKEND",
+            help="Also track the run with tensorboard, mlflow or wandb (repeatable; each needs "
+            "its extra): the config as params, every epoch's scores, the final scores, and "
+            "config.json, metrics.json, history.jsonl as artefacts. MLflow: a local file store "
+            "(DIR/mlruns) unless --track-uri; W&B: offline in DIR/wandb unless $WANDB_MODE.",
+        ),
+    ] = None,
+    track_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--track-dir",
+            help="Where local tracking goes: DIR/tensorboard/RUN, DIR/mlruns, DIR/wandb "
+            "(default: the current folder).",
+        ),
+    ] = None,
+    track_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--track-uri",
+            help="With --track mlflow: any MLflow tracking URI (sqlite:///mlflow.db, "
+            "http://host:5000) instead of the local file store (default: "
+            "$MLFLOW_TRACKING_URI, else DIR/mlruns).",
         ),
     ] = None,
     plugin: Plugins = None,
@@ -200,6 +229,7 @@ def command(
     text = {"text_encoder": text_encoder, "text_model": text_model,
             "fine_tune_layers": fine_tune_layers}  # fmt: skip
     model_cfg, train_cfg = _configs(config, resume, out, flags, text)
+    asked = targets(track or (), track_dir, track_uri, tensorboard)
     from qamoe_core.training.loop import TrainEvent, train  # torch: only once the flags are valid
 
     main_rank = os.environ.get("RANK", "0") == "0"
@@ -231,8 +261,7 @@ def command(
         try:
             result = train(data, out, model if resume else (model or "qamoe"), model_cfg,
                            train_cfg, resume=resume, force=force, device=device,
-                           progress=on_event, tensorboard=tensorboard,
-                           plugins=plugins)  # fmt: skip
+                           progress=on_event, track=asked, plugins=plugins)  # fmt: skip
         except KeyboardInterrupt:
             if main_rank:
                 _interrupted_hint(data, out)

@@ -53,6 +53,7 @@ RUN_META_KEYS = frozenset(
         "scheme",
         "dataset",
         "created_by",
+        "environment",  # versions, device, platform, git commit (runs/environment.py)
     }
 )
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up qamoe in ./.venv, idempotently: safe to run again on a machine that has it.
 #   bash scripts/setup.sh          runtime only (enough for `qamoe demo`)
-#   bash scripts/setup.sh --dev    plus pytest, ruff, mypy and Optuna (`qamoe tune`)
+#   bash scripts/setup.sh --dev    plus pytest, ruff, mypy, Optuna (`qamoe tune`), MLflow and W&B
 #   bash scripts/setup.sh --media  plus the raw-media extractors (qamoe[media], openSMILE)
 # torch: installed first, pinned to QAMOE_TORCH (default 2.13.0, a CPU build on the team's
 # machines). Set QAMOE_TORCH_INDEX to a wheel index (e.g. https://download.pytorch.org/whl/cpu)
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 extras=()
 for arg in "$@"; do
   case "$arg" in
-    --dev) extras+=(dev tune) ;;
+    --dev) extras+=(dev tune mlflow wandb) ;;
     --media) extras+=(media media-opensmile) ;;
     *) echo "setup.sh: unknown option $arg (use --dev, --media)" >&2; exit 2 ;;
   esac

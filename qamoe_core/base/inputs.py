@@ -5,12 +5,12 @@ may be never; a character device (``/dev/zero``, ``/dev/urandom``) never ends. A
 handed one of these must say so at once, in one line, rather than hang. :func:`check_file`
 looks with ``stat`` (which never blocks); :func:`open_regular` also closes the gap between
 that look and the open (the path swapped for a pipe meanwhile) by opening without blocking
-and checking what was opened.
+and checking what was opened (where ``O_NONBLOCK`` exists: Windows has no FIFOs at file paths,
+so there the check by ``stat`` is the whole of it).
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import stat
 from collections.abc import Iterable
@@ -20,6 +20,9 @@ from typing import IO
 from qamoe_core.base.errors import InputError, QamoeError
 
 __all__ = ["check_file", "check_present", "file_kind", "open_regular", "problem"]
+
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # 0 on Windows
+_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 
 
 def file_kind(mode: int) -> str:
@@ -105,7 +108,7 @@ def open_regular(
     """Open a regular file for binary reading, refusing anything else without blocking."""
     p = check_file(path, what, hint, error)
     try:
-        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(p, os.O_RDONLY | _NONBLOCK | getattr(os, "O_CLOEXEC", 0) | _BINARY)
     except OSError as exc:
         raise error(
             f"The {what} '{p}' cannot be read ({exc.strerror or exc}).", hint=hint
@@ -114,7 +117,8 @@ def open_regular(
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):  # replaced after the check above
             raise error(_message(p, mode, what), hint=hint or "Give the path of the file itself.")
-        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        if _NONBLOCK:
+            os.set_blocking(fd, True)  # reads of the regular file from here on as usual
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)

@@ -15,30 +15,36 @@ final name, and nothing qamoe did not create is ever deleted. How:
   (``renameat2(RENAME_EXCHANGE)``, Linux ≥ 3.15 on ext4, xfs, btrfs, tmpfs). Entries of
   the old folder that are not the kind's own (a user's notes, an input CSV kept there) are
   then moved into the new folder, and what is left of the old one (only qamoe's files) goes.
-  Where the file system cannot exchange, two renames are used and the instant between them
-  is the one exception; a command that finds it later (old folder aside, final name empty)
-  puts the old output back.
-- An advisory lock (``fcntl.flock`` on ``.NAME.qamoe-lock`` beside the output, removed on
-  release) makes a second command on the same output fail at once instead of racing.
+  Where the system cannot exchange (macOS, Windows, other file systems), two renames are
+  used and the instant between them is the one exception; a command that finds it later
+  (old folder aside, final name empty) puts the old output back.
+- An advisory lock (``filelock`` on ``.NAME.qamoe-lock`` beside the output: ``flock`` on
+  Unix, a byte-range lock on Windows; removed on release) makes a second command on the same
+  output fail at once instead of racing.
 - Temporaries carry their creator's pid: with the lock held, a later command on the same
   output sweeps those whose process is gone (or older than a day), and logs what it did.
+
+Nothing here needs a Unix-only module: the exchange is looked up at call time and is absent
+off Linux, the lock is ``filelock``'s, and a pid's liveness has a Windows path.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
-import fcntl
 import logging
 import os
 import re
 import secrets
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import filelock
 
 from qamoe_core.base.errors import InputError, OutputExistsError, no_space
 
@@ -79,52 +85,78 @@ def _unwritable(folder: Path, exc: OSError) -> InputError:
 # --- locks --------------------------------------------------------------------------------
 
 
+def lock_path(target: str | os.PathLike[str]) -> Path:
+    """The lock file of ``target``: ``.NAME.qamoe-lock`` beside it."""
+    out = Path(target)
+    return out.parent / f".{short_name(out.name)}{LOCK_SUFFIX}"
+
+
 @contextlib.contextmanager
 def locked(target: str | os.PathLike[str]) -> Iterator[None]:
-    """Hold the advisory lock of ``target`` (whose folder must exist), or fail at once."""
+    """Hold the advisory lock of ``target`` (whose folder must exist), or fail at once.
+
+    One try (``timeout=0``): a busy output is an error now, never a wait. The lock file is
+    removed while still held; filelock (>= 3.20.4) discards a lock it won on a file removed
+    meanwhile, so a command that opened the old file never shares the lock with one that
+    made a new file (it reports the output busy instead).
+    """
     out = Path(target)
-    path = out.parent / f".{short_name(out.name)}{LOCK_SUFFIX}"
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise _unwritable(out.parent, exc) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise OutputBusyError(
-                f"Another qamoe command is writing '{out}' right now.",
-                hint="Wait for it to finish, or choose another --out.",
-            ) from None
-        # The holder before us may have removed the file after we opened it: a lock on a
-        # removed file guards nothing, so try again on the current one.
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
+    path = lock_path(out)
+    lock = filelock.FileLock(path, timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise OutputBusyError(
+            f"Another qamoe command is writing '{out}' right now.",
+            hint="Wait for it to finish, or choose another --out.",
+        ) from None
+    except OSError as exc:
+        raise _unwritable(out.parent, exc) from None
     try:
         yield
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # while still holding it: see the inode check above
-        os.close(fd)
+        try:
+            with contextlib.suppress(OSError):  # Windows: filelock removes it on release
+                path.unlink()
+        finally:
+            lock.release()
 
 
 # --- temporaries ----------------------------------------------------------------------------
 
 
 def _alive(pid: int) -> bool:
+    if os.name == "nt":
+        return _alive_windows(pid)
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks (on Windows os.kill would end the process)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process
         return True
     return True
+
+
+def _alive_windows(
+    pid: int, kernel32: Any = None, last_error: Callable[[], int] | None = None
+) -> bool:
+    """Whether process ``pid`` runs, asked of kernel32 (the arguments: stand-ins for tests)."""
+    import ctypes
+
+    if kernel32 is None:
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+        last_error = ctypes.get_last_error  # type: ignore[attr-defined]
+    assert last_error is not None
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return last_error() == 5  # ERROR_ACCESS_DENIED: it exists (another user's)
+    try:
+        code = ctypes.c_ulong()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True  # unknown: keep its files
+        return code.value == 259  # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 def stale_temps(target: Path) -> list[Path]:
@@ -177,10 +209,19 @@ class Kind:
 
 
 def _rename_exchange(a: Path, b: Path) -> bool:
-    """Swap two paths atomically; False where the system cannot (then nothing happened)."""
+    """Swap two paths atomically; False where the system cannot (then nothing happened).
+
+    Linux's ``renameat2(RENAME_EXCHANGE)`` through the C library; elsewhere (macOS, Windows,
+    a libc without it, a file system that refuses it) False, and the caller falls back to
+    two renames (the module docstring says what that costs).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
     try:
         fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError):
+    except (AttributeError, OSError, TypeError):
         return False
     fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     at_fdcwd, rename_exchange = -100, 2
@@ -190,6 +231,18 @@ def _rename_exchange(a: Path, b: Path) -> bool:
     if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
         return False
     raise OSError(code, os.strerror(code), str(b))
+
+
+def _rename_folder(new: Path, target: Path) -> None:
+    """Rename the folder ``new`` to ``target``, absent or an empty folder (fails if one filled
+    meanwhile). POSIX renames over an empty folder; Windows refuses, so there it goes first."""
+    try:
+        os.rename(new, target)
+    except (FileExistsError, PermissionError):
+        if not is_empty_dir(target):
+            raise
+        os.rmdir(target)
+        os.rename(new, target)
 
 
 def _carry_and_remove(old: Path, new: Path, kind: Kind) -> None:
@@ -319,7 +372,7 @@ class OutputFolder:
         # in place (nothing at the final name) or removed (the old output is still there).
         (new / STAGE).unlink()
         if not replacing:
-            os.rename(new, target)  # over an empty folder too; fails if one filled meanwhile
+            _rename_folder(new, target)
             self.path, self.committed = target, True
             return
         if _rename_exchange(new, target):

@@ -53,6 +53,7 @@ from qamoe_core.data.audit import train_label_problem
 from qamoe_core.data.store import FeatureFile
 from qamoe_core.models import build_model, complete_config
 from qamoe_core.models.text_front import spectrum_options, text_config
+from qamoe_core.runs.environment import environment
 from qamoe_core.training.data import (
     BATCH_COPIES,
     SplitData,
@@ -357,6 +358,7 @@ class _Loop:
         final["world_size"] = self.info.world_size
         final["train_seconds"] = time.perf_counter() - self.t0
         final["created_by"] = f"qamoe {__version__}"
+        final["environment"] = environment(self.dev)  # of this process (a resume's own)
         return final
 
     def fit(self, resume: bool, board: tracking.Board) -> dict[str, Any]:
@@ -366,6 +368,7 @@ class _Loop:
             config = ckpt.run_config(self.model_name, self.mcfg, self.tcfg, dims=self.dims,
                                      task=self.f.task, scheme=self.f.scheme,
                                      dataset=_dataset_info(self.f))  # fmt: skip
+            config["environment"] = environment(self.dev)
             ckpt.write_config(self.path, config)
             board.config(config)
         cfg = self.tcfg
@@ -383,7 +386,7 @@ class _Loop:
             # leaves the history one epoch short, and a resume has no epoch left to write it
             ckpt.write_history(self.path, self.history)
             ckpt.write_metrics(self.path, final)
-            board.final(final)
+            board.final(final, self.path)
         ddp.barrier(self.info)
         self.notify(TrainEvent("end", len(self.history), cfg.epochs, 0, self.batches,
                                val_score=self.state.best_score, best_score=self.state.best_score,
@@ -404,14 +407,16 @@ def train(
     progress: ProgressFn | None = None,
     tensorboard: str | os.PathLike[str] | None = None,
     plugins: Iterable[str] = (),
+    track: Iterable[str | tracking.Target] = (),
 ) -> dict[str, Any]:
     """Train ``model_name`` on ``data_path`` into the run directory ``out_dir``.
 
     Returns the content of metrics.json (plus ``run_dir``). With ``resume``, the run's saved
     configs and model are used (given ones must equal them; ``model_name=None`` takes the
     run's) and training continues after the last completed epoch; a run that had finished
-    is left as it is (the result then has ``already_finished: True``). ``tensorboard``: a
-    folder for an optional TensorBoard log (``tracking``). ``plugins``: ``module:Class``
+    is left as it is (the result then has ``already_finished: True``). ``track``: tracking
+    backends (``tensorboard``, ``mlflow``, ``wandb`` or ``tracking.targets(...)``), and
+    ``tensorboard``: a folder for a TensorBoard log (``tracking``). ``plugins``: ``module:Class``
     plug-ins that a resumed run may name (``--plugin``; docs/security.md). Raises
     InputError/DataFormatError for bad inputs, CheckpointError for an unusable run to resume,
     TrainingError (naming epoch and batch) on a non-finite loss, rundir.OutputBusyError while
@@ -422,11 +427,12 @@ def train(
     if dev.type == "cuda" and info.world_size > 1:
         dev = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(dev)
+    asked = tracking.targets(track, tensorboard=tensorboard)  # usage errors before any work
     created_group = ddp.setup(info, dev)
     try:
         with FeatureFile(data_path) as f:
             return _train(f, Path(out_dir), model_name, model_cfg, train_cfg, resume, force,
-                          dev, info, progress or (lambda event: None), tensorboard,
+                          dev, info, progress or (lambda event: None), asked,
                           tuple(plugins))  # fmt: skip
     finally:
         if created_group:
@@ -436,7 +442,7 @@ def train(
 def _train(f: FeatureFile, out: Path, model_name: str | None, model_cfg: ModelConfig | None,
            train_cfg: TrainConfig | None, resume: bool, force: bool, dev: torch.device,
            info: DistInfo, notify: ProgressFn,
-           tensorboard: str | os.PathLike[str] | None,
+           asked: tuple[tracking.Target, ...],
            plugins: tuple[str, ...]) -> dict[str, Any]:  # fmt: skip
     _check_data(f)
     # Every check that can fail runs before the output folder is touched.
@@ -452,7 +458,7 @@ def _train(f: FeatureFile, out: Path, model_name: str | None, model_cfg: ModelCo
         mcfg = text_config(mcfg, f)
     metric = _select_metric(tcfg, f.scheme, f.task)
     check_fits(f, mcfg.d_model, tcfg.batch_size)
-    tracking.check(tensorboard if info.main else None)
+    tracking.check(asked if info.main else None)
     done = resume_policy.finished_metrics(out, tcfg.epochs) if resume else None
     if not info.main:  # rank 0 owns the folder; the others only read a resumed run
         if done is not None:
@@ -469,7 +475,7 @@ def _train(f: FeatureFile, out: Path, model_name: str | None, model_cfg: ModelCo
         ddp.barrier(info)
         loop = _Loop(f, out, folder, model_name, mcfg, tcfg, metric, dev, info, notify)
         loop.text_note = note
-        with tracking.Board(tensorboard) as board:
+        with tracking.Board(asked, out) as board:
             try:
                 return loop.fit(resume, board)
             except NoSpaceError as exc:

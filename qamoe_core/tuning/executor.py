@@ -223,8 +223,11 @@ def _gpus() -> list[str]:
 
 
 def _die_with_parent() -> None:
-    """In the child: die when the tuning (its parent) dies, even by SIGKILL (Linux)."""
+    """In the child: die when the tuning (its parent) dies, even by SIGKILL (Linux only;
+    elsewhere a child outlives a killed tuning and ends with its own training)."""
     parent = os.getppid()
+    if not sys.platform.startswith("linux"):
+        return
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:
@@ -289,7 +292,7 @@ class LocalExecutor:
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     env={**os.environ, "PYTHONUNBUFFERED": "1", **slot},
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=_die_with_parent if os.name == "posix" else None,
                 )
         except BaseException:
             self.slots.insert(0, slot)

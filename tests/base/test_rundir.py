@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -221,3 +222,90 @@ def test_the_lock_is_exclusive_and_leaves_no_file(tmp_path: Path) -> None:
     with rundir.locked(target):  # released: free again
         assert (tmp_path / f".t{rundir.LOCK_SUFFIX}").exists()
     assert not (tmp_path / f".t{rundir.LOCK_SUFFIX}").exists()
+
+
+def test_a_lock_file_left_by_a_killed_holder_does_not_block(tmp_path: Path) -> None:
+    """kill -9 leaves the lock file behind; the lock itself died with its holder."""
+    left = rundir.lock_path(tmp_path / "t")
+    left.write_text("")
+    with rundir.locked(tmp_path / "t"):
+        pass
+    assert not left.exists()
+
+
+def test_the_exchange_is_absent_off_linux_and_without_renameat2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where renameat2 is missing, _rename_exchange says so and touches nothing; commit()
+    then takes the two renames (test_force_without_an_atomic_exchange_falls_back_safely)."""
+    import ctypes
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "from-a").write_text("")
+    for platform in ("win32", "darwin"):
+        monkeypatch.setattr(rundir.sys, "platform", platform)
+        assert rundir._rename_exchange(a, b) is False
+    monkeypatch.setattr(rundir.sys, "platform", "linux")
+    monkeypatch.setattr(ctypes, "CDLL", lambda *args, **kwargs: object())  # a libc without it
+    assert rundir._rename_exchange(a, b) is False
+    assert (a / "from-a").exists() and not any(b.iterdir())
+
+
+def test_windows_renames_which_refuse_an_existing_folder_still_commit(
+    tiny_h5: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows semantics simulated: no exchange, and a rename onto an existing folder (even an
+    empty one) refused. A run into an empty --out and a --force replacement still commit."""
+    real_rename = os.rename
+
+    def windows_rename(src: Any, dst: Any) -> None:
+        if os.path.lexists(dst):
+            raise FileExistsError(17, "Cannot create a file when that file already exists", dst)
+        real_rename(src, dst)
+
+    monkeypatch.setattr(rundir, "_rename_exchange", lambda a, b: False)
+    monkeypatch.setattr(os, "rename", windows_rename)
+    run = tmp_path / "run"
+    run.mkdir()
+    train(tiny_h5, run, "late-fusion", MODEL, ONE, device="cpu")
+    assert ckpt.read_config(run)["model_name"] == "late-fusion"
+    train(tiny_h5, run, "early-fusion", MODEL, replace(ONE, seed=1), device="cpu", force=True)
+    assert ckpt.read_config(run)["model_name"] == "early-fusion"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+class _Kernel32:
+    """A stand-in for kernel32: one process table, pid -> exit code (259: still running)."""
+
+    def __init__(self, table: dict[int, int], denied: frozenset[int] = frozenset()) -> None:
+        self.table, self.denied, self.error, self.open = table, denied, 0, 0
+
+    def OpenProcess(self, access: int, inherit: bool, pid: int) -> int:
+        if pid in self.denied:
+            self.error = 5  # ERROR_ACCESS_DENIED
+            return 0
+        if pid not in self.table:
+            self.error = 87  # ERROR_INVALID_PARAMETER: no such process
+            return 0
+        self.open += 1
+        return pid
+
+    def GetExitCodeProcess(self, handle: int, code: Any) -> int:
+        code._obj.value = self.table[handle]
+        return 1
+
+    def CloseHandle(self, handle: int) -> int:
+        self.open -= 1
+        return 1
+
+
+def test_a_pid_is_asked_of_kernel32_on_windows_never_signalled() -> None:
+    """os.kill(pid, 0) would END the process on Windows: liveness is asked of kernel32."""
+    k = _Kernel32({10: 259, 11: 0}, denied=frozenset({12}))
+    assert rundir._alive_windows(10, k, lambda: k.error) is True  # running
+    assert rundir._alive_windows(11, k, lambda: k.error) is False  # exited
+    assert rundir._alive_windows(12, k, lambda: k.error) is True  # another user's
+    assert rundir._alive_windows(13, k, lambda: k.error) is False  # gone
+    assert k.open == 0  # every handle closed

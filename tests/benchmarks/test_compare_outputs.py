@@ -39,3 +39,17 @@ def test_paths_and_timings_are_set_aside_but_values_are_not(tmp_path: Path) -> N
     (tmp_path / "changed" / "same.csv").unlink()
     got = cmp.compare(tmp_path / "old", tmp_path / "changed")
     assert got["different"] == 1 and got["missing"] == 1
+
+
+def test_a_runs_environment_is_set_aside_present_or_not(tmp_path: Path) -> None:
+    """Two checkouts or machines record different versions and commits; an older run has none."""
+    for name, env in (("old", None), ("a", {"git_commit": "1" * 40}), ("b", {"git_commit": "2"})):
+        (tmp_path / name).mkdir()
+        config = {"model": {"d": 16}, "train": {"lr": 0.001}}
+        if env is not None:
+            config["environment"] = {"torch": "2.13.0", "python": "3.11.7", **env}
+        (tmp_path / name / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    assert cmp.compare(tmp_path / "old", tmp_path / "a")["different"] == 0
+    assert cmp.compare(tmp_path / "a", tmp_path / "b")["different"] == 0
+    (tmp_path / "b" / "config.json").write_text(json.dumps({"model": {"d": 32}}))
+    assert cmp.compare(tmp_path / "a", tmp_path / "b")["different"] == 1
