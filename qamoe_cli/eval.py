@@ -119,7 +119,7 @@ def command(
     from qamoe_core.evaluation.results import SPECTRUM_AXES, save
     from qamoe_core.evaluation.samples import save_samples
     from qamoe_core.evaluation.sweep import Evaluation
-    from qamoe_core.runs.checkpoint import ALL_FILES
+    from qamoe_core.runs.checkpoint import OWN_FILES
     from qamoe_core.spectrum.engine import parse_pattern
 
     plugins = check_plugins(plugin)
@@ -144,7 +144,7 @@ def command(
         )
     for target in (out, per_sample):  # fail on an output it cannot write before the work
         if target is not None:
-            check_output(target, force, inputs=[data, *(run / name for name in ALL_FILES)])
+            check_output(target, force, inputs=[data, *(run / name for name in OWN_FILES)])
             _check_writable(target)
     ev = Evaluation.from_run(run, data, cfg, name=name, device=device, plugins=plugins,
                              text_model=text_model)  # fmt: skip

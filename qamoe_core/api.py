@@ -88,7 +88,8 @@ def load_run(
     plugins: Sequence[str] = (),
     text_model: PathLike | None = None,
 ) -> Run:
-    """Load the run folder written by ``qamoe train --out PATH`` (config.json + model.pt).
+    """Load the run folder written by ``qamoe train --out PATH`` (config.json and
+    model.safetensors, or an older run's model.pt), or a folder of ``qamoe export``.
 
     ``device``: ``cpu`` (default), ``cuda`` or ``auto``. ``plugins``: the ``module:Class``
     plug-ins you allow this run to name (nothing named inside a file is imported otherwise;
