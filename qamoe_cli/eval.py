@@ -28,7 +28,11 @@ _LEVELS_HELP = "Grid: start:stop:step (stop included) or a comma list, each in [
 
 def command(
     run: Annotated[
-        Path, typer.Argument(help="Run directory from `qamoe train --out`.", show_default=False)
+        Path,
+        typer.Argument(
+            help="Run directory from `qamoe train --out` (or `qamoe export --out`).",
+            show_default=False,
+        ),
     ],
     data: Annotated[
         Path,
