@@ -28,7 +28,11 @@ _LEVELS_HELP = "Grid: start:stop:step (stop included) or a comma list, each in [
 
 def command(
     run: Annotated[
-        Path, typer.Argument(help="Run directory from `qamoe train --out`.", show_default=False)
+        Path,
+        typer.Argument(
+            help="Run directory from `qamoe train --out` (or `qamoe export --out`).",
+            show_default=False,
+        ),
     ],
     data: Annotated[
         Path,
@@ -119,7 +123,7 @@ def command(
     from qamoe_core.evaluation.results import SPECTRUM_AXES, save
     from qamoe_core.evaluation.samples import save_samples
     from qamoe_core.evaluation.sweep import Evaluation
-    from qamoe_core.runs.checkpoint import ALL_FILES
+    from qamoe_core.runs.checkpoint import OWN_FILES
     from qamoe_core.spectrum.engine import parse_pattern
 
     plugins = check_plugins(plugin)
@@ -144,7 +148,7 @@ def command(
         )
     for target in (out, per_sample):  # fail on an output it cannot write before the work
         if target is not None:
-            check_output(target, force, inputs=[data, *(run / name for name in ALL_FILES)])
+            check_output(target, force, inputs=[data, *(run / name for name in OWN_FILES)])
             _check_writable(target)
     ev = Evaluation.from_run(run, data, cfg, name=name, device=device, plugins=plugins,
                              text_model=text_model)  # fmt: skip

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from qamoe_cli import audit, corrupt, demo, extract, process, report, study, train, tune
+from qamoe_cli import audit, corrupt, demo, export, extract, process, report, study, train, tune
 from qamoe_cli import eval as eval_cmd
 from qamoe_cli.common import ClickException, ClickUsageError, print_error
 from qamoe_cli.process import Terminated, state
@@ -87,6 +87,7 @@ app.command("train", help=train.__doc__)(train.command)
 app.command("corrupt", help=corrupt.__doc__)(corrupt.command)
 app.command("eval", help=eval_cmd.__doc__)(eval_cmd.command)
 app.command("report", help=report.__doc__)(report.command)
+app.command("export", help=export.__doc__)(export.command)
 app.command("demo", help=demo.__doc__)(demo.command)
 app.command("audit", help=audit.HELP)(audit.command)
 app.command("tune", help=tune.HELP)(tune.command)

@@ -2,8 +2,8 @@
 
 # Each batch is corrupted at per-sample levels drawn from U(0, 1) (half the samples kept clean);
 # the epoch with the best VALIDATION score at train.val_levels is kept. The run directory gets
-# config.json, model.pt, metrics.json, history.jsonl and train_state.pt. Under torchrun the
-# same command trains with DistributedDataParallel.
+# config.json, model.safetensors, metrics.json, history.jsonl and train_state.pt. Under
+# torchrun the same command trains with DistributedDataParallel.
 
 from __future__ import annotations
 

@@ -12,7 +12,10 @@ from qamoe_core.version import __version__
 
 # The public functions of qamoe_core/api.py, imported on first use: they need torch, and
 # `import qamoe_core` (which the command line's --help does) must stay fast without it.
-_API = ("Run", "compute_metrics", "corrupt_batch", "load_run", "predict", "read_batch")
+_API = (
+    *("Run", "compute_metrics", "corrupt_batch", "load_results", "load_run", "predict"),
+    *("read_batch", "report", "sweep", "train"),
+)
 
 __all__ = ["MODALITIES", "SPLITS", "__version__", *_API]
 
@@ -23,3 +26,8 @@ def __getattr__(name: str) -> Any:
 
         return getattr(api, name)
     raise AttributeError(f"module 'qamoe_core' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The lazy functions too, so dir() and tab completion list them before first use."""
+    return sorted({*globals(), *_API})

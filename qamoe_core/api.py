@@ -43,10 +43,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from qamoe_core.base.apiargs import corrupt_args, numbers_arg, path_arg, rows_arg
+from qamoe_core.base.apiargs import corrupt_args, names_arg, numbers_arg, path_arg, rows_arg
 from qamoe_core.base.errors import UsageError
 
-__all__ = ["Run", "compute_metrics", "corrupt_batch", "load_run", "predict", "read_batch"]
+__all__ = [
+    *("Run", "compute_metrics", "corrupt_batch", "load_results", "load_run", "predict"),
+    *("read_batch", "report", "sweep", "train"),
+]
 
 PathLike = str | os.PathLike[str]
 
@@ -88,7 +91,8 @@ def load_run(
     plugins: Sequence[str] = (),
     text_model: PathLike | None = None,
 ) -> Run:
-    """Load the run folder written by ``qamoe train --out PATH`` (config.json + model.pt).
+    """Load the run folder written by ``qamoe train --out PATH`` (config.json and
+    model.safetensors, or an older run's model.pt), or a folder of ``qamoe export``.
 
     ``device``: ``cpu`` (default), ``cuda`` or ``auto``. ``plugins``: the ``module:Class``
     plug-ins you allow this run to name (nothing named inside a file is imported otherwise;
@@ -290,3 +294,97 @@ def compute_metrics(pred: Any, truth: Any, scheme: str) -> dict[str, float]:
             )
         pred = p - 0.5  # compute() reads binary scores on the logit scale: only the sign counts
     return compute(pred, truth, scheme)
+
+
+def _config_arg(value: Any, cls: Any, name: str) -> Any:
+    """A config object, a dict of its fields (checked as config.json's section is), or None."""
+    if value is None or isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        return cls.from_dict(dict(value), name)
+    raise UsageError(
+        f"The '{name}_config' parameter must be a {cls.__name__} or a dict of its fields. "
+        f"Got {type(value).__name__} instead.",
+        hint=f"e.g. {name}_config={{'epochs': 5}}.",
+    )
+
+
+def train(
+    data: PathLike,
+    out: PathLike,
+    *,
+    model: str = "qamoe",
+    model_config: Any = None,
+    train_config: Any = None,
+    force: bool = False,
+    resume: bool = False,
+    device: str = "cpu",
+    plugins: Sequence[str] = (),
+) -> dict[str, Any]:
+    """``qamoe train DATA --out OUT``: the same training; returns metrics.json's content.
+    ``model_config`` / ``train_config``: a ModelConfig / TrainConfig or a dict of fields."""
+    from qamoe_core.config import ModelConfig, TrainConfig
+    from qamoe_core.training.loop import train as _train
+
+    return _train(
+        path_arg(data, "data"), path_arg(out, "out"), model,
+        _config_arg(model_config, ModelConfig, "model"),
+        _config_arg(train_config, TrainConfig, "train"),
+        resume=resume, force=force, device=device, plugins=plugins,
+    )  # fmt: skip
+
+
+def sweep(
+    run: PathLike,
+    data: PathLike,
+    *,
+    levels: str = "0:0.9:0.1",
+    axis: str | Sequence[str] = ("mixed", "missing", "noise"),
+    corruption_seeds: int = 3,
+    split: str = "test",
+    out: PathLike | None = None,
+    force: bool = False,
+    device: str = "cpu",
+) -> Any:
+    """``qamoe eval RUN --data DATA --sweep``: the results table (a pandas DataFrame, the
+    schema of ``qamoe eval --out``), also written to ``out`` when given."""
+    from qamoe_core.evaluation.plan import EvalConfig, parse_levels
+    from qamoe_core.evaluation.results import save
+    from qamoe_core.evaluation.sweep import evaluate_run
+
+    if isinstance(corruption_seeds, bool) or not isinstance(corruption_seeds, int):
+        raise UsageError(f"The 'corruption_seeds' parameter must be an int >= 1. "
+                         f"Got {corruption_seeds!r}.")  # fmt: skip
+    cfg = EvalConfig(split=split, sweep=True, levels=parse_levels(levels),
+                     axes=tuple(names_arg(axis, "axis") or ()),
+                     seeds=tuple(range(corruption_seeds)))  # fmt: skip
+    table = evaluate_run(path_arg(run, "run"), path_arg(data, "data"), cfg, device=device).table
+    if out is not None:
+        save(table, path_arg(out, "out"), force=force)
+    return table
+
+
+def load_results(paths: PathLike | Sequence[PathLike]) -> Any:
+    """Results tables (``qamoe eval --out``) as one pandas DataFrame, checked."""
+    from qamoe_core.evaluation.results import load
+
+    many = [paths] if isinstance(paths, str | os.PathLike) else paths
+    return load([path_arg(p, "paths") for p in many])
+
+
+def report(
+    results: Any,
+    out: PathLike,
+    *,
+    metrics: Sequence[str] | None = None,
+    reference: str | None = None,
+    style: str = "screen",
+    force: bool = False,
+) -> Any:
+    """``qamoe report RESULTS --out OUT``: ``results`` is a DataFrame, a path or a list of
+    paths; returns the Report (its ``html``, ``images`` and ``tables`` paths)."""
+    from qamoe_core.report.build import build_report
+
+    table = results if hasattr(results, "columns") else load_results(results)
+    return build_report(table, path_arg(out, "out"), metrics=metrics, reference=reference,
+                        style=style, force=force)  # fmt: skip

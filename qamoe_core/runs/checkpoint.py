@@ -6,17 +6,21 @@ Layout (format "qamoe-run", version 1)::
       config.json     format, format_version, created_by, model_name, dims, task, scheme,
                       dataset (name, path, sha256, seq_lens, label range, corruption),
                       model (ModelConfig), train (TrainConfig): the RESOLVED config
-      model.pt        the selected (best-on-validation) weights: a state dict only
+      model.safetensors  the selected (best-on-validation) weights: a state dict only, in
+                      the safetensors format (a JSON header and raw tensor bytes: no code);
+                      runs written before it hold model.pt instead, still read (weights_only)
       metrics.json    final scores of the selected weights (validation; test for reference)
       history.jsonl   one JSON line per epoch
       train_state.pt  for --resume: last, EMA and best weights, optimizer, step, world size,
                       early-stopping counters, history; tensors and plain Python values
                       only (no RNG state: each epoch re-seeds from (seed, epoch))
 
-Every ``.pt`` file is read with ``torch.load(..., weights_only=True)``: no pickled code ever
-runs. Files are written to a temporary name and renamed, so a crash leaves the previous
-version intact. :func:`load_run` is the stable entry point for evaluation. What ``--resume``
-keeps and checks is ``training/resume.py``.
+The weights are read with safetensors; every ``.pt`` file (train_state.pt, an old run's
+model.pt) with ``torch.load(..., weights_only=True)``: no pickled code ever runs. train_state.pt
+stays a torch file: it holds the optimizer's nested state and plain Python values, which
+safetensors (flat tensors only) cannot hold. Files are written to a temporary name and
+renamed, so a crash leaves the previous version intact. :func:`load_run` is the stable entry
+point for evaluation. What ``--resume`` keeps and checks is ``training/resume.py``.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.torch
 import torch
+from safetensors import SafetensorError
 
 import qamoe_core.base.rundir as rundir
 from qamoe_core.base.atomic import atomic_path
@@ -54,7 +60,7 @@ RUN_FORMAT = "qamoe-run"
 RUN_FORMAT_VERSION = 1
 CONFIG, WEIGHTS, METRICS, HISTORY, STATE = (
     "config.json",
-    "model.pt",
+    "model.safetensors",
     "metrics.json",
     "history.jsonl",
     "train_state.pt",
@@ -62,6 +68,10 @@ CONFIG, WEIGHTS, METRICS, HISTORY, STATE = (
 # A finished run; train_state.pt is optional (only --resume needs it).
 RUN_FILES: tuple[str, ...] = (CONFIG, WEIGHTS, METRICS, HISTORY)
 ALL_FILES: tuple[str, ...] = (*RUN_FILES, STATE)
+# The weights file of runs written before model.safetensors (a torch file, weights_only).
+LEGACY_WEIGHTS = "model.pt"
+# Every file qamoe may have written into a run folder (clear_run, rundir's kind, inputs).
+OWN_FILES: tuple[str, ...] = (*ALL_FILES, LEGACY_WEIGHTS)
 # How many keys of each kind a weights mismatch names (the count says how many there are).
 SHOW_KEYS = 3
 
@@ -71,9 +81,18 @@ def is_run_dir(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / CONFIG).is_file()
 
 
+def weights_name(run: Path) -> str:
+    """The weights file of ``run``: model.safetensors, or model.pt for an older run."""
+    if not (run / WEIGHTS).exists() and (run / LEGACY_WEIGHTS).exists():
+        return LEGACY_WEIGHTS
+    return WEIGHTS
+
+
 def check_run(path: str | os.PathLike[str], require: Sequence[str] = RUN_FILES) -> Path:
-    """Check that ``path`` is a run directory holding ``require``; name exactly what is missing."""
+    """Check that ``path`` is a run directory holding ``require``; name exactly what is missing.
+    WEIGHTS in ``require`` is met by an older run's model.pt too."""
     run = Path(path)
+    require = [weights_name(run) if name == WEIGHTS else name for name in require]
     if not run.exists():
         raise CheckpointError(
             f"The run directory '{run}' does not exist.",
@@ -198,8 +217,19 @@ def write_config(run: Path, config: Mapping[str, Any]) -> None:
 
 
 def save_weights(run: Path, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """model.pt: the state dict alone (tensors), CPU copies so any device can load it."""
-    _save_torch(run / WEIGHTS, {k: v.detach().cpu() for k, v in state_dict.items()})
+    """model.safetensors: the state dict alone, CPU copies so any device can load it (each
+    tensor its own copy: safetensors refuses tensors that share memory, e.g. tied weights).
+    An older run's model.pt, now superseded, is removed after."""
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state_dict.items()}
+    data = safetensors.torch.save(tensors, metadata={"format": "pt"})
+    _write_bytes(run / WEIGHTS, data)
+    if (run / LEGACY_WEIGHTS).exists():
+        (run / LEGACY_WEIGHTS).unlink()
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path, force=True) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
 
 
 def save_state(run: Path, state: Mapping[str, Any]) -> None:
@@ -349,6 +379,39 @@ def _load_torch(run: Path, name: str, device: str | torch.device = "cpu") -> Any
         raise _unreadable(path, exc) from None
 
 
+def _load_safetensors(run: Path, name: str) -> dict[str, torch.Tensor]:
+    """A safetensors file as a state dict on the CPU; any failure is one CheckpointError
+    (the header is JSON with tensor names, dtypes and offsets: nothing in it can run)."""
+    path = run / name
+    try:
+        return safetensors.torch.load(path.read_bytes())
+    except SafetensorError as exc:
+        detail = " ".join(str(exc).split())[:160]
+        raise CheckpointError(
+            f"'{path}' is damaged or not a safetensors file ({detail}).",
+            hint=_redo_hint(name),
+        ) from None
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+
+
+def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The selected weights of a run (model.safetensors, or an older run's model.pt) as a
+    CPU state dict, unchecked against any model."""
+    run = check_run(path, require=(WEIGHTS,))
+    name = weights_name(run)
+    if name == WEIGHTS:
+        return _load_safetensors(run, name)
+    weights = _load_torch(run, name, "cpu")
+    if not _is_state_dict(weights):
+        raise CheckpointError(
+            f"The weights in '{run / name}' are {_kind(weights)}, not a state dict "
+            "(parameter names -> tensors).",
+            hint=_redo_hint(name),
+        )
+    return dict(weights)
+
+
 def _kind(value: Any) -> str:
     return "nothing" if value is None else f"a {type(value).__name__}"
 
@@ -449,8 +512,9 @@ def load_weights(
 ) -> None:
     """Load a state dict strictly; a mismatch is a one-line CheckpointError.
 
-    ``source`` names where the weights come from (e.g. "model.pt"); the message gives the
-    number of missing, unexpected and mis-shaped keys and the first few of each.
+    ``source`` names where the weights come from (e.g. "model.safetensors"); the message gives the
+    number of missing, unexpected and mis-shaped keys and the first few of each (the model's
+    order; unexpected keys alphabetically).
     """
     where = f"'{run / source}'" if source else f"run '{run}'"
     hint = "The run folder may mix files from different runs; train again with --force."
@@ -462,11 +526,11 @@ def load_weights(
         )
     expected = model.state_dict()
     missing = [_key(k) for k in expected if k not in state_dict]
-    unexpected = [_key(k) for k in state_dict if k not in expected]
-    shaped = [
-        f"{_key(k)} {list(v.shape)} (model {list(expected[k].shape)})"
-        for k, v in state_dict.items()
-        if k in expected and v.shape != expected[k].shape
+    unexpected = [_key(k) for k in sorted(state_dict) if k not in expected]
+    shaped = [  # in the model's order (a safetensors file keeps none)
+        f"{_key(k)} {list(state_dict[k].shape)} (model {list(v.shape)})"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
     ]
     parts = [
         f"{len(keys)} {'key' if len(keys) == 1 else 'keys'} {label} ({_first(keys)})"
@@ -517,7 +581,8 @@ def load_run(
 ) -> tuple[MultimodalModel, ModelConfig, dict[str, Any]]:
     """Load a finished (or resumable) run for evaluation: ``(model, model_config, meta)``.
 
-    The model is on ``device`` in eval mode with the selected weights (model.pt).
+    The model is on ``device`` in eval mode with the selected weights (model.safetensors,
+    or model.pt for a run written before it).
     ``plugins``: ``module:Class`` plug-ins the caller allows (``--plugin``); a run naming any
     other class that is neither built in nor an installed entry point is refused unimported.
     ``text_model``: the folder of a run's pretrained text encoder (``--text-model``); the
@@ -536,7 +601,9 @@ def load_run(
     given = None if text_model is None else str(text_model)
     config["model_config"], note = locate_encoder(config["model_config"], run, given)
     model = build_for_run(config, run, plugins)
-    load_weights(model, run, _load_torch(run, WEIGHTS, "cpu"), source=WEIGHTS)
+    name = weights_name(run)
+    weights = _load_safetensors(run, name) if name == WEIGHTS else _load_torch(run, name, "cpu")
+    load_weights(model, run, weights, source=name)
     model.to(dev).eval()
     metrics = read_metrics(run) if (run / METRICS).is_file() else None
     raw = {k: v for k, v in config.items() if k not in ("model_config", "train_config")}
@@ -558,7 +625,7 @@ def load_run(
 def clear_run(path: str | os.PathLike[str]) -> None:
     """Remove the files of a run (for --force); other files in the folder are left alone."""
     run = Path(path)
-    for name in ALL_FILES:
+    for name in OWN_FILES:
         (run / name).unlink(missing_ok=True)
 
 
@@ -586,5 +653,5 @@ def _check_out(out: Path, force: bool) -> None:
 
 
 RUN_KIND = rundir.Kind(
-    "train", CONFIG, lambda name: name in ALL_FILES, allow_empty=True, check=_check_out
+    "train", CONFIG, lambda name: name in OWN_FILES, allow_empty=True, check=_check_out
 )

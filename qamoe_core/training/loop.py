@@ -281,7 +281,7 @@ class _Loop:
         return float(np.mean(scores)), metrics
 
     def save(self, improved: bool) -> None:
-        """train_state.pt is the commit point; model.pt and history.jsonl follow from it.
+        """train_state.pt is the commit point; the weights and history.jsonl follow from it.
         The first save also commits a new run folder (``rundir``)."""
         if not self.info.main:
             return

@@ -133,7 +133,7 @@ def test_run_without_checkpoint(
     empty.mkdir()
     assert main(["eval", str(empty), "--data", str(tiny_h5)]) == 1
     err = capsys.readouterr().err
-    assert "config.json" in err and "model.pt" in err
+    assert "config.json" in err and "model.safetensors" in err
 
 
 def test_dims_mismatch(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -179,12 +179,12 @@ def test_force_never_writes_over_the_data_or_the_checkpoint(
 
     data = tmp_path / "data.h5"
     shutil.copy(tiny_h5, data)
-    before = data.read_bytes(), (run_dir / "model.pt").read_bytes()
+    before = data.read_bytes(), (run_dir / "model.safetensors").read_bytes()
     for target in (data, run_dir / "model.pt"):
         args = ["eval", str(run_dir), "--data", str(data), "--out", str(target), "--force"]
         assert main(args) == 1
         assert "is an input of this command" in capsys.readouterr().err
-    assert (data.read_bytes(), (run_dir / "model.pt").read_bytes()) == before
+    assert (data.read_bytes(), (run_dir / "model.safetensors").read_bytes()) == before
 
 
 def test_sweep_json_holds_every_point(

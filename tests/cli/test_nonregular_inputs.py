@@ -96,7 +96,7 @@ def run(tiny_h5: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("name", ["config.json", "model.pt"])
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors"])
 def test_a_run_file_that_is_a_pipe(
     run: Path, tiny_h5: Path, tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

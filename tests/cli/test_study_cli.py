@@ -69,7 +69,8 @@ def test_the_tiny_study_end_to_end(local_study: tuple[Path, dict[str, Any]]) -> 
     first = (out / "sweeps" / "qamoe-s1.spectrum.csv").read_text().splitlines()[1]
     assert ",qamoe-s1,qamoe," in first
     for run in (out / "runs").iterdir():
-        assert run.is_symlink() and (run / "config.json").is_file() and (run / "model.pt").is_file()
+        assert run.is_symlink() and (run / "config.json").is_file()
+        assert (run / "model.safetensors").is_file()
     assert (out / "report" / "report.html").is_file()
     assert json.loads((out / "study.json").read_text())["study"]["compare"]["reference"] == (
         "early-fusion"

@@ -32,7 +32,7 @@ def test_demo_chain_writes_every_artifact(tmp_path: Path) -> None:
                  "results-early-fusion.csv", "demo.json"):  # fmt: skip
         assert (out / name).is_file(), name
     assert result.report_html.is_file() and result.report_md.is_file()
-    assert (out / "runs" / "qamoe" / "model.pt").is_file()
+    assert (out / "runs" / "qamoe" / "model.safetensors").is_file()
     html = result.report_html.read_text()
     assert "qamoe" in html and "early-fusion" in html and "data:image/png;base64" in html
     summary = pd.DataFrame(result.summary)

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import torch
 
 from qamoe_core.base.errors import QamoeError
 from qamoe_core.demo import DemoConfig, run_demo
@@ -88,7 +87,7 @@ def _digest(path: Path) -> str:
     if (path / ckpt.CONFIG).is_file() and not (path / ".qamoe-demo").exists():  # a run
         if not (path / ckpt.METRICS).is_file():
             return "unfinished run"
-        weights = torch.load(path / ckpt.WEIGHTS, weights_only=True)
+        weights = ckpt.read_weights(path)
         parts = [f"{k}:{v.numpy().tobytes().hex()}" for k, v in sorted(weights.items())]
         parts += [json.dumps(h["val"], sort_keys=True) for h in ckpt.read_history(path)]
         return hashlib.sha256("".join(parts).encode()).hexdigest()

@@ -7,8 +7,10 @@ import pickle
 import shutil
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
+import safetensors.torch
 import torch
 
 from qamoe_core.base.errors import CheckpointError, InputError
@@ -50,6 +52,13 @@ def trained_run(tiny_h5: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return run
 
 
+def as_legacy(run: Path) -> Path:
+    """``run`` as qamoe wrote it before model.safetensors: the weights in model.pt."""
+    torch.save(ckpt.read_weights(run), run / ckpt.LEGACY_WEIGHTS)
+    (run / ckpt.WEIGHTS).unlink()
+    return run / ckpt.LEGACY_WEIGHTS
+
+
 def copy_run(run: Path, tmp_path: Path) -> Path:
     """A copy to damage (the trained run is shared by the module's tests)."""
     return Path(shutil.copytree(run, tmp_path / "run"))
@@ -73,8 +82,9 @@ def test_round_trip_gives_identical_predictions(tmp_path: Path, name: str) -> No
     assert not loaded.training
     batch = batch_of()
     assert torch.equal(model(batch).prediction, loaded(batch).prediction)
-    # state dict only: loadable with weights_only=True by anyone
-    sd = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    # a safetensors file, readable by any safetensors reader (no qamoe, no pickle)
+    assert not (tmp_path / "run" / "model.pt").exists()
+    sd = safetensors.torch.load_file(tmp_path / "run" / "model.safetensors")
     assert set(sd) == set(model.state_dict())
 
 
@@ -83,9 +93,9 @@ def test_checker_names_the_missing_file(tmp_path: Path) -> None:
     (tmp_path / "run" / "metrics.json").unlink()
     with pytest.raises(CheckpointError, match=r"missing 'metrics.json'"):
         ckpt.check_run(tmp_path / "run")
-    ckpt.load_run(tmp_path / "run")  # evaluation only needs config.json and model.pt
-    (tmp_path / "run" / "model.pt").unlink()
-    with pytest.raises(CheckpointError, match=r"missing 'model.pt'"):
+    ckpt.load_run(tmp_path / "run")  # evaluation only needs config.json and the weights
+    (tmp_path / "run" / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"missing 'model.safetensors'"):
         ckpt.load_run(tmp_path / "run")
     with pytest.raises(CheckpointError, match="does not exist"):
         ckpt.load_run(tmp_path / "nope")
@@ -98,8 +108,9 @@ def one_line(exc: pytest.ExceptionInfo[CheckpointError]) -> str:
     return message
 
 
-def test_damaged_weights(tmp_path: Path) -> None:
+def test_damaged_legacy_weights(tmp_path: Path) -> None:
     write_run(tmp_path / "run")
+    as_legacy(tmp_path / "run")
     (tmp_path / "run" / "model.pt").write_bytes(b"not a zip file")
     with pytest.raises(CheckpointError, match=r"model.pt' is not a weights-only") as exc:
         ckpt.load_run(tmp_path / "run")
@@ -123,6 +134,8 @@ def test_pickled_code_is_refused_without_suggesting_unsafe_load(
     trained_run: Path, tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = copy_run(trained_run, tmp_path)
+    if name == "model.pt":
+        as_legacy(run)
     torch.save({"x": Path("a"), "code": _Code()}, run / name)  # not tensors only
     load = ckpt.load_run if name == "model.pt" else ckpt.load_state
     with pytest.raises(CheckpointError, match=r"is not a weights-only tensor file") as exc:
@@ -139,6 +152,7 @@ def test_old_pickle_format_gives_one_line_and_no_warning(
     tmp_path: Path, recwarn: pytest.WarningsRecorder
 ) -> None:
     write_run(tmp_path / "run")
+    as_legacy(tmp_path / "run")
     with open(tmp_path / "run" / "model.pt", "wb") as f:  # plain pickle, not torch's zip format
         pickle.dump({"x": 1}, f, protocol=4)
     with pytest.raises(CheckpointError, match=r"model.pt' is not a weights-only") as exc:
@@ -149,6 +163,7 @@ def test_old_pickle_format_gives_one_line_and_no_warning(
 
 def test_weights_that_are_not_a_state_dict(tmp_path: Path) -> None:
     write_run(tmp_path / "run")
+    as_legacy(tmp_path / "run")
     torch.save([torch.zeros(2)], tmp_path / "run" / "model.pt")
     with pytest.raises(CheckpointError, match=r"model.pt' are a list, not a state dict") as exc:
         ckpt.load_run(tmp_path / "run")
@@ -186,15 +201,58 @@ def test_wrong_keys_are_counted_not_listed(
     with pytest.raises(CheckpointError, match=rf"{len(missing)} keys missing \('") as exc:
         ckpt.load_run(run)
     message = one_line(exc)
-    assert f"{len(unexpected)} keys unexpected ({unexpected[0]!r}, " in message
+    assert f"{len(unexpected)} keys unexpected ({min(unexpected)!r}, " in message
     assert missing[:3] == [k for k in missing if repr(k) in message]  # the first 3, no more
-    assert len(message) < 600 and f"'{run / 'model.pt'}'" in message
+    assert len(message) < 600 and f"'{run / 'model.safetensors'}'" in message
     # the same check guards train_state.pt's weights, which --resume loads
     ckpt.save_state(run, {**ckpt.load_state(run), "model": foreign, "epoch": 0})
     (run / "metrics.json").unlink()  # unfinished: a finished run is left alone by --resume
     with pytest.raises(CheckpointError, match=rf"{len(missing)} keys missing") as exc:
         train(tiny_h5, run, "qamoe", None, None, resume=True, device="cpu")
     assert len(one_line(exc)) < 600
+
+
+def test_an_old_model_pt_run_loads_and_predicts_the_same(tmp_path: Path) -> None:
+    model = write_run(tmp_path / "run")
+    as_legacy(tmp_path / "run")
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    loaded, _, _ = ckpt.load_run(tmp_path / "run")
+    batch = batch_of()
+    assert torch.equal(model(batch).prediction, loaded(batch).prediction)
+    # saving again (a resumed old run) writes model.safetensors and retires model.pt
+    ckpt.save_weights(tmp_path / "run", model.state_dict())
+    assert not (tmp_path / "run" / "model.pt").exists()
+    again, _, _ = ckpt.load_run(tmp_path / "run")
+    assert torch.equal(model(batch).prediction, again(batch).prediction)
+
+
+def _tamper_header(data: bytes) -> bytes:
+    """The first tensor's byte range pointed past the end of the file (same header length)."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    key = next(k for k in header if k != "__metadata__")
+    header[key]["data_offsets"] = [0, 10**9]
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data[8 + n :]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d: d[: len(d) - 7],  # truncated
+        lambda d: d[:8] + b"{not json" + d[17:],  # a header that is not JSON
+        _tamper_header,  # offsets outside the file
+        lambda d: b"",  # empty
+    ],
+    ids=["truncated", "not-json", "offsets", "empty"],
+)
+def test_damaged_safetensors_is_one_line(tmp_path: Path, damage: Any) -> None:
+    write_run(tmp_path / "run")
+    path = tmp_path / "run" / "model.safetensors"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(CheckpointError, match=r"safetensors' is damaged or not a safe") as exc:
+        ckpt.load_run(tmp_path / "run")
+    assert len(one_line(exc)) < 400 and "--force" in (exc.value.hint or "")
 
 
 def test_config_problems(tmp_path: Path) -> None:

@@ -100,8 +100,9 @@ def test_fine_tuning_moves_only_the_top_layers(trained: tuple[Path, dict], tiny_
     from transformers import BertModel
 
     out, _ = trained
-    saved = torch.load(out / "model.pt", weights_only=True, map_location="cpu")
-    saved = saved.get("model", saved) if isinstance(saved, dict) else saved
+    from qamoe_core.runs.checkpoint import read_weights
+
+    saved = read_weights(out)
     original = BertModel.from_pretrained(tiny_dir, local_files_only=True).state_dict()
     prefix = "text_front.encoder.model."
     mine = {k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix)}

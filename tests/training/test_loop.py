@@ -45,7 +45,7 @@ def write_variant(path: Path, *, drop_valid: bool = False, audio_dims: int | Non
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run / "model.pt", weights_only=True)
+    return ckpt.read_weights(run)
 
 
 def test_run_directory_and_history(tiny_h5: Path, tmp_path: Path) -> None:
@@ -218,7 +218,7 @@ def test_nan_loss_names_epoch_and_batch_and_keeps_last_checkpoint(
         train(tiny_h5, tmp_path / "run", "qamoe", MODEL, FAST, device="cpu")
     assert "epoch 1" in (exc.value.hint or "")
     state = torch.load(tmp_path / "run" / "train_state.pt", weights_only=True)
-    assert state["epoch"] == 1 and (tmp_path / "run" / "model.pt").exists()
+    assert state["epoch"] == 1 and (tmp_path / "run" / "model.safetensors").exists()
 
 
 def test_a_run_that_fails_before_its_first_checkpoint_leaves_things_as_they_were(
