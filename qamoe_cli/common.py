@@ -134,7 +134,7 @@ class _Lines:
 
     def __init__(self, total: int | None, description: str) -> None:
         self.total, self.description = total, description
-        self.done = 0
+        self.done = self.shown = 0
         self.start = self.last = time.monotonic()
 
     def __call__(self, n: int = 1, total: int | None = None, **fields: Any) -> None:
@@ -142,9 +142,11 @@ class _Lines:
         self.done += n
         now = time.monotonic()
         finished = self.total is not None and self.done >= self.total
-        if now - self.last < LINE_INTERVAL_S and not (finished and self.last > self.start):
+        # the line that reaches the total is shown once, if any line was shown before
+        closing = finished and self.shown != self.done and self.last > self.start
+        if now - self.last < LINE_INTERVAL_S and not closing:
             return
-        self.last = now
+        self.last, self.shown = now, self.done
         elapsed = now - self.start
         where = f"{self.done}" if self.total is None else f"{self.done}/{self.total}"
         eta = ""

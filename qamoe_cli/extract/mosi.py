@@ -34,23 +34,23 @@ def command(
         Path | None,
         typer.Option(
             "--mosi-lite",
-            help="The MOSI-lite folder (transcripts, features) [default: DATA_DIR/mosi-lite].",
+            help="The MOSI-lite folder (transcripts, features). Default: DATA_DIR/mosi-lite.",
         ),
     ] = None,
     labels: Annotated[
         Path | None,
         typer.Option(
             "--labels",
-            help="The cmu-mosi-labels folder (scores, std folds) "
-            "[default: DATA_DIR/cmu-mosi-labels].",
+            help="The cmu-mosi-labels folder (scores, std folds). "
+            "Default: DATA_DIR/cmu-mosi-labels.",
         ),
     ] = None,
     data_dir: Annotated[
         Path | None,
         typer.Option(
             "--data-dir",
-            help="The folder holding mosi-lite/ and cmu-mosi-labels/ [default: "
-            "$QAMOE_DATA_DIR, else <repository>/../shared/data; never the current directory].",
+            help="The folder holding mosi-lite/ and cmu-mosi-labels/. Default: "
+            "$QAMOE_DATA_DIR, else <repository>/../shared/data (never the current directory).",
         ),
     ] = None,
     protocol: Annotated[
@@ -104,7 +104,8 @@ def command(
     Refuses the label-fitted text-CNN / 3D-CNN features under std (see the labels README).
     The MiniLM pass encodes the 2199 transcripts 64 at a time, sorted by length, with
     progress and an ETA on stderr (a bar on a terminal, a line every few seconds otherwise),
-    then is cached: 25 s measured on the shared 2-core machine at load ~12 (data/README.md).
+    then is cached. Measured with an empty cache on a shared 2-core machine at load
+    average 12 (other jobs running): 1 min 45 s in all (data/README.md).
     """
     from qamoe_core.data.importers.mosi import import_mosi
 

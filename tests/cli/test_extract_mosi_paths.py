@@ -74,7 +74,7 @@ def test_text_progress_counts_every_transcript(tmp_path: Path) -> None:
 def test_plain_lines_with_an_eta(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    clock = iter([0.0, 1.0, 2.0, 10.0, 11.0, 30.0])
+    clock = iter([0.0, 1.0, 2.0, 10.0, 11.0, 30.0, 31.0])
     monkeypatch.setattr(common.time, "monotonic", lambda: next(clock))
     with common.progress(None, "mosi/std text", lines=True) as tick:
         tick(10, total=100, texts_per_s=5.0)  # t=1: too soon after the start
@@ -82,6 +82,7 @@ def test_plain_lines_with_an_eta(
         tick(30)  # t=10: a line, 50 of 100 in 10 s -> ETA 0:10
         tick(10)  # t=11: too soon
         tick(40)  # t=30: done
+        tick(0, stage="write")  # t=30: nothing new, too soon
     lines = capsys.readouterr().err.splitlines()
     assert lines == ["mosi/std text: 50/100, 0:10 elapsed, ETA 0:10",
                      "mosi/std text: 100/100, 0:30 elapsed"]  # fmt: skip
