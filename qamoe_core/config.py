@@ -30,8 +30,6 @@ from qamoe_core.metrics import METRIC_NAMES
 
 CONFIG_VERSION = 1
 # Model names live in one registry, qamoe_core/models/registry.py (built-ins and plug-ins).
-# The baselines in the order the demo and the docs list them (early fusion is the demo's).
-BASELINES: tuple[str, ...] = ("early-fusion", "late-fusion", "dense-moe")
 UNCERTAINTY_TARGETS: tuple[str, ...] = ("clean_encoding", "clean_input")
 TEXT_ENCODERS: tuple[str, ...] = ("features", "pretrained")
 TEXT_POOLINGS: tuple[str, ...] = ("tokens", "mean", "cls")

@@ -72,28 +72,32 @@ from qamoe_core.models.base import (
 )
 from qamoe_core.models.registry import (
     ENTRY_POINT_GROUP,
-    build_for_run,
+    ModelChoice,
     build_model,
     class_path,
     complete_config,
+    for_run,
     get,
     names,
     register,
+    resolve,
 )
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "ModelChoice",
     "ModelOptions",
     "ModelOutput",
     "MultimodalModel",
-    "build_for_run",
     "build_model",
     "check_modalities",
     "check_output",
     "class_path",
     "complete_config",
+    "for_run",
     "get",
     "names",
     "option",
     "register",
+    "resolve",
 ]

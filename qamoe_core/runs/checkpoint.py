@@ -44,8 +44,8 @@ from qamoe_core.config import (
 )
 from qamoe_core.base.errors import CheckpointError, ConfigError, InputError
 from qamoe_core.base.inputs import check_present
-from qamoe_core.models import MultimodalModel, build_for_run, class_path, get, names
-from qamoe_core.models.registry import could_be_loaded, recorded_spec
+from qamoe_core.models import ModelChoice, MultimodalModel, for_run, names
+from qamoe_core.models.registry import could_be_loaded
 from qamoe_core.models.text_front import locate_encoder
 from qamoe_core.base.names import MODALITIES, SCHEMES, TASKS
 from qamoe_core.version import __version__
@@ -162,7 +162,7 @@ def _save_torch(path: Path, obj: Any) -> None:
 
 
 def run_config(
-    model_name: str,
+    model: ModelChoice,
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
     *,
@@ -176,8 +176,8 @@ def run_config(
         "format": RUN_FORMAT,
         "format_version": RUN_FORMAT_VERSION,
         "created_by": f"qamoe {__version__}",
-        "model_name": model_name,
-        "model_class": class_path(get(model_name)),  # how to find a plug-in on load
+        "model_name": model.name,
+        "model_class": model.class_path,  # how to find a plug-in on load
         "dims": dict(dims),
         "task": task,
         "scheme": scheme,
@@ -537,10 +537,10 @@ def load_run(
     run = check_run(path, require=(CONFIG, WEIGHTS))
     config = read_config(run)
     dev = resolve_device(device)
-    recorded_spec(config["model_name"], config.get("model_class"), run, plugins)  # first
+    choice = for_run(config["model_name"], config.get("model_class"), run, plugins)
     given = None if text_model is None else str(text_model)
     config["model_config"], note = locate_encoder(config["model_config"], run, given)
-    model = build_for_run(config, run, plugins)
+    model = choice.build(config["model_config"], config["dims"], config["task"])
     load_weights(model, run, _load_torch(run, WEIGHTS, "cpu"), source=WEIGHTS)
     model.to(dev).eval()
     metrics = read_metrics(run) if (run / METRICS).is_file() else None
@@ -596,23 +596,25 @@ def _given_text_model(
 
 
 def resume_configs(
-    out: Path, f: FeatureFile, model_name: str | None,
+    out: Path, f: FeatureFile, model: ModelChoice | None,
     model_cfg: ModelConfig | None, train_cfg: TrainConfig | None,
     plugins: Iterable[str] = (),
-) -> tuple[str, ModelConfig, TrainConfig, str]:  # fmt: skip
+) -> tuple[ModelChoice, ModelConfig, TrainConfig, str]:  # fmt: skip
     """The saved configs of the run in ``out``; given ones (and the model) must equal them.
-    Returns the model to build (:func:`registry.recorded_spec`: the recorded class is imported
-    only if built in, installed, in ``plugins`` or named by ``model_name``), the model config
-    with the text encoder folder to load, and the note saying which (``locate_encoder``)."""
+    Returns the model to build (the given one, or the run's by :func:`registry.for_run`: the
+    recorded class is imported only if built in, installed or in ``plugins``), the model
+    config with the text encoder folder to load, and the note saying which
+    (``locate_encoder``)."""
     saved = read_config(out)
     _check_resumed_data(out, f, saved)
-    if model_name is not None and saved["model_name"] != model_name:
+    if model is not None and saved["model_name"] != model.name:
         raise CheckpointError(
-            f"The run in '{out}' trains '{saved['model_name']}', not '{model_name}'.",
+            f"The run in '{out}' trains '{saved['model_name']}', not '{model.name}'.",
             hint=f"Resume with --model {saved['model_name']} (or leave --model out).",
         )
-    allowed = (*plugins, model_name) if model_name and ":" in model_name else tuple(plugins)
-    spec = recorded_spec(saved["model_name"], saved.get("model_class"), out, allowed)
+    # The model the user named is the run's: resolved already (a module:Class given with
+    # --model is allowed by that flag, as --plugin would).
+    choice = model or for_run(saved["model_name"], saved.get("model_class"), out, plugins)
     model_cfg, text_model = _given_text_model(saved["model_config"], model_cfg)
     for given, key in ((model_cfg, "model_config"), (train_cfg, "train_config")):
         if given is not None and given != saved[key]:
@@ -622,7 +624,7 @@ def resume_configs(
                 hint="Resume without changing the config (drop the flags), or use --force.",
             )
     mcfg, note = locate_encoder(saved["model_config"], out, text_model)
-    return spec, mcfg, saved["train_config"], note
+    return choice, mcfg, saved["train_config"], note
 
 
 def finished_metrics(out: Path, epochs: int) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from qamoe_core.base.errors import CheckpointError, ConfigError, InputError
+from qamoe_core.base.names import DEFAULT_MODEL
 from qamoe_core.config import ModelConfig
 from qamoe_core.models import (
     ModelOptions,
@@ -27,6 +28,7 @@ from qamoe_core.models import (
     names,
     option,
     registry,
+    resolve,
 )
 from qamoe_core.runs import checkpoint as ckpt
 
@@ -75,10 +77,27 @@ def one_line(exc: pytest.ExceptionInfo[Any]) -> str:
 
 def test_names_list_every_builtin_and_each_resolves() -> None:
     listed = names()
-    assert listed[0] == "qamoe"
+    assert listed[0] == "qamoe" == DEFAULT_MODEL
     assert {"late-fusion", "early-fusion", "dense-moe"} <= set(listed)
     for name in listed:
         assert get(name).name == name
+
+
+def test_the_baselines_are_a_registry_query() -> None:
+    # Our fusion baselines come right after QA-MoE, in the order fusion.py registers them.
+    assert registry.baselines() == ("late-fusion", "early-fusion", "dense-moe")
+    assert names()[1:4] == registry.baselines()
+    assert all(get(n).__module__ == "qamoe_core.models.fusion" for n in registry.baselines())
+
+
+def test_a_choice_is_resolved_once_and_passed_on() -> None:
+    choice = resolve("late-fusion")
+    assert choice.cls is get("late-fusion") and choice.name == "late-fusion"
+    assert resolve(choice) is choice  # a choice made is not looked up again
+    assert choice.class_path == "qamoe_core.models.fusion:LateFusion"
+    assert isinstance(choice.build(TINY, DIMS, "regression"), choice.cls)
+    with pytest.raises(InputError, match="'--model' parameter must be one of qamoe"):
+        resolve("late-fusin", "--model")
 
 
 def test_unknown_name_lists_the_names_and_mentions_plugins() -> None:
