@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from qamoe_core.base.atomic import atomic_path
 from qamoe_core.base.errors import (
@@ -71,7 +71,8 @@ from qamoe_core.evaluation.results import (
     summarize,
 )
 from qamoe_core.metrics import METRIC_NAMES, compute
-from qamoe_core.models.text_front import check_text_ids, spectrum_options
+from qamoe_core.models.base import MultimodalModel
+from qamoe_core.models.text_front import check_text_ids
 from qamoe_core.runs.checkpoint import load_run, resolve_device
 from qamoe_core.spectrum.engine import (
     CorruptionSpec,
@@ -486,12 +487,12 @@ def _on_this_scale(f: FeatureFile, axis: str, level: float, scale: float, ours: 
     return equivalent
 
 
-def check_compatible(model: nn.Module, f: FeatureFile, task: str) -> None:
+def check_compatible(model: MultimodalModel, f: FeatureFile, task: str) -> None:
     """Raise DataFormatError when the data's modalities, dims or task differ from the model's."""
-    dims: dict[str, int] = dict(getattr(model, "file_dims", model.dims))  # type: ignore[arg-type]
-    if getattr(model, "text_front", None) is not None:
+    dims = dict(model.file_dims)
+    if model.reads_text_ids:
         dims.pop("text", None)  # the encoder reads ids, whatever the stored features' width
-        check_text_ids(f, getattr(model, "text_special_ids", None))
+        check_text_ids(f, model.text_special_ids)
     missing = [m for m in dims if m not in f.modalities]
     if missing:
         raise DataFormatError(
@@ -525,7 +526,7 @@ class Evaluation:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: MultimodalModel,
         data: str | os.PathLike[str],
         cfg: EvalConfig = EvalConfig(),
         *,
@@ -590,7 +591,7 @@ class Evaluation:
 
     def _check_data(self, f: FeatureFile) -> None:
         check_compatible(self.model, f, self.task)
-        if getattr(self.model, "text_front", None) is not None:
+        if self.model.reads_text_ids:
             _check_text_noise(f, self.cfg.split)
         if (self.cfg.sweep or self.cfg.drop_sets) and f.corruption:
             raise InputError(
@@ -650,7 +651,7 @@ class Evaluation:
                 if p.axis in SPECTRUM_AXES and not p.given and drawn_seed != p.seed:
                     draws, drawn_seed = self.draws(raw, p.seed, batch), p.seed  # once per seed
                 corrupter = _PointCorrupter(p, draws, self.cfg.noise_scale, self._train_std,
-                                            spectrum_options(self.model))  # fmt: skip
+                                            self.model.spectrum_options())  # fmt: skip
                 self.evaluate_point(i, corrupter, batch, rows)
             if progress is not None:
                 progress(1, point=f"{p.axis} {p.level:g}")
@@ -872,7 +873,7 @@ def _point_key(p: Point) -> dict[str, Any]:
 
 
 def evaluate_model(
-    model: nn.Module,
+    model: MultimodalModel,
     data: str | os.PathLike[str],
     cfg: EvalConfig = EvalConfig(),
     *,
@@ -881,7 +882,7 @@ def evaluate_model(
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
 ) -> EvalResult:
-    """Evaluate ``model`` (any model returning ``ModelOutput``) on ``data`` per ``cfg``."""
+    """Evaluate ``model`` (a MultimodalModel: the model contract) on ``data`` per ``cfg``."""
     ev = Evaluation(model, data, cfg, run=run, model_name=model_name, device=device)
     return ev.run(progress)
 
@@ -919,7 +920,7 @@ class _PointCorrupter:
     draws: Mapping[str, ModalityDraws]
     noise_scale: float
     train_std: Mapping[str, Tensor]
-    # models/text_front.spectrum_options of the model: {} unless it fine-tunes a text encoder
+    # MultimodalModel.spectrum_options of the model: {} unless it fine-tunes a text encoder
     text_options: Mapping[str, Any] = field(default_factory=dict)
 
     def rows(self, batch: Mapping[str, Tensor], s: int, e: int) -> Mapping[str, Tensor]:

@@ -53,6 +53,13 @@ A model is a subclass of :class:`MultimodalModel`::
   naming what was expected.
 * Features: ``set_feature_stats`` stores the TRAIN mean/std; the shared encoders apply them,
   otherwise ``self.standardise(m, x)`` does.
+* Text encoder: with ``model.text_encoder = "pretrained"`` every model, a plug-in too, gets a
+  fine-tuned encoder (``self.text_front``) that turns ``text_ids`` into ``batch["text"]``
+  before ``forward`` runs (call ``self.text_inputs(clean)`` for the clean batch). Training and
+  evaluation read it through the declared capability, never by probing: ``reads_text_ids``,
+  ``spectrum_options()`` (what the spectrum needs for ids) and ``parameter_groups()`` (the
+  parameters by peak learning rate: the encoder's at ``text_lr``). Override
+  ``parameter_groups`` to give parts of your own model a learning rate of their own.
 
 A plug-in is used with ``--model package.module:ClassName`` or through an entry point in the
 group ``qamoe.models`` (see examples/plugin/). Its checkpoint records ``module:ClassName``

@@ -168,14 +168,43 @@ class MultimodalModel(nn.Module):
             h[m], coverage[m] = self.encoder(m).encode(batch[m], batch[f"{m}_len"])
         return h, coverage
 
-    def text_inputs(self, batch: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
-        """``batch`` with its text from the pretrained encoder (unchanged without one)."""
-        return batch if self.text_front is None else self.text_front.inputs(batch)
+    # --- the text-encoder capability: declared here, read by training and evaluation ------
+    # (``self.text_front`` is the encoder itself: None when the text is the file's features)
+
+    @property
+    def reads_text_ids(self) -> bool:
+        """Whether a fine-tuned pretrained encoder makes the text from ``text_ids``
+        (``model.text_encoder = "pretrained"``): the data must hold those ids, and the width
+        of its stored text features does not matter."""
+        return self.text_front is not None
 
     @property
     def text_special_ids(self) -> tuple[int, int, int] | None:
         """(unk, cls, sep) of the fine-tuned encoder's tokenizer; None without one."""
         return None if self.text_front is None else self.text_front.special_ids
+
+    def spectrum_options(self) -> dict[str, Any]:
+        """Keyword arguments for spectrum.apply_draws / apply_spec / corrupt_batch that this
+        model's inputs need: with a fine-tuned encoder, its tokenizer's special ids and noise
+        for the embeddings; {} otherwise, so the features are corrupted exactly as ever."""
+        return {} if self.text_front is None else self.text_front.spectrum_options()
+
+    def parameter_groups(self) -> list[tuple[float | None, list[nn.Parameter]]]:
+        """The parameters by peak learning rate, in ``parameters()`` order within each group:
+        ``(None, the rest)`` at the training's ``lr``, then, with a fine-tuned encoder,
+        ``(text_lr, its parameters)``. The optimizer trains those that require a gradient."""
+        if self.text_front is None:
+            return [(None, list(self.parameters()))]
+        text = {id(p) for p in self.text_front.parameters()}
+        params = list(self.parameters())
+        return [
+            (None, [p for p in params if id(p) not in text]),
+            (self.cfg.text_lr, [p for p in params if id(p) in text]),
+        ]
+
+    def text_inputs(self, batch: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+        """``batch`` with its text from the pretrained encoder (unchanged without one)."""
+        return batch if self.text_front is None else self.text_front.inputs(batch)
 
     def concat(self, parts: Mapping[str, Tensor]) -> Tensor:
         """{m: (B, d)} -> (B, M·d), modalities in the model's canonical order."""

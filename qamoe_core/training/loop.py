@@ -53,7 +53,7 @@ from qamoe_core.config import ModelConfig, TrainConfig
 from qamoe_core.data.audit import train_label_problem
 from qamoe_core.data.store import FeatureFile
 from qamoe_core.models import ModelChoice, resolve
-from qamoe_core.models.text_front import spectrum_options, text_config
+from qamoe_core.models.text_front import text_config
 from qamoe_core.training.data import (
     BATCH_COPIES,
     SplitData,
@@ -209,7 +209,7 @@ class _Loop:
         self.test = SplitData(f, "test", dev, tcfg.in_memory_gib) if "test" in f.splits else None
         bs = f.block_rows("valid", max(tcfg.batch_size, 256), BATCH_COPIES)
         self.val_sets = validation_sets(self.valid_data, f, tcfg, train_std, bs,
-                                        spectrum_options(model))  # fmt: skip
+                                        model.spectrum_options())  # fmt: skip
         self.trainer = Trainer(self.model, tcfg, dev, info, train_std, f.modalities)
         self.sampler: DistributedSampler[int] = DistributedSampler(
             range(self.train_data.n),  # type: ignore[arg-type]  # any sized sequence works
