@@ -12,6 +12,9 @@ AXES: tuple[str, str, str] = ("missing", "noise", "mixed")
 # fixed whole-modality drop protocol.
 RESULT_AXES: tuple[str, ...] = ("clean", "mixed", "missing", "noise", "drop")
 TASKS: tuple[str, str] = ("regression", "binary")
+# The evaluation controls a model may offer (MultimodalModel.controls), each a variant of the
+# results table: "quality_shuffle" permutes the quality scores r across the batch.
+CONTROLS: tuple[str, ...] = ("quality_shuffle",)
 # The model `qamoe train` trains when --model is not given (models/registry.py resolves it).
 DEFAULT_MODEL = "qamoe"
 # Metric schemes (metrics.compute): MMSA's MOSI/MOSEI and SIMS rules, and class decisions.

@@ -31,7 +31,6 @@ seeded by (shuffle_seed, window): reproducible whatever the batch size, block or
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import logging
 import math
@@ -62,6 +61,7 @@ from qamoe_core.config import _Config, _spec
 from qamoe_core.data.store import FeatureFile
 from qamoe_core.evaluation.results import (
     QUALITY_PREFIX,
+    SHUFFLED,
     SPECTRUM_AXES,
     USAGE_PREFIX,
     constant_rows,
@@ -542,8 +542,10 @@ class Evaluation:
         self.task = str(getattr(model, "task", "regression"))
         self.model_name = model_name or str(getattr(model, "name", type(model).__name__))
         self.modalities = tuple(getattr(model, "modalities", MODALITIES))
-        # Models whose forward takes ``encodings=`` let the shuffle pass skip the encoders.
-        self.takes_encodings = "encodings" in inspect.signature(model.forward).parameters
+        # Declared on the model: whether a control pass may skip the encoders, and whether
+        # it offers the quality-shuffle control at all.
+        self.takes_encodings = model.reuses_encodings
+        self.shuffles = cfg.quality_shuffle and SHUFFLED in model.controls
         with FeatureFile(self.data) as f:
             self._check_data(f)
             given = _given_point(f, self.modalities, cfg.split, cfg.noise_scale)
@@ -559,7 +561,6 @@ class Evaluation:
         # State of one run (reset by run()).
         self._acc = _Accumulator(self.n, cfg.per_sample)
         self._train_std: dict[str, Tensor] = {}
-        self._shuffle = cfg.quality_shuffle
 
     def _block_rows(self, f: FeatureFile) -> int:
         """Rows read at once: ``block_mib`` worth (at least a batch), in whole shuffle windows
@@ -615,7 +616,6 @@ class Evaluation:
         t0 = time.perf_counter()
         cfg = self.cfg
         self._acc = _Accumulator(self.n, cfg.per_sample)
-        self._shuffle = cfg.quality_shuffle
         with FeatureFile(self.data) as f, torch.inference_mode():
             labels = f.labels(cfg.split)
             ids = np.asarray(f.ids(cfg.split), dtype=object) if cfg.per_sample else None
@@ -694,11 +694,9 @@ class Evaluation:
             encodings = self.encode(mb)
             out = self.predict(mb, encodings)
             self._acc.add((i, "normal"), slice(rows.start + s, rows.start + e), out)
-            if self._shuffle and out.quality is None:
-                self._shuffle = False  # no quality scores: nothing to shuffle
-            if self._shuffle and encodings is not None:
+            if self.shuffles and encodings is not None:
                 kept.append(encodings)
-        if self._shuffle:
+        if self.shuffles:
             self.shuffle_point(i, corrupter, batch, rows, _cat(kept) if kept else None)
 
     def shuffle_point(

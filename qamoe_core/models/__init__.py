@@ -20,6 +20,8 @@ A model is a subclass of :class:`MultimodalModel`::
         needs = ()                  # modalities it cannot run without, e.g. ("text",)
         min_modalities = 1          # the fewest it can run on
         shared_encoders = True      # False: build your own; inputs via self.standardise
+        controls = ()               # evaluation controls offered, e.g. ("quality_shuffle",)
+        reuses_encodings = False    # True: forward(batch, encodings=...) skips the encoders
 
         @dataclass(frozen=True)
         class Options(ModelOptions):
@@ -46,7 +48,14 @@ A model is a subclass of :class:`MultimodalModel`::
   when labelled. Sequences may have length 1; padding is masked with ``layers.valid_mask``
   and, with ``cfg.mask_zero_steps``, all-zero steps too (``layers.usable_steps``). ``clean``
   is the uncorrupted batch (training only; ignore it unless you use it). Accept and ignore
-  other keywords (evaluation may pass ``shuffle_quality`` and ``generator``).
+  other keywords.
+* Evaluation controls are declared, never guessed from ``forward``'s signature:
+  ``controls`` names those the model offers (``base/names.CONTROLS``; today
+  ``"quality_shuffle"``: ``forward(batch, shuffle_quality=True, generator=g)`` returns the
+  prediction with the quality scores ``r`` permuted across the batch by ``g``), and the sweep
+  runs and passes a control only to a model that declares it. ``reuses_encodings = True``
+  says that ``forward(batch, encodings=self.encode_with_coverage(batch))`` skips the encoders
+  (the sweep then encodes a point once for every pass). QA-MoE declares both.
 * Return ``prediction`` (B,) (a score, or a logit for binary tasks), ``log_var`` (B,), and,
   for a labelled batch, a scalar ``loss`` (``self.finish`` computes the task loss). The
   trainer checks the first batch's output (:func:`check_output`) and stops with one line

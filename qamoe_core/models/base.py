@@ -89,6 +89,15 @@ class MultimodalModel(nn.Module):
     min_modalities: ClassVar[int] = 1
     # False: no shared Encoder is built; the inputs' TRAIN statistics sit in ``self.stats``.
     shared_encoders: ClassVar[bool] = True
+    # The evaluation controls the model offers (names.CONTROLS); evaluation runs a control
+    # only for a model that declares it, and passes its keywords to no other. A model with
+    # "quality_shuffle" takes forward(batch, shuffle_quality=True, generator=g) and returns
+    # its quality scores r permuted across the batch by ``g``.
+    controls: ClassVar[tuple[str, ...]] = ()
+    # True: forward(batch, encodings=self.encode_with_coverage(batch)) skips the encoders and
+    # reads ``batch`` only for its label, so evaluation encodes a point once for the normal
+    # pass and every control.
+    reuses_encodings: ClassVar[bool] = False
 
     def __init__(
         self,

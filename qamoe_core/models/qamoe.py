@@ -44,6 +44,8 @@ class QAMoE(MultimodalModel):
     ModelConfig's fields (it predates per-model options), so it has no Options of its own."""
 
     name = "qamoe"
+    controls = ("quality_shuffle",)  # forward's shuffle_quality and generator
+    reuses_encodings = True  # forward's encodings
 
     def __init__(
         self,

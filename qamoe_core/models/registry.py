@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from qamoe_core.base.errors import CheckpointError, InputError, UsageError, check_choice
-from qamoe_core.base.names import DEFAULT_MODEL
+from qamoe_core.base.names import CONTROLS, DEFAULT_MODEL
 from qamoe_core.config import ModelConfig
 from qamoe_core.models.base import CONTRACT_HINT, ModelOptions, MultimodalModel, check_modalities
 
@@ -129,6 +129,13 @@ def _checked(obj: Any, spec: str) -> type[MultimodalModel]:
         raise InputError(
             f"The model plug-in '{spec}' has an Options attribute that is not a "
             "ModelOptions dataclass.",
+            hint=CONTRACT_HINT,
+        )
+    unknown = [c for c in obj.controls if c not in CONTROLS]
+    if isinstance(obj.controls, str) or unknown:
+        raise InputError(
+            f"The model plug-in '{spec}' declares the controls {obj.controls!r:.80}; the "
+            f"evaluation controls are {', '.join(CONTROLS)} (a tuple of names).",
             hint=CONTRACT_HINT,
         )
     return obj
