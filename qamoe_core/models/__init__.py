@@ -60,6 +60,11 @@ A model is a subclass of :class:`MultimodalModel`::
   for a labelled batch, a scalar ``loss`` (``self.finish`` computes the task loss). The
   trainer checks the first batch's output (:func:`check_output`) and stops with one line
   naming what was expected.
+* Losses: ``finish`` adds the task loss (with the shared α, ``nll_weight``) and each auxiliary
+  loss the model returns (``loss_unc``, ``loss_balance``) times the option its
+  ``loss_weights`` names (QA-MoE: ``{"loss_unc": "unc_weight", "loss_balance":
+  "balance_weight"}``); a returned term without a weight is an error. A loss of your own:
+  add it to ``finish``'s total yourself, weighed by one of your options (as MISA does).
 * Features: ``set_feature_stats`` stores the TRAIN mean/std; the shared encoders apply them,
   otherwise ``self.standardise(m, x)`` does.
 * Text encoder: with ``model.text_encoder = "pretrained"`` every model, a plug-in too, gets a

@@ -21,6 +21,9 @@ from qamoe_core.models.layers import Encoder, FeatureStats
 from qamoe_core.models.text_front import TextFront
 
 CONTRACT_HINT = "The model contract is in the docstring of qamoe_core/models/__init__.py."
+# The auxiliary losses of ModelOutput that MultimodalModel.finish weighs into the total, in
+# the order it adds them.
+AUX_LOSSES: tuple[str, ...] = ("loss_unc", "loss_balance")
 
 # A model's option field: option(default, lo, hi, choices=...), validated like ModelConfig's.
 option = _spec
@@ -98,6 +101,10 @@ class MultimodalModel(nn.Module):
     # reads ``batch`` only for its label, so evaluation encodes a point once for the normal
     # pass and every control.
     reuses_encodings: ClassVar[bool] = False
+    # The auxiliary losses the model returns (AUX_LOSSES), each with the name of the Options
+    # field that weighs it: ``finish`` adds weight·term to the task loss. A model with losses
+    # of its own adds them to ``finish``'s total itself, weighed by its own options.
+    loss_weights: ClassVar[Mapping[str, str]] = {}
 
     def __init__(
         self,
@@ -220,17 +227,30 @@ class MultimodalModel(nn.Module):
         return torch.cat([parts[m] for m in self.modalities], dim=-1)
 
     def finish(self, out: ModelOutput, batch: Mapping[str, Tensor]) -> ModelOutput:
-        """Add the task loss and the total (with the configured weights) when labelled."""
+        """Add the task loss and the total when labelled: the task loss plus each auxiliary
+        loss the model returned, weighed as its ``loss_weights`` declare."""
         if "label" not in batch:
             return out
         label = batch["label"].to(out.prediction.dtype)
         lt = task_loss(out.prediction, out.log_var, label, self.task, self.cfg.nll_weight)
         total = lt
-        if out.loss_unc is not None:
-            total = total + self.cfg.unc_weight * out.loss_unc
-        if out.loss_balance is not None:
-            total = total + self.cfg.balance_weight * out.loss_balance
+        for term in AUX_LOSSES:
+            value = getattr(out, term)
+            if value is not None:
+                total = total + self.loss_weight(term) * value
         return out._replace(loss=total, loss_task=lt)
+
+    def loss_weight(self, term: str) -> float:
+        """The weight of the auxiliary loss ``term`` (an AUX_LOSSES name): the option that
+        ``loss_weights`` names; InputError when the model returns a term it gives no weight."""
+        option_name = self.loss_weights.get(term)
+        if option_name is None:
+            raise InputError(
+                f"The model '{self.name}' returned {term} but declares no weight for it "
+                "(loss_weights: {term: an option's name}).",
+                hint=CONTRACT_HINT,
+            )
+        return float(getattr(self.options, option_name))
 
 
 def _text_hook(

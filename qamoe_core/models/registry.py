@@ -39,7 +39,13 @@ from typing import Any, TypeVar
 from qamoe_core.base.errors import CheckpointError, InputError, UsageError, check_choice
 from qamoe_core.base.names import CONTROLS, DEFAULT_MODEL
 from qamoe_core.config import ModelConfig
-from qamoe_core.models.base import CONTRACT_HINT, ModelOptions, MultimodalModel, check_modalities
+from qamoe_core.models.base import (
+    AUX_LOSSES,
+    CONTRACT_HINT,
+    ModelOptions,
+    MultimodalModel,
+    check_modalities,
+)
 
 ENTRY_POINT_GROUP = "qamoe.models"
 _REGISTRY: dict[str, type[MultimodalModel]] = {}
@@ -131,14 +137,28 @@ def _checked(obj: Any, spec: str) -> type[MultimodalModel]:
             "ModelOptions dataclass.",
             hint=CONTRACT_HINT,
         )
-    unknown = [c for c in obj.controls if c not in CONTROLS]
-    if isinstance(obj.controls, str) or unknown:
+    _check_declarations(obj, spec)
+    return obj
+
+
+def _check_declarations(cls: type[MultimodalModel], spec: str) -> None:
+    """InputError naming a declaration of the contract that cannot be honoured: a control
+    evaluation does not offer, a loss weight that is not one of the model's options."""
+    unknown = [c for c in cls.controls if c not in CONTROLS]
+    if isinstance(cls.controls, str) or unknown:
         raise InputError(
-            f"The model plug-in '{spec}' declares the controls {obj.controls!r:.80}; the "
+            f"The model plug-in '{spec}' declares the controls {cls.controls!r:.80}; the "
             f"evaluation controls are {', '.join(CONTROLS)} (a tuple of names).",
             hint=CONTRACT_HINT,
         )
-    return obj
+    weights = dict(cls.loss_weights)
+    options = cls.Options.field_names()
+    if any(t not in AUX_LOSSES or o not in options for t, o in weights.items()):
+        raise InputError(
+            f"The model plug-in '{spec}' declares the loss_weights {weights!r:.120}; each maps "
+            f"one of {', '.join(AUX_LOSSES)} to the name of a field of its Options.",
+            hint=CONTRACT_HINT,
+        )
 
 
 def _from_path(spec: str) -> type[MultimodalModel]:

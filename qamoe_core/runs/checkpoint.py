@@ -615,6 +615,8 @@ def resume_configs(
     # The model the user named is the run's: resolved already (a module:Class given with
     # --model is allowed by that flag, as --plugin would).
     choice = model or for_run(saved["model_name"], saved.get("model_class"), out, plugins)
+    if model_cfg is not None:  # the model's options with their defaults, as the run records
+        model_cfg = choice.complete(model_cfg)
     model_cfg, text_model = _given_text_model(saved["model_config"], model_cfg)
     for given, key in ((model_cfg, "model_config"), (train_cfg, "train_config")):
         if given is not None and given != saved[key]:

@@ -90,6 +90,20 @@ def test_the_baselines_are_a_registry_query() -> None:
     assert all(get(n).__module__ == "qamoe_core.models.fusion" for n in registry.baselines())
 
 
+def test_what_models_declare_is_checked() -> None:
+    for name in names():  # every built-in honours its own declarations
+        registry._check_declarations(get(name), name)
+    assert get("qamoe").loss_weights == {"loss_unc": "unc_weight", "loss_balance": "balance_weight"}
+
+    class Unweighed(MultimodalModel):
+        name = "unweighed"
+        loss_weights = {"loss_balance": "balance_weight"}  # noqa: RUF012  # not an option
+
+    with pytest.raises(InputError, match="declares the loss_weights") as exc:
+        registry._checked(Unweighed, "x.y:Unweighed")
+    one_line(exc)
+
+
 def test_a_choice_is_resolved_once_and_passed_on() -> None:
     choice = resolve("late-fusion")
     assert choice.cls is get("late-fusion") and choice.name == "late-fusion"
@@ -184,9 +198,12 @@ def test_options_come_from_the_config_and_are_checked() -> None:
     assert "rank" in (exc.value.hint or "")
     with pytest.raises(ConfigError, match="'rank' parameter must be an integer in"):
         WithOptions(TINY.override(options={"rank": 0}), DIMS, "regression")
+    with pytest.raises(ConfigError, match="for the model 'early-fusion': rank") as exc:
+        complete_config("early-fusion", TINY.override(options={"rank": 8}))
+    assert "has no options" in (exc.value.hint or "")
     with pytest.raises(ConfigError, match="for the model 'qamoe': rank") as exc:
         complete_config("qamoe", TINY.override(options={"rank": 8}))
-    assert "has no options" in (exc.value.hint or "")
+    assert "quality_gate" in (exc.value.hint or "")  # QA-MoE's switches are its options
     assert complete_config(PLUGIN, TINY).options == {"hidden": 32}
 
 

@@ -56,7 +56,11 @@ def test_run_directory_and_history(tiny_h5: Path, tmp_path: Path) -> None:
     ckpt.check_run(run)
     config = json.loads((run / "config.json").read_text())
     assert config["format"] == "qamoe-run" and config["format_version"] == 1
-    assert config["model"] == MODEL.to_dict() and config["train"] == FAST.to_dict()
+    recorded = MODEL.to_dict() | {"options": config["model"]["options"]}
+    assert config["model"] == recorded and config["train"] == FAST.to_dict()
+    # QA-MoE's own switches and loss weights: its options, defaults filled in
+    assert config["model"]["options"]["quality_gate"] is True
+    assert config["model"]["options"]["unc_weight"] == 0.1 and "unc_weight" not in recorded
     assert config["dims"] == {"text": 32, "audio": 5, "vision": 8}
     assert config["dataset"]["sha256"] and config["task"] == "regression"
     history = ckpt.read_history(run)
