@@ -115,7 +115,8 @@ def main() -> None:
     except FileNotFoundError as exc:
         print(json.dumps({"skipped": str(exc)}))
         return
-    from qamoe_core.data.media.text import TextExtractor, default_text_model
+    from qamoe_core.data.media.text import TextExtractor
+    from qamoe_core.text.locate import default_text_model
 
     model = default_text_model()
     if model is None:

@@ -92,8 +92,9 @@ def bench_extractors(media: dict[str, Path], repeat: int) -> dict[str, Any]:
     import torch
 
     from qamoe_core.data.media.audio import LibrosaAudio, OpenSmileAudio, load_audio
-    from qamoe_core.data.media.text import TextExtractor, default_text_model
+    from qamoe_core.data.media.text import TextExtractor
     from qamoe_core.data.media.vision import HaarVision, LandmarkVision
+    from qamoe_core.text.locate import default_text_model
 
     torch.set_num_threads(2)
     cv2.setNumThreads(2)

@@ -44,17 +44,18 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("qamoe", "early-fusion", "late-fusion", "dense-moe")
-# The ablations of docs/design.md §3.7 as model-config overrides of the QA-MoE defaults.
+# The ablations of docs/design.md §3.7 as model-config overrides of the QA-MoE defaults (its
+# own switches are its options: "model": {"options": {...}}).
 ABLATIONS: dict[str, dict[str, Any]] = {
-    "qamoe-no-gate": {"quality_gate": False},
-    "qamoe-no-prior": {"prior_fallback": False},
-    "qamoe-router-no-quality": {"router_uses_quality": False},
+    "qamoe-no-gate": {"options": {"quality_gate": False}},
+    "qamoe-no-prior": {"options": {"prior_fallback": False}},
+    "qamoe-router-no-quality": {"options": {"router_uses_quality": False}},
     "qamoe-dense-routing": {"top_k": 8},
     # Not ablations of the paper but choices of our reconstruction (docs/design.md §3.3): what the
     # self-supervised uncertainty regresses, and whether that loss may shape the encoders.
-    "qamoe-clean-input-target": {"uncertainty_target": "clean_input"},
-    "qamoe-unc-detached": {"unc_encoder_grad": False},
-    "qamoe-no-fuse-quality": {"fuse_uses_quality": False},
+    "qamoe-clean-input-target": {"options": {"uncertainty_target": "clean_input"}},
+    "qamoe-unc-detached": {"options": {"unc_encoder_grad": False}},
+    "qamoe-no-fuse-quality": {"options": {"fuse_uses_quality": False}},
     # All-zero steps as inputs, and no coverage for the quality head: the defaults before
     # mask_zero_steps (at sequence length 1 the only difference is the coverage input).
     "qamoe-no-mask": {"mask_zero_steps": False},

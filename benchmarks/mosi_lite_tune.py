@@ -29,14 +29,14 @@ CANDIDATES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "default": ({}, {}),
     "dropout0.5": ({"dropout": 0.5}, {}),
     "clean_fraction0.3": ({}, {"clean_fraction": 0.3}),
-    "unc_weight1.0": ({"unc_weight": 1.0}, {}),
+    "unc_weight1.0": ({"options": {"unc_weight": 1.0}}, {}),
     "lr3e-4": ({}, {"lr": 3e-4}),
     "d_model64": ({"d_model": 64}, {}),
     "n_layers0": ({"n_layers": 0}, {}),
     "weight_decay0.1": ({}, {"weight_decay": 0.1}),
-    "clean_input_target": ({"uncertainty_target": "clean_input"}, {}),
-    "no_unc_encoder_grad": ({"unc_encoder_grad": False}, {}),
-    "no_fuse_quality": ({"fuse_uses_quality": False}, {}),
+    "clean_input_target": ({"options": {"uncertainty_target": "clean_input"}}, {}),
+    "no_unc_encoder_grad": ({"options": {"unc_encoder_grad": False}}, {}),
+    "no_fuse_quality": ({"options": {"fuse_uses_quality": False}}, {}),
 }
 
 

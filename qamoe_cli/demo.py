@@ -13,7 +13,6 @@ import typer
 from rich.table import Table
 
 from qamoe_cli.common import Force, JsonOut, Quiet, Seed, emit, err_console, out_console
-from qamoe_core.config import BASELINES
 
 
 def command(
@@ -22,7 +21,10 @@ def command(
     ] = Path("qamoe-demo"),
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs per model (max).")] = 12,
     baseline: Annotated[
-        str, typer.Option(help=f"Baseline to compare with: {', '.join(BASELINES)}.")
+        str,
+        typer.Option(
+            help="Baseline to compare with: one of our fusion baselines (docs/models.md)."
+        ),
     ] = "early-fusion",
     level: Annotated[
         float, typer.Option(help="Spectrum level of the corrupted copy, in [0, 1].")

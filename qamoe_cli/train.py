@@ -30,6 +30,7 @@ from qamoe_cli.common import (
     train_default,
 )
 from qamoe_core.base.errors import UsageError
+from qamoe_core.base.names import DEFAULT_MODEL
 from qamoe_core.config import ModelConfig, TrainConfig, resolve
 from qamoe_core.training.tracking import targets
 
@@ -126,9 +127,9 @@ def command(
         typer.Option(
             "--model",
             "-m",
-            help="qamoe (the default; with --resume, the run's), a baseline or a published "
-            "model (docs/models.md), or a plug-in: package.module:ClassName or an installed "
-            "qamoe.models entry point.",
+            help=f"{DEFAULT_MODEL} (the default; with --resume, the run's), a baseline or a "
+            "published model (docs/models.md), or a plug-in: package.module:ClassName or an "
+            "installed qamoe.models entry point.",
         ),
     ] = None,
     config: Annotated[
@@ -220,10 +221,11 @@ def command(
 ) -> None:
     if resume and force:
         raise UsageError("--resume and --force contradict each other.", hint="Pick one.")
-    from qamoe_core.models import get as model_class  # torch, needed by train() anyway
+    from qamoe_core.models import resolve  # torch, needed by train() anyway
 
-    if model is not None:
-        model_class(model, param="--model")  # before anything is read, in the flag's own name
+    # The name resolved to its class once, before anything is read, in the flag's own name;
+    # train() takes the choice as it is (with --resume and no --model: the run's).
+    choice = None if model is None and resume else resolve(model or DEFAULT_MODEL, "--model")
     plugins = check_plugins(plugin)  # with --resume: the plug-ins the run may name
     flags = {"epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr}
     text = {"text_encoder": text_encoder, "text_model": text_model,
@@ -236,7 +238,7 @@ def command(
     talk = main_rank and not (quiet or json_out)
     shown = train_cfg or TrainConfig()
     total = _total_steps(data, shown.batch_size, shown.epochs)
-    name = model or ("the run's model" if resume else "qamoe")
+    name = choice.name if choice is not None else "the run's model"
     with progress(total, f"train {name}", enabled=talk) as tick:
         state: dict[str, float | None] = {"val": None}
 
@@ -259,7 +261,7 @@ def command(
                     err_console.print(_epoch_line(event), highlight=False, soft_wrap=True)
 
         try:
-            result = train(data, out, model if resume else (model or "qamoe"), model_cfg,
+            result = train(data, out, choice, model_cfg,
                            train_cfg, resume=resume, force=force, device=device,
                            progress=on_event, track=asked, plugins=plugins)  # fmt: skip
         except KeyboardInterrupt:

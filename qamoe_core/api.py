@@ -38,13 +38,16 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from qamoe_core.base.apiargs import corrupt_args, names_arg, numbers_arg, path_arg, rows_arg
 from qamoe_core.base.errors import UsageError
+
+if TYPE_CHECKING:
+    from qamoe_core.models.base import MultimodalModel
 
 __all__ = [
     *("Run", "compute_metrics", "corrupt_batch", "load_results", "load_run", "predict"),
@@ -62,7 +65,7 @@ class Run:
     metrics.json); the properties below are its most used entries.
     """
 
-    model: torch.nn.Module
+    model: MultimodalModel
     meta: dict[str, Any]
 
     @property

@@ -30,9 +30,6 @@ from qamoe_core.metrics import METRIC_NAMES
 
 CONFIG_VERSION = 1
 # Model names live in one registry, qamoe_core/models/registry.py (built-ins and plug-ins).
-# The baselines in the order the demo and the docs list them (early fusion is the demo's).
-BASELINES: tuple[str, ...] = ("early-fusion", "late-fusion", "dense-moe")
-UNCERTAINTY_TARGETS: tuple[str, ...] = ("clean_encoding", "clean_input")
 TEXT_ENCODERS: tuple[str, ...] = ("features", "pretrained")
 TEXT_POOLINGS: tuple[str, ...] = ("tokens", "mean", "cls")
 # "auto" = MAE for regression, Acc_2 for binary; "loss" = the task loss; or any metric name.
@@ -219,6 +216,7 @@ class _Config:
     """
 
     error: ClassVar[type[QamoeError]] = ConfigUsageError
+    unknown_note: ClassVar[str] = ""  # said after an unknown key (ModelConfig's: options)
 
     def __post_init__(self) -> None:
         for f in fields(self):  # type: ignore[arg-type]
@@ -249,12 +247,21 @@ class _Config:
             )
         unknown = sorted(set(data) - set(cls.field_names()))
         if unknown:
-            where = f" in section '{section}'" if section else ""
-            raise ConfigUsageError(
-                f"Unknown config key(s){where}: {', '.join(unknown)}.",
-                hint=f"Valid keys: {', '.join(cls.field_names())}.",
-            )
+            raise cls._unknown(unknown, f" in section '{section}'" if section else "")
         return cls(**dict(data))
+
+    @classmethod
+    def _unknown(cls, keys: list[str], where: str = "") -> ConfigUsageError:
+        """An unknown key named, with where such a key may belong (``unknown_note``)."""
+        note = (
+            f' {cls.unknown_note}, e.g. "options": {{"{keys[0]}": ...}}.'
+            if cls.unknown_note
+            else ""
+        )
+        return ConfigUsageError(
+            f"Unknown config key(s){where}: {', '.join(keys)}.{note}",
+            hint=f"Valid keys: {', '.join(cls.field_names())}.",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)  # type: ignore[call-overload]
@@ -265,13 +272,18 @@ class _Config:
         changes = {k: v for k, v in changes.items() if v is not None}
         unknown = sorted(set(changes) - set(self.field_names()))
         if unknown:
-            raise ConfigUsageError(f"Unknown config key(s): {', '.join(unknown)}.")
+            raise self._unknown(unknown)
         return replace(self, **changes)  # type: ignore[type-var]
 
 
 @dataclass(frozen=True)
 class ModelConfig(_Config):
-    """QA-MoE and baselines (docs/design.md §3). [paper]: the paper's, [ours]: our choice."""
+    """What every model shares: widths, encoders, experts, heads and the text encoder
+    (docs/design.md §3). [paper]: the paper's, [ours]: our choice. A model's own settings
+    (QA-MoE's switches and loss weights included) are its Options, in ``options``."""
+
+    # Said after an unknown key: it is no shared setting, and a model's own goes elsewhere.
+    unknown_note: ClassVar[str] = "A model's own option goes in model.options"
 
     # Width of every modality encoding and of the experts: d = 128 (docs/design.md §3), which keeps
     # the mosi preset above 1,500 samples/s on 2 cores (benchmarks/bench_model.py).
@@ -313,40 +325,18 @@ class ModelConfig(_Config):
     # SwiGLU expert hidden width as a multiple of d_model (2x keeps the MoE cheap next to the
     # encoders; it sees one vector per sample, not a sequence).
     expert_mult: int = _spec(2, 1, 16)
-    # --- ablation switches (docs/design.md §3.7); defaults are the full method --------------
-    # Scale each modality by its quality r_m. Off: r ≡ 1 (the paper's "w/o quality gate").
-    quality_gate: bool = True
-    # Fill the missing share (1 - r_m) from a learnable prior vector. Off: from zeros.
-    prior_fallback: bool = True
-    # Give the router the quality scores as well as the content. Off: content only.
-    router_uses_quality: bool = True
-    # [ours] Add a linear map of [r_T, r_A, r_V] to the fused vector too, so the experts and
-    # head know how far each part was shrunk towards its prior (without it the gate scales each
-    # modality by an r the layers after it never see). Chosen on synthetic validation MAE
-    # (docs/results/defaults.md).
-    fuse_uses_quality: bool = True
-    # [ours] What the self-supervised uncertainty regresses: the stop-gradient encoding of the
-    # clean input (docs/design.md §3.3), or the pooled clean input features through a decoder
-    # (cannot collapse). clean_encoding gives r that tracks corruption in every modality
-    # (docs/results/defaults.md).
-    uncertainty_target: str = _spec("clean_encoding", choices=UNCERTAINTY_TARGETS)
-    # [ours] Let the uncertainty loss train the encoders too (True), or only the quality head
-    # (False: the head reads a detached encoding for that loss, so the task alone shapes the
-    # encoders). True is docs/design.md §3.3's loss as written (docs/results/defaults.md).
-    unc_encoder_grad: bool = True
-    # λ_unc: weight of the uncertainty loss next to the task loss (L1 of ~1 at the start).
-    unc_weight: float = _spec(0.1, 0.0, 1e6)
-    # λ_bal: Switch Transformer's load-balancing weight, 0.01 as in Fedus et al. (2022).
-    balance_weight: float = _spec(0.01, 0.0, 1e6)
-    # α: weight of the head's heteroscedastic term next to L1 (or BCE) in the task loss.
+    # α: weight of the head's heteroscedastic term next to L1 (or BCE) in the task loss of
+    # every model with a two-branch head (MultimodalModel.finish, late fusion's per-modality
+    # losses, TFN, LMF, MulT), so it is shared; a model's own loss terms weigh in its Options.
     nll_weight: float = _spec(0.1, 0.0, 1e6)
     # Clamp of every log-variance (softly, with tanh). Encodings are LayerNorm-ed (unit scale),
     # so σ² in [e^-8, e^4] spans "exact" to "far worse than guessing".
     min_log_var: float = _spec(-8.0, -30.0, 30.0)
     max_log_var: float = _spec(4.0, -30.0, 30.0)
     # The model's own hyper-parameters (its ``Options`` class, qamoe_core/models/): e.g.
+    # {"quality_gate": false} for QA-MoE (its switches and loss weights, docs/design.md §3.7),
     # {"rank": 4} for LMF. Checked against that class when the model is built; a run's
-    # config.json holds them all, defaults filled in (models.complete_config).
+    # config.json holds them all, defaults filled in (registry.ModelChoice.complete).
     options: dict[str, Any] = field(default_factory=dict, metadata={})
     # --- the text encoder (docs/text-encoder.md) -----------------------------------------
     # "features": the text features stored in the file (frozen, as extracted). "pretrained":

@@ -22,12 +22,14 @@ import pandas as pd
 import qamoe_core.base.rundir as rundir
 import qamoe_core.runs.checkpoint as ckpt
 from qamoe_core.base.errors import InputError, check_level
-from qamoe_core.config import BASELINES, ModelConfig, TrainConfig
+from qamoe_core.base.names import DEFAULT_MODEL
+from qamoe_core.config import ModelConfig, TrainConfig
 from qamoe_core.data.synthetic import MOSI_LITE_OFFSET, PRESETS, check_offset, write_synthetic
 from qamoe_core.evaluation.plan import EvalConfig
 from qamoe_core.evaluation.results import save
 from qamoe_core.evaluation.summary import default_metric, summarize
 from qamoe_core.evaluation.sweep import EvalResult, Evaluation
+from qamoe_core.models.registry import baselines
 from qamoe_core.report.build import build_report
 from qamoe_core.runs.checkpoint import load_run, resolve_device
 from qamoe_core.spectrum.engine import CorruptionSpec
@@ -71,9 +73,9 @@ class DemoConfig:
                 f"The 'preset' parameter must be one of {', '.join(PRESETS)}. "
                 f"Got {self.preset!r} instead."
             )
-        if self.baseline not in BASELINES:
+        if self.baseline not in baselines():
             raise InputError(
-                f"The 'baseline' parameter must be one of {', '.join(BASELINES)}. "
+                f"The 'baseline' parameter must be one of {', '.join(baselines())}. "
                 f"Got {self.baseline!r} instead."
             )
         if self.epochs < 1:
@@ -167,7 +169,7 @@ def _run(
         lambda: write_synthetic(data, preset=cfg.preset, seed=cfg.seed, offset=dict(cfg.offset)),
     )
     train_cfg = TrainConfig(epochs=cfg.epochs, seed=cfg.seed)
-    runs = {"qamoe": built / "runs" / "qamoe", cfg.baseline: built / "runs" / cfg.baseline}
+    runs = {name: built / "runs" / name for name in (DEFAULT_MODEL, cfg.baseline)}
     for name, run_dir in runs.items():
         timed(
             f"train_{name}",

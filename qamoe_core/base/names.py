@@ -1,4 +1,5 @@
-"""The names every layer shares, defined once: modalities, splits, axes, tasks, metric schemes.
+"""The names every layer shares, defined once: modalities, splits, axes, tasks, metric schemes,
+the default model.
 
 This module imports nothing, so any module may import it without creating a cycle.
 """
@@ -11,6 +12,11 @@ AXES: tuple[str, str, str] = ("missing", "noise", "mixed")
 # fixed whole-modality drop protocol.
 RESULT_AXES: tuple[str, ...] = ("clean", "mixed", "missing", "noise", "drop")
 TASKS: tuple[str, str] = ("regression", "binary")
+# The evaluation controls a model may offer (MultimodalModel.controls), each a variant of the
+# results table: "quality_shuffle" permutes the quality scores r across the batch.
+CONTROLS: tuple[str, ...] = ("quality_shuffle",)
+# The model `qamoe train` trains when --model is not given (models/registry.py resolves it).
+DEFAULT_MODEL = "qamoe"
 # Metric schemes (metrics.compute): MMSA's MOSI/MOSEI and SIMS rules, and class decisions.
 SCHEMES: tuple[str, str, str] = ("mosi", "sims", "binary")
 # How a spectrum point spreads its damage over time (spectrum.py): the missing axis drops steps

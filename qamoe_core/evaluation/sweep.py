@@ -31,7 +31,6 @@ seeded by (shuffle_seed, window): reproducible whatever the batch size, block or
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import time
@@ -43,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from qamoe_core.base.errors import (
     DataFormatError,
@@ -57,6 +56,7 @@ from qamoe_core.data.store import FeatureFile
 from qamoe_core.evaluation.plan import EvalConfig, Point, given_point, plan
 from qamoe_core.evaluation.results import (
     QUALITY_PREFIX,
+    SHUFFLED,
     SPECTRUM_AXES,
     USAGE_PREFIX,
     constant_rows,
@@ -65,7 +65,8 @@ from qamoe_core.evaluation.results import (
 from qamoe_core.evaluation.samples import Output, sample_rows
 from qamoe_core.evaluation.summary import summarize
 from qamoe_core.metrics import METRIC_NAMES, compute
-from qamoe_core.models.text_front import check_text_ids, spectrum_options
+from qamoe_core.models.base import MultimodalModel
+from qamoe_core.models.text_front import check_text_ids
 from qamoe_core.runs.checkpoint import load_run, resolve_device
 from qamoe_core.spectrum.engine import (
     ModalityDraws,
@@ -162,12 +163,12 @@ class _Accumulator:
                 sums[name] = sums.get(name, 0.0) + share
 
 
-def check_compatible(model: nn.Module, f: FeatureFile, task: str) -> None:
+def check_compatible(model: MultimodalModel, f: FeatureFile, task: str) -> None:
     """Raise DataFormatError when the data's modalities, dims or task differ from the model's."""
-    dims: dict[str, int] = dict(getattr(model, "file_dims", model.dims))  # type: ignore[arg-type]
-    if getattr(model, "text_front", None) is not None:
+    dims = dict(model.file_dims)
+    if model.reads_text_ids:
         dims.pop("text", None)  # the encoder reads ids, whatever the stored features' width
-        check_text_ids(f, getattr(model, "text_special_ids", None))
+        check_text_ids(f, model.text_special_ids)
     missing = [m for m in dims if m not in f.modalities]
     if missing:
         raise DataFormatError(
@@ -201,7 +202,7 @@ class Evaluation:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: MultimodalModel,
         data: str | os.PathLike[str],
         cfg: EvalConfig = EvalConfig(),
         *,
@@ -217,8 +218,10 @@ class Evaluation:
         self.task = str(getattr(model, "task", "regression"))
         self.model_name = model_name or str(getattr(model, "name", type(model).__name__))
         self.modalities = tuple(getattr(model, "modalities", MODALITIES))
-        # Models whose forward takes ``encodings=`` let the shuffle pass skip the encoders.
-        self.takes_encodings = "encodings" in inspect.signature(model.forward).parameters
+        # Declared on the model: whether a control pass may skip the encoders, and whether
+        # it offers the quality-shuffle control at all.
+        self.takes_encodings = model.reuses_encodings
+        self.shuffles = cfg.quality_shuffle and SHUFFLED in model.controls
         with FeatureFile(self.data) as f:
             self._check_data(f)
             given = given_point(f, self.modalities, cfg.split, cfg.noise_scale)
@@ -234,7 +237,6 @@ class Evaluation:
         # State of one run (reset by run()).
         self._acc = _Accumulator(self.n, cfg.per_sample)
         self._train_std: dict[str, Tensor] = {}
-        self._shuffle = cfg.quality_shuffle
 
     def _block_rows(self, f: FeatureFile) -> int:
         """Rows read at once: ``block_mib`` worth (at least a batch), in whole shuffle windows
@@ -266,7 +268,7 @@ class Evaluation:
 
     def _check_data(self, f: FeatureFile) -> None:
         check_compatible(self.model, f, self.task)
-        if getattr(self.model, "text_front", None) is not None:
+        if self.model.reads_text_ids:
             check_text_noise(f.corruption, f"'{f.path}'", self.cfg.split)
         if (self.cfg.sweep or self.cfg.drop_sets) and f.corruption:
             raise InputError(
@@ -290,7 +292,6 @@ class Evaluation:
         t0 = time.perf_counter()
         cfg = self.cfg
         self._acc = _Accumulator(self.n, cfg.per_sample)
-        self._shuffle = cfg.quality_shuffle
         with FeatureFile(self.data) as f, torch.inference_mode():
             labels = f.labels(cfg.split)
             ids = np.asarray(f.ids(cfg.split), dtype=object) if cfg.per_sample else None
@@ -326,7 +327,7 @@ class Evaluation:
                 if p.axis in SPECTRUM_AXES and not p.given and drawn_seed != p.seed:
                     draws, drawn_seed = self.draws(raw, p.seed, batch), p.seed  # once per seed
                 corrupter = _PointCorrupter(p, draws, self.cfg.noise_scale, self._train_std,
-                                            spectrum_options(self.model))  # fmt: skip
+                                            self.model.spectrum_options())  # fmt: skip
                 self.evaluate_point(i, corrupter, batch, rows)
             if progress is not None:
                 progress(1, point=f"{p.axis} {p.level:g}")
@@ -369,11 +370,9 @@ class Evaluation:
             encodings = self.encode(mb)
             out = self.predict(mb, encodings)
             self._acc.add((i, "normal"), slice(rows.start + s, rows.start + e), out)
-            if self._shuffle and out.quality is None:
-                self._shuffle = False  # no quality scores: nothing to shuffle
-            if self._shuffle and encodings is not None:
+            if self.shuffles and encodings is not None:
                 kept.append(encodings)
-        if self._shuffle:
+        if self.shuffles:
             self.shuffle_point(i, corrupter, batch, rows, _cat(kept) if kept else None)
 
     def shuffle_point(
@@ -533,7 +532,7 @@ def _rows_of(enc: Encodings, s: int, e: int) -> Encodings:
 
 
 def evaluate_model(
-    model: nn.Module,
+    model: MultimodalModel,
     data: str | os.PathLike[str],
     cfg: EvalConfig = EvalConfig(),
     *,
@@ -542,7 +541,7 @@ def evaluate_model(
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
 ) -> EvalResult:
-    """Evaluate ``model`` (any model returning ``ModelOutput``) on ``data`` per ``cfg``."""
+    """Evaluate ``model`` (a MultimodalModel: the model contract) on ``data`` per ``cfg``."""
     ev = Evaluation(model, data, cfg, run=run, model_name=model_name, device=device)
     return ev.run(progress)
 
@@ -580,7 +579,7 @@ class _PointCorrupter:
     draws: Mapping[str, ModalityDraws]
     noise_scale: float
     train_std: Mapping[str, Tensor]
-    # models/text_front.spectrum_options of the model: {} unless it fine-tunes a text encoder
+    # MultimodalModel.spectrum_options of the model: {} unless it fine-tunes a text encoder
     text_options: Mapping[str, Any] = field(default_factory=dict)
 
     def rows(self, batch: Mapping[str, Tensor], s: int, e: int) -> Mapping[str, Tensor]:

@@ -20,6 +20,8 @@ A model is a subclass of :class:`MultimodalModel`::
         needs = ()                  # modalities it cannot run without, e.g. ("text",)
         min_modalities = 1          # the fewest it can run on
         shared_encoders = True      # False: build your own; inputs via self.standardise
+        controls = ()               # evaluation controls offered, e.g. ("quality_shuffle",)
+        reuses_encodings = False    # True: forward(batch, encodings=...) skips the encoders
 
         @dataclass(frozen=True)
         class Options(ModelOptions):
@@ -46,13 +48,32 @@ A model is a subclass of :class:`MultimodalModel`::
   when labelled. Sequences may have length 1; padding is masked with ``layers.valid_mask``
   and, with ``cfg.mask_zero_steps``, all-zero steps too (``layers.usable_steps``). ``clean``
   is the uncorrupted batch (training only; ignore it unless you use it). Accept and ignore
-  other keywords (evaluation may pass ``shuffle_quality`` and ``generator``).
+  other keywords.
+* Evaluation controls are declared, never guessed from ``forward``'s signature:
+  ``controls`` names those the model offers (``base/names.CONTROLS``; today
+  ``"quality_shuffle"``: ``forward(batch, shuffle_quality=True, generator=g)`` returns the
+  prediction with the quality scores ``r`` permuted across the batch by ``g``), and the sweep
+  runs and passes a control only to a model that declares it. ``reuses_encodings = True``
+  says that ``forward(batch, encodings=self.encode_with_coverage(batch))`` skips the encoders
+  (the sweep then encodes a point once for every pass). QA-MoE declares both.
 * Return ``prediction`` (B,) (a score, or a logit for binary tasks), ``log_var`` (B,), and,
   for a labelled batch, a scalar ``loss`` (``self.finish`` computes the task loss). The
   trainer checks the first batch's output (:func:`check_output`) and stops with one line
   naming what was expected.
+* Losses: ``finish`` adds the task loss (with the shared α, ``nll_weight``) and each auxiliary
+  loss the model returns (``loss_unc``, ``loss_balance``) times the option its
+  ``loss_weights`` names (QA-MoE: ``{"loss_unc": "unc_weight", "loss_balance":
+  "balance_weight"}``); a returned term without a weight is an error. A loss of your own:
+  add it to ``finish``'s total yourself, weighed by one of your options (as MISA does).
 * Features: ``set_feature_stats`` stores the TRAIN mean/std; the shared encoders apply them,
   otherwise ``self.standardise(m, x)`` does.
+* Text encoder: with ``model.text_encoder = "pretrained"`` every model, a plug-in too, gets a
+  fine-tuned encoder (``self.text_front``) that turns ``text_ids`` into ``batch["text"]``
+  before ``forward`` runs (call ``self.text_inputs(clean)`` for the clean batch). Training and
+  evaluation read it through the declared capability, never by probing: ``reads_text_ids``,
+  ``spectrum_options()`` (what the spectrum needs for ids) and ``parameter_groups()`` (the
+  parameters by peak learning rate: the encoder's at ``text_lr``). Override
+  ``parameter_groups`` to give parts of your own model a learning rate of their own.
 
 A plug-in is used with ``--model package.module:ClassName`` or through an entry point in the
 group ``qamoe.models`` (see examples/plugin/). Its checkpoint records ``module:ClassName``
@@ -72,28 +93,32 @@ from qamoe_core.models.base import (
 )
 from qamoe_core.models.registry import (
     ENTRY_POINT_GROUP,
-    build_for_run,
+    ModelChoice,
     build_model,
     class_path,
     complete_config,
+    for_run,
     get,
     names,
     register,
+    resolve,
 )
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "ModelChoice",
     "ModelOptions",
     "ModelOutput",
     "MultimodalModel",
-    "build_for_run",
     "build_model",
     "check_modalities",
     "check_output",
     "class_path",
     "complete_config",
+    "for_run",
     "get",
     "names",
     "option",
     "register",
+    "resolve",
 ]

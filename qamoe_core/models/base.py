@@ -21,6 +21,9 @@ from qamoe_core.models.layers import Encoder, FeatureStats
 from qamoe_core.models.text_front import TextFront
 
 CONTRACT_HINT = "The model contract is in the docstring of qamoe_core/models/__init__.py."
+# The auxiliary losses of ModelOutput that MultimodalModel.finish weighs into the total, in
+# the order it adds them.
+AUX_LOSSES: tuple[str, ...] = ("loss_unc", "loss_balance")
 
 # A model's option field: option(default, lo, hi, choices=...), validated like ModelConfig's.
 option = _spec
@@ -89,6 +92,19 @@ class MultimodalModel(nn.Module):
     min_modalities: ClassVar[int] = 1
     # False: no shared Encoder is built; the inputs' TRAIN statistics sit in ``self.stats``.
     shared_encoders: ClassVar[bool] = True
+    # The evaluation controls the model offers (names.CONTROLS); evaluation runs a control
+    # only for a model that declares it, and passes its keywords to no other. A model with
+    # "quality_shuffle" takes forward(batch, shuffle_quality=True, generator=g) and returns
+    # its quality scores r permuted across the batch by ``g``.
+    controls: ClassVar[tuple[str, ...]] = ()
+    # True: forward(batch, encodings=self.encode_with_coverage(batch)) skips the encoders and
+    # reads ``batch`` only for its label, so evaluation encodes a point once for the normal
+    # pass and every control.
+    reuses_encodings: ClassVar[bool] = False
+    # The auxiliary losses the model returns (AUX_LOSSES), each with the name of the Options
+    # field that weighs it: ``finish`` adds weight·term to the task loss. A model with losses
+    # of its own adds them to ``finish``'s total itself, weighed by its own options.
+    loss_weights: ClassVar[Mapping[str, str]] = {}
 
     def __init__(
         self,
@@ -168,31 +184,73 @@ class MultimodalModel(nn.Module):
             h[m], coverage[m] = self.encoder(m).encode(batch[m], batch[f"{m}_len"])
         return h, coverage
 
-    def text_inputs(self, batch: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
-        """``batch`` with its text from the pretrained encoder (unchanged without one)."""
-        return batch if self.text_front is None else self.text_front.inputs(batch)
+    # --- the text-encoder capability: declared here, read by training and evaluation ------
+    # (``self.text_front`` is the encoder itself: None when the text is the file's features)
+
+    @property
+    def reads_text_ids(self) -> bool:
+        """Whether a fine-tuned pretrained encoder makes the text from ``text_ids``
+        (``model.text_encoder = "pretrained"``): the data must hold those ids, and the width
+        of its stored text features does not matter."""
+        return self.text_front is not None
 
     @property
     def text_special_ids(self) -> tuple[int, int, int] | None:
         """(unk, cls, sep) of the fine-tuned encoder's tokenizer; None without one."""
         return None if self.text_front is None else self.text_front.special_ids
 
+    def spectrum_options(self) -> dict[str, Any]:
+        """Keyword arguments for spectrum.apply_draws / apply_spec / corrupt_batch that this
+        model's inputs need: with a fine-tuned encoder, its tokenizer's special ids and noise
+        for the embeddings; {} otherwise, so the features are corrupted exactly as ever."""
+        return {} if self.text_front is None else self.text_front.spectrum_options()
+
+    def parameter_groups(self) -> list[tuple[float | None, list[nn.Parameter]]]:
+        """The parameters by peak learning rate, in ``parameters()`` order within each group:
+        ``(None, the rest)`` at the training's ``lr``, then, with a fine-tuned encoder,
+        ``(text_lr, its parameters)``. The optimizer trains those that require a gradient."""
+        if self.text_front is None:
+            return [(None, list(self.parameters()))]
+        text = {id(p) for p in self.text_front.parameters()}
+        params = list(self.parameters())
+        return [
+            (None, [p for p in params if id(p) not in text]),
+            (self.cfg.text_lr, [p for p in params if id(p) in text]),
+        ]
+
+    def text_inputs(self, batch: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+        """``batch`` with its text from the pretrained encoder (unchanged without one)."""
+        return batch if self.text_front is None else self.text_front.inputs(batch)
+
     def concat(self, parts: Mapping[str, Tensor]) -> Tensor:
         """{m: (B, d)} -> (B, M·d), modalities in the model's canonical order."""
         return torch.cat([parts[m] for m in self.modalities], dim=-1)
 
     def finish(self, out: ModelOutput, batch: Mapping[str, Tensor]) -> ModelOutput:
-        """Add the task loss and the total (with the configured weights) when labelled."""
+        """Add the task loss and the total when labelled: the task loss plus each auxiliary
+        loss the model returned, weighed as its ``loss_weights`` declare."""
         if "label" not in batch:
             return out
         label = batch["label"].to(out.prediction.dtype)
         lt = task_loss(out.prediction, out.log_var, label, self.task, self.cfg.nll_weight)
         total = lt
-        if out.loss_unc is not None:
-            total = total + self.cfg.unc_weight * out.loss_unc
-        if out.loss_balance is not None:
-            total = total + self.cfg.balance_weight * out.loss_balance
+        for term in AUX_LOSSES:
+            value = getattr(out, term)
+            if value is not None:
+                total = total + self.loss_weight(term) * value
         return out._replace(loss=total, loss_task=lt)
+
+    def loss_weight(self, term: str) -> float:
+        """The weight of the auxiliary loss ``term`` (an AUX_LOSSES name): the option that
+        ``loss_weights`` names; InputError when the model returns a term it gives no weight."""
+        option_name = self.loss_weights.get(term)
+        if option_name is None:
+            raise InputError(
+                f"The model '{self.name}' returned {term} but declares no weight for it "
+                "(loss_weights: {term: an option's name}).",
+                hint=CONTRACT_HINT,
+            )
+        return float(getattr(self.options, option_name))
 
 
 def _text_hook(

@@ -8,12 +8,14 @@ isolates the fusion, and return the same :class:`~qamoe_core.models.base.ModelOu
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from qamoe_core.config import ModelConfig
-from qamoe_core.models.base import ModelOptions, ModelOutput, MultimodalModel
+from qamoe_core.models.base import ModelOptions, ModelOutput, MultimodalModel, option
 from qamoe_core.models.heads import TwoBranchHead, task_loss
 from qamoe_core.models.moe import MoE
 from qamoe_core.models.registry import register
@@ -91,6 +93,13 @@ class DenseMoE(MultimodalModel):
     active (top_k = num_experts), the same SwiGLU experts, residual and head."""
 
     name = "dense-moe"
+
+    @dataclass(frozen=True)
+    class Options(ModelOptions):
+        # λ_bal: the load-balancing loss's weight, QA-MoE's default (Fedus et al., 2022).
+        balance_weight: float = option(0.01, 0.0, 1e6)
+
+    loss_weights: ClassVar[Mapping[str, str]] = {"loss_balance": "balance_weight"}
 
     def __init__(
         self,

@@ -17,16 +17,19 @@ sequence; only padding (from ``<m>_len``) is masked.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from qamoe_core.config import ModelConfig
-from qamoe_core.models.base import ModelOptions, ModelOutput, MultimodalModel
+from qamoe_core.models.base import ModelOptions, ModelOutput, MultimodalModel, option
 from qamoe_core.models.heads import QualityHead, TwoBranchHead, eval_mode
 from qamoe_core.models.moe import MoE
 from qamoe_core.models.registry import register
+
+UNCERTAINTY_TARGETS: tuple[str, ...] = ("clean_encoding", "clean_input")
 
 
 class _Quality(NamedTuple):
@@ -40,10 +43,48 @@ class _Quality(NamedTuple):
 
 @register
 class QAMoE(MultimodalModel):
-    """The full method; ablations via ModelConfig switches (docs/design.md §3.7). Its settings are
-    ModelConfig's fields (it predates per-model options), so it has no Options of its own."""
+    """The full method. Widths, encoders and experts come from the shared ModelConfig; its own
+    switches (the ablations of docs/design.md §3.7) and loss weights are its Options."""
+
+    @dataclass(frozen=True)
+    class Options(ModelOptions):
+        """QA-MoE's switches, set as ``"model": {"options": {...}}``; the defaults are the
+        full method. [paper]: the paper's, [ours]: our choice."""
+
+        # Scale each modality by its quality r_m. Off: r ≡ 1 (the paper's "w/o quality gate").
+        quality_gate: bool = option(True)
+        # Fill the missing share (1 - r_m) from a learnable prior vector. Off: from zeros.
+        prior_fallback: bool = option(True)
+        # Give the router the quality scores as well as the content. Off: content only.
+        router_uses_quality: bool = option(True)
+        # [ours] Add a linear map of [r_T, r_A, r_V] to the fused vector too, so the experts
+        # and head know how far each part was shrunk towards its prior (without it the gate
+        # scales each modality by an r the layers after it never see). Chosen on synthetic
+        # validation MAE (docs/results/defaults.md).
+        fuse_uses_quality: bool = option(True)
+        # [ours] What the self-supervised uncertainty regresses: the stop-gradient encoding of
+        # the clean input (docs/design.md §3.3), or the pooled clean input features through a
+        # decoder (cannot collapse). clean_encoding gives r that tracks corruption in every
+        # modality (docs/results/defaults.md).
+        uncertainty_target: str = option("clean_encoding", choices=UNCERTAINTY_TARGETS)
+        # [ours] Let the uncertainty loss train the encoders too (True), or only the quality
+        # head (False: the head reads a detached encoding for that loss, so the task alone
+        # shapes the encoders). True is docs/design.md §3.3's loss as written
+        # (docs/results/defaults.md).
+        unc_encoder_grad: bool = option(True)
+        # λ_unc: weight of the uncertainty loss next to the task loss (L1 of ~1 at the start).
+        unc_weight: float = option(0.1, 0.0, 1e6)
+        # λ_bal: Switch Transformer's load-balancing weight, 0.01 as in Fedus et al. (2022).
+        balance_weight: float = option(0.01, 0.0, 1e6)
 
     name = "qamoe"
+    # Its auxiliary losses, each weighed by an option (MultimodalModel.finish adds them).
+    loss_weights: ClassVar[Mapping[str, str]] = {
+        "loss_unc": "unc_weight",
+        "loss_balance": "balance_weight",
+    }
+    controls = ("quality_shuffle",)  # forward's shuffle_quality and generator
+    reuses_encodings = True  # forward's encodings
 
     def __init__(
         self,
@@ -53,24 +94,24 @@ class QAMoE(MultimodalModel):
         options: ModelOptions | None = None,
     ) -> None:
         super().__init__(cfg, dims, task, options)
-        d = cfg.d_model
-        clean_input = cfg.uncertainty_target == "clean_input"
+        o, d = self.options, cfg.d_model
+        clean_input = o.uncertainty_target == "clean_input"
         self.quality = nn.ModuleDict(
             {m: QualityHead(cfg, dim if clean_input else d, clean_input)
              for m, dim in self.dims.items()}
         )  # fmt: skip
         self.prior = (
             nn.ParameterDict({m: nn.Parameter(torch.zeros(d)) for m in self.dims})
-            if cfg.prior_fallback
+            if o.prior_fallback
             else None
         )
         n = len(self.modalities)
         self.fuse = nn.Linear(n * d, d)
-        n_quality = n if cfg.router_uses_quality else 0
+        n_quality = n if o.router_uses_quality else 0
         self.moe = MoE(cfg, n * d, n_quality, cfg.top_k)
         self.head = TwoBranchHead(cfg)
         # Created last so that the other modules' initial weights do not depend on the switch.
-        self.fuse_quality = nn.Linear(n, d, bias=False) if cfg.fuse_uses_quality else None
+        self.fuse_quality = nn.Linear(n, d, bias=False) if o.fuse_uses_quality else None
 
     def forward(
         self,
@@ -94,7 +135,7 @@ class QAMoE(MultimodalModel):
         target = None if clean is None else self.clean_targets(clean)
         q = self._quality_estimates(h, coverage, detached_loss=target is not None)
         r = q.r
-        if not self.cfg.quality_gate:
+        if not self.options.quality_gate:
             r = {m: torch.ones_like(v) for m, v in r.items()}
         if shuffle_quality:
             r = self._shuffled(r, h[self.modalities[0]], generator)
@@ -134,7 +175,7 @@ class QAMoE(MultimodalModel):
         mu_loss = mu  # the fused μ, unless the detached pass below replaces it
         for m in self.modalities:
             mu[m], log_var[m], r[m] = self.head_of(m)(h[m], coverage[m])
-        if not self.cfg.unc_encoder_grad and detached_loss:
+        if not self.options.unc_encoder_grad and detached_loss:
             mu_loss = {}
             for m in self.modalities:
                 mu_loss[m], log_var[m], _ = self.head_of(m)(
@@ -178,7 +219,7 @@ class QAMoE(MultimodalModel):
         """{m: (B, out_dim)} raw targets of the uncertainty loss from the clean batch (no
         gradient; encoders without dropout); running stats updated when training."""
         clean = self.text_inputs(clean)  # a fine-tuned text encoder's states of the clean text
-        if self.cfg.uncertainty_target == "clean_encoding":
+        if self.options.uncertainty_target == "clean_encoding":
             with eval_mode(self.encoders):
                 target = self.encode(clean)
         else:

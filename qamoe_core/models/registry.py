@@ -17,6 +17,11 @@ nothing named inside a file decides what is imported. It resolves to a built-in,
 entry point, or a ``module:Class`` the user allowed (``--plugin``, ``plugins=[...]``), and is
 refused otherwise (docs/security.md, "Code named in files").
 
+A name is resolved to its class ONCE per command, into a :class:`ModelChoice` (the name as
+given, for the records, and the class) that the pipeline passes on: :func:`resolve` for a
+name the user gives, :func:`for_run` for the one a run recorded. Building, filling in the
+options and recording the class path all read that choice, never the name again.
+
 Model modules import this one; it imports none of them statically (the built-ins are
 imported by name inside :func:`_load_builtins`), so the import graph stays acyclic.
 """
@@ -27,12 +32,20 @@ import importlib
 import importlib.metadata
 import pkgutil
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from qamoe_core.base.errors import CheckpointError, InputError, UsageError, check_choice
+from qamoe_core.base.names import CONTROLS, DEFAULT_MODEL
 from qamoe_core.config import ModelConfig
-from qamoe_core.models.base import CONTRACT_HINT, ModelOptions, MultimodalModel, check_modalities
+from qamoe_core.models.base import (
+    AUX_LOSSES,
+    CONTRACT_HINT,
+    ModelOptions,
+    MultimodalModel,
+    check_modalities,
+)
 
 ENTRY_POINT_GROUP = "qamoe.models"
 _REGISTRY: dict[str, type[MultimodalModel]] = {}
@@ -63,18 +76,29 @@ def _load_builtins() -> None:
             importlib.import_module(f"{__package__}.{info.name}")
 
 
+def _is_baseline(cls: type[MultimodalModel]) -> bool:
+    """One of our fusion baselines: a model registered by ``models/fusion.py``."""
+    return cls.__module__ == f"{__package__}.fusion"
+
+
 def builtin_names() -> tuple[str, ...]:
-    """Registered names: QA-MoE first, then the others in the order they registered."""
+    """Registered names: the default model (QA-MoE) first, then our fusion baselines as
+    :func:`baselines` lists them, then the rest by name (modules load in file-name order,
+    which says nothing about the models)."""
     _load_builtins()
     order = list(_REGISTRY)  # registration order
 
     def key(name: str) -> tuple[bool, bool, int | str]:
-        # QA-MoE, then our fusion baselines as fusion.py lists them, then the rest by name
-        # (modules load in file-name order, which says nothing about the models).
-        ours = _REGISTRY[name].__module__ == f"{__package__}.fusion"
-        return (name != "qamoe", not ours, order.index(name) if ours else name)
+        ours = _is_baseline(_REGISTRY[name])
+        return (name != DEFAULT_MODEL, not ours, order.index(name) if ours else name)
 
     return tuple(sorted(_REGISTRY, key=key))
+
+
+def baselines() -> tuple[str, ...]:
+    """Our fusion baselines (models/fusion.py: late fusion, early fusion, dense MoE), in the
+    order that module registers them: what the demo may compare QA-MoE with."""
+    return tuple(n for n in builtin_names() if _is_baseline(_REGISTRY[n]))
 
 
 def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
@@ -113,7 +137,28 @@ def _checked(obj: Any, spec: str) -> type[MultimodalModel]:
             "ModelOptions dataclass.",
             hint=CONTRACT_HINT,
         )
+    _check_declarations(obj, spec)
     return obj
+
+
+def _check_declarations(cls: type[MultimodalModel], spec: str) -> None:
+    """InputError naming a declaration of the contract that cannot be honoured: a control
+    evaluation does not offer, a loss weight that is not one of the model's options."""
+    unknown = [c for c in cls.controls if c not in CONTROLS]
+    if isinstance(cls.controls, str) or unknown:
+        raise InputError(
+            f"The model plug-in '{spec}' declares the controls {cls.controls!r:.80}; the "
+            f"evaluation controls are {', '.join(CONTROLS)} (a tuple of names).",
+            hint=CONTRACT_HINT,
+        )
+    weights = dict(cls.loss_weights)
+    options = cls.Options.field_names()
+    if any(t not in AUX_LOSSES or o not in options for t, o in weights.items()):
+        raise InputError(
+            f"The model plug-in '{spec}' declares the loss_weights {weights!r:.120}; each maps "
+            f"one of {', '.join(AUX_LOSSES)} to the name of a field of its Options.",
+            hint=CONTRACT_HINT,
+        )
 
 
 def _from_path(spec: str) -> type[MultimodalModel]:
@@ -163,23 +208,55 @@ def get(name: str, param: str = "model") -> type[MultimodalModel]:
     raise AssertionError("unreachable: check_choice accepted an unknown name")
 
 
-def options_of(name: str, cfg: ModelConfig) -> ModelOptions:
-    """The model's Options from ``cfg.options`` (ConfigError naming an unknown key)."""
-    return get(name).Options.from_dict(cfg.options, name)
+@dataclass(frozen=True)
+class ModelChoice:
+    """A model name resolved to its class, once: what the pipeline passes on.
+
+    ``name``: as the user (or the run) gave it, recorded as config.json's ``model_name``;
+    ``cls``: its class, whose ``module:Class`` path is recorded as ``model_class``."""
+
+    name: str
+    cls: type[MultimodalModel]
+
+    @property
+    def class_path(self) -> str:
+        return class_path(self.cls)
+
+    def options(self, cfg: ModelConfig) -> ModelOptions:
+        """The model's Options from ``cfg.options`` (ConfigError naming an unknown key)."""
+        return self.cls.Options.from_dict(cfg.options, self.name)
+
+    def complete(self, cfg: ModelConfig) -> ModelConfig:
+        """``cfg`` with the model's options filled in with their defaults (what a run
+        records); checks the options on the way."""
+        return cfg.override(options=self.options(cfg).to_dict())
+
+    def build(self, cfg: ModelConfig, dims: Mapping[str, int], task: str) -> MultimodalModel:
+        """The model for the feature dims {modality: D_m} and the task (regression |
+        binary); its options from ``cfg.options``."""
+        check_modalities(self.cls, tuple(m for m in dims))
+        return self.cls(cfg, dims, task, self.options(cfg))
 
 
-def complete_config(name: str, cfg: ModelConfig) -> ModelConfig:
-    """``cfg`` with the model's options filled in with their defaults (what a run records);
-    checks the name and the options on the way."""
-    return cfg.override(options=options_of(name, cfg).to_dict())
+def resolve(model: str | ModelChoice = DEFAULT_MODEL, param: str = "model") -> ModelChoice:
+    """The choice for a name the user gives (see :func:`get`; ``param`` names the parameter
+    in errors); a choice already made is returned as it is."""
+    if isinstance(model, ModelChoice):
+        return model
+    return ModelChoice(model, get(model, param))
 
 
-def build_model(name: str, cfg: ModelConfig, dims: Mapping[str, int], task: str) -> MultimodalModel:
-    """The one constructor. ``name``: see :func:`get`; dims {modality: D_m} of the feature
-    file; task regression | binary. Options come from ``cfg.options``."""
-    cls = get(name)
-    check_modalities(cls, tuple(m for m in dims))
-    return cls(cfg, dims, task, cls.Options.from_dict(cfg.options, name))
+def complete_config(model: str | ModelChoice, cfg: ModelConfig) -> ModelConfig:
+    """:meth:`ModelChoice.complete` for a name (checks the name and the options)."""
+    return resolve(model).complete(cfg)
+
+
+def build_model(
+    model: str | ModelChoice, cfg: ModelConfig, dims: Mapping[str, int], task: str
+) -> MultimodalModel:
+    """:meth:`ModelChoice.build` for a name (see :func:`get`): dims {modality: D_m} of the
+    feature file; task regression | binary. Options come from ``cfg.options``."""
+    return resolve(model).build(cfg, dims, task)
 
 
 def is_class_path(spec: Any) -> bool:
@@ -257,21 +334,17 @@ def recorded_spec(name: Any, recorded: Any, run: Any, plugins: Iterable[str] = (
     raise _not_allowed(run, str(recorded) if recorded else str(name))
 
 
-def build_for_run(
-    config: Mapping[str, Any], run: Any, plugins: Iterable[str] = ()
-) -> MultimodalModel:
-    """The model of a run's config.json (:func:`recorded_spec` decides what may be imported);
-    CheckpointError when its class is not allowed or cannot be loaded here (e.g. a plug-in
-    that is not installed), naming the class the run recorded."""
-    name = config["model_name"]
-    spec = recorded_spec(name, config.get("model_class"), run, plugins)
+def for_run(name: Any, recorded: Any, run: Any, plugins: Iterable[str] = ()) -> ModelChoice:
+    """The choice for a run's recorded ``model_name`` and ``model_class``
+    (:func:`recorded_spec` decides what may be imported, before anything is); CheckpointError
+    when its class is not allowed or cannot be loaded here (e.g. a plug-in that is not
+    installed), naming the class the run recorded."""
+    spec = recorded_spec(name, recorded, run, plugins)
     try:
-        cls = get(spec)
+        return ModelChoice(spec, get(spec))
     except InputError as exc:
         raise CheckpointError(
             f"The run '{run}' was trained with the model '{spec}', which cannot be loaded "
             f"here: {exc.message}",
             hint="Install the plug-in that provides it (or add its folder to PYTHONPATH).",
         ) from None
-    mcfg = config["model_config"]
-    return cls(mcfg, config["dims"], config["task"], cls.Options.from_dict(mcfg.options, name))

@@ -38,6 +38,7 @@ from qamoe_core.text.encoder import (
     resolve_encoder_dir,
     tokenizer_special_ids,
 )
+from qamoe_core.text.locate import default_text_model
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,6 @@ def _find_encoder(cfg: ModelConfig, run: Path, given: str | None) -> tuple[Path,
     inside = _inside_run(run, hint)
     if inside is not None and _matches(inside, recorded):
         return inside, "inside the run folder"
-    from qamoe_core.data.media.text import default_text_model  # light; as resolve_encoder_dir does
-
     packaged = default_text_model()  # found by its content hash, wherever the run says
     if recorded and packaged is not None and _matches(packaged, recorded):
         return packaged, "the packaged default, same content hash"
@@ -174,6 +173,11 @@ class TextFront(nn.Module):
         """(unk, cls, sep) of the tokenizer, for the spectrum."""
         return self.encoder.unk_id, self.encoder.cls_id, self.encoder.sep_id
 
+    def spectrum_options(self) -> dict[str, Any]:
+        """What the spectrum needs to corrupt text that this encoder reads as ids: its
+        tokenizer's special ids (a dropped token becomes [UNK]) and noise for the embeddings."""
+        return {"special_ids": self.special_ids, "text_noise": True}
+
     def inputs(self, batch: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
         """``batch`` with ``text``/``text_len`` computed from ``text_ids`` (once)."""
         if DONE in batch or "text_len" not in batch:
@@ -228,16 +232,6 @@ class TextFront(nn.Module):
                 lower[calm] = self.cache.states(ids[calm], lengths[calm], store[calm])
             lower[noisy] = enc.lower_states(ids[noisy], lengths[noisy], noise[noisy])
         return enc.upper(lower, lengths).states
-
-
-def spectrum_options(model: nn.Module) -> dict[str, Any]:
-    """Keyword arguments for spectrum.apply_draws / apply_spec / corrupt_batch that a model
-    with a pretrained text encoder needs (its tokenizer's special ids, noise for the
-    embeddings); {} for every other model, so their corruption is exactly as before."""
-    front = getattr(model, "text_front", None)
-    if not isinstance(front, TextFront):
-        return {}
-    return {"special_ids": front.special_ids, "text_noise": True}
 
 
 def text_config(cfg: ModelConfig, f: Any) -> ModelConfig:

@@ -51,8 +51,8 @@ from qamoe_core.config import (
     check_version,
     split_sections,
 )
-from qamoe_core.models import MultimodalModel, build_for_run, class_path, get, names
-from qamoe_core.models.registry import could_be_loaded, recorded_spec
+from qamoe_core.models import ModelChoice, MultimodalModel, for_run, names
+from qamoe_core.models.registry import could_be_loaded
 from qamoe_core.models.text_front import locate_encoder
 from qamoe_core.version import __version__
 
@@ -176,7 +176,7 @@ def _save_torch(path: Path, obj: Any) -> None:
 
 
 def run_config(
-    model_name: str,
+    model: ModelChoice,
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
     *,
@@ -190,8 +190,8 @@ def run_config(
         "format": RUN_FORMAT,
         "format_version": RUN_FORMAT_VERSION,
         "created_by": f"qamoe {__version__}",
-        "model_name": model_name,
-        "model_class": class_path(get(model_name)),  # how to find a plug-in on load
+        "model_name": model.name,
+        "model_class": model.class_path,  # how to find a plug-in on load
         "dims": dict(dims),
         "task": task,
         "scheme": scheme,
@@ -597,10 +597,10 @@ def load_run(
     run = check_run(path, require=(CONFIG, WEIGHTS))
     config = read_config(run)
     dev = resolve_device(device)
-    recorded_spec(config["model_name"], config.get("model_class"), run, plugins)  # first
+    choice = for_run(config["model_name"], config.get("model_class"), run, plugins)
     given = None if text_model is None else str(text_model)
     config["model_config"], note = locate_encoder(config["model_config"], run, given)
-    model = build_for_run(config, run, plugins)
+    model = choice.build(config["model_config"], config["dims"], config["task"])
     name = weights_name(run)
     weights = _load_safetensors(run, name) if name == WEIGHTS else _load_torch(run, name, "cpu")
     load_weights(model, run, weights, source=name)

@@ -28,7 +28,13 @@ import torch
 from torch import nn
 
 from qamoe_core.base.errors import InputError
-from qamoe_core.text.folder import ModelFolderError, load_model, load_tokenizer
+from qamoe_core.text.locate import (
+    MEDIA_HINT,
+    ModelFolderError,
+    load_model,
+    load_tokenizer,
+    resolve_text_model,
+)
 
 POOLINGS = ("mean", "cls")
 _HASH_CHUNK = 1 << 20
@@ -52,7 +58,7 @@ def _require_transformers() -> Any:
         raise TextEncoderError(
             "The pretrained text encoder needs the Python package 'transformers', "
             "which could not be imported.",
-            hint='Install the optional extra: pip install "qamoe[media]"',
+            hint=MEDIA_HINT,
         ) from None
     return transformers
 
@@ -98,11 +104,8 @@ def encoder_hash(model_dir: str | Path) -> str:
 
 
 def resolve_encoder_dir(model_dir: str | Path | None) -> Path:
-    """The directory holding config.json: ``model_dir``, or the packaged MiniLM."""
-    # Imported here: media.text is light (no transformers at import) and already knows
-    # how to find the packaged MiniLM and a sentence-transformers sub-folder.
-    from qamoe_core.data.media.text import resolve_text_model
-
+    """The directory holding config.json: ``model_dir``, or the packaged MiniLM
+    (text/locate.py), a missing one as a TextEncoderError."""
     try:
         return resolve_text_model(model_dir)
     except InputError as exc:

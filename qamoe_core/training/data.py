@@ -144,7 +144,7 @@ class ValidationSet:
         text_options: Mapping[str, Any] | None = None,
     ) -> None:  # fmt: skip
         self.data, self.level, self.spec, self.train_std, self.bs = data, level, spec, train_std, bs
-        self.text_options = dict(text_options or {})  # models/text_front.spectrum_options
+        self.text_options = dict(text_options or {})  # MultimodalModel.spectrum_options
         self.cache = list(self._make()) if data.memory is not None else None
 
     def _make(self) -> Iterator[Batch]:

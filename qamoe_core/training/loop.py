@@ -48,11 +48,12 @@ from qamoe_core.base.errors import (
     NoSpaceError,
     TrainingError,
 )
+from qamoe_core.base.names import DEFAULT_MODEL
 from qamoe_core.config import ModelConfig, TrainConfig
 from qamoe_core.data.audit import train_label_problem
 from qamoe_core.data.store import FeatureFile
-from qamoe_core.models import build_model, complete_config
-from qamoe_core.models.text_front import spectrum_options, text_config
+from qamoe_core.models import ModelChoice, resolve
+from qamoe_core.models.text_front import text_config
 from qamoe_core.runs.environment import environment
 from qamoe_core.training.data import (
     BATCH_COPIES,
@@ -187,14 +188,14 @@ class _Loop:
     text_note = ""  # a resumed run: which text encoder folder was located (locate_encoder)
 
     def __init__(self, f: FeatureFile, out: Path, folder: rundir.OutputFolder | None,
-                 model_name: str, mcfg: ModelConfig, tcfg: TrainConfig, metric: str,
+                 choice: ModelChoice, mcfg: ModelConfig, tcfg: TrainConfig, metric: str,
                  dev: torch.device, info: DistInfo, notify: ProgressFn) -> None:  # fmt: skip
-        self.f, self.out, self.folder, self.model_name = f, out, folder, model_name
+        self.f, self.out, self.folder, self.choice = f, out, folder, choice
         self.mcfg, self.tcfg, self.metric, self.dev, self.info = mcfg, tcfg, metric, dev, info
         self.notify, self.t0 = notify, time.perf_counter()
         self.dims = {m: int(f.dims[m]) for m in f.modalities}
         torch.manual_seed(tcfg.seed)  # initial weights
-        model = build_model(model_name, mcfg, self.dims, f.task)
+        model = self.choice.build(mcfg, self.dims, f.task)
         model.set_feature_stats(
             {m: torch.from_numpy(f.train_mean(m)) for m in f.modalities},
             {m: torch.from_numpy(f.train_std(m)) for m in f.modalities},
@@ -207,7 +208,7 @@ class _Loop:
         self.test = SplitData(f, "test", dev, tcfg.in_memory_gib) if "test" in f.splits else None
         bs = f.block_rows("valid", max(tcfg.batch_size, 256), BATCH_COPIES)
         self.val_sets = validation_sets(self.valid_data, f, tcfg, train_std, bs,
-                                        spectrum_options(model))  # fmt: skip
+                                        model.spectrum_options())  # fmt: skip
         self.trainer = Trainer(self.model, tcfg, dev, info, train_std, f.modalities)
         self.sampler: DistributedSampler[int] = DistributedSampler(
             range(self.train_data.n),  # type: ignore[arg-type]  # any sized sequence works
@@ -334,7 +335,7 @@ class _Loop:
         model, f, metric = self.evaluated, self.f, self.metric
         ckpt.load_weights(model, self.out, self.best_weights)
         final: dict[str, Any] = {
-            "format_version": ckpt.RUN_FORMAT_VERSION, "model_name": self.model_name,
+            "format_version": ckpt.RUN_FORMAT_VERSION, "model_name": self.choice.name,
             "select_metric": metric, "best_epoch": self.state.best_epoch,
             "val_score": self.state.best_score, "epochs_run": len(self.history),
             "stopped_early": self.state.stopped_early, "val": {},
@@ -365,7 +366,7 @@ class _Loop:
         if resume:
             self.restore()
         elif self.info.main:
-            config = ckpt.run_config(self.model_name, self.mcfg, self.tcfg, dims=self.dims,
+            config = ckpt.run_config(self.choice, self.mcfg, self.tcfg, dims=self.dims,
                                      task=self.f.task, scheme=self.f.scheme,
                                      dataset=_dataset_info(self.f))  # fmt: skip
             config["environment"] = environment(self.dev)
@@ -397,7 +398,7 @@ class _Loop:
 def train(
     data_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
-    model_name: str | None = "qamoe",
+    model: str | ModelChoice | None = DEFAULT_MODEL,
     model_cfg: ModelConfig | None = None,
     train_cfg: TrainConfig | None = None,
     *,
@@ -409,10 +410,11 @@ def train(
     plugins: Iterable[str] = (),
     track: Iterable[str | tracking.Target] = (),
 ) -> dict[str, Any]:
-    """Train ``model_name`` on ``data_path`` into the run directory ``out_dir``.
+    """Train ``model`` (a name, see models.get, or a choice resolved already:
+    models.resolve) on ``data_path`` into the run directory ``out_dir``.
 
     Returns the content of metrics.json (plus ``run_dir``). With ``resume``, the run's saved
-    configs and model are used (given ones must equal them; ``model_name=None`` takes the
+    configs and model are used (given ones must equal them; ``model=None`` takes the
     run's) and training continues after the last completed epoch; a run that had finished
     is left as it is (the result then has ``already_finished: True``). ``track``: tracking
     backends (``tensorboard``, ``mlflow``, ``wandb`` or ``tracking.targets(...)``), and
@@ -431,7 +433,7 @@ def train(
     created_group = ddp.setup(info, dev)
     try:
         with FeatureFile(data_path) as f:
-            return _train(f, Path(out_dir), model_name, model_cfg, train_cfg, resume, force,
+            return _train(f, Path(out_dir), model, model_cfg, train_cfg, resume, force,
                           dev, info, progress or (lambda event: None), asked,
                           tuple(plugins))  # fmt: skip
     finally:
@@ -439,22 +441,25 @@ def train(
             dist.destroy_process_group()
 
 
-def _train(f: FeatureFile, out: Path, model_name: str | None, model_cfg: ModelConfig | None,
+def _train(f: FeatureFile, out: Path, model: str | ModelChoice | None,
+           model_cfg: ModelConfig | None,
            train_cfg: TrainConfig | None, resume: bool, force: bool, dev: torch.device,
            info: DistInfo, notify: ProgressFn,
            asked: tuple[tracking.Target, ...],
            plugins: tuple[str, ...]) -> dict[str, Any]:  # fmt: skip
     _check_data(f)
-    # Every check that can fail runs before the output folder is touched.
+    # Every check that can fail runs before the output folder is touched; the model's name
+    # is resolved to its class here, once (a choice given is used as it is).
+    given = None if model is None else resolve(model)
     note = ""
     if resume:
-        model_name, mcfg, tcfg, note = resume_policy.resume_configs(
-            out, f, model_name, model_cfg, train_cfg, plugins
+        choice, mcfg, tcfg, note = resume_policy.resume_configs(
+            out, f, given, model_cfg, train_cfg, plugins
         )
     else:
-        model_name = model_name or "qamoe"
+        choice = given or resolve(DEFAULT_MODEL)
         mcfg, tcfg = model_cfg or ModelConfig(), train_cfg or TrainConfig()
-        mcfg = complete_config(model_name, mcfg)  # checks the name and the model's options
+        mcfg = choice.complete(mcfg)  # checks the model's options
         mcfg = text_config(mcfg, f)
     metric = _select_metric(tcfg, f.scheme, f.task)
     check_fits(f, mcfg.d_model, tcfg.batch_size)
@@ -464,7 +469,7 @@ def _train(f: FeatureFile, out: Path, model_name: str | None, model_cfg: ModelCo
         if done is not None:
             return {**done, "run_dir": str(out), "already_finished": True}
         ddp.barrier(info)
-        loop = _Loop(f, out, None, model_name, mcfg, tcfg, metric, dev, info, notify)
+        loop = _Loop(f, out, None, choice, mcfg, tcfg, metric, dev, info, notify)
         loop.text_note = note
         return loop.fit(resume, tracking.Board(None))
     with rundir.OutputFolder(out, ckpt.RUN_KIND, force=force, resume=resume) as folder:
@@ -473,7 +478,7 @@ def _train(f: FeatureFile, out: Path, model_name: str | None, model_cfg: ModelCo
                         done.get("epochs_run", 0))  # fmt: skip
             return {**done, "run_dir": str(out), "already_finished": True}
         ddp.barrier(info)
-        loop = _Loop(f, out, folder, model_name, mcfg, tcfg, metric, dev, info, notify)
+        loop = _Loop(f, out, folder, choice, mcfg, tcfg, metric, dev, info, notify)
         loop.text_note = note
         with tracking.Board(asked, out) as board:
             try:

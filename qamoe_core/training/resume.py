@@ -29,7 +29,7 @@ import torch
 import qamoe_core.runs.checkpoint as ckpt
 from qamoe_core.base.errors import CheckpointError
 from qamoe_core.config import ModelConfig, TrainConfig, read_sections
-from qamoe_core.models.registry import recorded_spec
+from qamoe_core.models.registry import ModelChoice, for_run
 from qamoe_core.models.text_front import locate_encoder
 
 if TYPE_CHECKING:
@@ -88,24 +88,28 @@ def _given_text_model(
 
 
 def resume_configs(
-    out: Path, f: FeatureFile, model_name: str | None,
+    out: Path, f: FeatureFile, model: ModelChoice | None,
     model_cfg: ModelConfig | None, train_cfg: TrainConfig | None,
     plugins: Iterable[str] = (),
-) -> tuple[str, ModelConfig, TrainConfig, str]:  # fmt: skip
+) -> tuple[ModelChoice, ModelConfig, TrainConfig, str]:  # fmt: skip
     """The saved configs of the run in ``out``; given ones (and the model) must equal them.
-    Returns the model to build (:func:`registry.recorded_spec`: the recorded class is imported
-    only if built in, installed, in ``plugins`` or named by ``model_name``), the model config
-    with the text encoder folder to load, and the note saying which (``locate_encoder``)."""
+    Returns the model to build (the given one, or the run's by :func:`registry.for_run`: the
+    recorded class is imported only if built in, installed or in ``plugins``), the model
+    config with the text encoder folder to load, and the note saying which
+    (``locate_encoder``)."""
     ckpt.check_run(out, require=(ckpt.CONFIG, ckpt.STATE))
     saved = ckpt.read_config(out)
     _check_data(out, f, saved)
-    if model_name is not None and saved["model_name"] != model_name:
+    if model is not None and saved["model_name"] != model.name:
         raise CheckpointError(
-            f"The run in '{out}' trains '{saved['model_name']}', not '{model_name}'.",
+            f"The run in '{out}' trains '{saved['model_name']}', not '{model.name}'.",
             hint=f"Resume with --model {saved['model_name']} (or leave --model out).",
         )
-    allowed = (*plugins, model_name) if model_name and ":" in model_name else tuple(plugins)
-    spec = recorded_spec(saved["model_name"], saved.get("model_class"), out, allowed)
+    # The model the user named is the run's: resolved already (a module:Class given with
+    # --model is allowed by that flag, as --plugin would).
+    choice = model or for_run(saved["model_name"], saved.get("model_class"), out, plugins)
+    if model_cfg is not None:  # the model's options with their defaults, as the run records
+        model_cfg = choice.complete(model_cfg)
     model_cfg, text_model = _given_text_model(saved["model_config"], model_cfg)
     for given, key in ((model_cfg, "model_config"), (train_cfg, "train_config")):
         if given is not None and given != saved[key]:
@@ -115,7 +119,7 @@ def resume_configs(
                 hint="Resume without changing the config (drop the flags), or use --force.",
             )
     mcfg, note = locate_encoder(saved["model_config"], out, text_model)
-    return spec, mcfg, saved["train_config"], note
+    return choice, mcfg, saved["train_config"], note
 
 
 def finished_metrics(out: Path, epochs: int) -> dict[str, Any] | None:

@@ -13,7 +13,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from qamoe_core.config import TrainConfig
 from qamoe_core.models import MultimodalModel, check_output
-from qamoe_core.models.text_front import spectrum_options
 from qamoe_core.spectrum.engine import PatternMix, corrupt_batch, sample_levels
 from qamoe_core.training.data import Batch
 from qamoe_core.training.ddp import DistInfo
@@ -27,24 +26,20 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: MultimodalModel, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices only (biases, norms and the prior vectors are exempt).
 
-    A fine-tuned text encoder's trained layers get groups of their own at the model's
-    ``text_lr`` (each group's ``lr_scale`` is what the schedule multiplies: 1 for the rest)."""
-    front = getattr(model, "text_front", None)
-    text_params = {id(p) for p in front.parameters()} if front is not None else set()
-    text_lr = float(getattr(getattr(model, "cfg", None), "text_lr", cfg.lr))
-    text_scale = text_lr / cfg.lr if text_params else 1.0
+    The model's parameter groups (``MultimodalModel.parameter_groups``: a fine-tuned text
+    encoder's trained layers at the model's ``text_lr``) get groups of their own; each group's
+    ``lr_scale`` is what the schedule multiplies (1 for the rest, at ``cfg.lr``)."""
     groups = []
-    for scale, mine in ((1.0, False), (text_scale, True)):
-        params = [
-            p for p in model.parameters() if p.requires_grad and (id(p) in text_params) == mine
-        ]
+    for lr, group in model.parameter_groups():
+        params = [p for p in group if p.requires_grad]
+        if lr is not None and not params:
+            continue
+        scale = 1.0 if lr is None else float(lr) / cfg.lr
         decay = [p for p in params if p.dim() >= 2]
         other = [p for p in params if p.dim() < 2]
-        if mine and not params:
-            continue
         groups += [
             {"params": decay, "weight_decay": cfg.weight_decay, "lr_scale": scale},
             {"params": other, "weight_decay": 0.0, "lr_scale": scale},
@@ -72,7 +67,7 @@ class Trainer:
             ids = [device.index or 0] if device.type == "cuda" else None
             self.net = DistributedDataParallel(model, device_ids=ids)
         self.opt = make_optimizer(model, cfg)
-        self.text_options = spectrum_options(model)  # {} unless the text encoder is fine-tuned
+        self.text_options = model.spectrum_options()  # {} unless a text encoder is fine-tuned
         self.step = 0
         # Exponential moving average of the weights (Polyak averaging): what is validated,
         # selected and saved when cfg.ema_decay > 0.

@@ -51,6 +51,32 @@ def test_table_output_and_model_choice(
     assert "'--model' parameter must be one of qamoe, late-fusion" in capsys.readouterr().err
 
 
+def test_the_model_name_is_resolved_once(
+    tiny_h5: Path, tmp_path: Path, cfg: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qamoe_core.models import registry
+
+    asked: list[str] = []
+    lookup = registry.get
+
+    def counted(name: str, param: str = "model") -> type:
+        asked.append(name)
+        return lookup(name, param)
+
+    monkeypatch.setattr(registry, "get", counted)
+    out = tmp_path / "run"
+    args = ["train", str(tiny_h5), "--out", str(out), "--config", str(cfg), "--epochs", "1", "-q"]
+    assert main([*args, "--model", "late-fusion", "--device", "cpu"]) == 0
+    assert asked == ["late-fusion"]  # the flag's check; the class is passed on from there
+    asked.clear()
+    assert main([*args, "--force", "--device", "cpu"]) == 0
+    assert asked == ["qamoe"]  # the default model, once too
+    for given in ([], ["--model", "qamoe"]):  # the run's model, or the one named
+        asked.clear()
+        assert main([*args, "--resume", *given]) == 0
+        assert asked == ["qamoe"]
+
+
 def test_resume_continues_an_interrupted_run(
     tiny_h5: Path, tmp_path: Path, cfg: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,17 +12,20 @@ from qamoe_core.config import ModelConfig, TrainConfig, from_json, resolve, to_j
 
 
 def test_defaults_follow_design() -> None:
+    from qamoe_core.models import get
+
     m = ModelConfig()
     assert (m.d_model, m.num_experts, m.top_k) == (128, 8, 3)
-    assert m.quality_gate and m.prior_fallback and m.router_uses_quality
-    assert m.uncertainty_target == "clean_encoding"
-    assert m.balance_weight == 0.01
+    q = get("qamoe").Options()  # QA-MoE's own switches live in its Options
+    assert q.quality_gate and q.prior_fallback and q.router_uses_quality
+    assert q.uncertainty_target == "clean_encoding"
+    assert (q.unc_weight, q.balance_weight) == (0.1, 0.01)
     t = TrainConfig()
     assert t.clean_fraction == 0.5 and t.val_levels == (0.5,) and t.axis == "mixed"
 
 
 def test_json_round_trip(tmp_path: Path) -> None:
-    m = ModelConfig(d_model=64, top_k=2, quality_gate=False, uncertainty_target="clean_input")
+    m = ModelConfig(d_model=64, top_k=2, options={"quality_gate": False})
     t = TrainConfig(epochs=3, val_levels=(0.25, 0.75), corrupt_modalities=("audio",))
     path = tmp_path / "cfg.json"
     to_json(path, m, t)
@@ -38,6 +41,37 @@ def test_precedence_defaults_file_flags(tmp_path: Path) -> None:
     assert m.d_model == 64 and m.top_k == 2  # file, flag
     assert t.epochs == 3 and t.lr == 0.01  # flag beats file; file beats default
     assert t.seed == TrainConfig().seed  # None = flag not given
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("quality_gate", "yes", r"'quality_gate' parameter must be a boolean"),
+        ("uncertainty_target", "labels", r"one of clean_encoding, clean_input"),
+        ("unc_weight", -1.0, r"'unc_weight' parameter must be a float in \[0, 1e\+06\]"),
+    ],
+)
+def test_qamoe_options_are_checked(field: str, value: object, expected: str) -> None:
+    from qamoe_core.models import complete_config
+
+    with pytest.raises(ConfigError, match=expected):
+        complete_config("qamoe", ModelConfig(options={field: value}))
+
+
+def test_a_qamoe_switch_at_the_top_of_the_model_section_points_to_options(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"model": {"d_model": 64, "quality_gate": False}}))
+    with pytest.raises(ConfigError) as exc:
+        from_json(path)
+    message = exc.value.message
+    assert "\n" not in message and "in section 'model': quality_gate." in message
+    assert "goes in model.options" in message and '"options": {"quality_gate": ...}' in message
+    with pytest.raises(ConfigError, match=r"goes in model\.options"):
+        ModelConfig().override(unc_weight=0.5)
+    path.write_text(json.dumps({"model": {"options": {"quality_gate": False}}}))
+    assert from_json(path)[0].options == {"quality_gate": False}
 
 
 def test_unknown_key_is_named(tmp_path: Path) -> None:
@@ -56,8 +90,8 @@ def test_unknown_key_is_named(tmp_path: Path) -> None:
     [
         (ModelConfig, "dropout", 1.5, r"The 'dropout' parameter must be a float in \[0, 0.9\]"),
         (ModelConfig, "d_model", 64.5, r"'d_model' parameter must be an integer"),
-        (ModelConfig, "quality_gate", "yes", r"'quality_gate' parameter must be a boolean"),
-        (ModelConfig, "uncertainty_target", "labels", r"one of clean_encoding, clean_input"),
+        (ModelConfig, "mask_zero_steps", "yes", r"'mask_zero_steps' parameter must be a boolean"),
+        (ModelConfig, "text_pooling", "labels", r"one of tokens, mean, cls"),
         (TrainConfig, "clean_fraction", -0.1, r"'clean_fraction' parameter must be a float"),
         (TrainConfig, "val_levels", [0.5, 2.0], r"'val_levels' parameter must be a list"),
         (TrainConfig, "epochs", 0, r"'epochs' parameter must be an integer in \[1, 100000\]"),

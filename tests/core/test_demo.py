@@ -52,8 +52,11 @@ def test_demo_refuses_to_clobber(tmp_path: Path) -> None:
         run_demo(other, _tiny())
     with pytest.raises(InputError, match="not made by `qamoe demo`"):
         run_demo(other, _tiny(), force=True)
-    with pytest.raises(InputError, match="'baseline' parameter"):
+    # The baselines are the registry's: fusion.py's models, nothing else.
+    with pytest.raises(InputError, match="'baseline' parameter must be one of late-fusion, "
+                       r"early-fusion, dense-moe\. Got 'svm'"):  # fmt: skip
         DemoConfig(baseline="svm")
+    assert DemoConfig(baseline="dense-moe").baseline == "dense-moe"
     with pytest.raises(InputError, match="'level' parameter"):
         DemoConfig(level=1.5)
     with pytest.raises(InputError, match="'offset' parameter"):

@@ -284,9 +284,9 @@ def test_extra_scores_are_named(tmp_path: Path, folders: tuple[Path, Path]) -> N
 def test_missing_minilm_names_the_extra(
     tmp_path: Path, folders: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import qamoe_core.data.media.text as text
+    import qamoe_core.text.locate as locate
 
-    monkeypatch.setattr(text, "default_text_model", lambda: None)
+    monkeypatch.setattr(locate, "default_text_model", lambda: None)
     with pytest.raises(InputError) as info:
         run(tmp_path, folders, encoder=None)
     assert 'pip install "qamoe[media]"' in (info.value.hint or "")

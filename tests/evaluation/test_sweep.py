@@ -314,6 +314,50 @@ def test_baseline_has_no_shuffle_or_quality(tiny_h5: Path) -> None:
                               "Mult_acc_5", "Mult_acc_7", "MAE", "Corr"}  # fmt: skip
 
 
+def test_controls_are_what_the_model_declares(tiny_h5: Path) -> None:
+    # Evaluation reads the model's declared controls, not its forward's signature: the same
+    # QA-MoE without the declaration gets no shuffle pass, and one that does not declare
+    # reuses_encodings is never handed encodings (the shuffle pass encodes again, same rows).
+    cfg = EvalConfig(sweep=True, levels=(0.4,), seeds=(0,), axes=("mixed",))
+    model = make_model(tiny_h5)
+    seen: list[bool] = []
+
+    class NoControls(type(model)):  # type: ignore[misc]
+        controls = ()
+
+    class EncodesEachPass(type(model)):  # type: ignore[misc]
+        reuses_encodings = False
+
+        def forward(self, batch, clean=None, **kw):  # type: ignore[no-untyped-def]
+            seen.append("encodings" in kw)
+            return super().forward(batch, clean, **kw)
+
+    def like(cls: type) -> torch.nn.Module:
+        other = cls(model.cfg, model.file_dims, model.task, model.options)
+        other.load_state_dict(model.state_dict())
+        return other.eval()
+
+    declared = evaluate_model(model, tiny_h5, cfg).table
+    quiet = evaluate_model(like(NoControls), tiny_h5, cfg)
+    assert set(quiet.table["variant"]) == {"normal", "constant"}
+    assert quiet.info["quality_shuffle"] is False
+    again = evaluate_model(like(EncodesEachPass), tiny_h5, cfg).table
+    assert seen and not any(seen)
+    pd.testing.assert_frame_equal(again, declared, rtol=1e-5)
+
+
+def test_a_plugin_declaring_an_unknown_control_is_refused() -> None:
+    from qamoe_core.models import MultimodalModel, registry
+
+    class Oracle(MultimodalModel):
+        name = "oracle"
+        controls = ("oracle_r",)  # not offered by evaluation (yet)
+
+    with pytest.raises(InputError, match=r"declares the controls .*the evaluation controls are "
+                       "quality_shuffle"):  # fmt: skip
+        registry._checked(Oracle, "x.y:Oracle")
+
+
 def test_progress_is_called_per_point(tiny_h5: Path) -> None:
     calls: list[dict] = []
     cfg = EvalConfig(sweep=True, levels=(0.2, 0.6), seeds=(0,), axes=("noise",))

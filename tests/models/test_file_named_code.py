@@ -19,7 +19,7 @@ from qamoe_cli.main import main
 from qamoe_core.base.errors import CheckpointError, UsageError
 from qamoe_core.config import ModelConfig, TrainConfig
 from qamoe_core.data.store import FeatureFile
-from qamoe_core.models import build_model, class_path, complete_config, get, registry
+from qamoe_core.models import class_path, get, registry, resolve
 from qamoe_core.runs import checkpoint as ckpt
 
 PLUGIN = "examples.plugin.qamoe_example_plugin:MeanPoolModel"
@@ -32,10 +32,11 @@ def write_run(run: Path, data: Path, name: str = "qamoe", **edit: Any) -> Path:
     applied to its config.json."""
     with FeatureFile(data) as f:
         dims = {m: int(f.dims[m]) for m in f.modalities}
-    cfg = complete_config(name, TINY)
-    model = build_model(name, cfg, dims, "regression")
+    choice = resolve(name)
+    cfg = choice.complete(TINY)
+    model = choice.build(cfg, dims, "regression")
     run.mkdir(parents=True)
-    config = ckpt.run_config(name, cfg, TrainConfig(), dims=dims, task="regression",
+    config = ckpt.run_config(choice, cfg, TrainConfig(), dims=dims, task="regression",
                              scheme="mosi", dataset={})  # fmt: skip
     ckpt.write_config(run, {**config, **edit})
     ckpt.save_weights(run, model.state_dict())

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from qamoe_core.base.errors import InputError
+from qamoe_core.base.errors import ConfigError, InputError
 from qamoe_core.config import ModelConfig, TrainConfig
 from qamoe_core.models import ModelOutput, build_model
 from qamoe_core.models.layers import present_steps, segment_pool
@@ -221,14 +221,14 @@ def test_compression_can_be_switched_off() -> None:
 
 
 def test_quality_gate_off_uses_r_equal_one() -> None:
-    out = model_of("qamoe", TINY.override(quality_gate=False))(make_batch())
+    out = model_of("qamoe", TINY.override(options={"quality_gate": False}))(make_batch())
     assert out.quality is not None
     assert all(bool((v == 1).all()) for v in out.quality.values())
 
 
 def test_prior_fallback_off_has_no_prior_and_changes_the_output() -> None:
     with_prior = model_of("qamoe")
-    without = model_of("qamoe", TINY.override(prior_fallback=False))
+    without = model_of("qamoe", TINY.override(options={"prior_fallback": False}))
     assert without.prior is None and with_prior.prior is not None
     with torch.no_grad():
         for p in with_prior.prior.values():
@@ -238,7 +238,7 @@ def test_prior_fallback_off_has_no_prior_and_changes_the_output() -> None:
 
 
 def test_router_without_quality_reads_content_only() -> None:
-    blind = model_of("qamoe", TINY.override(router_uses_quality=False)).moe.router
+    blind = model_of("qamoe", TINY.override(options={"router_uses_quality": False})).moe.router
     aware = model_of("qamoe").moe.router
     assert blind.quality is None and aware.quality is not None
     with torch.no_grad():
@@ -251,8 +251,10 @@ def test_router_without_quality_reads_content_only() -> None:
 
 
 def test_fuse_quality_switch_adds_r_to_the_fused_vector_only() -> None:
-    aware = model_of("qamoe", TINY.override(router_uses_quality=False))
-    blind = model_of("qamoe", TINY.override(router_uses_quality=False, fuse_uses_quality=False))
+    aware = model_of("qamoe", TINY.override(options={"router_uses_quality": False}))
+    blind = model_of(
+        "qamoe", TINY.override(options={"router_uses_quality": False, "fuse_uses_quality": False})
+    )
     assert aware.fuse_quality is not None and blind.fuse_quality is None
     # created last: every other weight is initialised the same with or without the switch
     shared = {k: v for k, v in aware.state_dict().items() if not k.startswith("fuse_quality")}
@@ -303,7 +305,7 @@ def test_dense_and_number_of_experts() -> None:
 def test_uncertainty_targets_differ() -> None:
     batch = make_batch()
     enc = model_of("qamoe").train()
-    inp = model_of("qamoe", TINY.override(uncertainty_target="clean_input")).train()
+    inp = model_of("qamoe", TINY.override(options={"uncertainty_target": "clean_input"})).train()
     assert enc.quality["audio"].decoder is None
     assert inp.quality["audio"].decoder is not None
     assert inp.quality["audio"].t_mean.shape == (DIMS["audio"],)  # σ² lives in input space
@@ -327,7 +329,7 @@ def test_unc_encoder_grad_switch_keeps_the_encoders_out_of_the_uncertainty_loss(
     noisy = {k: (v + 0.5 * torch.randn_like(v) if v.is_floating_point() and k in DIMS else v)
              for k, v in batch.items()}  # fmt: skip
     on = model_of("qamoe").train()
-    off = model_of("qamoe", TINY.override(unc_encoder_grad=False)).train()
+    off = model_of("qamoe", TINY.override(options={"unc_encoder_grad": False})).train()
     off.load_state_dict(on.state_dict())
     torch.manual_seed(1)  # the same dropout masks in both passes
     out_on = on(noisy, batch)
@@ -351,11 +353,36 @@ def test_loss_weights_enter_the_total() -> None:
     batch = make_batch()
     base = model_of("qamoe").train()
     out = base(batch, batch)
-    cfg = TINY
-    expected = out.loss_task + cfg.unc_weight * out.loss_unc + cfg.balance_weight * out.loss_balance
+    o = base.options  # QA-MoE's own weights: λ_unc and λ_bal
+    assert (o.unc_weight, o.balance_weight) == (0.1, 0.01)
+    expected = out.loss_task + o.unc_weight * out.loss_unc + o.balance_weight * out.loss_balance
     torch.testing.assert_close(out.loss, expected)
-    heavy = model_of("qamoe", TINY.override(unc_weight=5.0)).train()
+    heavy = model_of("qamoe", TINY.override(options={"unc_weight": 5.0})).train()
     assert not torch.isclose(heavy(batch, batch).loss, out.loss)
+
+
+def test_each_model_weighs_only_its_own_loss_terms() -> None:
+    batch = make_batch()
+    dense = model_of("dense-moe", TINY.override(options={"balance_weight": 2.0})).train()
+    out = dense(batch, batch)
+    assert dense.options.balance_weight == 2.0 and out.loss_unc is None
+    torch.testing.assert_close(out.loss, out.loss_task + 2.0 * out.loss_balance)
+    # The weights are options of the models that have the terms, nobody else's.
+    with pytest.raises(ConfigError, match="for the model 'early-fusion': unc_weight"):
+        model_of("early-fusion", TINY.override(options={"unc_weight": 1.0}))
+    assert model_of("early-fusion").loss_weights == {}
+
+
+def test_an_auxiliary_loss_without_a_declared_weight_is_a_contract_error() -> None:
+    cls = type(model_of("dense-moe"))
+
+    class Undeclared(cls):  # type: ignore[misc, valid-type]
+        loss_weights = {}  # noqa: RUF012  # the declaration left out
+
+    torch.manual_seed(0)
+    model = Undeclared(TINY, DIMS, "regression").train()
+    with pytest.raises(InputError, match="returned loss_balance but declares no weight"):
+        model(make_batch())
 
 
 def test_unknown_model_name() -> None:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from qamoe_core.config import ModelConfig, TrainConfig
-from qamoe_core.models import ModelOutput, build_model, check_output, names
+from qamoe_core.models import ModelOutput, build_model, check_output, names, resolve
 from qamoe_core.runs import checkpoint as ckpt
 
 MODELS = ("tfn", "lmf", "mult")
@@ -124,8 +124,9 @@ def test_checkpoint_round_trip(name: str, tmp_path: Path) -> None:
     model.eval()
     run = tmp_path / "run"
     run.mkdir()
-    ckpt.write_config(run, ckpt.run_config(name, cfg, TrainConfig(), dims=DIMS, task="binary",
-                                           scheme="binary", dataset={}))  # fmt: skip
+    record = ckpt.run_config(resolve(name), cfg, TrainConfig(), dims=DIMS, task="binary",
+                             scheme="binary", dataset={})  # fmt: skip
+    ckpt.write_config(run, record)
     ckpt.save_weights(run, model.state_dict())
     loaded, loaded_cfg, meta = ckpt.load_run(run)
     assert type(loaded) is type(model) and loaded_cfg.options == cfg.options

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from qamoe_core.base.errors import CheckpointError, ConfigError, InputError
+from qamoe_core.base.names import DEFAULT_MODEL
 from qamoe_core.config import ModelConfig
 from qamoe_core.models import (
     ModelOptions,
@@ -27,6 +28,7 @@ from qamoe_core.models import (
     names,
     option,
     registry,
+    resolve,
 )
 from qamoe_core.runs import checkpoint as ckpt
 
@@ -75,10 +77,41 @@ def one_line(exc: pytest.ExceptionInfo[Any]) -> str:
 
 def test_names_list_every_builtin_and_each_resolves() -> None:
     listed = names()
-    assert listed[0] == "qamoe"
+    assert listed[0] == "qamoe" == DEFAULT_MODEL
     assert {"late-fusion", "early-fusion", "dense-moe"} <= set(listed)
     for name in listed:
         assert get(name).name == name
+
+
+def test_the_baselines_are_a_registry_query() -> None:
+    # Our fusion baselines come right after QA-MoE, in the order fusion.py registers them.
+    assert registry.baselines() == ("late-fusion", "early-fusion", "dense-moe")
+    assert names()[1:4] == registry.baselines()
+    assert all(get(n).__module__ == "qamoe_core.models.fusion" for n in registry.baselines())
+
+
+def test_what_models_declare_is_checked() -> None:
+    for name in names():  # every built-in honours its own declarations
+        registry._check_declarations(get(name), name)
+    assert get("qamoe").loss_weights == {"loss_unc": "unc_weight", "loss_balance": "balance_weight"}
+
+    class Unweighed(MultimodalModel):
+        name = "unweighed"
+        loss_weights = {"loss_balance": "balance_weight"}  # noqa: RUF012  # not an option
+
+    with pytest.raises(InputError, match="declares the loss_weights") as exc:
+        registry._checked(Unweighed, "x.y:Unweighed")
+    one_line(exc)
+
+
+def test_a_choice_is_resolved_once_and_passed_on() -> None:
+    choice = resolve("late-fusion")
+    assert choice.cls is get("late-fusion") and choice.name == "late-fusion"
+    assert resolve(choice) is choice  # a choice made is not looked up again
+    assert choice.class_path == "qamoe_core.models.fusion:LateFusion"
+    assert isinstance(choice.build(TINY, DIMS, "regression"), choice.cls)
+    with pytest.raises(InputError, match="'--model' parameter must be one of qamoe"):
+        resolve("late-fusin", "--model")
 
 
 def test_unknown_name_lists_the_names_and_mentions_plugins() -> None:
@@ -165,9 +198,12 @@ def test_options_come_from_the_config_and_are_checked() -> None:
     assert "rank" in (exc.value.hint or "")
     with pytest.raises(ConfigError, match="'rank' parameter must be an integer in"):
         WithOptions(TINY.override(options={"rank": 0}), DIMS, "regression")
+    with pytest.raises(ConfigError, match="for the model 'early-fusion': rank") as exc:
+        complete_config("early-fusion", TINY.override(options={"rank": 8}))
+    assert "has no options" in (exc.value.hint or "")
     with pytest.raises(ConfigError, match="for the model 'qamoe': rank") as exc:
         complete_config("qamoe", TINY.override(options={"rank": 8}))
-    assert "has no options" in (exc.value.hint or "")
+    assert "quality_gate" in (exc.value.hint or "")  # QA-MoE's switches are its options
     assert complete_config(PLUGIN, TINY).options == {"hidden": 32}
 
 

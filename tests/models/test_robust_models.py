@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from qamoe_core.config import ModelConfig, TrainConfig
-from qamoe_core.models import ModelOutput, build_model, check_output, names
+from qamoe_core.models import ModelOutput, build_model, check_output, names, resolve
 from qamoe_core.models.lnln import completeness
 from qamoe_core.models.misa import cmd, orthogonality
 from qamoe_core.runs import checkpoint as ckpt
@@ -158,7 +158,13 @@ def test_checkpoint_round_trip_gives_the_same_predictions(name: str, tmp_path: P
     run = tmp_path / "run"
     run.mkdir()
     meta = ckpt.run_config(
-        name, cfg, TrainConfig(), dims=FEATURE_DIMS, task="regression", scheme="mosi", dataset={}
+        resolve(name),
+        cfg,
+        TrainConfig(),
+        dims=FEATURE_DIMS,
+        task="regression",
+        scheme="mosi",
+        dataset={},
     )
     ckpt.write_config(run, meta)
     ckpt.save_weights(run, model.state_dict())

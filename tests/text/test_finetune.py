@@ -82,6 +82,22 @@ def test_features_mode_builds_no_encoder() -> None:
     model = build_model("qamoe", ModelConfig(), {"text": 8, "audio": 4}, "regression")
     assert model.text_front is None and model.text_special_ids is None
     assert not any(k.startswith("text_front") for k in model.state_dict())
+    # The declared capability says so: features corrupted as ever, one learning rate.
+    assert not model.reads_text_ids and model.spectrum_options() == {}
+    assert model.parameter_groups() == [(None, list(model.parameters()))]
+
+
+def test_the_text_capability_is_declared_on_the_model(tiny_dir: Path) -> None:
+    from qamoe_core.models import build_model
+
+    model = build_model("late-fusion", _cfg(tiny_dir, text_lr=2e-5), {"text": 7, "audio": 4},
+                        "regression")  # fmt: skip
+    assert model.reads_text_ids and model.text_special_ids == (UNK, CLS, SEP)
+    assert model.spectrum_options() == {"special_ids": (UNK, CLS, SEP), "text_noise": True}
+    (rest_lr, rest), (text_lr, text) = model.parameter_groups()
+    assert rest_lr is None and text_lr == 2e-5
+    assert {id(p) for p in text} == {id(p) for p in model.text_front.parameters()}
+    assert len(rest) + len(text) == len(list(model.parameters()))
 
 
 # -- training, checkpoint -------------------------------------------------------------------

@@ -82,7 +82,7 @@ def test_the_hash_is_checked_before_the_encoder_is_built(
     def never(*_: object, **__: object) -> None:
         raise AssertionError("the encoder was loaded before its hash was checked")
 
-    monkeypatch.setattr("qamoe_core.text.folder.load_model", never)
+    monkeypatch.setattr("qamoe_core.text.locate.load_model", never)
     monkeypatch.setattr("qamoe_core.text.encoder.load_model", never)
     monkeypatch.setattr("qamoe_core.text.encoder.load_tokenizer", never)
     with pytest.raises(CheckpointError, match="another encoder"):

@@ -57,7 +57,11 @@ def test_run_directory_and_history(tiny_h5: Path, tmp_path: Path) -> None:
     ckpt.check_run(run)
     config = json.loads((run / "config.json").read_text())
     assert config["format"] == "qamoe-run" and config["format_version"] == 1
-    assert config["model"] == MODEL.to_dict() and config["train"] == FAST.to_dict()
+    recorded = MODEL.to_dict() | {"options": config["model"]["options"]}
+    assert config["model"] == recorded and config["train"] == FAST.to_dict()
+    # QA-MoE's own switches and loss weights: its options, defaults filled in
+    assert config["model"]["options"]["quality_gate"] is True
+    assert config["model"]["options"]["unc_weight"] == 0.1 and "unc_weight" not in recorded
     assert config["dims"] == {"text": 32, "audio": 5, "vision": 8}
     assert config["dataset"]["sha256"] and config["task"] == "regression"
     history = ckpt.read_history(run)
@@ -288,6 +292,26 @@ def test_learning_rate_schedule() -> None:
 
 
 @pytest.mark.slow
+def test_the_optimizer_follows_the_models_parameter_groups() -> None:
+    # A model (a plug-in) declares its own groups on the contract; training reads them.
+    from qamoe_core.models import get
+    from qamoe_core.training.step import make_optimizer
+
+    class SlowHead(get("early-fusion")):  # type: ignore[misc]
+        def parameter_groups(self) -> list:
+            head = {id(p) for p in self.head.parameters()}
+            params = list(self.parameters())
+            return [(None, [p for p in params if id(p) not in head]),
+                    (1e-4, [p for p in params if id(p) in head])]  # fmt: skip
+
+    model = SlowHead(MODEL, {"text": 6, "audio": 4}, "regression")
+    opt = make_optimizer(model, TrainConfig(lr=1e-3))
+    scale = {id(p): g["lr_scale"] for g in opt.param_groups for p in g["params"]}
+    assert len(scale) == len(list(model.parameters()))
+    assert all(scale[id(p)] == pytest.approx(0.1) for p in model.head.parameters())
+    assert {scale[id(p)] for p in model.mlp.parameters()} == {1.0}
+
+
 def test_distributed_two_cpu_processes(tiny_h5: Path, tmp_path: Path) -> None:
     """torchrun with 2 gloo processes: the same command, one run written by rank 0."""
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")

@@ -15,6 +15,7 @@ import torch
 
 from qamoe_core.base.errors import CheckpointError
 from qamoe_core.config import ModelConfig, TrainConfig
+from qamoe_core.models.registry import resolve
 from qamoe_core.runs import checkpoint as ckpt
 from qamoe_core.training import resume
 
@@ -27,7 +28,7 @@ def _run(tmp_path: Path, **state: Any) -> Path:
     """A run folder holding config.json (tfn) and, given ``state`` values, train_state.pt."""
     run = tmp_path / "run"
     run.mkdir()
-    config = ckpt.run_config("tfn", SAVED_MODEL, SAVED_TRAIN, dims=DIMS, task="regression",
+    config = ckpt.run_config(resolve("tfn"), SAVED_MODEL, SAVED_TRAIN, dims=DIMS, task="regression",
                              scheme="mosi", dataset={})  # fmt: skip
     ckpt.write_config(run, config)
     if state:

@@ -58,11 +58,8 @@ class MiniLMEncoder:
     def __init__(
         self, model: str | Path | None = None, max_tokens: int = 128, batch_size: int = 64
     ) -> None:
-        from qamoe_core.data.media.text import (
-            DEFAULT_MODEL_NAME,
-            default_text_model,
-            resolve_text_model,
-        )
+        from qamoe_core.data.media.text import DEFAULT_MODEL_NAME
+        from qamoe_core.text.locate import default_text_model, resolve_text_model
 
         self.model_dir = resolve_text_model(model)  # InputError naming qamoe[media] if absent
         self.max_tokens = max_tokens

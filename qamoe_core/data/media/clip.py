@@ -21,8 +21,9 @@ from qamoe_core.data.media.audio import AUDIO_BACKENDS, SAMPLE_RATE, load_audio
 from qamoe_core.data.media.config import MediaConfig, clip_key
 from qamoe_core.data.media.failures import ClipFailure
 from qamoe_core.data.media.manifest import ClipSpec
-from qamoe_core.data.media.text import TextExtractor, resolve_text_model
+from qamoe_core.data.media.text import TextExtractor
 from qamoe_core.data.media.vision import VISION_BACKENDS
+from qamoe_core.text.locate import resolve_text_model
 from qamoe_core.version import __version__
 
 log = logging.getLogger(__name__)

@@ -61,9 +61,10 @@ from qamoe_core.data.media.config import (
 )
 from qamoe_core.data.media.deps import require
 from qamoe_core.data.media.manifest import ClipSpec, Manifest, read_manifest
-from qamoe_core.data.media.text import BATCH_SIZE, TEXT_PASS, resolve_text_model
+from qamoe_core.data.media.text import BATCH_SIZE, TEXT_PASS
 from qamoe_core.data.media.vision import landmark_model_path
 from qamoe_core.data.store import file_sha256
+from qamoe_core.text.locate import resolve_text_model
 from qamoe_core.version import __version__
 
 log = logging.getLogger(__name__)

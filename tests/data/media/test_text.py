@@ -9,9 +9,8 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from qamoe_core.base.errors import InputError
-from qamoe_core.data.media import text as text_mod
-from qamoe_core.data.media.text import TextExtractor, default_text_model, resolve_text_model
+from qamoe_core.data.media.text import TextExtractor
+from qamoe_core.text.locate import default_text_model, resolve_text_model
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +53,3 @@ def test_any_local_model_folder(tmp_path: Path, minilm: TextExtractor) -> None:
     minilm.tokenizer.save_pretrained(tmp_path / "tiny")
     ex = TextExtractor(resolve_text_model(tmp_path / "tiny"), max_tokens=8)
     assert ex("hello there").shape == (4, 32) and ex.dim == 32
-
-
-def test_no_local_model_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(text_mod, "default_text_model", lambda: None)
-    with pytest.raises(InputError) as info:
-        resolve_text_model(None)
-    assert "No local text model" in info.value.message
-    assert info.value.hint is not None and "--text-model" in info.value.hint
-    with pytest.raises(InputError, match="not a directory"):
-        resolve_text_model(tmp_path / "nope")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match=r"no config\.json"):
-        resolve_text_model(tmp_path / "empty")

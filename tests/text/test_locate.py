@@ -1,4 +1,5 @@
-"""Issue 26, item 2: a text encoder folder never runs code.
+"""text/locate.py: which encoder folder is opened, and (issue 26, item 2) that a text encoder
+folder never runs code.
 
 Folders are built from the tiny BERT of tiny_text.py (no download), then made hostile: an
 ``auto_map`` with ``.py`` files that write a marker, an unknown ``model_type``, a pickled
@@ -18,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from qamoe_core.base.errors import InputError
+from qamoe_core.text import locate
 from qamoe_core.text.encoder import PretrainedTextEncoder, TextEncoderError
-from qamoe_core.text.folder import ModelFolderError, check_folder
+from qamoe_core.text.locate import ModelFolderError, check_folder, resolve_text_model
 
 transformers = pytest.importorskip("transformers")
 from tests.text.tiny_text import (  # noqa: E402
@@ -133,8 +135,6 @@ def test_shard_names_must_stay_inside_the_folder(tiny_dir: Path, tmp_path: Path)
 
 
 def test_modules_json_cannot_point_outside(tiny_dir: Path, tmp_path: Path) -> None:
-    from qamoe_core.data.media.text import resolve_text_model
-
     folder = tmp_path / "st"
     folder.mkdir()
     modules = [{"type": "sentence_transformers.models.Transformer", "path": str(tiny_dir)}]
@@ -144,3 +144,16 @@ def test_modules_json_cannot_point_outside(tiny_dir: Path, tmp_path: Path) -> No
     shutil.copytree(tiny_dir, folder / "inner")
     (folder / "modules.json").write_text(json.dumps([{**modules[0], "path": "inner"}]))
     assert resolve_text_model(folder) == (folder / "inner").resolve()
+
+
+def test_no_local_model_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(locate, "default_text_model", lambda: None)
+    with pytest.raises(InputError) as info:
+        resolve_text_model(None)
+    assert "No local text model" in info.value.message
+    assert info.value.hint is not None and "--text-model" in info.value.hint
+    with pytest.raises(InputError, match="not a directory"):
+        resolve_text_model(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"no config\.json"):
+        resolve_text_model(tmp_path / "empty")

