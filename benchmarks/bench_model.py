@@ -30,6 +30,7 @@ import contextlib
 import json
 import os
 import resource
+import shlex
 import statistics
 import sys
 import tempfile
@@ -380,7 +381,7 @@ def bench_all(args: argparse.Namespace, data: Path) -> dict[str, Any]:
             "(median and best), FLOPs per sample (torch flop counter) of each path, the "
             "achieved share of the matmul's GFLOP/s, the median per-round speed-up, the "
             "largest difference of the predictions, and one training epoch on each path.",
-            "command": " ".join(["python", *sys.argv]),
+            "command": shlex.join(["python", *sys.argv]),
             "threads": torch.get_num_threads(),
             "data_shapes": shapes_of(data),
             "machine_note": args.note,
