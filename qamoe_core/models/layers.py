@@ -182,7 +182,7 @@ class Rows(NamedTuple):
         """Rows of ``keep`` (B, T) bool, or None when more than ``most`` of the steps are kept
         (then gathering costs more than it saves)."""
         index = keep.flatten().nonzero().squeeze(1)
-        if index.numel() > most * keep.numel():
+        if index.numel() > most * keep.numel() or keep.numel() == 0:
             return None
         t = keep.shape[1]
         return Rows(index, index // t, index % t, (keep.shape[0], t))

@@ -206,6 +206,7 @@ def test_rows_pack_and_unpack_are_inverse() -> None:
     torch.testing.assert_close(rows.unpack(packed), x * keep[:, :, None])
     assert torch.equal(rows.sample * 9 + rows.step, rows.flat)
     assert Rows.of(torch.ones(3, 4, dtype=torch.bool)) is None  # everything kept: not worth it
+    assert Rows.of(torch.ones(0, 4, dtype=torch.bool)) is None  # an empty batch
 
 
 def test_training_is_deterministic_for_a_seed() -> None:
