@@ -9,18 +9,28 @@ in the same run (this CPU's practical limit) and their ratio, plus the top ops o
     python benchmarks/bench_model.py --data mosi.h5 --config cfg.json --model late-fusion
     python benchmarks/bench_model.py --accuracy --epochs 15   # accuracy cost of compression
     python benchmarks/bench_model.py --all --out docs/results/models-bench.json  # every model
+    python benchmarks/bench_model.py --compare-ref        # library path vs the code before
+    python benchmarks/bench_model.py --all --compare-ref --out docs/results/models-bench.json
 
 Timing: every measurement repeats for a few seconds and reports the median batch time (and
 the best): on a shared machine the median is what a user sees, the best what the code can do.
 The matmul limit is measured just before and after the model, so both see the same load.
+
+--compare-ref: the library's forward and the reference path (benchmarks/model_reference.py:
+the computation as it was before the speed-ups, same model, same weights) are timed batch by
+batch in alternation, with one large matmul between rounds, so that all three see the same
+load; the speed-up is the median of the per-round ratios, and the largest difference of their
+predictions is reported. The load average is printed with every number.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
+import shlex
 import statistics
 import sys
 import tempfile
@@ -38,6 +48,9 @@ from qamoe_core.config import ModelConfig, TrainConfig, from_json  # noqa: E402
 from qamoe_core.data.store import FeatureFile  # noqa: E402
 from qamoe_core.data.torchdata import to_torch  # noqa: E402
 from qamoe_core.models import build_model, names  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from model_reference import reference_path  # noqa: E402
 
 
 def timed(fn: Callable[[], Any], seconds: float, min_reps: int = 5) -> dict[str, float]:
@@ -66,6 +79,66 @@ def model_flops(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> int:
     with torch.inference_mode(), counter:
         model(batch)
     return int(counter.get_total_flops())
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def compare_paths(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], args: argparse.Namespace
+) -> dict[str, Any]:
+    """The library's path ("new") against the reference ("reference"), in alternation."""
+    paths: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
+        "new": contextlib.nullcontext, "reference": reference_path,
+    }  # fmt: skip
+    b = next(iter(batch.values())).shape[0]
+    n = args.matmul_n
+    a, m = torch.randn(n, n), torch.randn(n, n)
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    mm: list[float] = []
+    out = {}
+    load_before = load()
+    with torch.inference_mode():
+        for name, path in paths.items():
+            with path():
+                out[name] = model(batch)  # warm-up, and the outputs compared below
+        start = time.perf_counter()
+        while len(mm) < 10 or time.perf_counter() - start < 2 * args.seconds:
+            for name, path in paths.items():
+                with path():
+                    t0 = time.perf_counter()
+                    model(batch)
+                    times[name].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            a @ m
+            mm.append(time.perf_counter() - t0)
+    mm_gflops = 2 * n**3 / statistics.median(mm) / 1e9
+    result: dict[str, Any] = {"matmul_gflops": round(mm_gflops, 1), "rounds": len(mm)}
+    for name, path in paths.items():
+        with path():
+            flops = model_flops(model, batch) / b
+        t = statistics.median(times[name])
+        result[name] = {
+            "samples_per_s": round(b / t, 1),
+            "samples_per_s_best": round(b / min(times[name]), 1),
+            "flops_per_sample_M": round(flops / 1e6, 2),
+            "achieved_gflops": round(flops * b / t / 1e9, 1),
+            "ratio_to_matmul": round(flops * b / t / 1e9 / mm_gflops, 3),
+        }
+    ratios = [r / t for t, r in zip(times["new"], times["reference"], strict=True)]
+    result["speedup"] = round(statistics.median(ratios), 3)
+    # The new path's speed counted in the reference's FLOPs (it may skip masked steps).
+    ref_flops = result["reference"]["flops_per_sample_M"] * 1e6
+    new_t = statistics.median(times["new"])
+    result["new"]["ratio_at_reference_flops"] = round(ref_flops * b / new_t / 1e9 / mm_gflops, 3)
+    diff = {
+        f: float((getattr(out["new"], f) - getattr(out["reference"], f)).abs().max())
+        for f in ("prediction", "log_var")
+    }  # fmt: skip
+    result["max_abs_diff"] = diff
+    result["load_average"] = {"before": load_before, "after": load()}
+    return result
 
 
 def profile_top(model: torch.nn.Module, batch: dict[str, torch.Tensor], k: int = 10) -> list:
@@ -103,7 +176,6 @@ def ensure_data(path: Path | None, preset: str) -> Path:
 
 
 def bench_speed(args: argparse.Namespace, mcfg: ModelConfig, data: Path) -> dict[str, Any]:
-    from qamoe_core.training.loop import train
 
     with FeatureFile(data) as f:
         dims = {m: int(f.dims[m]) for m in f.modalities}
@@ -124,6 +196,8 @@ def bench_speed(args: argparse.Namespace, mcfg: ModelConfig, data: Path) -> dict
         with torch.inference_mode():
             model(batch)
 
+    if args.compare_ref:
+        return bench_compare(args, mcfg, data, model, batch, n_train)
     mm_before = matmul_gflops(args.matmul_n, args.seconds / 2)
     t_inf = timed(infer, args.seconds)
     mm_after = matmul_gflops(args.matmul_n, args.seconds / 2)
@@ -148,18 +222,50 @@ def bench_speed(args: argparse.Namespace, mcfg: ModelConfig, data: Path) -> dict
     if args.mask_cost:
         result["mask_zero_steps_cost"] = mask_cost(args, mcfg, dims, means, stds, batch)
     if args.train_epoch:
-        with tempfile.TemporaryDirectory() as tmp:
-            tcfg = TrainConfig(epochs=1, patience=1)
-            t0 = time.perf_counter()
-            train(data, Path(tmp) / "run", args.model, mcfg, tcfg, device="cpu")
-            total = time.perf_counter() - t0
-            history = json.loads((Path(tmp) / "run" / "history.jsonl").read_text().splitlines()[0])
-        result["train_epoch_s"] = round(history["seconds"], 2)
-        result["train_samples_per_s"] = round(n_train / history["seconds"], 1)
-        result["train_call_s"] = round(total, 2)  # includes loading, validation copies, test eval
+        result.update(train_epoch(args, mcfg, data, n_train))
     result["peak_rss_MiB"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    result["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    result["load_average"] = load()
     return result
+
+
+def bench_compare(
+    args: argparse.Namespace,
+    mcfg: ModelConfig,
+    data: Path,
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    n_train: int,
+) -> dict[str, Any]:
+    """--compare-ref: inference on both paths in alternation, then a training epoch on each."""
+    b = next(iter(batch.values())).shape[0]
+    result = {"model": args.model, "threads": torch.get_num_threads(), "batch": b}
+    result["inference"] = compare_paths(model, batch, args)
+    result["parameters"] = sum(p.numel() for p in model.parameters())
+    if args.train_epoch:
+        for name, path in (("new", contextlib.nullcontext), ("reference", reference_path)):
+            with path():
+                result[f"train_{name}"] = train_epoch(args, mcfg, data, n_train)
+    return result
+
+
+def train_epoch(
+    args: argparse.Namespace, mcfg: ModelConfig, data: Path, n_train: int
+) -> dict[str, Any]:
+    """One epoch through the real trainer (corruption, clean pass, backward, validation)."""
+    from qamoe_core.training.loop import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tcfg = TrainConfig(epochs=1, patience=1)
+        t0 = time.perf_counter()
+        train(data, Path(tmp) / "run", args.model, mcfg, tcfg, device="cpu")
+        total = time.perf_counter() - t0
+        history = json.loads((Path(tmp) / "run" / "history.jsonl").read_text().splitlines()[0])
+    return {
+        "train_epoch_s": round(history["seconds"], 2),
+        "train_samples_per_s": round(n_train / history["seconds"], 1),
+        "train_call_s": round(total, 2),  # includes loading, validation copies, test eval
+        "load_average": load(),
+    }
 
 
 def mask_cost(
@@ -254,14 +360,34 @@ TABLE_KEYS = (
 )  # fmt: skip
 
 
+def shapes_of(data: Path) -> dict[str, list[int]]:
+    with FeatureFile(data) as f:
+        return {m: list(f.h5["test"][m].shape[1:]) for m in f.modalities}
+
+
 def bench_all(args: argparse.Namespace, data: Path) -> dict[str, Any]:
     """One row per registered built-in model (defaults, options included), as one table."""
     rows = []
     for name in names():
         args.model = name
         row = bench_speed(args, ModelConfig(), data)
-        rows.append({k: row.get(k) for k in TABLE_KEYS})
+        rows.append(row if args.compare_ref else {k: row.get(k) for k in TABLE_KEYS})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    if args.compare_ref:
+        return {
+            "what": "Every built-in model with its defaults on the synthetic mosi preset at full "
+            "unaligned lengths (test split, batch 256), the library's forward ('new') against "
+            "the computation before the speed-ups ('reference', benchmarks/model_reference.py) "
+            "timed in alternation with a 2048² float32 matmul between rounds: samples/s "
+            "(median and best), FLOPs per sample (torch flop counter) of each path, the "
+            "achieved share of the matmul's GFLOP/s, the median per-round speed-up, the "
+            "largest difference of the predictions, and one training epoch on each path.",
+            "command": shlex.join(["python", *sys.argv]),
+            "threads": torch.get_num_threads(),
+            "data_shapes": shapes_of(data),
+            "machine_note": args.note,
+            "rows": rows,
+        }
     return {
         "what": "Every built-in model with its defaults on the synthetic mosi preset at full "
         "unaligned lengths (test split, batch 256): inference samples/s (median and best), one "
@@ -297,6 +423,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--all", action="store_true", help="every built-in model, one table")
+    ap.add_argument(
+        "--compare-ref", action="store_true",
+        help="time the library's forward against the reference path (the code before the "
+        "speed-ups, benchmarks/model_reference.py) in alternation",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ap.add_argument("--note", default="", help="a note on the machine (e.g. its load)")
     args = ap.parse_args()

@@ -19,7 +19,7 @@ d model width.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import cast
 
 import torch
@@ -27,21 +27,26 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qamoe_core.config import ModelConfig
-from qamoe_core.models.layers import Block, present_steps, segment_pool, sinusoid, valid_mask
-
-
-def key_mask(valid: Tensor, dtype: torch.dtype) -> Tensor:
-    """(B, T) bool -> (B, 1, 1, T) additive attention mask (-inf on invalid keys)."""
-    mask = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
-    return mask.masked_fill(~valid, float("-inf"))[:, None, None, :]
+from qamoe_core.models.layers import (
+    Block,
+    FeatureStats,
+    Rows,
+    key_mask,
+    present_steps,
+    segment_pool,
+    sinusoid,
+    valid_mask,
+)
 
 
 class TokenEncoder(nn.Module):
-    """x (B, T, D) raw features, lengths (B,), standardise (the model's TRAIN-statistics
-    standardisation) -> tokens (B, K, d) and coverage (B,).
+    """x (B, T, D) raw features, lengths (B,), the model's TRAIN statistics of them
+    (:class:`~qamoe_core.models.layers.FeatureStats`) -> tokens (B, K, d) and coverage (B,).
 
     coverage: the share of valid steps that are present (all ones without mask_zero_steps),
-    which LNLN's completeness check is trained to predict (see lnln.py).
+    which LNLN's completeness check is trained to predict (see lnln.py). As in the shared
+    Encoder, standardising is folded into the projection, and when many steps are masked the
+    per-step layers run on the kept ones only (:class:`~qamoe_core.models.layers.Rows`).
     """
 
     def __init__(self, dim: int, cfg: ModelConfig, n_tokens: int, depth: int, segments: int):
@@ -52,24 +57,46 @@ class TokenEncoder(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(depth))
         self.ln = nn.LayerNorm(cfg.d_model)
 
-    def forward(
-        self, x: Tensor, lengths: Tensor, standardise: Callable[[Tensor], Tensor]
-    ) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, lengths: Tensor, stats: FeatureStats) -> tuple[Tensor, Tensor]:
         steps = valid_mask(lengths, x.shape[1])  # (B, T)
         # Presence is read on the raw features (a dropped step is all zero there), before
         # standardising moves zeros to -mean/std.
         present = present_steps(x, steps) & steps if self.mask_zero_steps else steps
         coverage = present.sum(1).to(x.dtype) / lengths.clamp(min=1).to(x.dtype)  # (B,)
-        x = standardise(x) * present[:, :, None].to(x.dtype)  # left-out steps stay zero
+        # Only kept steps are read from here on: the others never enter a segment's mean, and
+        # as keys they are masked (the tokens, always valid, are the only outputs).
         x, valid = segment_pool(x, lengths, self.segments, present)  # (B, S, D), (B, S)
-        h = self.proj(x) + sinusoid(x.shape[1], self.tokens.shape[-1], x.device, x.dtype)
         b, k = x.shape[0], self.tokens.shape[1]
-        h = torch.cat([self.tokens.expand(b, -1, -1), h], dim=1)  # (B, K + S, d)
-        valid = torch.cat([valid.new_ones(b, k), valid], dim=1)
+        valid = torch.cat([valid.new_ones(b, k), valid], dim=1)  # (B, K + S)
+        rows = Rows.of(valid)
+        h = self._embed(x, stats, rows)  # (B, K + S, d), or the kept rows (N, d)
         mask = key_mask(valid, h.dtype)
         for block in self.blocks:
-            h = block(h, mask)
-        return self.ln(h[:, :k]), coverage  # (B, K, d), (B,)
+            h = block(h, mask, rows)
+        # Each sample's K tokens lead its rows, in order.
+        h = h[:, :k] if rows is None else h[rows.step < k].view(b, k, -1)
+        return self.ln(h), coverage  # (B, K, d), (B,)
+
+    def _embed(self, x: Tensor, stats: FeatureStats, rows: Rows | None) -> Tensor:
+        """Tokens, then the steps standardised, projected and with positions: (B, K + S, d),
+        or with ``rows`` the kept ones (N, d)."""
+        # W·((x - m)/s) + b == (W/s)·x + (b - W·(m/s)): standardise inside the matmul.
+        w = self.proj.weight / stats.in_std  # (d, D)
+        bias = self.proj.bias - w @ stats.in_mean
+        pos = sinusoid(x.shape[1], w.shape[0], x.device, x.dtype)  # (S, d)
+        b, s = x.shape[0], x.shape[1]
+        k = self.tokens.shape[1]
+        if rows is None:
+            return torch.cat([self.tokens.expand(b, -1, -1), F.linear(x, w) + (bias + pos)], 1)
+        is_step = rows.step >= k
+        step = rows.step[is_step] - k
+        at = rows.sample[is_step] * s + step  # rows of x (B·S, D)
+        h = x.new_empty(rows.flat.shape[0], w.shape[0])
+        h[~is_step] = self.tokens[0].index_select(0, rows.step[~is_step])
+        h[is_step] = torch.addmm(
+            (bias + pos).index_select(0, step), x.reshape(b * s, -1).index_select(0, at), w.t()
+        )
+        return h
 
 
 def token_encoders(
