@@ -1,7 +1,8 @@
 """The one owner of output folders: prepare, resume, replace (``--force``) and recover.
 
-Used by ``train`` (a run folder), ``demo`` and ``report``; each kind has its own marker
-(``config.json``, ``.qamoe-demo``, ``.qamoe-report``) that says "qamoe made this folder".
+Used by ``train`` (a run folder), ``demo``, ``report`` and ``export``; each kind has its own
+marker (``config.json``, ``.qamoe-demo``, ``.qamoe-report``, ``.qamoe-export``) that says
+"qamoe made this folder".
 
 Invariant: at every instant, either the old output or the new one is complete under the
 final name, and nothing qamoe did not create is ever deleted. How:
