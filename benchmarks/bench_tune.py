@@ -37,9 +37,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from qamoe_core.base.runtime import usable_cores as cores  # noqa: E402
 from qamoe_core.data.synthetic import write_synthetic  # noqa: E402
 from qamoe_core.tuning.api import run_tuning  # noqa: E402
-from qamoe_core.tuning.executor import cores  # noqa: E402
 from qamoe_core.tuning.plan import TuneSettings  # noqa: E402
 
 SPACE = """[train.lr]

@@ -4,7 +4,8 @@
 
 Each file of OLD is compared with the same path under NEW: byte-identical; else identical once
 the two folder paths are made equal and wall-clock timings (JSON keys ending in "seconds" and
-demo.json's "timings") are set aside; else, for ``.pt``/``.pth`` files, every tensor equal
+demo.json's "timings") and metrics.json's "environment" (the timings' conditions) are set
+aside; else, for ``.pt``/``.pth`` files, every tensor equal
 (``torch.load(weights_only=True)``) once paths and timings are set aside in what is not a
 tensor. Prints one line per file that is not byte-identical, and a JSON count; exits 1 on
 any real difference.
@@ -19,10 +20,14 @@ from pathlib import Path
 from typing import Any
 
 TIMING = re.compile(r'"(\w*seconds|timings)": (\{[^}]*\}|[0-9.eE+-]+)')
+# metrics.json's "environment" (threads, wait policy, load at start: the conditions of its
+# timings), left out entirely: outputs of runs made before it was recorded compare equal.
+ENVIRONMENT = re.compile(r',\s*"environment": \{[^}]*\}')
 
 
 def _text(path: Path, root: Path) -> str:
-    return TIMING.sub(r'"\1": T', path.read_text(errors="replace").replace(str(root), "ROOT"))
+    text = path.read_text(errors="replace").replace(str(root), "ROOT")
+    return TIMING.sub(r'"\1": T', ENVIRONMENT.sub("", text))
 
 
 def _scrub(obj: Any, root: str) -> Any:

@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
 import qamoe_core.base.rundir as rundir
+import qamoe_core.base.runtime as runtime
 import qamoe_core.runs.checkpoint as ckpt
 import qamoe_core.training.ddp as ddp
 import qamoe_core.training.resume as resume_policy
@@ -356,6 +357,8 @@ class _Loop:
         final["device"] = str(self.dev)
         final["world_size"] = self.info.world_size
         final["train_seconds"] = time.perf_counter() - self.t0
+        # the conditions behind train_seconds: torch's threads and how they waited (one level)
+        final["environment"] = {**runtime.thread_record(), "torch": torch.__version__}
         final["created_by"] = f"qamoe {__version__}"
         return final
 
