@@ -176,11 +176,12 @@ WAITS = ("auto", "active", "passive", "unset")
 # The environment the thread pools read when they start (libgomp, MKL, OpenBLAS).
 POOL_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 WAIT_VAR = "OMP_WAIT_POLICY"
-# Runnable tasks of other processes on our cores (averaged over a few samples at start) from
-# which the automatic policy counts a core as taken and lets its workers sleep.
+# Of our cores, how many other processes keep busy at start (busy_elsewhere) from which the
+# automatic policy lets its workers sleep (a core counts as taken from 0.5 on, by rounding).
 BUSY_AT = 0.5
-LOADAVG = "/proc/loadavg"
+LOADAVG, PROC_STAT = "/proc/loadavg", "/proc/stat"
 _SAMPLES, _SAMPLE_GAP_S = 5, 0.002
+SAMPLE_WINDOW_S = 0.05  # /proc/stat counts in clock ticks (10 ms): a few per CPU
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,7 @@ class ThreadPolicy:
     threads_from: str  # --threads | QAMOE_THREADS | OMP_NUM_THREADS | auto (| caller)
     wait_from: str  # --wait-policy | QAMOE_WAIT_POLICY | OMP_WAIT_POLICY | auto (| caller)
     cores: int  # the cores this process may use (affinity, cgroup quota)
-    busy: float | None = None  # others' runnable tasks on those cores at start (auto only)
+    busy: float | None = None  # of those cores, how many others kept busy at start (auto)
 
     def record(self) -> dict[str, Any]:
         """The policy as a run's metadata records it."""
@@ -243,12 +244,21 @@ def usable_cores() -> int:
 
 
 def busy_elsewhere(cores: int) -> float | None:
-    """Runnable tasks of other processes on ``cores`` cores right now: the kernel's count of
-    runnable tasks (/proc/loadavg, 4th field), averaged over a few samples, less this thread,
-    scaled to our share of the machine's CPUs. None where /proc/loadavg is absent.
+    """How many of this process's ``cores`` other processes keep busy right now; None where
+    that cannot be read. Not the load average: it trails by a minute, so a competitor started
+    seconds ago would not count, and one that ended seconds ago would.
 
-    Not the load average: it trails by a minute, so a competitor started seconds ago would not
-    count, and one that ended seconds ago would."""
+    With every CPU of the machine usable: the kernel's count of runnable tasks (/proc/loadavg,
+    4th field), averaged over a few samples a few ms apart, less this thread, scaled to our
+    share of the CPUs (a cgroup quota). Confined to some CPUs (taskset, a Slurm or container
+    cpuset): those CPUs' own non-idle time (/proc/stat) over SAMPLE_WINDOW_S, since the tasks
+    that the runnable count sees may all run elsewhere."""
+    try:
+        mine = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        mine = set()
+    if mine and len(mine) < (os.cpu_count() or 0):
+        return _busy_cpus(sorted(mine))
     counts = []
     for i in range(_SAMPLES):
         try:
@@ -260,6 +270,33 @@ def busy_elsewhere(cores: int) -> float | None:
             time.sleep(_SAMPLE_GAP_S)
     others = max(0.0, sum(counts) / len(counts) - 1)
     return others * min(1.0, cores / (os.cpu_count() or cores))
+
+
+def _cpu_times(cpus: list[int]) -> tuple[float, float] | None:
+    """(idle, total) time of ``cpus`` so far, summed (/proc/stat, in clock ticks); idle counts
+    iowait, total counts steal (a hypervisor's other guests are busy too)."""
+    wanted = {f"cpu{c}" for c in cpus}
+    idle = total = 0.0
+    try:
+        with open(PROC_STAT) as fh:
+            rows = [ln.split() for ln in fh if ln.split(maxsplit=1)[0] in wanted]
+        for row in rows:
+            ticks = [float(v) for v in row[1:9]]
+            idle, total = idle + ticks[3] + ticks[4], total + sum(ticks)
+    except (OSError, ValueError, IndexError):
+        return None
+    return (idle, total) if len(rows) == len(wanted) else None
+
+
+def _busy_cpus(cpus: list[int]) -> float | None:
+    """Busy CPUs among ``cpus`` over SAMPLE_WINDOW_S, while this thread sleeps."""
+    first = _cpu_times(cpus)
+    time.sleep(SAMPLE_WINDOW_S)
+    second = _cpu_times(cpus)
+    if first is None or second is None or second[1] <= first[1]:
+        return None
+    idle = (second[0] - first[0]) / (second[1] - first[1])
+    return max(0.0, len(cpus) * (1.0 - idle))
 
 
 def _threads_given(flag: int | None, environ: Mapping[str, str]) -> tuple[int | None, str]:

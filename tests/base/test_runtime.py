@@ -124,6 +124,8 @@ def test_busy_elsewhere_counts_other_runnable_tasks(
     fake.write_text("0.50 0.40 0.30 4/321 12345\n")  # 4 runnable: this thread and 3 others
     monkeypatch.setattr(runtime, "LOADAVG", str(fake))
     cpus = os.cpu_count() or 1
+    every = set(range(cpus))  # usable: the whole machine (else /proc/stat is read instead)
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: every, raising=False)
     assert runtime.busy_elsewhere(cpus) == pytest.approx(3.0)
     assert runtime.busy_elsewhere(max(1, cpus // 2)) == pytest.approx(
         3.0 * max(1, cpus // 2) / cpus
@@ -131,6 +133,30 @@ def test_busy_elsewhere_counts_other_runnable_tasks(
     monkeypatch.setattr(runtime, "LOADAVG", str(tmp_path / "absent"))
     assert runtime.busy_elsewhere(2) is None
     assert runtime.resolve_thread_policy(None, None, {}, cores=2).threads == 2  # unknown: idle
+
+
+def test_confined_to_some_cpus_only_their_own_busy_time_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text(
+        "cpu  10 0 10 100 0 0 0 0 0 0\n"
+        "cpu0 1 0 1 90 5 0 0 3 0 0\n"  # idle 90 + iowait 5 of 100, steal 3 counted busy
+        "cpu1 9 0 9 10 0 0 0 0 0 0\n"
+        "intr 1 2 3\n"
+    )
+    monkeypatch.setattr(runtime, "PROC_STAT", str(stat))
+    assert runtime._cpu_times([0]) == (95.0, 100.0)
+    assert runtime._cpu_times([0, 1]) == (105.0, 128.0)
+    assert runtime._cpu_times([0, 7]) is None  # a CPU the file does not list
+    # a process pinned to CPU 0 of 4 (taskset, a cpuset): that CPU's non-idle share, not the
+    # machine's runnable count (whose tasks may all run on the other CPUs)
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(runtime, "LOADAVG", str(tmp_path / "absent"))
+    snapshots = iter([(100.0, 200.0), (105.0, 220.0)])  # 5 of 20 ticks idle
+    monkeypatch.setattr(runtime, "_cpu_times", lambda cpus: next(snapshots))
+    assert runtime.busy_elsewhere(1) == pytest.approx(0.75)
 
 
 def test_parallel_jobs_divide_the_threads() -> None:
