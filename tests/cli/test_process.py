@@ -91,8 +91,9 @@ def test_root_thread_options_are_checked_and_recorded_then_undone(
     assert "--threads" in capsys.readouterr().err
     before = torch.get_num_threads()
     omp = os.environ.get("OMP_NUM_THREADS")
-    run = tmp_path / "run"
-    args = ["train", str(tiny_h5), "--out", str(run), "--epochs", "1", "--quiet"]
+    run, cfg = tmp_path / "run", tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"model": {"d_model": 16, "n_heads": 2, "segments": 4}}))
+    args = ["train", str(tiny_h5), "--out", str(run), "--epochs", "1", "--config", str(cfg), "-q"]
     assert main([*args, "--device", "cpu", "--threads", "2", "--wait-policy", "passive"]) == 0
     env = json.loads((run / "metrics.json").read_text())["environment"]
     assert env["threads"] == 2 and env["threads_from"] == "--threads"
