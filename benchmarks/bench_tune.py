@@ -5,7 +5,8 @@
         [--trials 6] [--folds 3] [--epochs 3] [--work DIR] [--out RESULT.json]
 
 Two tunings of the same request: ``--jobs 1`` (the trainings run one by one in the tuner's
-process) and ``--jobs 2`` (two child processes at a time, ``cores // 2`` threads each). Both use
+process) and ``--jobs 2`` (two child processes at a time, dividing the tuner's threads:
+``runtime.job_env``). Both use
 the random sampler and no pruning, so they draw and run the same trials whatever finishes first
 (the script checks that the settings are the same and the scores agree). Without ``--data`` the
 synthetic preset is written to the work folder first (not timed).
@@ -37,9 +38,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from qamoe_core.base.runtime import usable_cores as cores  # noqa: E402
 from qamoe_core.data.synthetic import write_synthetic  # noqa: E402
 from qamoe_core.tuning.api import run_tuning  # noqa: E402
-from qamoe_core.tuning.executor import cores  # noqa: E402
 from qamoe_core.tuning.plan import TuneSettings  # noqa: E402
 
 SPACE = """[train.lr]

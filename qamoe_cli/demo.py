@@ -1,7 +1,9 @@
-"""Run the whole chain on the built-in synthetic dataset in about a minute on 2 cores.
+"""Run the whole chain on the built-in synthetic dataset (about 30 s on 2 idle cores).
 
 Extracts the data, trains QA-MoE and one baseline, corrupts a copy at one level, evaluates
-both across the spectrum and writes a report; ends with the report's path.
+both across the spectrum and writes a report; ends with the report's path. Measured on a
+2-core machine: 26-50 s by load, longer beside other busy processes (README, "Threads on a
+busy machine").
 """
 
 from __future__ import annotations

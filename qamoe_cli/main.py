@@ -78,8 +78,34 @@ def _root(
             metavar="SIZE",
         ),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            help=(
+                "Torch threads for this command (also $QAMOE_THREADS, then $OMP_NUM_THREADS; "
+                "default: the cores this process may use that other processes are not "
+                "running on at start)."
+            ),
+            metavar="N",
+        ),
+    ] = None,
+    wait_policy: Annotated[
+        str | None,
+        typer.Option(
+            "--wait-policy",
+            help=(
+                "How idle torch threads wait: active (spin), passive (sleep), unset (the "
+                "OpenMP runtime's default: spin briefly, then sleep) or auto (also "
+                "$QAMOE_WAIT_POLICY, then $OMP_WAIT_POLICY; default auto: unset on an idle "
+                "machine, passive when other processes are running)."
+            ),
+            metavar="POLICY",
+        ),
+    ] = None,
 ) -> None:
-    process.apply_root_options(debug, memory_budget)
+    process.apply_root_options(debug, memory_budget, threads, wait_policy)
 
 
 # One line per command; each module's docstring is its help text.
@@ -94,19 +120,23 @@ app.command("tune", help=tune.HELP)(tune.command)
 app.command("study", help=study.__doc__)(study.command)
 
 
+# The root options that take a value, moved to the front by _debug_first.
+ROOT_VALUED = ("--memory-budget", "--threads", "--wait-policy")
+
+
 def _debug_first(argv: list[str]) -> list[str]:
-    """Move ``--debug`` and ``--memory-budget SIZE`` to the front, so that they work after the
-    command name too (where one adds them when a command has just failed:
-    ``qamoe corrupt … --debug``, or as a refusal's hint says)."""
+    """Move ``--debug``, ``--memory-budget SIZE``, ``--threads N`` and ``--wait-policy P`` to
+    the front, so that they work after the command name too (where one adds them when a
+    command has just failed: ``qamoe corrupt … --debug``, or as a refusal's hint says)."""
     end = argv.index("--") if "--" in argv else len(argv)
     front: list[str] = []
     rest: list[str] = []
     i = 0
     while i < end:
         a = argv[i]
-        if a == "--debug" or a.startswith("--memory-budget="):
+        if a == "--debug" or a.startswith(tuple(f"{o}=" for o in ROOT_VALUED)):
             front.append(a)
-        elif a == "--memory-budget" and i + 1 < end:
+        elif a in ROOT_VALUED and i + 1 < end:
             front += argv[i : i + 2]
             i += 1
         else:

@@ -129,11 +129,15 @@ def quiet_excepthook(kind: Any, value: Any, tb: Any) -> None:
         (state.next_excepthook or sys.__excepthook__)(kind, value, tb)
 
 
-def apply_root_options(debug: bool, memory_budget: str | None) -> None:
-    """What the root options set for the whole process: debug output and logging, and the
-    memory budget that readers compare a file's declared sizes with."""
+def apply_root_options(
+    debug: bool, memory_budget: str | None, threads: int | None = None, wait: str | None = None
+) -> None:
+    """What the root options set for the whole process: debug output and logging, the memory
+    budget that readers compare a file's declared sizes with, and the thread policy (here,
+    before any command imports torch: its OpenMP runtime reads the wait policy when loaded)."""
     state.debug = debug or os.environ.get("QAMOE_DEBUG", "") not in ("", "0")
     runtime.set_memory_budget(memory_budget)
+    runtime.apply_thread_policy(runtime.resolve_thread_policy(threads, wait))
     if state.in_main:  # here, not in main(): typer installs its own hook as the app starts
         state.next_excepthook = sys.excepthook
         sys.excepthook = quiet_excepthook
@@ -142,6 +146,7 @@ def apply_root_options(debug: bool, memory_budget: str | None) -> None:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger(__name__).debug("thread policy: %s", runtime.thread_record())
 
 
 @contextmanager
@@ -162,6 +167,7 @@ def command_scope() -> Iterator[None]:
         state.in_main = False
         sys.unraisablehook, sys.excepthook = old_hooks
         runtime.set_memory_budget(None)
+        runtime.reset_thread_policy()
         for sig, old in olds.items():
             if old is not None:  # None: a handler not set from Python
                 signal.signal(sig, old)

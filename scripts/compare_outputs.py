@@ -4,8 +4,9 @@
 
 Each file of OLD is compared with the same path under NEW: byte-identical; else identical once
 the two folder paths are made equal and wall-clock timings (JSON keys ending in "seconds" and
-demo.json's "timings") and a run's "environment" (versions, platform, git commit: where it was
-made, present or not) are set aside; else, for ``.pt``/``.pth`` files, every tensor equal
+demo.json's "timings") and a run's "environment" (config.json and metrics.json: versions,
+platform, git commit, threads and wait policy; present or not) are set aside; else, for
+``.pt``/``.pth`` files, every tensor equal
 (``torch.load(weights_only=True)``) once paths and timings are set aside in what is not a
 tensor. Prints one line per file that is not byte-identical, and a JSON count; exits 1 on
 any real difference.

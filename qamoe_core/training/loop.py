@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
 import qamoe_core.base.rundir as rundir
+import qamoe_core.base.runtime as runtime
 import qamoe_core.runs.checkpoint as ckpt
 import qamoe_core.training.ddp as ddp
 import qamoe_core.training.resume as resume_policy
@@ -359,7 +360,9 @@ class _Loop:
         final["world_size"] = self.info.world_size
         final["train_seconds"] = time.perf_counter() - self.t0
         final["created_by"] = f"qamoe {__version__}"
-        final["environment"] = environment(self.dev)  # of this process (a resume's own)
+        # of this process (a resume's own): versions, device, commit, and the conditions behind
+        # train_seconds (torch's threads and how they waited); one level, no nesting
+        final["environment"] = {**environment(self.dev), **runtime.thread_record()}
         return final
 
     def fit(self, resume: bool, board: tracking.Board) -> dict[str, Any]:

@@ -22,8 +22,9 @@ Two executors here:
   (seconds each, more than a small training takes), and a killed tuning still loses at most
   the epoch in progress: the training resumes from its checkpoint.
 - :class:`LocalExecutor` (``--jobs N``): N children at once (``python -m qamoe_cli.main
-  train ...``), each with ``cores // N`` threads (OMP/MKL_NUM_THREADS) and, with CUDA devices
-  visible, one device each; every child dies with the tuning (PR_SET_PDEATHSIG).
+  train ...``), each with ``threads // N`` threads and this process's wait policy
+  (``runtime.job_env``) and, with CUDA devices visible, one device each; every child dies
+  with the tuning (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from qamoe_core.base import rundir
+from qamoe_core.base import rundir, runtime
 from qamoe_core.base.atomic import atomic_path
 from qamoe_core.base.errors import QamoeError, UsageError
 
@@ -50,7 +51,6 @@ DONE = "done.json"
 FAILED = "failed.json"
 LOG = "log.txt"
 RUN = "run"
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -205,13 +205,6 @@ def _log_error(folder: Path, line: str) -> str:
 # --- child processes ----------------------------------------------------------------------------
 
 
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def _gpus() -> list[str]:
     import torch
 
@@ -257,8 +250,8 @@ class LocalExecutor:
             raise UsageError(f"The '--jobs' parameter must be at least 1. Got {jobs} instead.")
         self.root = root
         gpus = _gpus()[:jobs]
-        threads = max(1, cores() // jobs)
-        env = dict.fromkeys(THREAD_VARS, str(threads))
+        env = runtime.job_env(jobs)  # the jobs divide this process's threads
+        threads = int(env[runtime.THREADS_ENV])
         self.slots = [{**env, "CUDA_VISIBLE_DEVICES": g} for g in gpus] or [env] * jobs
         self.describe = f"{len(self.slots)} child process(es) x {threads} thread(s)" + (
             f", one GPU each ({', '.join(gpus)})" if gpus else ""

@@ -53,3 +53,21 @@ def test_a_runs_environment_is_set_aside_present_or_not(tmp_path: Path) -> None:
     assert cmp.compare(tmp_path / "a", tmp_path / "b")["different"] == 0
     (tmp_path / "b" / "config.json").write_text(json.dumps({"model": {"d": 32}}))
     assert cmp.compare(tmp_path / "a", tmp_path / "b")["different"] == 1
+
+
+def test_the_recorded_environment_is_set_aside_but_a_metric_next_to_it_is_not(
+    tmp_path: Path,
+) -> None:
+    env = {"threads": 2, "wait_policy": "unset", "busy_at_start": 0.2, "torch": "2.13.0+cpu"}
+    for name, extra in (
+        ("old", {}),
+        ("new", {"environment": env}),
+        ("other", {"environment": {**env, "threads": 1}}),
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"MAE": 0.5, **extra}, indent=2))
+    same = cmp.compare(tmp_path / "old", tmp_path / "new")
+    assert same["same up to paths/timings"] == 1 and same["different"] == 0
+    assert cmp.compare(tmp_path / "new", tmp_path / "other")["different"] == 0
+    (tmp_path / "other" / "metrics.json").write_text(json.dumps({"MAE": 0.6, "environment": env}))
+    assert cmp.compare(tmp_path / "new", tmp_path / "other")["different"] == 1

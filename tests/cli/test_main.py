@@ -84,6 +84,9 @@ def test_debug_first_moves_only_the_flag() -> None:
     ]
     assert _debug_first(["eval", "run"]) == ["eval", "run"]
     assert _debug_first(["x", "--", "--debug"]) == ["x", "--", "--debug"]  # after --: an argument
+    # the other root options, with their values, in either spelling
+    got = _debug_first(["train", "d.h5", "--threads", "1", "--wait-policy=passive", "-q"])
+    assert got == ["--threads", "1", "--wait-policy=passive", "train", "d.h5", "-q"]
 
 
 def test_json_output_is_parseable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
