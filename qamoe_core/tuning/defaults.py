@@ -48,7 +48,7 @@ SPACES: dict[str, dict[str, tuple[dict[str, Any], str]]] = {
     "qamoe": {
         **_common(),
         # λ_unc around our default 0.1; 1.0 was a candidate of benchmarks/mosi_lite_tune.py.
-        "model.unc_weight": (
+        "model.options.unc_weight": (
             {"low": 0.01, "high": 1.0, "log": True},
             "ours, around the default 0.1",
         ),

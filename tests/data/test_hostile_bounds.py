@@ -522,7 +522,7 @@ def test_corrupt_batch_and_read_batch_check_their_input(tiny_h5: Path) -> None:
     with pytest.raises(UsageError, match="has no 'audio_len'"):
         bad = {k: v for k, v in batch.items() if k != "audio_len"}
         qa.corrupt_batch(bad, level=0.3, split="test", source=tiny_h5)
-    with pytest.raises(InputError, match="must be a slice or a 1-D sequence of integers"):
+    with pytest.raises(InputError, match="must be a slice or a 1-D sequence of row numbers"):
         qa.read_batch(tiny_h5, split="test", rows=[0.5, 1.0])
 
 
