@@ -59,9 +59,13 @@ def test_quick_experiment_runs_analyses_and_resumes(tmp_path: Path) -> None:
     assert json.loads(again.stdout)["general"] == summary["general"]
 
 
-def test_missing_data_dir_is_a_clear_error(tmp_path: Path) -> None:
-    argv = [sys.executable, str(REPO / "benchmarks/mosi_lite_experiment.py"),
-            "--data-dir", str(tmp_path / "nope"), "--work", str(tmp_path / "w")]  # fmt: skip
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1
-    assert "MOSI-lite not found" in proc.stderr and "Traceback" not in proc.stderr
+def test_missing_data_dir_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import mosi_lite_experiment
+
+    argv = ["mosi_lite_experiment.py", "--data-dir", str(tmp_path / "nope"),
+            "--work", str(tmp_path / "w")]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as info:  # sys.exit(text): exit status 1, text on stderr
+        mosi_lite_experiment.main()
+    assert isinstance(info.value.code, str) and "MOSI-lite not found" in info.value.code
+    assert not (tmp_path / "w").exists()
