@@ -205,7 +205,7 @@ def _old_demo(out: Path) -> None:
 # train --force 32, corrupt 5, eval 5, report 3, report --force 14, extract 3, demo 65,
 # demo --force 68; the bounds leave room for more. A demo's points before its own commit are
 # kills inside its temporary folder, alike from outside (its inner commits are tried).
-SCENARIOS = [
+SCENARIOS = [  # name, output, bound, stride, tail, always
     Scenario("train", "run", 40, 8, 2, (10, 11, 12), argv=_train),
     Scenario("train --force", "run", 48, 8, 2, (10, 11, 12, 18), argv=_train_force, old=_old_run),
     Scenario("corrupt", "c.h5", 8, 1, 0, argv=_corrupt),
