@@ -3,9 +3,10 @@ the new output is complete under the final name and nothing foreign is lost; a r
 ``--resume``) then succeeds and gives the uninterrupted result (docs/results/faults.md).
 
 One test case per command and kill point, each in a forked child (faultwrap.py):
-``test_kill_point[train_force-07]`` kills ``train --force`` right after its 7th file
-operation, ``[demo-last-2]`` kills the demo at its third operation from the end. ``-k``
-selects them: ``-k report_force``, ``-k "demo-last"``, ``-k "train_force-07"``.
+``test_kill_point[train_force-11]`` kills ``train --force`` right after its 11th file
+operation (the exchange of its first save), ``[demo-last-2]`` kills the demo at its third
+operation from the end. ``-k`` selects them: ``-k report_force``, ``-k "demo-last"``,
+``-k "train_force-11"``.
 
 Which points are tried (SCENARIOS): per command every `stride`-th one from the first, the
 last `tail` ones, and `always` those where a name changes what it holds (every rename,
