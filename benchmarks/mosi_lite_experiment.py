@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/mosi_lite_experiment.py [--data-dir ../shared/data/mosi-lite]
         [--work runs/mosi-lite-exp] [--out docs/results/mosi-lite] [--seeds 3] [--jobs 2]
-        [--quick] [--fresh]
+        [--quick] [--fresh] [--epochs N] [--corruption-seeds N]
 
 Everything runs through ``qamoe`` commands (extract, train, eval, report), as a user would;
 this script only schedules them, two at a time with one torch thread each (2 cores), and then
@@ -144,6 +144,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3, help="model seeds per configuration")
     ap.add_argument("--jobs", type=int, default=2, help="commands run at once (1 thread each)")
     ap.add_argument("--quick", action="store_true", help="1 seed, no specialists/ablations")
+    # Smaller runs for the test of this script (the defaults are the experiment's own)
+    ap.add_argument("--epochs", type=int, help="maximum epochs of every run (default: config)")
+    ap.add_argument("--corruption-seeds", type=int, default=3, help="per point of each sweep")
     ap.add_argument("--fresh", action="store_true", help="delete --work first")
     args = ap.parse_args()
     if not (args.data_dir / "transcripts.csv").exists():
@@ -195,6 +198,8 @@ def main() -> None:
         for s in seeds:
             run = work / "runs" / f"{name}-s{s}"
             argv = train_argv(q, data, run, model, s)
+            if args.epochs is not None:
+                argv += ["--epochs", str(args.epochs)]
             if cfg is not None:
                 argv += ["--config", str(cfg)]
             train_jobs.append(
@@ -217,6 +222,7 @@ def main() -> None:
     def eval_job(tag: str, run: Path, *extra: str, samples: Path | None = None) -> None:
         out = results / f"{tag}.csv"
         argv = sweep_argv(q, run, data, out, run.name, *extra)
+        argv += ["--corruption-seeds", str(args.corruption_seeds)]
         if samples is not None:
             argv += ["--per-sample", str(samples)]
         done = samples if samples is not None else out
@@ -265,7 +271,9 @@ def main() -> None:
     # The report overlays the main models and the key ablation (the tables hold the rest).
     shown = [*MODELS, "qamoe-no-gate"]
     files = [results / f"{n}-s{s}.csv" for n in shown for s in seeds]
-    title = f"QA-MoE on MOSI-lite ({len(seeds)} model seeds x 3 corruption seeds)"
+    title = (
+        f"QA-MoE on MOSI-lite ({len(seeds)} model seeds x {args.corruption_seeds} corruption seeds)"
+    )
     pooled_report(q, files, args.out / "report", title, work / "logs/report.log")
     timings["analysis_report_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start

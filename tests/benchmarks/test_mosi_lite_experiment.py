@@ -1,8 +1,10 @@
 """The MOSI-lite experiment script end to end, in its --quick form (1 seed, no ablations or
-specialists): real qamoe commands on the real CSVs, then the analysis and the report."""
+specialists) with short runs (3 epochs) and sweeps of one corruption seed: real qamoe commands
+on the real CSVs, then the analysis and the report."""
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -21,6 +23,7 @@ def test_quick_experiment_runs_analyses_and_resumes(tmp_path: Path) -> None:
     assert data_dir is not None
     work, out = tmp_path / "work", tmp_path / "out"
     argv = [sys.executable, str(REPO / "benchmarks/mosi_lite_experiment.py"), "--quick",
+            "--epochs", "3", "--corruption-seeds", "1",
             "--data-dir", str(data_dir), "--work", str(work), "--out", str(out)]  # fmt: skip
     first = subprocess.run(argv, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -41,6 +44,10 @@ def test_quick_experiment_runs_analyses_and_resumes(tmp_path: Path) -> None:
     assert "clean accuracy >= 77 %" in summary["targets"]
     assert (out / "tables.md").read_text().startswith("## Clean and spectrum accuracy")
     assert (out / "report" / "report.html").stat().st_size > 10_000
+    run_config = json.loads((work / "runs" / "qamoe-s0" / "config.json").read_text())
+    assert run_config["train"]["epochs"] == 3  # --epochs and --corruption-seeds reached qamoe
+    with (work / "results" / "qamoe-s0.csv").open() as f:
+        assert {row["seed"] for row in csv.DictReader(f)} == {"0"}
     assert sorted(p.name for p in (out / "pooled").glob("*.csv")) == [
         "dense-moe.csv", "early-fusion.csv", "late-fusion.csv", "qamoe.csv"
     ]  # fmt: skip
@@ -52,9 +59,13 @@ def test_quick_experiment_runs_analyses_and_resumes(tmp_path: Path) -> None:
     assert json.loads(again.stdout)["general"] == summary["general"]
 
 
-def test_missing_data_dir_is_a_clear_error(tmp_path: Path) -> None:
-    argv = [sys.executable, str(REPO / "benchmarks/mosi_lite_experiment.py"),
-            "--data-dir", str(tmp_path / "nope"), "--work", str(tmp_path / "w")]  # fmt: skip
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1
-    assert "MOSI-lite not found" in proc.stderr and "Traceback" not in proc.stderr
+def test_missing_data_dir_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import mosi_lite_experiment
+
+    argv = ["mosi_lite_experiment.py", "--data-dir", str(tmp_path / "nope"),
+            "--work", str(tmp_path / "w")]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as info:  # sys.exit(text): exit status 1, text on stderr
+        mosi_lite_experiment.main()
+    assert isinstance(info.value.code, str) and "MOSI-lite not found" in info.value.code
+    assert not (tmp_path / "w").exists()

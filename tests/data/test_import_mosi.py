@@ -317,22 +317,27 @@ def _real(tmp_path: Path, **kw: Any) -> Any:
 
 @needs_real
 def test_real_std_counts_with_a_fake_encoder(tmp_path: Path) -> None:
-    _, summary = _real(tmp_path, pooling="sentence")
+    out, summary = _real(tmp_path, pooling="sentence")
     # the README of cmu-mosi-labels: train 1284 / valid 229 / test 686 (52 / 10 / 31 videos)
     assert summary["splits"] == {"train": 1284, "valid": 229, "test": 686}
     assert summary["videos"] == {"train": 52, "valid": 10, "test": 31}
+    with FeatureFile(out) as f:
+        label = f.read("test", slice(None))["label"]
+    assert -3 <= label.min() < -2.5 and 2.5 < label.max() <= 3
     _, bc = _real(tmp_path, name="bc.h5", protocol="bclstm-cv", fold=3)
     assert sum(bc["splits"].values()) == 752 and sum(bc["videos"].values()) == 31
 
 
 @pytest.mark.slow
-@needs_real
-def test_real_std_with_minilm(tmp_path: Path) -> None:
-    out, summary = _real(tmp_path, encoder=None)
-    assert summary["splits"] == {"train": 1284, "valid": 229, "test": 686}
+def test_the_real_minilm_encoder(tmp_path: Path, folders: tuple[Path, Path]) -> None:
+    """The default encoder, MiniLM, on the small folders: the real files' 2199 transcripts
+    took 25 s of CPU, and their counts and labels are checked above."""
+    out, summary = run(tmp_path, folders, encoder=None)
     with FeatureFile(out) as f:
         b = f.read("test", slice(None))
         assert b["text"].shape[2] == 384 and f.attrs["extractor"].count("all-MiniLM-L6-v2")
-    assert -3 <= b["label"].min() < -2.5 and 2.5 < b["label"].max() <= 3
-    assert (b["text_ids"][:, 0] == 101).all()
+    assert (b["text_ids"][:, 0] == 101).all()  # [CLS]
+    assert not summary["cached"]
+    _, again = run(tmp_path, folders, name="again.h5", encoder=None)
+    assert again["cached"]  # keyed by the transcripts and MiniLM's identity
     assert isinstance(mosi_text.default_cache_dir(), Path)

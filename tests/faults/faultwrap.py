@@ -5,7 +5,8 @@
 ``renameat2`` exchange (one counter across
 them, so "every N" covers every call of each) and SIGKILLs itself right after call number
 ``kill_at`` (0: never). No cleanup runs, exactly as with ``kill -9``. The child writes what it
-counted to ``report`` (JSON) when it ends normally. Forking (instead of a fresh interpreter)
+counted to ``report`` (JSON: ``{"counts": {name: calls}, "sequence": [name of call 1, ...]}``)
+when it ends normally. Forking (instead of a fresh interpreter)
 spares ~2 s of imports per kill point; torch runs with one thread, so no pool is forked.
 """
 
@@ -25,13 +26,17 @@ import h5py
 OPS = ("os.replace", "os.rename", "shutil.rmtree", "os.unlink", "h5py.File.close", "renameat2")
 
 
-def _patch(kill_at: int, counts: Counter[str]) -> None:
+def _patch(kill_at: int, counts: Counter[str], sequence: list[str]) -> None:
+    def count(name: str) -> None:
+        counts[name] += 1
+        sequence.append(name)
+        if len(sequence) == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
     def wrap(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
         def counted(*args: Any, **kwargs: Any) -> Any:
             result = original(*args, **kwargs)
-            counts[name] += 1
-            if sum(counts.values()) == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
+            count(name)
             return result
 
         return counted
@@ -47,9 +52,7 @@ def _patch(kill_at: int, counts: Counter[str]) -> None:
         was_open = bool(self.id)
         original_close(self)
         if was_open:  # h5py closes again on garbage collection: count real closes only
-            counts["h5py.File.close"] += 1
-            if sum(counts.values()) == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
+            count("h5py.File.close")
 
     h5py.File.close = close  # type: ignore[method-assign]
     from qamoe_core.base import rundir  # the atomic exchange of --force (renameat2 via ctypes)
@@ -67,9 +70,10 @@ def run(fn: Callable[[], int | None], kill_at: int, report: Path) -> str:
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)
             counts: Counter[str] = Counter()
-            _patch(kill_at, counts)
+            sequence: list[str] = []
+            _patch(kill_at, counts, sequence)
             rc = fn()
-            report.write_text(json.dumps(dict(counts)))
+            report.write_text(json.dumps({"counts": dict(counts), "sequence": sequence}))
             code = int(rc or 0)
         finally:
             os._exit(code)
