@@ -51,6 +51,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from qamoe_core.base import jsontext
 from qamoe_core.base.atomic import atomic_path
 from qamoe_core.base.errors import DataFormatError, InputError, QamoeError, TooLargeError
 from qamoe_core.base.names import MODALITIES, SCHEMES, SPLITS, TASKS
@@ -776,7 +777,7 @@ class FeatureFile:
                     hint=_DAMAGED,
                 )
         try:
-            mods = json.loads(a["modalities"])
+            mods = jsontext.loads(a["modalities"])
         except (TypeError, ValueError):
             mods = None
         if not isinstance(mods, list) or not mods or not all(isinstance(m, str) for m in mods):
@@ -955,7 +956,7 @@ class FeatureFile:
         if raw is None:
             return None
         try:
-            value = json.loads(raw)
+            value = jsontext.loads(raw)
         except (TypeError, ValueError):
             value = None
         if (

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 import qamoe_core.base.rundir as rundir
+from qamoe_core.base import jsontext
 from qamoe_core.base.atomic import atomic_path
 from qamoe_core.base.errors import CheckpointError, ConfigError, InputError
 from qamoe_core.base.inputs import check_present
@@ -227,7 +228,7 @@ def _json(value: Any, indent: int | None = None) -> str:
 def _load_json(text: str) -> Any:
     """Read what :func:`_json` writes; files of earlier versions may hold a bare NaN or
     Infinity, read as None too (as a strict writer writes them now)."""
-    return json.loads(text, parse_constant=lambda name: None)
+    return jsontext.loads(text, parse_constant=lambda name: None)
 
 
 def write_history(run: Path, records: Sequence[Mapping[str, Any]]) -> None:
@@ -284,7 +285,7 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     run = Path(path)
     check_run(run, require=(CONFIG,))
     try:
-        data = json.loads((run / CONFIG).read_text(encoding="utf-8"))
+        data = jsontext.loads((run / CONFIG).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _damaged(run, CONFIG, exc) from None
     except OSError as exc:

@@ -18,13 +18,13 @@ docs/security.md, "Text encoder folders", states the rules.
 
 from __future__ import annotations
 
-import json
 import pickle
 import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
+from qamoe_core.base import jsontext
 from qamoe_core.base.errors import InputError
 
 MAX_JSON_BYTES = 16 << 20  # a config or tokenizer config is a few KB
@@ -51,7 +51,7 @@ def _read_json(path: Path, root: Path, required: bool) -> dict[str, Any] | None:
     try:
         if path.stat().st_size > MAX_JSON_BYTES:
             raise ValueError(f"larger than {MAX_JSON_BYTES >> 20} MB")
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = jsontext.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError included

@@ -9,7 +9,6 @@ no hub is contacted whatever HF_HUB_OFFLINE says; a missing model is an InputErr
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from qamoe_core.base import jsontext
 from qamoe_core.base.errors import InputError
 from qamoe_core.data.media.deps import install_hint, require
 from qamoe_core.text.folder import load_model, load_tokenizer
@@ -65,7 +65,8 @@ def _transformer_dir(path: Path) -> Path:
 def _modules(path: Path) -> list[dict[str, Any]]:
     """The entries of a sentence-transformers modules.json (nothing if it is not readable)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8")) if path.stat().st_size < 1 << 20 else []
+        small = path.stat().st_size < 1 << 20
+        data = jsontext.loads(path.read_text(encoding="utf-8")) if small else []
     except (OSError, ValueError):
         return []
     return [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []
