@@ -597,6 +597,14 @@ def _decode(values: np.ndarray, where: str = "input") -> list[str]:
         ) from None
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _too_big_tree(where: str, what: str) -> TooLargeError:
     return TooLargeError(
         f"{where}: {what}; qamoe walks at most {MAX_DEPTH} levels and {MAX_OBJECTS:,} objects "
@@ -766,6 +774,12 @@ class FeatureFile:
             if key not in a:
                 raise DataFormatError(f"{where} lacks the root attr '{key}'.", hint=_DAMAGED)
         self.attrs: dict[str, Any] = {k: a[k] for k in a}
+        for key, value in self.attrs.items():  # h5py decodes bad bytes to lone surrogates
+            if isinstance(value, str) and not _utf8(value):
+                raise DataFormatError(
+                    f"{where}: the root attr '{key}' holds bytes that are not UTF-8 text.",
+                    hint=_DAMAGED,
+                )
         self.dataset = str(a["dataset"])
         self.task = str(a["task"])
         self.scheme = str(a["scheme"])

@@ -134,6 +134,21 @@ def test_non_utf8_ids_are_a_data_error_in_corrupt(tiny_h5: Path, tmp_path: Path)
     assert not (tmp_path / "out.h5").exists()
 
 
+@pytest.mark.parametrize("key", ["dataset", "extractor", "notes"])
+def test_root_attrs_that_are_not_utf8_are_refused_on_open(
+    tiny_h5: Path, tmp_path: Path, key: str
+) -> None:
+    # Found by the fuzz harness: `corrupt` copied such an attr and ended in the catch-all
+    # "unexpected UnicodeEncodeError: ... surrogates not allowed".
+    src = copy(tiny_h5, tmp_path)
+    with h5py.File(src, "a") as h5:
+        h5.attrs[key] = b"\x80abc"  # h5py reads it back as '\udc80abc'
+    with pytest.raises(DataFormatError) as err:
+        corrupt_file(src, tmp_path / "out.h5", CorruptionSpec(level=0.2))
+    assert f"the root attr '{key}' holds bytes that are not UTF-8 text" in one_line(err)
+    assert not (tmp_path / "out.h5").exists()
+
+
 def test_zero_train_std_noise_is_refused_not_a_silent_no_op(tiny_h5: Path, tmp_path: Path) -> None:
     src = copy(tiny_h5, tmp_path)
     with h5py.File(src, "a") as h5:
