@@ -448,7 +448,7 @@ def _key(name: str) -> str:
 def load_weights(
     model: torch.nn.Module, run: Path, state_dict: Any, source: str | None = None
 ) -> None:
-    """Load a state dict strictly; a mismatch is a one-line CheckpointError.
+    """Load a state dict strictly; a mismatch or a NaN is a one-line CheckpointError.
 
     ``source`` names where the weights come from (e.g. "model.pt"); the message gives the
     number of missing, unexpected and mis-shaped keys and the first few of each.
@@ -482,6 +482,15 @@ def load_weights(
         raise CheckpointError(
             f"The weights in {where} do not fit the model in its config.json: {'; '.join(parts)}.",
             hint=hint,
+        )
+    bad = [
+        _key(k) for k, v in state_dict.items() if v.is_floating_point() and not v.isfinite().all()
+    ]
+    if bad:  # a model of NaNs would score NaN everywhere, as if it were a result
+        raise CheckpointError(
+            f"The weights in {where} hold NaN or infinite values ({len(bad)} "
+            f"{'key' if len(bad) == 1 else 'keys'}: {_first(bad)}).",
+            hint="The file is damaged, or the training that wrote it diverged; train again.",
         )
     try:
         model.load_state_dict(state_dict, strict=True)
