@@ -630,6 +630,7 @@ def _check_self_contained(h5: h5py.File, where: str) -> None:
     """Walk the group tree (depth-first, each group once, within MAX_DEPTH and MAX_OBJECTS) and
     refuse links and storage outside the file: reading them would read any local file."""
     found: list[str] = []
+    soft: list[tuple[h5py.Group, str, str]] = []
     stack: list[tuple[h5py.Group, str, int]] = [(h5, "", 0)]
     seen: set[Any] = {h5.id}
     count = 0
@@ -642,6 +643,8 @@ def _check_self_contained(h5: h5py.File, where: str) -> None:
         for path, link in _links(group, prefix, where):
             if isinstance(link, h5py.ExternalLink):
                 found.append(f"'{path}' is an external link to '{link.filename}'")
+            if isinstance(link, h5py.SoftLink):
+                soft.append((group, path, link.path))
             if not isinstance(link, h5py.HardLink):
                 continue  # soft links name a path inside the file: nothing new to walk
             obj = group[path.rsplit("/", 1)[-1]]
@@ -658,6 +661,23 @@ def _check_self_contained(h5: h5py.File, where: str) -> None:
             f"{f' ({len(found)} such objects)' if len(found) > 1 else ''}.",
             hint="Rebuild the file with `qamoe extract`; qamoe never writes such links.",
         )
+    _check_soft_links(soft, where)  # only now: one could lead through an external link
+
+
+def _check_soft_links(soft: list[tuple[h5py.Group, str, str]], where: str) -> None:
+    """Refuse a soft link that leads nowhere: dangling, or a cycle (HDF5 gives up after 16
+    hops with a RuntimeError that every later read of the key would raise)."""
+    for group, path, target in soft:
+        try:
+            leads = group.get(path.rsplit("/", 1)[-1]) is not None
+        except (KeyError, OSError, RuntimeError):
+            leads = False
+        if not leads:
+            raise DataFormatError(
+                f"{where}: '{path}' is a soft link to {target!r} that leads nowhere (it is "
+                "dangling, or a cycle of links).",
+                hint=_DAMAGED,
+            )
 
 
 # The hint of most structural errors raised on open.
