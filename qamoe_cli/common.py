@@ -24,6 +24,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from qamoe_core.base.errors import one_line
+
 # The Click exceptions that typer raises. typer < 0.2x depends on the `click` package, later
 # ones vendor a copy as the private `typer._click` (and a separately installed `click` is then
 # another package). typer.BadParameter is public in both, and its bases are those classes.
@@ -212,7 +214,10 @@ def parse_list(value: str | None, name: str) -> list[str] | None:
 
 def print_error(message: str, hint: str | None) -> None:
     """The error funnel's two lines on stderr: ``error: …`` and, if any, ``hint: …``."""
+    # one_line: Click's and unexpected errors quote text too (QamoeErrors already are one line);
     # escape: messages may hold brackets (e.g. "qamoe[media]") that Rich would read as markup
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    message = escape(one_line(message))
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     if hint:
-        err_console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]hint:[/] {escape(one_line(hint))}", highlight=False,
+                          soft_wrap=True)  # fmt: skip

@@ -23,6 +23,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from qamoe_core.base import jsontext
 from qamoe_core.base.errors import ConfigError, ConfigUsageError, QamoeError, nearest_choice
 from qamoe_core.base.inputs import check_file
 from qamoe_core.base.names import AXES, MODALITIES
@@ -504,7 +505,7 @@ def _read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     hint = f"Check the path given to --config; a config file holds {_EXAMPLE}."
     check_file(p, "config file", hint, ConfigError)  # a pipe: said at once, not a hang
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = jsontext.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(
             f"The config file '{p}' is not valid JSON ({' '.join(str(exc).split())[:200]}).",

@@ -17,16 +17,41 @@ import errno
 import math
 import os
 import re
+import unicodedata
 from typing import Any
+
+# Longest message or hint kept whole: past it the middle is left out (one_line).
+MAX_LINE = 1000
+
+
+def one_line(text: str, limit: int = MAX_LINE) -> str:
+    """``text`` as one readable line, whatever a file put into it: control, format and
+    line-separator characters (and lone surrogates, h5py's decoding of bytes that are not
+    UTF-8) are escaped as Python writes them (``\\n``, ``\\x1b``, ``\\u202e``), so a value quoted
+    from a file can neither break an error into several lines nor send escape sequences to
+    the terminal; past ``limit`` characters the middle is left out."""
+    if not text.isprintable():
+        text = "".join(
+            c.encode("unicode_escape").decode("ascii")
+            if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp")
+            else c
+            for c in text
+        )
+    if len(text) > limit:
+        head, tail = limit * 2 // 3, limit // 4
+        text = f"{text[:head]} … ({len(text) - head - tail} characters left out) … {text[-tail:]}"
+    return text
 
 
 class QamoeError(Exception):
-    """Base class: a one-line message and an optional one-line hint."""
+    """Base class: a one-line message and an optional one-line hint (made so by
+    :func:`one_line`, since messages quote what files hold)."""
 
     def __init__(self, message: str, hint: str | None = None) -> None:
+        message = one_line(message)
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hint = None if hint is None else one_line(hint)
 
     def __str__(self) -> str:
         return self.message

@@ -51,6 +51,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from qamoe_core.base import jsontext
 from qamoe_core.base.atomic import atomic_path
 from qamoe_core.base.errors import DataFormatError, InputError, QamoeError, TooLargeError
 from qamoe_core.base.names import MODALITIES, SCHEMES, SPLITS, TASKS
@@ -596,6 +597,14 @@ def _decode(values: np.ndarray, where: str = "input") -> list[str]:
         ) from None
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _too_big_tree(where: str, what: str) -> TooLargeError:
     return TooLargeError(
         f"{where}: {what}; qamoe walks at most {MAX_DEPTH} levels and {MAX_OBJECTS:,} objects "
@@ -621,6 +630,7 @@ def _check_self_contained(h5: h5py.File, where: str) -> None:
     """Walk the group tree (depth-first, each group once, within MAX_DEPTH and MAX_OBJECTS) and
     refuse links and storage outside the file: reading them would read any local file."""
     found: list[str] = []
+    soft: list[tuple[h5py.Group, str, str]] = []
     stack: list[tuple[h5py.Group, str, int]] = [(h5, "", 0)]
     seen: set[Any] = {h5.id}
     count = 0
@@ -633,6 +643,8 @@ def _check_self_contained(h5: h5py.File, where: str) -> None:
         for path, link in _links(group, prefix, where):
             if isinstance(link, h5py.ExternalLink):
                 found.append(f"'{path}' is an external link to '{link.filename}'")
+            if isinstance(link, h5py.SoftLink):
+                soft.append((group, path, link.path))
             if not isinstance(link, h5py.HardLink):
                 continue  # soft links name a path inside the file: nothing new to walk
             obj = group[path.rsplit("/", 1)[-1]]
@@ -649,6 +661,23 @@ def _check_self_contained(h5: h5py.File, where: str) -> None:
             f"{f' ({len(found)} such objects)' if len(found) > 1 else ''}.",
             hint="Rebuild the file with `qamoe extract`; qamoe never writes such links.",
         )
+    _check_soft_links(soft, where)  # only now: one could lead through an external link
+
+
+def _check_soft_links(soft: list[tuple[h5py.Group, str, str]], where: str) -> None:
+    """Refuse a soft link that leads nowhere: dangling, or a cycle (HDF5 gives up after 16
+    hops with a RuntimeError that every later read of the key would raise)."""
+    for group, path, target in soft:
+        try:
+            leads = group.get(path.rsplit("/", 1)[-1]) is not None
+        except (KeyError, OSError, RuntimeError):
+            leads = False
+        if not leads:
+            raise DataFormatError(
+                f"{where}: '{path}' is a soft link to {target!r} that leads nowhere (it is "
+                "dangling, or a cycle of links).",
+                hint=_DAMAGED,
+            )
 
 
 # The hint of most structural errors raised on open.
@@ -765,6 +794,12 @@ class FeatureFile:
             if key not in a:
                 raise DataFormatError(f"{where} lacks the root attr '{key}'.", hint=_DAMAGED)
         self.attrs: dict[str, Any] = {k: a[k] for k in a}
+        for key, value in self.attrs.items():  # h5py decodes bad bytes to lone surrogates
+            if isinstance(value, str) and not _utf8(value):
+                raise DataFormatError(
+                    f"{where}: the root attr '{key}' holds bytes that are not UTF-8 text.",
+                    hint=_DAMAGED,
+                )
         self.dataset = str(a["dataset"])
         self.task = str(a["task"])
         self.scheme = str(a["scheme"])
@@ -776,7 +811,7 @@ class FeatureFile:
                     hint=_DAMAGED,
                 )
         try:
-            mods = json.loads(a["modalities"])
+            mods = jsontext.loads(a["modalities"])
         except (TypeError, ValueError):
             mods = None
         if not isinstance(mods, list) or not mods or not all(isinstance(m, str) for m in mods):
@@ -955,7 +990,7 @@ class FeatureFile:
         if raw is None:
             return None
         try:
-            value = json.loads(raw)
+            value = jsontext.loads(raw)
         except (TypeError, ValueError):
             value = None
         if (

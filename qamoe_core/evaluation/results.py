@@ -140,10 +140,11 @@ def validate(df: pd.DataFrame, source: str = "results") -> pd.DataFrame:
     """Check a results table against the schema and return it with normalised dtypes.
 
     Raises :class:`DataFormatError` naming ``source`` for missing columns, another schema
-    version, unknown axes, variants or metric names, levels outside [0, 1], seeds that are
-    not whole numbers >= 0, non-numeric values, or duplicated measurements (naming the first
-    bad value and its data row). Extra columns are kept. Schema-1 rows come back as schema 2.
-    A table without the optional ``pattern`` column gets each axis's default (DEFAULT_PATTERN).
+    version, unknown axes, variants or metric names, levels outside [0, 1], seeds or sample
+    counts that are not whole numbers >= 0, non-numeric values, or duplicated measurements
+    (naming the first bad value and its data row). Extra columns are kept. Schema-1 rows
+    come back as schema 2. A table without the optional ``pattern`` column gets each axis's
+    default (DEFAULT_PATTERN).
     """
     if "pattern" not in df.columns and "axis" in df.columns:
         df = df.assign(pattern=df["axis"].astype(str).map(DEFAULT_PATTERN).fillna(""))
@@ -244,7 +245,15 @@ def _check_numbers(out: pd.DataFrame, raw: pd.DataFrame, source: str) -> None:
         )
     out["seed"] = out["seed"].astype(np.int64)
     out["level"] = out["level"].astype(np.float64).round(10)  # 0.30000000000000004 -> 0.3
-    out["value"] = out["value"].astype(np.float64)
+    out["value"] = value = out["value"].astype(np.float64)
+    counts = (out["metric"] == N_SAMPLES).to_numpy()
+    whole = np.isfinite(value) & (value >= 0) & (value == np.floor(value))
+    if (counts & ~whole).any():  # a count of samples: NaN or 0.5 is no count
+        raise table_error(
+            source,
+            f"'{N_SAMPLES}' rows must hold whole numbers >= 0 (the samples scored); found "
+            f"{first_bad(raw['value'], pd.Series(counts & ~whole))}.",
+        )
 
 
 RUN_COLUMNS: tuple[str, ...] = ("run", "model", "dataset", "split")

@@ -574,6 +574,9 @@ def plot_expert_usage(
     if sub is None:
         return None
     clean, diffs = usage_differences(sub)
+    diffs = {k: d for k, d in diffs.items() if d.notna().to_numpy().any()}
+    if clean.empty or not diffs:  # e.g. shares of the shuffle control only: nothing to draw
+        return None
     axes_present = list(dict.fromkeys(a for a, _ in diffs))
     kinds = [k for k in ("level", "shuffle") if any(kk == k for _, kk in diffs)]
     limit = max(float(np.nanmax(np.abs(d.to_numpy()))) for d in diffs.values()) or 1e-6

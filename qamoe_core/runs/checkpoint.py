@@ -41,6 +41,7 @@ import torch
 from safetensors import SafetensorError
 
 import qamoe_core.base.rundir as rundir
+from qamoe_core.base import jsontext
 from qamoe_core.base.atomic import atomic_path
 from qamoe_core.base.errors import CheckpointError, ConfigError, InputError
 from qamoe_core.base.inputs import check_present
@@ -257,7 +258,7 @@ def _json(value: Any, indent: int | None = None) -> str:
 def _load_json(text: str) -> Any:
     """Read what :func:`_json` writes; files of earlier versions may hold a bare NaN or
     Infinity, read as None too (as a strict writer writes them now)."""
-    return json.loads(text, parse_constant=lambda name: None)
+    return jsontext.loads(text, parse_constant=lambda name: None)
 
 
 def write_history(run: Path, records: Sequence[Mapping[str, Any]]) -> None:
@@ -314,7 +315,7 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     run = Path(path)
     check_run(run, require=(CONFIG,))
     try:
-        data = json.loads((run / CONFIG).read_text(encoding="utf-8"))
+        data = jsontext.loads((run / CONFIG).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _damaged(run, CONFIG, exc) from None
     except OSError as exc:
@@ -510,7 +511,7 @@ def _key(name: str) -> str:
 def load_weights(
     model: torch.nn.Module, run: Path, state_dict: Any, source: str | None = None
 ) -> None:
-    """Load a state dict strictly; a mismatch is a one-line CheckpointError.
+    """Load a state dict strictly; a mismatch or a NaN is a one-line CheckpointError.
 
     ``source`` names where the weights come from (e.g. "model.safetensors"); the message gives the
     number of missing, unexpected and mis-shaped keys and the first few of each (the model's
@@ -545,6 +546,15 @@ def load_weights(
         raise CheckpointError(
             f"The weights in {where} do not fit the model in its config.json: {'; '.join(parts)}.",
             hint=hint,
+        )
+    bad = [
+        _key(k) for k, v in state_dict.items() if v.is_floating_point() and not v.isfinite().all()
+    ]
+    if bad:  # a model of NaNs would score NaN everywhere, as if it were a result
+        raise CheckpointError(
+            f"The weights in {where} hold NaN or infinite values ({len(bad)} "
+            f"{'key' if len(bad) == 1 else 'keys'}: {_first(bad)}).",
+            hint="The file is damaged, or the training that wrote it diverged; train again.",
         )
     try:
         model.load_state_dict(state_dict, strict=True)

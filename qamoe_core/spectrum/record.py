@@ -17,11 +17,11 @@ No torch at import: the store reads records, and it does not import torch. The s
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from qamoe_core.base import jsontext
 from qamoe_core.base.errors import DataFormatError, InputError, QamoeError
 from qamoe_core.base.names import AXES, MODALITIES, SPLITS
 from qamoe_core.version import __version__
@@ -71,7 +71,7 @@ def read_chain(raw: Any, where: str) -> list[dict[str, Any]]:
     if raw is None:
         return []
     try:
-        chain = json.loads(raw)
+        chain = jsontext.loads(raw)
     except (TypeError, ValueError):
         chain = None
     if not isinstance(chain, list) or not all(isinstance(r, dict) for r in chain):

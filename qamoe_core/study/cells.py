@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from qamoe_core.base import rundir
+from qamoe_core.base import jsontext, rundir
 from qamoe_core.base.atomic import atomic_path
 from qamoe_core.version import __version__
 
@@ -164,7 +164,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
     """A small JSON record of ours, or None when absent or unreadable (a torn write
     cannot happen: they are atomic; a hand-edited one is treated as absent)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = jsontext.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

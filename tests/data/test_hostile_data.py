@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -77,6 +78,38 @@ def test_links_and_storage_outside_the_file_are_refused(tiny_h5: Path, tmp_path:
     assert not (tmp_path / "out.h5").exists()
 
 
+@pytest.mark.parametrize(
+    ("links", "bad"),
+    [
+        ({"train/text": "/train/text"}, "train/text"),  # a link to itself
+        ({"train/text": "/valid/loop", "valid/loop": "/train/text"}, "(train/text|valid/loop)"),
+        ({"test/extra": "/nowhere"}, "test/extra"),  # dangling
+    ],
+)
+def test_soft_links_that_lead_nowhere_are_refused_on_open(
+    tiny_h5: Path, tmp_path: Path, links: dict[str, str], bad: str
+) -> None:
+    # Found by the fuzz harness: a soft link to itself ended every command in the catch-all
+    # "unexpected RuntimeError: Special link traversal failed (too many links)".
+    src = copy(tiny_h5, tmp_path)
+    with h5py.File(src, "a") as h5:
+        for name, target in links.items():
+            if name in h5:
+                del h5[name]
+            h5[name] = h5py.SoftLink(target)
+    with pytest.raises(DataFormatError) as err:
+        FeatureFile(src)
+    assert re.search(f"'{bad}' is a soft link to .* leads nowhere", one_line(err))
+
+
+def test_a_soft_link_inside_the_file_is_read(tiny_h5: Path, tmp_path: Path) -> None:
+    src = copy(tiny_h5, tmp_path)
+    with h5py.File(src, "a") as h5:
+        h5["valid/label_alias"] = h5py.SoftLink("/valid/label")
+    with FeatureFile(src) as f:
+        assert len(f.read("valid", slice(0, 3))["label"]) == 3
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
 def test_a_fifo_is_refused_before_opening(tmp_path: Path) -> None:
     fifo = tmp_path / "data.h5"
@@ -131,6 +164,21 @@ def test_non_utf8_ids_are_a_data_error_in_corrupt(tiny_h5: Path, tmp_path: Path)
     with pytest.raises(DataFormatError) as err:
         corrupt_file(src, tmp_path / "out.h5", CorruptionSpec(level=0.2))
     assert "'valid/ids' holds bytes that are not UTF-8" in one_line(err)
+    assert not (tmp_path / "out.h5").exists()
+
+
+@pytest.mark.parametrize("key", ["dataset", "extractor", "notes"])
+def test_root_attrs_that_are_not_utf8_are_refused_on_open(
+    tiny_h5: Path, tmp_path: Path, key: str
+) -> None:
+    # Found by the fuzz harness: `corrupt` copied such an attr and ended in the catch-all
+    # "unexpected UnicodeEncodeError: ... surrogates not allowed".
+    src = copy(tiny_h5, tmp_path)
+    with h5py.File(src, "a") as h5:
+        h5.attrs[key] = b"\x80abc"  # h5py reads it back as '\udc80abc'
+    with pytest.raises(DataFormatError) as err:
+        corrupt_file(src, tmp_path / "out.h5", CorruptionSpec(level=0.2))
+    assert f"the root attr '{key}' holds bytes that are not UTF-8 text" in one_line(err)
     assert not (tmp_path / "out.h5").exists()
 
 

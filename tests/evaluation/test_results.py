@@ -130,6 +130,26 @@ def test_bad_seeds_refused(tmp_path: Path, seed: object) -> None:
     assert "data row 3" in info.value.message and info.value.hint
 
 
+@pytest.mark.parametrize("count", ["nan", "inf", -1, 0.5])
+def test_sample_counts_must_be_whole_numbers(
+    tmp_path: Path, count: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Found by the fuzz harness: `qamoe report` ended in "unexpected ValueError: cannot
+    # convert float NaN to integer" on an n_samples row holding NaN.
+    df = make_table([*linear_sweep(), row(axis="clean", variant="constant", modalities="",
+                                          metric="n_samples", value=32)])  # fmt: skip
+    load(write(tmp_path, df))
+    df = df.astype({"value": object})
+    df.loc[len(df) - 1, "value"] = count
+    with pytest.raises(DataFormatError, match=r"'n_samples' rows must hold whole numbers"):
+        load(write(tmp_path, df))
+    from qamoe_cli.main import main
+
+    assert main(["report", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "rep")]) == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and "unexpected" not in err and not (tmp_path / "rep").exists()
+
+
 def test_fractional_seed_is_not_a_false_duplicate(tmp_path: Path) -> None:
     # 0.4 next to a seed-0 row of the same measurement used to be truncated to 0.
     df = make_table([row(seed=0)]).astype({"seed": object})

@@ -195,6 +195,22 @@ def test_report_tables_keep_controls_apart(tmp_path: Path) -> None:
     assert png_size(png)[0] == round(3.3 * PAPER.dpi)
 
 
+def test_expert_usage_without_the_normal_variant_draws_no_usage_figure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Found by the fuzz harness: routing shares of the shuffle control alone ended `qamoe
+    # report` in the catch-all "zero-size array to reduction operation fmax".
+    table = make_table(rows_for("qa", ("mixed",), -0.2, diagnostics=True))
+    usage = table["metric"].str.startswith("expert_usage_")
+    table = table[~(usage & (table["variant"] == "normal"))]
+    path = save(table, tmp_path / "r.csv")
+    out = tmp_path / "rep"
+    assert main(["report", str(path), "--out", str(out), "--figures", "png"]) == 0, (
+        capsys.readouterr().err
+    )
+    assert (out / "report.html").is_file() and not list(out.glob("expert_usage*"))
+
+
 def test_cli_style_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     csv = save(many_runs(1)[lambda d: d["run"].isin(RUNS[6:8])], tmp_path / "r.csv")
     out = tmp_path / "rep"

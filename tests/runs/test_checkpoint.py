@@ -189,6 +189,18 @@ def test_weights_that_do_not_fit(tmp_path: Path) -> None:
     assert "missing" not in message and "unexpected" not in message
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_weights_holding_nan_or_inf_are_refused(tmp_path: Path, value: float) -> None:
+    # Found by the fuzz harness: such a run loaded, and predict / eval scored NaN everywhere.
+    model = write_run(tmp_path / "run")
+    sd = model.state_dict()
+    sd["encoders.text.proj.weight"] = torch.full_like(sd["encoders.text.proj.weight"], value)
+    ckpt.save_weights(tmp_path / "run", sd)
+    with pytest.raises(CheckpointError, match="hold NaN or infinite values") as exc:
+        ckpt.load_run(tmp_path / "run")
+    assert "1 key: 'encoders.text.proj.weight'" in one_line(exc)
+
+
 def test_wrong_keys_are_counted_not_listed(
     trained_run: Path, tiny_h5: Path, tmp_path: Path
 ) -> None:
