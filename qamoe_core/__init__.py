@@ -14,7 +14,7 @@ from qamoe_core.version import __version__
 # `import qamoe_core` (which the command line's --help does) must stay fast without it.
 _API = (
     *("Run", "compute_metrics", "corrupt_batch", "load_results", "load_run", "predict"),
-    *("read_batch", "report", "sweep", "train"),
+    *("read_batch", "write_report", "sweep", "train"),
 )
 
 __all__ = ["MODALITIES", "SPLITS", "__version__", *_API]

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     *("Run", "compute_metrics", "corrupt_batch", "load_results", "load_run", "predict"),
-    *("read_batch", "report", "sweep", "train"),
+    *("read_batch", "write_report", "sweep", "train"),
 ]
 
 PathLike = str | os.PathLike[str]
@@ -375,7 +375,7 @@ def load_results(paths: PathLike | Sequence[PathLike]) -> Any:
     return load([path_arg(p, "paths") for p in many])
 
 
-def report(
+def write_report(
     results: Any,
     out: PathLike,
     *,

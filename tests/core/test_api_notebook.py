@@ -11,7 +11,7 @@ import pytest
 import qamoe_core as qa
 from qamoe_core.base.errors import ConfigError, QamoeError, UsageError
 
-NEW = ("train", "sweep", "report", "load_results")
+NEW = ("train", "sweep", "write_report", "load_results")
 
 
 def test_dir_lists_the_lazy_functions_before_first_use() -> None:
@@ -33,7 +33,7 @@ def test_train_sweep_report_in_a_notebook(tiny_h5: Path, tmp_path: Path) -> None
     assert set(table["axis"]) >= {"missing"}
     again = qa.load_results(tmp_path / "r.csv")
     assert len(again) == len(table)
-    rep = qa.report(tmp_path / "r.csv", tmp_path / "rep")
+    rep = qa.write_report(tmp_path / "r.csv", tmp_path / "rep")
     assert Path(rep.html).is_file() and rep.images
 
 
@@ -60,3 +60,15 @@ def test_a_batch_without_text_len_is_one_line(tiny_h5: Path, tmp_path: Path) -> 
     with pytest.raises(UsageError) as exc:
         qa.corrupt_batch(batch, level=0.3, split="test", source=tiny_h5)
     assert "text_len" in exc.value.message and "\n" not in exc.value.message
+
+
+def test_the_api_names_survive_importing_every_stage_package() -> None:
+    """A submodule import sets the package attribute of its name: an API function named like a
+    stage package (``report``) would be replaced by the package once anything imported it."""
+    import importlib
+
+    for pkg in ("base", "data", "spectrum", "text", "models", "runs", "training", "evaluation",
+                "report", "tuning", "study"):  # fmt: skip
+        importlib.import_module(f"qamoe_core.{pkg}")
+    for name in NEW:
+        assert callable(getattr(qa, name)), name
