@@ -5,6 +5,7 @@ study through the CLI is tests/study/test_tuned_study.py."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 from pathlib import Path
@@ -249,3 +250,33 @@ def test_a_stale_tuning_folder_is_started_afresh_unless_it_only_grows(
     assert folder_with({"manifest": t.key, "trials": 4})  # the same: resumed
     assert not folder_with({"manifest": t.key, "trials": 5})  # fewer trials: afresh
     assert not folder_with({"manifest": "other", "trials": 4})  # another tuning: afresh
+
+
+def test_an_interrupted_tuning_resumes_to_the_same_choice(tiny_h5: Path, tmp_path: Path) -> None:
+    from tests.tuning.test_runner import FakeExecutor, by_dropout
+
+    study = load(tmp_path)
+    events: list[str] = []
+
+    def run(out: Path, stop_after: int | None = None) -> dict[tuple[str, str], plan.Tuned]:
+        ts = tunearm.plan_tunings(study, info(tiny_h5), out)
+        fake = lambda folder: FakeExecutor(folder, by_dropout, stop_after)  # noqa: E731
+        return tunearm.run_tunings(ts, out, fake, lambda event, cell, i: events.append(event))
+
+    ref = run(tmp_path / "ref")[("d", "a")]
+    assert events[0] == "tune-start" and events[-1] == "tuned" and "tune" in events
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run(out, stop_after=3)
+    record = json.loads((out / "tune" / "d" / "a.json").read_text())
+    assert record["state"] == "running"
+    assert tunearm.finished(tunearm.plan_tunings(study, info(tiny_h5), out)) == {}
+    got = run(out)[("d", "a")]
+    assert (got.identity, got.model_config, got.train_config) == (
+        ref.identity,
+        ref.model_config,
+        ref.train_config,
+    )
+    assert got.summary["best_trial"] == ref.summary["best_trial"] and got.summary["trials"] == 4
+    rows = csv.DictReader((out / "tune" / "d" / "a" / "trials.csv").read_text().splitlines())
+    assert got.model_config["dropout"] == min(float(r["model.dropout"]) for r in rows)
