@@ -44,6 +44,10 @@ def _say(quiet: bool) -> Any:
             text = f"[{count['ended']}] FAILED  {cell.title}: {info['error']}"
         elif event == "retry":
             text = f"retrying {cell.title} after: {info['error']}"
+        elif event == "tune-start":
+            text = f"tuning {info['arm']} on {info['dataset']}: {info['trials']} trials"
+        elif event in ("tune", "tuned"):
+            text = f"tune {info['arm']} on {info['dataset']}: {info['line']}"
         else:
             return
         err_console.print(escape(text), highlight=False, soft_wrap=True)
@@ -72,6 +76,9 @@ def _status(folder: Path, json_out: bool) -> None:
                 escape(c["detail"]),
             )
         console.print(table)
+        for t in result["tunings"]:
+            text = f"tuning {t['arm']} on {t['dataset']}: {t['state']}, {t['detail']}"
+            console.print(escape(text), highlight=False, soft_wrap=True)
         counts = ", ".join(f"{n} {s}" for s, n in result["counts"].items())
         console.print(f"{len(result['cells'])} cells: {counts}", highlight=False)
 
@@ -84,6 +91,10 @@ def _render(summary: dict[str, Any]) -> None:
     table.add_column("value", overflow="fold")
     table.add_row("executor", summary["executor"])
     table.add_row("cells", f"{summary['trainings']} trainings, {summary['sweeps']} sweeps")
+    for t in summary.get("tunings", []):
+        table.add_row(f"tuned {t['arm']} on {t['dataset']}", escape(str(t.get("line", ""))))
+    if summary.get("tunings_to_run"):
+        table.add_row("tunings to run", str(summary["tunings_to_run"]))
     if summary["dry_run"]:
         table.add_row("to run", f"{summary['to_run']} (dry run: nothing was started)")
     else:
@@ -128,7 +139,8 @@ def command(
             min=1,
             help="Local: cells at once, each with cores/jobs threads; with CUDA, one cell "
             "per GPU. Default: 2 on a machine with up to 2 cores (measured faster than 1 x 2 "
-            "threads), else cores/2.",
+            "threads), else cores/2. A tuned arm's trainings: 1 runs them in this process; "
+            "on SLURM, how many at once (default: the array parallelism).",
         ),
     ] = None,
     retries: Annotated[

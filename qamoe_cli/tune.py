@@ -13,7 +13,9 @@ trials.csv (every trial: settings, fold scores, mean, SE, seconds, state), repor
 optimisation history and Optuna's parameter importances as PNG) and its working files (fold
 files, the Optuna journal, one folder per training). Rerun the same command to resume a
 killed or interrupted tuning (with a larger --trials to extend it); a rerun that changes the
-space, the data or the selection is refused, naming what changed. docs/tuning.md.
+space, the data or the selection is refused, naming what changed. With --executor slurm each
+training is a SLURM job (the executor of `qamoe study`; --partition, --time, --gpus, --cpus,
+--array-parallelism as there). docs/tuning.md.
 """
 
 from __future__ import annotations
@@ -28,6 +30,30 @@ from qamoe_cli.audit import DEFAULT_GROUP_REGEX
 from qamoe_cli.common import JsonOut, Quiet, emit, err_console, flag, out_console
 
 HELP = "\n\n".join(" ".join(p.split()) for p in (__doc__ or "").split("\n\n"))
+
+
+def _executor(name: str, out: Path, model: str, jobs: int | None, slurm: dict[str, Any]) -> Any:
+    """None (the tuning's own: in this process, or --jobs children), or SLURM through the
+    executor of `qamoe study` (a tuning's cells are laid out as a study's)."""
+    from qamoe_core.base.errors import UsageError, check_choice
+
+    check_choice(name, ("local", "slurm"), "executor")
+    given = [f"--{k.replace('_', '-')}" for k, v in slurm.items() if v is not None]
+    if name == "local":
+        if given:
+            raise UsageError(
+                f"{', '.join(given)} apply to --executor slurm only.",
+                hint="Add --executor slurm, or leave them out.",
+            )
+        return None
+    if jobs is not None and jobs < 1:
+        raise UsageError(f"The '--jobs' parameter must be at least 1. Got {jobs} instead.")
+    from qamoe_core.study.executors import Bounded, SlurmExecutor
+    from qamoe_core.study.spec import parse_slurm
+
+    options = parse_slurm({}, **slurm)
+    inner = SlurmExecutor(out, options, f"qamoe-tune-{model}")
+    return Bounded(inner, jobs or options.array_parallelism)
 
 
 def command(
@@ -76,9 +102,30 @@ def command(
         int, typer.Option("--seed", min=0, help="Seeds the sampler and the folds.")
     ] = 0,
     jobs: Annotated[
-        int,
-        typer.Option("--jobs", "-j", help="Trials at once (1: in this process; N: N children)."),
-    ] = 1,
+        int | None,
+        typer.Option(
+            "--jobs",
+            "-j",
+            help="Trainings at once (local, default 1: in this process; N: N children; "
+            "SLURM: default the array parallelism).",
+        ),
+    ] = None,
+    executor: Annotated[
+        str, typer.Option(help="local (this machine) or slurm (one SLURM job per training).")
+    ] = "local",
+    partition: Annotated[str | None, typer.Option(help="SLURM partition.")] = None,
+    time: Annotated[
+        str | None,
+        typer.Option("--time", help="SLURM time limit per training: minutes or H:MM:SS."),
+    ] = None,
+    gpus: Annotated[int | None, typer.Option(min=0, help="SLURM: GPUs per training.")] = None,
+    cpus: Annotated[
+        int | None, typer.Option(min=1, help="SLURM: CPUs (threads) per training.")
+    ] = None,
+    array_parallelism: Annotated[
+        int | None,
+        typer.Option(min=1, help="SLURM: trainings of one job array running at once."),
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option("--config", "-c", help="Base config (JSON): every field not tuned."),
@@ -95,9 +142,12 @@ def command(
     settings = TuneSettings(
         data=data, out=out, model=model, space=space, trials=trials, folds=folds,
         group_regex=None if no_groups else group_regex, metric=metric,
-        levels=parse_levels(levels), sampler=sampler, pruner=pruner, seed=seed, jobs=jobs,
-        config=config, device=device,
+        levels=parse_levels(levels), sampler=sampler, pruner=pruner, seed=seed,
+        jobs=1 if jobs is None else jobs, config=config, device=device,
     )  # fmt: skip
+    slurm = {"partition": partition, "time": time, "gpus": gpus, "cpus": cpus,
+             "array_parallelism": array_parallelism}  # fmt: skip
+    where = _executor(executor, out, model, jobs, slurm)
     talk = not (quiet or json_out)
 
     def notify(line: str) -> None:
@@ -109,7 +159,7 @@ def command(
     process.state.interrupt_hint = (
         f"Finished trainings are kept in '{out}'; rerun the same command to resume the tuning."
     )
-    result = run_tuning(settings, notify)
+    result = run_tuning(settings, notify, where)
     doc: dict[str, Any] = {k: getattr(result, k) for k in result.__dataclass_fields__}
     emit(
         doc,

@@ -2,9 +2,10 @@
 
 A cell's KEY is a hash of everything that determines its result: for a training, the data
 file's SHA-256, the model, its resolved configs (defaults and the model's own options filled
-in, the seed included) and the qamoe version; for a sweep, its training's key, the resolved
-evaluation config, the run label and the qamoe version. Paths, the executor and the SLURM
-settings are not in it. A cell lives in ``DIR/cells/<key>/``:
+in, the seed included), the qamoe version and, for a tuned arm, the tuning that chose the
+configs (tunearm.py); for a sweep, its training's key, the resolved evaluation config, the run
+label and the qamoe version. Paths, the executor and the SLURM settings are not in it. A cell
+lives in ``DIR/cells/<key>/``:
 
 - ``cell.json``: what it is and the command that makes it (written before each attempt);
 - ``run/`` (training: a `qamoe train` run folder) or ``results.csv`` (sweep: `qamoe eval`);
@@ -93,8 +94,10 @@ def train_cell(
     seed: int,
     model_config: Mapping[str, Any],
     train_config: Mapping[str, Any],
+    tuning: Mapping[str, Any] | None = None,
 ) -> Cell:
-    """The training of ``arm`` at ``seed`` on a dataset whose file hashes to ``sha256``."""
+    """The training of ``arm`` at ``seed`` on a dataset whose file hashes to ``sha256``;
+    ``tuning``: what identifies the tuning whose best setting the configs hold (a tuned arm)."""
     content = {
         "kind": "train",
         "qamoe": __version__,
@@ -103,6 +106,8 @@ def train_cell(
         "model_config": dict(model_config),
         "train_config": dict(train_config),
     }
+    if tuning is not None:
+        content["tuning"] = dict(tuning)
     return Cell(content_key(content), "train", dataset, arm, seed, content=content)
 
 

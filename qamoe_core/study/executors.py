@@ -303,3 +303,38 @@ class SlurmExecutor:
 def _kind(folder: Path) -> str:
     doc = cells.read_json(folder / cells.CELL_FILE) or {}
     return str(doc.get("kind", "sweep"))
+
+
+class Bounded:
+    """At most ``limit`` cells of ``inner`` at once, for a tuning: it asks a new trial whenever
+    a cell may start, so an unbounded executor (SLURM's queue) would draw every trial before
+    any result came back, and TPE would learn nothing between them. A cell whose SLURM job
+    from an earlier process is still queued or running is adopted, not submitted again."""
+
+    def __init__(self, inner: Any, limit: int) -> None:
+        if limit < 1:
+            raise UsageError(f"--jobs must be at least 1. Got {limit} instead.")
+        self.inner, self.limit = inner, limit
+        self.describe = f"{inner.describe}; at most {limit} training(s) at once"
+        self.running: set[str] = set()
+
+    def free(self) -> int:
+        return min(self.inner.free(), self.limit - len(self.running))
+
+    def adopt(self, keys: list[str]) -> set[str]:
+        adopted = set(self.inner.adopt(keys)) & set(keys)
+        self.running |= adopted
+        return adopted
+
+    def start(self, key: str) -> None:
+        if key not in self.adopt([key]):
+            self.inner.start(key)
+            self.running.add(key)
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        ended = self.inner.wait(timeout)
+        self.running -= {o.key for o in ended}
+        return ended
+
+    def stop(self) -> None:
+        self.inner.stop()

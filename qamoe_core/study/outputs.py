@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from qamoe_core.base.atomic import atomic_path
-from qamoe_core.study import cells, spec, table
+from qamoe_core.study import cells, spec, table, tunespec
 from qamoe_core.study.plan import OUTPUTS, Notify, Plan, StudyError, digest
 from qamoe_core.version import __version__
 
@@ -138,9 +138,16 @@ def _tables(plan: Plan, out: Path, by_ds: Mapping[str, list[tuple[Any, str, Path
     df = table.build(sweeps, protocols, metrics, study.compare.reference)
     ref, digits = study.compare.reference, study.compare.digits
     title = study.title or f"Study {study.name}"
+    resolved: dict[str, set[str]] = {}
+    for (_, arm), tuned in plan.tuned.items():
+        resolved.setdefault(arm, set()).add(str(tuned.summary.get("metric", "")))
+    one = {
+        arm: next(iter(m)) for arm, m in resolved.items() if len(m) == 1
+    }  # same on every dataset
+    budget = tunespec.budget_note(study.arms, one)
     texts = {
-        "table.md": table.markdown(df, title, ref, digits),
-        "table.tex": table.latex(df, ref, digits),
+        "table.md": table.markdown(df, title, ref, digits, budget),
+        "table.tex": table.latex(df, ref, digits, budget),
         "table.csv": table.csv_text(df),
     }
     for name, text in texts.items():

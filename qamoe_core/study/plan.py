@@ -37,28 +37,55 @@ class StudyChangedError(InputError):
 # --- the plan ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Tuned:
+    """The finished tuning of a tuned arm on one dataset: what its cells train with."""
+
+    identity: Mapping[str, Any]  # what identifies the tuning (part of the cells' keys)
+    model_config: Mapping[str, Any]  # best.json's sections
+    train_config: Mapping[str, Any]
+    summary: Mapping[str, Any] = field(default_factory=dict)  # best trial, score, line
+
+
 @dataclass
 class Plan:
     study: spec.Study
     data: dict[str, spec.DataInfo]
     cells: list[Cell] = field(default_factory=list)
+    # (dataset, arm) of each tuned arm whose tuning has not finished: its cells are not
+    # known yet (they train at the tuning's best setting), so they are not in ``cells``
+    pending: list[tuple[str, str]] = field(default_factory=list)
+    tuned: Mapping[tuple[str, str], Tuned] = field(default_factory=dict)
 
     def doc(self) -> dict[str, Any]:
         """study.json: what decides every result, and every cell."""
         study = self.study.to_doc()
         for name, info in self.data.items():
             study["datasets"][name]["sha256"] = info.sha256
-        return {
+        doc = {
             "format": STUDY_FORMAT,
             "format_version": 1,
             "qamoe": __version__,
             "study": study,
             "cells": [c.describe() for c in self.cells],
         }
+        if self.pending or self.tuned:  # what `study status` shows of the tunings
+            doc["tunings"] = [
+                {"dataset": ds, "arm": arm, "state": "pending"} for ds, arm in self.pending
+            ] + [
+                {"dataset": ds, "arm": arm, "state": "done", **t.summary}
+                for (ds, arm), t in self.tuned.items()
+            ]
+        return doc
 
 
-def make_plan(study: spec.Study, data: dict[str, spec.DataInfo]) -> Plan:
-    """Every training and sweep of the study, keyed by content, in a fixed order."""
+def make_plan(
+    study: spec.Study,
+    data: dict[str, spec.DataInfo],
+    tuned: Mapping[tuple[str, str], Tuned] | None = None,
+) -> Plan:
+    """Every training and sweep of the study, keyed by content, in a fixed order. A tuned
+    arm's cells are there once its tuning on the dataset is in ``tuned``."""
     from qamoe_core.config import ModelConfig, TrainConfig
     from qamoe_core.models import complete_config
 
@@ -66,9 +93,18 @@ def make_plan(study: spec.Study, data: dict[str, spec.DataInfo]) -> Plan:
     evals = {p.name: p.eval_config() for p in study.protocols}
     for ds in study.datasets:
         for arm in study.arms:
-            model = complete_config(arm.model, ModelConfig.from_dict(arm.model_config, "model"))
+            model_d: Mapping[str, Any] = arm.model_config
+            train_d: Mapping[str, Any] = {**study.train, **arm.train_config}
+            result = (tuned or {}).get((ds.name, arm.name))
+            if arm.tune is not None:
+                if result is None:
+                    plan.pending.append((ds.name, arm.name))
+                    continue
+                plan.tuned = {**plan.tuned, (ds.name, arm.name): result}
+                model_d, train_d = result.model_config, result.train_config
+            model = complete_config(arm.model, ModelConfig.from_dict(model_d, "model"))
             for seed in study.seeds:
-                train = TrainConfig.from_dict({**study.train, **arm.train_config, "seed": seed})
+                train = TrainConfig.from_dict({**train_d, "seed": seed})
                 t = cells.train_cell(
                     ds.name,
                     data[ds.name].sha256,
@@ -77,6 +113,7 @@ def make_plan(study: spec.Study, data: dict[str, spec.DataInfo]) -> Plan:
                     seed,
                     model.to_dict(),
                     train.to_dict(),
+                    None if result is None else result.identity,
                 )
                 plan.cells.append(t)
                 plan.cells += [cells.sweep_cell(t, p.name, evals[p.name]) for p in study.protocols]
@@ -201,10 +238,16 @@ def check_unchanged(out: Path, plan: Plan, force: bool) -> list[str]:
     if found and not force:
         shown = "; ".join(found[:6]) + (f"; and {len(found) - 6} more" if len(found) > 6 else "")
         kept = len(old_keys) - len(gone)
+        tunes = (
+            f"; {len(plan.pending)} tuning(s) run first, and the cells of their arms follow "
+            "them ({})".format(", ".join(f"{a} on {d}" for d, a in plan.pending))
+            if plan.pending
+            else ""
+        )
         raise StudyChangedError(
             f"The study file differs from the one that made '{out}': {shown}. This "
             f"invalidates {len(gone)} of its {len(old_keys)} cells and adds "
-            f"{len(keys - set(old_keys))}.",
+            f"{len(keys - set(old_keys))}{tunes}.",
             hint=f"Rerun with --force to redo them (the {kept} unchanged cells are kept), or "
             "choose a new --out.",
         )

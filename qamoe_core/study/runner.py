@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ from typing import Any
 from qamoe_core.base import rundir
 from qamoe_core.base.atomic import atomic_path
 from qamoe_core.base.errors import InputError, NoSpaceError, check_choice
-from qamoe_core.study import cells, spec
+from qamoe_core.study import cells, spec, tunearm
 from qamoe_core.study.cells import Cell
 from qamoe_core.study.outputs import collect
 from qamoe_core.study.plan import (
@@ -252,6 +253,23 @@ def make_executor(
     return executors.SlurmExecutor(out, options, f"qamoe-{study.name}")
 
 
+def tuning_executor(folder: Path, study: spec.Study, options: Options) -> Any:
+    """Where the trainings of a tuned arm's tuning (in ``folder``) run: the study's executor
+    rooted at the tuning (whose cells are laid out as the study's), or None (the tuning's
+    own, in this process) for one local job, where a child per training would only add an
+    interpreter and torch start-up to each. On SLURM at most ``--jobs`` (default: the array
+    parallelism) trainings run at once."""
+    from qamoe_core.study import executors
+
+    if options.executor == "slurm":
+        where = spec._Where(study.source)
+        slurm = spec.parse_slurm(_slurm_table(study), where, **options.slurm)
+        inner = executors.SlurmExecutor(folder, slurm, f"qamoe-{study.name}-tune")
+        return executors.Bounded(inner, options.jobs or slurm.array_parallelism)
+    local = executors.LocalExecutor(folder, options.jobs)
+    return None if len(local.slots) == 1 else local
+
+
 def _slurm_table(study: spec.Study) -> dict[str, Any]:
     s = study.slurm
     table: dict[str, Any] = {
@@ -294,13 +312,23 @@ def run_study(
     out = Path(out)
     executor = make_executor(options.executor, out, study, options.jobs, options.slurm)
     with study_folder(out):
-        plan = make_plan(study, _checked_data(study, out, say))
+        data = _checked_data(study, out, say)
+        tunings = tunearm.plan_tunings(study, data, out)
+        plan = make_plan(study, data, tunearm.finished(tunings))
         gone = check_unchanged(out, plan, options.force)
         summary = _summary(plan, out, executor, options)
         if options.dry_run:
             return summary
         prune(out, gone)
+        tunearm.prune_tunings(out, tunings)
         _write_study(out, plan, study)
+        tuned_now = len(plan.pending)
+        if tuned_now:  # the tunings first; then the tuned arms' cells are known
+            where = functools.partial(tuning_executor, study=study, options=options)
+            plan = make_plan(study, data, tunearm.run_tunings(tunings, out, where, say))
+            _write_study(out, plan, study)
+            summary = _summary(plan, out, executor, options)
+        summary["tuned_now"] = tuned_now
         for cell in plan.cells:
             if cells.state(out, cell)[0] != "done":
                 write_cell(plan, cell, out)
@@ -333,6 +361,10 @@ def _summary(plan: Plan, out: Path, executor: Any, options: Options) -> dict[str
         "trainings": counts["train"],
         "sweeps": counts["sweep"],
         "to_run": todo,
+        "tunings": [
+            {"dataset": ds, "arm": arm, **t.summary} for (ds, arm), t in plan.tuned.items()
+        ],
+        "tunings_to_run": len(plan.pending),
         "launched": 0,
         "failed": [],
         "dry_run": options.dry_run,
@@ -392,13 +424,38 @@ def study_status(out: str | os.PathLike[str]) -> dict[str, Any]:
         counts[st] += 1
         rows.append({**cell.describe(), "label": cell.label, "state": st, "detail": detail})
     outputs = {name: (out / name).is_file() for name in TABLE_FILES}
+    tunings = [_tuning_status(out, t) for t in doc.get("tunings", []) if isinstance(t, dict)]
     return {
         "study": doc.get("study", {}).get("name"),
         "out": str(out),
         "counts": counts,
+        "tunings": tunings,
         "cells": rows,
-        "complete": counts["done"] == len(rows),
+        "complete": counts["done"] == len(rows) and all(t["state"] == "done" for t in tunings),
         "tables": outputs,
+    }
+
+
+def _tuning_status(out: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    """A tuned arm's tuning as study.json last recorded it, with the trials done so far."""
+    ds, arm = str(entry.get("dataset")), str(entry.get("arm"))
+    record = cells.read_json(out / tunearm.TUNE_DIR / ds / f"{arm}.json") or {}
+    trials = (record.get("identity") or {}).get("trials")
+    try:
+        with open(out / tunearm.TUNE_DIR / ds / arm / "trials.csv", "rb") as fh:
+            recorded = max(0, sum(1 for _ in fh) - 1)
+    except OSError:
+        recorded = 0
+    done = entry.get("state") == "done" and record.get("state") == "done"
+    state = "done" if done else "pending"
+    detail = record.get("summary", {}).get("line", "") if state == "done" else ""
+    return {
+        "dataset": ds,
+        "arm": arm,
+        "state": state,
+        "trials": trials,
+        "recorded": recorded,
+        "detail": detail or f"{recorded} of {trials} trial(s) recorded",
     }
 
 

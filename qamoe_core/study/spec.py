@@ -26,6 +26,10 @@
     reference = "early-fusion"         # an arm: the comparator, named before any result
     metrics = ["MAE", "Has0_acc_2"]
 
+    [tune]                             # optional: the budget every tuned arm shares, for
+    trials = 30                        # arms with `tune = true` (or a table over [tune]):
+                                       # tunespec.py
+
 Every table is checked here, before any work: an unknown key (with the nearest valid name),
 a config field out of range (config.py's own checks), repeated seeds, a reference that is
 not an arm. What needs the data or the model zoo (a model that does not fit the data's
@@ -54,6 +58,8 @@ from qamoe_core.base.errors import (
 )
 from qamoe_core.base.names import AXES
 from qamoe_core.config import ModelConfig, TrainConfig
+from qamoe_core.study import tunespec
+from qamoe_core.study.tunespec import TuneArm
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -72,9 +78,10 @@ TOP_KEYS = (
     "compare",
     "report",
     "slurm",
+    "tune",
 )
 DATASET_KEYS = ("path", "extract")
-ARM_KEYS = ("model", "config", "text_encoder", "text_model")
+ARM_KEYS = ("model", "config", "text_encoder", "text_model", "tune")
 CONFIG_KEYS = ("model", "train")
 PROTOCOL_KEYS = (
     "axes",
@@ -117,6 +124,7 @@ class Arm:
     model: str
     model_config: Mapping[str, Any]  # the keys the study sets (config.model + text_*)
     train_config: Mapping[str, Any]  # the arm's train overrides (over the study's [train])
+    tune: TuneArm | None = None  # tuned before its seeds train (tunespec.py)
 
 
 @dataclass(frozen=True)
@@ -226,6 +234,7 @@ class Study:
                 a.name: {
                     "model": a.model,
                     "config": {"model": dict(a.model_config), "train": dict(a.train_config)},
+                    **({"tune": a.tune.to_doc()} if a.tune is not None else {}),
                 }
                 for a in self.arms
             },
@@ -340,7 +349,14 @@ def parse_study(raw: Mapping[str, Any], source: Path) -> Study:
     name = w.name(raw.get("name", _stem_name(source)), "")
     base = source.parent
     train = _train_section(raw.get("train", {}), w)
-    arms = _named(raw["arms"], "arms", w, lambda n, t: _arm(n, t, w, base))
+    tune = tunespec.parse_defaults(raw.get("tune", {}), w, base)
+    arms = _named(raw["arms"], "arms", w, lambda n, t: _arm(n, t, w, base, tune))
+    if "tune" in raw and not any(a.tune for a in arms):
+        raise w.fail(
+            "tune",
+            "no arm is tuned: [tune] gives the defaults of the arms that say 'tune'.",
+            hint="Add tune = true to each arm to tune (docs/study.md).",
+        )
     for arm in arms:
         _check_configs(arm, train, w)
     compare = _compare(raw.get("compare", {}), arms, w)
@@ -445,7 +461,7 @@ def _check_extract(args: list[str], table: str, w: _Where) -> None:
         )
 
 
-def _arm(name: str, data: Any, w: _Where, base: Path) -> Arm:
+def _arm(name: str, data: Any, w: _Where, base: Path, tune: Mapping[str, Any]) -> Arm:
     table = f"arms.{name}"
     data = w.keys(data, ARM_KEYS, table, "field")
     model = data.get("model")
@@ -471,7 +487,8 @@ def _arm(name: str, data: Any, w: _Where, base: Path) -> Arm:
             if key == "text_model" and isinstance(value, str) and value:
                 value = str(base / Path(value).expanduser())
             sections["model"][key] = value
-    return Arm(name, model, sections["model"], sections["train"])
+    tuned = tunespec.parse_tune(data.get("tune"), tune, name, w, base)
+    return Arm(name, model, sections["model"], sections["train"], tuned)
 
 
 def _train_section(data: Any, w: _Where) -> dict[str, Any]:

@@ -197,7 +197,7 @@ def _blocks(df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
     return [(str(ds), str(m), g) for (ds, m), g in df.groupby(["dataset", "metric"], sort=False)]
 
 
-def _note(df: pd.DataFrame, reference: str | None) -> str:
+def _note(df: pd.DataFrame, reference: str | None, extra: str = "") -> str:
     seeds = sorted(set(df["n_seeds"].astype(int)))
     text = (
         f"Mean ± sd over {'/'.join(map(str, seeds))} model seeds; a seed's value is the "
@@ -209,13 +209,16 @@ def _note(df: pd.DataFrame, reference: str | None) -> str:
             "model seeds; p Holm-adjusted over the arms compared in each column; MDE: "
             "the smallest difference detected with 80 % power at these seeds."
         )
-    return text
+    return f"{text} {extra}" if extra else text
 
 
-def markdown(df: pd.DataFrame, title: str, reference: str | None, digits: int) -> str:
+def markdown(
+    df: pd.DataFrame, title: str, reference: str | None, digits: int, extra: str = ""
+) -> str:
+    """``extra``: a sentence after the table's note (the tuned arms' budget)."""
     from qamoe_core.metrics import higher_is_better
 
-    lines = [f"# {title}", "", _note(df, reference), ""]
+    lines = [f"# {title}", "", _note(df, reference, extra), ""]
     multi = df["dataset"].nunique() > 1
     for ds, metric, g in _blocks(df):
         arrow = "higher is better" if higher_is_better(metric) else "lower is better"
@@ -266,9 +269,9 @@ def _tex_num(value: float, digits: int) -> str:
     return "n/a" if not math.isfinite(value) else f"${value:.{digits}f}$"
 
 
-def latex(df: pd.DataFrame, reference: str | None, digits: int) -> str:
+def latex(df: pd.DataFrame, reference: str | None, digits: int, extra: str = "") -> str:
     """One booktabs tabular per dataset and metric: mean ± sd, then Δ [CI] per arm."""
-    out = [f"% {_note(df, reference)}", "% Needs \\usepackage{booktabs}.", ""]
+    out = [f"% {_note(df, reference, extra)}", "% Needs \\usepackage{booktabs}.", ""]
     multi = df["dataset"].nunique() > 1
     for ds, metric, g in _blocks(df):
         cols = list(dict.fromkeys(g["column"]))

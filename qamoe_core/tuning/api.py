@@ -1,5 +1,5 @@
-"""`qamoe tune` as functions: :func:`run_tuning` (settings in, result out) and :func:`tune`
-(what a study's ``tune = {space = ..., trials = ...}`` arm calls: the path of best.json)."""
+"""`qamoe tune` as functions: :func:`run_tuning` (settings in, result out; what a study's tuned
+arm runs, qamoe_core/study/tunearm.py) and :func:`tune` (the path of best.json)."""
 
 from __future__ import annotations
 
@@ -52,13 +52,15 @@ def run_tuning(
     settings: plan.TuneSettings,
     notify: Callable[[str], None] | None = None,
     executor: ex.Executor | None = None,
+    made: plan.Plan | None = None,
 ) -> TuneResult:
     """Tune ``settings.model`` on ``settings.data`` into ``settings.out`` (resuming what is
     there when it is the same tuning). ``executor``: where the trainings run (default: this
-    process with ``jobs`` 1, else ``jobs`` children)."""
+    process with ``jobs`` 1, else ``jobs`` children). ``made``: the plan of ``settings``
+    when the caller made it already (a study checks every tuning before it runs any)."""
     say = notify or (lambda line: None)
     t0 = time.perf_counter()
-    p = plan.make_plan(settings)
+    p = made if made is not None and made.settings == settings else plan.make_plan(settings)
     out = Path(settings.out)
     seconds = {"plan": time.perf_counter() - t0}
     with plan.tune_folder(out), runner.quiet_optuna():

@@ -11,6 +11,7 @@ resumes it only when the manifest is the same, and otherwise names what changed.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -53,7 +54,9 @@ class TuneSettings:
     pruner: str = "median"
     seed: int = 0
     jobs: int = 1
-    config: Path | None = None  # the base config: every field the space does not tune
+    # the base config: every field the space does not tune; a config file, or its sections
+    # as a mapping {"model": {...}, "train": {...}} (a study's arm)
+    config: Path | Mapping[str, Any] | None = None
     device: str = "auto"
 
 
@@ -102,7 +105,11 @@ def require_optuna() -> None:
 def _base(s: TuneSettings, obj: objective.Objective) -> tuple[dict[str, Any], dict[str, Any]]:
     """The base config's sections (only what the file sets), checked; the objective's
     selection fields replace the file's."""
-    model_d, train_d = read_sections(s.config) if s.config is not None else ({}, {})
+    if isinstance(s.config, Mapping):
+        model_d = copy.deepcopy(dict(s.config.get("model", {})))
+        train_d = copy.deepcopy(dict(s.config.get("train", {})))
+    else:
+        model_d, train_d = read_sections(s.config) if s.config is not None else ({}, {})
     ModelConfig.from_dict(model_d, "model")
     TrainConfig.from_dict(train_d, "train")
     for key, value in obj.train_fields().items():

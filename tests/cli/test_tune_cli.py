@@ -1,6 +1,7 @@
 """`qamoe tune` end to end on the synthetic tiny preset: a 6-trial tuning finishes, a copy is
 killed (SIGKILL) mid-run and resumed to the same trials.csv, best.json trains, the test split
-is never read, parallel children give the same trials, and every bad input is one line."""
+is never read, parallel children (and SLURM jobs, where a one-node SLURM runs) give the same
+trials, and every bad input is one line."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import pytest
 from qamoe_cli.main import main
 from qamoe_core.data.store import FeatureFile
 from tests.cli.test_startup import _heavy_loaded_after
+from tests.cli.test_study_cli import slurm  # noqa: F401  (the fixture: a one-node SLURM)
 
 REPO = Path(__file__).resolve().parents[2]
 SPACE = (
@@ -245,6 +247,8 @@ def test_parallel_children_give_the_same_trials(
         (["--sampler", "grid"], SPACE, 2, ["'--sampler' parameter must be one of tpe, random"]),
         (["--levels", "clean,1.5"], SPACE, 2, ["'--levels' parameter must be a float in [0, 1]"]),
         (["--metric", "Acc"], SPACE, 2, ["'--metric' parameter must be auto or one of"]),
+        (["--partition", "gpu"], SPACE, 2, ["--partition apply to --executor slurm only"]),
+        (["--executor", "slorm"], SPACE, 2, ["'executor' parameter", "Did you mean 'slurm'"]),
     ],
 )
 def test_bad_input_is_one_line(
@@ -298,3 +302,39 @@ def test_a_changed_tuning_is_refused_naming_what_changed(
     (foreign / "notes.txt").write_text("mine")
     assert main([*args(tiny_h5, foreign, files), *quick]) == 1
     assert "was not made by `qamoe tune`" in capsys.readouterr().err
+
+
+def test_the_slurm_executor_without_sbatch(
+    tiny_h5: Path,
+    tmp_path: Path,
+    files: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert main([*args(tiny_h5, tmp_path / "out", files), "--executor", "slurm"]) == 1
+    err = capsys.readouterr().err
+    assert "sbatch" in err and "--executor local" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("slurm")
+def test_a_tuning_on_slurm_gives_the_trials_of_a_local_one(
+    tiny_h5: Path, tmp_path: Path, files: dict[str, Path]
+) -> None:
+    same = ["--trials", "2", "--folds", "0", "--sampler", "random", "--pruner", "none"]
+    assert main([*args(tiny_h5, tmp_path / "local", files), *same]) == 0
+    on_slurm = [*same, "--executor", "slurm", "--time", "10", "--cpus", "1", "--jobs", "2"]
+    assert main([*args(tiny_h5, tmp_path / "slurm", files), *on_slurm]) == 0
+    local, remote = (
+        table(tmp_path / "local" / "trials.csv"),
+        table(tmp_path / "slurm" / "trials.csv"),
+    )
+    assert [r["train.lr"] for r in local] == [r["train.lr"] for r in remote]
+    for a, b in zip(local, remote, strict=True):
+        assert b["state"] == "complete" and float(a["mean"]) == pytest.approx(
+            float(b["mean"]), rel=1e-3
+        )
+    logs = list((tmp_path / "slurm").glob("cells/*/log.txt"))
+    assert len(logs) == 2 and all("(SLURM job " in p.read_text() for p in logs)
