@@ -79,6 +79,17 @@ def test_eval(tiny_h5: Path, small_config: Path, every_tick: None,
     _runs_with_and_without_lines(argv, "eval run", capsys)
 
 
+def test_report(tiny_h5: Path, small_config: Path, every_tick: None,
+                capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    train = ["train", str(tiny_h5), "--out", "run", "--config", str(small_config),
+             "--epochs", "1", "--device", "cpu", "-q"]  # fmt: skip
+    sweep = ["eval", "run", "--data", str(tiny_h5), "--sweep", "--levels", "0,0.5",
+             "--corruption-seeds", "1", "--device", "cpu", "--out", "r.csv", "-q"]  # fmt: skip
+    assert main(train) == 0 and main(sweep) == 0
+    argv = ["report", "r.csv", "--out", "{out}", "--figures", "png"]
+    _runs_with_and_without_lines(argv, "report", capsys)
+
+
 def test_corrupt(tiny_h5: Path, small_config: Path, every_tick: None,
                  capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     argv = ["corrupt", str(tiny_h5), "--level", "0.4", "--out", "{out}.h5"]
