@@ -115,7 +115,7 @@ def emit(result: dict[str, Any], *, json_mode: bool, render: Callable[[], None])
         render()
 
 
-# Plain progress lines (stderr not a terminal, ``lines=True``): at most one per this many s.
+# Plain progress lines (stderr not a terminal): at most one per this many seconds.
 LINE_INTERVAL_S = 5.0
 
 
@@ -125,7 +125,8 @@ def _fields_text(fields: dict[str, Any]) -> str:
     )
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """``m:ss`` (``h:mm:ss`` from an hour): elapsed times and ETAs on stderr."""
     m, s = divmod(round(seconds), 60)
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
@@ -153,21 +154,22 @@ class _Lines:
         where = f"{self.done}" if self.total is None else f"{self.done}/{self.total}"
         eta = ""
         if self.total and 0 < self.done < self.total:
-            eta = f", ETA {_clock(elapsed * (self.total - self.done) / self.done)}"
+            eta = f", ETA {clock(elapsed * (self.total - self.done) / self.done)}"
         info = _fields_text(fields)
-        line = f"{self.description}: {where}, {_clock(elapsed)} elapsed{eta}"
+        line = f"{self.description}: {where}, {clock(elapsed)} elapsed{eta}"
         sys.stderr.write(line + (f"  {info}" if info else "") + "\n")
         sys.stderr.flush()
 
 
 @contextlib.contextmanager
 def progress(
-    total: int | None, description: str, *, enabled: bool = True, lines: bool = False
+    total: int | None, description: str, *, enabled: bool = True, lines: bool = True
 ) -> Iterator[Callable[..., None]]:
     """A Rich progress bar on stderr; yields ``advance(n=1, total=None, **fields)``.
 
-    Off when ``enabled`` is False (--quiet, --json). When stderr is not a terminal: nothing,
-    or with ``lines=True`` a plain line with the ETA at most every LINE_INTERVAL_S seconds.
+    Off when ``enabled`` is False (--quiet, --json). When stderr is not a terminal (a log, a
+    pipe, a batch job): a plain line with the ETA at most every LINE_INTERVAL_S seconds, so
+    a command of a few seconds prints none; ``lines=False`` prints nothing there instead.
     ``total`` (re)sets the total once the core knows it; ``fields`` are shown after the bar
     (e.g. ``loss=0.41``).
     """

@@ -14,7 +14,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from qamoe_cli.common import Force, JsonOut, Quiet, Seed, emit, err_console, out_console
+from qamoe_cli.common import (
+    Force,
+    JsonOut,
+    Quiet,
+    Seed,
+    emit,
+    err_console,
+    out_console,
+    progress,
+)
 
 
 def command(
@@ -41,12 +50,19 @@ def command(
 
     cfg = DemoConfig(seed=seed, epochs=epochs, baseline=baseline, level=level)
     steps = iter(range(1, 100))
+    talk = not (quiet or json_out)
+    # the ETA counts stages, which differ in length (training is most of the time): rough
+    with progress(cfg.stage_count(), "demo stages", enabled=talk) as advance:
 
-    def stage(text: str) -> None:
-        if not (quiet or json_out):
-            err_console.print(f"[bold cyan][{next(steps)}][/] {text}", highlight=False)
+        def stage(text: str) -> None:
+            step = next(steps)
+            if step > 1:
+                advance(1)  # a stage starts when the one before it has ended
+            if talk:
+                err_console.print(f"[bold cyan][{step}][/] {text}", highlight=False)
 
-    result = run_demo(out, cfg, force=force, device=device, stage=stage)
+        result = run_demo(out, cfg, force=force, device=device, stage=stage)
+        advance(1)
 
     def render() -> None:
         table = Table(title="Robustness on the synthetic test split (mixed axis, all modalities)")

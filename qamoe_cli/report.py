@@ -10,7 +10,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from qamoe_cli.audit import DEFAULT_GROUP_REGEX
-from qamoe_cli.common import Force, JsonOut, emit, err_console, flag, out_console, parse_list
+from qamoe_cli.common import (
+    Force,
+    JsonOut,
+    Quiet,
+    emit,
+    err_console,
+    flag,
+    out_console,
+    parse_list,
+    progress,
+)
 
 
 def command(
@@ -98,6 +108,7 @@ def command(
     ] = None,
     force: Force = False,
     json_out: JsonOut = False,
+    quiet: Quiet = False,
 ) -> None:
     """Draw reliability curves, quality scores, expert usage and summary tables from results."""
     # heavy imports (matplotlib, pandas) here, not at the top, so the CLI starts fast
@@ -113,21 +124,23 @@ def command(
         per_sample = pool_sample_seeds(per_sample) if per_sample is not None else None
     if per_sample is not None and reference is None:
         err_console.print("warning: --samples is used only with --reference.", highlight=False)
-    rep = build_report(
-        table,
-        out,
-        metrics=parse_list(metric, "--metric"),
-        title=title,
-        sources=[str(p) for p in [*results, *(samples or [])]],
-        force=force,
-        reference=reference,
-        samples=per_sample,
-        pooled=pool_seeds,
-        formats=parse_list(figures, "--figures") or ["png"],
-        group_regex=None if no_groups else group_regex,
-        style=style,
-        titles=titles,
-    )
+    with progress(None, "report", enabled=not (quiet or json_out)) as advance:
+        rep = build_report(
+            table,
+            out,
+            metrics=parse_list(metric, "--metric"),
+            title=title,
+            sources=[str(p) for p in [*results, *(samples or [])]],
+            force=force,
+            reference=reference,
+            samples=per_sample,
+            pooled=pool_seeds,
+            formats=parse_list(figures, "--figures") or ["png"],
+            group_regex=None if no_groups else group_regex,
+            style=style,
+            titles=titles,
+            progress=advance,
+        )
     for line in rep.warnings:  # never drop a run without a word
         err_console.print(f"warning: {line}", highlight=False, soft_wrap=True, markup=False)
     summary = rep.to_dict()

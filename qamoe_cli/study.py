@@ -11,6 +11,7 @@ pending.
 from __future__ import annotations
 
 from pathlib import Path
+from time import monotonic
 from typing import Annotated, Any
 
 import typer
@@ -18,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from qamoe_cli import process
-from qamoe_cli.common import JsonOut, emit, err_console, flag
+from qamoe_cli.common import JsonOut, clock, emit, err_console, flag
 from qamoe_cli.common import out_console as console
 from qamoe_core.base.errors import UsageError
 
@@ -26,10 +27,23 @@ _STATE_STYLE = {"done": "green", "running": "cyan", "failed": "red", "pending": 
 
 
 def _say(quiet: bool) -> Any:
-    """Progress lines on stderr: one per finished, failed or retried cell."""
-    count = {"ended": 0}
+    """Progress lines on stderr: one per finished, failed or retried cell; a finished or
+    failed cell's line counts the cells this run has to do and gives an ETA."""
+    count = {"ended": 0, "total": 0}
+    start = {"t": monotonic()}
+
+    def ended() -> str:
+        count["ended"] += 1
+        done, total = count["ended"], count["total"]
+        if not total:
+            return f"[{done}]"
+        elapsed = monotonic() - start["t"]
+        eta = f", ETA {clock(elapsed * (total - done) / done)}" if done < total else ""
+        return f"[{done}/{total}, {clock(elapsed)} elapsed{eta}]"
 
     def notify(event: str, cell: Any, info: Any) -> None:
+        if event == "plan":
+            count["total"], start["t"] = int(info["to_run"]), monotonic()
         if quiet:
             return
         if event == "extract":
@@ -37,11 +51,9 @@ def _say(quiet: bool) -> Any:
         elif event == "report":
             text = f"report of {info['dataset']} -> {info['out']}"
         elif event == "done":
-            count["ended"] += 1
-            text = f"[{count['ended']}] done    {cell.title} ({info['seconds']:.1f} s)"
+            text = f"{ended()} done    {cell.title} ({info['seconds']:.1f} s)"
         elif event == "failed":
-            count["ended"] += 1
-            text = f"[{count['ended']}] FAILED  {cell.title}: {info['error']}"
+            text = f"{ended()} FAILED  {cell.title}: {info['error']}"
         elif event == "retry":
             text = f"retrying {cell.title} after: {info['error']}"
         elif event == "tune-start":

@@ -27,7 +27,7 @@ import typer
 
 from qamoe_cli import process
 from qamoe_cli.audit import DEFAULT_GROUP_REGEX
-from qamoe_cli.common import JsonOut, Quiet, emit, err_console, flag, out_console
+from qamoe_cli.common import JsonOut, Quiet, emit, err_console, flag, out_console, progress
 
 HELP = "\n\n".join(" ".join(p.split()) for p in (__doc__ or "").split("\n\n"))
 
@@ -159,7 +159,8 @@ def command(
     process.state.interrupt_hint = (
         f"Finished trainings are kept in '{out}'; rerun the same command to resume the tuning."
     )
-    result = run_tuning(settings, notify, where)
+    with progress(None, "tune trials", enabled=talk) as advance:
+        result = run_tuning(settings, notify, where, progress=advance)
     doc: dict[str, Any] = {k: getattr(result, k) for k in result.__dataclass_fields__}
     emit(
         doc,

@@ -83,6 +83,12 @@ class DemoConfig:
         check_level(self.level)
         check_offset(dict(self.offset))
 
+    def stage_count(self) -> int:
+        """How many times ``run_demo`` calls ``stage``: extract, a training per model, corrupt,
+        an eval of the corrupted copy and a sweep per model, the report."""
+        models = 2  # QA-MoE and the baseline (a baseline is never QA-MoE)
+        return 1 + models + 1 + 2 * models + 1
+
 
 @dataclass
 class DemoResult:

@@ -110,7 +110,7 @@ def command(
     from qamoe_core.data.importers.mosi import import_mosi
 
     shown = not (quiet or json_out)
-    with progress(None, f"mosi/{protocol} text", enabled=shown, lines=True) as tick:
+    with progress(None, f"mosi/{protocol} text", enabled=shown) as tick:
         summary = import_mosi(
             out,
             mosi_lite=mosi_lite,

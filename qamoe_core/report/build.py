@@ -32,7 +32,7 @@ import html
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -307,6 +307,7 @@ def build_report(
     group_regex: str | None = DEFAULT_GROUP_REGEX,
     style: str = "screen",
     titles: bool | None = None,
+    progress: Callable[..., None] | None = None,
 ) -> Report:
     """Write the report for ``results`` (a table from :func:`qamoe_core.evaluation.results.load`).
 
@@ -319,7 +320,8 @@ def build_report(
     built under a temporary name and renamed at the end; an existing report folder is
     replaced only with ``force``. ``formats``: the figure files (PNG always, for the page).
     ``style``: ``screen`` or ``paper`` (column widths, serif, print sizes, 300 dpi PNG);
-    ``titles``: a title above each figure (default: on screen, not on paper).
+    ``titles``: a title above each figure (default: on screen, not on paper). ``progress``:
+    ``progress(n, total=None)``, a step per figure drawn and encoded, and for the tables.
     """
     out = Path(out_dir)
     _check_formats(formats)
@@ -333,9 +335,9 @@ def build_report(
     warnings = coverage_warnings(df, names)
     for line in warnings:
         log.warning("%s", line)
-    figures = _encoded_figures(df, names, pooled, formats, look)
+    figures = _encoded_figures(df, names, pooled, formats, look, progress or _no_progress)
     compared = (reference, draws, group_regex) if reference is not None else None
-    tables = _tables(df, names, samples, pooled, compared)
+    tables = _tables(df, names, samples, pooled, compared, progress or _no_progress)
     page = _Page(title, _sections(df, tables, names, figures), sources, warnings, formats)
     files = _report_files(page, figures, tables)
     _write_folder(out, files, force)
@@ -431,12 +433,23 @@ def draw_figures(
     return [(stem, cap, fig) for stem, cap, fig in drawn if fig is not None]
 
 
+def _no_progress(n: int = 1, total: int | None = None) -> None:
+    return None
+
+
 def _encoded_figures(
-    df: pd.DataFrame, names: Sequence[str], pooled: bool, formats: Sequence[str], look: Style
-) -> list[tuple[str, str, dict[str, bytes]]]:
-    """(stem, caption, {format: bytes}) for every figure of the report."""
+    df: pd.DataFrame, names: Sequence[str], pooled: bool, formats: Sequence[str], look: Style,
+    tick: Callable[..., None],
+) -> list[tuple[str, str, dict[str, bytes]]]:  # fmt: skip
+    """(stem, caption, {format: bytes}) for every figure of the report; ``tick``: one step
+    for the drawing, one per figure encoded, one left for the tables."""
     drawn = draw_figures(df, names, pooled, look)
-    return [(stem, cap, encode(fig, formats, look)) for stem, cap, fig in drawn]
+    tick(1, total=len(drawn) + 2)
+    encoded = []
+    for stem, cap, fig in drawn:
+        encoded.append((stem, cap, encode(fig, formats, look)))
+        tick(1)
+    return encoded
 
 
 def _tables(
@@ -445,6 +458,7 @@ def _tables(
     samples: pd.DataFrame | None,
     pooled: bool,
     compared: tuple[str, int, str | None] | None,
+    tick: Callable[..., None],
 ) -> dict[str, tuple[pd.DataFrame, str]]:
     """name -> (table, method note); the note is only set for the comparison."""
     rows = measured(df)
@@ -461,6 +475,7 @@ def _tables(
         reference, draws, group_regex = compared
         comp = compare(df, reference, names[0], samples, draws=draws, group_regex=group_regex)
         out["comparison"] = (comp.table, comp.method)
+    tick(1)
     return out
 
 

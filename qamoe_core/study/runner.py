@@ -188,6 +188,7 @@ class Scheduler:
         ]
 
     def run(self) -> None:
+        self.notify("plan", None, {"to_run": len(self.todo)})  # the total of progress lines
         adopted = self.executor.adopt([c.key for c in self.todo])
         self.inflight |= adopted
         try:

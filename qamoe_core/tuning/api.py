@@ -53,12 +53,16 @@ def run_tuning(
     notify: Callable[[str], None] | None = None,
     executor: ex.Executor | None = None,
     made: plan.Plan | None = None,
+    progress: Callable[..., None] | None = None,
 ) -> TuneResult:
     """Tune ``settings.model`` on ``settings.data`` into ``settings.out`` (resuming what is
     there when it is the same tuning). ``executor``: where the trainings run (default: this
     process with ``jobs`` 1, else ``jobs`` children). ``made``: the plan of ``settings``
-    when the caller made it already (a study checks every tuning before it runs any)."""
+    when the caller made it already (a study checks every tuning before it runs any).
+    ``progress(n, total=None)``: called with ``n=0`` and the trials left to end once they are
+    known, then with ``n=1`` as each trial ends (finished, pruned or failed)."""
     say = notify or (lambda line: None)
+    advance = progress or (lambda n, total=None: None)
     t0 = time.perf_counter()
     p = made if made is not None and made.settings == settings else plan.make_plan(settings)
     out = Path(settings.out)
@@ -74,13 +78,20 @@ def run_tuning(
         done = len(study.get_trials(deepcopy=False))
         if done:
             say(f"resuming: {done} trial(s) recorded in '{out}'")
+        ended = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+        advance(0, total=max(0, settings.trials - ended))
+
+        def trial_ended() -> None:
+            outputs.write_trials(out, p, outputs.rows(study, p))
+            advance(1)
+
         tuning = runner.Tuning(
             out,
             p,
             study,
             executor or ex.make_executor(out, settings.jobs),
             say,
-            lambda: outputs.write_trials(out, p, outputs.rows(study, p)),
+            trial_ended,
         )
         t0 = time.perf_counter()
         tuning.run()

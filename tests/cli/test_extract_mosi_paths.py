@@ -86,6 +86,6 @@ def test_plain_lines_with_an_eta(
     lines = capsys.readouterr().err.splitlines()
     assert lines == ["mosi/std text: 50/100, 0:10 elapsed, ETA 0:10",
                      "mosi/std text: 100/100, 0:30 elapsed"]  # fmt: skip
-    with common.progress(None, "x", lines=False) as tick:  # other commands: silent off a tty
+    with common.progress(None, "x", lines=False) as tick:  # asked for: silent off a tty
         tick(5, total=5)
     assert capsys.readouterr().err == ""

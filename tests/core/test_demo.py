@@ -28,6 +28,7 @@ def test_demo_chain_writes_every_artifact(tmp_path: Path) -> None:
         "extract", "train", "train", "corrupt", "eval", "eval --sweep", "eval",
         "eval --sweep", "report",
     ]  # fmt: skip
+    assert len(stages) == _tiny().stage_count()  # the total of `qamoe demo`'s progress
     for name in ("synthetic.h5", "synthetic-0.4.h5", "results-qamoe.csv",
                  "results-early-fusion.csv", "demo.json"):  # fmt: skip
         assert (out / name).is_file(), name
