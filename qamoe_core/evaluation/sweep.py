@@ -141,6 +141,9 @@ class _Accumulator:
         self.sums: dict[tuple[int, str], dict[str, float]] = {}
         # per-sample r_m, kept only when asked for: {(point, variant): {modality: (N,)}}
         self.quality: dict[tuple[int, str], dict[str, np.ndarray]] = {}
+        # per-sample values of add_sums (the residual diagnostic), kept only when asked for:
+        # {(point, variant): {column: (N,)}}
+        self.extra: dict[tuple[int, str], dict[str, np.ndarray]] = {}
         self.alias: dict[int, int] = {}  # point -> the point whose outputs it shares
 
     def resolve_aliases(self) -> None:
@@ -152,12 +155,19 @@ class _Accumulator:
                     self.sums[(i, variant)] = self.sums[(j, variant)]
                     if (j, variant) in self.quality:
                         self.quality[(i, variant)] = self.quality[(j, variant)]
+                    if (j, variant) in self.extra:
+                        self.extra[(i, variant)] = self.extra[(j, variant)]
 
-    def add_sums(self, key: tuple[int, str], values: Mapping[str, Tensor]) -> None:
-        """Fold per-sample values {name: (B,)} into the point's sums (after :meth:`add`)."""
+    def add_sums(self, key: tuple[int, str], rows: slice, values: Mapping[str, Tensor]) -> None:
+        """Fold per-sample values {name: (B,)} of ``rows`` into the point's sums (after
+        :meth:`add`), and keep them per sample when asked for."""
         sums = self.sums[key]
         for name, v in values.items():
             sums[name] = sums.get(name, 0.0) + float(v.double().sum())
+            if self.per_sample:
+                col = self.extra.setdefault(key, {})
+                col.setdefault(name, np.full(self.n, np.nan, dtype=np.float32))
+                col[name][rows] = v.float().cpu().numpy()
 
     def add(self, key: tuple[int, str], rows: slice, out: Any) -> None:
         if key not in self.pred:
@@ -404,7 +414,8 @@ class Evaluation:
             out = self.predict(mb, encodings)
             self._acc.add((i, "normal"), slice(rows.start + s, rows.start + e), out)
             if targets is not None and encodings is not None:
-                self._acc.add_sums((i, "normal"), self.residual_sums(encodings, targets, s, e))
+                sums = self.residual_sums(encodings, targets, s, e)
+                self._acc.add_sums((i, "normal"), slice(rows.start + s, rows.start + e), sums)
             for control in self.r_controls:  # r set, not estimated (evaluation/controls.py)
                 given = self.control_quality(control, mb, corrupter.p, e - s)
                 self._acc.add((i, control), slice(rows.start + s, rows.start + e),
@@ -524,7 +535,8 @@ class Evaluation:
         samples = None
         if ids is not None:
             samples = sample_rows(self._outputs(), self._acc.quality, run=self.run_name,
-                                  split=self.cfg.split, ids=ids, labels=labels)  # fmt: skip
+                                  split=self.cfg.split, ids=ids, labels=labels,
+                                  extra=self._acc.extra)  # fmt: skip
         return EvalResult(table, summarize(table, names), info, samples)
 
     def _outputs(self) -> list[Output]:

@@ -104,3 +104,28 @@ def test_controls_do_not_change_the_other_rows(tiny_h5: Path) -> None:
     kept = t[~t["variant"].isin(["constant_r", "oracle_r"])].reset_index(drop=True)
     pd.testing.assert_frame_equal(kept, plain)
     assert set(t["variant"]) >= {"constant_r", "oracle_r"}
+
+
+def test_residuals_per_point_and_per_sample(tiny_h5: Path) -> None:
+    cfg = EvalConfig(**GRID, residuals=True, per_sample=True, controls=("oracle_r",))
+    res = evaluate_model(make_model(tiny_h5), tiny_h5, cfg)
+    t, samples = res.table, res.samples
+    assert samples is not None
+    for m in ("text", "audio", "vision"):
+        for name in (f"residual_{m}", f"sigma2_{m}"):
+            rows_ = t[(t["metric"] == name)]
+            assert set(rows_["variant"]) == {"normal"} and len(rows_) == 5  # clean + 2 x 2
+            assert bool((rows_["value"] >= 0).all())
+            at = samples[(samples["axis"] == "missing") & (samples["level"] == 0.5)]
+            normal = at[at["variant"] == "normal"][name]
+            assert normal.notna().all() and at[at["variant"] == "oracle_r"][name].isna().all()
+            point = rows_[(rows_["axis"] == "missing") & (rows_["level"] == 0.5)]["value"]
+            assert float(normal.mean()) == pytest.approx(float(point.iloc[0]), rel=1e-4)
+        # the residual grows where the modality loses half its steps
+        clean = rows(t, "normal", f"residual_{m}", axis="clean").iloc[0]
+        assert rows(t, "normal", f"residual_{m}", axis="missing", level=0.5).iloc[0] > clean
+    plain = evaluate_model(make_model(tiny_h5), tiny_h5, EvalConfig(**GRID, per_sample=True))
+    assert plain.samples is not None and not any(
+        c.startswith(("residual_", "sigma2_")) for c in plain.samples.columns
+    )
+    assert not plain.table["metric"].str.startswith(("residual_", "sigma2_")).any()
