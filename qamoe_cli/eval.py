@@ -78,6 +78,24 @@ def command(
     no_shuffle: Annotated[
         bool, flag("--no-shuffle", help="Skip the quality-shuffle control.")
     ] = False,
+    control: Annotated[
+        str | None,
+        typer.Option(
+            "--control",
+            help="Also run these r-controls, comma-separated: constant_r (r fixed to its mean "
+            "on the split), oracle_r (r from each sample's true corruption); for models that "
+            "offer them (QA-MoE). Each is a variant of the results.",
+        ),
+    ] = None,
+    residuals: Annotated[
+        bool,
+        flag(
+            "--residuals",
+            help="Also record QA-MoE's quality-head diagnostic at every point: the residual "
+            "of each modality's estimate against its clean target, and the σ² predicted for "
+            "it (the report plots them).",
+        ),
+    ] = False,
     name: Annotated[
         str | None, typer.Option(help="Label of the run in the results (default: folder name).")
     ] = None,
@@ -137,6 +155,8 @@ def command(
         modalities=tuple(parse_list(modalities, "--modalities") or ()),
         drop_sets=drop_sets,
         quality_shuffle=not no_shuffle,
+        controls=tuple(parse_list(control, "--control") or ()),
+        residuals=residuals,
         batch_size=batch_size,
         per_sample=per_sample is not None,
         **parse_pattern(pattern, burst_mean, noise_rho),

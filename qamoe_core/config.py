@@ -39,6 +39,8 @@ SELECT_METRICS: tuple[str, ...] = (
     "loss",
     *tuple(sorted({name for names in METRIC_NAMES.values() for name in names})),
 )
+# TrainConfig.level_draws: one level for missing and noise, or each drawn on its own.
+LEVEL_DRAWS: tuple[str, ...] = ("tied", "independent")
 # Keys of a run's config.json that are not configuration (checkpoint.py writes them).
 RUN_META_KEYS = frozenset(
     {
@@ -437,6 +439,12 @@ class TrainConfig(_Config):
     # SPECIALIST at one fixed level (the comparison behind One-Checkpoint-for-All).
     train_levels: tuple[float, ...] = _spec((0.0, 1.0), 0.0, 1.0)
     axis: str = _spec("mixed", choices=AXES)
+    # [ours] How a corrupted sample's missing rate η and noise level λ are drawn on the mixed
+    # axis: "tied" (one level ℓ for both, η = λ = ℓ: the spectrum's single knob, as earlier
+    # versions trained) or "independent" (η ~ U and λ ~ U drawn separately per sample and
+    # modality, as the paper trains; spectrum.sample_level_pairs). Tied until cross-validation
+    # says otherwise (issue 32).
+    level_draws: str = _spec("tied", choices=LEVEL_DRAWS)
     # Noise std at level 1 in units of the train std; the spectrum's default.
     noise_scale: float = _spec(1.0, 1e-6, 1e6)
     # Modalities that training corrupts (all: one checkpoint for every degradation).
@@ -477,6 +485,12 @@ class TrainConfig(_Config):
                 "The 'corrupt_modalities' parameter names a modality twice. "
                 f"Got {list(self.corrupt_modalities)} instead.",
                 hint=f"List each modality once: {list(dict.fromkeys(self.corrupt_modalities))}.",
+            )
+        if self.level_draws == "independent" and self.axis != "mixed":
+            raise ConfigError(
+                "The 'level_draws' parameter 'independent' draws a missing rate and a noise "
+                f"level apart, which only the mixed axis has. Got axis {self.axis!r}.",
+                hint='Set "axis": "mixed", or leave level_draws at "tied".',
             )
         lv = self.train_levels
         if len(lv) != 2 or lv[0] > lv[1]:

@@ -13,8 +13,10 @@ AXES: tuple[str, str, str] = ("missing", "noise", "mixed")
 RESULT_AXES: tuple[str, ...] = ("clean", "mixed", "missing", "noise", "drop")
 TASKS: tuple[str, str] = ("regression", "binary")
 # The evaluation controls a model may offer (MultimodalModel.controls), each a variant of the
-# results table: "quality_shuffle" permutes the quality scores r across the batch.
-CONTROLS: tuple[str, ...] = ("quality_shuffle",)
+# results table: "quality_shuffle" permutes the quality scores r across the batch;
+# "constant_r" fixes r to its mean on the clean split and "oracle_r" sets it from each sample's
+# true corruption (evaluation/controls.py). The last two run only when asked for (--control).
+CONTROLS: tuple[str, ...] = ("quality_shuffle", "constant_r", "oracle_r")
 # The model `qamoe train` trains when --model is not given (models/registry.py resolves it).
 DEFAULT_MODEL = "qamoe"
 # Metric schemes (metrics.compute): MMSA's MOSI/MOSEI and SIMS rules, and class decisions.

@@ -19,7 +19,7 @@ from qamoe_core.base.errors import ConfigUsageError, UsageError
 from qamoe_core.base.names import MISSING_PATTERNS, MODALITIES, NOISE_PATTERNS, SPLITS
 from qamoe_core.config import _Config, _spec
 from qamoe_core.data.store import FeatureFile
-from qamoe_core.evaluation.results import SPECTRUM_AXES, join_modalities
+from qamoe_core.evaluation.results import R_VARIANTS, SPECTRUM_AXES, join_modalities
 from qamoe_core.spectrum.engine import Patterns, pattern_label
 from qamoe_core.spectrum.record import recorded_point
 
@@ -118,6 +118,17 @@ class EvalConfig(_Config):
     drop_sets: bool = _spec(False, hint=_flag("--drop-sets"))
     # Run the quality-shuffle control for models with quality scores.
     quality_shuffle: bool = _spec(True, hint=_flag("--no-shuffle"))
+    # Record QA-MoE's quality-head diagnostic at every point (normal variant): the residual
+    # of μ_m against the clean target and the σ² predicted for it (results.RESIDUAL_PREFIX).
+    # Costs one encoding of the clean rows per block and a head pass per point.
+    residuals: bool = _spec(False, hint=_flag("--residuals"))
+    # The r-controls to run as well, for models that offer them (evaluation/controls.py):
+    # constant_r (r fixed to its mean on the split) and oracle_r (r from each sample's true
+    # corruption). None by default: each costs a pass of the fusion at every point.
+    controls: tuple[str, ...] = field(
+        default=(),
+        metadata={"choices": R_VARIANTS, "empty_ok": True, "hint": _flag("--control")},
+    )
     # The spectrum's default: level 1 adds noise as large as the train std per dimension.
     noise_scale: float = _spec(1.0, 1e-6, 1e6, hint=_LIBRARY)
     # Rows per forward pass. Single-thread throughput is flat from 32 to 686 rows on the mosi

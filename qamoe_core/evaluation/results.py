@@ -22,10 +22,15 @@ pattern        the temporal pattern of the damage (spectrum.pattern_label): rand
                drop. Optional on reading: files written before patterns existed get the
                default of their axis (DEFAULT_PATTERN), which is what those versions drew
 variant        normal | quality_shuffle (QA-MoE's quality scores permuted within the
-               batch: the shuffle control) | constant (the best-constant reference)
+               batch: the shuffle control) | constant (the best-constant reference) |
+               constant_r, oracle_r (r set to its clean mean, or from each sample's true
+               corruption: evaluation/controls.py; only when asked for)
 metric         an MMSA metric name (Has0_acc_2, MAE, ...) or a diagnostic:
                ``quality_<modality>`` (mean r_m), ``expert_usage_<e>`` (routing share),
-               ``n_samples`` (constant rows: the number of samples scored)
+               ``n_samples`` (constant rows: the number of samples scored), and with
+               ``--residuals`` ``residual_<modality>`` / ``sigma2_<modality>`` (QA-MoE's
+               mean squared residual of μ_m against the clean target, and the mean σ² its
+               head predicts; normal variant)
 value          the number (NaN where undefined, e.g. Corr of a constant prediction)
 =============  ==========================================================================
 
@@ -89,14 +94,20 @@ AXES = RESULT_AXES
 SPECTRUM_AXES: tuple[str, ...] = ("mixed", "missing", "noise")
 SHUFFLED = "quality_shuffle"  # the shuffle control's one name (tables, legends, CLI)
 CONSTANT = "constant"  # the best-constant reference rows
-VARIANTS: tuple[str, ...] = ("normal", SHUFFLED, CONSTANT)
+# The r-controls (evaluation/controls.py): r fixed to its clean mean, r from the true corruption.
+R_VARIANTS: tuple[str, ...] = ("constant_r", "oracle_r")
+VARIANTS: tuple[str, ...] = ("normal", SHUFFLED, CONSTANT, *R_VARIANTS)
 VARIANT_ALIASES = {"shuffled": SHUFFLED}  # read, never written
 QUALITY_PREFIX = "quality_"
+# QA-MoE's quality-head diagnostic (EvalConfig.residuals, issue 32): the mean squared residual
+# of μ_m against the clean target, and the mean σ² the head predicts for it.
+RESIDUAL_PREFIX, SIGMA2_PREFIX = "residual_", "sigma2_"
 USAGE_PREFIX = "expert_usage_"
 N_SAMPLES = "n_samples"
 _METRICS = frozenset(m for names in METRIC_NAMES.values() for m in names)
 _DIAGNOSTIC = re.compile(
-    rf"^(?:{QUALITY_PREFIX}(?:{'|'.join(MODALITIES)})|{USAGE_PREFIX}\d+|{N_SAMPLES})$"
+    rf"^(?:(?:{QUALITY_PREFIX}|{RESIDUAL_PREFIX}|{SIGMA2_PREFIX})(?:{'|'.join(MODALITIES)})"
+    rf"|{USAGE_PREFIX}\d+|{N_SAMPLES})$"
 )
 # The columns that identify a number; two rows with the same key are the same measurement.
 KEY: tuple[str, ...] = tuple(c for c in COLUMNS if c not in ("schema", "value"))
@@ -117,7 +128,8 @@ def join_modalities(modalities: Iterable[str]) -> str:
 
 
 def is_diagnostic(metric: str) -> bool:
-    return metric.startswith((QUALITY_PREFIX, USAGE_PREFIX)) or metric == N_SAMPLES
+    prefixes = (QUALITY_PREFIX, USAGE_PREFIX, RESIDUAL_PREFIX, SIGMA2_PREFIX)
+    return metric.startswith(prefixes) or metric == N_SAMPLES
 
 
 def table_error(source: str, message: str, hint: str | None = None) -> DataFormatError:

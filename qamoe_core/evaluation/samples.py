@@ -31,7 +31,8 @@ SAMPLE_COLUMNS: tuple[str, ...] = (
     "run", "split", "axis", "level", "modalities", "seed", "pattern", "variant", "id",
     "label", "prediction",
 )  # fmt: skip
-"""Columns of EvalResult.samples, followed by ``quality_<modality>`` for models with r."""
+"""Columns of EvalResult.samples, followed by ``quality_<modality>`` for models with r, and
+``residual_<modality>``, ``sigma2_<modality>`` with ``--residuals`` (normal variant only)."""
 # The columns a per-sample table must have to be read (tables written before the temporal
 # patterns have no pattern column).
 _READ_COLUMNS = tuple(c for c in SAMPLE_COLUMNS if c != "pattern")
@@ -48,9 +49,13 @@ def sample_rows(
     split: str,
     ids: np.ndarray,
     labels: np.ndarray,
+    extra: Mapping[tuple[int, str], Mapping[str, np.ndarray]] | None = None,
 ) -> pd.DataFrame:
     """One row per (point, variant, sample) of ``outputs``; ``quality`` holds each output's
-    per-sample r_m by its key (none for models without quality)."""
+    per-sample r_m by its key (none for models without quality), ``extra`` more columns by
+    key (``residual_<m>``, ``sigma2_<m>`` with EvalConfig.residuals; NaN where a key has
+    none)."""
+    names = list(dict.fromkeys(n for cols in (extra or {}).values() for n in cols))
     frames = []
     for p, variant, pred, key in outputs:
         cols: dict[str, Any] = {"run": run, "split": split}
@@ -58,6 +63,8 @@ def sample_rows(
                                "prediction": pred}  # fmt: skip
         for m, r in quality.get(key, {}).items():
             cols[f"{QUALITY_PREFIX}{m}"] = r
+        for name in names:
+            cols[name] = (extra or {}).get(key, {}).get(name, np.full(len(pred), np.nan))
         frames.append(pd.DataFrame(cols))
     return pd.concat(frames, ignore_index=True)
 

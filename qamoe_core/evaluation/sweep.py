@@ -53,10 +53,19 @@ from qamoe_core.base.errors import (
 from qamoe_core.base.names import MODALITIES
 from qamoe_core.base.runtime import format_size, memory_budget
 from qamoe_core.data.store import FeatureFile
+from qamoe_core.evaluation.controls import (
+    CONSTANT_R,
+    as_batch,
+    constant_quality,
+    mean_quality,
+    oracle_quality,
+)
 from qamoe_core.evaluation.plan import EvalConfig, Point, given_point, plan
 from qamoe_core.evaluation.results import (
     QUALITY_PREFIX,
+    RESIDUAL_PREFIX,
     SHUFFLED,
+    SIGMA2_PREFIX,
     SPECTRUM_AXES,
     USAGE_PREFIX,
     constant_rows,
@@ -132,16 +141,33 @@ class _Accumulator:
         self.sums: dict[tuple[int, str], dict[str, float]] = {}
         # per-sample r_m, kept only when asked for: {(point, variant): {modality: (N,)}}
         self.quality: dict[tuple[int, str], dict[str, np.ndarray]] = {}
+        # per-sample values of add_sums (the residual diagnostic), kept only when asked for:
+        # {(point, variant): {column: (N,)}}
+        self.extra: dict[tuple[int, str], dict[str, np.ndarray]] = {}
         self.alias: dict[int, int] = {}  # point -> the point whose outputs it shares
 
     def resolve_aliases(self) -> None:
+        variants = {v for _, v in self.pred}
         for i, j in self.alias.items():
-            for variant in ("normal", "quality_shuffle"):
+            for variant in sorted(variants):
                 if (j, variant) in self.pred:
                     self.pred[(i, variant)] = self.pred[(j, variant)]
                     self.sums[(i, variant)] = self.sums[(j, variant)]
                     if (j, variant) in self.quality:
                         self.quality[(i, variant)] = self.quality[(j, variant)]
+                    if (j, variant) in self.extra:
+                        self.extra[(i, variant)] = self.extra[(j, variant)]
+
+    def add_sums(self, key: tuple[int, str], rows: slice, values: Mapping[str, Tensor]) -> None:
+        """Fold per-sample values {name: (B,)} of ``rows`` into the point's sums (after
+        :meth:`add`), and keep them per sample when asked for."""
+        sums = self.sums[key]
+        for name, v in values.items():
+            sums[name] = sums.get(name, 0.0) + float(v.double().sum())
+            if self.per_sample:
+                col = self.extra.setdefault(key, {})
+                col.setdefault(name, np.full(self.n, np.nan, dtype=np.float32))
+                col[name][rows] = v.float().cpu().numpy()
 
     def add(self, key: tuple[int, str], rows: slice, out: Any) -> None:
         if key not in self.pred:
@@ -222,6 +248,15 @@ class Evaluation:
         # it offers the quality-shuffle control at all.
         self.takes_encodings = model.reuses_encodings
         self.shuffles = cfg.quality_shuffle and SHUFFLED in model.controls
+        # The r-controls asked for that the model offers (evaluation/controls.py).
+        self.r_controls = tuple(c for c in cfg.controls if c in model.controls)
+        skipped = [c for c in cfg.controls if c not in model.controls]
+        if skipped:
+            log.warning("the model '%s' offers no %s control; not run", self.model_name,
+                        ", ".join(skipped))  # fmt: skip
+        self._clean_r: dict[str, float] = {}  # constant_r's value, set by run()
+        # The quality-head diagnostic (EvalConfig.residuals), for a model that offers it.
+        self.residuals = cfg.residuals and model.diagnoses_quality and self.takes_encodings
         with FeatureFile(self.data) as f:
             self._check_data(f)
             given = given_point(f, self.modalities, cfg.split, cfg.noise_scale)
@@ -254,7 +289,9 @@ class Evaluation:
 
     def _check_results_fit(self, f: FeatureFile) -> None:
         """Refuse a grid whose predictions (and per-sample rows) would pass the memory budget."""
-        per_row = 2 * len(self.points) * (_POINT_BYTES + self.cfg.per_sample * _SAMPLE_ROW_BYTES)
+        variants = 2 + len(self.cfg.controls)  # normal, shuffle and the r-controls
+        point_bytes = _POINT_BYTES + self.cfg.per_sample * _SAMPLE_ROW_BYTES
+        per_row = variants * len(self.points) * point_bytes
         need, budget = self.n * per_row, memory_budget()
         if need > budget:
             raise TooLargeError(
@@ -299,6 +336,9 @@ class Evaluation:
             self._train_std = {
                 m: torch.from_numpy(f.train_std(m)).to(self.device) for m in self.targets
             } if noisy else {}  # fmt: skip
+            if CONSTANT_R in self.r_controls:  # one pass over the split as the file holds it
+                self._clean_r = mean_quality(self.model, f, cfg.split, self.block,
+                                             cfg.batch_size, self.device)  # fmt: skip
             for start in range(0, self.n, self.block):
                 self.evaluate_block(f, slice(start, min(self.n, start + self.block)), progress)
         self._acc.resolve_aliases()
@@ -311,13 +351,10 @@ class Evaluation:
         block never exist at once.
         """
         raw = f.read(self.cfg.split, rows)
-        batch = {
-            k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device)
-            for k, v in raw.items()
-            if isinstance(v, np.ndarray) and v.dtype.kind in "biuf"
-        }
+        batch = as_batch(raw, self.device)
         draws: dict[str, ModalityDraws] = {}
         drawn_seed: int | None = None
+        targets = self.clean_targets(batch) if self.residuals else None
         for i, p in enumerate(self.points):
             if not p.given and p.axis in SPECTRUM_AXES and p.level == 0 and self._clean_first:
                 # Level 0 is the identity bit for bit (spectrum.py), so it IS the clean point:
@@ -328,7 +365,7 @@ class Evaluation:
                     draws, drawn_seed = self.draws(raw, p.seed, batch), p.seed  # once per seed
                 corrupter = _PointCorrupter(p, draws, self.cfg.noise_scale, self._train_std,
                                             self.model.spectrum_options())  # fmt: skip
-                self.evaluate_point(i, corrupter, batch, rows)
+                self.evaluate_point(i, corrupter, batch, rows, targets)
             if progress is not None:
                 progress(1, point=f"{p.axis} {p.level:g}")
 
@@ -359,9 +396,15 @@ class Evaluation:
         return out
 
     def evaluate_point(
-        self, i: int, corrupter: _PointCorrupter, batch: Mapping[str, Tensor], rows: slice
+        self,
+        i: int,
+        corrupter: _PointCorrupter,
+        batch: Mapping[str, Tensor],
+        rows: slice,
+        targets: Mapping[str, Tensor] | None = None,
     ) -> None:
-        """Point ``i`` on one block: corrupt, encode once, predict; then the shuffle control."""
+        """Point ``i`` on one block: corrupt, encode once, predict (and with ``targets``, the
+        block's clean targets, the quality-head residuals); then the controls."""
         n, size = batch["label"].shape[0], self.cfg.batch_size
         kept: list[Encodings] = []
         for s in range(0, n, size):
@@ -370,6 +413,13 @@ class Evaluation:
             encodings = self.encode(mb)
             out = self.predict(mb, encodings)
             self._acc.add((i, "normal"), slice(rows.start + s, rows.start + e), out)
+            if targets is not None and encodings is not None:
+                sums = self.residual_sums(encodings, targets, s, e)
+                self._acc.add_sums((i, "normal"), slice(rows.start + s, rows.start + e), sums)
+            for control in self.r_controls:  # r set, not estimated (evaluation/controls.py)
+                given = self.control_quality(control, mb, corrupter.p, e - s)
+                self._acc.add((i, control), slice(rows.start + s, rows.start + e),
+                              self.predict(mb, encodings, quality=given))  # fmt: skip
             if self.shuffles and encodings is not None:
                 kept.append(encodings)
         if self.shuffles:
@@ -403,6 +453,34 @@ class Evaluation:
             out = self.predict(mb, enc, shuffle=self._generator(sub.start // w))
             self._acc.add((i, "quality_shuffle"), sub, out)
 
+    def clean_targets(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """{m: (N, out)} the model's clean targets of the block's rows (as read), per
+        mini-batch (the diagnostic's reference; eval mode: no statistic moves)."""
+        n, size = batch["label"].shape[0], self.cfg.batch_size
+        model: Any = self.model  # diagnoses_quality: it has clean_targets
+        parts = [model.clean_targets(_unlabelled({k: v[s : s + size] for k, v in batch.items()}))
+                 for s in range(0, n, size)]  # fmt: skip
+        return {m: torch.cat([p[m] for p in parts]) for m in parts[0]}
+
+    def residual_sums(
+        self, encodings: Encodings, targets: Mapping[str, Tensor], s: int, e: int
+    ) -> dict[str, Tensor]:
+        """{residual_<m>, sigma2_<m>: (B,)} of rows s:e of the block."""
+        model: Any = self.model  # diagnoses_quality: it has quality_residuals
+        got = model.quality_residuals(encodings, {m: t[s:e] for m, t in targets.items()})
+        out = {}
+        for m, (residual, sigma2) in got.items():
+            out[f"{RESIDUAL_PREFIX}{m}"], out[f"{SIGMA2_PREFIX}{m}"] = residual, sigma2
+        return out
+
+    def control_quality(
+        self, control: str, mb: Mapping[str, Tensor], p: Point, b: int
+    ) -> dict[str, Tensor]:
+        """{m: (B,)} the r that ``control`` (an R_CONTROLS name) sets on the rows ``mb``."""
+        if control == CONSTANT_R:
+            return constant_quality(self._clean_r, b, self.device)
+        return oracle_quality(mb, p, self.modalities)
+
     def encode(self, mb: Mapping[str, Tensor]) -> Encodings | None:
         """The model's encodings of ``mb`` (None when its forward cannot take them)."""
         if not self.takes_encodings:
@@ -414,11 +492,15 @@ class Evaluation:
         mb: Mapping[str, Tensor],
         encodings: Encodings | None,
         shuffle: torch.Generator | None = None,
+        quality: Mapping[str, Tensor] | None = None,
     ) -> Any:
-        """The model's output on ``mb``; with ``shuffle``, r permuted by that generator."""
+        """The model's output on ``mb``; with ``shuffle``, r permuted by that generator; with
+        ``quality``, r set to it (the r-controls)."""
         kwargs: dict[str, Any] = {} if encodings is None else {"encodings": encodings}
         if shuffle is not None:
             kwargs.update(shuffle_quality=True, generator=shuffle)
+        if quality is not None:
+            kwargs.update(quality_override=quality)
         return self.model(mb, **kwargs)
 
     def _generator(self, window: int) -> torch.Generator:
@@ -439,17 +521,22 @@ class Evaluation:
             "scheme": self.scheme,
             "n_samples": self.n,
             "points": len(points),
-            "quality_shuffle": any(k[1] != "normal" for k in self._acc.pred),
+            "quality_shuffle": any(k[1] == SHUFFLED for k in self._acc.pred),
             "seconds": round(seconds, 3),
             "first_axis": points[0].axis,
             "first_level": points[0].level,
             "device": str(self.device),
         }
+        if self.r_controls:  # absent otherwise: the facts of earlier versions, unchanged
+            info["controls"] = list(self.r_controls)
+            if self._clean_r:
+                info["constant_r"] = dict(self._clean_r)
         log.info("evaluated %d points on %d samples in %.1f s", len(points), self.n, seconds)
         samples = None
         if ids is not None:
             samples = sample_rows(self._outputs(), self._acc.quality, run=self.run_name,
-                                  split=self.cfg.split, ids=ids, labels=labels)  # fmt: skip
+                                  split=self.cfg.split, ids=ids, labels=labels,
+                                  extra=self._acc.extra)  # fmt: skip
         return EvalResult(table, summarize(table, names), info, samples)
 
     def _outputs(self) -> list[Output]:

@@ -50,10 +50,11 @@ A model is a subclass of :class:`MultimodalModel`::
   is the uncorrupted batch (training only; ignore it unless you use it). Accept and ignore
   other keywords.
 * Evaluation controls are declared, never guessed from ``forward``'s signature:
-  ``controls`` names those the model offers (``base/names.CONTROLS``; today
-  ``"quality_shuffle"``: ``forward(batch, shuffle_quality=True, generator=g)`` returns the
-  prediction with the quality scores ``r`` permuted across the batch by ``g``), and the sweep
-  runs and passes a control only to a model that declares it. ``reuses_encodings = True``
+  ``controls`` names those the model offers (``base/names.CONTROLS``: ``"quality_shuffle"``:
+  ``forward(batch, shuffle_quality=True, generator=g)`` returns the prediction with the
+  quality scores ``r`` permuted across the batch by ``g``; ``"constant_r"`` and
+  ``"oracle_r"``: ``forward(batch, quality_override={m: (B,)})`` uses the given ``r``), and
+  the sweep runs and passes a control only to a model that declares it. ``reuses_encodings = True``
   says that ``forward(batch, encodings=self.encode_with_coverage(batch))`` skips the encoders
   (the sweep then encodes a point once for every pass). QA-MoE declares both.
 * Return ``prediction`` (B,) (a score, or a logit for binary tasks), ``log_var`` (B,), and,

@@ -101,6 +101,10 @@ class MultimodalModel(nn.Module):
     # reads ``batch`` only for its label, so evaluation encodes a point once for the normal
     # pass and every control.
     reuses_encodings: ClassVar[bool] = False
+    # True: the model has per-modality quality heads whose residuals evaluation may record
+    # (``EvalConfig.residuals``): ``clean_targets(clean)`` -> {m: (B, out)} and
+    # ``quality_residuals(encodings, targets)`` -> {m: ((B,) residual, (B,) σ̄²)}.
+    diagnoses_quality: ClassVar[bool] = False
     # The auxiliary losses the model returns (AUX_LOSSES), each with the name of the Options
     # field that weighs it: ``finish`` adds weight·term to the task loss. A model with losses
     # of its own adds them to ``finish``'s total itself, weighed by its own options.

@@ -48,7 +48,7 @@ class QualityHead(nn.Module):
     t_mean: Tensor
     t_var: Tensor
 
-    def __init__(self, cfg: ModelConfig, out_dim: int, decode: bool) -> None:
+    def __init__(self, cfg: ModelConfig, out_dim: int, decode: bool, coverage: bool = True) -> None:
         super().__init__()
         d = cfg.d_model
         self.mu = nn.Linear(d, d)
@@ -59,7 +59,9 @@ class QualityHead(nn.Module):
         # alone learned the inverse trend (r rising with the level), this learns the right one.
         # With mask_zero_steps, the coverage (share of present steps) joins them: the mask keeps
         # zeroed steps out of h, so h alone no longer shows how much of the input was there.
-        self.uses_coverage = cfg.mask_zero_steps
+        # coverage=False (QA-MoE's unc_uses_coverage) leaves it out: missingness must then be
+        # learned from the encoding itself.
+        self.uses_coverage = cfg.mask_zero_steps and coverage
         n_in = 2 * d + (1 if self.uses_coverage else 0)
         self.log_var = nn.Sequential(nn.LayerNorm(n_in), nn.Linear(n_in, 2 * d), nn.GELU(),
                                      nn.Linear(2 * d, out_dim))  # fmt: skip

@@ -27,6 +27,7 @@ from qamoe_core.config import ModelConfig
 from qamoe_core.models.base import ModelOptions, ModelOutput, MultimodalModel, option
 from qamoe_core.models.heads import QualityHead, TwoBranchHead, eval_mode
 from qamoe_core.models.moe import MoE
+from qamoe_core.models.quality_mech import R_SCALES, QualityScale, task_dropout
 from qamoe_core.models.registry import register
 
 UNCERTAINTY_TARGETS: tuple[str, ...] = ("clean_encoding", "clean_input")
@@ -72,6 +73,22 @@ class QAMoE(MultimodalModel):
         # shapes the encoders). True is docs/design.md §3.3's loss as written
         # (docs/results/defaults.md).
         unc_encoder_grad: bool = option(True)
+        # [ours] Give the σ² head the coverage (share of present steps, with mask_zero_steps)
+        # as an input. Off: the head must learn missingness from the encoding (issue 32: with
+        # it, missingness-awareness is handed over, not learned).
+        unc_uses_coverage: bool = option(True)
+        # [ours] The scale τ of r = 1/(1 + σ̄²/τ): unit (τ = 1, docs/design.md §3.2), clean (τ
+        # per modality = the running mean σ̄² of clean training inputs, a buffer) or learned (a
+        # positive scalar per modality). Unit: a missing modality sits near σ̄² ≈ 1, r ≈ 0.5,
+        # so the prior never takes more than about half (models/quality_mech.py).
+        r_scale: str = option("unit", choices=R_SCALES)
+        # [ours] Dropout on the task path's inputs (training only; never on the clean batch the
+        # uncertainty loss regresses): each input value with this probability (input_dropout),
+        # each whole modality of a sample (modality_dropout, never all of a sample's). 0: off,
+        # as in earlier versions; the encoders' own dropout is model.encoder_dropout (the
+        # clean target is encoded without it).
+        input_dropout: float = option(0.0, 0.0, 0.9)
+        modality_dropout: float = option(0.0, 0.0, 0.9)
         # λ_unc: weight of the uncertainty loss next to the task loss (L1 of ~1 at the start).
         unc_weight: float = option(0.1, 0.0, 1e6)
         # λ_bal: Switch Transformer's load-balancing weight, 0.01 as in Fedus et al. (2022).
@@ -83,8 +100,11 @@ class QAMoE(MultimodalModel):
         "loss_unc": "unc_weight",
         "loss_balance": "balance_weight",
     }
-    controls = ("quality_shuffle",)  # forward's shuffle_quality and generator
+    # forward's shuffle_quality and generator (quality_shuffle) and quality_override (r given:
+    # constant_r, oracle_r)
+    controls = ("quality_shuffle", "constant_r", "oracle_r")
     reuses_encodings = True  # forward's encodings
+    diagnoses_quality = True  # clean_targets and quality_residuals
 
     def __init__(
         self,
@@ -97,7 +117,7 @@ class QAMoE(MultimodalModel):
         o, d = self.options, cfg.d_model
         clean_input = o.uncertainty_target == "clean_input"
         self.quality = nn.ModuleDict(
-            {m: QualityHead(cfg, dim if clean_input else d, clean_input)
+            {m: QualityHead(cfg, dim if clean_input else d, clean_input, o.unc_uses_coverage)
              for m, dim in self.dims.items()}
         )  # fmt: skip
         self.prior = (
@@ -112,6 +132,10 @@ class QAMoE(MultimodalModel):
         self.head = TwoBranchHead(cfg)
         # Created last so that the other modules' initial weights do not depend on the switch.
         self.fuse_quality = nn.Linear(n, d, bias=False) if o.fuse_uses_quality else None
+        # After it, for the same reason (and it draws no random number).
+        self.quality_scale = (
+            None if o.r_scale == "unit" else QualityScale(self.modalities, o.r_scale)
+        )
 
     def forward(
         self,
@@ -121,13 +145,20 @@ class QAMoE(MultimodalModel):
         shuffle_quality: bool = False,
         generator: torch.Generator | None = None,
         encodings: tuple[dict[str, Tensor], dict[str, Tensor | None]] | None = None,
+        quality_override: Mapping[str, Tensor] | None = None,
     ) -> ModelOutput:
         """batch: the batch contract (keep masks ignored). clean: the same samples uncorrupted,
         for the uncertainty loss (training). shuffle_quality: permute r across the batch (the
         control of docs/design.md §3.7; ``generator`` makes the permutation reproducible).
         encodings: ``encode_with_coverage``'s result for these samples, computed earlier; the
         encoders are then skipped and ``batch`` is read only for its label (evaluation reuses
-        one encoding for the normal and the quality-shuffled pass)."""
+        one encoding for the normal and the quality-shuffled pass). quality_override: {m: (B,)}
+        r used instead of the estimated one, gate or not (the constant_r and oracle_r controls
+        of evaluation); the estimated r is still what the uncertainty loss sees."""
+        o = self.options
+        if self.training and encodings is None and (o.input_dropout or o.modality_dropout):
+            batch = {**batch, **task_dropout(batch, self.modalities, o.input_dropout,
+                                             o.modality_dropout)}  # fmt: skip
         # {m: (B, d)}, {m: (B,) or None}
         h, coverage = encodings if encodings is not None else self.encode_with_coverage(batch)
         # Clean targets first, so the running stats that standardise them (and μ) include
@@ -135,8 +166,10 @@ class QAMoE(MultimodalModel):
         target = None if clean is None else self.clean_targets(clean)
         q = self._quality_estimates(h, coverage, detached_loss=target is not None)
         r = q.r
-        if not self.options.quality_gate:
+        if not o.quality_gate:
             r = {m: torch.ones_like(v) for m, v in r.items()}
+        if quality_override is not None:
+            r = {m: quality_override[m].to(r[m].dtype).expand_as(r[m]) for m in r}
         if shuffle_quality:
             r = self._shuffled(r, h[self.modalities[0]], generator)
         zc = self._with_prior_fallback(q.mu, r)  # (B, M·d)
@@ -175,6 +208,8 @@ class QAMoE(MultimodalModel):
         mu_loss = mu  # the fused μ, unless the detached pass below replaces it
         for m in self.modalities:
             mu[m], log_var[m], r[m] = self.head_of(m)(h[m], coverage[m])
+            if self.quality_scale is not None:
+                r[m] = self.quality_scale(m, log_var[m])
         if not self.options.unc_encoder_grad and detached_loss:
             mu_loss = {}
             for m in self.modalities:
@@ -215,13 +250,44 @@ class QAMoE(MultimodalModel):
         return head
 
     @torch.no_grad()
+    def quality_residuals(
+        self,
+        encodings: tuple[dict[str, Tensor], dict[str, Tensor | None]],
+        target: Mapping[str, Tensor],
+    ) -> dict[str, tuple[Tensor, Tensor]]:
+        """{m: (residual (B,), σ̄² (B,))}: the squared error the uncertainty loss sees, mean
+        over dims of (μ_m − standardised clean target)² (through the decoder for clean_input),
+        and the σ² the head predicts for it, also the mean over dims (issue 32's diagnostic:
+        if σ² tracks the residual, r can track the corruption). ``encodings`` of the
+        (corrupted) inputs, ``target`` from :meth:`clean_targets` of the same samples clean."""
+        h, coverage = encodings
+        out = {}
+        for m in self.modalities:
+            head = self.head_of(m)
+            mu, log_var, _ = head(h[m], coverage[m], update=False)
+            recon = mu if head.decoder is None else head.decoder(mu)
+            residual = (recon - head.standardise(target[m])).square().mean(-1)
+            out[m] = (residual, log_var.exp().mean(-1))
+        return out
+
+    @torch.no_grad()
     def clean_targets(self, clean: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """{m: (B, out_dim)} raw targets of the uncertainty loss from the clean batch (no
-        gradient; encoders without dropout); running stats updated when training."""
+        gradient; encoders without dropout); running stats updated when training (and, with
+        r_scale clean, τ: models/quality_mech.py)."""
         clean = self.text_inputs(clean)  # a fine-tuned text encoder's states of the clean text
-        if self.options.uncertainty_target == "clean_encoding":
+        observe = (
+            self.training
+            and self.quality_scale is not None
+            and (self.quality_scale.mode == "clean")
+        )
+        h: dict[str, Tensor] = {}
+        coverage: dict[str, Tensor | None] = {}
+        if self.options.uncertainty_target == "clean_encoding" or observe:
             with eval_mode(self.encoders):
-                target = self.encode(clean)
+                h, coverage = self.encode_with_coverage(clean)
+        if self.options.uncertainty_target == "clean_encoding":
+            target = h
         else:
             target = {
                 m: self.encoder(m).pooled_input(clean[m], clean[f"{m}_len"])
@@ -230,4 +296,9 @@ class QAMoE(MultimodalModel):
         if self.training:
             for m in self.modalities:
                 self.head_of(m).update_stats(target[m])
+        if observe:
+            assert self.quality_scale is not None
+            for m in self.modalities:  # the heads on the clean encodings, running mean kept
+                _, log_var, _ = self.head_of(m)(h[m], coverage[m], update=False)
+                self.quality_scale.observe_clean(m, log_var)
         return target

@@ -47,9 +47,11 @@ from qamoe_core.base.errors import InputError
 from qamoe_core.data.audit import DEFAULT_GROUP_REGEX
 from qamoe_core.evaluation.results import (
     N_SAMPLES,
+    R_VARIANTS,
     SHUFFLED,
     SPECTRUM_AXES,
     USAGE_PREFIX,
+    VARIANTS,
     csv_safe,
     measured,
     validate,
@@ -65,6 +67,7 @@ from qamoe_core.evaluation.summary import (
 )
 from qamoe_core.metrics import PRIMARY
 from qamoe_core.report.compare import BELOW_MDE, compare, records
+from qamoe_core.report.diagnostics import plot_residuals
 from qamoe_core.report.plots import (
     FORMATS,
     Palette,
@@ -410,6 +413,9 @@ def draw_figures(
     """(file stem, caption, figure) of every figure the report shows, all drawn with one
     :class:`Palette`, so a run looks the same in each; write them with ``encode(fig,
     formats, style)``."""
+    # The r-controls are shown in the controls tables only: a curve each would double the
+    # lines of every figure (the quality_shuffle control keeps its faint curves).
+    df = df[~df["variant"].isin(R_VARIANTS)]
     palette = Palette(measured(df))
     drawn: list[tuple[str, str, Figure | None]] = []
     for m in names:
@@ -418,6 +424,8 @@ def draw_figures(
     drawn.append(
         ("quality", "Mean quality score r_m vs level", plot_quality(df, palette, style=style))
     )
+    fig = plot_residuals(df, palette, style=style)  # None unless eval recorded --residuals
+    drawn.append(("quality_residuals", "Quality head: residual vs predicted σ²", fig))
     usage = df[df["metric"].str.startswith(USAGE_PREFIX)]
     keys = list(dict.fromkeys(usage[["run", "dataset"]].itertuples(index=False, name=None)))
     many = len({d for _, d in keys}) > 1
@@ -494,6 +502,14 @@ NOTES = {
     "controls": "The same for the quality_shuffle control: each model again with its "
     "quality scores permuted within each batch. A model that uses its quality estimates "
     "loses more here than in the Summary above; one that ignores them loses the same.",
+    "r_controls": "constant_r: each model again with its quality scores r fixed to their mean "
+    "on the clean split; oracle_r: with r set from each sample's true corruption (the share of "
+    "its steps kept times 1 − the noise level), the most a quality estimate could tell "
+    "it. They are shown in these tables only, never in the figures.",
+    "residuals": "Residuals (filled markers): the mean squared error of each modality's "
+    "estimate against its clean target; open markers: the σ² the quality head predicts for it "
+    "(recorded by `qamoe eval --residuals`). Where the residual rises with the level and σ² "
+    "does not, r cannot follow the corruption.",
     "usage": "Left: each expert's share of the routing weight at the clean point. Then "
     "differences in share at each level: level − clean, and quality_shuffle − normal; red "
     "means more weight.",
@@ -560,8 +576,12 @@ def _sections(
     rel = [("img", s) for s in stems if s.startswith("reliability_")]
     if rel:
         out.append(("Reliability curves", NOTES["curves"] + _constant_note(df, names), rel))
-    if "quality" in stems:
-        out.append(("Quality scores", "Mean r_m per modality.", [("img", "quality")]))
+    quality = [("img", s) for s in ("quality", "quality_residuals") if s in stems]
+    if quality:
+        note = "Mean r_m per modality." if "quality" in stems else ""
+        if "quality_residuals" in stems:
+            note = (note + " " + NOTES["residuals"]).strip()
+        out.append(("Quality scores", note, quality))
     usage = [("img", s) for s in stems if s.startswith("expert_usage_")]
     if usage:
         out.append(("Expert usage", NOTES["usage"], usage))
@@ -572,9 +592,25 @@ def _sections(
 
 def split_controls(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The rows of the models themselves (variant normal) and those of the controls
-    (quality_shuffle), which the page shows in a table of their own."""
+    (quality_shuffle, constant_r, oracle_r), which the page shows in a table of their own."""
     normal = table["variant"] == "normal"
     return table[normal], table[~normal]
+
+
+def controls_note(controls: pd.DataFrame) -> str:
+    """The note under a controls table: what each control in it does."""
+    names = set(controls["variant"])
+    parts = [NOTES["controls"]] if SHUFFLED in names else []
+    parts += [NOTES["r_controls"]] if names & set(R_VARIANTS) else []
+    return " ".join(parts)
+
+
+def controls_title(controls: pd.DataFrame) -> str:
+    """'quality_shuffle control', or 'quality_shuffle, oracle_r controls': the controls in a
+    table, for its heading."""
+    present = set(controls["variant"])
+    names = [v for v in VARIANTS if v in present] + sorted(present - set(VARIANTS))
+    return f"{', '.join(names)} control{'s' if len(names) > 1 else ''}"
 
 
 def _summary_sections(summary: pd.DataFrame, df: pd.DataFrame) -> list[Section]:
@@ -585,7 +621,8 @@ def _summary_sections(summary: pd.DataFrame, df: pd.DataFrame) -> list[Section]:
         out.append(("Summary", NOTES["summary"], [("table", _display_summary(models, df))]))
     if not controls.empty:
         shown = _display_summary(controls, df)
-        out.append(("Summary: quality_shuffle control", NOTES["controls"], [("table", shown)]))
+        title = f"Summary: {controls_title(controls)}"
+        out.append((title, controls_note(controls), [("table", shown)]))
     return out
 
 
@@ -594,14 +631,21 @@ def _fixed_missing_sections(
 ) -> list[Section]:
     """The fixed-missing figure and the models' table; the controls' table after it."""
     same = [c for c in ("dataset", "split") if fm[c].nunique() <= 1]  # said in the Data table
-    models, controls = (t.drop(columns=["variant", *same]) for t in split_controls(fm))
+    models, controls = split_controls(fm)
+    models = models.drop(columns=["variant", *same])
     items: list[tuple[str, Any]] = [("img", "fixed_missing")] if drawn else []
     items += [("table", models)] if not models.empty else []
     note = f"{metric} with the named modalities removed entirely (none = the clean score)."
     out = [("Fixed-missing protocol", note + _constant_note(df, [metric]), items)]
     if not controls.empty:
-        note = f"The same for the {SHUFFLED} control (quality scores shuffled in each batch)."
-        out.append(("Fixed-missing protocol: quality_shuffle control", note, [("table", controls)]))
+        title = controls_title(controls)
+        if set(controls["variant"]) == {SHUFFLED}:  # one control: its rows need no label
+            note = f"The same for the {SHUFFLED} control (quality scores shuffled in each batch)."
+            controls = controls.drop(columns=["variant", *same])
+        else:
+            note = "The same for each control (variant). " + controls_note(controls)
+            controls = controls.drop(columns=same)
+        out.append((f"Fixed-missing protocol: {title}", note, [("table", controls)]))
     return out
 
 

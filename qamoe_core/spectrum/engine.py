@@ -543,6 +543,8 @@ class _Corruption(NamedTuple):
     special_ids: tuple[int, int, int]  # (unk, cls, sep)
     text_noise: bool
     device: torch.device
+    # Levels of the noise where they differ from ``levels`` (independent draws); None: tied.
+    noise_levels: Mapping[str, Any] | None = None
 
 
 def batch_modalities(
@@ -599,7 +601,10 @@ def _apply_level(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Corrupt modality ``m`` at its level(s) with its draws; return (features, keep mask)."""
     lv = _levels_tensor(c.levels[m], x.shape[0], c.device)  # (B,)
-    if not bool((lv > 0).any()):
+    lv_noise = lv  # the tied knob: one level for both
+    if c.noise_levels is not None and m in c.noise_levels:
+        lv_noise = _levels_tensor(c.noise_levels[m], x.shape[0], c.device)
+    if not bool((lv > 0).any() or (lv_noise > 0).any()):
         return x, keep_in
     if m not in c.draws:
         raise InputError(f"No draws for modality '{m}' (draws hold {list(c.draws)}).")
@@ -611,7 +616,7 @@ def _apply_level(
         # where() with a broadcast mask is ~3x faster than masked_fill on CPU
         x_new = torch.where((keep_in & ~keep)[:, :, None], x.new_zeros(()), x)
     if c.noise:
-        x_new = _add_noise(x_new, keep, lv, dr.z, m, c, new)
+        x_new = _add_noise(x_new, keep, lv_noise, dr.z, m, c, new)
     return x_new, keep
 
 
@@ -669,6 +674,7 @@ def apply_draws(
     drop: Sequence[str] = (),
     special_ids: tuple[int, int, int] | None = None,
     text_noise: bool = False,
+    noise_levels: Mapping[str, Any] | None = None,
 ) -> dict[str, Array]:
     """Corrupt ``batch`` with given draws: the one place where levels become corruption.
 
@@ -681,6 +687,9 @@ def apply_draws(
     100, 101, 102). ``text_noise``: also return ``text_noise`` (B, T, D), the unit-free noise
     z·ℓ·noise_scale where a kept text step is hit (else 0), for a model that fine-tunes a text
     encoder on the ids and adds it to the token embeddings (models/text_front.py).
+    ``noise_levels[m]``: the noise level of ``m`` when it is not ``levels[m]`` (the mixed
+    axis with missing and noise levels drawn independently, :func:`sample_level_pairs`);
+    ``levels[m]`` then sets the missing rate only.
     """
     drops, noise = _needs(check_choice(axis, AXES, "axis"))
     mods = batch_modalities(batch, levels, drop)
@@ -688,7 +697,17 @@ def apply_draws(
     device = torch.device("cpu") if as_numpy else batch[mods[0]].device
     ids = special_ids if special_ids is not None else (UNK_ID, CLS_ID, SEP_ID)
     c = _Corruption(
-        draws, levels, drop, drops, noise, noise_scale, train_std, ids, text_noise, device
+        draws,
+        levels,
+        drop,
+        drops,
+        noise,
+        noise_scale,
+        train_std,
+        ids,
+        text_noise,
+        device,
+        noise_levels,
     )
     out: dict[str, Array] = dict(batch)
     for m in mods:
@@ -737,6 +756,30 @@ def apply_spec(
     )
 
 
+def _clean_mask(
+    batch_size: int,
+    clean_fraction: float,
+    low: float,
+    high: float,
+    generator: torch.Generator | None,
+    device: str | torch.device | None,
+) -> tuple[torch.Tensor, float, float]:
+    """The arguments of the training level samplers checked, and the (B,) mask of the samples
+    left clean (the first draw of the stream)."""
+    clean_fraction = check_level(clean_fraction, "clean_fraction")
+    low, high = check_level(low, "low"), check_level(high, "high")
+    if low > high:
+        raise InputError(f"The 'low' level ({low:g}) must not exceed 'high' ({high:g}).")
+    if batch_size < 1:
+        raise InputError(f"The 'batch_size' parameter must be >= 1. Got {batch_size}.")
+    dev = (
+        torch.device(device)
+        if device is not None
+        else (generator.device if generator is not None else torch.device("cpu"))
+    )
+    return torch.rand(batch_size, generator=generator, device=dev) < clean_fraction, low, high
+
+
 def sample_levels(
     batch_size: int,
     modalities: Sequence[str] = MODALITIES,
@@ -754,25 +797,42 @@ def sample_levels(
     epoch. ``low == high`` gives every other sample that one level (a specialist's training).
     ``device`` defaults to the generator's device (CPU without one).
     """
-    clean_fraction = check_level(clean_fraction, "clean_fraction")
-    low, high = check_level(low, "low"), check_level(high, "high")
-    if low > high:
-        raise InputError(f"The 'low' level ({low:g}) must not exceed 'high' ({high:g}).")
-    if batch_size < 1:
-        raise InputError(f"The 'batch_size' parameter must be >= 1. Got {batch_size}.")
-    dev = (
-        torch.device(device)
-        if device is not None
-        else (generator.device if generator is not None else torch.device("cpu"))
-    )
-    clean = torch.rand(batch_size, generator=generator, device=dev) < clean_fraction  # (B,)
+    clean, low, high = _clean_mask(batch_size, clean_fraction, low, high, generator, device)
     out: dict[str, torch.Tensor] = {}
     for m in _as_names(modalities, "modalities"):
-        lv = torch.rand(batch_size, generator=generator, device=dev)
+        lv = torch.rand(batch_size, generator=generator, device=clean.device)
         if (low, high) != (0.0, 1.0):  # the default draws stay bit-identical to U(0, 1)
             lv = low + (high - low) * lv
         out[m] = lv.masked_fill(clean, 0.0)
     return out
+
+
+def sample_level_pairs(
+    batch_size: int,
+    modalities: Sequence[str] = MODALITIES,
+    *,
+    clean_fraction: float = 0.5,
+    low: float = 0.0,
+    high: float = 1.0,
+    generator: torch.Generator | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Training levels with the missing rate η and the noise level λ drawn INDEPENDENTLY
+    (the paper's η ~ U(0, 1), λ ~ U(0, 1)): ``({m: η (B,)}, {m: λ (B,)})``.
+
+    The same clean share as :func:`sample_levels` (a clean sample is clean on both); the
+    stream is the clean mask, then per modality η and λ, so a generator seeded alike gives
+    the same levels bit for bit. ``low``/``high`` bound both.
+    """
+    clean, low, high = _clean_mask(batch_size, clean_fraction, low, high, generator, device)
+    missing: dict[str, torch.Tensor] = {}
+    noise: dict[str, torch.Tensor] = {}
+    for m in _as_names(modalities, "modalities"):
+        for out in (missing, noise):
+            u = torch.rand(batch_size, generator=generator, device=clean.device)
+            lv = low + (high - low) * u
+            out[m] = lv.masked_fill(clean, 0.0)
+    return missing, noise
 
 
 def corrupt_batch(
@@ -787,16 +847,17 @@ def corrupt_batch(
     patterns: PatternMix = PatternMix(),
     special_ids: tuple[int, int, int] | None = None,
     text_noise: bool = False,
+    noise_levels: Mapping[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
     """On-the-fly corruption for training: per-sample levels, fresh torch draws.
 
     ``levels`` as from :func:`sample_levels` (or floats); ``train_std[m]`` (D,) tensors/arrays;
     ``patterns`` the shares of samples drawn with burst / correlated patterns
     (:meth:`PatternMix.from_config` reads them from a TrainConfig); ``special_ids`` and
-    ``text_noise`` as in :func:`apply_draws`.
+    ``text_noise`` and ``noise_levels`` as in :func:`apply_draws`.
     """
     draws = draw_torch(batch, list(levels), axis=axis, generator=generator, patterns=patterns)
     return apply_draws(
         batch, draws, levels, axis=axis, noise_scale=noise_scale, train_std=train_std, drop=drop,
-        special_ids=special_ids, text_noise=text_noise,
+        special_ids=special_ids, text_noise=text_noise, noise_levels=noise_levels,
     )  # fmt: skip

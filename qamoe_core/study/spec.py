@@ -94,6 +94,8 @@ PROTOCOL_KEYS = (
     "drop_sets",
     "split",
     "shuffle",
+    "controls",
+    "residuals",
 )
 COMPARE_KEYS = ("reference", "metrics", "digits")
 REPORT_KEYS = ("figures", "title")
@@ -142,6 +144,8 @@ class Protocol:
     drop_sets: bool = False
     split: str = "test"
     shuffle: bool = True
+    controls: tuple[str, ...] = ()  # the r-controls (evaluation/controls.py): --control
+    residuals: bool = False  # the quality-head diagnostic: --residuals
 
     def eval_args(self) -> list[str]:
         """The `qamoe eval` options of this protocol (run, data, name and out aside)."""
@@ -168,6 +172,10 @@ class Protocol:
             args.append("--drop-sets")
         if not self.shuffle:
             args.append("--no-shuffle")
+        if self.controls:
+            args += ["--control", ",".join(self.controls)]
+        if self.residuals:
+            args.append("--residuals")
         return args
 
     def eval_config(self) -> dict[str, Any]:
@@ -184,6 +192,8 @@ class Protocol:
             modalities=self.modalities,
             drop_sets=self.drop_sets,
             quality_shuffle=self.shuffle,
+            controls=self.controls,
+            residuals=self.residuals,
             **parse_pattern(self.pattern or None, self.burst_mean, self.noise_rho),
         )
         return cfg.to_dict()

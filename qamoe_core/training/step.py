@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -13,7 +14,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from qamoe_core.config import TrainConfig
 from qamoe_core.models import MultimodalModel, check_output
-from qamoe_core.spectrum.engine import PatternMix, corrupt_batch, sample_levels
+from qamoe_core.spectrum.engine import (
+    PatternMix,
+    corrupt_batch,
+    sample_level_pairs,
+    sample_levels,
+)
 from qamoe_core.training.data import Batch
 from qamoe_core.training.ddp import DistInfo
 
@@ -98,10 +104,13 @@ class Trainer:
             return clean
         b = clean["label"].shape[0]
         low, high = self.cfg.train_levels
-        levels = sample_levels(
-            b, self.corrupt_mods, clean_fraction=self.cfg.clean_fraction, low=low, high=high,
-            generator=gen,
-        )  # fmt: skip
+        draw: dict[str, Any] = {"clean_fraction": self.cfg.clean_fraction, "low": low,
+                                "high": high, "generator": gen}  # fmt: skip
+        noise_levels = None
+        if self.cfg.level_draws == "independent":  # η and λ apart (TrainConfig.level_draws)
+            levels, noise_levels = sample_level_pairs(b, self.corrupt_mods, **draw)
+        else:
+            levels = sample_levels(b, self.corrupt_mods, **draw)
         return corrupt_batch(
             clean,
             levels,
@@ -110,6 +119,7 @@ class Trainer:
             noise_scale=self.cfg.noise_scale,
             generator=gen,
             patterns=PatternMix.from_config(self.cfg),
+            noise_levels=noise_levels,
             **self.text_options,
         )
 

@@ -351,10 +351,10 @@ def test_a_plugin_declaring_an_unknown_control_is_refused() -> None:
 
     class Oracle(MultimodalModel):
         name = "oracle"
-        controls = ("oracle_r",)  # not offered by evaluation (yet)
+        controls = ("mind_reading",)  # not offered by evaluation
 
     with pytest.raises(InputError, match=r"declares the controls .*the evaluation controls are "
-                       "quality_shuffle"):  # fmt: skip
+                       "quality_shuffle, constant_r, oracle_r"):  # fmt: skip
         registry._checked(Oracle, "x.y:Oracle")
 
 

@@ -530,3 +530,20 @@ def test_the_readme_shows_the_example_study() -> None:
     block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
     shown = spec.parse_study(spec.tomllib.loads(block), TINY)
     assert shown.to_doc() == spec.load_study(TINY).to_doc()
+
+
+def test_a_protocol_runs_the_r_controls_and_the_diagnostic(tmp_path: Path) -> None:
+    text = BASE.replace('levels = [0.0, 0.5]',
+                        'levels = [0.0, 0.5]\ncontrols = ["constant_r", "oracle_r"]\n'
+                        "residuals = true")  # fmt: skip
+    (proto,) = spec.load_study(write(tmp_path, text)).protocols
+    assert proto.controls == ("constant_r", "oracle_r") and proto.residuals
+    args = proto.eval_args()
+    assert args[args.index("--control") + 1] == "constant_r,oracle_r" and "--residuals" in args
+    cfg = proto.eval_config()
+    assert cfg["controls"] == ["constant_r", "oracle_r"] and cfg["residuals"] is True
+    (plain,) = spec.load_study(write(tmp_path, BASE, "plain.toml")).protocols
+    assert "--control" not in plain.eval_args() and "--residuals" not in plain.eval_args()
+    err = fails(tmp_path, BASE.replace('levels = [0.0, 0.5]',
+                                       'levels = [0.0, 0.5]\ncontrols = ["oracle"]'))  # fmt: skip
+    assert "[protocols.p]" in err.message and "'controls'" in err.message

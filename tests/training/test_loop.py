@@ -368,3 +368,58 @@ def test_training_corruption_follows_levels_axis_and_modalities(tiny_h5: Path) -
         kept = valid & ~dropped
         assert torch.equal(batch[m][kept], clean[m][kept])  # the missing axis adds no noise
     assert torch.equal(batch["vision"], clean["vision"])  # not among corrupt_modalities
+
+
+def test_level_draws_switch(tiny_h5: Path) -> None:
+    """TrainConfig.level_draws: tied (default, the draws of earlier versions) or independent
+    (η and λ apart, byte-identical for a seed); independent needs the mixed axis."""
+    from qamoe_core.base.errors import ConfigError
+    from qamoe_core.data.store import FeatureFile, load_split
+    from qamoe_core.data.torchdata import to_torch
+    from qamoe_core.models.registry import build_model
+    from qamoe_core.spectrum.engine import corrupt_batch, sample_levels
+    from qamoe_core.training.loop import DistInfo
+
+    assert TrainConfig().level_draws == "tied"
+    with pytest.raises(ConfigError, match=r"'level_draws'.*mixed axis"):
+        TrainConfig(level_draws="independent", axis="missing")
+    with FeatureFile(tiny_h5) as f:
+        dims = dict(f.dims)
+        std = {m: torch.as_tensor(f.train_std(m)) for m in f.modalities}
+    clean = to_torch(load_split(tiny_h5, "train"))
+    model = build_model("early-fusion", MODEL, dims, "regression")
+
+    def corrupted(cfg: TrainConfig, seed: int) -> dict:
+        trainer = Trainer(model, cfg, torch.device("cpu"), DistInfo(), std, tuple(dims))
+        return trainer.corrupt(clean, torch.Generator().manual_seed(seed))
+
+    tied = corrupted(FAST, 0)
+    g = torch.Generator().manual_seed(0)
+    levels = sample_levels(clean["label"].shape[0], tuple(dims), generator=g)
+    by_hand = corrupt_batch(clean, levels, train_std=std, generator=g)
+    indep = replace(FAST, level_draws="independent")
+    a, b = corrupted(indep, 0), corrupted(indep, 0)
+    for m in dims:
+        assert torch.equal(tied[m], by_hand[m])  # the default draws what it always drew
+        assert torch.equal(a[m], b[m]) and torch.equal(a[f"{m}_keep"], b[f"{m}_keep"])
+    assert any(not torch.equal(a[m], tied[m]) for m in dims)
+
+
+def test_selection_levels_are_configurable(tiny_h5: Path) -> None:
+    """Selection scores the validation split at train.val_levels (default: mixed 0.5 alone);
+    e.g. [0, 0.3, 0.6] scores it clean (uncorrupted) and at two levels, with the mean of the
+    three as the score."""
+    from qamoe_core.data.store import FeatureFile
+    from qamoe_core.training.data import SplitData, validation_sets
+
+    assert TrainConfig().val_levels == (0.5,)
+    with FeatureFile(tiny_h5) as f:
+        std = {m: torch.as_tensor(f.train_std(m)) for m in f.modalities}
+        data = SplitData(f, "valid", torch.device("cpu"), 4.0)
+        sets = validation_sets(data, f, replace(FAST, val_levels=(0.0, 0.3, 0.6)), std, 64)
+    assert [vs.level for vs in sets] == [0.0, 0.3, 0.6]
+    assert sets[0].spec is None  # level 0: the split as it is
+    assert [vs.spec.level for vs in sets[1:]] == [0.3, 0.6]
+    clean, low = (next(iter(vs.batches())) for vs in sets[:2])
+    assert torch.equal(clean["text"], data.memory["text"][: clean["text"].shape[0]])
+    assert not torch.equal(low["text"], clean["text"])
