@@ -4,7 +4,7 @@ Builds a synthetic file with MOSEI's unaligned shapes (text 50x768, audio 500x74
 500x35; the split proportions of MMSA's MOSEI release) streamed through FeatureWriter, then in
 the SAME run times, each in a fresh subprocess (so peak RSS is per task):
 
-- ``copy``: a plain chunked h5py copy (same chunks, lzf + shuffle, blocks of the same size);
+- ``copy``: a plain chunked h5py copy (same chunks and filters, blocks of the same size);
 - ``corrupt``: ``corrupt_file`` at level 0.4 on the mixed axis (drops and noise on every
   modality, every split), once per temporal pattern (``--patterns``; default the plain
   random+white point, burst drops, AR(1)-correlated noise, and both), run as `qamoe corrupt`
@@ -104,6 +104,7 @@ def plain_copy(src: Path, dst: Path) -> None:
                     dtype=di.dtype,
                     chunks=di.chunks,
                     compression=di.compression,
+                    compression_opts=di.compression_opts,
                     shuffle=di.shuffle,
                 )
                 for start in range(0, di.shape[0], rows):

@@ -1,11 +1,12 @@
 """Materialise one point of the reliability spectrum as a new HDF5 file (`qamoe corrupt`).
 
 Streams the source chunk by chunk (memory bounded by ``CHUNK_BYTES``, whatever the file size),
-corrupts the chosen splits with :func:`qamoe_core.spectrum.engine.apply_spec` (keyed draws, so the
-bytes do not depend on the chunk size), copies the other splits unchanged, and writes
-atomically. The output keeps the CLEAN source's train mean/std (noise of later corruptions and
-models' normalisation must not be measured on corrupted data), appends this pass's record to
-the chain of corruptions (:mod:`qamoe_core.spectrum.record`: the root attr ``corruption``, one
+corrupts the chosen splits with :func:`qamoe_core.spectrum.engine.apply_spec` (keyed draws),
+copies the other splits unchanged, and writes atomically. The output's bytes depend on neither
+the block size nor the memory budget that may shrink it (:class:`_ChunkOrder`). The output
+keeps the CLEAN source's train mean/std (noise of later corruptions and models'
+normalisation must not be measured on corrupted data), appends this pass's record to the
+chain of corruptions (:mod:`qamoe_core.spectrum.record`: the root attr ``corruption``, one
 record per pass, each with the source file's sha256) and stores ``<m>_keep`` masks for every
 split and modality.
 """
@@ -17,11 +18,12 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 from qamoe_core.base.atomic import check_output
@@ -132,6 +134,44 @@ def _check_not_a_no_op(
             )
 
 
+class _ChunkOrder:
+    """Stores a split's chunked datasets (features, keep masks, text ids) one whole HDF5 chunk
+    at a time, ordered by the row where the chunk ends (ties in the group's key order),
+    whatever the blocks that bring the rows.
+
+    HDF5 places a compressed chunk in the file when it stores it. A block that ended inside a
+    chunk had it stored, then read back, extended and stored again (maybe elsewhere), and the
+    order in which the datasets' chunks were placed followed the blocks: the bytes of the file
+    changed with the block size, which the memory budget shrinks where memory is short. The
+    rows of a chunk not yet complete wait here, copied (at most one chunk per dataset).
+    """
+
+    def __init__(self, group: h5py.Group, n: int) -> None:
+        self.group, self.n = group, n
+        self.size = {key: ds.chunks[0] for key, ds in group.items() if ds.chunks}
+        # key -> (first row of its incomplete chunk, the rows so far in pieces)
+        self.waiting: dict[str, tuple[int, list[np.ndarray]]] = {}
+
+    def add(self, start: int, batch: Mapping[str, np.ndarray]) -> None:
+        """Take rows ``start:start+B`` of ``batch`` (blocks in order); store what completes."""
+        stop = start + len(batch["label"])
+        ready: list[tuple[int, int, str, int, np.ndarray]] = []  # (end, rank, key, first, rows)
+        for rank, (key, size) in enumerate(self.size.items()):
+            if key not in batch:
+                continue
+            a, pieces = self.waiting.pop(key, (start, []))
+            while a < stop:
+                b = min(a + size, self.n)
+                rows = batch[key][max(a, start) - start : b - start]
+                if b > stop:  # a copy: a view would keep the whole block alive
+                    self.waiting[key] = (a, [*pieces, rows.copy()])
+                    break
+                ready.append((b, rank, key, a, np.concatenate([*pieces, rows]) if pieces else rows))
+                a, pieces = b, []
+        for b, _, key, a, rows in sorted(ready, key=lambda r: r[:2]):
+            self.group[key][a:b] = rows
+
+
 def _stream_split(
     f: FeatureFile,
     w: FeatureWriter,
@@ -157,12 +197,14 @@ def _stream_split(
     row_bytes = sum(t * d * 4 for t, d in shapes.values())
     store_rows = [gw[m].chunks[0] for m in f.modalities if gw[m].chunks]
     rows = f.block_rows(split, _chunk_rows(row_bytes, n, store_rows, chunk_rows), _BLOCK_COPIES)
-    ids = f.ids(split)
-    raw = f.raw_text(split)
+    # The strings (a heap in the file) and labels first and whole, so that their place in the
+    # file does not depend on the blocks either; then lengths per block and chunks in order.
+    w.write(split, 0, {"label": f.labels(split)}, ids=f.ids(split), raw_text=f.raw_text(split))
+    chunks = _ChunkOrder(gw, n)
 
     def flush(start: int, stop: int, new: dict[str, np.ndarray]) -> None:
-        raw_part = None if raw is None else raw[start:stop]
-        w.write(split, start, new, ids=ids[start:stop], raw_text=raw_part)
+        w.write(split, start, {k: v for k, v in new.items() if k not in chunks.size})
+        chunks.add(start, new)
         del new  # before progress(), where a caller may trim memory (runtime.trim_memory)
         if progress is not None:
             progress(stop - start)

@@ -97,6 +97,41 @@ def test_chunk_size_does_not_change_the_bytes(tiny_h5: Path, tmp_path: Path, axi
         paths.append(path)
     for path in paths[1:]:
         assert_same_datasets(paths[0], path)
+        assert path.read_bytes() == paths[0].read_bytes()  # the layout too, not only the arrays
+
+
+def _wide_h5(path: Path) -> Path:
+    """A file whose text rows take 128 KiB, so that a small memory budget cuts the blocks."""
+    rng = np.random.default_rng(0)
+    data = generate("tiny", seed=2)
+    for arrays in data.values():
+        n = len(arrays.label)
+        lens = rng.integers(1, 65, n)
+        x = rng.standard_normal((n, 64, 512)).astype(np.float32)
+        x *= (np.arange(64)[None, :] < lens[:, None])[:, :, None]
+        arrays.features["text"], arrays.lengths["text"] = x, lens
+    write_features(path, data, dataset="wide", task="regression", scheme="mosi",
+                   label_range=(-3, 3), extractor={"name": "test"})  # fmt: skip
+    return path
+
+
+def test_memory_budget_does_not_change_the_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The budget (by default half the memory free at the time) shrinks the streamed blocks.
+    # Before: blocks that ended inside an HDF5 chunk had it stored twice, and the chunks'
+    # places in the file followed the blocks, so where memory was short the file differed.
+    src = _wide_h5(tmp_path / "wide.h5")
+    spec = CorruptionSpec(level=0.5, seed=7)
+    outs, blocks = [], []
+    for budget in ("4G", "16M"):
+        monkeypatch.setenv("QAMOE_MEMORY_BUDGET", budget)
+        out, seen = tmp_path / f"c-{budget}.h5", []
+        corrupt_file(src, out, spec, progress=seen.append)
+        outs.append(out)
+        blocks.append(len(seen))
+    assert blocks[1] > blocks[0] == 3  # one block per split with 4 GiB, more with 16 MiB
+    assert outs[0].read_bytes() == outs[1].read_bytes()
 
 
 def test_file_path_equals_on_the_fly_torch_path(tiny_h5: Path, tmp_path: Path) -> None:
