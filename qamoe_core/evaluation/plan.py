@@ -135,6 +135,7 @@ class EvalConfig(_Config):
     # preset (~1,000 samples/s); larger batches give a second thread more work per operation.
     batch_size: int = _spec(256, 1, hint=_flag("--batch-size"))
     # Bounds the features read into memory at once; 512 MiB holds MOSI's or SIMS's test split.
+    # Blocks are whole mini-batches (and shuffle windows), so it never changes the results.
     block_mib: float = _spec(512.0, 1e-6, hint=_LIBRARY)
     # Seed of the quality permutations (independent of corruption and model seeds).
     shuffle_seed: int = _spec(0, 0, 2**63 - 1, hint=_LIBRARY)

@@ -27,11 +27,16 @@ mosi preset's 686 test samples):
 Quality shuffling permutes r within fixed windows of ``shuffle_window`` rows of the split (not
 within mini-batches: a batch of one would permute nothing), with one permutation per window
 seeded by (shuffle_seed, window): reproducible whatever the batch size, block or grid.
+
+Mini-batches start at multiples of ``batch_size`` from the split's first row: blocks are whole
+batches (and whole windows), so the results are the same bits whatever the memory budget or
+``block_mib`` (batched products and sums round by which rows share a batch).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -274,18 +279,28 @@ class Evaluation:
         self._train_std: dict[str, Tensor] = {}
 
     def _block_rows(self, f: FeatureFile) -> int:
-        """Rows read at once: ``block_mib`` worth (at least a batch), in whole shuffle windows
-        (no window is split between two blocks), and no more than the memory budget allows."""
+        """Rows read at once: ``block_mib`` worth, no more than the memory budget allows, and
+        a whole number of units unless the block is the whole split.
+
+        A unit is a mini-batch, or with the quality-shuffle control the least common multiple
+        of the batch size and ``shuffle_window``. Mini-batches and windows then start at the
+        same rows of the split whatever the block: batched products and sums round by which
+        rows share a batch, so a block that cut a batch made the results depend on the memory
+        budget (by up to 3e-8 on a wide-row file). A budget too small for one unit is refused.
+        """
         cfg = self.cfg
+        unit = math.lcm(cfg.batch_size, cfg.shuffle_window) if self.shuffles else cfg.batch_size
         row_bytes = sum(4 * f.seq_lens[m] * f.dims[m] for m in f.modalities)
-        block = max(cfg.batch_size, int(cfg.block_mib * 2**20 // max(row_bytes, 1)))
-        block = -(-block // cfg.shuffle_window) * cfg.shuffle_window
-        fit = f.block_rows(cfg.split, block, _BLOCK_COPIES)
-        if fit == block or not cfg.quality_shuffle:
+        wanted = int(cfg.block_mib * 2**20 // max(row_bytes, 1)) // unit * unit
+        wanted = max(1, min(self.n, max(unit, wanted)))
+        fit = f.block_rows(cfg.split, wanted, _BLOCK_COPIES)
+        if fit == wanted:  # the whole split, or a whole number of units
             return fit
-        # Results do not depend on the block, but a shuffle window must fit in one.
-        f.check_rows(cfg.split, cfg.shuffle_window, _BLOCK_COPIES, "a quality-shuffle window of")
-        return fit // cfg.shuffle_window * cfg.shuffle_window
+        if fit < unit:
+            what = ("a mini-batch (whole quality-shuffle windows) of" if self.shuffles
+                    else "a mini-batch of")  # fmt: skip
+            f.check_rows(cfg.split, min(unit, self.n), _BLOCK_COPIES, what)  # raises
+        return max(fit // unit * unit, min(unit, self.n))
 
     def _check_results_fit(self, f: FeatureFile) -> None:
         """Refuse a grid whose predictions (and per-sample rows) would pass the memory budget."""

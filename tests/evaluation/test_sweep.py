@@ -273,12 +273,12 @@ def test_blocks_do_not_change_results(tiny_h5: Path) -> None:
     cfg = EvalConfig(sweep=True, levels=(0.5,), seeds=(3,), axes=("mixed",), batch_size=8)
     one = evaluate_model(make_model(tiny_h5), tiny_h5, cfg).table
     # ~1 KiB blocks: one row per block at most, so the rows are read and drawn in many pieces.
-    # (Blocks are whole shuffle windows: windows of 2 rows keep them at 8 rows.)
+    # (Blocks are whole mini-batches and shuffle windows: they stay at 8 rows.)
     small = cfg.override(block_mib=0.001, shuffle_window=2)
     assert Evaluation(make_model(tiny_h5), tiny_h5, small).n_blocks == 4
     one = evaluate_model(make_model(tiny_h5), tiny_h5, cfg.override(shuffle_window=2)).table
     many = evaluate_model(make_model(tiny_h5), tiny_h5, small).table
-    pd.testing.assert_frame_equal(one, many, atol=1e-6)
+    pd.testing.assert_frame_equal(one, many, check_exact=True)  # the same batches: same bits
     assert set(many["variant"]) == {"normal", "quality_shuffle", "constant"}
 
 
