@@ -1,7 +1,7 @@
 """Time `qamoe study`: --jobs 1 against --jobs 2, and the study's own overhead over the same
 cells run one by one through the CLI, in one run (issues 30 and 31).
 
-    .venv/bin/python benchmarks/bench_study.py [--quick] [--preset mosi] [--epochs 2]
+    .venv/bin/python benchmarks/bench_study.py [--quick] [--preset mosi] [--epochs 3]
         [--threads N] [--work DIR] [--out RESULT.json]
 
 A study file is generated into the work folder: 2 arms (``qamoe``, ``early-fusion``, their
@@ -30,8 +30,9 @@ studies are compared byte for byte, and the by-hand sweeps with the jobs1 study'
 (``same_*``; cells run at different thread counts may differ in the last digits, so the
 largest difference of the table's numbers is given too).
 
-``--quick`` runs the ``tiny`` preset with 1 epoch: it checks the harness in about a minute, its
-numbers mean nothing. Prints one JSON object (and writes it with ``--out``), with the machine,
+``--quick`` runs the ``tiny`` preset with 1 epoch: it checks the harness (the same 49 processes,
+so a few minutes quiet; 12.6 min at load average 7), its numbers mean nothing. The full run's
+data file (``mosi``: 262 MB) stays in the work folder for the next run. Prints one JSON object (and writes it with ``--out``), with the machine,
 the load average before and after each timing and the thread settings. The measurement of
 record, on an otherwise idle machine (on more than 2 cores, pin 2 of them):
 
@@ -293,13 +294,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny preset, 1 epoch: a harness check")
     ap.add_argument("--preset", default=None, help="synthetic preset (default mosi; quick: tiny)")
-    ap.add_argument("--epochs", type=int, default=None, help="training epochs (default 2)")
+    ap.add_argument("--epochs", type=int, default=None, help="training epochs (default 3)")
     ap.add_argument("--threads", type=int, default=None, help="threads (default: usable cores)")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench-study")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = ap.parse_args()
     args.preset = args.preset or ("tiny" if args.quick else "mosi")
-    args.epochs = args.epochs or (1 if args.quick else 2)
+    args.epochs = args.epochs or (1 if args.quick else 3)
     args.threads = args.threads or usable_cores()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)

@@ -145,6 +145,8 @@ def test_a_killed_study_reruns_to_the_same_table(
         sys.executable,
         "-m",
         "qamoe_cli.main",
+        "--threads",  # this process's count, which the in-process reference and rerun keep
+        str(torch.get_num_threads()),
         "study",
         str(TINY),
         "--out",
