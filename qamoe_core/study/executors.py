@@ -127,9 +127,10 @@ class LocalExecutor:
 
 
 def default_jobs() -> int:
-    """Cells at once when --jobs is not given: two on a machine with up to two cores (two
-    single-thread cells beat one two-thread cell by about 3x there: docs/study.md,
-    "Executors"), else one per two cores."""
+    """Cells at once when --jobs is not given: two on a machine with up to two cores, else one
+    per two cores. On 2 cores two single-thread cells beat one two-thread cell by 2.9x at load
+    9-13, measured before the wait policy existed (docs/study.md, "Executors"); the quiet
+    figure is benchmarks/bench_study.py's to give."""
     n = runtime.usable_cores()
     return 2 if n <= 2 else max(1, n // 2)
 
