@@ -30,10 +30,11 @@ studies are compared byte for byte, and the by-hand sweeps with the jobs1 study'
 (``same_*``; cells run at different thread counts may differ in the last digits, so the
 largest difference of the table's numbers is given too).
 
-``--quick`` runs the ``tiny`` preset with 1 epoch: it checks the harness (the same 49 processes,
-so a few minutes quiet; 12.6 min at load average 7), its numbers mean nothing. The full run's
-data file (``mosi``: 262 MB) stays in the work folder for the next run. Prints one JSON object (and writes it with ``--out``), with the machine,
-the load average before and after each timing and the thread settings. The measurement of
+``--quick`` runs the ``tiny`` preset with 1 epoch: it checks the harness (the same ~50
+processes, so minutes even quiet; 12.6 min at load average 7-8); its numbers mean nothing. The
+data file (``mosi``: 262 MB) stays in the work folder for the next run. Prints one JSON object
+(and writes it with ``--out``), with the machine, the load average before and after each
+timing and the thread settings. The measurement of
 record, on an otherwise idle machine (on more than 2 cores, pin 2 of them):
 
     taskset -c 0,1 .venv/bin/python benchmarks/bench_study.py --out docs/results/study-bench.json
