@@ -113,12 +113,15 @@ def command(
     """Draw reliability curves, quality scores, expert usage and summary tables from results."""
     # heavy imports (matplotlib, pandas) here, not at the top, so the CLI starts fast
     from qamoe_core.evaluation.results import load
-    from qamoe_core.evaluation.samples import load_samples
     from qamoe_core.evaluation.summary import pool_model_seeds, pool_sample_seeds
     from qamoe_core.report.build import build_report
 
     table = load(results)
-    per_sample = load_samples(samples) if samples else None
+    per_sample = None
+    if samples:  # its module loads torch (through the evaluation plan): only when needed
+        from qamoe_core.evaluation.samples import load_samples
+
+        per_sample = load_samples(samples)
     if pool_seeds:
         table = pool_model_seeds(table)
         per_sample = pool_sample_seeds(per_sample) if per_sample is not None else None

@@ -149,10 +149,11 @@ def command(
             "--jobs",
             "-j",
             min=1,
-            help="Local: cells at once, each with cores/jobs threads; with CUDA, one cell "
-            "per GPU. Default: 2 on a machine with up to 2 cores (measured faster than 1 x 2 "
-            "threads), else cores/2. A tuned arm's trainings: 1 runs them in this process; "
-            "on SLURM, how many at once (default: the array parallelism).",
+            help="Local: cells at once, dividing the threads (--threads) among them; with "
+            "CUDA, one cell per GPU. Default: 2 on a machine with up to 2 cores (2.9x faster "
+            "than 1 x 2 threads at load 9-13, docs/study.md), else cores/2. A tuned arm's "
+            "trainings: 1 runs them in this process; on SLURM, how many at once (default: "
+            "the array parallelism).",
         ),
     ] = None,
     retries: Annotated[

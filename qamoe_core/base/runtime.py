@@ -424,20 +424,35 @@ def current_thread_policy() -> ThreadPolicy | None:
 
 
 def job_env(jobs: int, policy: ThreadPolicy | None = None) -> dict[str, str]:
-    """The environment for each of ``jobs`` parallel child processes (``qamoe study --jobs``,
-    ``qamoe tune --jobs``): they divide this process's threads, never multiply them, so each
-    gets ``threads // jobs`` (at least 1) of ``policy`` (default: the applied one, else the
-    automatic one). The wait policy is passed on as resolved, so that a child neither spins
-    beside its siblings nor measures them as others' load. Set both the qamoe variables (a
-    child `qamoe` records them as its source) and the pools' own (any other child)."""
+    """The environment for each of ``jobs`` parallel child processes on this machine (``qamoe
+    study --jobs``, ``qamoe tune --jobs``): they divide this process's threads, never multiply
+    them, so each gets ``threads // jobs`` (at least 1) of ``policy`` (default: the applied one,
+    else the automatic one). The wait policy is passed on as resolved, so that a child neither
+    spins beside its siblings nor measures them as others' load. Set both the qamoe variables
+    (a child `qamoe` records them as its source) and the pools' own (any other child)."""
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise UsageError(f"The number of parallel jobs must be at least 1. Got {jobs!r} instead.")
     policy = policy or current_thread_policy() or resolve_thread_policy()
-    threads = max(1, policy.threads // jobs)
-    env = {THREADS_ENV: str(threads), WAIT_ENV: policy.wait}
+    return _child_env(max(1, policy.threads // jobs), policy.wait)
+
+
+def remote_job_env(cpus: int, policy: ThreadPolicy | None = None) -> dict[str, str]:
+    """The environment for a job that runs on another machine with ``cpus`` CPUs of its own (a
+    SLURM job of ``qamoe study --executor slurm``): ``cpus`` threads; the wait policy of
+    ``policy`` (default: the applied one) where a flag or variable chose it, else ``auto``, so
+    that the job measures its own node: this machine's load says nothing about it."""
+    if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1:
+        raise UsageError(f"A job's CPUs must be at least 1. Got {cpus!r} instead.")
+    policy = policy or current_thread_policy()
+    chosen = policy is not None and policy.wait_from not in ("auto", "caller")
+    return _child_env(cpus, policy.wait if policy is not None and chosen else "auto")
+
+
+def _child_env(threads: int, wait: str) -> dict[str, str]:
+    env = {THREADS_ENV: str(threads), WAIT_ENV: wait}
     env.update(dict.fromkeys(POOL_VARS, str(threads)))
-    if policy.wait != "unset":
-        env[WAIT_VAR] = policy.wait.upper()
+    if wait in ("active", "passive"):
+        env[WAIT_VAR] = wait.upper()
     return env
 
 

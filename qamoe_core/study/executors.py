@@ -10,13 +10,15 @@ child process) and answer the runner through one small interface:
 - ``adopt(keys)``: cells still running from an earlier study process, to wait for;
 - ``stop()``: on an interrupt.
 
-Local: ``jobs`` children at once, each with ``cores // jobs`` threads (OMP_NUM_THREADS and
-MKL_NUM_THREADS, which torch reads at start); with CUDA devices visible, one cell per device
-(CUDA_VISIBLE_DEVICES). Every child dies with the study (PR_SET_PDEATHSIG), so a killed
-study leaves nothing running. SLURM: each batch of ready cells is one job array
-(submitit), polled with ``squeue``; a job that is preempted or reaches its time limit
-requeues itself (submitit's checkpoint hook) and its training resumes; a job that vanished
-without a record (cancelled, node failure) counts as a failed attempt, retried like any other.
+Local: ``jobs`` children at once, dividing this process's threads (``threads // jobs`` each)
+and given its wait policy (``runtime.job_env``: QAMOE_THREADS and the pools' variables, read
+before torch starts); with CUDA devices visible, one cell per device (CUDA_VISIBLE_DEVICES).
+Every child dies with the study (PR_SET_PDEATHSIG), so a killed study leaves nothing
+running. SLURM: each batch of ready cells is one job array (submitit) of ``cpus`` threads per
+job (``runtime.remote_job_env``), polled with ``squeue``; a job that is preempted or reaches
+its time limit requeues itself (submitit's checkpoint hook) and its training resumes; a job
+that vanished without a record (cancelled, node failure) counts as a failed attempt, retried
+like any other.
 """
 
 from __future__ import annotations
@@ -31,11 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qamoe_core.base import runtime
 from qamoe_core.base.errors import InputError, UsageError
 from qamoe_core.study import cells
 from qamoe_core.study.spec import Slurm
-
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -44,14 +45,6 @@ class Outcome:
     ok: bool
     error: str = ""
     seconds: float = 0.0
-
-
-def cores() -> int:
-    """CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def visible_gpus() -> list[str]:
@@ -70,10 +63,6 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(count)]
 
 
-def thread_env(threads: int) -> dict[str, str]:
-    return dict.fromkeys(THREAD_VARS, str(threads))
-
-
 class LocalExecutor:
     """Cells as children of this process, ``jobs`` at a time."""
 
@@ -86,15 +75,15 @@ class LocalExecutor:
             raise UsageError(f"--jobs must be at least 1. Got {jobs} instead.")
         self.study_dir = study_dir
         gpus = visible_gpus() if gpus is None else gpus
+        n = min(jobs or len(gpus), len(gpus)) if gpus else jobs or default_jobs()
+        env = runtime.job_env(n)  # the jobs divide this process's threads
+        threads = env[runtime.THREADS_ENV]
         if gpus:
-            n = min(jobs or len(gpus), len(gpus))
-            threads = max(1, cores() // n)
-            self.slots = [{"CUDA_VISIBLE_DEVICES": g, **thread_env(threads)} for g in gpus[:n]]
-            self.describe = f"local: {n} job(s), one per GPU ({', '.join(gpus[:n])})"
+            self.slots = [{**env, "CUDA_VISIBLE_DEVICES": g} for g in gpus[:n]]
+            self.describe = f"local: {n} job(s) x {threads} thread(s), one per GPU "
+            self.describe += f"({', '.join(gpus[:n])})"
         else:
-            n = jobs or default_jobs()
-            threads = max(1, cores() // n)
-            self.slots = [thread_env(threads) for _ in range(n)]
+            self.slots = [dict(env) for _ in range(n)]
             self.describe = f"local: {n} job(s) x {threads} thread(s)"
         self.running: dict[str, tuple[cells.Attempt, dict[str, str]]] = {}
 
@@ -138,10 +127,11 @@ class LocalExecutor:
 
 
 def default_jobs() -> int:
-    """Cells at once when --jobs is not given: two on a machine with up to two cores (two
-    single-thread cells beat one two-thread cell by about 3x there: docs/study.md,
-    "Executors"), else one per two cores."""
-    n = cores()
+    """Cells at once when --jobs is not given: two on a machine with up to two cores, else one
+    per two cores. On 2 cores two single-thread cells beat one two-thread cell by 2.9x at load
+    9-13, measured before the wait policy existed (docs/study.md, "Executors"); the quiet
+    figure is benchmarks/bench_study.py's to give."""
+    n = runtime.usable_cores()
     return 2 if n <= 2 else max(1, n // 2)
 
 
@@ -201,7 +191,7 @@ class SlurmExecutor:
             ) from None
         self.study_dir, self.options, self.poll_s = study_dir, options, poll_s
         self.job_name = job_name
-        self.env = thread_env(options.cpus)
+        self.env = runtime.remote_job_env(options.cpus)
         self._executor: Any = None  # made at the first submission: it writes into the folder
         self.describe = (
             f"slurm: partition {options.partition or '(default)'}, {options.time_min} min, "

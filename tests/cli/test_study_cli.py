@@ -20,16 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from qamoe_cli.main import main
-from qamoe_core.study.executors import cores
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "studies" / "tiny.toml"
 TABLES = ("table.md", "table.tex", "table.csv")
-# Local cells get cores // 2 threads with --jobs 2; SLURM cells get --cpus: the same count,
-# so that both make the same numbers (training is deterministic at one thread count).
-THREADS = max(1, cores() // 2)
+# Local cells divide the study's threads with --jobs 2 (runtime.job_env): main() runs in this
+# process, where torch is already loaded, so the study keeps torch's count here (conftest's).
+# SLURM cells get --cpus: the same count, so that both make the same numbers (training is
+# deterministic at one thread count).
+THREADS = max(1, torch.get_num_threads() // 2)
 
 
 def run_cli(*args: str) -> tuple[int, dict[str, Any] | None, str]:
@@ -143,6 +145,8 @@ def test_a_killed_study_reruns_to_the_same_table(
         sys.executable,
         "-m",
         "qamoe_cli.main",
+        "--threads",  # this process's count, which the in-process reference and rerun keep
+        str(torch.get_num_threads()),
         "study",
         str(TINY),
         "--out",

@@ -426,16 +426,46 @@ def test_slurm_without_sbatch_says_so(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "--executor local" in (err.value.hint or "")
 
 
-def test_local_jobs_divide_the_cores(tmp_path: Path) -> None:
+def test_local_jobs_divide_the_threads_of_the_applied_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qamoe_core.base import runtime
     from qamoe_core.study import executors
 
-    n = executors.cores()
+    four = runtime.resolve_thread_policy(4, "passive", {}, cores=8, busy=0.0)
+    monkeypatch.setitem(runtime._APPLIED, "policy", four)  # as `qamoe --threads 4 ...` applies
     exe = executors.LocalExecutor(tmp_path, jobs=2, gpus=[])
-    assert exe.free() == 2
-    assert {s["OMP_NUM_THREADS"] for s in exe.slots} == {str(max(1, n // 2))}
+    assert exe.free() == 2 and exe.describe == "local: 2 job(s) x 2 thread(s)"
+    for slot in exe.slots:  # threads and wait policy travel, in qamoe's and the pools' names
+        assert slot["QAMOE_THREADS"] == slot["OMP_NUM_THREADS"] == slot["MKL_NUM_THREADS"] == "2"
+        assert slot["QAMOE_WAIT_POLICY"] == "passive" and slot["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert executors.LocalExecutor(tmp_path, jobs=3, gpus=[]).slots[0]["QAMOE_THREADS"] == "1"
     gpu = executors.LocalExecutor(tmp_path, jobs=None, gpus=["3", "5"])
     assert [s["CUDA_VISIBLE_DEVICES"] for s in gpu.slots] == ["3", "5"]
+    assert {s["QAMOE_THREADS"] for s in gpu.slots} == {"2"}
     assert executors.LocalExecutor(tmp_path, jobs=1, gpus=["3", "5"]).free() == 1
+
+
+def test_slurm_jobs_get_their_own_cpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qamoe_core.base import runtime
+    from qamoe_core.study import executors
+
+    pytest.importorskip("submitit")
+    sbatch = tmp_path / "bin" / "sbatch"
+    sbatch.parent.mkdir()
+    sbatch.write_text("#!/bin/sh\nexit 1\n")
+    sbatch.chmod(0o755)
+    monkeypatch.setenv("PATH", str(sbatch.parent))
+    # the submitting machine was busy (passive by auto): that says nothing about the job's node
+    busy = runtime.resolve_thread_policy(None, None, {}, cores=2, busy=1.5)
+    monkeypatch.setitem(runtime._APPLIED, "policy", busy)
+    exe = executors.SlurmExecutor(tmp_path / "out", spec.Slurm(cpus=3), "qamoe-test")
+    assert exe.env["QAMOE_THREADS"] == exe.env["OMP_NUM_THREADS"] == "3"
+    assert exe.env["QAMOE_WAIT_POLICY"] == "auto" and "OMP_WAIT_POLICY" not in exe.env
+    chosen = runtime.resolve_thread_policy(None, "active", {}, cores=2, busy=0.0)
+    monkeypatch.setitem(runtime._APPLIED, "policy", chosen)  # `--wait-policy active`: kept
+    exe = executors.SlurmExecutor(tmp_path / "out", spec.Slurm(cpus=1), "qamoe-test")
+    assert exe.env["QAMOE_THREADS"] == "1" and exe.env["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 # --- the table -----------------------------------------------------------------------------------
