@@ -175,3 +175,9 @@ def test_a_column_without_the_reference_has_no_comparison() -> None:
     text = table.markdown(df, "t", "b", 3)
     row_b = next(line for line in text.splitlines() if line.startswith("| b (reference)"))
     assert row_b.endswith("|  |")  # b has no own-level value: an empty cell, not an error
+    comparisons = text.split("| arm | column |")[1].splitlines()
+    compared = [line for line in comparisons if line.startswith("| spec | ")]
+    assert [line.split(" | ")[1] for line in compared] == ["clean"]  # no n/a row for own-level
+    tex = table.latex(df, "b", 3)
+    delta = next(line for line in tex.splitlines() if line.startswith("$\\Delta$ spec"))
+    assert delta.endswith("&  \\\\")  # own-level: empty, not a comparison
