@@ -9,6 +9,7 @@ lives in ``DIR/cells/<key>/``:
 
 - ``cell.json``: what it is and the command that makes it (written before each attempt);
 - ``run/`` (training: a `qamoe train` run folder) or ``results.csv`` (sweep: `qamoe eval`);
+  a sweep whose protocol sets ``per_sample`` also keeps ``samples.csv.gz`` (``--per-sample``);
 - ``log.txt``: the command's output, one header line per attempt;
 - ``done.json`` when it finished (written atomically after the command succeeded), or
   ``failed.json`` (the exit status and the error line) when it did not;
@@ -47,6 +48,7 @@ FAILED = "failed.json"
 LOG = "log.txt"
 RUN = "run"
 RESULTS = "results.csv"
+SAMPLES = "samples.csv.gz"  # a sweep with per_sample: `qamoe eval --per-sample`
 TRAIN_CONFIG = "train-config.json"
 KEY_CHARS = 20  # hex digits of the SHA-256 kept in a key: 80 bits
 

@@ -61,8 +61,12 @@ def _sweep_out(plan: Plan, out: Path, sub: str) -> dict[str, list[tuple[Any, str
         path = out / "sweeps" / level / f"{cell.label}.{cell.protocol}.csv"
         _write_bytes(path, (folder / cells.RESULTS).read_bytes())
         keep.add(path)
+        if (folder / cells.SAMPLES).is_file():  # a per_sample protocol: link, do not copy
+            link = path.with_name(f"{cell.label}.{cell.protocol}.samples.csv.gz")
+            _link(link, f"{'../' * (2 if level else 1)}cells/{cell.key}/{cells.SAMPLES}")
+            keep.add(link)
         by_ds.setdefault(cell.dataset, []).append((cell, cell.protocol, path))
-    for top, pattern in (("runs", "*"), ("sweeps", "*.csv")):
+    for top, pattern in (("runs", "*"), ("sweeps", "*.csv"), ("sweeps", "*.samples.csv.gz")):
         for p in sorted((out / top).rglob(pattern)) if (out / top).is_dir() else []:
             if p not in keep and (p.is_symlink() or p.suffix == ".csv"):
                 p.unlink()

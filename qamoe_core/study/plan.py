@@ -116,7 +116,11 @@ def make_plan(
                     None if result is None else result.identity,
                 )
                 plan.cells.append(t)
-                plan.cells += [cells.sweep_cell(t, p.name, evals[p.name]) for p in study.protocols]
+                plan.cells += [
+                    cells.sweep_cell(t, p.name, evals[p.name])
+                    for p in study.protocols
+                    if p.covers(arm.name)
+                ]
     return plan
 
 
@@ -158,6 +162,7 @@ def cell_doc(plan: Plan, cell: Cell, out: Path) -> dict[str, Any]:
             cell.label,
             "--out",
             f"{here}/{cells.RESULTS}",
+            *(["--per-sample", f"{here}/{cells.SAMPLES}"] if proto.per_sample else []),
             "--force",
             "--quiet",
         ]

@@ -96,6 +96,8 @@ PROTOCOL_KEYS = (
     "shuffle",
     "controls",
     "residuals",
+    "per_sample",
+    "arms",
 )
 COMPARE_KEYS = ("reference", "metrics", "digits")
 REPORT_KEYS = ("figures", "title")
@@ -146,6 +148,11 @@ class Protocol:
     shuffle: bool = True
     controls: tuple[str, ...] = ()  # the r-controls (evaluation/controls.py): --control
     residuals: bool = False  # the quality-head diagnostic: --residuals
+    per_sample: bool = False  # keep every sample's prediction: --per-sample (cell's samples)
+    arms: tuple[str, ...] = ()  # the arms swept under this protocol (empty: every arm)
+
+    def covers(self, arm: str) -> bool:
+        return not self.arms or arm in self.arms
 
     def eval_args(self) -> list[str]:
         """The `qamoe eval` options of this protocol (run, data, name and out aside)."""
@@ -194,6 +201,7 @@ class Protocol:
             quality_shuffle=self.shuffle,
             controls=self.controls,
             residuals=self.residuals,
+            per_sample=self.per_sample,
             **parse_pattern(self.pattern or None, self.burst_mean, self.noise_rho),
         )
         return cfg.to_dict()
@@ -249,10 +257,20 @@ class Study:
                 for a in self.arms
             },
             "train": dict(self.train),
-            "protocols": {p.name: _plain(asdict(p)) for p in self.protocols},
+            "protocols": {p.name: _protocol_doc(p) for p in self.protocols},
             "compare": _plain(asdict(self.compare)),
             "report": {"figures": list(self.figures), "title": self.title},
         }
+
+
+def _protocol_doc(p: Protocol) -> dict[str, Any]:
+    """A protocol as plain data; the newer keys only when set, so that a folder made before
+    they existed reads as unchanged."""
+    doc = _plain(asdict(p))
+    for key, unset in (("per_sample", False), ("arms", [])):
+        if doc[key] == unset:
+            del doc[key]
+    return dict(doc)
 
 
 def _plain(value: Any) -> Any:
@@ -378,7 +396,7 @@ def parse_study(raw: Mapping[str, Any], source: Path) -> Study:
         datasets=_named(raw["datasets"], "datasets", w, lambda n, t: _dataset(n, t, w, base)),
         arms=arms,
         train=train,
-        protocols=_named(raw["protocols"], "protocols", w, lambda n, t: _protocol(n, t, w)),
+        protocols=_protocols(raw["protocols"], arms, w),
         compare=compare,
         figures=figures,
         title=title,
@@ -527,6 +545,34 @@ def _check_configs(arm: Arm, train: Mapping[str, Any], w: _Where) -> None:
             ) from None
 
 
+def _protocols(data: Any, arms: Sequence[Arm], w: _Where) -> tuple[Protocol, ...]:
+    """The protocols, each one's ``arms`` checked against the study's arms. The first
+    protocol gives the table's clean column, so it must cover every arm."""
+    protocols = _named(data, "protocols", w, lambda n, t: _protocol(n, t, w))
+    names = [a.name for a in arms]
+    for p in protocols:
+        for arm in p.arms:
+            if arm not in names:
+                near = nearest_choice(arm, names)
+                raise w.fail(
+                    f"protocols.{p.name}",
+                    f"'arms' names {arm!r}, which is not an arm of the study.",
+                    hint=f"Did you mean '{near}'?" if near else f"Its arms: {', '.join(names)}.",
+                )
+        if len(set(p.arms)) != len(p.arms):
+            raise w.fail(f"protocols.{p.name}", f"'arms' names an arm twice: {list(p.arms)}.")
+    first = protocols[0]
+    left = [n for n in names if not first.covers(n)]
+    if left:
+        raise w.fail(
+            f"protocols.{first.name}",
+            f"the first protocol gives the table's clean column, so it must sweep every arm; "
+            f"it leaves out {', '.join(left)}.",
+            hint="Put a protocol without 'arms' first.",
+        )
+    return protocols
+
+
 def _protocol(name: str, data: Any, w: _Where) -> Protocol:
     table = f"protocols.{name}"
     data = w.keys(data, PROTOCOL_KEYS, table, "key")
@@ -547,6 +593,13 @@ def _protocol(name: str, data: Any, w: _Where) -> Protocol:
     if len(set(axes)) != len(axes):
         raise w.fail(table, f"'axes' names an axis twice: {axes}.")
     drop = data.get("drop_sets", False)
+    arms = data.get("arms", [])
+    if isinstance(arms, str):
+        data = {**data, "arms": [arms]}
+    elif "arms" in data and not (
+        isinstance(arms, list) and arms and all(isinstance(a, str) for a in arms)
+    ):
+        raise w.fail(table, f"'arms' must be a non-empty list of arm names, got {arms!r}.")
     seeds = data.get("corruption_seeds", 3)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= 1000:
         raise w.fail(table, f"'corruption_seeds' must be an integer in [1, 1000], got {seeds!r}.")

@@ -192,6 +192,15 @@ def _mean_sd(row: Any, digits: int) -> str:
     return f"{_num(row['mean'], digits)} ± {_num(row['sd'], digits)}"
 
 
+def _compared(g: pd.DataFrame, reference: str | None) -> pd.DataFrame:
+    """The rows of ``g`` compared with the reference: its other arms, in the columns where the
+    reference has a value (a protocol may leave the reference out: ``arms``)."""
+    if not reference:
+        return g.iloc[0:0]
+    ref_columns = set(g[g["arm"] == reference]["column"])
+    return g[(g["arm"] != reference) & g["column"].isin(ref_columns)]
+
+
 def _blocks(df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
     """(dataset, metric, rows) in table order."""
     return [(str(ds), str(m), g) for (ds, m), g in df.groupby(["dataset", "metric"], sort=False)]
@@ -229,7 +238,7 @@ def markdown(
             cells = {r["column"]: _mean_sd(r, digits) for _, r in rows.iterrows()}
             name = f"{arm} (reference)" if arm == reference else str(arm)
             lines.append(f"| {name} | " + " | ".join(cells.get(c, "") for c in cols) + " |")
-        comp = g[g["arm"] != reference] if reference else g.iloc[0:0]
+        comp = _compared(g, reference)
         if len(comp):
             lines += [
                 "",
@@ -297,7 +306,7 @@ def latex(df: pd.DataFrame, reference: str | None, digits: int, extra: str = "")
             ]
             name = tex_escape(arm) + (" (ref.)" if arm == reference else "")
             out.append(f"{name} & " + " & ".join(cells) + " \\\\")
-        comp = g[g["arm"] != reference] if reference else g.iloc[0:0]
+        comp = _compared(g, reference)
         if len(comp):
             out.append("\\midrule")
             for arm, rows in comp.groupby("arm", sort=False):
