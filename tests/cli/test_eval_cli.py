@@ -41,7 +41,8 @@ def test_sweep_writes_results(
     assert set(table["variant"]) == {"normal", "quality_shuffle", "constant"}
     assert (table["metric"] == "quality_text").any()
     # The results feed straight into a report.
-    assert main(["report", str(out), "--out", str(tmp_path / "rep"), "--json"]) == 0
+    report = ["report", str(out), "--out", str(tmp_path / "rep"), "--figures", "png", "--json"]
+    assert main(report) == 0  # PNG only: the vector copies are tested in tests/report
     rep = json.loads(capsys.readouterr().out)
     assert "reliability_Has0_acc_2" in rep["images"]
     # An existing output is refused before any work, and --force replaces it.
