@@ -37,3 +37,18 @@ def small_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("data") / "small.h5"
     write_synthetic(path, preset="small", seed=0)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_h5: Path) -> Path:
+    """A QA-MoE run trained once per session on ``tiny_h5`` (1 epoch), read-only for tests:
+    a test that changes a run copies this folder first (shutil.copytree) instead of training
+    its own. The modules that share it had each trained this same run (or a smaller one whose
+    size their checks never read)."""
+    from qamoe_core.config import ModelConfig, TrainConfig
+    from qamoe_core.training.loop import train
+
+    out = tmp_path_factory.mktemp("runs") / "qa-tiny"
+    model = ModelConfig(d_model=32, n_heads=2, segments=4, num_experts=4, top_k=2)
+    train(tiny_h5, out, "qamoe", model, TrainConfig(epochs=1, batch_size=32), device="cpu")
+    return out

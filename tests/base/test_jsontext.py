@@ -14,10 +14,9 @@ import pytest
 from qamoe_cli.main import main
 from qamoe_core.base import jsontext
 from qamoe_core.base.errors import CheckpointError, ConfigError, DataFormatError
-from qamoe_core.config import ModelConfig, TrainConfig, read_sections
+from qamoe_core.config import read_sections
 from qamoe_core.data.store import FeatureFile
 from qamoe_core.runs import checkpoint as ckpt
-from qamoe_core.training.loop import train
 
 DEEP = "[" * 100_000 + "]" * 100_000
 
@@ -29,20 +28,12 @@ def test_loads_turns_deep_nesting_into_a_decode_error() -> None:
     assert jsontext.loads("[NaN]", parse_constant=lambda name: None) == [None]
 
 
-@pytest.fixture(scope="module")
-def run_dir(tiny_h5: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "run"
-    small = ModelConfig(d_model=8, n_heads=1, segments=2, num_experts=2, top_k=1)
-    train(tiny_h5, out, "qamoe", small, TrainConfig(epochs=1, batch_size=32), device="cpu")
-    return out
-
-
 def test_deep_run_files_are_damaged_files(
-    run_dir: Path, tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_run: Path, tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for name in ("config.json", "metrics.json", "history.jsonl"):
         run = tmp_path / name.replace(".", "_")
-        shutil.copytree(run_dir, run)
+        shutil.copytree(tiny_run, run)
         (run / name).write_text(DEEP)
         with pytest.raises(CheckpointError, match="damaged or not a qamoe file") as err:
             {"config.json": ckpt.read_config, "metrics.json": ckpt.read_metrics,

@@ -1,6 +1,6 @@
 """The MOSI-lite experiment script end to end, in its --quick form (1 seed, no ablations or
-specialists) with short runs (3 epochs) and sweeps of one corruption seed: real qamoe commands
-on the real CSVs, then the analysis and the report."""
+specialists) with short runs (3 epochs), sweeps of one corruption seed and PNG figures only:
+real qamoe commands on the real CSVs, then the analysis and the report."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def test_quick_experiment_runs_analyses_and_resumes(tmp_path: Path) -> None:
     assert data_dir is not None
     work, out = tmp_path / "work", tmp_path / "out"
     argv = [sys.executable, str(REPO / "benchmarks/mosi_lite_experiment.py"), "--quick",
-            "--epochs", "3", "--corruption-seeds", "1",
+            "--epochs", "3", "--corruption-seeds", "1", "--figures", "png",
             "--data-dir", str(data_dir), "--work", str(work), "--out", str(out)]  # fmt: skip
     first = subprocess.run(argv, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-2000:]

@@ -9,23 +9,12 @@ import numpy as np
 import pytest
 
 from qamoe_cli.main import main
-from qamoe_core.config import ModelConfig, TrainConfig
 from qamoe_core.data.store import SplitArrays, write_features
 from qamoe_core.evaluation.results import load
-from qamoe_core.training.loop import train
-
-SMALL = ModelConfig(d_model=32, n_heads=2, segments=4, num_experts=4, top_k=2)
 
 
-@pytest.fixture(scope="module")
-def run_dir(tiny_h5: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "qa-tiny"
-    train(tiny_h5, out, "qamoe", SMALL, TrainConfig(epochs=1, batch_size=32), device="cpu")
-    return out
-
-
-def test_clean_eval_json(run_dir: Path, tiny_h5: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["eval", str(run_dir), "--data", str(tiny_h5), "--json", "--device", "cpu"]) == 0
+def test_clean_eval_json(tiny_run: Path, tiny_h5: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", str(tiny_run), "--data", str(tiny_h5), "--json", "--device", "cpu"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["run"] == "qa-tiny" and result["model"] == "qamoe"
     assert result["points"] == 1 and result["first_axis"] == "clean"
@@ -34,10 +23,10 @@ def test_clean_eval_json(run_dir: Path, tiny_h5: Path, capsys: pytest.CaptureFix
 
 
 def test_sweep_writes_results(
-    run_dir: Path, tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_run: Path, tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "r.csv"
-    args = ["eval", str(run_dir), "--data", str(tiny_h5), "--sweep", "--levels", "0,0.5"]
+    args = ["eval", str(tiny_run), "--data", str(tiny_h5), "--sweep", "--levels", "0,0.5"]
     args += ["--axis", "mixed,noise", "--corruption-seeds", "2", "--drop-sets", "--name", "qa"]
     args += ["--out", str(out), "--device", "cpu"]
     assert main(args) == 0
@@ -52,7 +41,8 @@ def test_sweep_writes_results(
     assert set(table["variant"]) == {"normal", "quality_shuffle", "constant"}
     assert (table["metric"] == "quality_text").any()
     # The results feed straight into a report.
-    assert main(["report", str(out), "--out", str(tmp_path / "rep"), "--json"]) == 0
+    report = ["report", str(out), "--out", str(tmp_path / "rep"), "--figures", "png", "--json"]
+    assert main(report) == 0  # PNG only: the vector copies are tested in tests/report
     rep = json.loads(capsys.readouterr().out)
     assert "reliability_Has0_acc_2" in rep["images"]
     # An existing output is refused before any work, and --force replaces it.
@@ -62,14 +52,14 @@ def test_sweep_writes_results(
 
 
 def test_per_sample_output_agrees_with_the_table(
-    run_dir: Path, tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_run: Path, tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import pandas as pd
 
     from qamoe_core.metrics import compute
 
     out, per = tmp_path / "r.csv", tmp_path / "s.csv.gz"
-    args = ["eval", str(run_dir), "--data", str(tiny_h5), "--sweep", "--levels", "0,0.5,1",
+    args = ["eval", str(tiny_run), "--data", str(tiny_h5), "--sweep", "--levels", "0,0.5,1",
             "--axis", "missing", "--modalities", "audio", "--corruption-seeds", "1",
             "--out", str(out), "--per-sample", str(per), "--json", "--device", "cpu"]  # fmt: skip
     assert main(args) == 0
@@ -114,14 +104,14 @@ def test_per_sample_output_agrees_with_the_table(
     ],
 )
 def test_bad_options(
-    run_dir: Path,
+    tiny_run: Path,
     tiny_h5: Path,
     extra: list[str],
     message: str,
     code: int,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["eval", str(run_dir), "--data", str(tiny_h5), *extra]) == code
+    assert main(["eval", str(tiny_run), "--data", str(tiny_h5), *extra]) == code
     err = capsys.readouterr().err
     assert "error:" in err and message in err
 
@@ -136,9 +126,9 @@ def test_run_without_checkpoint(
     assert "config.json" in err and "model.safetensors" in err
 
 
-def test_dims_mismatch(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_dims_mismatch(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     other = _small_other(tmp_path)
-    assert main(["eval", str(run_dir), "--data", str(other)]) == 1
+    assert main(["eval", str(tiny_run), "--data", str(other)]) == 1
     assert "feature dims but the checkpoint expects" in capsys.readouterr().err
 
 
@@ -164,35 +154,35 @@ def _small_other(tmp_path: Path) -> Path:
 
 
 def test_out_and_per_sample_must_differ(
-    run_dir: Path, tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_run: Path, tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     same = tmp_path / "same.csv"
-    args = ["eval", str(run_dir), "--data", str(tiny_h5), "-o", str(same), "--per-sample"]
+    args = ["eval", str(tiny_run), "--data", str(tiny_h5), "-o", str(same), "--per-sample"]
     assert main([*args, str(tmp_path / "." / "same.csv"), "--force"]) == 2
     assert "name the same file" in capsys.readouterr().err and not same.exists()
 
 
 def test_force_never_writes_over_the_data_or_the_checkpoint(
-    run_dir: Path, tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_run: Path, tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import shutil
 
     data = tmp_path / "data.h5"
     shutil.copy(tiny_h5, data)
-    before = data.read_bytes(), (run_dir / "model.safetensors").read_bytes()
-    for target in (data, run_dir / "model.pt"):
-        args = ["eval", str(run_dir), "--data", str(data), "--out", str(target), "--force"]
+    before = data.read_bytes(), (tiny_run / "model.safetensors").read_bytes()
+    for target in (data, tiny_run / "model.pt"):
+        args = ["eval", str(tiny_run), "--data", str(data), "--out", str(target), "--force"]
         assert main(args) == 1
         assert "is an input of this command" in capsys.readouterr().err
-    assert (data.read_bytes(), (run_dir / "model.safetensors").read_bytes()) == before
+    assert (data.read_bytes(), (tiny_run / "model.safetensors").read_bytes()) == before
 
 
 def test_sweep_json_holds_every_point(
-    run_dir: Path, tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_run: Path, tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Before: --json gave the summary only; the per-level points were in --out's CSV alone.
     out = tmp_path / "r.csv"
-    args = ["eval", str(run_dir), "--data", str(tiny_h5), "--sweep", "--levels", "0.2,0.6"]
+    args = ["eval", str(tiny_run), "--data", str(tiny_h5), "--sweep", "--levels", "0.2,0.6"]
     args += ["--axis", "noise", "--corruption-seeds", "1", "--drop-sets", "--device", "cpu"]
     assert main([*args, "--json", "--out", str(out)]) == 0
     rows = json.loads(capsys.readouterr().out)["results"]
@@ -207,7 +197,7 @@ def test_sweep_json_holds_every_point(
 
 
 def test_single_point_prints_only_what_is_defined(
-    run_dir: Path, tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_run: Path, tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Before: a corrupted file's one point printed a summary with clean nan, area/clean nan
     # and an unexplained "shuffled" row.
@@ -216,7 +206,7 @@ def test_single_point_prints_only_what_is_defined(
 
     given = tmp_path / "c.h5"
     corrupt_file(tiny_h5, given, CorruptionSpec(level=0.4, seed=1))
-    assert main(["eval", str(run_dir), "--data", str(given), "--device", "cpu", "-q"]) == 0
+    assert main(["eval", str(tiny_run), "--data", str(given), "--device", "cpu", "-q"]) == 0
     printed = capsys.readouterr().out
     assert "nan" not in printed and "shuffled" not in printed
     assert "seeds averaged" not in printed  # one point: no summary over levels
@@ -233,7 +223,7 @@ def test_single_point_prints_only_what_is_defined(
 
 
 def test_unwritable_out_folder_fails_before_evaluating(
-    run_dir: Path,
+    tiny_run: Path,
     tiny_h5: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -250,7 +240,7 @@ def test_unwritable_out_folder_fails_before_evaluating(
 
     monkeypatch.setattr(Evaluation, "run", no_work)
     for flag in ("--out", "--per-sample"):
-        args = ["eval", str(run_dir), "--data", str(tiny_h5), "--sweep", "--device", "cpu"]
+        args = ["eval", str(tiny_run), "--data", str(tiny_h5), "--sweep", "--device", "cpu"]
         assert main([*args, flag, "/proc/qamoe-results.csv"]) == 1
         err = capsys.readouterr().err
         assert "error: Cannot write into '/proc'" in err and "hint:" in err
@@ -260,7 +250,7 @@ def test_unwritable_out_folder_fails_before_evaluating(
     ("field", "bad"), [("level", "high"), ("seed", "x"), ("modalities", "audio"), ("axis", 3)]
 )
 def test_malformed_corruption_record_fails_before_evaluating(
-    run_dir: Path,
+    tiny_run: Path,
     tiny_h5: Path,
     tmp_path: Path,
     field: str,
@@ -286,17 +276,17 @@ def test_malformed_corruption_record_fails_before_evaluating(
         raise AssertionError("evaluated before checking the record")
 
     monkeypatch.setattr(Evaluation, "run", no_work)
-    assert main(["eval", str(run_dir), "--data", str(tampered), "--device", "cpu"]) == 1
+    assert main(["eval", str(tiny_run), "--data", str(tampered), "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     # named by the record check of eval or, earlier, by the file reader (h5store)
     assert "corruption record" in err and f"'{field}'" in err and "hint:" in err
 
 
 def test_sweep_under_a_pattern_labels_every_row(
-    run_dir: Path, tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_run: Path, tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "burst.csv"
-    args = ["eval", str(run_dir), "--data", str(tiny_h5), "--sweep", "--levels", "0,0.5"]
+    args = ["eval", str(tiny_run), "--data", str(tiny_h5), "--sweep", "--levels", "0,0.5"]
     args += ["--pattern", "burst,correlated", "--burst-mean", "3", "--noise-rho", "0.5"]
     args += ["--corruption-seeds", "1", "--no-shuffle", "--out", str(out), "--quiet"]
     assert main([*args, "--device", "cpu"]) == 0

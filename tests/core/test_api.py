@@ -11,27 +11,17 @@ import torch
 
 import qamoe_core as qa
 from qamoe_core.base.errors import UsageError
-from qamoe_core.config import ModelConfig, TrainConfig
 from qamoe_core.data.store import FeatureFile
 from qamoe_core.metrics import compute
 from qamoe_core.spectrum.engine import CorruptionSpec
 from qamoe_core.spectrum.engine import corrupt_batch as training_corrupt_batch
 from qamoe_core.spectrum.files import corrupt_file
-from qamoe_core.training.loop import train
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = ModelConfig(d_model=32, n_heads=2, segments=4, num_experts=4, top_k=2)
 
 
-@pytest.fixture(scope="module")
-def run_dir(tiny_h5: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "qa"
-    train(tiny_h5, out, "qamoe", SMALL, TrainConfig(epochs=1, batch_size=32), device="cpu")
-    return out
-
-
-def test_predict_matches_the_trainers_test_metrics(run_dir: Path, tiny_h5: Path) -> None:
-    run = qa.load_run(run_dir)
+def test_predict_matches_the_trainers_test_metrics(tiny_run: Path, tiny_h5: Path) -> None:
+    run = qa.load_run(tiny_run)
     assert (run.task, run.scheme, run.modalities) == ("regression", "mosi", qa.MODALITIES)
     pred = qa.predict(run, tiny_h5, split="test")
     batch = qa.read_batch(tiny_h5, split="test")
@@ -43,11 +33,11 @@ def test_predict_matches_the_trainers_test_metrics(run_dir: Path, tiny_h5: Path)
     # a batch (numpy or torch), a path instead of a Run, and any batch size: same predictions
     torch_batch = {k: torch.as_tensor(v) for k, v in batch.items() if v.dtype.kind in "biuf"}
     np.testing.assert_allclose(qa.predict(run, torch_batch, batch_size=5), pred, atol=1e-6)
-    np.testing.assert_allclose(qa.predict(run_dir, batch), pred, atol=1e-6)
+    np.testing.assert_allclose(qa.predict(tiny_run, batch), pred, atol=1e-6)
 
 
-def test_binary_runs_give_probabilities(run_dir: Path, tiny_h5: Path) -> None:
-    run = qa.load_run(run_dir)
+def test_binary_runs_give_probabilities(tiny_run: Path, tiny_h5: Path) -> None:
+    run = qa.load_run(tiny_run)
     scores = qa.predict(run, tiny_h5)
     # the same network read as a binary model: the output is then its logit
     as_binary = qa.Run(run.model, {**run.meta, "task": "binary", "scheme": "binary"})

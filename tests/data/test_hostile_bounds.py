@@ -23,12 +23,9 @@ import pytest
 import qamoe_core as qa
 from qamoe_cli.main import main
 from qamoe_core.base.errors import DataFormatError, InputError, TooLargeError, UsageError
-from qamoe_core.config import ModelConfig, TrainConfig
 from qamoe_core.data.store import FeatureFile, normalize_batch
-from qamoe_core.training.loop import train
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = ModelConfig(d_model=16, n_heads=2, segments=4, num_experts=4, top_k=2)
 MODEL_JSON = {"d_model": 16, "n_heads": 2, "segments": 4, "num_experts": 4, "top_k": 2}
 
 
@@ -59,13 +56,6 @@ def _one_error(err: str) -> str:
     assert "Traceback" not in err and "unexpected" not in err, err
     assert lines and lines[0].startswith("error:") and len(lines) <= 2, err
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tiny_h5: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "run"
-    train(tiny_h5, out, "qamoe", SMALL, TrainConfig(epochs=1, batch_size=32), device="cpu")
-    return out
 
 
 # -- item 3: memory follows the file and the budget ------------------------------------------
@@ -149,7 +139,7 @@ def _drive(commands: list[list[str]], cap: int = 6 << 30) -> tuple[list[dict[str
 
 
 def test_declared_sizes_never_drive_memory_in_any_command(
-    tiny_h5: Path, run_dir: Path, tmp_path: Path
+    tiny_h5: Path, tiny_run: Path, tmp_path: Path
 ) -> None:
     """audit, train, eval and corrupt on the issue's files: each refuses in seconds with one
     line naming the file, the key and the declared shape, and the child's peak resident size
@@ -162,10 +152,10 @@ def test_declared_sizes_never_drive_memory_in_any_command(
         commands += [
             ["audit", str(path), *extra],
             ["train", str(path), "--out", str(tmp_path / f"r-{name}"), "--epochs", "1", *extra],
-            ["eval", str(run_dir), "--data", str(path), "--device", "cpu", *extra],
+            ["eval", str(tiny_run), "--data", str(path), "--device", "cpu", *extra],
             ["corrupt", str(path), "--level", "0.3", "-o", str(tmp_path / f"c-{name}.h5"), *extra],
         ]
-    commands.append(["eval", str(run_dir), "--data", str(big), "--no-shuffle", "--device", "cpu",
+    commands.append(["eval", str(tiny_run), "--data", str(big), "--no-shuffle", "--device", "cpu",
                      *budget])  # fmt: skip
     results, peak = _drive(commands)
     assert peak < 1 << 30, f"peak RSS {peak / 2**20:.0f} MiB"
@@ -242,9 +232,9 @@ def test_the_budget_bounds_reads_chunks_and_row_counts(
 
 
 def test_predict_on_a_file_streams_within_the_budget(
-    tiny_h5: Path, run_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_h5: Path, tiny_run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run = qa.load_run(run_dir)
+    run = qa.load_run(tiny_run)
     whole = qa.predict(run, qa.read_batch(tiny_h5, split="test"))
     monkeypatch.setenv("QAMOE_MEMORY_BUDGET", "16M")
     with FeatureFile(tiny_h5) as f:
@@ -451,13 +441,13 @@ def _zero_axis(axis: int) -> Any:
     (_keep("i1", 2), "corrupt", "'audio_keep' holds values other than 0 and 1 (2 to 2)"),
 ])  # fmt: skip
 def test_shapes_and_dtypes_outside_the_schema_are_one_line_errors(
-    tiny_h5: Path, run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    tiny_h5: Path, tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     edit: Any, command: str, message: str,
 ) -> None:  # fmt: skip
     path = _edit(tiny_h5, tmp_path, edit)
     args = {
         "audit": ["audit", str(path)],
-        "eval": ["eval", str(run_dir), "--data", str(path), "--device", "cpu"],
+        "eval": ["eval", str(tiny_run), "--data", str(path), "--device", "cpu"],
         "corrupt": ["corrupt", str(path), "-l", "0.2", "-o", str(tmp_path / "o.h5")],
         "train": ["train", str(path), "--out", str(tmp_path / "r"), "--epochs", "1"],
     }[command]
@@ -477,8 +467,8 @@ def test_integer_keep_masks_of_zeros_and_ones_are_read_as_booleans(
 
 
 # -- item 8: the library API checks batches as the reader does -------------------------------
-def test_predict_refuses_what_the_reader_refuses(tiny_h5: Path, run_dir: Path) -> None:
-    run = qa.load_run(run_dir)
+def test_predict_refuses_what_the_reader_refuses(tiny_h5: Path, tiny_run: Path) -> None:
+    run = qa.load_run(tiny_run)
     batch = qa.read_batch(tiny_h5, split="test", rows=slice(0, 4))
     t = batch["audio"].shape[1]
     cases: list[tuple[dict[str, Any], str]] = [
