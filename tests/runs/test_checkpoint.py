@@ -275,6 +275,10 @@ def test_config_problems(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="format_version 99") as exc:
         ckpt.load_run(tmp_path / "run")
     assert "Upgrade qamoe" in (exc.value.hint or "")
+    path.write_text(json.dumps({**data, "format_version": "1"}))  # found by tests/fuzz
+    with pytest.raises(CheckpointError) as exc:
+        ckpt.load_run(tmp_path / "run")
+    assert exc.value.message.startswith("The 'format_version' of the run '")
     data["model"]["top_k"] = 99
     path.write_text(json.dumps(data))
     with pytest.raises(CheckpointError, match="top_k"):
