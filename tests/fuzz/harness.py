@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import signal
 import sys
@@ -169,7 +170,9 @@ def check(
     ``outputs`` must not exist after a failure; ``markers``: a folder canary code writes to.
     Each outcome is tallied under ``target`` (exit status and the error's first words)."""
     lines = error_lines(outcome.err)
-    first = lines[0].split(":")[1][:60] if outcome.rc and lines and ":" in lines[0] else ""
+    first = ""
+    if outcome.rc and lines:  # the error's first words, quoted paths and values left out
+        first = re.sub(r"'[^']*'", "'…'", lines[0].removeprefix("error:")).strip()[:60]
     TALLY.setdefault(target, Counter())[f"rc={outcome.rc} {first}".strip()] += 1
     assert outcome.rc is not None, f"hang: still running after {TIME_CAP_S:g} s\n{outcome.show()}"
     assert not outcome.imported, f"imported a module a file named: {outcome.imported}"

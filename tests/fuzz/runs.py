@@ -105,14 +105,18 @@ def make_run(mutations: list[tuple[Any, ...]], base: Path, run: Path, markers: P
     return run
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
+
+
 def _replace_with_special(path: Path, kind: str) -> bool:
     """A FIFO, a link to /dev/zero or a folder in place of ``path``; False for other kinds."""
     if kind not in ("fifo", "dev_zero", "dir"):
         return False
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        path.unlink()
+    _remove(path)
     if kind == "fifo":
         os.mkfifo(path)
     elif kind == "dev_zero":
@@ -128,7 +132,7 @@ def _config(run: Path, key: str, value: Any, markers: Path) -> None:
         return
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return  # an earlier mutation replaced the file
     if value == PAYLOAD:
         value = PAYLOAD.format(run=run.name)
@@ -153,6 +157,8 @@ def _config_file(run: Path, kind: str, markers: Path) -> None:
     if _replace_with_special(path, kind):
         return
     old = path.read_bytes() if path.is_file() else b"{}"
+    if not path.is_file():  # writing into a FIFO an earlier mutation left would block here
+        _remove(path)
     data = {"empty": b"", "cut": old[: len(old) // 2], "not_utf8": b'{"format": "\xff\xfe"}',
             "deep": DEEP_JSON.encode(), "nan": old.replace(b"{", b'{"fuzz": NaN, ', 1),
             "list": b"[1, 2, 3]"}[kind]  # fmt: skip
