@@ -23,7 +23,7 @@ from tests.fuzz.files import feature_files, make_file
 from tests.fuzz.harness import BUDGET, Outcome, check, fuzz_settings, json_result, run_child
 
 # Examples per target in the suite's run: about a minute for all of tests/fuzz on 2 cores.
-EXAMPLES = {"audit": 8, "eval": 10, "corrupt": 10, "train": 5}
+EXAMPLES = {"audit": 12, "eval": 16, "corrupt": 16, "train": 10}
 
 
 def _argv(target: str, data: Path, work: Path, inputs: FuzzInputs, sweep: bool) -> list[str]:

@@ -26,8 +26,8 @@ from tests.fuzz.conftest import FuzzInputs, enter_child
 from tests.fuzz.harness import BUDGET, Outcome, check, fuzz_settings, json_result, run_child
 from tests.fuzz.runs import make_run, make_table, results_tables, run_folders
 
-EXAMPLES = {"load_run": 12, "eval": 8, "eval_sweep": 4, "resume": 4}
-REPORT_EXAMPLES = 3
+EXAMPLES = {"load_run": 25, "eval": 16, "eval_sweep": 8, "resume": 8}
+REPORT_EXAMPLES = 5
 
 
 def _load_run(run: Path) -> int:
@@ -47,8 +47,9 @@ def _load_run(run: Path) -> int:
 
 def _argv(target: str, run: Path, inputs: FuzzInputs) -> list[str]:
     if target == "resume":
-        return ["train", str(inputs.tiny), "--out", run.name, "--resume", "--epochs", "2",
-                "--device", "cpu", "--json"]  # fmt: skip
+        # the run's own settings (another --epochs is refused as a config change)
+        return ["train", str(inputs.tiny), "--out", run.name, "--resume", "--device", "cpu",
+                "--json"]  # fmt: skip
     argv = ["eval", run.name, "--data", str(inputs.tiny), "--device", "cpu", "--json"]
     if target == "eval_sweep":
         argv += ["--sweep", "--levels", "0,0.5", "--axis", "mixed", "--corruption-seeds", "1",
