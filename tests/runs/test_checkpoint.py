@@ -279,7 +279,7 @@ def test_sizes_in_config_json_are_checked_against_the_weights_before_building(
     data = json.loads(path.read_text())
     path.write_text(json.dumps({**data, "dims": {**data["dims"], "text": 10**9}}))
     before = _resident()
-    with pytest.raises(CheckpointError, match="do not fit the model in its config.json") as exc:
+    with pytest.raises(CheckpointError, match=r"do not fit the model in its config\.json") as exc:
         ckpt.load_run(tmp_path / "run")
     assert "[1000000000" in one_line(exc) or "1000000000]" in one_line(exc)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
