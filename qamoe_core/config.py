@@ -563,8 +563,10 @@ def check_version(
     """A file's format_version: an integer equal to ``supported``, else ``error`` (a newer
     version and an older one get their own hints)."""
     if isinstance(version, bool) or not isinstance(version, int):
+        # mid-sentence: "The run 'x'" reads "of the run 'x'" (the other message starts with it)
+        inner = "the " + source[4:] if source.startswith("The ") else source
         raise error(
-            f"The 'format_version' of {source} must be an integer. Got {version!r:.80} instead.",
+            f"The 'format_version' of {inner} must be an integer. Got {version!r:.80} instead.",
             hint=f'This qamoe writes and reads "format_version": {supported}.',
         )
     if version != supported:

@@ -508,17 +508,20 @@ def _key(name: str) -> str:
     return text if len(text) <= 80 else f"{text[:76]}...'"
 
 
-def load_weights(
+def _where(run: Path, source: str | None) -> str:
+    return f"'{run / source}'" if source else f"run '{run}'"
+
+
+_MIXED_HINT = "The run folder may mix files from different runs; train again with --force."
+
+
+def check_fit(
     model: torch.nn.Module, run: Path, state_dict: Any, source: str | None = None
 ) -> None:
-    """Load a state dict strictly; a mismatch or a NaN is a one-line CheckpointError.
-
-    ``source`` names where the weights come from (e.g. "model.safetensors"); the message gives the
-    number of missing, unexpected and mis-shaped keys and the first few of each (the model's
-    order; unexpected keys alphabetically).
-    """
-    where = f"'{run / source}'" if source else f"run '{run}'"
-    hint = "The run folder may mix files from different runs; train again with --force."
+    """Refuse a state dict whose keys or shapes differ from ``model``'s (which may live on the
+    meta device: only shapes are read) in one line: the number of missing, unexpected and
+    mis-shaped keys and the first few of each (the model's order; unexpected alphabetically)."""
+    where = _where(run, source)
     if not _is_state_dict(state_dict):
         raise CheckpointError(
             f"The weights in {where} are {_kind(state_dict)}, not a state dict "
@@ -545,8 +548,17 @@ def load_weights(
     if parts:
         raise CheckpointError(
             f"The weights in {where} do not fit the model in its config.json: {'; '.join(parts)}.",
-            hint=hint,
+            hint=_MIXED_HINT,
         )
+
+
+def load_weights(
+    model: torch.nn.Module, run: Path, state_dict: Any, source: str | None = None
+) -> None:
+    """Load a state dict strictly; a mismatch (:func:`check_fit`) or a NaN is a one-line
+    CheckpointError. ``source`` names where the weights come from (e.g. "model.safetensors")."""
+    where = _where(run, source)
+    check_fit(model, run, state_dict, source)
     bad = [
         _key(k) for k, v in state_dict.items() if v.is_floating_point() and not v.isfinite().all()
     ]
@@ -562,7 +574,7 @@ def load_weights(
         detail = " ".join(str(exc).split())[:200]
         raise CheckpointError(
             f"The weights in {where} do not fit the model in its config.json ({detail}).",
-            hint=hint,
+            hint=_MIXED_HINT,
         ) from None
 
 
@@ -610,9 +622,15 @@ def load_run(
     choice = for_run(config["model_name"], config.get("model_class"), run, plugins)
     given = None if text_model is None else str(text_model)
     config["model_config"], note = locate_encoder(config["model_config"], run, given)
-    model = choice.build(config["model_config"], config["dims"], config["task"])
     name = weights_name(run)
     weights = _load_safetensors(run, name) if name == WEIGHTS else _load_torch(run, name, "cpu")
+    if config["model_config"].text_encoder == "features":  # (an encoder's build reads files)
+        # The config's sizes are checked against the weights before any memory is taken: a
+        # config.json saying dims {"text": 10**9} would otherwise allocate 4 GB first.
+        with torch.device("meta"):
+            shell = choice.build(config["model_config"], config["dims"], config["task"])
+        check_fit(shell, run, weights, source=name)
+    model = choice.build(config["model_config"], config["dims"], config["task"])
     load_weights(model, run, weights, source=name)
     model.to(dev).eval()
     metrics = read_metrics(run) if (run / METRICS).is_file() else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import resource
 import shutil
 import warnings
 from pathlib import Path
@@ -267,6 +268,28 @@ def test_damaged_safetensors_is_one_line(tmp_path: Path, damage: Any) -> None:
     assert len(one_line(exc)) < 400 and "--force" in (exc.value.hint or "")
 
 
+def test_sizes_in_config_json_are_checked_against_the_weights_before_building(
+    tmp_path: Path,
+) -> None:
+    """A config.json whose dims say {"text": 10**9} is refused in one line before the model is
+    built: building it first allocated 4 GB and ended in the catch-all 'unexpected
+    RuntimeError: can't allocate memory' under a memory limit (found by tests/fuzz)."""
+    write_run(tmp_path / "run")
+    path = tmp_path / "run" / "config.json"
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "dims": {**data["dims"], "text": 10**9}}))
+    before = _resident()
+    with pytest.raises(CheckpointError, match=r"do not fit the model in its config\.json") as exc:
+        ckpt.load_run(tmp_path / "run")
+    assert "[1000000000" in one_line(exc) or "1000000000]" in one_line(exc)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    assert peak - before < 500 * 2**20, f"peak RSS rose by {(peak - before) / 2**20:.0f} MiB"
+
+
+def _resident() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+
+
 def test_config_problems(tmp_path: Path) -> None:
     write_run(tmp_path / "run")
     path = tmp_path / "run" / "config.json"
@@ -275,6 +298,10 @@ def test_config_problems(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="format_version 99") as exc:
         ckpt.load_run(tmp_path / "run")
     assert "Upgrade qamoe" in (exc.value.hint or "")
+    path.write_text(json.dumps({**data, "format_version": "1"}))  # found by tests/fuzz
+    with pytest.raises(CheckpointError) as exc:
+        ckpt.load_run(tmp_path / "run")
+    assert exc.value.message.startswith("The 'format_version' of the run '")
     data["model"]["top_k"] = 99
     path.write_text(json.dumps(data))
     with pytest.raises(CheckpointError, match="top_k"):
