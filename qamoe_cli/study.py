@@ -150,8 +150,8 @@ def command(
             "-j",
             min=1,
             help="Local: cells at once, dividing the threads (--threads) among them; with "
-            "CUDA, one cell per GPU. Default: 2 on a machine with up to 2 cores (2.9x faster "
-            "than 1 x 2 threads at load 9-13, docs/study.md), else cores/2. A tuned arm's "
+            "CUDA, one cell per GPU. Default: 2 on a machine with up to 2 cores (1.7x faster "
+            "than 1 x 2 threads at load 1.3-1.9, docs/study.md), else cores/2. A tuned arm's "
             "trainings: 1 runs them in this process; on SLURM, how many at once (default: "
             "the array parallelism).",
         ),

@@ -128,9 +128,9 @@ class LocalExecutor:
 
 def default_jobs() -> int:
     """Cells at once when --jobs is not given: two on a machine with up to two cores, else one
-    per two cores. On 2 cores two single-thread cells beat one two-thread cell by 2.9x at load
-    9-13, measured before the wait policy existed (docs/study.md, "Executors"); the quiet
-    figure is benchmarks/bench_study.py's to give."""
+    per two cores. On 2 cores two single-thread cells beat one two-thread cell by 1.71x at load
+    1.3-1.9 (benchmarks/bench_study.py, docs/study.md "Executors"), and by 2.9x at load 9-13
+    before the wait policy existed."""
     n = runtime.usable_cores()
     return 2 if n <= 2 else max(1, n // 2)
 
