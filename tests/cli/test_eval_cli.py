@@ -298,10 +298,10 @@ def test_sweep_under_a_pattern_labels_every_row(
 
 
 def test_r_controls_and_residuals_through_the_cli(
-    run_dir: Path, tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_run: Path, tiny_h5: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "controls.csv"
-    args = ["eval", str(run_dir), "--data", str(tiny_h5), "--sweep", "--levels", "0,0.6",
+    args = ["eval", str(tiny_run), "--data", str(tiny_h5), "--sweep", "--levels", "0,0.6",
             "--axis", "missing,noise", "--corruption-seeds", "1", "--no-shuffle",
             "--control", "constant_r,oracle_r", "--residuals", "--out", str(out), "--json",
             "--device", "cpu"]  # fmt: skip

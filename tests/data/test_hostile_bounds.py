@@ -156,7 +156,7 @@ def test_declared_sizes_never_drive_memory_in_any_command(
             ["corrupt", str(path), "--level", "0.3", "-o", str(tmp_path / f"c-{name}.h5"), *extra],
         ]
     commands.append(["eval", str(tiny_run), "--data", str(big), "--no-shuffle", "--device", "cpu",
-                     *budget])  # fmt: skip
+                     "--batch-size", "8", *budget])  # fmt: skip
     results, peak = _drive(commands)
     assert peak < 1 << 30, f"peak RSS {peak / 2**20:.0f} MiB"
     by = {(Path(r["args"][1 if r["args"][0] != "eval" else 3]).stem, r["args"][0],
@@ -173,12 +173,13 @@ def test_declared_sizes_never_drive_memory_in_any_command(
         line = _one_error(by[(name, "audit", False)]["err"])
         assert f"'{key}' declares shape {shape}" in line and "stores 0 of its" in line, line
     assert "lies 33 groups deep" in _one_error(by[("deep", "eval", False)]["err"])
-    # Honest 1 MiB rows under a 32 MiB budget: audit, corrupt and eval --no-shuffle stream in
-    # small blocks; a training batch of 64 rows and a shuffle window of 256 cannot fit.
+    # Honest 1 MiB rows under a 32 MiB budget: audit, corrupt and eval --no-shuffle (8-row
+    # mini-batches: its blocks are whole mini-batches) stream in small blocks; a training batch
+    # of 64 rows and a shuffle window of 256 cannot fit.
     for command in ("audit", "corrupt"):
         assert by[("bigrows", command, False)]["code"] == 0, by[("bigrows", command, False)]
     assert by[("bigrows", "eval", True)]["code"] == 0, by[("bigrows", "eval", True)]
-    window = "a quality-shuffle window of 256 row(s) of split 'test'"
+    window = "a mini-batch (whole quality-shuffle windows) of 32 row(s) of split 'test'"
     for command, what in (("train", "a batch of 64 row(s) of split 'train'"), ("eval", window)):
         line = _one_error(by[("bigrows", command, False)]["err"])
         assert what in line and "/audio' declares shape (" in line, line
