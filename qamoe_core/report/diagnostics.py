@@ -27,10 +27,8 @@ from qamoe_core.report.plots import (
     Palette,
     Style,
     _title,
-    _xlim,
     fit_legend,
-    new_figure,
-    pattern_panels,
+    modality_panels,
     styled,
 )
 
@@ -61,28 +59,18 @@ def plot_residuals(df: pd.DataFrame, palette: Palette, *, style: Style = SCREEN)
     mods = residual_modalities(df)
     if not mods:
         return None
-    c = _curves(df, mods)
-    rows = pattern_panels(c)
-    if not rows:
+    made = modality_panels(_curves(df, mods), mods, style)
+    if made is None:
         return None
-    fig = new_figure(style.figsize(len(mods), len(rows), screen=(4.2, 3.0)))
-    grid = fig.subplots(len(rows), len(mods), sharey=True, squeeze=False)
+    fig, panels = made
     keys: list[tuple[str, ...]] = []
-    for (i, (axis, pattern, titled)), (j, m) in itertools.product(enumerate(rows), enumerate(mods)):
-        ax = grid[i][j]
-        sub = c[(c["modality"] == m) & (c["axis"] == axis) & (c["pattern"] == pattern)]
+    for ax, sub in panels:
         for (*ident, kind), grp in sub.groupby([*IDENTITY, "kind"], sort=False):
             key = tuple(ident)
             grp = grp.sort_values("level")
             look = palette.style(key).line(control=kind == "sigma2")
             ax.plot(grp["level"], grp["mean"], **look, label=palette.label(key))
             keys.append(key)
-        ax.set_title(f"{m} · {axis}" + (f" · {pattern}" if titled else ""))
-        if not sub.empty:
-            _xlim(ax, sub["level"])
-        ax.grid(alpha=0.3)
-    for ax in grid[-1]:
-        ax.set_xlabel("level")
     size = matplotlib.rcParams["axes.labelsize"]
     fig.supylabel("mean over samples and dims (standardised units)", fontsize=size)
     _title(fig, "Quality head: actual residual vs predicted σ²", style)

@@ -456,6 +456,31 @@ def _quality_curves(df: pd.DataFrame, mods: Sequence[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def modality_panels(
+    c: pd.DataFrame, mods: list[str], style: Style
+) -> tuple[Figure, list[tuple[Any, pd.DataFrame]]] | None:
+    """A figure with a column of panels per modality and a row per spectrum axis (and
+    pattern), each titled, gridded and limited to its levels, the bottom row labelled; with
+    each panel's rows of the curves ``c``. None when ``c`` has no panel."""
+    rows = pattern_panels(c)
+    if not rows:
+        return None
+    fig = new_figure(style.figsize(len(mods), len(rows), screen=(4.2, 3.0)))
+    grid = fig.subplots(len(rows), len(mods), sharey=True, squeeze=False)
+    panels = []
+    for (i, (axis, pattern, titled)), (j, m) in itertools.product(enumerate(rows), enumerate(mods)):
+        ax = grid[i][j]
+        sub = c[(c["modality"] == m) & (c["axis"] == axis) & (c["pattern"] == pattern)]
+        ax.set_title(f"{m} · {axis}" + (f" · {pattern}" if titled else ""))
+        if not sub.empty:
+            _xlim(ax, sub["level"])
+        ax.grid(alpha=0.3)
+        panels.append((ax, sub))
+    for ax in grid[-1]:
+        ax.set_xlabel("level")
+    return fig, panels
+
+
 @styled
 def plot_quality(df: pd.DataFrame, palette: Palette, *, style: Style = SCREEN) -> Figure | None:
     """Mean quality score r_m vs level: a column of panels per modality, a row per spectrum
@@ -463,16 +488,12 @@ def plot_quality(df: pd.DataFrame, palette: Palette, *, style: Style = SCREEN) -
     mods = [m for m in MODALITIES if f"{QUALITY_PREFIX}{m}" in set(df["metric"])]
     if not mods:
         return None
-    c = _quality_curves(df, mods)
-    rows = pattern_panels(c)
-    if not rows:
+    made = modality_panels(_quality_curves(df, mods), mods, style)
+    if made is None:
         return None
-    fig = new_figure(style.figsize(len(mods), len(rows), screen=(4.2, 3.0)))
-    grid = fig.subplots(len(rows), len(mods), sharey=True, squeeze=False)
+    fig, panels = made
     keys = []
-    for (i, (axis, pattern, titled)), (j, m) in itertools.product(enumerate(rows), enumerate(mods)):
-        ax = grid[i][j]
-        sub = c[(c["modality"] == m) & (c["axis"] == axis) & (c["pattern"] == pattern)]
+    for ax, sub in panels:
         for ident, grp in sub.groupby(list(IDENTITY), sort=False):
             key = tuple(ident)
             grp = grp.sort_values("level")
@@ -480,12 +501,6 @@ def plot_quality(df: pd.DataFrame, palette: Palette, *, style: Style = SCREEN) -
                 grp["level"], grp["mean"], **palette.style(key).line(), label=palette.label(key)
             )
             keys.append(key)
-        ax.set_title(f"{m} · {axis}" + (f" · {pattern}" if titled else ""))
-        if not sub.empty:
-            _xlim(ax, sub["level"])
-        ax.grid(alpha=0.3)
-    for ax in grid[-1]:
-        ax.set_xlabel("level")
     fig.supylabel("mean quality score r = 1/(1+σ²)", fontsize=matplotlib.rcParams["axes.labelsize"])
     _title(fig, "Mean quality score r_m vs corruption level", style)
     fit_legend(fig, palette.entries(keys), {}, style)
