@@ -81,7 +81,7 @@ TOP_KEYS = (
     "tune",
 )
 DATASET_KEYS = ("path", "extract")
-ARM_KEYS = ("model", "config", "text_encoder", "text_model", "tune")
+ARM_KEYS = ("model", "config", "text_encoder", "text_model", "tune", "settings_from")
 CONFIG_KEYS = ("model", "train")
 PROTOCOL_KEYS = (
     "axes",
@@ -129,6 +129,8 @@ class Arm:
     model_config: Mapping[str, Any]  # the keys the study sets (config.model + text_*)
     train_config: Mapping[str, Any]  # the arm's train overrides (over the study's [train])
     tune: TuneArm | None = None  # tuned before its seeds train (tunespec.py)
+    # not tuned: trains at this tuned arm's chosen setting, its own config on top (tunespec.py)
+    settings_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -253,6 +255,7 @@ class Study:
                     "model": a.model,
                     "config": {"model": dict(a.model_config), "train": dict(a.train_config)},
                     **({"tune": a.tune.to_doc()} if a.tune is not None else {}),
+                    **({"settings_from": a.settings_from} if a.settings_from else {}),
                 }
                 for a in self.arms
             },
@@ -385,6 +388,7 @@ def parse_study(raw: Mapping[str, Any], source: Path) -> Study:
             "no arm is tuned: [tune] gives the defaults of the arms that say 'tune'.",
             hint="Add tune = true to each arm to tune (docs/study.md).",
         )
+    tunespec.check_settings_from(arms, w)
     for arm in arms:
         _check_configs(arm, train, w)
     compare = _compare(raw.get("compare", {}), arms, w)
@@ -516,7 +520,10 @@ def _arm(name: str, data: Any, w: _Where, base: Path, tune: Mapping[str, Any]) -
                 value = str(base / Path(value).expanduser())
             sections["model"][key] = value
     tuned = tunespec.parse_tune(data.get("tune"), tune, name, w, base)
-    return Arm(name, model, sections["model"], sections["train"], tuned)
+    source = data.get("settings_from")
+    if source is not None and (not isinstance(source, str) or not source):
+        raise w.fail(table, f"'settings_from' must name a tuned arm, got {source!r}.")
+    return Arm(name, model, sections["model"], sections["train"], tuned, source)
 
 
 def _train_section(data: Any, w: _Where) -> dict[str, Any]:
