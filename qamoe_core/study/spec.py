@@ -58,6 +58,7 @@ from qamoe_core.base.errors import (
 )
 from qamoe_core.base.names import AXES
 from qamoe_core.config import ModelConfig, TrainConfig
+from qamoe_core.study import pools as pooling
 from qamoe_core.study import tunespec
 from qamoe_core.study.tunespec import TuneArm
 
@@ -79,6 +80,7 @@ TOP_KEYS = (
     "report",
     "slurm",
     "tune",
+    "pools",
 )
 DATASET_KEYS = ("path", "extract")
 ARM_KEYS = ("model", "config", "text_encoder", "text_model", "tune", "settings_from")
@@ -239,6 +241,7 @@ class Study:
     figures: tuple[str, ...] = FIGURE_FORMATS
     title: str = ""
     slurm: Slurm = field(default_factory=Slurm)
+    pools: tuple[pooling.Pool, ...] = ()  # datasets that are folds of one CV (pools.py)
 
     def arm(self, name: str) -> Arm:
         return next(a for a in self.arms if a.name == name)
@@ -263,6 +266,8 @@ class Study:
             "protocols": {p.name: _protocol_doc(p) for p in self.protocols},
             "compare": _plain(asdict(self.compare)),
             "report": {"figures": list(self.figures), "title": self.title},
+            # only when set, so that a folder made before pools existed reads as unchanged
+            **({"pools": {p.name: list(p.datasets) for p in self.pools}} if self.pools else {}),
         }
 
 
@@ -393,11 +398,12 @@ def parse_study(raw: Mapping[str, Any], source: Path) -> Study:
         _check_configs(arm, train, w)
     compare = _compare(raw.get("compare", {}), arms, w)
     figures, title = _report(raw.get("report", {}), w)
+    datasets = _named(raw["datasets"], "datasets", w, lambda n, t: _dataset(n, t, w, base))
     return Study(
         source=source,
         name=name,
         seeds=_seeds(raw["seeds"], w),
-        datasets=_named(raw["datasets"], "datasets", w, lambda n, t: _dataset(n, t, w, base)),
+        datasets=datasets,
         arms=arms,
         train=train,
         protocols=_protocols(raw["protocols"], arms, w),
@@ -405,6 +411,7 @@ def parse_study(raw: Mapping[str, Any], source: Path) -> Study:
         figures=figures,
         title=title,
         slurm=parse_slurm(raw.get("slurm", {}), w),
+        pools=pooling.parse_pools(raw.get("pools", {}), [d.name for d in datasets], w),
     )
 
 
@@ -792,6 +799,7 @@ def check_against_data(study: Study, data: Mapping[str, DataInfo]) -> None:
                 raise w.fail(
                     f"arms.{arm.name}", f"does not fit dataset '{ds.name}': {exc.message}", exc.hint
                 ) from None
+    pooling.check_schemes(study.pools, {n: i.scheme for n, i in data.items()}, w)
     for ds in study.datasets:
         info = data[ds.name]
         for metric in study.compare.metrics:
