@@ -288,6 +288,14 @@ def check_settings_from(arms: Sequence[Any], w: Any) -> None:
                 "to take.",
                 hint=_tuned_arms_hint(tuned),
             )
+        if not arm.model_config and not arm.train_config:
+            raise w.fail(
+                table,
+                f"takes the setting of '{source}' and changes nothing in it: it would train "
+                f"the same models as '{source}'.",
+                hint="Give it the config it changes, e.g. "
+                "config = { model = { options = { quality_gate = false } } }.",
+            )
         if other.model != arm.model:
             raise w.fail(
                 table,

@@ -99,6 +99,10 @@ def test_the_arm_names_its_source_in_the_studys_content(tmp_path: Path) -> None:
             ["'a', a tuned qamoe, but this arm is a tfn", 'model = "qamoe"'],
         ),
         (
+            (TAKEN.splitlines()[-1] + "\n", ""),  # no config of its own
+            ["changes nothing in it", "the same models as 'a'", "quality_gate = false"],
+        ),
+        (
             ('[arms.a-no-dropout]\nmodel = "qamoe"', '[arms.a-no-dropout]\nmodl = "x"'),
             ["unknown field 'modl'", "settings_from"],  # listed among the arm's fields
         ),
