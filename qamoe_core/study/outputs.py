@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from qamoe_core.base.atomic import atomic_path
-from qamoe_core.study import cells, spec, table, tunespec
+from qamoe_core.study import cells, pools, spec, table, tunespec
 from qamoe_core.study.plan import OUTPUTS, Notify, Plan, StudyError, digest
 from qamoe_core.version import __version__
 
@@ -140,7 +140,7 @@ def _tables(plan: Plan, out: Path, by_ds: Mapping[str, list[tuple[Any, str, Path
     protocols = {p.name: (*p.axes, *(("drop",) if p.drop_sets else ())) for p in study.protocols}
     metrics = {ds: spec.table_metrics(study, info.scheme) for ds, info in plan.data.items()}
     sweeps = [s for ds in by_ds for s in by_ds[ds]]
-    df = table.build(sweeps, protocols, metrics, study.compare.reference)
+    df = table.build(sweeps, protocols, metrics, study.compare.reference, study.pools)
     ref, digits = study.compare.reference, study.compare.digits
     title = study.title or f"Study {study.name}"
     resolved: dict[str, set[str]] = {}
@@ -149,7 +149,9 @@ def _tables(plan: Plan, out: Path, by_ds: Mapping[str, list[tuple[Any, str, Path
     one = {
         arm: next(iter(m)) for arm, m in resolved.items() if len(m) == 1
     }  # same on every dataset
-    budget = tunespec.budget_note(study.arms, one)
+    budget = " ".join(
+        t for t in (pools.note(study.pools), tunespec.budget_note(study.arms, one)) if t
+    )
     texts = {
         "table.md": table.markdown(df, title, ref, digits, budget),
         "table.tex": table.latex(df, ref, digits, budget),

@@ -55,6 +55,9 @@ class Plan:
     # (dataset, arm) of each tuned arm whose tuning has not finished: its cells are not
     # known yet (they train at the tuning's best setting), so they are not in ``cells``
     pending: list[tuple[str, str]] = field(default_factory=list)
+    # (dataset, arm) of each arm at another's tuned setting (settings_from) whose source's
+    # tuning has not finished: its cells wait for it likewise
+    waiting: list[tuple[str, str]] = field(default_factory=list)
     tuned: Mapping[tuple[str, str], Tuned] = field(default_factory=dict)
 
     def doc(self) -> dict[str, Any]:
@@ -79,6 +82,18 @@ class Plan:
         return doc
 
 
+def merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, tables merged key by key (a model's ``options``: an arm's
+    ``quality_gate = false`` keeps the tuned ``modality_dropout`` beside it)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def make_plan(
     study: spec.Study,
     data: dict[str, spec.DataInfo],
@@ -95,13 +110,19 @@ def make_plan(
         for arm in study.arms:
             model_d: Mapping[str, Any] = arm.model_config
             train_d: Mapping[str, Any] = {**study.train, **arm.train_config}
-            result = (tuned or {}).get((ds.name, arm.name))
+            result = (tuned or {}).get((ds.name, arm.settings_from or arm.name))
             if arm.tune is not None:
                 if result is None:
                     plan.pending.append((ds.name, arm.name))
                     continue
                 plan.tuned = {**plan.tuned, (ds.name, arm.name): result}
                 model_d, train_d = result.model_config, result.train_config
+            elif arm.settings_from:  # the source's chosen setting, the arm's config over it
+                if result is None:
+                    plan.waiting.append((ds.name, arm.name))
+                    continue
+                model_d = merged(result.model_config, arm.model_config)
+                train_d = merged(result.train_config, arm.train_config)
             model = complete_config(arm.model, ModelConfig.from_dict(model_d, "model"))
             for seed in study.seeds:
                 train = TrainConfig.from_dict({**train_d, "seed": seed})
@@ -249,6 +270,10 @@ def check_unchanged(out: Path, plan: Plan, force: bool) -> list[str]:
             if plan.pending
             else ""
         )
+        if plan.waiting:
+            tunes += ", as do those of the arms at their settings ({})".format(
+                ", ".join(f"{a} on {d}" for d, a in plan.waiting)
+            )
         raise StudyChangedError(
             f"The study file differs from the one that made '{out}': {shown}. This "
             f"invalidates {len(gone)} of its {len(old_keys)} cells and adds "

@@ -58,6 +58,7 @@ from qamoe_core.base.errors import (
 )
 from qamoe_core.base.names import AXES
 from qamoe_core.config import ModelConfig, TrainConfig
+from qamoe_core.study import pools as pooling
 from qamoe_core.study import tunespec
 from qamoe_core.study.tunespec import TuneArm
 
@@ -79,9 +80,10 @@ TOP_KEYS = (
     "report",
     "slurm",
     "tune",
+    "pools",
 )
 DATASET_KEYS = ("path", "extract")
-ARM_KEYS = ("model", "config", "text_encoder", "text_model", "tune")
+ARM_KEYS = ("model", "config", "text_encoder", "text_model", "tune", "settings_from")
 CONFIG_KEYS = ("model", "train")
 PROTOCOL_KEYS = (
     "axes",
@@ -129,6 +131,8 @@ class Arm:
     model_config: Mapping[str, Any]  # the keys the study sets (config.model + text_*)
     train_config: Mapping[str, Any]  # the arm's train overrides (over the study's [train])
     tune: TuneArm | None = None  # tuned before its seeds train (tunespec.py)
+    # not tuned: trains at this tuned arm's chosen setting, its own config on top (tunespec.py)
+    settings_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -237,6 +241,7 @@ class Study:
     figures: tuple[str, ...] = FIGURE_FORMATS
     title: str = ""
     slurm: Slurm = field(default_factory=Slurm)
+    pools: tuple[pooling.Pool, ...] = ()  # datasets that are folds of one CV (pools.py)
 
     def arm(self, name: str) -> Arm:
         return next(a for a in self.arms if a.name == name)
@@ -253,6 +258,7 @@ class Study:
                     "model": a.model,
                     "config": {"model": dict(a.model_config), "train": dict(a.train_config)},
                     **({"tune": a.tune.to_doc()} if a.tune is not None else {}),
+                    **({"settings_from": a.settings_from} if a.settings_from else {}),
                 }
                 for a in self.arms
             },
@@ -260,6 +266,8 @@ class Study:
             "protocols": {p.name: _protocol_doc(p) for p in self.protocols},
             "compare": _plain(asdict(self.compare)),
             "report": {"figures": list(self.figures), "title": self.title},
+            # only when set, so that a folder made before pools existed reads as unchanged
+            **({"pools": {p.name: list(p.datasets) for p in self.pools}} if self.pools else {}),
         }
 
 
@@ -385,15 +393,17 @@ def parse_study(raw: Mapping[str, Any], source: Path) -> Study:
             "no arm is tuned: [tune] gives the defaults of the arms that say 'tune'.",
             hint="Add tune = true to each arm to tune (docs/study.md).",
         )
+    tunespec.check_settings_from(arms, w)
     for arm in arms:
         _check_configs(arm, train, w)
     compare = _compare(raw.get("compare", {}), arms, w)
     figures, title = _report(raw.get("report", {}), w)
+    datasets = _named(raw["datasets"], "datasets", w, lambda n, t: _dataset(n, t, w, base))
     return Study(
         source=source,
         name=name,
         seeds=_seeds(raw["seeds"], w),
-        datasets=_named(raw["datasets"], "datasets", w, lambda n, t: _dataset(n, t, w, base)),
+        datasets=datasets,
         arms=arms,
         train=train,
         protocols=_protocols(raw["protocols"], arms, w),
@@ -401,6 +411,7 @@ def parse_study(raw: Mapping[str, Any], source: Path) -> Study:
         figures=figures,
         title=title,
         slurm=parse_slurm(raw.get("slurm", {}), w),
+        pools=pooling.parse_pools(raw.get("pools", {}), [d.name for d in datasets], w),
     )
 
 
@@ -516,7 +527,10 @@ def _arm(name: str, data: Any, w: _Where, base: Path, tune: Mapping[str, Any]) -
                 value = str(base / Path(value).expanduser())
             sections["model"][key] = value
     tuned = tunespec.parse_tune(data.get("tune"), tune, name, w, base)
-    return Arm(name, model, sections["model"], sections["train"], tuned)
+    source = data.get("settings_from")
+    if source is not None and (not isinstance(source, str) or not source):
+        raise w.fail(table, f"'settings_from' must name a tuned arm, got {source!r}.")
+    return Arm(name, model, sections["model"], sections["train"], tuned, source)
 
 
 def _train_section(data: Any, w: _Where) -> dict[str, Any]:
@@ -785,6 +799,7 @@ def check_against_data(study: Study, data: Mapping[str, DataInfo]) -> None:
                 raise w.fail(
                     f"arms.{arm.name}", f"does not fit dataset '{ds.name}': {exc.message}", exc.hint
                 ) from None
+    pooling.check_schemes(study.pools, {n: i.scheme for n, i in data.items()}, w)
     for ds in study.datasets:
         info = data[ds.name]
         for metric in study.compare.metrics:

@@ -119,11 +119,15 @@ def build(
     protocols: Mapping[str, Sequence[str]],
     metrics: Mapping[str, Sequence[str]],
     reference: str | None,
+    pools: Sequence[Any] = (),
 ) -> pd.DataFrame:
     """The tidy table. ``sweeps``: (cell, protocol, results file) for every sweep cell;
     ``protocols``: each protocol's axes (with "drop" for drop subsets), in study order;
-    ``metrics``: the metrics of each dataset."""
+    ``metrics``: the metrics of each dataset; ``pools``: datasets that are the folds of one
+    cross-validation (pools.py), each given as one dataset whose seed values are averaged
+    over its folds."""
     from qamoe_core.evaluation.results import load
+    from qamoe_core.study.pools import pooled
 
     first = next(iter(protocols), "")
     values: list[dict[str, Any]] = []
@@ -142,7 +146,7 @@ def build(
                     "value": value,
                 }
             )
-    return summarize(pd.DataFrame(values), reference)
+    return summarize(pooled(pd.DataFrame(values), pools), reference)
 
 
 def summarize(values: pd.DataFrame, reference: str | None) -> pd.DataFrame:

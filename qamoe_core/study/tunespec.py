@@ -256,12 +256,80 @@ _CHECKS: dict[str, Any] = {
 }
 
 
+def check_settings_from(arms: Sequence[Any], w: Any) -> None:
+    """Each ``settings_from`` names a tuned arm of the same model (not the arm itself), and
+    an arm that takes another's setting is not tuned itself."""
+    by_name = {a.name: a for a in arms}
+    for arm in arms:
+        source = arm.settings_from
+        if source is None:
+            continue
+        table = f"arms.{arm.name}"
+        if arm.tune is not None:
+            raise w.fail(
+                table,
+                f"is tuned and also takes the setting of '{source}' (settings_from).",
+                hint="An arm is either tuned (tune) or trained at a tuned arm's setting "
+                "(settings_from); remove one.",
+            )
+        tuned = [a.name for a in arms if a.tune is not None and a.name != arm.name]
+        if source not in by_name or source == arm.name:
+            near = nearest_choice(source, tuned)
+            raise w.fail(
+                table,
+                f"'settings_from' names {source!r}, which is not another arm of the study.",
+                hint=f"Did you mean '{near}'?" if near else _tuned_arms_hint(tuned),
+            )
+        other = by_name[source]
+        if other.tune is None:
+            raise w.fail(
+                table,
+                f"'settings_from' names '{source}', which is not tuned: there is no setting "
+                "to take.",
+                hint=_tuned_arms_hint(tuned),
+            )
+        if not arm.model_config and not arm.train_config:
+            raise w.fail(
+                table,
+                f"takes the setting of '{source}' and changes nothing in it: it would train "
+                f"the same models as '{source}'.",
+                hint="Give it the config it changes, e.g. "
+                "config = { model = { options = { quality_gate = false } } }.",
+            )
+        if other.model != arm.model:
+            raise w.fail(
+                table,
+                f"'settings_from' names '{source}', a tuned {other.model}, but this arm is "
+                f"a {arm.model}: a setting is taken from a tuned arm of the same model.",
+                hint=f'Set model = "{other.model}", or tune this arm (tune = true).',
+            )
+
+
+def _tuned_arms_hint(tuned: Sequence[str]) -> str:
+    if not tuned:
+        return "No arm of the study is tuned: add tune = true to the arm to take from."
+    return f"The tuned arms: {', '.join(tuned)}."
+
+
 def budget_note(arms: Sequence[Any], metrics: Mapping[str, str] | None = None) -> str:
-    """One sentence for the table: the tuned arms and their budget (equal or not).
+    """One sentence for the table: the tuned arms and their budget (equal or not), then the
+    arms trained at another arm's tuned setting (``settings_from``), which cost no budget.
     ``metrics``: per arm, the metric its objective resolved to (for ``metric = "auto"``)."""
     tuned = [a for a in arms if getattr(a, "tune", None) is not None]
     if not tuned:
         return ""
+    taken = [a for a in arms if getattr(a, "settings_from", None)]
+    note = _tuned_note(tuned, metrics)
+    if taken:
+        each = "; ".join(f"{a.name} took {a.settings_from}'s setting" for a in taken)
+        note += (
+            " Not tuned (no budget of their own), trained at a tuned arm's setting with "
+            f"their own config over it: {each}."
+        )
+    return note
+
+
+def _tuned_note(tuned: Sequence[Any], metrics: Mapping[str, str] | None) -> str:
     budgets = {a.name: a.tune.budget((metrics or {}).get(a.name)) for a in tuned}
     names = ", ".join(budgets)
     if len(budgets) == 1:

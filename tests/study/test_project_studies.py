@@ -48,14 +48,17 @@ def test_each_study_file_parses_and_plans(path: Path) -> None:
     data = {ds.name: stand_in(ds) for ds in study.datasets}
     spec.check_against_data(study, data)
     made = plan.make_plan(study, data)
-    untuned = [a for a in study.arms if a.tune is None]
+    # an arm at a tuned arm's setting (settings_from) waits for that tuning, as the arm does
+    untuned = [a for a in study.arms if a.tune is None and not a.settings_from]
     trains = [c for c in made.cells if c.kind == "train"]
     sweeps = [c for c in made.cells if c.kind == "sweep"]
     n_seeds, n_data = len(study.seeds), len(study.datasets)
     assert len(trains) == n_data * len(untuned) * n_seeds
     per_arm = sum(p.covers(a.name) for a in untuned for p in study.protocols)
     assert len(sweeps) == n_data * n_seeds * per_arm
-    assert len(made.pending) == n_data * (len(study.arms) - len(untuned))
+    n_taken = sum(bool(a.settings_from) for a in study.arms)
+    assert len(made.pending) == n_data * (len(study.arms) - len(untuned) - n_taken)
+    assert len(made.waiting) == n_data * n_taken
     assert len({c.key for c in made.cells}) == len(made.cells)  # no two cells alike
     for cell in sweeps[:3]:
         fresh = plan.cell_doc(made, cell, Path("out"))["fresh"]

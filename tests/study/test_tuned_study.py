@@ -209,3 +209,43 @@ def test_a_tuned_study_on_slurm_tunes_through_slurm_jobs(
         assert b["state"] == "complete" and float(b["mean"]) == pytest.approx(
             float(a["mean"]), rel=1e-3
         )
+
+
+TAKEN = """
+[arms.taken]
+model = "early-fusion"
+settings_from = "tuned"
+config = { model = { d_model = 8, n_heads = 2, segments = 0, dropout = 0.0 } }
+"""
+
+
+@pytest.mark.slow
+def test_an_arm_added_at_the_tuned_setting_keeps_the_cells_and_the_tuning(
+    tuned_study: tuple[Path, Path, dict[str, Any], list[str]], tiny_h5: Path
+) -> None:
+    folder, out, _, _ = tuned_study
+    doc = json.loads((out / "study.json").read_text())
+    trials = doc["study"]["arms"]["tuned"]["tune"]["trials"]  # 4 once the budget test ran
+    path = study_file(folder, tiny_h5, trials)
+    added = path.with_name("tiny-tuned-taken.toml")
+    added.write_text(path.read_text() + TAKEN)
+    tune_dir = out / "tune" / "tiny" / "tuned"
+    before = {p: p.stat().st_mtime_ns for p in (tune_dir / "trials.csv", tune_dir / "best.json")}
+    cells_before = done_times(out)
+    code, _, err = run_cli("study", str(added), "--out", str(out), "--jobs", "1")
+    assert code == 1 and "arms.taken.model added" in err
+    assert f"invalidates 0 of its {len(cells_before)} cells and adds 2" in err
+    code, summary, err = run_cli("study", str(added), "--out", str(out), "--jobs", "1", "--force")
+    assert code == 0, err
+    assert summary is not None and summary["tuned_now"] == 0 and summary["launched"] == 2
+    assert [t["arm"] for t in summary["tunings"]] == ["tuned"]
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    after = done_times(out)
+    assert {k: after.get(k) for k in cells_before} == cells_before
+    best = json.loads((tune_dir / "best.json").read_text())
+    run = json.loads((out / "runs" / "taken-s0" / "config.json").read_text())
+    assert best["model"]["dropout"] != 0.0 and run["model"]["dropout"] == 0.0  # its own
+    assert run["train"]["lr"] == best["train"]["lr"]  # the tuned arm's choice
+    assert run["train"]["val_levels"] == best["train"]["val_levels"]
+    md = (out / "table.md").read_text()
+    assert "| taken |" in md and "taken took tuned's setting." in md
