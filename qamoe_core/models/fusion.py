@@ -18,6 +18,7 @@ from qamoe_core.config import ModelConfig
 from qamoe_core.models.base import ModelOptions, ModelOutput, MultimodalModel, option
 from qamoe_core.models.heads import TwoBranchHead, task_loss
 from qamoe_core.models.moe import MoE
+from qamoe_core.models.quality_mech import task_dropout
 from qamoe_core.models.registry import register
 
 
@@ -67,6 +68,17 @@ class EarlyFusion(MultimodalModel):
 
     name = "early-fusion"
 
+    @dataclass(frozen=True)
+    class Options(ModelOptions):
+        # [ours] The robustness tools QA-MoE has, for a fair comparator (the mechanism study):
+        # dropout on the task path's inputs (each value; each whole modality of a sample, as
+        # quality_mech.task_dropout draws them) and presence flags, each modality's coverage
+        # (the share of its steps present, with mask_zero_steps) joined to the fused vector.
+        # Defaults off: early fusion as it always was.
+        input_dropout: float = option(0.0, 0.0, 0.9)
+        modality_dropout: float = option(0.0, 0.0, 0.9)
+        presence: bool = option(False)
+
     def __init__(
         self,
         cfg: ModelConfig,
@@ -76,13 +88,25 @@ class EarlyFusion(MultimodalModel):
     ) -> None:
         super().__init__(cfg, dims, task, options)
         d, n = cfg.d_model, len(self.dims)
-        self.mlp = nn.Sequential(nn.Linear(n * d, d), nn.GELU(), nn.Dropout(cfg.dropout))
+        n_in = n * d + (n if self.options.presence else 0)
+        self.mlp = nn.Sequential(nn.Linear(n_in, d), nn.GELU(), nn.Dropout(cfg.dropout))
         self.head = TwoBranchHead(cfg)
 
     def forward(
         self, batch: Mapping[str, Tensor], clean: Mapping[str, Tensor] | None = None, **_: object
     ) -> ModelOutput:
-        x = self.concat(self.encode(batch))  # (B, M·d)
+        o = self.options
+        inputs = batch
+        if self.training and (o.input_dropout or o.modality_dropout):
+            inputs = {**batch, **task_dropout(batch, self.modalities, o.input_dropout,
+                                              o.modality_dropout)}  # fmt: skip
+        h, coverage = self.encode_with_coverage(inputs)
+        x = self.concat(h)  # (B, M·d)
+        if o.presence:
+            ones = x.new_ones(x.shape[0])
+            cov = [coverage[m] for m in self.modalities]
+            flags = [ones if c is None else c.to(x.dtype) for c in cov]
+            x = torch.cat([x, torch.stack(flags, 1)], 1)  # (B, M·d + M)
         pred, lv = self.head(self.mlp(x))
         return self.finish(ModelOutput(pred, lv), batch)
 

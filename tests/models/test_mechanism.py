@@ -161,3 +161,53 @@ def test_quality_override_sets_r() -> None:
     plain = model(batch)
     assert not torch.equal(out.prediction, plain.prediction)
     assert "constant_r" in model.controls and "oracle_r" in model.controls
+
+
+def early_fusion(**options: object) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("early-fusion", TINY.override(options=dict(options)), DIMS, "regression")
+
+
+def test_early_fusion_defaults_are_the_plain_model() -> None:
+    # The options off: the same parameters and the same outputs as before they existed.
+    plain, spelled = early_fusion(), early_fusion(input_dropout=0.0, modality_dropout=0.0,
+                                                  presence=False)  # fmt: skip
+    a, b = plain.state_dict(), spelled.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert plain.mlp[0].in_features == len(DIMS) * TINY.d_model
+    batch = make_batch(8)
+    torch.manual_seed(3)
+    first = plain.train()(batch).prediction
+    torch.manual_seed(3)
+    assert torch.equal(first, spelled.train()(batch).prediction)
+
+
+def test_early_fusion_presence_flags_carry_each_modality_coverage() -> None:
+    model = early_fusion(presence=True).eval()
+    assert model.mlp[0].in_features == len(DIMS) * TINY.d_model + len(DIMS)
+    batch = make_batch(6)
+    text = batch["text"].clone()
+    text[1] = 0  # sample 1's text entirely missing: its flag is 0, the others' are not
+    seen: list[torch.Tensor] = []
+    hook = model.mlp[0].register_forward_hook(lambda _m, args, _o: seen.append(args[0]))
+    model({**batch, "text": text})
+    hook.remove()
+    flags = seen[0][:, -len(DIMS) :]
+    j = list(model.modalities).index("text")
+    assert flags[1, j] == 0 and bool((flags[[0, 2, 3, 4, 5], j] > 0).all())
+    assert bool(((flags >= 0) & (flags <= 1)).all())
+
+
+def test_early_fusion_dropout_only_while_training() -> None:
+    model = early_fusion(input_dropout=0.5, modality_dropout=0.5)
+    batch = make_batch(16)
+    model.eval()
+    assert torch.equal(model(batch).prediction, model(batch).prediction)
+    model.train()
+    torch.manual_seed(1)
+    dropped = model(batch).prediction
+    torch.manual_seed(1)
+    plain = early_fusion().train()(batch).prediction
+    assert not torch.equal(dropped, plain)
+    with pytest.raises(ConfigError, match=r"'modality_dropout'.*\[0, 0.9\]"):
+        early_fusion(modality_dropout=0.95)

@@ -198,8 +198,8 @@ def test_options_come_from_the_config_and_are_checked() -> None:
     assert "rank" in (exc.value.hint or "")
     with pytest.raises(ConfigError, match="'rank' parameter must be an integer in"):
         WithOptions(TINY.override(options={"rank": 0}), DIMS, "regression")
-    with pytest.raises(ConfigError, match="for the model 'early-fusion': rank") as exc:
-        complete_config("early-fusion", TINY.override(options={"rank": 8}))
+    with pytest.raises(ConfigError, match="for the model 'late-fusion': rank") as exc:
+        complete_config("late-fusion", TINY.override(options={"rank": 8}))
     assert "has no options" in (exc.value.hint or "")
     with pytest.raises(ConfigError, match="for the model 'qamoe': rank") as exc:
         complete_config("qamoe", TINY.override(options={"rank": 8}))
