@@ -103,6 +103,22 @@ COMPARE_KEYS = ("reference", "metrics", "digits")
 REPORT_KEYS = ("figures", "title")
 SLURM_KEYS = ("partition", "time", "gpus", "cpus", "mem_gb", "array_parallelism")
 EXTRACT_COMMANDS = ("synthetic", "mmsa", "mosi-lite", "mosi", "media")
+# The arguments of each `qamoe extract` subcommand that name files or folders, resolved
+# against the study file's folder: (how many positional arguments are paths, the options
+# whose value is a path, the options that take no value). tests/study/test_extract_paths.py
+# checks this against the commands' signatures in qamoe_cli/extract.
+EXTRACT_FLAGS = ("--force", "--quiet", "-q", "--json", "--help")
+EXTRACT_PATHS: dict[str, tuple[int, tuple[str, ...], tuple[str, ...]]] = {
+    "synthetic": (0, (), ()),
+    "mmsa": (1, (), ()),
+    "mosi-lite": (1, (), ()),
+    "mosi": (
+        0,
+        ("--mosi-lite", "--labels", "--data-dir", "--cache-dir"),
+        ("--vision", "--no-vision"),
+    ),
+    "media": (1, ("--text-model",), ("--resume", "--merge")),
+}
 FIGURE_FORMATS = ("png", "pdf", "svg")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")  # arm, dataset and protocol names
 
@@ -115,7 +131,10 @@ class StudyFileError(ConfigUsageError):
 class Dataset:
     name: str
     path: Path | None  # None: made by `extract` inside the study folder
-    extract: tuple[str, ...] = ()
+    extract: tuple[str, ...] = ()  # as the study file gives them (the study's content)
+    # the same with its paths relative to the study file's folder (what runs; not content,
+    # like ``path``: a moved study folder whose data hash the same is the same study)
+    extract_run: tuple[str, ...] = ()
 
     def file(self, out: Path) -> Path:
         """Where the feature file is (or will be) for a study written to ``out``."""
@@ -468,7 +487,40 @@ def _dataset(name: str, data: Any, w: _Where, base: Path) -> Dataset:
     if extract:
         _check_extract(list(extract), table, w)
     full = None if path is None else (base / Path(path).expanduser())
-    return Dataset(name, full, tuple(extract))
+    return Dataset(name, full, tuple(extract), extract_paths(extract, base) if extract else ())
+
+
+def _under(base: Path, value: str) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else base.absolute() / path)
+
+
+def extract_paths(args: Sequence[str], base: Path) -> tuple[str, ...]:
+    """``args`` of `qamoe extract` with each path among them (its subcommand's positional
+    paths and path-valued options, ``EXTRACT_PATHS``) relative to ``base``; absolute paths,
+    ``~`` expanded, and every other argument unchanged."""
+    n_paths, path_options, flags = EXTRACT_PATHS[args[0]]
+    flags = (*flags, *EXTRACT_FLAGS)
+    out, seen, i, rest = [args[0]], 0, 1, False
+    while i < len(args):
+        arg = args[i]
+        if not rest and arg == "--":  # click's end of options: positionals only after it
+            rest = True
+        elif not rest and arg.startswith("-") and len(arg) > 1:
+            name, eq, value = arg.partition("=")
+            if eq:
+                arg = f"{name}={_under(base, value)}" if name in path_options else arg
+            elif name not in flags and i + 1 < len(args):
+                value = args[i + 1]
+                out += [arg, _under(base, value) if name in path_options else value]
+                i += 2
+                continue
+        else:
+            arg = _under(base, arg) if seen < n_paths else arg
+            seen += 1
+        out.append(arg)
+        i += 1
+    return tuple(out)
 
 
 def _check_extract(args: list[str], table: str, w: _Where) -> None:
