@@ -38,6 +38,10 @@ COLUMNS = (
     "p_holm",
     "mde",
 )
+# The column of the validation score each training selected on (study/selection.py): not a
+# sweep's, and compared with nothing.
+VALID_COLUMN = "valid (selected)"
+NOT_COMPARED = dict.fromkeys(COLUMNS[8:], math.nan)  # difference ... mde
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,7 @@ def _compared(g: pd.DataFrame, reference: str | None) -> pd.DataFrame:
     reference has a value (a protocol may leave the reference out: ``arms``)."""
     if not reference:
         return g.iloc[0:0]
-    ref_columns = set(g[g["arm"] == reference]["column"])
+    ref_columns = set(g[g["arm"] == reference]["column"]) - {VALID_COLUMN}
     return g[(g["arm"] != reference) & g["column"].isin(ref_columns)]
 
 
@@ -230,7 +234,8 @@ def markdown(
     lines = [f"# {title}", "", _note(df, reference, extra), ""]
     multi = df["dataset"].nunique() > 1
     for ds, metric, g in _blocks(df):
-        arrow = "higher is better" if higher_is_better(metric) else "lower is better"
+        lower = metric == "loss" or not higher_is_better(metric)
+        arrow = "lower is better" if lower else "higher is better"
         lines += [f"## {ds + ': ' if multi else ''}{metric} ({arrow})", ""]
         cols = list(dict.fromkeys(g["column"]))
         lines += ["| arm | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
