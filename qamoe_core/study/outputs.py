@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from qamoe_core.base.atomic import atomic_path
-from qamoe_core.study import cells, selection, spec, table, tunespec
+from qamoe_core.study import anchors, cells, selection, spec, table, tunespec
 from qamoe_core.study.plan import OUTPUTS, Notify, Plan, StudyError, digest
 from qamoe_core.version import __version__
 
@@ -112,6 +112,13 @@ def _report(
     return "made"
 
 
+def _report_compare(study: spec.Study) -> dict[str, Any]:
+    """What of [compare] the report is made from (the anchors are the table's only)."""
+    doc = study.to_doc()["compare"]
+    doc.pop("anchors", None)
+    return doc
+
+
 def _reports(
     plan: Plan, out: Path, by_ds: Mapping[str, list[tuple[Any, str, Path]]], notify: Notify
 ) -> dict[str, str]:
@@ -126,7 +133,7 @@ def _reports(
         key = digest(
             files,
             [str(r) for r in rel]
-            + [study.to_doc()["compare"], list(study.figures), study.title, __version__],
+            + [_report_compare(study), list(study.figures), study.title, __version__],
         )
         if made.get(ds) != key or not (folder / "report.html").is_file():
             made.pop(ds, None)
@@ -145,7 +152,9 @@ def _tables(plan: Plan, out: Path, by_ds: Mapping[str, list[tuple[Any, str, Path
     sweeps = [s for ds in by_ds for s in by_ds[ds]]
     ref, digits = study.compare.reference, study.compare.digits
     found = selection.read(plan, out)
+    fixed = anchors.compute_all(plan, out)
     parts = [table.build(sweeps, protocols, metrics, ref), selection.rows(found, ref)]
+    parts += [anchors.rows(fixed, ref)] if fixed else []
     df = _in_study_order(pd.concat(parts), [ds.name for ds in study.datasets])
     title = study.title or f"Study {study.name}"
     resolved: dict[str, set[str]] = {}
@@ -154,7 +163,7 @@ def _tables(plan: Plan, out: Path, by_ds: Mapping[str, list[tuple[Any, str, Path
     one = {
         arm: next(iter(m)) for arm, m in resolved.items() if len(m) == 1
     }  # same on every dataset
-    notes = (tunespec.budget_note(study.arms, one), selection.note(found))
+    notes = (tunespec.budget_note(study.arms, one), selection.note(found), anchors.note(fixed))
     extra = " ".join(t for t in notes if t)
     texts = {
         "table.md": table.markdown(df, title, ref, digits, extra),
@@ -166,6 +175,7 @@ def _tables(plan: Plan, out: Path, by_ds: Mapping[str, list[tuple[Any, str, Path
     return {
         "tables": {name.split(".")[1]: str(out / name) for name in texts},
         "selection": selection.summary(found),
+        "anchors": fixed,
     }
 
 

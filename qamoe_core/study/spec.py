@@ -99,7 +99,8 @@ PROTOCOL_KEYS = (
     "per_sample",
     "arms",
 )
-COMPARE_KEYS = ("reference", "metrics", "digits")
+COMPARE_KEYS = ("reference", "metrics", "digits", "anchors")
+ANCHORS = ("constant", "ridge")  # study/anchors.py
 REPORT_KEYS = ("figures", "title")
 SLURM_KEYS = ("partition", "time", "gpus", "cpus", "mem_gb", "array_parallelism")
 EXTRACT_COMMANDS = ("synthetic", "mmsa", "mosi-lite", "mosi", "media")
@@ -231,6 +232,7 @@ class Compare:
     reference: str | None = None
     metrics: tuple[str, ...] = ()  # empty: the data's primary metric (and MAE for scores)
     digits: int = 3
+    anchors: tuple[str, ...] = ()  # among ANCHORS: rows fitted on train (study/anchors.py)
 
 
 @dataclass(frozen=True)
@@ -277,9 +279,18 @@ class Study:
             },
             "train": dict(self.train),
             "protocols": {p.name: _protocol_doc(p) for p in self.protocols},
-            "compare": _plain(asdict(self.compare)),
+            "compare": _compare_doc(self.compare),
             "report": {"figures": list(self.figures), "title": self.title},
         }
+
+
+def _compare_doc(c: Compare) -> dict[str, Any]:
+    """[compare] as plain data; ``anchors`` only when set (a folder made before it existed
+    reads as unchanged)."""
+    doc = _plain(asdict(c))
+    if not c.anchors:
+        doc.pop("anchors")
+    return doc
 
 
 def _protocol_doc(p: Protocol) -> dict[str, Any]:
@@ -730,7 +741,26 @@ def _compare(data: Any, arms: Sequence[Arm], w: _Where) -> Compare:
     digits = data.get("digits", 3)
     if isinstance(digits, bool) or not isinstance(digits, int) or not 0 <= digits <= 10:
         raise w.fail("compare", f"'digits' must be an integer in [0, 10], got {digits!r}.")
-    return Compare(reference, tuple(dict.fromkeys(metrics)), digits)
+    return Compare(reference, tuple(dict.fromkeys(metrics)), digits, _anchors(data, w))
+
+
+def _anchors(data: Mapping[str, Any], w: _Where) -> tuple[str, ...]:
+    anchors = data.get("anchors", [])
+    if not isinstance(anchors, list) or not all(isinstance(a, str) for a in anchors):
+        raise w.fail(
+            "compare",
+            f"'anchors' must be a list among {', '.join(ANCHORS)}, got {anchors!r}.",
+            hint='e.g. anchors = ["constant", "ridge"].',
+        )
+    for anchor in anchors:
+        if anchor not in ANCHORS:
+            near = nearest_choice(anchor, list(ANCHORS))
+            raise w.fail(
+                "compare",
+                f"unknown anchor {anchor!r}; the anchors are {', '.join(ANCHORS)}.",
+                hint=f"Did you mean '{near}'?" if near else "See docs/study.md, [compare].",
+            )
+    return tuple(dict.fromkeys(anchors))
 
 
 def _report(data: Any, w: _Where) -> tuple[tuple[str, ...], str]:
