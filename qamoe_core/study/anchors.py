@@ -142,6 +142,7 @@ def compute_all(plan: Plan, out: Path) -> list[dict[str, Any]]:
 
     study = plan.study
     if not study.compare.anchors:
+        (out / FILE).unlink(missing_ok=True)  # from an earlier version of the study file
         return []
     split = study.protocols[0].split
     kept = cells.read_json(out / FILE) or {}

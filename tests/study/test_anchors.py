@@ -126,7 +126,9 @@ def test_a_study_fits_once_and_reads_back(
 
     monkeypatch.setattr(anchors, "fit", no_fit)
     assert anchors.compute_all(made, tmp_path) == records  # read back from anchors.json
+    assert (tmp_path / anchors.FILE).is_file()
     assert anchors.compute_all(study_plan(tmp_path, tiny_h5, ""), tmp_path) == []
+    assert not (tmp_path / anchors.FILE).exists()  # a study without anchors keeps none
 
 
 def test_anchor_rows_are_marked_and_compared_with_nothing(tmp_path: Path, tiny_h5: Path) -> None:
