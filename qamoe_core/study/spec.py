@@ -6,7 +6,8 @@
     seeds = [0, 1, 2]                  # model seeds (or a count: 3 = [0, 1, 2])
 
     [datasets.tiny]                    # one table per dataset
-    extract = "synthetic --preset tiny --seed 0"   # `qamoe extract ...` that makes it
+    extract = "synthetic --preset tiny --seed 0"   # `qamoe extract ...` that makes it (its
+                                       # paths relative to this file: EXTRACT_PATHS)
     # path = "data/mosi.h5"            # or (also) the feature file, relative to this file
 
     [arms.qamoe]                       # one table per arm; its name labels runs ARM-sSEED
@@ -25,6 +26,7 @@
     [compare]
     reference = "early-fusion"         # an arm: the comparator, named before any result
     metrics = ["MAE", "Has0_acc_2"]
+    # anchors = ["constant", "ridge"]  # optional rows fitted on train: anchors.py
 
     [tune]                             # optional: the budget every tuned arm shares, for
     trials = 30                        # arms with `tune = true` (or a table over [tune]):
@@ -134,7 +136,7 @@ class Dataset:
     path: Path | None  # None: made by `extract` inside the study folder
     extract: tuple[str, ...] = ()  # as the study file gives them (the study's content)
     # the same with its paths relative to the study file's folder (what runs; not content,
-    # like ``path``: a moved study folder whose data hash the same is the same study)
+    # like ``path``: a study file moved beside the same data is the same study)
     extract_run: tuple[str, ...] = ()
 
     def file(self, out: Path) -> Path:
