@@ -181,6 +181,15 @@ def _read_split(
     return np.concatenate(labels), {m: np.concatenate(v) for m, v in pooled.items()}, dead
 
 
+def pooled_features(
+    f: FeatureFile, split: str, mods: Sequence[str]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Labels (N,) and each modality's mean over its valid steps (N, D_m), float64, of every
+    row of ``split`` (the probe's features; also the study's ridge anchor's)."""
+    label, pooled, _ = _read_split(f, split, mods, np.arange(f.n(split)), lambda: None)
+    return label, pooled
+
+
 def _dead_dims(lo: np.ndarray, hi: np.ndarray) -> dict[str, Any]:
     if not np.isfinite(lo).all():  # no valid step at all in the rows read
         return {"no_valid_steps": True, "zero": list(range(len(lo))), "constant": []}

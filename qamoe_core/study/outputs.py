@@ -15,8 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from qamoe_core.base.atomic import atomic_path
-from qamoe_core.study import cells, pools, spec, table, tunespec
+from qamoe_core.study import anchors, cells, pools, selection, spec, table, tunespec
 from qamoe_core.study.plan import OUTPUTS, Notify, Plan, StudyError, digest
 from qamoe_core.version import __version__
 
@@ -109,6 +112,13 @@ def _report(
     return "made"
 
 
+def _report_compare(study: spec.Study) -> dict[str, Any]:
+    """What of [compare] the report is made from (the anchors are the table's only)."""
+    doc = study.to_doc()["compare"]
+    doc.pop("anchors", None)
+    return doc
+
+
 def _reports(
     plan: Plan, out: Path, by_ds: Mapping[str, list[tuple[Any, str, Path]]], notify: Notify
 ) -> dict[str, str]:
@@ -123,7 +133,7 @@ def _reports(
         key = digest(
             files,
             [str(r) for r in rel]
-            + [study.to_doc()["compare"], list(study.figures), study.title, __version__],
+            + [_report_compare(study), list(study.figures), study.title, __version__],
         )
         if made.get(ds) != key or not (folder / "report.html").is_file():
             made.pop(ds, None)
@@ -140,8 +150,13 @@ def _tables(plan: Plan, out: Path, by_ds: Mapping[str, list[tuple[Any, str, Path
     protocols = {p.name: (*p.axes, *(("drop",) if p.drop_sets else ())) for p in study.protocols}
     metrics = {ds: spec.table_metrics(study, info.scheme) for ds, info in plan.data.items()}
     sweeps = [s for ds in by_ds for s in by_ds[ds]]
-    df = table.build(sweeps, protocols, metrics, study.compare.reference, study.pools)
     ref, digits = study.compare.reference, study.compare.digits
+    found = selection.read(plan, out)
+    fixed = anchors.compute_all(plan, out)
+    parts = [table.build(sweeps, protocols, metrics, ref, study.pools)]
+    parts += [selection.rows(found, ref, study.pools)]
+    parts += [anchors.rows(fixed, ref, study.pools)] if fixed else []
+    df = _in_study_order(pd.concat(parts), _row_order(study))
     title = study.title or f"Study {study.name}"
     resolved: dict[str, set[str]] = {}
     for (_, arm), tuned in plan.tuned.items():
@@ -149,17 +164,38 @@ def _tables(plan: Plan, out: Path, by_ds: Mapping[str, list[tuple[Any, str, Path
     one = {
         arm: next(iter(m)) for arm, m in resolved.items() if len(m) == 1
     }  # same on every dataset
-    budget = " ".join(
-        t for t in (pools.note(study.pools), tunespec.budget_note(study.arms, one)) if t
+    notes = (
+        pools.note(study.pools),
+        tunespec.budget_note(study.arms, one),
+        selection.note(found),
+        anchors.note(fixed),
     )
+    extra = " ".join(t for t in notes if t)
     texts = {
-        "table.md": table.markdown(df, title, ref, digits, budget),
-        "table.tex": table.latex(df, ref, digits, budget),
+        "table.md": table.markdown(df, title, ref, digits, extra),
+        "table.tex": table.latex(df, ref, digits, extra),
         "table.csv": table.csv_text(df),
     }
     for name, text in texts.items():
         _write_bytes(out / name, text.encode("utf-8"))
-    return {name.split(".")[1]: str(out / name) for name in texts}
+    return {
+        "tables": {name.split(".")[1]: str(out / name) for name in texts},
+        "selection": selection.summary(found),
+        "anchors": fixed,
+    }
+
+
+def _row_order(study: Any) -> list[str]:
+    """The table's datasets in the study's order, a pool at its first fold's place."""
+    of = {ds: pool.name for pool in study.pools for ds in pool.datasets}
+    return list(dict.fromkeys(of.get(ds.name, ds.name) for ds in study.datasets))
+
+
+def _in_study_order(df: pd.DataFrame, datasets: list[str]) -> pd.DataFrame:
+    """The rows grouped by dataset in the study's order, each dataset's rows in their order
+    (a stable sort: the selection column after the sweeps' columns of its metric)."""
+    order = df["dataset"].map({d: i for i, d in enumerate(datasets)})
+    return df.iloc[np.argsort(order.to_numpy(), kind="stable")].reset_index(drop=True)
 
 
 def collect(plan: Plan, out: Path, notify: Notify) -> dict[str, Any]:
@@ -172,7 +208,7 @@ def collect(plan: Plan, out: Path, notify: Notify) -> dict[str, Any]:
         tables = pool.submit(_tables, plan, out, by_ds)
         reports = _reports(plan, out, by_ds, notify)
     return {
-        "tables": tables.result(),
+        **tables.result(),
         "reports": reports,
         "runs": str(out / "runs"),
         "sweeps": str(out / "sweeps"),

@@ -27,6 +27,7 @@ import functools
 import json
 import logging
 import os
+import shlex
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -116,10 +117,11 @@ def _extract(ds: spec.Dataset, path: Path, out: Path, notify: Notify) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     notify("extract", None, {"dataset": ds.name, "path": str(path)})
     logfile = out / "data" / f"{ds.name}.extract.log"
-    code = cells.run_child(["extract", *ds.extract, "--out", str(path)], logfile)
+    args = ds.extract_run or ds.extract
+    code = cells.run_child(["extract", *args, "--out", str(path)], logfile)
     if code != 0 or not path.is_file():
         raise StudyError(
-            f"Dataset '{ds.name}': `qamoe extract {' '.join(ds.extract)}` failed: "
+            f"Dataset '{ds.name}': `qamoe extract {shlex.join(args)}` failed: "
             f"{cells.error_line(logfile) or f'exit status {code}'}",
             hint=f"See {logfile}.",
         )

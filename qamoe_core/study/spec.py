@@ -6,7 +6,8 @@
     seeds = [0, 1, 2]                  # model seeds (or a count: 3 = [0, 1, 2])
 
     [datasets.tiny]                    # one table per dataset
-    extract = "synthetic --preset tiny --seed 0"   # `qamoe extract ...` that makes it
+    extract = "synthetic --preset tiny --seed 0"   # `qamoe extract ...` that makes it (its
+                                       # paths relative to this file: EXTRACT_PATHS)
     # path = "data/mosi.h5"            # or (also) the feature file, relative to this file
 
     [arms.qamoe]                       # one table per arm; its name labels runs ARM-sSEED
@@ -25,6 +26,7 @@
     [compare]
     reference = "early-fusion"         # an arm: the comparator, named before any result
     metrics = ["MAE", "Has0_acc_2"]
+    # anchors = ["constant", "ridge"]  # optional rows fitted on train: anchors.py
 
     [tune]                             # optional: the budget every tuned arm shares, for
     trials = 30                        # arms with `tune = true` (or a table over [tune]):
@@ -101,10 +103,27 @@ PROTOCOL_KEYS = (
     "per_sample",
     "arms",
 )
-COMPARE_KEYS = ("reference", "metrics", "digits")
+COMPARE_KEYS = ("reference", "metrics", "digits", "anchors")
+ANCHORS = ("constant", "ridge")  # study/anchors.py
 REPORT_KEYS = ("figures", "title")
 SLURM_KEYS = ("partition", "time", "gpus", "cpus", "mem_gb", "array_parallelism")
 EXTRACT_COMMANDS = ("synthetic", "mmsa", "mosi-lite", "mosi", "media")
+# The arguments of each `qamoe extract` subcommand that name files or folders, resolved
+# against the study file's folder: (how many positional arguments are paths, the options
+# whose value is a path, the options that take no value). tests/study/test_extract_paths.py
+# checks this against the commands' signatures in qamoe_cli/extract.
+EXTRACT_FLAGS = ("--force", "--quiet", "-q", "--json", "--help")
+EXTRACT_PATHS: dict[str, tuple[int, tuple[str, ...], tuple[str, ...]]] = {
+    "synthetic": (0, (), ()),
+    "mmsa": (1, (), ()),
+    "mosi-lite": (1, (), ()),
+    "mosi": (
+        0,
+        ("--mosi-lite", "--labels", "--data-dir", "--cache-dir"),
+        ("--vision", "--no-vision"),
+    ),
+    "media": (1, ("--text-model",), ("--resume", "--merge")),
+}
 FIGURE_FORMATS = ("png", "pdf", "svg")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")  # arm, dataset and protocol names
 
@@ -117,7 +136,10 @@ class StudyFileError(ConfigUsageError):
 class Dataset:
     name: str
     path: Path | None  # None: made by `extract` inside the study folder
-    extract: tuple[str, ...] = ()
+    extract: tuple[str, ...] = ()  # as the study file gives them (the study's content)
+    # the same with its paths relative to the study file's folder (what runs; not content,
+    # like ``path``: a study file moved beside the same data is the same study)
+    extract_run: tuple[str, ...] = ()
 
     def file(self, out: Path) -> Path:
         """Where the feature file is (or will be) for a study written to ``out``."""
@@ -216,6 +238,7 @@ class Compare:
     reference: str | None = None
     metrics: tuple[str, ...] = ()  # empty: the data's primary metric (and MAE for scores)
     digits: int = 3
+    anchors: tuple[str, ...] = ()  # among ANCHORS: rows fitted on train (study/anchors.py)
 
 
 @dataclass(frozen=True)
@@ -264,11 +287,20 @@ class Study:
             },
             "train": dict(self.train),
             "protocols": {p.name: _protocol_doc(p) for p in self.protocols},
-            "compare": _plain(asdict(self.compare)),
+            "compare": _compare_doc(self.compare),
             "report": {"figures": list(self.figures), "title": self.title},
             # only when set, so that a folder made before pools existed reads as unchanged
             **({"pools": {p.name: list(p.datasets) for p in self.pools}} if self.pools else {}),
         }
+
+
+def _compare_doc(c: Compare) -> dict[str, Any]:
+    """[compare] as plain data; ``anchors`` only when set (a folder made before it existed
+    reads as unchanged)."""
+    doc = _plain(asdict(c))
+    if not c.anchors:
+        doc.pop("anchors")
+    return doc
 
 
 def _protocol_doc(p: Protocol) -> dict[str, Any]:
@@ -479,7 +511,40 @@ def _dataset(name: str, data: Any, w: _Where, base: Path) -> Dataset:
     if extract:
         _check_extract(list(extract), table, w)
     full = None if path is None else (base / Path(path).expanduser())
-    return Dataset(name, full, tuple(extract))
+    return Dataset(name, full, tuple(extract), extract_paths(extract, base) if extract else ())
+
+
+def _under(base: Path, value: str) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else base.absolute() / path)
+
+
+def extract_paths(args: Sequence[str], base: Path) -> tuple[str, ...]:
+    """``args`` of `qamoe extract` with each path among them (its subcommand's positional
+    paths and path-valued options, ``EXTRACT_PATHS``) relative to ``base``; absolute paths,
+    ``~`` expanded, and every other argument unchanged."""
+    n_paths, path_options, flags = EXTRACT_PATHS[args[0]]
+    flags = (*flags, *EXTRACT_FLAGS)
+    out, seen, i, rest = [args[0]], 0, 1, False
+    while i < len(args):
+        arg = args[i]
+        if not rest and arg == "--":  # click's end of options: positionals only after it
+            rest = True
+        elif not rest and arg.startswith("-") and len(arg) > 1:
+            name, eq, value = arg.partition("=")
+            if eq:
+                arg = f"{name}={_under(base, value)}" if name in path_options else arg
+            elif name not in flags and i + 1 < len(args):
+                value = args[i + 1]
+                out += [arg, _under(base, value) if name in path_options else value]
+                i += 2
+                continue
+        else:
+            arg = _under(base, arg) if seen < n_paths else arg
+            seen += 1
+        out.append(arg)
+        i += 1
+    return tuple(out)
 
 
 def _check_extract(args: list[str], table: str, w: _Where) -> None:
@@ -692,7 +757,26 @@ def _compare(data: Any, arms: Sequence[Arm], w: _Where) -> Compare:
     digits = data.get("digits", 3)
     if isinstance(digits, bool) or not isinstance(digits, int) or not 0 <= digits <= 10:
         raise w.fail("compare", f"'digits' must be an integer in [0, 10], got {digits!r}.")
-    return Compare(reference, tuple(dict.fromkeys(metrics)), digits)
+    return Compare(reference, tuple(dict.fromkeys(metrics)), digits, _anchors(data, w))
+
+
+def _anchors(data: Mapping[str, Any], w: _Where) -> tuple[str, ...]:
+    anchors = data.get("anchors", [])
+    if not isinstance(anchors, list) or not all(isinstance(a, str) for a in anchors):
+        raise w.fail(
+            "compare",
+            f"'anchors' must be a list among {', '.join(ANCHORS)}, got {anchors!r}.",
+            hint='e.g. anchors = ["constant", "ridge"].',
+        )
+    for anchor in anchors:
+        if anchor not in ANCHORS:
+            near = nearest_choice(anchor, list(ANCHORS))
+            raise w.fail(
+                "compare",
+                f"unknown anchor {anchor!r}; the anchors are {', '.join(ANCHORS)}.",
+                hint=f"Did you mean '{near}'?" if near else "See docs/study.md, [compare].",
+            )
+    return tuple(dict.fromkeys(anchors))
 
 
 def _report(data: Any, w: _Where) -> tuple[tuple[str, ...], str]:

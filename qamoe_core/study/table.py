@@ -38,6 +38,12 @@ COLUMNS = (
     "p_holm",
     "mde",
 )
+# Rows that are not the arms' sweeps, and so compared with nothing: the validation score each
+# training selected on (study/selection.py) and the anchors (study/anchors.py), whose arm is
+# ANCHOR + its name (':' cannot appear in an arm's name).
+VALID_COLUMN = "valid (selected)"
+ANCHOR = "anchor:"
+NOT_COMPARED = dict.fromkeys(COLUMNS[8:], math.nan)  # difference ... mde
 
 
 @dataclass(frozen=True)
@@ -201,8 +207,16 @@ def _compared(g: pd.DataFrame, reference: str | None) -> pd.DataFrame:
     reference has a value (a protocol may leave the reference out: ``arms``)."""
     if not reference:
         return g.iloc[0:0]
-    ref_columns = set(g[g["arm"] == reference]["column"])
-    return g[(g["arm"] != reference) & g["column"].isin(ref_columns)]
+    ref_columns = set(g[g["arm"] == reference]["column"]) - {VALID_COLUMN}
+    arms = g["arm"].astype(str)
+    return g[(arms != reference) & g["column"].isin(ref_columns) & ~arms.str.startswith(ANCHOR)]
+
+
+def _arm_name(arm: str, reference: str | None, ref_mark: str) -> str:
+    """An arm's name in a table; an anchor is named '(anchor)' (rendered in italics)."""
+    if arm.startswith(ANCHOR):
+        return f"{arm[len(ANCHOR) :]} (anchor)"
+    return f"{arm}{ref_mark}" if arm == reference else arm
 
 
 def _blocks(df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
@@ -211,7 +225,8 @@ def _blocks(df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
 
 
 def _note(df: pd.DataFrame, reference: str | None, extra: str = "") -> str:
-    seeds = sorted(set(df["n_seeds"].astype(int)))
+    arms = df[~df["arm"].astype(str).str.startswith(ANCHOR)]
+    seeds = sorted(set(arms["n_seeds"].astype(int)))
     text = (
         f"Mean ± sd over {'/'.join(map(str, seeds))} model seeds; a seed's value is the "
         "mean over the column's levels of the mean over its corruption seeds."
@@ -234,13 +249,15 @@ def markdown(
     lines = [f"# {title}", "", _note(df, reference, extra), ""]
     multi = df["dataset"].nunique() > 1
     for ds, metric, g in _blocks(df):
-        arrow = "higher is better" if higher_is_better(metric) else "lower is better"
+        lower = metric == "loss" or not higher_is_better(metric)
+        arrow = "lower is better" if lower else "higher is better"
         lines += [f"## {ds + ': ' if multi else ''}{metric} ({arrow})", ""]
         cols = list(dict.fromkeys(g["column"]))
         lines += ["| arm | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
         for arm, rows in g.groupby("arm", sort=False):
             cells = {r["column"]: _mean_sd(r, digits) for _, r in rows.iterrows()}
-            name = f"{arm} (reference)" if arm == reference else str(arm)
+            name = _arm_name(str(arm), reference, " (reference)")
+            name = f"*{name}*" if str(arm).startswith(ANCHOR) else name
             lines.append(f"| {name} | " + " | ".join(cells.get(c, "") for c in cols) + " |")
         comp = _compared(g, reference)
         if len(comp):
@@ -308,7 +325,8 @@ def latex(df: pd.DataFrame, reference: str | None, digits: int, extra: str = "")
                 )
                 for c in cols
             ]
-            name = tex_escape(arm) + (" (ref.)" if arm == reference else "")
+            name = tex_escape(_arm_name(str(arm), reference, " (ref.)"))
+            name = f"\\textit{{{name}}}" if str(arm).startswith(ANCHOR) else name
             out.append(f"{name} & " + " & ".join(cells) + " \\\\")
         comp = _compared(g, reference)
         if len(comp):

@@ -59,7 +59,15 @@ def test_the_tiny_study_end_to_end(local_study: tuple[Path, dict[str, Any]]) -> 
     assert (summary["trainings"], summary["sweeps"]) == (6, 6)
     assert summary["executor"] == f"local: 2 job(s) x {THREADS} thread(s)"
     md = (out / "table.md").read_text()
-    assert "| arm | clean | spectrum/missing | spectrum/noise |" in md
+    assert "| arm | clean | spectrum/missing | spectrum/noise | valid (selected) |" in md
+    # the score each training selected its epoch on, from its run's metrics.json
+    selected = {r["arm"]: r for r in summary["outputs"]["selection"]}
+    scores = [
+        json.loads((out / "runs" / f"qamoe-s{s}" / "metrics.json").read_text())["val_score"]
+        for s in range(3)
+    ]
+    assert selected["qamoe"]["metric"] == "MAE" and selected["qamoe"]["n_seeds"] == 3
+    assert abs(selected["qamoe"]["mean"] - sum(scores) / 3) < 1e-12
     assert "| early-fusion (reference) |" in md and "| qamoe | clean |" in md
     assert "\\toprule" in (out / "table.tex").read_text()
     head = (out / "table.csv").read_text().splitlines()[0]

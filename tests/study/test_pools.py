@@ -5,6 +5,7 @@ one model seed is one replicate, then mean ± sd and the Welch comparison over s
 from __future__ import annotations
 
 import io
+import json
 import math
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from qamoe_core.base.errors import UsageError
 from qamoe_core.evaluation import results
-from qamoe_core.study import outputs, plan, pools, spec, table
+from qamoe_core.study import cells, outputs, plan, pools, spec, table
 from qamoe_core.study.spec import StudyFileError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,8 +88,8 @@ def test_a_bad_pool_is_refused_in_one_line(
         assert word in err.value.message + " " + (err.value.hint or ""), (word, err.value)
 
 
-def info(scheme: str = "mosi") -> spec.DataInfo:
-    return spec.DataInfo(Path("x.h5"), "0" * 64, ("text", "audio", "vision"), scheme, ("test",))
+def info(scheme: str = "mosi", digest: str = "0") -> spec.DataInfo:
+    return spec.DataInfo(Path("x.h5"), digest * 64, ("text", "audio", "vision"), scheme, ("test",))
 
 
 def test_the_folds_of_a_pool_share_a_label_scheme(tmp_path: Path) -> None:
@@ -149,8 +150,16 @@ def test_a_seed_without_every_fold_has_no_pooled_value() -> None:
 
 def test_the_study_table_gives_the_pool_and_says_how(tmp_path: Path) -> None:
     study = load(tmp_path)
-    made = plan.make_plan(study, {"f1": info(), "f2": info(), "other": info()})
+    data = {"f1": info(digest="1"), "f2": info(digest="2"), "other": info(digest="3")}
+    made = plan.make_plan(study, data)  # fold files differ: their cells too
     out = tmp_path / "out"
+    for cell in (c for c in made.cells if c.kind == "train"):  # what each training selected on
+        score = 0.5 + 0.1 * cell.seed + (0.2 if cell.dataset == "f2" else 0.0)
+        run = cells.cell_dir(out, cell.key) / cells.RUN
+        run.mkdir(parents=True)
+        metrics = {"select_metric": "MAE", "val_score": score, "best_epoch": 1,
+                   "val": {"0.5": {"MAE": score, "loss": score}}}  # fmt: skip
+        (run / "metrics.json").write_text(json.dumps(metrics))
     by_ds: dict[str, list] = {}
     for cell in (c for c in made.cells if c.kind == "sweep"):
         value = VALUES[(cell.dataset, cell.arm)][cell.seed]  # the same at both levels
@@ -170,6 +179,12 @@ def test_the_study_table_gives_the_pool_and_says_how(tmp_path: Path) -> None:
     cv_a = csv[(csv["dataset"] == "cv") & (csv["arm"] == "a") & (csv["column"] == "p")].iloc[0]
     a = np.mean([VALUES[("f1", "a")], VALUES[("f2", "a")]], axis=0)
     assert cv_a["n_seeds"] == 3 and math.isclose(cv_a["mean"], a.mean(), rel_tol=1e-9)
+    # The selection column is pooled the same way: a seed's folds averaged first (0.6 + 0.1 s).
+    valid = csv[
+        (csv["dataset"] == "cv") & (csv["arm"] == "a") & (csv["column"] == "valid (selected)")
+    ]
+    assert len(valid) == 1 and math.isclose(valid.iloc[0]["mean"], 0.7, rel_tol=1e-9)
+    assert math.isclose(valid.iloc[0]["sd"], 0.1, rel_tol=1e-9)
     md = (out / "table.md").read_text()
     assert "## cv: MAE (lower is better)" in md and "## f1" not in md
     assert "Datasets pooled as the folds of one cross-validation (cv pools f1, f2)" in md

@@ -78,3 +78,12 @@ def test_each_project_study_says_what_it_reproduces(path: Path) -> None:
     assert "Time on 2 cores:" in header
     assert f"studies/{path.name}" in (REPO / "docs" / "results" / "README.md").read_text()
     assert f"studies/{path.name}" in (REPO / "docs" / "study.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["mosi-lite", "mosi-lite-tune"])
+def test_the_mosi_lite_studies_read_the_scripts_data_folder(name: str) -> None:
+    """Their extract path is relative to studies/ and lands where the scripts read by default
+    (benchmarks/mosi_lite_experiment.py: the repository's ../shared/data/mosi-lite)."""
+    (ds,) = spec.load_study(REPO / "studies" / f"{name}.toml").datasets
+    assert ds.extract_run[0] == "mosi-lite"
+    assert Path(ds.extract_run[1]).resolve() == (REPO.parent / "shared/data/mosi-lite").resolve()

@@ -131,6 +131,8 @@ def test_the_tuning_runs_first_and_the_tuned_runs_train_at_its_best(
     assert "Tuned before training (tuned): 3 trials (tpe sampler, median pruner, seed 0)" in md
     assert "2 grouped folds over train+valid by MAE at validation levels clean, 0.5." in md
     assert "| tuned |" in md and "| default (reference) |" in md
+    # each arm's validation score at its own selection levels, and the note says which
+    assert "| valid (selected) |" in md and "default level 0.5; tuned levels 0, 0.5" in md
     assert "Tuned before training (tuned): 3 trials" in (out / "table.tex").read_text()
 
 
