@@ -1,7 +1,7 @@
 """`qamoe study` through the CLI: the tiny study end to end (locally with --jobs 2 and on a
-real one-node SLURM), killed at a random point and rerun, a rerun with nothing to do, status,
-and the refusals. Each study runs every cell as a `qamoe train`/`qamoe eval` child process:
-well under a minute each on an idle 2-core machine."""
+real one-node SLURM), killed at a random point of its last model seed's cells and rerun, a
+rerun with nothing to do, status, and the refusals. Each study runs every cell as a
+`qamoe train`/`qamoe eval` child process: well under a minute each on an idle 2-core machine."""
 
 from __future__ import annotations
 
