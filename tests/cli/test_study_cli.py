@@ -1,7 +1,7 @@
 """`qamoe study` through the CLI: the tiny study end to end (locally with --jobs 2 and on a
-real one-node SLURM), killed at a random point and rerun, a rerun with nothing to do, status,
-and the refusals. Each study runs every cell as a `qamoe train`/`qamoe eval` child process:
-well under a minute each on an idle 2-core machine."""
+real one-node SLURM), killed at a random point of its last model seed's cells and rerun, a
+rerun with nothing to do, status, and the refusals. Each study runs every cell as a
+`qamoe train`/`qamoe eval` child process: well under a minute each on an idle 2-core machine."""
 
 from __future__ import annotations
 
@@ -140,14 +140,49 @@ def _children_of(out: Path) -> list[int]:
     return found
 
 
+# What only the end of a study writes (outputs.collect): a killed study has none of it.
+OUTPUTS = ("runs", "sweeps", "report", "outputs.json", *TABLES)
+
+
+def _stopped_copy(reference: Path, out: Path, rerun_seed: int) -> set[str]:
+    """``out``: the finished ``reference`` as a kill leaves a study that had finished the cells
+    of every model seed but ``rerun_seed`` and started none of that seed's: its study file,
+    data and those cells, none of the outputs. Returns the keys of the cells it lacks."""
+    shutil.copytree(reference, out, symlinks=True)
+    listed = json.loads((out / "study.json").read_text())["cells"]
+    missing = {c["key"] for c in listed if c["seed"] == rerun_seed}
+    for key in missing:
+        shutil.rmtree(out / "cells" / key)
+    for name in OUTPUTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    for log in out.glob("report-*.log"):
+        log.unlink()
+    return missing
+
+
 @pytest.mark.slow
 def test_a_killed_study_reruns_to_the_same_table(
     local_study: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
+    """The study is killed at a random point of its last model seed's cells (two trainings,
+    two sweeps, then the outputs): the other seeds' cells are the reference's own, as an
+    earlier run killed between cells would have left them. Killing a fresh study ran every
+    cell twice (the reference's and this one's) for the same kill points."""
     reference, _ = local_study
     out = tmp_path / "killed"
     seed = random.randrange(10**6)
-    delay = random.Random(seed).uniform(0.0, 20.0)
+    rng = random.Random(seed)
+    rerun_seed = rng.choice([0, 1, 2])
+    # two rounds of two children (about 5 s of CPU each), then the outputs
+    delay = rng.uniform(0.0, 10.0)
+    missing = _stopped_copy(reference, out, rerun_seed)
+    assert len(missing) == 4, missing  # a training and a sweep per arm
+    kept = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/done.json")}
+    assert len(kept) == 8
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path])}
     argv = [
         sys.executable,
@@ -166,8 +201,10 @@ def test_a_killed_study_reruns_to_the_same_table(
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         end = time.monotonic() + 120
-        while not list(out.glob("cells/*/log.txt")) and time.monotonic() < end:
-            time.sleep(0.1)  # the first cell has started
+        while not any((out / "cells" / k / "log.txt").exists() for k in missing):
+            if time.monotonic() > end:
+                break
+            time.sleep(0.1)  # the first of the missing cells has started
         time.sleep(delay)
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -175,11 +212,19 @@ def test_a_killed_study_reruns_to_the_same_table(
     deadline = time.monotonic() + 10
     while _children_of(out) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _children_of(out) == [], f"cells outlived the killed study (seed {seed})"
+    assert _children_of(out) == [], (
+        f"cells outlived the killed study (seed {seed}, delay {delay:.1f} s)"
+    )
     code, _, err = run_cli("study", str(TINY), "--out", str(out), "--jobs", "2")
     assert code == 0, f"seed {seed}: {err}"
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # the other seeds' cells: not rerun
     for name in TABLES:
-        assert (out / name).read_bytes() == (reference / name).read_bytes(), (seed, delay, name)
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), (
+            seed,
+            rerun_seed,
+            delay,
+            name,
+        )
 
 
 @pytest.mark.slow

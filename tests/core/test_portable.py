@@ -1,6 +1,8 @@
 """qamoe imports and starts where Unix-only modules do not exist (Windows): every module of
 qamoe_core and qamoe_cli is imported with ``fcntl``, ``resource``, ``termios`` and the other
-Unix-only modules made unimportable, then ``qamoe --version`` runs. The POSIX-only code paths
+Unix-only modules made unimportable, then ``qamoe --version`` runs. The same child checks that
+no module of qamoe_core imports the CLI's typer or rich (one interpreter importing everything
+serves both checks). The POSIX-only code paths
 (the atomic exchange, a pid's liveness, non-blocking opens) have their fallbacks tested in
 tests/base/test_rundir.py and below."""
 
@@ -27,16 +29,19 @@ for name in {blocked!r}:
     sys.modules[name] = None  # `import fcntl` now raises ImportError, as on Windows
 # filelock, finding no fcntl on a non-Windows system, says it falls back to its soft lock
 warnings.filterwarnings("ignore", message="only soft file lock is available")
-import qamoe_cli, qamoe_core
 failed, count = [], 0
-for package in (qamoe_core, qamoe_cli):
+for name in ("qamoe_core", "qamoe_cli"):  # the library alone first
+    package = importlib.import_module(name)
     for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
         count += 1
         try:
             importlib.import_module(info.name)
         except Exception as exc:
             failed.append(f"{{info.name}}: {{exc!r}}")
+    if name == "qamoe_core":
+        ui = sorted(n for n in sys.modules if n.split(".")[0] in ("typer", "rich"))
 print(count, "modules", file=sys.stderr)
+print("typer/rich after qamoe_core:", ui, file=sys.stderr)
 if failed:
     sys.exit("\\n".join(failed))
 from qamoe_cli.main import run
@@ -56,6 +61,8 @@ def test_every_module_imports_and_the_cli_starts_without_unix_only_modules(
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert __version__ in proc.stdout
     assert int(proc.stderr.split(" modules")[0].split()[-1]) > 50  # it did walk the packages
+    # the library has no UI: every qamoe_core module imported, and still no typer or rich
+    assert "typer/rich after qamoe_core: []" in proc.stderr, proc.stderr[-3000:]
 
 
 def _module_level_imports(path: Path) -> set[str]:

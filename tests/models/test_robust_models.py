@@ -133,7 +133,8 @@ def test_memorises_a_small_set(name: str) -> None:
     with torch.no_grad():
         before = float(model.eval()(b).loss_task)
     model.train()
-    for _ in range(120):
+    # 60 steps: after/before was at most -0.11 for each model at 60 steps, -0.10 at 120 (seed 0)
+    for _ in range(60):
         loss = model(b, clean=b).loss
         assert loss is not None
         opt.zero_grad()
@@ -223,7 +224,8 @@ def test_lnln_trains_its_completeness_check() -> None:
     holed["text"] = b["text"].clone()
     holed["text"][8:, 1:] = 0.0  # half the samples keep 1 of their 7 text steps
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
-    for _ in range(150):
+    # 50 steps: the gap below was 0.65 at 50 steps and 0.66 at 150 (seed 0, one thread)
+    for _ in range(50):
         loss = model.train()(holed, clean=b).loss
         assert loss is not None
         opt.zero_grad()
