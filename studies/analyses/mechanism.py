@@ -74,6 +74,16 @@ class StudyError(Exception):
 def read_study(folder: Path, dataset: str | None) -> dict[str, Any]:
     """The plan ``qamoe study`` recorded in ``folder`` (study.json; protocol and arm order from
     study.toml), with the dataset analysed and the no-gate arm."""
+    try:
+        return _read_study(folder, dataset)
+    except (KeyError, TypeError, AttributeError, tomllib.TOMLDecodeError) as exc:
+        raise StudyError(
+            f"{folder}: study.json or study.toml is not as `qamoe study` writes it "
+            f"({type(exc).__name__}: {exc}). hint: rerun `qamoe study` over the folder"
+        ) from None
+
+
+def _read_study(folder: Path, dataset: str | None) -> dict[str, Any]:
     doc = _json(folder / "study.json")
     if (
         not (folder / ".qamoe-study").is_file()
@@ -379,6 +389,42 @@ def _value(df: pd.DataFrame, axis: str) -> float:
     return clean(df, METRIC) if axis == "clean" else grid_mean(df, axis)
 
 
+def residuals(study: dict[str, Any], runs: dict, mods: list[str]) -> dict[str, Any]:
+    """The quality head's diagnostic where the study asked for it (``residuals = true``): per
+    axis and modality, the mean squared residual of μ_m against the clean target and the
+    mean σ² the head predicts, at the lowest and the top level, and how each follows the level
+    (Spearman). Empty when no protocol of the reference has it."""
+    p = residual_protocol(study)
+    if p is None:
+        return {}
+    ref, seeds = study["reference"], study["seeds"]
+    frames = [runs[(ref, s, p)] for s in seeds]
+    out: dict[str, Any] = {"protocol": p}
+    for axis in (a for a in study["protocols"][p]["axes"] if a in R.SPECTRUM_AXES):
+        per: dict[str, Any] = {}
+        for m in mods:
+            row: dict[str, Any] = {}
+            for name, prefix in (("residual", R.RESIDUAL_PREFIX), ("sigma2", R.SIGMA2_PREFIX)):
+                curves = [curve(df, axis, f"{prefix}{m}") for df in frames]
+                if not all(len(c) for c in curves):
+                    continue
+                row[f"{name}_low"] = summary(c.iloc[0] for c in curves)
+                row[f"{name}_top"] = summary(c.iloc[-1] for c in curves)
+                row[f"{name}_spearman"] = summary(spearman(c) for c in curves)
+            if row:
+                per[m] = row
+        out[axis] = per
+    return out
+
+
+def residual_protocol(study: dict[str, Any]) -> str | None:
+    return next(
+        (p for p, d in study["protocols"].items()
+         if d.get("residuals") and _covers(d, study["reference"])),
+        None,
+    )  # fmt: skip
+
+
 # --- 2. the targets ------------------------------------------------------------------------------
 
 
@@ -529,6 +575,7 @@ def markdown(s: dict[str, Any]) -> str:
     for c in R_CONTROLS:
         lines += _effect_rows(f"{c} control: {c} − normal (grid mean)", "axis", e[c])
     lines += _effect_rows(f"No gate: {s['no_gate']} − {s['reference']}", "axis", e["no_gate"])
+    lines += _residual_rows(m["residuals"])
     lines += ["", "## Targets (issue 32)", "", "| target | numbers | status |", "|---|---|---|"]
     note = (
         "The missing-axis comparisons are the study table's rows (arm − reference, Welch's"
@@ -538,6 +585,28 @@ def markdown(s: dict[str, Any]) -> str:
     for key, t in s["targets"].items():
         lines.append(f"| {key} | {_target_numbers(t)} | {t['status']} |")
     return "\n".join([*lines, "", note]) + "\n"
+
+
+def _residual_rows(res: Mapping[str, Any]) -> list[str]:
+    rows = [(axis, mod, r) for axis, per in res.items() if axis != "protocol"
+            for mod, r in per.items() if "residual_low" in r and "sigma2_low" in r]  # fmt: skip
+    if not rows:
+        return []
+    lines = [
+        "",
+        f"## Quality head: residual ‖μ − target‖² and predicted σ² ({res['protocol']})",
+        "",
+        "| axis | modality | residual, lowest → top level | σ², lowest → top level |"
+        " ρ(level, residual) | ρ(level, σ²) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for axis, mod, r in rows:
+        lines.append(
+            f"| {axis} | {mod} | {_ms(r['residual_low'])} → {_ms(r['residual_top'])} | "
+            f"{_ms(r['sigma2_low'])} → {_ms(r['sigma2_top'])} | "
+            f"{_ms(r['residual_spearman'], 2)} | {_ms(r['sigma2_spearman'], 2)} |"
+        )
+    return lines
 
 
 def _target_numbers(t: Mapping[str, Any]) -> str:
@@ -579,6 +648,8 @@ def analyse(folder: Path, out: Path, dataset: str | None = None) -> dict[str, An
     needed += [(ref, p) for p in (*got["axis"].values(), *got["shuffle"].values())]
     needed += [(ref, p) for p in (*got["control"].values(), *mods_single)]
     needed += [(a, p) for p in got["no_gate_axis"].values() for a in (ref, ng)]
+    if (p := residual_protocol(study)) is not None:
+        needed.append((ref, p))
     runs = load_sweeps(study, needed)
     mods = modalities_of(runs[(ref, s, got["drop"])] for s in study["seeds"])
     result: dict[str, Any] = {
@@ -592,6 +663,7 @@ def analyse(folder: Path, out: Path, dataset: str | None = None) -> dict[str, An
             "absent_r": absent_r(study, got, runs, mods),
             "tracking": tracking(study, got, runs, mods),
             "effects": effects(study, got, runs),
+            "residuals": residuals(study, runs, mods),
         },
     }
     result["targets"] = targets(study, got, runs, folder, mods)

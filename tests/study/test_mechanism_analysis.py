@@ -37,6 +37,7 @@ CONTROLS = {
     "drop_sets": False,
     "shuffle": False,
     "controls": ["constant_r", "oracle_r"],
+    "residuals": True,
     "modalities": [],
     "arms": ["qamoe"],
 }
@@ -112,6 +113,9 @@ def rows(arm: str, k: int, protocol: dict[str, Any], variants: list[str]) -> lis
                         f"quality_{m}",
                         quality(axis, level, m, k),
                     )
+                    if protocol.get("residuals"):  # the residual grows, σ² stays put
+                        add(axis, level, MODS, seed, "normal", f"residual_{m}", 0.2 + level)
+                        add(axis, level, MODS, seed, "normal", f"sigma2_{m}", 0.5)
     if protocol["drop_sets"]:
         add("drop", 1.0, "text", 0, "normal", "MAE", 1.40 + 0.01 * k)  # text-dropped
         add("drop", 1.0, "text", 0, "normal", "quality_text", 0.05 + 0.001 * k)
@@ -277,3 +281,38 @@ def test_unfinished_study(tmp_path: Path) -> None:
     assert "the study is unfinished: 1 of " in got.stderr
     assert "qamoe-no-gate-s2.sweep.csv" in got.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_judge_reads_the_interval_of_the_mean() -> None:
+    mod = load_module()
+    three = mod.summary([0.80, 0.81, 0.82])  # 95 % CI [0.785, 0.835]
+    assert three["ci_low"] == pytest.approx(0.81 - 4.302653 * 0.01 / 3**0.5)
+    assert [mod.judge(three, "max", t) for t in (0.85, 0.81, 0.70)] == [
+        "met", "not established", "not met"
+    ]  # fmt: skip
+    assert [mod.judge(three, "min", t) for t in (0.75, 0.83, 0.90)] == [
+        "met", "not established", "not met"
+    ]  # fmt: skip
+    assert mod.judge(mod.summary([0.05, 0.06]), "below", 0.1) == "not established"  # 2 seeds
+    assert mod.judge(mod.summary([0.05]), "below", 0.1) == "not established"  # no interval
+    same = mod.summary([0.25, 0.25, 0.25])  # every seed on the threshold: "<" fails, "<=" holds
+    assert mod.judge(same, "below", 0.25) == "not met" and mod.judge(same, "max", 0.25) == "met"
+
+
+def test_residual_diagnostic(result: dict[str, Any]) -> None:
+    res = result["mechanism"]["residuals"]
+    assert res["protocol"] == "controls"
+    text = res["noise"]["text"]
+    assert text["residual_low"]["mean"] == pytest.approx(0.2)
+    assert text["residual_top"]["mean"] == pytest.approx(1.1)
+    assert text["residual_spearman"]["mean"] == pytest.approx(1.0)
+    assert text["sigma2_spearman"]["mean"] == 0.0  # σ² flat: it does not see the damage
+    assert "## Quality head" in result["tables"]
+
+
+def test_a_damaged_plan_is_one_line(tmp_path: Path) -> None:
+    folder = make_study(tmp_path / "study")
+    (folder / "study.json").write_text('{"format": "qamoe-study", "study": {"arms": {}}}')
+    got = run_cli(folder, "--out", tmp_path / "out")
+    assert got.returncode == 1 and "Traceback" not in got.stderr
+    assert "is not as `qamoe study` writes it (KeyError" in got.stderr
