@@ -25,7 +25,8 @@ detectable difference (``qamoe_core.evaluation.stats``); the within-model differ
 weights, same corruption draws) are given beside it. The missing-axis comparisons with the
 other arms are the study's own ``table.csv`` rows: the comparator is never picked here.
 
-Writes ``summary.json`` and ``tables.md`` into ``--out`` (atomically; replaced on a rerun).
+Writes ``summary.json`` and ``tables.md`` into ``--out`` (atomically; replaced only with
+``--force``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from qamoe_core.base.atomic import atomic_path  # noqa: E402
+from qamoe_core.base.errors import OutputExistsError, QamoeError  # noqa: E402
 from qamoe_core.evaluation import results as R  # noqa: E402
 from qamoe_core.evaluation import stats  # noqa: E402
 from qamoe_core.study.table import ANCHOR, column_name  # noqa: E402
@@ -636,8 +638,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def analyse(folder: Path, out: Path, dataset: str | None = None) -> dict[str, Any]:
-    """Write summary.json and tables.md for the study folder ``folder`` into ``out``."""
+OUTPUTS = ("summary.json", "tables.md")
+
+
+def analyse(
+    folder: Path, out: Path, dataset: str | None = None, force: bool = False
+) -> dict[str, Any]:
+    """Write summary.json and tables.md for the study folder ``folder`` into ``out`` (an
+    existing one only with ``force``)."""
+    for name in OUTPUTS:
+        if (out / name).exists() and not force:
+            raise OutputExistsError(out / name)
     study = read_study(folder, dataset)
     got = roles(study)
     ref, ng = study["reference"], study["no_gate"]
@@ -669,9 +680,9 @@ def analyse(folder: Path, out: Path, dataset: str | None = None) -> dict[str, An
     result["targets"] = targets(study, got, runs, folder, mods)
     result = _plain(result)
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in (("summary.json", json.dumps(result, indent=2) + "\n"),
-                       ("tables.md", markdown(result))):  # fmt: skip
-        with atomic_path(out / name, force=True) as tmp:
+    texts = (json.dumps(result, indent=2) + "\n", markdown(result))
+    for name, text in zip(OUTPUTS, texts, strict=True):
+        with atomic_path(out / name, force=force) as tmp:
             tmp.write_text(text, encoding="utf-8")
     return result
 
@@ -681,12 +692,15 @@ def main() -> None:
     ap.add_argument("study", type=Path, help="the study folder (qamoe study ... --out FOLDER)")
     ap.add_argument("--out", type=Path, required=True, help="folder for summary.json, tables.md")
     ap.add_argument("--dataset", help="the dataset analysed (required when the study has several)")
+    ap.add_argument("--force", action="store_true", help="replace summary.json and tables.md")
     args = ap.parse_args()
     try:
-        result = analyse(args.study, args.out, args.dataset)
+        result = analyse(args.study, args.out, args.dataset, args.force)
     except StudyError as exc:
         msg, _, hint = str(exc).partition(" hint: ")
         sys.exit(f"error: {msg}" + (f"\nhint: {hint}" if hint else ""))
+    except QamoeError as exc:  # a sweep that is not a results table, an output that exists
+        sys.exit(f"error: {exc}" + (f"\nhint: {exc.hint}" if exc.hint else ""))
     print(json.dumps({k: v["status"] for k, v in result["targets"].items()}, indent=2))
 
 

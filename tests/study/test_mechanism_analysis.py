@@ -316,3 +316,16 @@ def test_a_damaged_plan_is_one_line(tmp_path: Path) -> None:
     got = run_cli(folder, "--out", tmp_path / "out")
     assert got.returncode == 1 and "Traceback" not in got.stderr
     assert "is not as `qamoe study` writes it (KeyError" in got.stderr
+
+
+def test_outputs_are_replaced_only_with_force(tmp_path: Path) -> None:
+    folder = make_study(tmp_path / "study")
+    out = tmp_path / "out"
+    assert run_cli(folder, "--out", out).returncode == 0
+    before = (out / "summary.json").read_text()
+    got = run_cli(folder, "--out", out)
+    assert got.returncode == 1 and "Traceback" not in got.stderr
+    assert got.stderr.startswith("error: ") and "--force" in got.stderr
+    again = run_cli(folder, "--out", out, "--force")
+    assert again.returncode == 0 and (out / "summary.json").read_text() == before
+    assert json.loads(again.stdout)["clean MAE <= 0.85"] == "met"
