@@ -21,9 +21,12 @@ then given as mean ± sd over the model seeds. A value is judged against a thres
 95 % t-interval of its mean over model seeds: met when the interval lies on the target's
 side, not met when it lies on the other side, not established when it straddles the
 threshold. Two sets of model-seed values are compared with Welch's interval and the minimum
-detectable difference (``qamoe_core.evaluation.stats``); the within-model differences (same
-weights, same corruption draws) are given beside it. The missing-axis comparisons with the
-other arms are the study's own ``table.csv`` rows: the comparator is never picked here.
+detectable difference (``qamoe_core.evaluation.stats``) when they come from different
+trained models (the no-gate arm against QA-MoE); when they come from the same models under
+two evaluations (a control, the shuffle, a modality dropped), seed by seed with the paired
+t-interval and its MDE (Welch's interval kept beside it for reference). The missing-axis
+comparisons with the other arms are the study's own ``table.csv`` rows: the comparator is
+never picked here.
 
 Writes ``summary.json`` and ``tables.md`` into ``--out`` (atomically; replaced only with
 ``--force``).
@@ -41,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import optimize
 from scipy import stats as st
 
 if sys.version_info >= (3, 11):
@@ -273,26 +277,58 @@ def judge(s: Mapping[str, Any], side: str, threshold: float) -> str:
     return "met" if high <= threshold else "not met" if low > threshold else "not established"
 
 
-def compare(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
-    """mean(a) − mean(b) over model seeds: Welch's interval and p, the MDE, and the
-    within-model differences (a and b from the same models, seed by seed) as mean ± sd."""
+def paired_mde(sd: float, n: int, alpha: float = 0.05, target: float = 0.8) -> float:
+    """The smallest true mean difference a two-sided one-sample (paired) t-test over ``n``
+    model seeds detects with power ``target``: the noncentral t with df n − 1 and
+    noncentrality delta / (sd / sqrt(n)), solved for delta (as stats.mde for two samples)."""
+    if n < 2 or not (math.isfinite(sd) and sd > 0):
+        return math.nan
+    crit = st.t.ppf(1 - alpha / 2, n - 1)
+
+    def power(delta: float) -> float:
+        ncp = delta / (sd / math.sqrt(n))
+        return float(st.nct.sf(crit, n - 1, ncp) + st.nct.cdf(-crit, n - 1, ncp))
+
+    upper = sd / math.sqrt(n)
+    while power(upper) < target:
+        upper *= 2
+    return float(optimize.brentq(lambda d: power(d) - target, 0.0, upper, xtol=1e-12))
+
+
+def compare(a: Sequence[float], b: Sequence[float], same_models: bool = False) -> dict[str, Any]:
+    """mean(a) − mean(b) over model seeds with its 95 % interval, p and MDE.
+
+    Two arms (different trained models): Welch's interval and the two-sample MDE; a model
+    seed number shares no randomness between architectures, so nothing is paired. The same
+    models under two evaluations (a control, the shuffle, a modality dropped): a[i] and b[i]
+    come from one trained model, so the difference is taken seed by seed and judged by the
+    paired (one-sample) t-interval over model seeds, the MDE of that test beside it; Welch's
+    interval, which ignores the pairing, is kept for reference."""
     est = stats.welch(a, b)
-    mde = stats.mde(stats.pooled_sd(a, b), len(a), len(b))
     paired = summary(x - y for x, y in zip(a, b, strict=True)) if len(a) == len(b) else None
+    if same_models and paired is not None:
+        d = np.asarray(paired["per_seed"])
+        diff, low, high = paired["mean"], paired["ci_low"], paired["ci_high"]
+        sd = paired["sd"]
+        p_value = float(st.ttest_1samp(d, 0.0).pvalue) if d.size > 1 and sd > 0 else math.nan
+        mde, method = paired_mde(sd, int(d.size)), "paired t over model seeds (same models)"
+    else:
+        diff, low, high, p_value = est.difference, est.ci_low, est.ci_high, est.p
+        mde, method = stats.mde(stats.pooled_sd(a, b), len(a), len(b)), "Welch over model seeds"
     verdict = (
         "costs more than the seed noise (interval above 0)"
-        if est.ci_low > 0
+        if low > 0
         else "helps beyond the seed noise (interval below 0)"
-        if est.ci_high < 0
+        if high < 0
         else "within the seed noise (interval includes 0)"
-        if math.isfinite(est.ci_low)
+        if math.isfinite(low)
         else "not established (too few seeds)"
     )
-    if math.isfinite(mde) and abs(est.difference) < mde:
+    if math.isfinite(mde) and abs(diff) < mde:
         verdict += "; below the MDE"
-    return {"difference": est.difference, "ci_low": est.ci_low, "ci_high": est.ci_high,
-            "p": est.p, "mde": mde, "verdict": verdict,
-            "within_model": paired}  # fmt: skip
+    return {"difference": diff, "ci_low": low, "ci_high": high, "p": p_value, "mde": mde,
+            "method": method, "verdict": verdict, "welch": {"ci_low": est.ci_low,
+            "ci_high": est.ci_high, "p": est.p}, "within_model": paired}  # fmt: skip
 
 
 # --- 1. the mechanism ----------------------------------------------------------------------------
@@ -373,13 +409,13 @@ def effects(study: dict[str, Any], got: dict[str, Any], runs: dict) -> dict[str,
         p = got["shuffle"][axis]
         normal = [grid_mean(runs[(ref, s, p)], axis) for s in seeds]
         shuffled = [grid_mean(runs[(ref, s, p)], axis, variant=R.SHUFFLED) for s in seeds]
-        out["shuffle"][axis] = compare(shuffled, normal)
+        out["shuffle"][axis] = compare(shuffled, normal, same_models=True)
         for c in R_CONTROLS:
             p = got["control"][(c, axis)]
             normal = [grid_mean(runs[(ref, s, p)], axis) for s in seeds]
             controlled = [grid_mean(runs[(ref, s, p)], axis, variant=c) for s in seeds]
             both = {"normal": summary(normal), "control": summary(controlled)}
-            out[c][axis] = compare(controlled, normal) | both
+            out[c][axis] = compare(controlled, normal, same_models=True) | both
     for axis, p in got["no_gate_axis"].items():
         a = [_value(runs[(ng, s, p)], axis) for s in seeds]
         b = [_value(runs[(ref, s, p)], axis) for s in seeds]
@@ -445,7 +481,7 @@ def targets(study: dict[str, Any], got: dict[str, Any], runs: dict, folder: Path
     name = f"full model no worse than text-only (clean − {text_only} dropped, {METRIC})"
     if "text" in mods and len(mods) > 1:
         full = [clean(df, METRIC) for df in drop]
-        c = compare(full, [dropped(df, text_only, METRIC) for df in drop])
+        c = compare(full, [dropped(df, text_only, METRIC) for df in drop], same_models=True)
         out[name] = c | {"status": judge(c, "max", 0.0)}
     else:
         out[name] = {"status": "not established (the data has no text-only drop set)"}
@@ -515,17 +551,24 @@ def _ci(low: float, high: float, digits: int = 3, sign: str = "") -> str:
     return f"[{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]" if math.isfinite(low) else "n/a"
 
 
+def _num(value: Any, fmt: str) -> str:
+    """A number for a table; n/a where it is undefined (None or NaN)."""
+    ok = isinstance(value, int | float) and math.isfinite(value)
+    return format(value, fmt) if ok else "n/a"
+
+
 def _effect_rows(title: str, head: str, per_axis: Mapping[str, Any]) -> list[str]:
     lines = ["", f"## {title}", ""]
     lines.append(
-        f"| {head} | Δ {METRIC} | Welch 95 % CI | p | MDE | within-model Δ (mean ± sd) | reading |"
+        f"| {head} | Δ {METRIC} | 95 % CI | p | MDE | test | within-model Δ (mean ± sd) | reading |"
     )
-    lines.append("|---|---:|---:|---:|---:|---:|---|")
+    lines.append("|---|---:|---:|---:|---:|---|---:|---|")
     for axis, c in per_axis.items():
         within = _ms(c["within_model"]) if c.get("within_model") else "n/a"
         lines.append(
             f"| {axis} | {c['difference']:+.3f} | {_ci(c['ci_low'], c['ci_high'], sign='+')} | "
-            f"{c['p']:.3g} | {c['mde']:.3f} | {within} | {c['verdict']} |"
+            f"{_num(c['p'], '.3g')} | {_num(c['mde'], '.3f')} | {c['method']} | {within} | "
+            f"{c['verdict']} |"
         )
     return lines
 
@@ -538,8 +581,9 @@ def markdown(s: dict[str, Any]) -> str:
         f"Reference {s['reference']!r}, no-gate arm {s['no_gate']!r}. Mean ± sd over model seeds"
         " (corruption seeds and levels averaged within each); a threshold is judged by the 95 %"
         " t-interval of the mean: met / not met when it lies on one side, not established"
-        " when it straddles it. Δ = first − second, Welch's 95 % interval and the MDE at 80 %"
-        " power over model seeds; the within-model Δ pairs each model with itself.",
+        " when it straddles it. Δ = first − second with its 95 % interval and the MDE at 80 %"
+        " power over model seeds: Welch between arms (different models), the paired t-interval"
+        " where both sides are the same models (controls, shuffle, a modality dropped).",
         "",
         f"## r of an absent modality (target < {ABSENT_R})",
         "",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -215,7 +216,11 @@ def test_controls_and_no_gate(result: dict[str, Any]) -> None:
     assert e["constant_r"]["noise"]["within_model"]["mean"] == pytest.approx(0.05)
     oracle = e["oracle_r"]["mixed"]
     assert oracle["difference"] == pytest.approx(-0.003)
-    assert "includes 0" in oracle["verdict"] and "below the MDE" in oracle["verdict"]
+    # The same models, shifted by the same -0.003 in every seed: the paired interval sees it
+    # (sd 0), Welch's, which ignores the pairing, is lost in the between-seed spread.
+    assert oracle["method"].startswith("paired") and oracle["verdict"].startswith("helps beyond")
+    assert oracle["welch"]["ci_low"] < 0 < oracle["welch"]["ci_high"]
+    assert e["no_gate"]["missing"]["method"].startswith("Welch")
     assert e["no_gate"]["missing"]["verdict"].startswith("costs more")
     assert e["no_gate"]["noise"]["ci_low"] < 0 < e["no_gate"]["noise"]["ci_high"]
     assert e["no_gate"]["clean"]["difference"] == pytest.approx(0.0, abs=1e-12)
@@ -329,3 +334,18 @@ def test_outputs_are_replaced_only_with_force(tmp_path: Path) -> None:
     again = run_cli(folder, "--out", out, "--force")
     assert again.returncode == 0 and (out / "summary.json").read_text() == before
     assert json.loads(again.stdout)["clean MAE <= 0.85"] == "met"
+
+
+def test_paired_mde_has_the_power_it_claims() -> None:
+    from scipy import stats as st
+
+    mod = load_module()
+    sd, n = 0.02, 10
+    d = mod.paired_mde(sd, n)
+    crit = st.t.ppf(0.975, n - 1)
+    ncp = d / (sd / n**0.5)
+    power = st.nct.sf(crit, n - 1, ncp) + st.nct.cdf(-crit, n - 1, ncp)
+    assert power == pytest.approx(0.8, abs=1e-9)
+    # about (t_0.975 + t_0.8) sd / sqrt(n) for 9 df: 0.0204
+    assert 0.019 < d < 0.022
+    assert math.isnan(mod.paired_mde(sd, 1)) and math.isnan(mod.paired_mde(0.0, 10))
