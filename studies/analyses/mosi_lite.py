@@ -168,7 +168,7 @@ def general_table(runs: dict[str, pd.DataFrame], names: list[str], seeds: list[i
             for dropped, v in sub.groupby("modalities")["value"].mean().items():
                 kept = R.join_modalities(set(MODALITIES) - set(str(dropped).split("+")))
                 drops.setdefault(kept, []).append(float(v))
-        row["fixed_missing"] = {k: stats(v) for k, v in drops.items()}
+        row["fixed_missing"] = {k: stats(drops[k]) for k in sorted(drops)}  # by the kept ones
         out[name] = row
     return out
 
