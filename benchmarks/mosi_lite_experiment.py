@@ -1,39 +1,20 @@
-"""The experiment of docs/results/mosi-lite: QA-MoE against its baselines on MOSI-lite.
+"""The job runner and shared settings of the remaining research scripts in benchmarks/.
 
-    .venv/bin/python benchmarks/mosi_lite_experiment.py [--data-dir ../shared/data/mosi-lite]
-        [--work runs/mosi-lite-exp] [--out docs/results/mosi-lite] [--seeds 3] [--jobs 2]
-        [--quick] [--fresh] [--epochs N] [--corruption-seeds N] [--figures png,pdf,svg]
-
-Everything runs through ``qamoe`` commands (extract, train, eval, report), as a user would;
-this script only schedules them, two at a time with one torch thread each (2 cores), and then
-hands the tidy results to ``benchmarks/mosi_lite_analysis.py`` for the tables. Steps:
-
-1. ``qamoe extract mosi-lite`` (validation carved out of train by video, seed 0);
-2. ``qamoe train`` for QA-MoE, the three baselines and four ablations (quality gate off,
-   prior fallback off, router without quality, dense routing = top-8 of 8) and two choices
-   of our reconstruction (clean-input uncertainty target; uncertainty loss kept out of the
-   encoders; r not added to the fused vector; zero steps fed in, without coverage), each
-   with model seeds 0..N-1;
-3. ``qamoe train`` of specialists, each at ONE fixed mixed level (0.0, 0.3, 0.6, 0.9: every
-   corrupted sample gets that level, validation at that level too);
-4. ``qamoe eval --sweep --drop-sets`` of every general model on the mixed, missing and noise
-   axes (levels 0.0 ... 0.9, 3 corruption seeds; the quality-shuffle control for QA-MoE), of
-   the QA-MoE runs with only ONE modality corrupted (for the r_m checks), and of each
-   specialist at its own level;
-5. ``qamoe report`` over the main models, and the analysis (tables, targets, r_m checks).
-
-Finished steps are skipped on a rerun (a run directory with metrics.json, an existing results
-file), so an interrupted experiment continues; ``--fresh`` starts over. The test split is
-only ever evaluated, never used to choose anything. Prints one JSON object at the end (the
-analysis summary plus timings); the full record is written under ``--out``.
+This file was the MOSI-lite experiment's script. The experiment is now a study
+(``qamoe study studies/mosi-lite.toml``) and its analysis tables a reader of the study folder
+(``studies/analyses/mosi_lite.py``); the study reproduced the script's tables
+(docs/results/mosi-lite/README.md, "Reproduced as a study"). What is left here is what
+``mosi_std_experiment.py``, ``mosi_std_patterns.py``, ``mosi_bclstm_cv_experiment.py``,
+``text_finetune_experiment.py`` and ``mosi_lite_tune.py`` import: ``qamoe`` commands run as
+jobs, one torch thread each, a finished job (its output exists) skipped, a log per job; and
+the model, ablation and specialist lists those experiments share. It goes with the last of
+them.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -136,161 +117,3 @@ def write_config(path: Path, model: dict[str, Any], train: dict[str, Any]) -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"format_version": 1, "model": model, "train": train}, indent=2))
     return path
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-dir", type=Path, default=REPO.parent / "shared/data/mosi-lite")
-    ap.add_argument("--work", type=Path, default=REPO / "runs/mosi-lite-exp")
-    ap.add_argument("--out", type=Path, default=REPO / "docs/results/mosi-lite")
-    ap.add_argument("--seeds", type=int, default=3, help="model seeds per configuration")
-    ap.add_argument("--jobs", type=int, default=2, help="commands run at once (1 thread each)")
-    ap.add_argument("--quick", action="store_true", help="1 seed, no specialists/ablations")
-    # Smaller runs for the test of this script (the defaults are the experiment's own)
-    ap.add_argument("--epochs", type=int, help="maximum epochs of every run (default: config)")
-    ap.add_argument("--corruption-seeds", type=int, default=3, help="per point of each sweep")
-    ap.add_argument("--fresh", action="store_true", help="delete --work first")
-    # The test asks for PNG only: the PDF and SVG copies took 5 of the 12 s of CPU time of its
-    # report (measured 2026-12-07, load 4-6)
-    ap.add_argument("--figures", default="png,pdf,svg", help="figure files of the report")
-    args = ap.parse_args()
-    if not (args.data_dir / "transcripts.csv").exists():
-        sys.exit(f"error: MOSI-lite not found in {args.data_dir} (transcripts.csv missing)")
-    seeds = range(1 if args.quick else args.seeds)
-    work: Path = args.work
-    if args.fresh and work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    q = qamoe_exe()
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    # 1. features
-    data = work / "mosilite.h5"
-    t0 = time.perf_counter()
-    run_all(
-        [
-            Job(
-                "extract",
-                [q, "extract", "mosi-lite", str(args.data_dir), "--out", str(data), "--quiet"],
-                data,
-                work / "logs/extract.log",
-            )
-        ],
-        1,
-        "extract",
-    )
-    timings["extract_s"] = time.perf_counter() - t0
-
-    # 2-3. training
-    configs = work / "configs"
-    general: list[tuple[str, str, Path | None]] = [(m, m, None) for m in MODELS]
-    if not args.quick:
-        for name, over in ABLATIONS.items():
-            general.append((name, "qamoe", write_config(configs / f"{name}.json", over, {})))
-    specialists: list[tuple[str, float, Path]] = []
-    if not args.quick:
-        for lv in SPECIALIST_LEVELS:
-            train = {
-                "train_levels": [lv, lv],
-                "clean_fraction": 1.0 if lv == 0 else 0.0,
-                "val_levels": [lv],
-            }
-            name = f"specialist-{lv:.1f}"
-            specialists.append((name, lv, write_config(configs / f"{name}.json", {}, train)))
-    train_jobs = []
-    for name, model, cfg in general + [(n, "qamoe", c) for n, _, c in specialists]:
-        for s in seeds:
-            run = work / "runs" / f"{name}-s{s}"
-            argv = train_argv(q, data, run, model, s)
-            if args.epochs is not None:
-                argv += ["--epochs", str(args.epochs)]
-            if cfg is not None:
-                argv += ["--config", str(cfg)]
-            train_jobs.append(
-                Job(
-                    f"train {run.name}",
-                    argv,
-                    run / "metrics.json",
-                    work / "logs" / f"train-{run.name}.log",
-                )
-            )
-    t0 = time.perf_counter()
-    run_all(train_jobs, args.jobs, "train")
-    timings["train_s"] = time.perf_counter() - t0
-
-    # 4. evaluation
-    results = work / "results"
-    results.mkdir(exist_ok=True)
-    eval_jobs = []
-
-    def eval_job(tag: str, run: Path, *extra: str, samples: Path | None = None) -> None:
-        out = results / f"{tag}.csv"
-        argv = sweep_argv(q, run, data, out, run.name, *extra)
-        argv += ["--corruption-seeds", str(args.corruption_seeds)]
-        if samples is not None:
-            argv += ["--per-sample", str(samples)]
-        done = samples if samples is not None else out
-        eval_jobs.append(Job(f"eval {tag}", argv, done, work / "logs" / f"eval-{tag}.log"))
-
-    for name, _, _ in general:
-        for s in seeds:
-            eval_job(f"{name}-s{s}", work / "runs" / f"{name}-s{s}", "--drop-sets")
-    (work / "samples").mkdir(exist_ok=True)
-    for s in seeds:  # r_m of each modality while only one modality is corrupted, per sample
-        for m in ("text", "audio", "vision"):
-            tag = f"qamoe-s{s}-only-{m}"
-            eval_job(tag, work / "runs" / f"qamoe-s{s}", "--axis", "mixed", "--modalities", m,
-                     "--no-shuffle", samples=work / "samples" / f"{tag}.csv.gz")  # fmt: skip
-    for name, lv, _ in specialists:
-        for s in seeds:
-            eval_job(
-                f"{name}-s{s}",
-                work / "runs" / f"{name}-s{s}",
-                "--axis",
-                "mixed",
-                "--levels",
-                f"{lv:g}",
-                "--no-shuffle",
-            )
-    t0 = time.perf_counter()
-    run_all(eval_jobs, args.jobs, "eval")
-    timings["eval_s"] = time.perf_counter() - t0
-
-    # 5. analysis and report
-    t0 = time.perf_counter()
-    args.out.mkdir(parents=True, exist_ok=True)
-    analysis = [
-        sys.executable,
-        str(REPO / "benchmarks/mosi_lite_analysis.py"),
-        "--work",
-        str(work),
-        "--out",
-        str(args.out),
-        "--seeds",
-        str(len(seeds)),
-    ]
-    proc = subprocess.run(analysis, capture_output=True, text=True, cwd=REPO)
-    if proc.returncode != 0:
-        sys.exit(f"error: analysis failed:\n{proc.stderr[-2000:]}")
-    # The report overlays the main models and the key ablation (the tables hold the rest).
-    shown = [*MODELS, "qamoe-no-gate"]
-    files = [results / f"{n}-s{s}.csv" for n in shown for s in seeds]
-    title = (
-        f"QA-MoE on MOSI-lite ({len(seeds)} model seeds x {args.corruption_seeds} corruption seeds)"
-    )
-    pooled_report(q, files, args.out / "report", title, work / "logs/report.log", args.figures)
-    timings["analysis_report_s"] = time.perf_counter() - t0
-    timings["total_s"] = time.perf_counter() - t_start
-    summary = json.loads((args.out / "summary.json").read_text())
-    summary["timings"] = {k: round(v, 1) for k, v in timings.items()}
-    summary["machine"] = {"cores": os.cpu_count(), "load_avg_end": list(os.getloadavg())}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
-
-
-if __name__ == "__main__":
-    try:
-        main()
-    except RuntimeError as exc:  # a qamoe command failed: its log holds the details
-        sys.exit(f"error: {exc}")

@@ -317,7 +317,7 @@ class ModelConfig(_Config):
     # The spectrum drops a step by zeroing it, and MMSA's files hold zero frames where a face
     # or voice was not found; fed in, a zero step is far from every real input wherever
     # features have offsets, as real extractors' do. Chosen on validation MAE
-    # (benchmarks/zero_steps.py; numbers and cost in docs/results/defaults.md).
+    # (studies/zero-steps.toml; numbers and cost in docs/results/defaults.md).
     mask_zero_steps: bool = True
     # [ours] The same for text. Words carry sentiment individually, so text keeps its 50 tokens
     # by default (0 = off).

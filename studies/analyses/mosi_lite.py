@@ -1,19 +1,28 @@
-"""Tables and checks for the MOSI-lite experiment (run by mosi_lite_experiment.py).
+"""The MOSI-lite analysis tables, read from a study folder of ``studies/mosi-lite.toml``.
 
-    .venv/bin/python benchmarks/mosi_lite_analysis.py --work runs/mosi-lite-exp
-        --out docs/results/mosi-lite [--seeds 3]
+    .venv/bin/python studies/analyses/mosi_lite.py runs/mosi-lite --out docs/results/mosi-lite
 
-Reads the tidy results files that ``qamoe eval`` wrote under ``WORK/results`` (one per run
-and evaluation), and writes under ``--out``:
+``qamoe study`` makes the table of mean ± sd and the comparison with the reference; this adds
+what the write-up (docs/results/mosi-lite) reads beyond them, from the folder's sweeps
+(``sweeps/ARM-sSEED.PROTOCOL.csv`` and the per-sample files beside them):
 
-- ``summary.json``: every number below, per model seed and as mean/std over seeds;
+- ``summary.json``: Acc_2 per arm (clean, grid means per axis, mixed area/clean, the mixed
+  curve, fixed missing, the quality-shuffle control), each specialist at its own level
+  against the general QA-MoE there, whether r_m tracks its own modality (Spearman over level
+  means and per sample), how r_m moves when every modality is corrupted, and the targets of
+  issue #7; per model seed and as mean/std over seeds;
 - ``tables.md``: the same as Markdown tables;
-- ``pooled/<config>.csv``: the model seeds of one configuration stacked into one results
-  table (run = the configuration; seed = 1000 x model seed + corruption seed), what
-  ``qamoe report --pool-seeds`` does to the per-seed files.
+- ``pooled/ARM.csv``: the model seeds of one arm stacked into one results table (run = the
+  arm; seed = 1000 x model seed + corruption seed), what ``qamoe report --pool-seeds`` does.
 
-Spreads: "±" is the sample standard deviation over MODEL seeds of a number that is first
-averaged over the 3 corruption seeds. Accuracy is MOSI-lite's binary Acc_2 in percent.
+"±" is the sample standard deviation over MODEL seeds of a number first averaged over the
+corruption seeds; Acc_2 is MOSI-lite's binary accuracy (in percent). The general arms are the
+study's arms in file order, the specialists (``specialist-LEVEL``) apart; the baselines are
+the arms whose model is not the reference's. The sweeps of the main protocol (default: the
+study's first) make the general tables; the protocols ``only-text``, ``only-audio`` and
+``only-vision`` (the reference with one modality corrupted) feed the r_m checks. It replaces
+benchmarks/mosi_lite_analysis.py, which read the same sweeps from the experiment script's
+work folder.
 """
 
 from __future__ import annotations
@@ -31,27 +40,45 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-REPO = Path(__file__).resolve().parents[1]
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - the project's 3.10 dependency
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from qamoe_core.base.atomic import atomic_path  # noqa: E402
 from qamoe_core.evaluation import results as R  # noqa: E402
 from qamoe_core.evaluation import summary as S  # noqa: E402
 
 METRIC = "Acc_2"
 MODALITIES = ("text", "audio", "vision")
 ALL = "text+audio+vision"
-BASELINES = ("early-fusion", "late-fusion", "dense-moe")
-ABLATIONS = (
-    "qamoe-no-gate",
-    "qamoe-no-prior",
-    "qamoe-router-no-quality",
-    "qamoe-dense-routing",
-    "qamoe-clean-input-target",
-    "qamoe-unc-detached",
-    "qamoe-no-fuse-quality",
-    "qamoe-no-mask",
-)
 SPECIALIST = re.compile(r"^specialist-(\d\.\d)$")
+
+
+class StudyError(Exception):
+    """A folder this analysis cannot read; the message is one line with a hint."""
+
+
+def read_study(folder: Path) -> dict[str, Any]:
+    """Seeds, arms (name -> model, in the file's order), protocols and reference of the study
+    that made ``folder``, as ``qamoe study`` recorded them."""
+    if not (folder / "study.json").is_file() or not (folder / "study.toml").is_file():
+        raise StudyError(
+            f"{folder} is not a study folder (study.json or study.toml missing). "
+            "hint: pass the --out folder of `qamoe study studies/mosi-lite.toml`"
+        )
+    plan = json.loads((folder / "study.json").read_text(encoding="utf-8"))["study"]
+    with (folder / "study.toml").open("rb") as f:
+        raw = tomllib.load(f)  # study.json sorts its keys; the file keeps the order
+    return {
+        "seeds": [int(s) for s in plan["seeds"]],
+        "arms": {a: plan["arms"][a]["model"] for a in raw.get("arms", {})},
+        "protocols": list(raw.get("protocols", {})),
+        "reference": plan["compare"]["reference"],
+    }
 
 
 def stats(values: Iterable[float]) -> dict[str, Any]:
@@ -68,8 +95,18 @@ def pct(s: dict[str, Any]) -> str:
     return f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}"
 
 
-def load_runs(results: Path) -> dict[str, pd.DataFrame]:
-    return {p.stem: R.load(p) for p in sorted(results.glob("*.csv"))}
+def load_runs(sweeps: Path, main: str) -> dict[str, pd.DataFrame]:
+    """Every sweep of the folder, keyed ``ARM-sSEED`` for the main protocol and
+    ``ARM-sSEED-PROTOCOL`` for the others (the names the tables below look up)."""
+    runs = {}
+    for path in sorted(sweeps.glob("*.csv")):
+        label, _, protocol = path.stem.rpartition(".")
+        runs[label if protocol == main else f"{label}-{protocol}"] = R.load(path)
+    if not runs:
+        raise StudyError(
+            f"no sweeps in {sweeps}. hint: let the study finish (`qamoe study status FOLDER`)"
+        )
+    return runs
 
 
 def curve(
@@ -90,11 +127,11 @@ def clean_score(df: pd.DataFrame, metric: str = METRIC) -> float:
     return float(sub["value"].mean())
 
 
-def general_table(runs: dict[str, pd.DataFrame], names: list[str], seeds: int) -> dict:
+def general_table(runs: dict[str, pd.DataFrame], names: list[str], seeds: list[int]) -> dict:
     """Per configuration: clean, grid mean per axis, area/clean (mixed), fixed-missing."""
     out: dict[str, Any] = {}
     for name in names:
-        tags = [f"{name}-s{s}" for s in range(seeds) if f"{name}-s{s}" in runs]
+        tags = [f"{name}-s{s}" for s in seeds if f"{name}-s{s}" in runs]
         if not tags:
             continue
         row: dict[str, Any] = {"seeds": len(tags)}
@@ -128,14 +165,15 @@ def general_table(runs: dict[str, pd.DataFrame], names: list[str], seeds: int) -
             sub = sub[
                 (sub["axis"] == "drop") & (sub["metric"] == METRIC) & (sub["variant"] == "normal")
             ]
-            for kept, v in sub.groupby("modalities")["value"].mean().items():
-                drops.setdefault(str(kept), []).append(float(v))
-        row["fixed_missing"] = {k: stats(v) for k, v in drops.items()}
+            for dropped, v in sub.groupby("modalities")["value"].mean().items():
+                kept = R.join_modalities(set(MODALITIES) - set(str(dropped).split("+")))
+                drops.setdefault(kept, []).append(float(v))
+        row["fixed_missing"] = {k: stats(drops[k]) for k in sorted(drops)}  # by the kept ones
         out[name] = row
     return out
 
 
-def specialists(runs: dict[str, pd.DataFrame], seeds: int) -> dict[str, Any]:
+def specialists(runs: dict[str, pd.DataFrame], seeds: list[int]) -> dict[str, Any]:
     """Each specialist at its own level against the QA-MoE checkpoint at that level."""
     out: dict[str, Any] = {}
     levels = sorted(
@@ -145,28 +183,24 @@ def specialists(runs: dict[str, pd.DataFrame], seeds: int) -> dict[str, Any]:
         level = float(lv)
         spec = [
             curve(runs[f"specialist-{lv}-s{s}"], "mixed")[level]
-            for s in range(seeds)
+            for s in seeds
             if f"specialist-{lv}-s{s}" in runs
         ]
-        one = [
-            curve(runs[f"qamoe-s{s}"], "mixed")[level]
-            for s in range(seeds)
-            if f"qamoe-s{s}" in runs
-        ]
+        one = [curve(runs[f"qamoe-s{s}"], "mixed")[level] for s in seeds if f"qamoe-s{s}" in runs]
         s_spec, s_one = stats(spec), stats(one)
         gap = s_one["mean"] - s_spec["mean"]
         out[lv] = {"specialist": s_spec, "qamoe": s_one, "gap": gap, "within_1pt": gap >= -0.01}
     return out
 
 
-def per_sample_tracking(samples: Path, m: str, seeds: int) -> dict[str, Any] | None:
+def per_sample_tracking(samples: Path, m: str, seeds: list[int]) -> dict[str, Any] | None:
     """The same check per SAMPLE (``qamoe eval --per-sample``): Spearman between the level and
     r_m over every (sample, level, corruption seed) of the mixed sweep, the share of samples
     whose r_m at 0.9 is below their r_m at 0 (same corruption seed), and the largest change
     of any other modality's r for any sample."""
     rho, lower, other = [], [], []
-    for s in range(seeds):
-        path = samples / f"qamoe-s{s}-only-{m}.csv.gz"
+    for s in seeds:
+        path = samples / f"qamoe-s{s}.only-{m}.samples.csv.gz"
         if not path.exists():
             return None
         df = pd.read_csv(path)
@@ -185,7 +219,7 @@ def per_sample_tracking(samples: Path, m: str, seeds: int) -> dict[str, Any] | N
 
 
 def quality_tracking(
-    runs: dict[str, pd.DataFrame], seeds: int, samples: Path | None = None
+    runs: dict[str, pd.DataFrame], seeds: list[int], samples: Path | None = None
 ) -> dict[str, Any]:
     """r_m under corruption of ONE modality: Spearman(level, r_m) for the corrupted one, and
     how far the others move (max |r(ℓ) − r(0)| over the grid); per level means, and per
@@ -194,7 +228,7 @@ def quality_tracking(
     out: dict[str, Any] = {"only_one_corrupted": {}, "all_corrupted": {}}
     for m in MODALITIES:
         own, other_shift = [], []
-        for s in range(seeds):
+        for s in seeds:
             tag = f"qamoe-s{s}-only-{m}"
             if tag not in runs:
                 continue
@@ -219,7 +253,7 @@ def quality_tracking(
         per_mod: dict[str, Any] = {}
         for m in MODALITIES:
             rhos, drops = [], []
-            for s in range(seeds):
+            for s in seeds:
                 tag = f"qamoe-s{s}"
                 if tag not in runs:
                     continue
@@ -232,12 +266,12 @@ def quality_tracking(
     return out
 
 
-def pool(runs: dict[str, pd.DataFrame], name: str, seeds: int) -> pd.DataFrame | None:
+def pool(runs: dict[str, pd.DataFrame], name: str, seeds: list[int]) -> pd.DataFrame | None:
     """The model seeds of one configuration as one run.
 
     (qamoe_core.evaluation.summary.pool_model_seeds)
     """
-    parts = [runs[f"{name}-s{s}"] for s in range(seeds) if f"{name}-s{s}" in runs]
+    parts = [runs[f"{name}-s{s}"] for s in seeds if f"{name}-s{s}" in runs]
     return S.pool_model_seeds(pd.concat(parts, ignore_index=True)) if parts else None
 
 
@@ -364,30 +398,18 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--seeds", type=int, default=3)
-    args = ap.parse_args()
-    runs = load_runs(args.work / "results")
-    names = ["qamoe", *BASELINES, *ABLATIONS]
-    general = general_table(runs, names, args.seeds)
-    summary: dict[str, Any] = {
-        "dataset": "MOSI-lite (seed-0 split: train 1231 / valid 216 / test 752)",
-        "metric": METRIC,
-        "general": general,
-        "specialists": specialists(runs, args.seeds),
-        "quality": quality_tracking(runs, args.seeds, args.work / "samples"),
-    }
-    q = general["qamoe"]
-    base = {n: general[n]["mixed_mean"]["mean"] for n in BASELINES if n in general}
-    best = max(base, key=lambda n: base[n]) if base else None
-    targets: dict[str, Any] = {
+def targets_of(summary: dict[str, Any], reference: str, baselines: list[str]) -> dict[str, str]:
+    """Issue #7's targets. Its second compares with the best baseline by mixed-grid mean on
+    test: a check of a target, never a choice (the study names its reference beforehand)."""
+    general = summary["general"]
+    q = general[reference]
+    targets = {
         "clean accuracy >= 77 %": f"{pct(q['clean'])} -> "
         f"{'met' if q['clean']['mean'] >= 0.77 else 'missed'}",
     }
-    if best is not None:
+    base = {n: general[n]["mixed_mean"]["mean"] for n in baselines if n in general}
+    if base:
+        best = max(base, key=lambda n: base[n])
         margin = q["mixed_mean"]["mean"] - base[best]
         targets["mixed-grid mean >= best baseline + 1 point"] = (
             f"QA-MoE {pct(q['mixed_mean'])} vs {best} {pct(general[best]['mixed_mean'])}: "
@@ -399,17 +421,55 @@ def main() -> None:
         targets["one checkpoint within 1 point of every specialist"] = (
             f"gaps {gaps} -> {'met' if ok else 'missed'}"
         )
-    summary["targets"] = targets
-    args.out.mkdir(parents=True, exist_ok=True)
-    pooled = args.out / "pooled"
-    pooled.mkdir(exist_ok=True)
+    return targets
+
+
+def analyse(folder: Path, out: Path, protocol: str | None = None) -> dict[str, Any]:
+    """Write summary.json, tables.md and pooled/ for the study folder ``folder`` into ``out``
+    and return the summary."""
+    study = read_study(folder)
+    main = protocol or study["protocols"][0]
+    if main not in study["protocols"]:
+        raise StudyError(
+            f"the study has no protocol {main!r}. hint: one of {', '.join(study['protocols'])}"
+        )
+    ref, seeds = study["reference"], study["seeds"]
+    runs = load_runs(folder / "sweeps", main)
+    names = [a for a in study["arms"] if not SPECIALIST.match(a)]
+    baselines = [a for a in names if study["arms"][a] != study["arms"][ref]]
+    summary: dict[str, Any] = {
+        "study": str(folder),
+        "metric": METRIC,
+        "general": general_table(runs, names, seeds),
+        "specialists": specialists(runs, seeds),
+        "quality": quality_tracking(runs, seeds, folder / "sweeps"),
+    }
+    summary["targets"] = targets_of(summary, ref, baselines)
+    pooled = out / "pooled"
+    pooled.mkdir(parents=True, exist_ok=True)
     for name in names:
-        df = pool(runs, name, args.seeds)
+        df = pool(runs, name, seeds)
         if df is not None:
             R.save(df, pooled / f"{name}.csv", force=True)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (args.out / "tables.md").write_text(markdown(summary))
-    print(json.dumps(targets, indent=2))
+    for name, text in (("summary.json", json.dumps(summary, indent=2) + "\n"),
+                       ("tables.md", markdown(summary))):  # fmt: skip
+        with atomic_path(out / name, force=True) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    return summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("study", type=Path, help="the study folder (qamoe study ... --out FOLDER)")
+    ap.add_argument("--out", type=Path, required=True, help="folder for the tables")
+    ap.add_argument("--protocol", help="the general tables' protocol (default: the first)")
+    args = ap.parse_args()
+    try:
+        summary = analyse(args.study, args.out, args.protocol)
+    except StudyError as exc:
+        msg, _, hint = str(exc).partition(" hint: ")
+        sys.exit(f"error: {msg}" + (f"\nhint: {hint}" if hint else ""))
+    print(json.dumps(summary["targets"], indent=2))
 
 
 if __name__ == "__main__":
