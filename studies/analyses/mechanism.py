@@ -310,7 +310,9 @@ def compare(a: Sequence[float], b: Sequence[float], same_models: bool = False) -
         d = np.asarray(paired["per_seed"])
         diff, low, high = paired["mean"], paired["ci_low"], paired["ci_high"]
         sd = paired["sd"]
-        p_value = float(st.ttest_1samp(d, 0.0).pvalue) if d.size > 1 and sd > 0 else math.nan
+        n = int(d.size)  # the one-sample t-test of the differences, written out
+        ok = n > 1 and math.isfinite(sd) and sd > 0
+        p_value = float(2 * st.t.sf(abs(diff) / (sd / math.sqrt(n)), n - 1)) if ok else math.nan
         mde, method = paired_mde(sd, int(d.size)), "paired t over model seeds (same models)"
     else:
         diff, low, high, p_value = est.difference, est.ci_low, est.ci_high, est.p

@@ -349,3 +349,13 @@ def test_paired_mde_has_the_power_it_claims() -> None:
     # about (t_0.975 + t_0.8) sd / sqrt(n) for 9 df: 0.0204
     assert 0.019 < d < 0.022
     assert math.isnan(mod.paired_mde(sd, 1)) and math.isnan(mod.paired_mde(0.0, 10))
+
+
+def test_paired_p_is_the_one_sample_t_test_of_the_differences() -> None:
+    from scipy import stats as st
+
+    a, b = [1.0, 2.0, 3.5, 2.2], [0.5, 1.2, 3.0, 2.1]
+    got = load_module().compare(a, b, same_models=True)
+    want = st.ttest_1samp([x - y for x, y in zip(a, b, strict=True)], 0.0)
+    assert got["p"] == pytest.approx(float(want.pvalue), rel=1e-9)
+    assert got["method"].startswith("paired")
