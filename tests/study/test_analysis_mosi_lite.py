@@ -5,7 +5,6 @@ so every table value it reports can be checked by hand."""
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pandas as pd
 import pytest
 
 from qamoe_core.evaluation import results as R
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
 SCRIPT = REPO / "studies" / "analyses" / "mosi_lite.py"
 LEVELS = [round(0.1 * i, 1) for i in range(10)]
@@ -55,11 +54,7 @@ reference = "qamoe"
 
 
 def load_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("mosi_lite_analysis", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("mosi_lite_analysis", SCRIPT)
 
 
 def row(run: str, model: str, axis: str, level: float, mods: str, seed: int, metric: str,

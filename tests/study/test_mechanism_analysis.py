@@ -5,7 +5,6 @@ verdict the analysis gives has a known answer."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 
 from qamoe_core.evaluation import results as R
 from qamoe_core.study import table as T
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
 SCRIPT = REPO / "studies" / "analyses" / "mechanism.py"
 LEVELS = [0.0, 0.3, 0.6, 0.9]
@@ -58,11 +57,7 @@ VARIANT_ADDED = {
 
 
 def load_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("mechanism_analysis", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("mechanism_analysis", SCRIPT)
 
 
 def quality(axis: str, level: float, m: str, k: int) -> float:
